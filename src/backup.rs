@@ -1,0 +1,651 @@
+//! One backup run: source → chunker → keyed hash → dedup → zstd → packs → age → upload
+//! → catalog, then the snapshot record.
+//!
+//! Stages are threads joined by bounded channels, so memory stays flat whatever the
+//! size of the data: the reader (walk, chunk, hash, dedup), compressors (one per core),
+//! the packer (which seals and encrypts ~16 MiB packs) and the uploader (async, a few
+//! puts at once). A pack enters the catalog only after the server acknowledged it, in
+//! one transaction with its chunks; the snapshot is recorded only after every pack it
+//! needs is in. A run that dies at any point leaves a catalog that is true, and the next
+//! run skips every chunk that was acknowledged.
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{BufReader, BufWriter};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow, bail};
+use bytes::Bytes;
+use tokio::task::JoinSet;
+
+use crate::ChunkId;
+use crate::catalog::{CachedFile, Catalog, RunReport, SnapshotRow, StoredPack};
+use crate::chunker::{ChunkError, Chunker};
+use crate::config::{Config, Job, Source};
+use crate::format::entry::{Entry, EntryReader, EntryWriter, Kind};
+use crate::format::pack::{BlobEntry, FLAG_ZSTD, PackBuilder};
+use crate::format::snapshot::{self, EntryError, SnapshotRecord, SnapshotStats};
+use crate::keys::RepoSecret;
+use crate::progress::{Counters, ProgressLine};
+use crate::source::path::{self as path_source, Excludes, Found};
+use crate::target::Target;
+
+pub struct Options {
+    pub progress: bool,
+}
+
+/// What a finished run reports to its caller.
+pub struct Summary {
+    pub snapshot_id: String,
+    pub stats: SnapshotStats,
+    pub unchanged_files: u64,
+    pub errors: Vec<EntryError>,
+}
+
+/// A chunk not stored before, on its way to a compressor.
+struct NewChunk {
+    id: ChunkId,
+    data: Vec<u8>,
+}
+
+/// A chunk as it will be stored in a pack.
+struct Blob {
+    id: ChunkId,
+    stored: Vec<u8>,
+    raw_length: u32,
+    flags: u8,
+}
+
+/// An encrypted pack ready to upload.
+struct SealedPack {
+    hash: String,
+    ciphertext: Bytes,
+    blobs: Vec<BlobEntry>,
+}
+
+/// Everything a run needs, opened and checked before any data moves.
+struct Repo {
+    catalog: Catalog,
+    secret: RepoSecret,
+    target: Target,
+    chunker: crate::chunker::ChunkerParams,
+}
+
+fn open_repo(cfg: &Config) -> Result<Repo> {
+    let catalog_path = cfg.catalog_path();
+    if !catalog_path.exists() {
+        bail!(
+            "state directory {} holds no catalog; run `coffer init` first",
+            cfg.state_dir.display()
+        );
+    }
+    let catalog = Catalog::open(&catalog_path)?;
+    let repo = catalog
+        .repo()?
+        .ok_or_else(|| anyhow!("the catalog has no repository; run `coffer init` first"))?;
+    if repo.target_url != cfg.target.url {
+        bail!(
+            "the catalog in {} belongs to target {}, but the config names {}; use another state_dir per target",
+            cfg.state_dir.display(),
+            repo.target_url,
+            cfg.target.url
+        );
+    }
+    let secret = RepoSecret::load(&cfg.repo_secret_file)?;
+    let target = Target::open(&cfg.target)?;
+    Ok(Repo {
+        catalog,
+        secret,
+        target,
+        chunker: repo.chunker,
+    })
+}
+
+/// Runs one backup of `job`.
+pub fn run(cfg: &Config, job: &Job, opts: &Options) -> Result<Summary> {
+    let locks = cfg.state_dir.join("locks");
+    crate::fsutil::create_private_dir(&locks)
+        .with_context(|| format!("cannot create {}", locks.display()))?;
+    let _lock = crate::fsutil::LockFile::try_lock(&locks.join(format!("{}.lock", job.name)))
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::WouldBlock {
+                anyhow!(
+                    "another coffer process is backing up job `{}` with this state directory",
+                    job.name
+                )
+            } else {
+                anyhow!("cannot take the job lock in {}: {e}", locks.display())
+            }
+        })?;
+    let mut repo = open_repo(cfg)?;
+    let Source::Path(root) = &job.source;
+    if !root.is_dir() {
+        bail!(
+            "source directory {} of job `{}` does not exist or is not a directory",
+            root.display(),
+            job.name
+        );
+    }
+    let run_id = repo.catalog.start_run(&job.name)?;
+    let counters = Arc::new(Counters::default());
+    let result = {
+        let _progress = ProgressLine::start(counters.clone(), opts.progress);
+        run_pipeline(cfg, job, root, &mut repo, &counters)
+    };
+    let report = |outcome, snapshot: Option<String>, error: Option<String>| RunReport {
+        outcome,
+        snapshot,
+        bytes_read: Counters::get(&counters.bytes_read),
+        bytes_new: Counters::get(&counters.bytes_new),
+        bytes_uploaded: Counters::get(&counters.bytes_uploaded),
+        error,
+    };
+    match &result {
+        Ok(s) => {
+            let outcome = if s.errors.is_empty() {
+                "success"
+            } else {
+                "partial"
+            };
+            let note = (!s.errors.is_empty())
+                .then(|| format!("{} paths could not be read", s.errors.len()));
+            repo.catalog
+                .finish_run(run_id, &report(outcome, Some(s.snapshot_id.clone()), note))?;
+        }
+        Err(e) => {
+            // Record the failure if the catalog still takes writes; the error itself wins.
+            let _ = repo
+                .catalog
+                .finish_run(run_id, &report("failed", None, Some(format!("{e:#}"))));
+        }
+    }
+    result
+}
+
+fn run_pipeline(
+    cfg: &Config,
+    job: &Job,
+    root: &Path,
+    repo: &mut Repo,
+    counters: &Arc<Counters>,
+) -> Result<Summary> {
+    let started = Instant::now();
+    let created = crate::time::now_secs();
+    let tmp_dir = cfg.state_dir.join("tmp");
+    crate::fsutil::create_private_dir(&tmp_dir)?;
+    let entries_path = tmp_dir.join(format!("entries-{}-{}", job.name, crate::hex::random(6)));
+    let _cleanup = RemoveOnDrop(entries_path.clone());
+
+    let abort = Arc::new(AtomicBool::new(false));
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    let (chunk_tx, chunk_rx) = sync_channel::<NewChunk>(2 * workers);
+    let (blob_tx, blob_rx) = sync_channel::<Blob>(2 * workers);
+    let (pack_tx, mut pack_rx) = tokio::sync::mpsc::channel::<SealedPack>(1);
+
+    // Reader: its own catalog connection (WAL lets it read while the uploader writes).
+    let reader = {
+        let reader_catalog = Catalog::open(&cfg.catalog_path())?;
+        let mut r = Reader {
+            catalog: reader_catalog,
+            secret: repo.secret.clone(),
+            chunker: Chunker::new(repo.chunker, repo.secret.chunker_seed()),
+            job: job.name.clone(),
+            pending: HashSet::new(),
+            referenced: HashSet::new(),
+            chunk_tx,
+            counters: counters.clone(),
+            errors: Vec::new(),
+            stats: SnapshotStats::default(),
+            abort: abort.clone(),
+        };
+        let excludes = Excludes::new(&job.exclude)?;
+        let root = root.to_path_buf();
+        let entries_path = entries_path.clone();
+        std::thread::Builder::new()
+            .name("reader".into())
+            .spawn(move || {
+                let out = r.read_all(&root, &excludes, &entries_path);
+                // Dropping the reader closes the chunk queue, which lets the later stages finish.
+                out.map(|tree| ReadOutput {
+                    tree,
+                    referenced: r.referenced,
+                    errors: r.errors,
+                    stats: r.stats,
+                })
+            })?
+    };
+
+    let chunk_rx = Arc::new(Mutex::new(chunk_rx));
+    let mut compressors = Vec::new();
+    for i in 0..workers {
+        let (rx, tx, level) = (chunk_rx.clone(), blob_tx.clone(), cfg.compression_level);
+        compressors.push(
+            std::thread::Builder::new()
+                .name(format!("compress-{i}"))
+                .spawn(move || compress_loop(&rx, &tx, level))?,
+        );
+    }
+    drop(blob_tx);
+
+    let packer = {
+        let (recipients, pack_size) = (cfg.recipients.clone(), cfg.pack_size as usize);
+        std::thread::Builder::new()
+            .name("packer".into())
+            .spawn(move || pack_loop(blob_rx, pack_tx, &recipients, pack_size))?
+    };
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let upload = runtime.block_on(upload_loop(
+        &mut pack_rx,
+        &repo.target,
+        &mut repo.catalog,
+        counters,
+        cfg.target.upload_concurrency,
+    ));
+    if upload.is_err() {
+        abort.store(true, Ordering::Relaxed);
+    }
+    drop(pack_rx); // unblocks the packer if the upload stopped early
+
+    let read = reader
+        .join()
+        .map_err(|_| anyhow!("the reader thread panicked"))?;
+    for c in compressors {
+        c.join()
+            .map_err(|_| anyhow!("a compressor thread panicked"))??;
+    }
+    let packed = packer
+        .join()
+        .map_err(|_| anyhow!("the packer thread panicked"))?;
+    // The first real cause wins over the "pipeline stopped" of the stages it stopped.
+    let uploaded = upload?;
+    let reader = read?;
+    packed?;
+
+    let mut stats = reader.stats.clone();
+    stats.bytes_read = Counters::get(&counters.bytes_read);
+    stats.bytes_new = Counters::get(&counters.bytes_new);
+    stats.bytes_uploaded = Counters::get(&counters.bytes_uploaded);
+    stats.packs_uploaded = Counters::get(&counters.packs);
+    stats.duration_ms = started.elapsed().as_millis() as u64;
+
+    let id = crate::hex::random(8);
+    let record = SnapshotRecord {
+        format: snapshot::VERSION,
+        id: id.clone(),
+        job: job.name.clone(),
+        host: hostname(),
+        created,
+        source: job.source.to_string(),
+        tree: reader.tree,
+        stats: stats.clone(),
+        errors: reader.errors.clone(),
+    };
+    let key = crate::format::snapshot_key(&job.name, &id);
+    let object = snapshot::seal(&record, &key, &cfg.recipients, &repo.secret)?;
+    let version = runtime.block_on(repo.target.put_new(&key, Bytes::from(object)))?;
+
+    let mut packs = reader.referenced.clone();
+    packs.extend(uploaded);
+    let row = SnapshotRow {
+        seq: 0,
+        id: id.clone(),
+        job: job.name.clone(),
+        host: record.host.clone(),
+        created_at: created,
+        state: "complete".into(),
+        record_version: version,
+        source: record.source.clone(),
+        files: stats.files,
+        bytes: stats.bytes,
+        bytes_new: stats.bytes_new,
+        bytes_uploaded: stats.bytes_uploaded,
+        errors: reader.errors.len() as u64,
+        retain_until: None,
+    };
+    let entries = EntryReader::new(BufReader::new(File::open(&entries_path)?))?;
+    let cache = entries.filter_map(|e| match e {
+        Ok(e) if e.kind == Kind::File => Some(Ok((
+            e.path,
+            CachedFile {
+                size: e.size,
+                mtime_ns: e.mtime_ns,
+                ctime_ns: e.ctime_ns,
+                inode: e.ino,
+                chunks: e.chunks,
+            },
+        ))),
+        Ok(_) => None,
+        Err(err) => Some(Err(anyhow!(err))),
+    });
+    repo.catalog.complete_snapshot(&row, &packs, cache)?;
+    Ok(Summary {
+        snapshot_id: id,
+        stats,
+        unchanged_files: Counters::get(&counters.unchanged),
+        errors: reader.errors,
+    })
+}
+
+/// What the reader hands back once the walk is done.
+struct ReadOutput {
+    tree: Vec<ChunkId>,
+    referenced: HashSet<i64>,
+    errors: Vec<EntryError>,
+    stats: SnapshotStats,
+}
+
+/// The reader stage: walks the source, reuses unchanged files' chunk lists, chunks and
+/// hashes the rest, and sends chunks the repository does not hold to the compressors.
+struct Reader {
+    catalog: Catalog,
+    secret: RepoSecret,
+    chunker: Chunker,
+    job: String,
+    /// Chunks sent for storage in this run (not yet, or just, acknowledged).
+    pending: HashSet<ChunkId>,
+    /// Stored packs (catalog row ids) this snapshot uses.
+    referenced: HashSet<i64>,
+    chunk_tx: SyncSender<NewChunk>,
+    counters: Arc<Counters>,
+    errors: Vec<EntryError>,
+    stats: SnapshotStats,
+    /// Set when a later stage failed: stop walking.
+    abort: Arc<AtomicBool>,
+}
+
+impl Reader {
+    /// Walks everything, writes the entry stream, and returns the entry stream's chunks.
+    fn read_all(
+        &mut self,
+        root: &Path,
+        excludes: &Excludes,
+        entries_path: &Path,
+    ) -> Result<Vec<ChunkId>> {
+        let file = File::create(entries_path)
+            .with_context(|| format!("cannot write {}", entries_path.display()))?;
+        let mut writer = EntryWriter::new(BufWriter::new(file))?;
+        let mut problems = Vec::new();
+        path_source::walk(
+            root,
+            excludes,
+            |found| {
+                let entry = match found {
+                    Found::Dir(e) => {
+                        self.stats.dirs += 1;
+                        Some(e)
+                    }
+                    Found::Symlink(e) => {
+                        self.stats.symlinks += 1;
+                        Some(e)
+                    }
+                    Found::File(e, abs) => self.file(e, &abs)?,
+                };
+                if let Some(e) = entry {
+                    writer.write(&e).context("cannot write the entry stream")?;
+                }
+                Ok(())
+            },
+            |rel, error| problems.push((rel.to_path_buf(), error)),
+        )?;
+        for (rel, error) in problems {
+            self.problem(&rel, error);
+        }
+        let file = writer
+            .into_inner()
+            .into_inner()
+            .map_err(|e| anyhow!("cannot write the entry stream: {e}"))?;
+        drop(file);
+        // The entry stream is stored like file data, so unchanged metadata dedups.
+        let mut tree = Vec::new();
+        let input = File::open(entries_path)?;
+        let bytes_read = Counters::get(&self.counters.bytes_read);
+        let result = self.chunk_into(input, &mut tree);
+        self.counters
+            .bytes_read
+            .store(bytes_read, Ordering::Relaxed);
+        result.map_err(|e| anyhow!("cannot store the entry stream: {e}"))?;
+        Ok(tree)
+    }
+
+    fn problem(&mut self, rel: &Path, error: String) {
+        tracing::warn!(path = %rel.display(), "{error}");
+        self.errors.push(EntryError {
+            path: rel.to_string_lossy().into_owned(),
+            error,
+        });
+    }
+
+    /// One regular file: its entry with chunk ids, or `None` if it could not be read.
+    fn file(&mut self, mut e: Entry, abs: &Path) -> Result<Option<Entry>> {
+        if self.abort.load(Ordering::Relaxed) {
+            bail!("the backup pipeline stopped");
+        }
+        self.counters.set_current(&String::from_utf8_lossy(&e.path));
+        if let Some(chunks) = self.unchanged(&e)? {
+            e.chunks = chunks;
+            Counters::add(&self.counters.unchanged, 1);
+        } else {
+            let mut chunks = Vec::new();
+            let result = File::open(abs)
+                .map_err(ChunkError::Read)
+                .and_then(|f| self.chunk_into(f, &mut chunks));
+            match result {
+                Ok(n) => {
+                    e.size = n;
+                    e.chunks = chunks;
+                }
+                Err(ChunkError::Read(err)) => {
+                    self.problem(
+                        Path::new(OsStr::from_bytes(&e.path)),
+                        format!("cannot read: {err}"),
+                    );
+                    return Ok(None);
+                }
+                Err(ChunkError::Sink(err)) => return Err(err),
+            }
+        }
+        self.stats.files += 1;
+        self.stats.bytes += e.size;
+        Counters::add(&self.counters.files, 1);
+        Counters::add(&self.counters.bytes, e.size);
+        Ok(Some(e))
+    }
+
+    /// The fast path: same size, mtime, ctime and inode as in the last snapshot, and every
+    /// chunk still stored → reuse the chunk list without reading the file.
+    fn unchanged(&mut self, e: &Entry) -> Result<Option<Vec<ChunkId>>> {
+        let Some(c) = self.catalog.cached_file(&self.job, &e.path)? else {
+            return Ok(None);
+        };
+        if (c.size, c.mtime_ns, c.ctime_ns, c.inode) != (e.size, e.mtime_ns, e.ctime_ns, e.ino) {
+            return Ok(None);
+        }
+        let mut packs = Vec::with_capacity(c.chunks.len());
+        for id in &c.chunks {
+            if self.pending.contains(id) {
+                continue;
+            }
+            match self.catalog.chunk_pack(id)? {
+                Some(p) => packs.push(p),
+                None => return Ok(None),
+            }
+        }
+        self.referenced.extend(packs);
+        Ok(Some(c.chunks))
+    }
+
+    fn chunk_into<R: std::io::Read>(
+        &mut self,
+        input: R,
+        ids: &mut Vec<ChunkId>,
+    ) -> Result<u64, ChunkError> {
+        let Reader {
+            chunker,
+            secret,
+            pending,
+            referenced,
+            catalog,
+            chunk_tx,
+            counters,
+            ..
+        } = self;
+        chunker.chunk_stream(input, |data| {
+            Counters::add(&counters.bytes_read, data.len() as u64);
+            let id = secret.chunk_id(data);
+            ids.push(id);
+            if pending.contains(&id) {
+                return Ok(());
+            }
+            if let Some(pack) = catalog.chunk_pack(&id)? {
+                referenced.insert(pack);
+                return Ok(());
+            }
+            pending.insert(id);
+            Counters::add(&counters.bytes_new, data.len() as u64);
+            chunk_tx
+                .send(NewChunk {
+                    id,
+                    data: data.to_vec(),
+                })
+                .map_err(|_| anyhow!("the backup pipeline stopped"))
+        })
+    }
+}
+
+fn compress_loop(rx: &Mutex<Receiver<NewChunk>>, tx: &SyncSender<Blob>, level: i32) -> Result<()> {
+    let mut zstd = zstd::bulk::Compressor::new(level)?;
+    loop {
+        let chunk = match rx
+            .lock()
+            .map_err(|_| anyhow!("chunk queue poisoned"))?
+            .recv()
+        {
+            Ok(c) => c,
+            Err(_) => return Ok(()),
+        };
+        let raw_length = chunk.data.len() as u32;
+        let compressed = zstd.compress(&chunk.data)?;
+        let blob = if compressed.len() < chunk.data.len() {
+            Blob {
+                id: chunk.id,
+                stored: compressed,
+                raw_length,
+                flags: FLAG_ZSTD,
+            }
+        } else {
+            Blob {
+                id: chunk.id,
+                stored: chunk.data,
+                raw_length,
+                flags: 0,
+            }
+        };
+        if tx.send(blob).is_err() {
+            return Ok(());
+        }
+    }
+}
+
+fn pack_loop(
+    rx: Receiver<Blob>,
+    tx: tokio::sync::mpsc::Sender<SealedPack>,
+    recipients: &[age::x25519::Recipient],
+    pack_size: usize,
+) -> Result<()> {
+    let seal = |builder: PackBuilder| -> Result<SealedPack> {
+        let (plain, blobs) = builder.finish();
+        let ciphertext = crate::keys::encrypt(recipients, &plain)?;
+        Ok(SealedPack {
+            hash: crate::format::pack_id(&ciphertext),
+            ciphertext: Bytes::from(ciphertext),
+            blobs,
+        })
+    };
+    let mut builder = PackBuilder::with_capacity(pack_size + pack_size / 4);
+    for blob in rx {
+        builder.add(blob.id, &blob.stored, blob.raw_length, blob.flags);
+        if builder.len() >= pack_size {
+            let full = std::mem::replace(
+                &mut builder,
+                PackBuilder::with_capacity(pack_size + pack_size / 4),
+            );
+            if tx.blocking_send(seal(full)?).is_err() {
+                return Ok(()); // the uploader stopped; it reports why
+            }
+        }
+    }
+    if !builder.is_empty() {
+        let _ = tx.blocking_send(seal(builder)?);
+    }
+    Ok(())
+}
+
+/// Uploads packs a few at a time and records each in the catalog once acknowledged.
+/// Returns the catalog ids of the packs it stored.
+async fn upload_loop(
+    rx: &mut tokio::sync::mpsc::Receiver<SealedPack>,
+    target: &Target,
+    catalog: &mut Catalog,
+    counters: &Counters,
+    concurrency: usize,
+) -> Result<HashSet<i64>> {
+    let mut in_flight = JoinSet::new();
+    let mut stored = HashSet::new();
+    let mut open = true;
+    while open || !in_flight.is_empty() {
+        tokio::select! {
+            pack = rx.recv(), if open && in_flight.len() < concurrency => match pack {
+                Some(p) => {
+                    let target = target.clone();
+                    in_flight.spawn(async move {
+                        let key = crate::format::pack_key(&p.hash);
+                        let version = target.put_new(&key, p.ciphertext.clone()).await?;
+                        Ok::<_, anyhow::Error>((p, version))
+                    });
+                }
+                None => open = false,
+            },
+            Some(done) = in_flight.join_next() => {
+                let (pack, version) = done.map_err(|e| anyhow!("upload task failed: {e}"))??;
+                let size = pack.ciphertext.len() as u64;
+                let id = catalog.add_pack(&StoredPack {
+                    hash: &pack.hash,
+                    version: version.as_deref(),
+                    size,
+                    blobs: &pack.blobs,
+                })?;
+                stored.insert(id);
+                Counters::add(&counters.bytes_uploaded, size);
+                Counters::add(&counters.packs, 1);
+            }
+        }
+    }
+    Ok(stored)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+struct RemoveOnDrop(PathBuf);
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

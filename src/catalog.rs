@@ -1,0 +1,505 @@
+//! The catalog: a SQLite database (WAL) in the state directory that records what the
+//! target holds. It is only ever told about an object after the server acknowledged it,
+//! and every change that spans rows is one transaction, so it can never claim a chunk is
+//! stored when it is not. Schema: `migrations/*.sql`, applied in order by `user_version`.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::ChunkId;
+use crate::chunker::ChunkerParams;
+use crate::format::pack::BlobEntry;
+
+const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_init.sql")];
+
+pub struct Catalog {
+    conn: Connection,
+}
+
+#[derive(Debug, Clone)]
+pub struct RepoRow {
+    pub repo_id: String,
+    pub target_url: String,
+    pub record_version: Option<String>,
+    pub chunker: ChunkerParams,
+}
+
+#[derive(Debug, Clone)]
+pub struct ChunkLoc {
+    pub pack_hash: String,
+    pub pack_version: Option<String>,
+    pub offset: u64,
+    pub length: u32,
+    pub raw_length: u32,
+    pub flags: u8,
+}
+
+/// A pack the server has acknowledged.
+pub struct StoredPack<'a> {
+    pub hash: &'a str,
+    pub version: Option<&'a str>,
+    pub size: u64,
+    pub blobs: &'a [BlobEntry],
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SnapshotRow {
+    #[serde(skip)]
+    pub seq: i64,
+    pub id: String,
+    pub job: String,
+    pub host: String,
+    pub created_at: i64,
+    pub state: String,
+    pub record_version: Option<String>,
+    pub source: String,
+    pub files: u64,
+    pub bytes: u64,
+    pub bytes_new: u64,
+    pub bytes_uploaded: u64,
+    pub errors: u64,
+    pub retain_until: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedFile {
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    pub inode: u64,
+    pub chunks: Vec<ChunkId>,
+}
+
+/// What a finished run reports.
+#[derive(Debug, Default, Clone)]
+pub struct RunReport {
+    pub outcome: &'static str,
+    pub snapshot: Option<String>,
+    pub bytes_read: u64,
+    pub bytes_new: u64,
+    pub bytes_uploaded: u64,
+    pub error: Option<String>,
+}
+
+impl Catalog {
+    pub fn open(path: &Path) -> Result<Catalog> {
+        let ctx = || format!("catalog {}", path.display());
+        let conn = Connection::open(path).with_context(ctx)?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))
+            .with_context(ctx)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .with_context(ctx)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .with_context(ctx)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .with_context(ctx)?;
+        let mut cat = Catalog { conn };
+        cat.migrate().with_context(ctx)?;
+        Ok(cat)
+    }
+
+    fn migrate(&mut self) -> Result<()> {
+        let version: usize = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version > MIGRATIONS.len() {
+            bail!(
+                "schema version {version} is newer than this coffer understands ({})",
+                MIGRATIONS.len()
+            );
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+            let tx = self.conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", i + 1)?;
+            tx.commit()?;
+        }
+        Ok(())
+    }
+
+    pub fn integrity_check(&self) -> Result<String> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
+    }
+
+    // ---- repository ------------------------------------------------------------------
+
+    pub fn repo(&self) -> Result<Option<RepoRow>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT repo_id, target_url, record_version, chunk_min, chunk_avg, chunk_max FROM repo WHERE id = 1",
+                [],
+                |r| {
+                    Ok(RepoRow {
+                        repo_id: r.get(0)?,
+                        target_url: r.get(1)?,
+                        record_version: r.get(2)?,
+                        chunker: ChunkerParams { min: r.get(3)?, avg: r.get(4)?, max: r.get(5)? },
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    pub fn set_repo(&self, row: &RepoRow) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO repo (id, repo_id, target_url, record_version, chunk_min, chunk_avg, chunk_max, created_at)
+             VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                row.repo_id,
+                row.target_url,
+                row.record_version,
+                row.chunker.min,
+                row.chunker.avg,
+                row.chunker.max,
+                crate::time::now_secs()
+            ],
+        )?;
+        Ok(())
+    }
+
+    // ---- chunks and packs ------------------------------------------------------------
+
+    /// The pack (row id) holding a stored chunk, if any: the dedup lookup.
+    pub fn chunk_pack(&self, id: &ChunkId) -> Result<Option<i64>> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT pack FROM chunks WHERE id = ?1")?;
+        Ok(st.query_row([&id.0[..]], |r| r.get(0)).optional()?)
+    }
+
+    pub fn chunk_location(&self, id: &ChunkId) -> Result<Option<ChunkLoc>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT p.hash, p.version, c.offset, c.length, c.raw_length, c.flags
+             FROM chunks c JOIN packs p ON p.id = c.pack WHERE c.id = ?1",
+        )?;
+        Ok(st
+            .query_row([&id.0[..]], |r| {
+                Ok(ChunkLoc {
+                    pack_hash: r.get(0)?,
+                    pack_version: r.get(1)?,
+                    offset: r.get(2)?,
+                    length: r.get(3)?,
+                    raw_length: r.get(4)?,
+                    flags: r.get(5)?,
+                })
+            })
+            .optional()?)
+    }
+
+    /// Records an acknowledged pack and its chunks in one transaction. Returns its row id.
+    pub fn add_pack(&mut self, pack: &StoredPack) -> Result<i64> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO packs (hash, version, size, uploaded_at) VALUES (?1, ?2, ?3, ?4)",
+            params![pack.hash, pack.version, pack.size, crate::time::now_secs()],
+        )?;
+        let pack_id = tx.last_insert_rowid();
+        {
+            // A chunk already stored elsewhere keeps its first location.
+            let mut st = tx.prepare_cached(
+                "INSERT OR IGNORE INTO chunks (id, pack, offset, length, raw_length, flags) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for b in pack.blobs {
+                st.execute(params![
+                    &b.id.0[..],
+                    pack_id,
+                    b.offset,
+                    b.length,
+                    b.raw_length,
+                    b.flags
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(pack_id)
+    }
+
+    // ---- the incremental fast path ---------------------------------------------------
+
+    pub fn cached_file(&self, job: &str, path: &[u8]) -> Result<Option<CachedFile>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT size, mtime_ns, ctime_ns, inode, chunks FROM file_cache WHERE job = ?1 AND path = ?2",
+        )?;
+        Ok(st
+            .query_row(params![job, path], |r| {
+                let blob: Vec<u8> = r.get(4)?;
+                Ok(CachedFile {
+                    size: r.get(0)?,
+                    mtime_ns: r.get(1)?,
+                    ctime_ns: r.get(2)?,
+                    inode: r.get(3)?,
+                    chunks: blob
+                        .chunks_exact(32)
+                        .map(|c| ChunkId(c.try_into().unwrap_or([0; 32])))
+                        .collect(),
+                })
+            })
+            .optional()?)
+    }
+
+    // ---- snapshots -------------------------------------------------------------------
+
+    /// Marks a snapshot complete: its row, the packs it needs, and the job's new file
+    /// cache, all in one transaction.
+    pub fn complete_snapshot(
+        &mut self,
+        snap: &SnapshotRow,
+        packs: &HashSet<i64>,
+        cache: impl IntoIterator<Item = Result<(Vec<u8>, CachedFile)>>,
+    ) -> Result<i64> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO snapshots (id, job, host, created_at, state, record_version, source, files, bytes,
+                                    bytes_new, bytes_uploaded, errors, retain_until)
+             VALUES (?1, ?2, ?3, ?4, 'complete', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            params![
+                snap.id,
+                snap.job,
+                snap.host,
+                snap.created_at,
+                snap.record_version,
+                snap.source,
+                snap.files,
+                snap.bytes,
+                snap.bytes_new,
+                snap.bytes_uploaded,
+                snap.errors,
+                snap.retain_until
+            ],
+        )?;
+        let seq = tx.last_insert_rowid();
+        {
+            let mut st =
+                tx.prepare("INSERT INTO snapshot_packs (snapshot, pack) VALUES (?1, ?2)")?;
+            for p in packs {
+                st.execute(params![seq, p])?;
+            }
+            tx.execute("DELETE FROM file_cache WHERE job = ?1", [&snap.job])?;
+            let mut st = tx.prepare(
+                "INSERT OR REPLACE INTO file_cache (job, path, size, mtime_ns, ctime_ns, inode, chunks)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            for item in cache {
+                let (path, f) = item?;
+                let ids: Vec<u8> = f.chunks.iter().flat_map(|c| c.0).collect();
+                st.execute(params![
+                    snap.job, path, f.size, f.mtime_ns, f.ctime_ns, f.inode, ids
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(seq)
+    }
+
+    pub fn snapshots(&self, job: Option<&str>) -> Result<Vec<SnapshotRow>> {
+        let mut st = self.conn.prepare(
+            "SELECT seq, id, job, host, created_at, state, record_version, source, files, bytes, bytes_new,
+                    bytes_uploaded, errors, retain_until
+             FROM snapshots WHERE ?1 IS NULL OR job = ?1 ORDER BY seq",
+        )?;
+        let rows = st.query_map([job], |r| {
+            Ok(SnapshotRow {
+                seq: r.get(0)?,
+                id: r.get(1)?,
+                job: r.get(2)?,
+                host: r.get(3)?,
+                created_at: r.get(4)?,
+                state: r.get(5)?,
+                record_version: r.get(6)?,
+                source: r.get(7)?,
+                files: r.get(8)?,
+                bytes: r.get(9)?,
+                bytes_new: r.get(10)?,
+                bytes_uploaded: r.get(11)?,
+                errors: r.get(12)?,
+                retain_until: r.get(13)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// `latest`, a full id, or a unique prefix of one, within a job.
+    pub fn find_snapshot(&self, job: &str, selector: &str) -> Result<SnapshotRow> {
+        let all = self.snapshots(Some(job))?;
+        if selector == "latest" {
+            return all
+                .into_iter()
+                .rev()
+                .find(|s| s.state == "complete")
+                .with_context(|| format!("job `{job}` has no complete snapshot yet"));
+        }
+        let matches: Vec<SnapshotRow> = all
+            .into_iter()
+            .filter(|s| s.id.starts_with(selector))
+            .collect();
+        match matches.len() {
+            0 => bail!("no snapshot `{selector}` in job `{job}` (see `coffer snapshots {job}`)"),
+            1 => Ok(matches.into_iter().next().expect("one match")),
+            n => bail!(
+                "snapshot prefix `{selector}` is ambiguous: {n} snapshots of job `{job}` match"
+            ),
+        }
+    }
+
+    // ---- runs and events -------------------------------------------------------------
+
+    pub fn start_run(&self, job: &str) -> Result<i64> {
+        self.conn.execute(
+            "INSERT INTO runs (job, started_at, outcome) VALUES (?1, ?2, 'running')",
+            params![job, crate::time::now_secs()],
+        )?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    pub fn finish_run(&self, id: i64, r: &RunReport) -> Result<()> {
+        self.conn.execute(
+            "UPDATE runs SET ended_at = ?2, outcome = ?3, snapshot = ?4, bytes_read = ?5, bytes_new = ?6,
+                             bytes_uploaded = ?7, error = ?8 WHERE id = ?1",
+            params![
+                id,
+                crate::time::now_secs(),
+                r.outcome,
+                r.snapshot,
+                r.bytes_read,
+                r.bytes_new,
+                r.bytes_uploaded,
+                r.error
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn event(&self, kind: &str, job: Option<&str>, detail: &str) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO events (at, kind, job, detail) VALUES (?1, ?2, ?3, ?4)",
+            params![crate::time::now_secs(), kind, job, detail],
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_catalog() -> (Catalog, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("coffer-cat-{}", crate::hex::random(6)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("catalog.sqlite");
+        (Catalog::open(&path).unwrap(), path)
+    }
+
+    fn blob(n: u8) -> BlobEntry {
+        BlobEntry {
+            id: ChunkId([n; 32]),
+            offset: u64::from(n) * 10,
+            length: 10,
+            raw_length: 20,
+            flags: 1,
+        }
+    }
+
+    #[test]
+    fn packs_and_chunks_survive_reopen() {
+        let (mut cat, path) = temp_catalog();
+        let blobs = [blob(1), blob(2)];
+        let id = cat
+            .add_pack(&StoredPack {
+                hash: "ab12",
+                version: Some("v1"),
+                size: 100,
+                blobs: &blobs,
+            })
+            .unwrap();
+        drop(cat);
+        let cat = Catalog::open(&path).unwrap();
+        assert_eq!(cat.chunk_pack(&ChunkId([2; 32])).unwrap(), Some(id));
+        assert_eq!(cat.chunk_pack(&ChunkId([3; 32])).unwrap(), None);
+        let loc = cat.chunk_location(&ChunkId([2; 32])).unwrap().unwrap();
+        assert_eq!(
+            (
+                loc.pack_hash.as_str(),
+                loc.pack_version.as_deref(),
+                loc.offset
+            ),
+            ("ab12", Some("v1"), 20)
+        );
+        assert_eq!(cat.integrity_check().unwrap(), "ok");
+    }
+
+    #[test]
+    fn a_failed_pack_transaction_leaves_no_chunk() {
+        let (mut cat, _) = temp_catalog();
+        let blobs = [blob(1)];
+        cat.add_pack(&StoredPack {
+            hash: "same",
+            version: None,
+            size: 1,
+            blobs: &blobs,
+        })
+        .unwrap();
+        // Same hash again violates UNIQUE: the whole transaction must roll back.
+        let other = [blob(9)];
+        assert!(
+            cat.add_pack(&StoredPack {
+                hash: "same",
+                version: None,
+                size: 1,
+                blobs: &other
+            })
+            .is_err()
+        );
+        assert_eq!(cat.chunk_pack(&ChunkId([9; 32])).unwrap(), None);
+    }
+
+    #[test]
+    fn file_cache_is_replaced_per_snapshot() {
+        let (mut cat, _) = temp_catalog();
+        let f = CachedFile {
+            size: 1,
+            mtime_ns: 2,
+            ctime_ns: 3,
+            inode: 4,
+            chunks: vec![ChunkId([7; 32])],
+        };
+        let snap = |id: &str| SnapshotRow {
+            seq: 0,
+            id: id.into(),
+            job: "j".into(),
+            host: "h".into(),
+            created_at: 1,
+            state: "complete".into(),
+            record_version: None,
+            source: "path /x".into(),
+            files: 1,
+            bytes: 1,
+            bytes_new: 0,
+            bytes_uploaded: 0,
+            errors: 0,
+            retain_until: None,
+        };
+        cat.complete_snapshot(
+            &snap("s1"),
+            &HashSet::new(),
+            vec![Ok((b"a".to_vec(), f.clone()))],
+        )
+        .unwrap();
+        assert_eq!(cat.cached_file("j", b"a").unwrap(), Some(f.clone()));
+        cat.complete_snapshot(
+            &snap("s2"),
+            &HashSet::new(),
+            vec![Ok((b"b".to_vec(), f.clone()))],
+        )
+        .unwrap();
+        assert_eq!(cat.cached_file("j", b"a").unwrap(), None);
+        assert_eq!(cat.find_snapshot("j", "latest").unwrap().id, "s2");
+        assert_eq!(cat.find_snapshot("j", "s1").unwrap().id, "s1");
+        assert!(cat.find_snapshot("j", "s").is_err());
+    }
+}

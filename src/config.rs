@@ -1,0 +1,370 @@
+//! The configuration file: what to back up, where to, and to whom it is encrypted.
+//!
+//! Parsing is strict (unknown keys are errors) so that a typo never silently turns a
+//! setting off. Every error names the file, the key and what was expected. Relative
+//! paths are resolved against the directory of the configuration file, so a config and
+//! its key files can be moved together.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::keys;
+
+/// Default target pack size: large enough to keep request counts (and later lock
+/// extensions) low, small enough to hold a few in memory.
+pub const DEFAULT_PACK_SIZE: u64 = 16 * 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was read from (for messages).
+    pub file: PathBuf,
+    pub state_dir: PathBuf,
+    pub recipients: Vec<age::x25519::Recipient>,
+    pub repo_secret_file: PathBuf,
+    pub compression_level: i32,
+    pub pack_size: u64,
+    pub target: TargetConfig,
+    pub jobs: Vec<Job>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TargetConfig {
+    pub url: String,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    /// Concurrent uploads; each holds one pack in memory.
+    pub upload_concurrency: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub name: String,
+    pub source: Source,
+    pub exclude: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Path(PathBuf),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Path(p) => write!(f, "path {}", p.display()),
+        }
+    }
+}
+
+/// A configuration error: names the file and (where known) the key.
+#[derive(Debug, thiserror::Error)]
+#[error("config {file}: {message}")]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub message: String,
+}
+
+// ---- the file as written -------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    state_dir: PathBuf,
+    recipients: Vec<String>,
+    repo_secret_file: PathBuf,
+    #[serde(default = "default_level")]
+    compression_level: i32,
+    #[serde(default)]
+    pack_size_mib: Option<u64>,
+    target: RawTarget,
+    #[serde(default, rename = "job")]
+    jobs: Vec<RawJob>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    url: String,
+    endpoint: Option<String>,
+    region: Option<String>,
+    #[serde(default = "default_concurrency")]
+    upload_concurrency: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJob {
+    name: String,
+    source: RawSource,
+    #[serde(default)]
+    exclude: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    path: Option<PathBuf>,
+}
+
+fn default_level() -> i32 {
+    3
+}
+fn default_concurrency() -> usize {
+    2
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let err = |message: String| ConfigError {
+            file: file.to_path_buf(),
+            message,
+        };
+        let text = std::fs::read_to_string(file).map_err(|e| err(format!("cannot read: {e}")))?;
+        Self::parse(file, &text)
+    }
+
+    /// Parses configuration text; `file` is used for messages and to resolve relative paths.
+    pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
+        let err = |message: String| ConfigError {
+            file: file.to_path_buf(),
+            message,
+        };
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| err(describe_toml_error(text, &e)))?;
+        let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
+
+        if raw.recipients.is_empty() {
+            return Err(err(
+                "key `recipients`: expected at least one age public key (age1…); \
+                            create one with `coffer keygen`"
+                    .into(),
+            ));
+        }
+        let mut recipients = Vec::new();
+        for (i, r) in raw.recipients.iter().enumerate() {
+            if r.starts_with("AGE-SECRET-KEY-") {
+                return Err(err(format!(
+                    "key `recipients[{i}]`: this is an age SECRET key; the backup host must hold only \
+                     public recipients (age1…). Keep the identity offline."
+                )));
+            }
+            let parsed = keys::parse_recipient(r).map_err(|_| {
+                err(format!(
+                    "key `recipients[{i}]`: `{r}` is not an age public key (expected age1…)"
+                ))
+            })?;
+            recipients.push(parsed);
+        }
+        if !(1..=22).contains(&raw.compression_level) {
+            return Err(err(format!(
+                "key `compression_level`: expected a zstd level from 1 to 22, found {}",
+                raw.compression_level
+            )));
+        }
+        let pack_size = match raw.pack_size_mib {
+            None => DEFAULT_PACK_SIZE,
+            Some(m) if (1..=1024).contains(&m) => m * 1024 * 1024,
+            Some(m) => {
+                return Err(err(format!(
+                    "key `pack_size_mib`: expected 1 to 1024, found {m}"
+                )));
+            }
+        };
+
+        let t = raw.target;
+        if !(t.url.starts_with("file://") || t.url.starts_with("s3://")) {
+            return Err(err(format!(
+                "key `target.url`: expected `file:///absolute/path` or `s3://bucket/prefix`, found `{}`",
+                t.url
+            )));
+        }
+        if !(1..=64).contains(&t.upload_concurrency) {
+            return Err(err(
+                "key `target.upload_concurrency`: expected 1 to 64".into()
+            ));
+        }
+        let target = TargetConfig {
+            url: t.url,
+            endpoint: t.endpoint,
+            region: t.region,
+            upload_concurrency: t.upload_concurrency,
+        };
+
+        let mut names = BTreeSet::new();
+        let mut jobs = Vec::new();
+        for (i, j) in raw.jobs.into_iter().enumerate() {
+            if !valid_job_name(&j.name) {
+                return Err(err(format!(
+                    "key `job[{i}].name`: `{}` is not a valid job name (letters, digits, `.`, `_`, `-`; at most 64)",
+                    j.name
+                )));
+            }
+            if !names.insert(j.name.clone()) {
+                return Err(err(format!(
+                    "key `job[{i}].name`: job `{}` is defined twice",
+                    j.name
+                )));
+            }
+            let source = match j.source.path {
+                Some(p) => Source::Path(resolve(&p)),
+                None => {
+                    return Err(err(format!(
+                        "key `job[{i}].source`: expected `{{ path = \"/dir\" }}`"
+                    )));
+                }
+            };
+            for (k, pattern) in j.exclude.iter().enumerate() {
+                if let Err(e) = globset::Glob::new(pattern) {
+                    return Err(err(format!(
+                        "key `job[{i}].exclude[{k}]`: bad glob `{pattern}`: {e}"
+                    )));
+                }
+            }
+            jobs.push(Job {
+                name: j.name,
+                source,
+                exclude: j.exclude,
+            });
+        }
+
+        Ok(Config {
+            file: file.to_path_buf(),
+            state_dir: resolve(&raw.state_dir),
+            recipients,
+            repo_secret_file: resolve(&raw.repo_secret_file),
+            compression_level: raw.compression_level,
+            pack_size,
+            target,
+            jobs,
+        })
+    }
+
+    pub fn job(&self, name: &str) -> anyhow::Result<&Job> {
+        self.jobs.iter().find(|j| j.name == name).ok_or_else(|| {
+            let known: Vec<&str> = self.jobs.iter().map(|j| j.name.as_str()).collect();
+            anyhow::anyhow!(
+                "no job `{name}` in {} (jobs: {})",
+                self.file.display(),
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )
+        })
+    }
+
+    pub fn catalog_path(&self) -> PathBuf {
+        self.state_dir.join("catalog.sqlite")
+    }
+}
+
+pub fn valid_job_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && !name.starts_with('.')
+}
+
+/// toml's own messages already carry line, column and the key; add the line itself.
+fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().trim().to_string();
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            let src = text.lines().nth(line - 1).unwrap_or("").trim();
+            format!("line {line}: {msg} (at `{src}`)")
+        }
+        None => msg,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RECIPIENT: &str = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p";
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/coffer/coffer.toml"), text)
+    }
+
+    fn minimal(extra: &str) -> String {
+        format!(
+            "state_dir = \"state\"\nrecipients = [\"{RECIPIENT}\"]\nrepo_secret_file = \"repo.secret\"\n\
+             [target]\nurl = \"file:///tmp/t\"\n{extra}"
+        )
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_directory() {
+        let c = parse(&minimal(
+            "[[job]]\nname = \"docs\"\nsource = { path = \"docs\" }\n",
+        ))
+        .unwrap();
+        assert_eq!(c.state_dir, Path::new("/etc/coffer/state"));
+        assert_eq!(c.jobs[0].source, Source::Path("/etc/coffer/docs".into()));
+        assert_eq!(c.pack_size, DEFAULT_PACK_SIZE);
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let e = parse(&minimal(
+            "[[job]]\nname = \"docs\"\nsorce = { path = \"x\" }\n",
+        ))
+        .unwrap_err();
+        let m = e.to_string();
+        assert!(m.contains("/etc/coffer/coffer.toml"), "{m}");
+        assert!(m.contains("sorce") && m.contains("line 8"), "{m}");
+    }
+
+    #[test]
+    fn secret_key_as_recipient_is_refused() {
+        let text = minimal("").replace(RECIPIENT, "AGE-SECRET-KEY-1QQQ");
+        assert!(parse(&text).unwrap_err().to_string().contains("SECRET key"));
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let cases = [
+            (
+                minimal("").replace("file:///tmp/t", "ftp://x"),
+                "target.url",
+            ),
+            (minimal("").replace(RECIPIENT, "age1nope"), "recipients[0]"),
+            (
+                minimal("[[job]]\nname = \"a/b\"\nsource = { path = \"x\" }\n"),
+                "job[0].name",
+            ),
+            (
+                minimal("[[job]]\nname = \"a\"\nsource = {}\n"),
+                "job[0].source",
+            ),
+            (
+                minimal("[[job]]\nname = \"a\"\nsource = { path = \"x\" }\nexclude = [\"a[\"]\n"),
+                "job[0].exclude[0]",
+            ),
+            (
+                format!("compression_level = 40\n{}", minimal("")),
+                "compression_level",
+            ),
+        ];
+        for (text, key) in cases {
+            let m = parse(&text).unwrap_err().to_string();
+            assert!(m.contains(key), "expected `{key}` in: {m}");
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! Crash-safe local file writes: a temporary file in the same directory, fsync, rename,
+//! fsync of the directory. A crash leaves either the old state or the new, never half.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// Writes a new file with mode 0600; fails if `path` exists.
+pub fn write_new_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    if path.symlink_metadata().is_ok() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{} already exists", path.display()),
+        ));
+    }
+    let tmp = temp_path(path);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    let result = f.write_all(bytes).and_then(|_| f.sync_all()).and_then(|_| {
+        // hard_link fails if the destination appeared meanwhile: never overwrite a key.
+        std::fs::hard_link(&tmp, path)
+    });
+    let _ = std::fs::remove_file(&tmp);
+    result?;
+    sync_dir(path)
+}
+
+/// A sibling name for a temporary file: same directory, so rename is atomic.
+pub fn temp_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.coffer-tmp-{}", crate::hex::random(6)))
+}
+
+/// Makes a directory entry change (create, rename) durable.
+pub fn sync_dir(path: &Path) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    File::open(dir)?.sync_all()
+}
+
+/// Creates a directory (and parents) with mode 0700.
+pub fn create_private_dir(path: &Path) -> io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+}
+
+use std::os::unix::fs::DirBuilderExt;
+
+/// An exclusive advisory lock held while the value lives (flock on a file).
+pub struct LockFile {
+    _file: File,
+}
+
+impl LockFile {
+    /// Takes the lock or returns `WouldBlock` when another process holds it.
+    pub fn try_lock(path: &Path) -> io::Result<LockFile> {
+        use std::os::fd::AsRawFd;
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(path)?;
+        // SAFETY: flock on a file descriptor we own; no memory is shared.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(LockFile { _file: file })
+    }
+}

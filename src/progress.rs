@@ -1,0 +1,121 @@
+//! Counters shared by the stages of a run, and the progress line drawn from them on a
+//! terminal. The counters are plain atomics so that no stage ever waits for the display.
+
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Default)]
+pub struct Counters {
+    pub files: AtomicU64,
+    pub unchanged: AtomicU64,
+    pub bytes: AtomicU64,
+    pub bytes_read: AtomicU64,
+    pub bytes_new: AtomicU64,
+    pub bytes_uploaded: AtomicU64,
+    pub packs: AtomicU64,
+    pub current: Mutex<String>,
+}
+
+impl Counters {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Relaxed)
+    }
+
+    pub fn set_current(&self, path: &str) {
+        if let Ok(mut c) = self.current.try_lock() {
+            c.clear();
+            c.push_str(path);
+        }
+    }
+}
+
+/// Draws a one-line progress display on stderr while alive, if stderr is a terminal.
+pub struct ProgressLine {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ProgressLine {
+    pub fn start(counters: Arc<Counters>, enabled: bool) -> ProgressLine {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = (enabled && std::io::stderr().is_terminal()).then(|| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let t0 = Instant::now();
+                while !stop.load(Relaxed) {
+                    std::thread::sleep(Duration::from_millis(250));
+                    let c = &counters;
+                    let secs = t0.elapsed().as_secs_f64().max(0.001);
+                    let read = Counters::get(&c.bytes_read);
+                    let mut cur = c.current.lock().map(|s| s.clone()).unwrap_or_default();
+                    if cur.chars().count() > 40 {
+                        cur = format!(
+                            "…{}",
+                            cur.chars()
+                                .rev()
+                                .take(39)
+                                .collect::<Vec<_>>()
+                                .into_iter()
+                                .rev()
+                                .collect::<String>()
+                        );
+                    }
+                    eprint!(
+                        "\r\x1b[K{} files, read {} ({}/s), new {}, uploaded {} in {} packs  {}",
+                        Counters::get(&c.files),
+                        bytes(read),
+                        bytes((read as f64 / secs) as u64),
+                        bytes(Counters::get(&c.bytes_new)),
+                        bytes(Counters::get(&c.bytes_uploaded)),
+                        Counters::get(&c.packs),
+                        cur
+                    );
+                    let _ = std::io::stderr().flush();
+                }
+                eprint!("\r\x1b[K");
+            })
+        });
+        ProgressLine { stop, thread }
+    }
+}
+
+impl Drop for ProgressLine {
+    fn drop(&mut self) {
+        self.stop.store(true, Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// `1.5 GiB`
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn human_bytes() {
+        assert_eq!(super::bytes(5), "5 B");
+        assert_eq!(super::bytes(1536), "1.5 KiB");
+        assert_eq!(super::bytes(3 << 30), "3.0 GiB");
+    }
+}

@@ -1,0 +1,144 @@
+//! Where backups go: an object store behind `object_store`, with coffer's key layout.
+//!
+//! Every write is a single PUT with `PutMode::Create` (never an overwrite); the version
+//! id the store returns is what the catalog records and what restores read. `file://`
+//! targets exist for trying coffer out; they have no write-once protection.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow, bail};
+use bytes::Bytes;
+use object_store::aws::{AmazonS3Builder, Checksum};
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjPath;
+use object_store::prefix::PrefixStore;
+use object_store::{GetOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+
+use crate::config::TargetConfig;
+
+#[derive(Clone)]
+pub struct Target {
+    store: Arc<dyn ObjectStore>,
+    /// The configured URL (no credentials are ever part of it).
+    pub url: String,
+    pub kind: TargetKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetKind {
+    LocalDir,
+    S3,
+}
+
+/// A put refused because the key already exists: coffer never overwrites.
+#[derive(Debug, thiserror::Error)]
+#[error("{key} already exists on the target; coffer never overwrites an object")]
+pub struct AlreadyExists {
+    pub key: String,
+}
+
+impl Target {
+    pub fn open(cfg: &TargetConfig) -> Result<Target> {
+        if let Some(path) = cfg.url.strip_prefix("file://") {
+            if !path.starts_with('/') {
+                bail!(
+                    "target url `{}`: a file:// target needs an absolute path (file:///dir)",
+                    cfg.url
+                );
+            }
+            std::fs::create_dir_all(path)
+                .with_context(|| format!("cannot create target directory {path}"))?;
+            let store = LocalFileSystem::new_with_prefix(path)
+                .with_context(|| format!("cannot open target directory {path}"))?
+                .with_fsync(true);
+            return Ok(Target {
+                store: Arc::new(store),
+                url: cfg.url.clone(),
+                kind: TargetKind::LocalDir,
+            });
+        }
+        let rest = cfg
+            .url
+            .strip_prefix("s3://")
+            .ok_or_else(|| anyhow!("target url `{}`: expected file:// or s3://", cfg.url))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            bail!("target url `{}` names no bucket", cfg.url);
+        }
+        let mut b = AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .with_checksum_algorithm(Checksum::SHA256);
+        if let Some(region) = cfg
+            .region
+            .clone()
+            .or_else(|| std::env::var("AWS_REGION").ok())
+        {
+            b = b.with_region(region);
+        }
+        let endpoint = cfg
+            .endpoint
+            .clone()
+            .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
+        if let Some(ep) = &endpoint {
+            b = b
+                .with_endpoint(ep)
+                .with_allow_http(ep.starts_with("http://"));
+        }
+        let s3 = b.build().with_context(|| format!("target {}", cfg.url))?;
+        let prefix = prefix.trim_matches('/');
+        let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
+            Arc::new(s3)
+        } else {
+            Arc::new(PrefixStore::new(s3, prefix))
+        };
+        Ok(Target {
+            store,
+            url: cfg.url.clone(),
+            kind: TargetKind::S3,
+        })
+    }
+
+    /// Writes a new object; returns its version id where the store keeps versions.
+    pub async fn put_new(&self, key: &str, body: Bytes) -> Result<Option<String>> {
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .store
+            .put_opts(&ObjPath::from(key), PutPayload::from_bytes(body), opts)
+            .await
+        {
+            Ok(r) => Ok(r.version),
+            Err(object_store::Error::AlreadyExists { .. }) => Err(AlreadyExists {
+                key: key.to_string(),
+            }
+            .into()),
+            Err(e) => Err(anyhow!(e).context(format!("upload of {key} to {} failed", self.url))),
+        }
+    }
+
+    /// Reads an object, by exact version when one was recorded.
+    pub async fn get(&self, key: &str, version: Option<&str>) -> Result<Bytes> {
+        let opts = GetOptions {
+            version: version.map(str::to_string),
+            ..Default::default()
+        };
+        let r = self
+            .store
+            .get_opts(&ObjPath::from(key), opts)
+            .await
+            .with_context(|| format!("cannot read {key} from {}", self.url))?;
+        r.bytes()
+            .await
+            .with_context(|| format!("cannot read {key} from {}", self.url))
+    }
+
+    pub async fn exists(&self, key: &str) -> Result<bool> {
+        match self.store.head(&ObjPath::from(key)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(anyhow!(e).context(format!("cannot reach target {}", self.url))),
+        }
+    }
+}
