@@ -47,8 +47,6 @@ pub struct StoredPack<'a> {
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SnapshotRow {
-    #[serde(skip)]
-    pub seq: i64,
     pub id: String,
     pub job: String,
     pub host: String,
@@ -88,28 +86,19 @@ impl Catalog {
     pub fn open(path: &Path) -> Result<Catalog> {
         let ctx = || format!("catalog {}", path.display());
         let conn = Connection::open(path).with_context(ctx)?;
-        conn.busy_timeout(std::time::Duration::from_secs(30))
-            .with_context(ctx)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .with_context(ctx)?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .with_context(ctx)?;
-        conn.pragma_update(None, "foreign_keys", "ON")
-            .with_context(ctx)?;
+        conn.busy_timeout(std::time::Duration::from_secs(30)).with_context(ctx)?;
+        conn.pragma_update(None, "journal_mode", "WAL").with_context(ctx)?;
+        conn.pragma_update(None, "synchronous", "FULL").with_context(ctx)?;
+        conn.pragma_update(None, "foreign_keys", "ON").with_context(ctx)?;
         let mut cat = Catalog { conn };
         cat.migrate().with_context(ctx)?;
         Ok(cat)
     }
 
     fn migrate(&mut self) -> Result<()> {
-        let version: usize = self
-            .conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let version: usize = self.conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if version > MIGRATIONS.len() {
-            bail!(
-                "schema version {version} is newer than this coffer understands ({})",
-                MIGRATIONS.len()
-            );
+            bail!("schema version {version} is newer than this coffer understands ({})", MIGRATIONS.len());
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
             let tx = self.conn.transaction()?;
@@ -118,12 +107,6 @@ impl Catalog {
             tx.commit()?;
         }
         Ok(())
-    }
-
-    pub fn integrity_check(&self) -> Result<String> {
-        Ok(self
-            .conn
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
     }
 
     // ---- repository ------------------------------------------------------------------
@@ -167,9 +150,7 @@ impl Catalog {
 
     /// The pack (row id) holding a stored chunk, if any: the dedup lookup.
     pub fn chunk_pack(&self, id: &ChunkId) -> Result<Option<i64>> {
-        let mut st = self
-            .conn
-            .prepare_cached("SELECT pack FROM chunks WHERE id = ?1")?;
+        let mut st = self.conn.prepare_cached("SELECT pack FROM chunks WHERE id = ?1")?;
         Ok(st.query_row([&id.0[..]], |r| r.get(0)).optional()?)
     }
 
@@ -206,14 +187,7 @@ impl Catalog {
                 "INSERT OR IGNORE INTO chunks (id, pack, offset, length, raw_length, flags) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
             for b in pack.blobs {
-                st.execute(params![
-                    &b.id.0[..],
-                    pack_id,
-                    b.offset,
-                    b.length,
-                    b.raw_length,
-                    b.flags
-                ])?;
+                st.execute(params![&b.id.0[..], pack_id, b.offset, b.length, b.raw_length, b.flags])?;
             }
         }
         tx.commit()?;
@@ -234,10 +208,7 @@ impl Catalog {
                     mtime_ns: r.get(1)?,
                     ctime_ns: r.get(2)?,
                     inode: r.get(3)?,
-                    chunks: blob
-                        .chunks_exact(32)
-                        .map(|c| ChunkId(c.try_into().unwrap_or([0; 32])))
-                        .collect(),
+                    chunks: blob.chunks_exact(32).map(|c| ChunkId(c.try_into().unwrap_or([0; 32]))).collect(),
                 })
             })
             .optional()?)
@@ -275,8 +246,7 @@ impl Catalog {
         )?;
         let seq = tx.last_insert_rowid();
         {
-            let mut st =
-                tx.prepare("INSERT INTO snapshot_packs (snapshot, pack) VALUES (?1, ?2)")?;
+            let mut st = tx.prepare("INSERT INTO snapshot_packs (snapshot, pack) VALUES (?1, ?2)")?;
             for p in packs {
                 st.execute(params![seq, p])?;
             }
@@ -288,9 +258,7 @@ impl Catalog {
             for item in cache {
                 let (path, f) = item?;
                 let ids: Vec<u8> = f.chunks.iter().flat_map(|c| c.0).collect();
-                st.execute(params![
-                    snap.job, path, f.size, f.mtime_ns, f.ctime_ns, f.inode, ids
-                ])?;
+                st.execute(params![snap.job, path, f.size, f.mtime_ns, f.ctime_ns, f.inode, ids])?;
             }
         }
         tx.commit()?;
@@ -299,26 +267,25 @@ impl Catalog {
 
     pub fn snapshots(&self, job: Option<&str>) -> Result<Vec<SnapshotRow>> {
         let mut st = self.conn.prepare(
-            "SELECT seq, id, job, host, created_at, state, record_version, source, files, bytes, bytes_new,
+            "SELECT id, job, host, created_at, state, record_version, source, files, bytes, bytes_new,
                     bytes_uploaded, errors, retain_until
              FROM snapshots WHERE ?1 IS NULL OR job = ?1 ORDER BY seq",
         )?;
         let rows = st.query_map([job], |r| {
             Ok(SnapshotRow {
-                seq: r.get(0)?,
-                id: r.get(1)?,
-                job: r.get(2)?,
-                host: r.get(3)?,
-                created_at: r.get(4)?,
-                state: r.get(5)?,
-                record_version: r.get(6)?,
-                source: r.get(7)?,
-                files: r.get(8)?,
-                bytes: r.get(9)?,
-                bytes_new: r.get(10)?,
-                bytes_uploaded: r.get(11)?,
-                errors: r.get(12)?,
-                retain_until: r.get(13)?,
+                    id: r.get(0)?,
+                job: r.get(1)?,
+                host: r.get(2)?,
+                created_at: r.get(3)?,
+                state: r.get(4)?,
+                record_version: r.get(5)?,
+                source: r.get(6)?,
+                files: r.get(7)?,
+                bytes: r.get(8)?,
+                bytes_new: r.get(9)?,
+                bytes_uploaded: r.get(10)?,
+                errors: r.get(11)?,
+                retain_until: r.get(12)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -334,16 +301,11 @@ impl Catalog {
                 .find(|s| s.state == "complete")
                 .with_context(|| format!("job `{job}` has no complete snapshot yet"));
         }
-        let matches: Vec<SnapshotRow> = all
-            .into_iter()
-            .filter(|s| s.id.starts_with(selector))
-            .collect();
+        let matches: Vec<SnapshotRow> = all.into_iter().filter(|s| s.id.starts_with(selector)).collect();
         match matches.len() {
             0 => bail!("no snapshot `{selector}` in job `{job}` (see `coffer snapshots {job}`)"),
             1 => Ok(matches.into_iter().next().expect("one match")),
-            n => bail!(
-                "snapshot prefix `{selector}` is ambiguous: {n} snapshots of job `{job}` match"
-            ),
+            n => bail!("snapshot prefix `{selector}` is ambiguous: {n} snapshots of job `{job}` match"),
         }
     }
 
@@ -396,80 +358,38 @@ mod tests {
     }
 
     fn blob(n: u8) -> BlobEntry {
-        BlobEntry {
-            id: ChunkId([n; 32]),
-            offset: u64::from(n) * 10,
-            length: 10,
-            raw_length: 20,
-            flags: 1,
-        }
+        BlobEntry { id: ChunkId([n; 32]), offset: u64::from(n) * 10, length: 10, raw_length: 20, flags: 1 }
     }
 
     #[test]
     fn packs_and_chunks_survive_reopen() {
         let (mut cat, path) = temp_catalog();
         let blobs = [blob(1), blob(2)];
-        let id = cat
-            .add_pack(&StoredPack {
-                hash: "ab12",
-                version: Some("v1"),
-                size: 100,
-                blobs: &blobs,
-            })
-            .unwrap();
+        let id = cat.add_pack(&StoredPack { hash: "ab12", version: Some("v1"), size: 100, blobs: &blobs }).unwrap();
         drop(cat);
         let cat = Catalog::open(&path).unwrap();
         assert_eq!(cat.chunk_pack(&ChunkId([2; 32])).unwrap(), Some(id));
         assert_eq!(cat.chunk_pack(&ChunkId([3; 32])).unwrap(), None);
         let loc = cat.chunk_location(&ChunkId([2; 32])).unwrap().unwrap();
-        assert_eq!(
-            (
-                loc.pack_hash.as_str(),
-                loc.pack_version.as_deref(),
-                loc.offset
-            ),
-            ("ab12", Some("v1"), 20)
-        );
-        assert_eq!(cat.integrity_check().unwrap(), "ok");
+        assert_eq!((loc.pack_hash.as_str(), loc.pack_version.as_deref(), loc.offset), ("ab12", Some("v1"), 20));
     }
 
     #[test]
     fn a_failed_pack_transaction_leaves_no_chunk() {
         let (mut cat, _) = temp_catalog();
         let blobs = [blob(1)];
-        cat.add_pack(&StoredPack {
-            hash: "same",
-            version: None,
-            size: 1,
-            blobs: &blobs,
-        })
-        .unwrap();
+        cat.add_pack(&StoredPack { hash: "same", version: None, size: 1, blobs: &blobs }).unwrap();
         // Same hash again violates UNIQUE: the whole transaction must roll back.
         let other = [blob(9)];
-        assert!(
-            cat.add_pack(&StoredPack {
-                hash: "same",
-                version: None,
-                size: 1,
-                blobs: &other
-            })
-            .is_err()
-        );
+        assert!(cat.add_pack(&StoredPack { hash: "same", version: None, size: 1, blobs: &other }).is_err());
         assert_eq!(cat.chunk_pack(&ChunkId([9; 32])).unwrap(), None);
     }
 
     #[test]
     fn file_cache_is_replaced_per_snapshot() {
         let (mut cat, _) = temp_catalog();
-        let f = CachedFile {
-            size: 1,
-            mtime_ns: 2,
-            ctime_ns: 3,
-            inode: 4,
-            chunks: vec![ChunkId([7; 32])],
-        };
+        let f = CachedFile { size: 1, mtime_ns: 2, ctime_ns: 3, inode: 4, chunks: vec![ChunkId([7; 32])] };
         let snap = |id: &str| SnapshotRow {
-            seq: 0,
             id: id.into(),
             job: "j".into(),
             host: "h".into(),
@@ -484,19 +404,9 @@ mod tests {
             errors: 0,
             retain_until: None,
         };
-        cat.complete_snapshot(
-            &snap("s1"),
-            &HashSet::new(),
-            vec![Ok((b"a".to_vec(), f.clone()))],
-        )
-        .unwrap();
+        cat.complete_snapshot(&snap("s1"), &HashSet::new(), vec![Ok((b"a".to_vec(), f.clone()))]).unwrap();
         assert_eq!(cat.cached_file("j", b"a").unwrap(), Some(f.clone()));
-        cat.complete_snapshot(
-            &snap("s2"),
-            &HashSet::new(),
-            vec![Ok((b"b".to_vec(), f.clone()))],
-        )
-        .unwrap();
+        cat.complete_snapshot(&snap("s2"), &HashSet::new(), vec![Ok((b"b".to_vec(), f.clone()))]).unwrap();
         assert_eq!(cat.cached_file("j", b"a").unwrap(), None);
         assert_eq!(cat.find_snapshot("j", "latest").unwrap().id, "s2");
         assert_eq!(cat.find_snapshot("j", "s1").unwrap().id, "s1");

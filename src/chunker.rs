@@ -22,11 +22,7 @@ pub struct ChunkerParams {
 
 impl Default for ChunkerParams {
     fn default() -> Self {
-        ChunkerParams {
-            min: 512 * 1024,
-            avg: 1024 * 1024,
-            max: 8 * 1024 * 1024,
-        }
+        ChunkerParams { min: 512 * 1024, avg: 1024 * 1024, max: 8 * 1024 * 1024 }
     }
 }
 
@@ -38,11 +34,7 @@ impl ChunkerParams {
             && (MAXIMUM_MIN..=MAXIMUM_MAX).contains(&(self.max as usize))
             && self.min <= self.avg
             && self.avg <= self.max;
-        if ok {
-            Ok(())
-        } else {
-            Err(format!("invalid chunker parameters {self:?}"))
-        }
+        if ok { Ok(()) } else { Err(format!("invalid chunker parameters {self:?}")) }
     }
 }
 
@@ -65,11 +57,7 @@ pub struct Chunker {
 
 impl Chunker {
     pub fn new(params: ChunkerParams, seed: u64) -> Self {
-        Chunker {
-            params,
-            seed,
-            buf: Vec::new(),
-        }
+        Chunker { params, seed, buf: Vec::new() }
     }
 
     /// Splits `src` into chunks, calling `sink` with each in order. Returns the bytes read.
@@ -161,11 +149,7 @@ mod tests {
 
     #[test]
     fn chunks_reassemble_and_respect_bounds() {
-        let p = ChunkerParams {
-            min: 4096,
-            avg: 16384,
-            max: 65536,
-        };
+        let p = ChunkerParams { min: 4096, avg: 16384, max: 65536 };
         let data = pseudo_random(1_000_000, 7);
         let cs = chunks(&data, p);
         assert_eq!(cs.concat(), data);
@@ -177,11 +161,7 @@ mod tests {
 
     #[test]
     fn an_insertion_changes_only_nearby_chunks() {
-        let p = ChunkerParams {
-            min: 4096,
-            avg: 16384,
-            max: 65536,
-        };
+        let p = ChunkerParams { min: 4096, avg: 16384, max: 65536 };
         let data = pseudo_random(2_000_000, 9);
         let mut edited = data.clone();
         edited.splice(1_000_000..1_000_000, b"inserted".iter().copied());
@@ -194,14 +174,6 @@ mod tests {
     #[test]
     fn default_params_are_valid() {
         ChunkerParams::default().validate().unwrap();
-        assert!(
-            ChunkerParams {
-                min: 10,
-                avg: 5,
-                max: 1
-            }
-            .validate()
-            .is_err()
-        );
+        assert!(ChunkerParams { min: 10, avg: 5, max: 1 }.validate().is_err());
     }
 }

@@ -27,13 +27,7 @@ const EXIT_PARTIAL: u8 = 3;
 )]
 struct Cli {
     /// Configuration file.
-    #[arg(
-        long,
-        short,
-        global = true,
-        env = "COFFER_CONFIG",
-        default_value = "/etc/coffer/coffer.toml"
-    )]
+    #[arg(long, short, global = true, env = "COFFER_CONFIG", default_value = "/etc/coffer/coffer.toml")]
     config: PathBuf,
     /// More log output (-v info, -vv debug).
     #[arg(long, short, global = true, action = clap::ArgAction::Count)]
@@ -119,10 +113,7 @@ fn init_logging(verbose: u8) {
 fn run(cli: Cli) -> Result<ExitCode> {
     if let Command::Keygen { output } = &cli.command {
         let recipient = crate::keys::keygen(output)?;
-        eprintln!(
-            "wrote identity {} (keep it offline; it is the only key that can restore)",
-            output.display()
-        );
+        eprintln!("wrote identity {} (keep it offline; it is the only key that can restore)", output.display());
         println!("{recipient}");
         return Ok(ExitCode::SUCCESS);
     }
@@ -140,23 +131,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     }
                 }
                 crate::init::Outcome::AlreadyInitialised { repo_id } => {
-                    println!(
-                        "already initialised: repository {repo_id} on {}",
-                        cfg.target.url
-                    );
+                    println!("already initialised: repository {repo_id} on {}", cfg.target.url);
                 }
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Backup { job, no_progress } => {
             let job = cfg.job(&job)?;
-            let s = crate::backup::run(
-                &cfg,
-                job,
-                &crate::backup::Options {
-                    progress: !no_progress,
-                },
-            )?;
+            let s = crate::backup::run(&cfg, job, &crate::backup::Options { progress: !no_progress })?;
             let st = &s.stats;
             println!("snapshot {} of job {} complete", s.snapshot_id, job.name);
             println!(
@@ -178,10 +160,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if s.errors.is_empty() {
                 Ok(ExitCode::SUCCESS)
             } else {
-                println!(
-                    "  {} paths could not be read and are not in the snapshot:",
-                    s.errors.len()
-                );
+                println!("  {} paths could not be read and are not in the snapshot:", s.errors.len());
                 for e in &s.errors {
                     println!("    {}: {}", e.path, e.error);
                 }
@@ -217,23 +196,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Restore {
-            snapshot,
-            job,
-            to,
-            path,
-            identity,
-            overwrite,
-        } => {
+        Command::Restore { snapshot, job, to, path, identity, overwrite } => {
             cfg.job(&job)?;
-            let opts = crate::restore::Options {
-                job,
-                snapshot,
-                to,
-                subpath: path,
-                identity,
-                overwrite,
-            };
+            let opts = crate::restore::Options { job, snapshot, to, subpath: path, identity, overwrite };
             let s = crate::restore::run(&cfg, &opts)?;
             println!(
                 "restored snapshot {} to {}: {} files ({}), {} dirs, {} symlinks",

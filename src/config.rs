@@ -119,37 +119,24 @@ fn default_concurrency() -> usize {
 impl Config {
     /// Reads and validates a configuration file.
     pub fn load(file: &Path) -> Result<Config, ConfigError> {
-        let err = |message: String| ConfigError {
-            file: file.to_path_buf(),
-            message,
-        };
+        let err = |message: String| ConfigError { file: file.to_path_buf(), message };
         let text = std::fs::read_to_string(file).map_err(|e| err(format!("cannot read: {e}")))?;
         Self::parse(file, &text)
     }
 
     /// Parses configuration text; `file` is used for messages and to resolve relative paths.
     pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
-        let err = |message: String| ConfigError {
-            file: file.to_path_buf(),
-            message,
-        };
-        let raw: RawConfig =
-            toml::from_str(text).map_err(|e| err(describe_toml_error(text, &e)))?;
+        let err = |message: String| ConfigError { file: file.to_path_buf(), message };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| err(describe_toml_error(text, &e)))?;
         let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
         let resolve = |p: &Path| {
-            if p.is_absolute() {
-                p.to_path_buf()
-            } else {
-                base.join(p)
-            }
+            if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
         };
 
         if raw.recipients.is_empty() {
-            return Err(err(
-                "key `recipients`: expected at least one age public key (age1…); \
+            return Err(err("key `recipients`: expected at least one age public key (age1…); \
                             create one with `coffer keygen`"
-                    .into(),
-            ));
+                .into()));
         }
         let mut recipients = Vec::new();
         for (i, r) in raw.recipients.iter().enumerate() {
@@ -159,11 +146,8 @@ impl Config {
                      public recipients (age1…). Keep the identity offline."
                 )));
             }
-            let parsed = keys::parse_recipient(r).map_err(|_| {
-                err(format!(
-                    "key `recipients[{i}]`: `{r}` is not an age public key (expected age1…)"
-                ))
-            })?;
+            let parsed = keys::parse_recipient(r)
+                .map_err(|_| err(format!("key `recipients[{i}]`: `{r}` is not an age public key (expected age1…)")))?;
             recipients.push(parsed);
         }
         if !(1..=22).contains(&raw.compression_level) {
@@ -176,9 +160,7 @@ impl Config {
             None => DEFAULT_PACK_SIZE,
             Some(m) if (1..=1024).contains(&m) => m * 1024 * 1024,
             Some(m) => {
-                return Err(err(format!(
-                    "key `pack_size_mib`: expected 1 to 1024, found {m}"
-                )));
+                return Err(err(format!("key `pack_size_mib`: expected 1 to 1024, found {m}")));
             }
         };
 
@@ -190,9 +172,7 @@ impl Config {
             )));
         }
         if !(1..=64).contains(&t.upload_concurrency) {
-            return Err(err(
-                "key `target.upload_concurrency`: expected 1 to 64".into()
-            ));
+            return Err(err("key `target.upload_concurrency`: expected 1 to 64".into()));
         }
         let target = TargetConfig {
             url: t.url,
@@ -211,31 +191,20 @@ impl Config {
                 )));
             }
             if !names.insert(j.name.clone()) {
-                return Err(err(format!(
-                    "key `job[{i}].name`: job `{}` is defined twice",
-                    j.name
-                )));
+                return Err(err(format!("key `job[{i}].name`: job `{}` is defined twice", j.name)));
             }
             let source = match j.source.path {
                 Some(p) => Source::Path(resolve(&p)),
                 None => {
-                    return Err(err(format!(
-                        "key `job[{i}].source`: expected `{{ path = \"/dir\" }}`"
-                    )));
+                    return Err(err(format!("key `job[{i}].source`: expected `{{ path = \"/dir\" }}`")));
                 }
             };
             for (k, pattern) in j.exclude.iter().enumerate() {
                 if let Err(e) = globset::Glob::new(pattern) {
-                    return Err(err(format!(
-                        "key `job[{i}].exclude[{k}]`: bad glob `{pattern}`: {e}"
-                    )));
+                    return Err(err(format!("key `job[{i}].exclude[{k}]`: bad glob `{pattern}`: {e}")));
                 }
             }
-            jobs.push(Job {
-                name: j.name,
-                source,
-                exclude: j.exclude,
-            });
+            jobs.push(Job { name: j.name, source, exclude: j.exclude });
         }
 
         Ok(Config {
@@ -256,11 +225,7 @@ impl Config {
             anyhow::anyhow!(
                 "no job `{name}` in {} (jobs: {})",
                 self.file.display(),
-                if known.is_empty() {
-                    "none".to_string()
-                } else {
-                    known.join(", ")
-                }
+                if known.is_empty() { "none".to_string() } else { known.join(", ") }
             )
         })
     }
@@ -273,9 +238,7 @@ impl Config {
 pub fn valid_job_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
         && !name.starts_with('.')
 }
 
@@ -311,10 +274,7 @@ mod tests {
 
     #[test]
     fn relative_paths_resolve_against_the_config_directory() {
-        let c = parse(&minimal(
-            "[[job]]\nname = \"docs\"\nsource = { path = \"docs\" }\n",
-        ))
-        .unwrap();
+        let c = parse(&minimal("[[job]]\nname = \"docs\"\nsource = { path = \"docs\" }\n")).unwrap();
         assert_eq!(c.state_dir, Path::new("/etc/coffer/state"));
         assert_eq!(c.jobs[0].source, Source::Path("/etc/coffer/docs".into()));
         assert_eq!(c.pack_size, DEFAULT_PACK_SIZE);
@@ -322,10 +282,7 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named_with_its_line() {
-        let e = parse(&minimal(
-            "[[job]]\nname = \"docs\"\nsorce = { path = \"x\" }\n",
-        ))
-        .unwrap_err();
+        let e = parse(&minimal("[[job]]\nname = \"docs\"\nsorce = { path = \"x\" }\n")).unwrap_err();
         let m = e.to_string();
         assert!(m.contains("/etc/coffer/coffer.toml"), "{m}");
         assert!(m.contains("sorce") && m.contains("line 8"), "{m}");
@@ -340,27 +297,12 @@ mod tests {
     #[test]
     fn bad_values_are_named() {
         let cases = [
-            (
-                minimal("").replace("file:///tmp/t", "ftp://x"),
-                "target.url",
-            ),
+            (minimal("").replace("file:///tmp/t", "ftp://x"), "target.url"),
             (minimal("").replace(RECIPIENT, "age1nope"), "recipients[0]"),
-            (
-                minimal("[[job]]\nname = \"a/b\"\nsource = { path = \"x\" }\n"),
-                "job[0].name",
-            ),
-            (
-                minimal("[[job]]\nname = \"a\"\nsource = {}\n"),
-                "job[0].source",
-            ),
-            (
-                minimal("[[job]]\nname = \"a\"\nsource = { path = \"x\" }\nexclude = [\"a[\"]\n"),
-                "job[0].exclude[0]",
-            ),
-            (
-                format!("compression_level = 40\n{}", minimal("")),
-                "compression_level",
-            ),
+            (minimal("[[job]]\nname = \"a/b\"\nsource = { path = \"x\" }\n"), "job[0].name"),
+            (minimal("[[job]]\nname = \"a\"\nsource = {}\n"), "job[0].source"),
+            (minimal("[[job]]\nname = \"a\"\nsource = { path = \"x\" }\nexclude = [\"a[\"]\n"), "job[0].exclude[0]"),
+            (format!("compression_level = 40\n{}", minimal("")), "compression_level"),
         ];
         for (text, key) in cases {
             let m = parse(&text).unwrap_err().to_string();

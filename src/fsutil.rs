@@ -9,17 +9,10 @@ use std::path::{Path, PathBuf};
 /// Writes a new file with mode 0600; fails if `path` exists.
 pub fn write_new_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
     if path.symlink_metadata().is_ok() {
-        return Err(io::Error::new(
-            io::ErrorKind::AlreadyExists,
-            format!("{} already exists", path.display()),
-        ));
+        return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{} already exists", path.display())));
     }
     let tmp = temp_path(path);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
+    let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
     let result = f.write_all(bytes).and_then(|_| f.sync_all()).and_then(|_| {
         // hard_link fails if the destination appeared meanwhile: never overwrite a key.
         std::fs::hard_link(&tmp, path)
@@ -31,10 +24,7 @@ pub fn write_new_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
 
 /// A sibling name for a temporary file: same directory, so rename is atomic.
 pub fn temp_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     path.with_file_name(format!(".{name}.coffer-tmp-{}", crate::hex::random(6)))
 }
 
@@ -49,10 +39,7 @@ pub fn sync_dir(path: &Path) -> io::Result<()> {
 
 /// Creates a directory (and parents) with mode 0700.
 pub fn create_private_dir(path: &Path) -> io::Result<()> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path)
 }
 
 use std::os::unix::fs::DirBuilderExt;
@@ -66,12 +53,7 @@ impl LockFile {
     /// Takes the lock or returns `WouldBlock` when another process holds it.
     pub fn try_lock(path: &Path) -> io::Result<LockFile> {
         use std::os::fd::AsRawFd;
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(path)?;
+        let file = OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(path)?;
         // SAFETY: flock on a file descriptor we own; no memory is shared.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if rc != 0 {

@@ -30,25 +30,20 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
                 cfg.target.url
             );
         }
-        return Ok(Outcome::AlreadyInitialised {
-            repo_id: repo.repo_id,
-        });
+        return Ok(Outcome::AlreadyInitialised { repo_id: repo.repo_id });
     }
     let secret = if cfg.repo_secret_file.exists() {
         RepoSecret::load(&cfg.repo_secret_file)?
     } else {
         if let Some(dir) = cfg.repo_secret_file.parent() {
-            crate::fsutil::create_private_dir(dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
+            crate::fsutil::create_private_dir(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         }
         let s = RepoSecret::generate()?;
         s.create_file(&cfg.repo_secret_file)?;
         s
     };
     let target = Target::open(&cfg.target)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     if runtime.block_on(target.exists(REPO_KEY))? {
         bail!(
             "target {} already holds a coffer repository ({REPO_KEY}); coffer never overwrites it. \
@@ -65,13 +60,6 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
         record_version: version,
         chunker,
     })?;
-    catalog.event(
-        "init",
-        None,
-        &format!("repository {} on {}", record.id, cfg.target.url),
-    )?;
-    Ok(Outcome::Created {
-        repo_id: record.id,
-        kind: target.kind,
-    })
+    catalog.event("init", None, &format!("repository {} on {}", record.id, cfg.target.url))?;
+    Ok(Outcome::Created { repo_id: record.id, kind: target.kind })
 }

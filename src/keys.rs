@@ -95,8 +95,7 @@ impl RepoSecret {
 
 /// Refuses a key file that is readable or writable by group or others.
 pub fn check_private(path: &Path) -> Result<()> {
-    let meta = std::fs::metadata(path)
-        .with_context(|| format!("cannot read key file {}", path.display()))?;
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot read key file {}", path.display()))?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         bail!(
@@ -118,10 +117,7 @@ pub fn keygen(path: &Path) -> Result<String> {
     let identity = age::x25519::Identity::generate();
     let recipient = identity.to_public().to_string();
     let now = chrono_like_now();
-    let text = format!(
-        "# created: {now}\n# public key: {recipient}\n{}\n",
-        identity.to_string().expose_secret()
-    );
+    let text = format!("# created: {now}\n# public key: {recipient}\n{}\n", identity.to_string().expose_secret());
     fsutil::write_new_private(path, text.as_bytes())
         .with_context(|| format!("cannot write identity {}", path.display()))?;
     Ok(recipient)
@@ -142,26 +138,18 @@ impl Identity {
         check_private(path)?;
         let file = age::IdentityFile::from_file(path.to_string_lossy().into_owned())
             .with_context(|| format!("cannot read identity {}", path.display()))?;
-        let identities = file
-            .into_identities()
-            .map_err(|e| anyhow!("identity {} is not usable: {e}", path.display()))?;
+        let identities =
+            file.into_identities().map_err(|e| anyhow!("identity {} is not usable: {e}", path.display()))?;
         if identities.is_empty() {
             bail!("identity file {} holds no age identity", path.display());
         }
-        Ok(Identity {
-            identities,
-            path: path.to_path_buf(),
-        })
+        Ok(Identity { identities, path: path.to_path_buf() })
     }
 
     /// Decrypts one age stream held in memory.
     pub fn decrypt(&self, ciphertext: &[u8]) -> Result<Vec<u8>, age::DecryptError> {
         let decryptor = age::Decryptor::new(ciphertext)?;
-        let mut reader = decryptor.decrypt(
-            self.identities
-                .iter()
-                .map(|i| i.as_ref() as &dyn age::Identity),
-        )?;
+        let mut reader = decryptor.decrypt(self.identities.iter().map(|i| i.as_ref() as &dyn age::Identity))?;
         let mut out = Vec::with_capacity(ciphertext.len());
         reader.read_to_end(&mut out)?;
         Ok(out)
@@ -170,9 +158,8 @@ impl Identity {
 
 /// Encrypts `plaintext` as one age stream to every recipient.
 pub fn encrypt(recipients: &[age::x25519::Recipient], plaintext: &[u8]) -> Result<Vec<u8>> {
-    let encryptor =
-        age::Encryptor::with_recipients(recipients.iter().map(|r| r as &dyn age::Recipient))
-            .map_err(|e| anyhow!("cannot encrypt: {e}"))?;
+    let encryptor = age::Encryptor::with_recipients(recipients.iter().map(|r| r as &dyn age::Recipient))
+        .map_err(|e| anyhow!("cannot encrypt: {e}"))?;
     let mut out = Vec::with_capacity(plaintext.len() + 512);
     let mut writer = encryptor.wrap_output(&mut out)?;
     writer.write_all(plaintext)?;
@@ -192,18 +179,9 @@ mod tests {
         let other = dir.join("other.txt");
         keygen(&other).unwrap();
         let ct = encrypt(&[recipient], b"hello").unwrap();
-        assert_eq!(
-            Identity::load(&id_path).unwrap().decrypt(&ct).unwrap(),
-            b"hello"
-        );
-        assert!(matches!(
-            Identity::load(&other).unwrap().decrypt(&ct),
-            Err(age::DecryptError::NoMatchingKeys)
-        ));
-        assert!(
-            keygen(&id_path).is_err(),
-            "keygen must not overwrite an identity"
-        );
+        assert_eq!(Identity::load(&id_path).unwrap().decrypt(&ct).unwrap(), b"hello");
+        assert!(matches!(Identity::load(&other).unwrap().decrypt(&ct), Err(age::DecryptError::NoMatchingKeys)));
+        assert!(keygen(&id_path).is_err(), "keygen must not overwrite an identity");
     }
 
     #[test]
@@ -228,11 +206,7 @@ mod tests {
     }
 
     fn tempdir() -> std::path::PathBuf {
-        let d = std::env::temp_dir().join(format!(
-            "coffer-keys-{}-{}",
-            std::process::id(),
-            crate::hex::random(4)
-        ));
+        let d = std::env::temp_dir().join(format!("coffer-keys-{}-{}", std::process::id(), crate::hex::random(4)));
         std::fs::create_dir_all(&d).unwrap();
         d
     }

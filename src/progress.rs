@@ -57,13 +57,7 @@ impl ProgressLine {
                     if cur.chars().count() > 40 {
                         cur = format!(
                             "…{}",
-                            cur.chars()
-                                .rev()
-                                .take(39)
-                                .collect::<Vec<_>>()
-                                .into_iter()
-                                .rev()
-                                .collect::<String>()
+                            cur.chars().rev().take(39).collect::<Vec<_>>().into_iter().rev().collect::<String>()
                         );
                     }
                     eprint!(
@@ -103,11 +97,7 @@ pub fn bytes(n: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
+    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
 }
 
 #[cfg(test)]

@@ -52,21 +52,15 @@ const PACK_CACHE_BYTES: usize = 64 << 20;
 
 pub fn run(cfg: &Config, opts: &Options) -> Result<Summary> {
     let catalog = Catalog::open(&cfg.catalog_path())?;
-    let repo = catalog
-        .repo()?
-        .ok_or_else(|| anyhow!("the catalog has no repository; run `coffer init` first"))?;
+    let repo = catalog.repo()?.ok_or_else(|| anyhow!("the catalog has no repository; run `coffer init` first"))?;
     let snap = catalog.find_snapshot(&opts.job, &opts.snapshot)?;
     let identity = Identity::load(&opts.identity)?;
     let target = Target::open(&cfg.target)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
 
     let record_bytes = runtime.block_on(target.get(REPO_KEY, repo.record_version.as_deref()))?;
     let repo_record = RepoRecord::decode(&record_bytes)?;
-    let secret = repo_record
-        .open_secret(&identity)
-        .map_err(|e| identity_error(e, &identity, &repo_record))?;
+    let secret = repo_record.open_secret(&identity).map_err(|e| identity_error(e, &identity, &repo_record))?;
     let record = read_record(&runtime, &target, &snap, &secret, &identity)?;
 
     let subpath = match &opts.subpath {
@@ -98,12 +92,7 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Summary> {
     let _ = std::fs::remove_file(&entries_path);
     let mut summary = result?;
     summary.snapshot_id = snap.id.clone();
-    let detail = format!(
-        "snapshot {} to {} ({} failures)",
-        snap.id,
-        opts.to.display(),
-        summary.failures.len()
-    );
+    let detail = format!("snapshot {} to {} ({} failures)", snap.id, opts.to.display(), summary.failures.len());
     let _ = r.catalog.event("restore", Some(&opts.job), &detail);
     Ok(summary)
 }
@@ -115,10 +104,7 @@ fn identity_error(e: DecodeError, identity: &Identity, repo: &RepoRecord) -> any
             identity.path.display(),
             repo.recipients.join(", ")
         ),
-        other => anyhow!(
-            "cannot open the repository secret with {}: {other}",
-            identity.path.display()
-        ),
+        other => anyhow!("cannot open the repository secret with {}: {other}", identity.path.display()),
     }
 }
 
@@ -131,23 +117,20 @@ fn read_record(
 ) -> Result<SnapshotRecord> {
     let key = crate::format::snapshot_key(&snap.job, &snap.id);
     let object = runtime.block_on(target.get(&key, snap.record_version.as_deref()))?;
-    snapshot::open(&object, &key, secret, identity)
-        .with_context(|| format!("snapshot record {key}"))
+    snapshot::open(&object, &key, secret, identity).with_context(|| format!("snapshot record {key}"))
 }
 
 fn prepare_target_dir(to: &Path, overwrite: bool) -> Result<()> {
     match std::fs::read_dir(to) {
         Ok(mut rd) => {
             if rd.next().is_some() && !overwrite {
-                bail!(
-                    "restore target {} is not empty; choose an empty directory or pass --overwrite",
-                    to.display()
-                );
+                bail!("restore target {} is not empty; choose an empty directory or pass --overwrite", to.display());
             }
             Ok(())
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(to)
-            .with_context(|| format!("cannot create restore target {}", to.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(to).with_context(|| format!("cannot create restore target {}", to.display()))
+        }
         Err(e) => Err(anyhow!(e).context(format!("restore target {}", to.display()))),
     }
 }
@@ -176,9 +159,7 @@ impl Restorer {
         {
             let mut out = BufWriter::new(File::create(entries_path)?);
             for id in &record.tree {
-                let data = self
-                    .chunk(id)
-                    .map_err(|e| anyhow!("the snapshot's file list cannot be read: {e}"))?;
+                let data = self.chunk(id).map_err(|e| anyhow!("the snapshot's file list cannot be read: {e}"))?;
                 out.write_all(&data)?;
             }
             out.flush()?;
@@ -195,8 +176,8 @@ impl Restorer {
                 );
             }
             if let Some(sub) = sub {
-                let inside = entry.path == sub
-                    || (entry.path.starts_with(sub) && entry.path.get(sub.len()) == Some(&b'/'));
+                let inside =
+                    entry.path == sub || (entry.path.starts_with(sub) && entry.path.get(sub.len()) == Some(&b'/'));
                 if !inside {
                     continue;
                 }
@@ -204,16 +185,13 @@ impl Restorer {
             matched = true;
             let dest = to.join(OsStr::from_bytes(&entry.path));
             if let Some(parent) = dest.parent() {
-                std::fs::create_dir_all(parent)
-                    .with_context(|| format!("cannot create {}", parent.display()))?;
+                std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
             }
             match entry.kind {
                 Kind::Dir => {
                     match std::fs::create_dir(&dest) {
                         Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
-                            return Err(
-                                anyhow!(e).context(format!("cannot create {}", dest.display()))
-                            );
+                            return Err(anyhow!(e).context(format!("cannot create {}", dest.display())));
                         }
                         _ => {}
                     }
@@ -221,13 +199,9 @@ impl Restorer {
                     dirs.push((dest, entry));
                 }
                 Kind::Symlink => {
-                    let target = entry
-                        .target
-                        .as_deref()
-                        .ok_or_else(|| anyhow!("symlink without a target"))?;
+                    let target = entry.target.as_deref().ok_or_else(|| anyhow!("symlink without a target"))?;
                     if dest.symlink_metadata().is_ok() {
-                        std::fs::remove_file(&dest)
-                            .with_context(|| format!("cannot replace {}", dest.display()))?;
+                        std::fs::remove_file(&dest).with_context(|| format!("cannot replace {}", dest.display()))?;
                     }
                     std::os::unix::fs::symlink(OsStr::from_bytes(target), &dest)
                         .with_context(|| format!("cannot create symlink {}", dest.display()))?;
@@ -248,11 +222,7 @@ impl Restorer {
             }
         }
         if !matched && sub.is_some() {
-            bail!(
-                "no path `{}` in snapshot {}",
-                String::from_utf8_lossy(sub.unwrap_or_default()),
-                record.id
-            );
+            bail!("no path `{}` in snapshot {}", String::from_utf8_lossy(sub.unwrap_or_default()), record.id);
         }
         // Directory modes and times last, deepest first: writing inside changes them.
         for (dest, entry) in dirs.iter().rev() {
@@ -275,10 +245,7 @@ impl Restorer {
                 out.write_all(&data)?;
             }
             if size != entry.size {
-                bail!(
-                    "restored {size} bytes but the snapshot recorded {}",
-                    entry.size
-                );
+                bail!("restored {size} bytes but the snapshot recorded {}", entry.size);
             }
             let f = out.into_inner().map_err(|e| anyhow!("write failed: {e}"))?;
             f.set_permissions(std::fs::Permissions::from_mode(entry.mode))?;
@@ -298,20 +265,13 @@ impl Restorer {
 
     /// A chunk's plaintext, verified against its keyed hash.
     fn chunk(&mut self, id: &ChunkId) -> Result<Vec<u8>> {
-        let loc = self
-            .catalog
-            .chunk_location(id)?
-            .ok_or_else(|| anyhow!("chunk {id} is not in the catalog"))?;
+        let loc = self.catalog.chunk_location(id)?.ok_or_else(|| anyhow!("chunk {id} is not in the catalog"))?;
         let plain = self.pack(&loc.pack_hash, loc.pack_version.as_deref())?;
         let key = crate::format::pack_key(&loc.pack_hash);
-        let stored = pack::blob_bytes(&plain, loc.offset, loc.length)
-            .with_context(|| format!("pack {key}"))?;
-        let data = pack::unpack_blob(stored, loc.raw_length, loc.flags)
-            .with_context(|| format!("pack {key}"))?;
+        let stored = pack::blob_bytes(&plain, loc.offset, loc.length).with_context(|| format!("pack {key}"))?;
+        let data = pack::unpack_blob(stored, loc.raw_length, loc.flags).with_context(|| format!("pack {key}"))?;
         if self.secret.chunk_id(&data) != *id {
-            bail!(
-                "chunk {id} in pack {key} fails verification: the data is not what was backed up"
-            );
+            bail!("chunk {id} in pack {key} fails verification: the data is not what was backed up");
         }
         Ok(data)
     }
@@ -328,17 +288,12 @@ impl Restorer {
         if let Some((_, why)) = self.bad_packs.iter().find(|(h, _)| h == hash) {
             bail!("pack {key}: {why}");
         }
-        let fetched = self
-            .runtime
-            .block_on(self.target.get(&key, version))
-            .and_then(|ct| {
-                if crate::format::pack_id(&ct) != hash {
-                    bail!("content hash mismatch: the stored pack is corrupt or was replaced");
-                }
-                self.identity
-                    .decrypt(&ct)
-                    .map_err(|e| anyhow!("cannot decrypt: {e}"))
-            });
+        let fetched = self.runtime.block_on(self.target.get(&key, version)).and_then(|ct| {
+            if crate::format::pack_id(&ct) != hash {
+                bail!("content hash mismatch: the stored pack is corrupt or was replaced");
+            }
+            self.identity.decrypt(&ct).map_err(|e| anyhow!("cannot decrypt: {e}"))
+        });
         let plain = match fetched {
             Ok(p) => Arc::new(p),
             Err(e) => {
@@ -364,21 +319,14 @@ fn set_owner_and_time(path: &Path, e: &Entry) -> Result<()> {
     // SAFETY: plain syscalls on a NUL-terminated path we own; no memory is shared.
     unsafe {
         if libc::geteuid() == 0 && libc::lchown(c.as_ptr(), e.uid, e.gid) != 0 {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("cannot chown {}", path.display()));
+            return Err(std::io::Error::last_os_error()).with_context(|| format!("cannot chown {}", path.display()));
         }
         let t = libc::timespec {
             tv_sec: e.mtime_ns.div_euclid(1_000_000_000),
             tv_nsec: e.mtime_ns.rem_euclid(1_000_000_000),
         };
         let times = [t, t];
-        if libc::utimensat(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            times.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        ) != 0
-        {
+        if libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) != 0 {
             return Err(std::io::Error::last_os_error())
                 .with_context(|| format!("cannot set times of {}", path.display()));
         }

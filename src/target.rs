@@ -41,21 +41,13 @@ impl Target {
     pub fn open(cfg: &TargetConfig) -> Result<Target> {
         if let Some(path) = cfg.url.strip_prefix("file://") {
             if !path.starts_with('/') {
-                bail!(
-                    "target url `{}`: a file:// target needs an absolute path (file:///dir)",
-                    cfg.url
-                );
+                bail!("target url `{}`: a file:// target needs an absolute path (file:///dir)", cfg.url);
             }
-            std::fs::create_dir_all(path)
-                .with_context(|| format!("cannot create target directory {path}"))?;
+            std::fs::create_dir_all(path).with_context(|| format!("cannot create target directory {path}"))?;
             let store = LocalFileSystem::new_with_prefix(path)
                 .with_context(|| format!("cannot open target directory {path}"))?
                 .with_fsync(true);
-            return Ok(Target {
-                store: Arc::new(store),
-                url: cfg.url.clone(),
-                kind: TargetKind::LocalDir,
-            });
+            return Ok(Target { store: Arc::new(store), url: cfg.url.clone(), kind: TargetKind::LocalDir });
         }
         let rest = cfg
             .url
@@ -65,73 +57,40 @@ impl Target {
         if bucket.is_empty() {
             bail!("target url `{}` names no bucket", cfg.url);
         }
-        let mut b = AmazonS3Builder::from_env()
-            .with_bucket_name(bucket)
-            .with_checksum_algorithm(Checksum::SHA256);
-        if let Some(region) = cfg
-            .region
-            .clone()
-            .or_else(|| std::env::var("AWS_REGION").ok())
-        {
+        let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket).with_checksum_algorithm(Checksum::SHA256);
+        if let Some(region) = cfg.region.clone().or_else(|| std::env::var("AWS_REGION").ok()) {
             b = b.with_region(region);
         }
-        let endpoint = cfg
-            .endpoint
-            .clone()
-            .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
+        let endpoint = cfg.endpoint.clone().or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
         if let Some(ep) = &endpoint {
-            b = b
-                .with_endpoint(ep)
-                .with_allow_http(ep.starts_with("http://"));
+            b = b.with_endpoint(ep).with_allow_http(ep.starts_with("http://"));
         }
         let s3 = b.build().with_context(|| format!("target {}", cfg.url))?;
         let prefix = prefix.trim_matches('/');
-        let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
-            Arc::new(s3)
-        } else {
-            Arc::new(PrefixStore::new(s3, prefix))
-        };
-        Ok(Target {
-            store,
-            url: cfg.url.clone(),
-            kind: TargetKind::S3,
-        })
+        let store: Arc<dyn ObjectStore> =
+            if prefix.is_empty() { Arc::new(s3) } else { Arc::new(PrefixStore::new(s3, prefix)) };
+        Ok(Target { store, url: cfg.url.clone(), kind: TargetKind::S3 })
     }
 
     /// Writes a new object; returns its version id where the store keeps versions.
     pub async fn put_new(&self, key: &str, body: Bytes) -> Result<Option<String>> {
-        let opts = PutOptions {
-            mode: PutMode::Create,
-            ..Default::default()
-        };
-        match self
-            .store
-            .put_opts(&ObjPath::from(key), PutPayload::from_bytes(body), opts)
-            .await
-        {
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        match self.store.put_opts(&ObjPath::from(key), PutPayload::from_bytes(body), opts).await {
             Ok(r) => Ok(r.version),
-            Err(object_store::Error::AlreadyExists { .. }) => Err(AlreadyExists {
-                key: key.to_string(),
-            }
-            .into()),
+            Err(object_store::Error::AlreadyExists { .. }) => Err(AlreadyExists { key: key.to_string() }.into()),
             Err(e) => Err(anyhow!(e).context(format!("upload of {key} to {} failed", self.url))),
         }
     }
 
     /// Reads an object, by exact version when one was recorded.
     pub async fn get(&self, key: &str, version: Option<&str>) -> Result<Bytes> {
-        let opts = GetOptions {
-            version: version.map(str::to_string),
-            ..Default::default()
-        };
+        let opts = GetOptions { version: version.map(str::to_string), ..Default::default() };
         let r = self
             .store
             .get_opts(&ObjPath::from(key), opts)
             .await
             .with_context(|| format!("cannot read {key} from {}", self.url))?;
-        r.bytes()
-            .await
-            .with_context(|| format!("cannot read {key} from {}", self.url))
+        r.bytes().await.with_context(|| format!("cannot read {key} from {}", self.url))
     }
 
     pub async fn exists(&self, key: &str) -> Result<bool> {

@@ -41,11 +41,7 @@ pub struct Entry {
     pub ino: u64,
     #[serde(default)]
     pub size: u64,
-    #[serde(
-        default,
-        with = "opt_raw_path",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, with = "opt_raw_path", skip_serializing_if = "Option::is_none")]
     pub target: Option<Vec<u8>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub chunks: Vec<ChunkId>,
@@ -93,11 +89,8 @@ impl<R: BufRead> EntryReader<R> {
 fn read_line<R: BufRead>(input: &mut R, line: &mut Vec<u8>) -> Result<usize, DecodeError> {
     use std::io::Read;
     line.clear();
-    let n = input
-        .by_ref()
-        .take(MAX_LINE)
-        .read_until(b'\n', line)
-        .map_err(|e| malformed(format!("entry stream: {e}")))?;
+    let n =
+        input.by_ref().take(MAX_LINE).read_until(b'\n', line).map_err(|e| malformed(format!("entry stream: {e}")))?;
     if line.last() == Some(&b'\n') {
         line.pop();
     } else if n as u64 == MAX_LINE {
@@ -112,10 +105,7 @@ impl<R: BufRead> Iterator for EntryReader<R> {
     fn next(&mut self) -> Option<Self::Item> {
         match read_line(&mut self.input, &mut self.line) {
             Ok(0) => None,
-            Ok(_) => Some(
-                serde_json::from_slice(&self.line)
-                    .map_err(|e| malformed(format!("entry stream: {e}"))),
-            ),
+            Ok(_) => Some(serde_json::from_slice(&self.line).map_err(|e| malformed(format!("entry stream: {e}")))),
             Err(e) => Some(Err(e)),
         }
     }
@@ -126,9 +116,7 @@ pub fn safe_relative(path: &[u8]) -> bool {
     !path.is_empty()
         && path[0] != b'/'
         && !path.contains(&0)
-        && path
-            .split(|&b| b == b'/')
-            .all(|c| !c.is_empty() && c != b"." && c != b"..")
+        && path.split(|&b| b == b'/').all(|c| !c.is_empty() && c != b"." && c != b"..")
 }
 
 #[derive(Serialize, Deserialize)]
@@ -145,9 +133,7 @@ mod raw_path {
     pub fn serialize<S: Serializer>(p: &[u8], s: S) -> Result<S::Ok, S::Error> {
         match std::str::from_utf8(p) {
             Ok(u) => PathRepr::Utf8(u.to_string()),
-            Err(_) => PathRepr::Hex {
-                hex: crate::hex::encode(p),
-            },
+            Err(_) => PathRepr::Hex { hex: crate::hex::encode(p) },
         }
         .serialize(s)
     }
@@ -155,9 +141,7 @@ mod raw_path {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         match PathRepr::deserialize(d)? {
             PathRepr::Utf8(u) => Ok(u.into_bytes()),
-            PathRepr::Hex { hex } => {
-                crate::hex::decode(&hex).ok_or_else(|| serde::de::Error::custom("bad hex path"))
-            }
+            PathRepr::Hex { hex } => crate::hex::decode(&hex).ok_or_else(|| serde::de::Error::custom("bad hex path")),
         }
     }
 }
@@ -199,42 +183,27 @@ mod tests {
 
     #[test]
     fn odd_names_round_trip() {
-        let entries = [
-            entry(b"plain"),
-            entry(b"new\nline and space"),
-            entry("ünï".as_bytes()),
-            entry(b"\xff\xfe"),
-        ];
+        let entries = [entry(b"plain"), entry(b"new\nline and space"), entry("ünï".as_bytes()), entry(b"\xff\xfe")];
         let mut w = EntryWriter::new(Vec::new()).unwrap();
         for e in &entries {
             w.write(e).unwrap();
         }
         let bytes = w.into_inner();
-        let back: Vec<Entry> = EntryReader::new(&bytes[..])
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let back: Vec<Entry> = EntryReader::new(&bytes[..]).unwrap().collect::<Result<_, _>>().unwrap();
         assert_eq!(back, entries);
     }
 
     #[test]
     fn garbage_is_an_error() {
         assert!(EntryReader::new(&b"nope\n"[..]).is_err());
-        let mut r = EntryReader::new(format!("{HEADER}\n{{\"path\":1}}\n").as_bytes()).unwrap();
+        let text = format!("{HEADER}\n{{\"path\":1}}\n");
+        let mut r = EntryReader::new(text.as_bytes()).unwrap();
         assert!(r.next().unwrap().is_err());
     }
 
     #[test]
     fn unsafe_paths_are_detected() {
-        for bad in [
-            &b""[..],
-            b"/etc/passwd",
-            b"a/../../x",
-            b"..",
-            b"a//b",
-            b"./a",
-            b"a\0b",
-        ] {
+        for bad in [&b""[..], b"/etc/passwd", b"a/../../x", b"..", b"a//b", b"./a", b"a\0b"] {
             assert!(!safe_relative(bad), "{:?}", String::from_utf8_lossy(bad));
         }
         assert!(safe_relative(b"a/b c/..d"));

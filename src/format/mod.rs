@@ -48,8 +48,7 @@ impl serde::Serialize for ChunkId {
 impl<'de> serde::Deserialize<'de> for ChunkId {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        ChunkId::from_hex(&s)
-            .ok_or_else(|| serde::de::Error::custom("expected a 64-digit hex chunk id"))
+        ChunkId::from_hex(&s).ok_or_else(|| serde::de::Error::custom("expected a 64-digit hex chunk id"))
     }
 }
 

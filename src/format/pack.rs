@@ -31,10 +31,7 @@ pub struct PackBuilder {
 
 impl PackBuilder {
     pub fn with_capacity(bytes: usize) -> Self {
-        PackBuilder {
-            data: Vec::with_capacity(bytes),
-            blobs: Vec::new(),
-        }
+        PackBuilder { data: Vec::with_capacity(bytes), blobs: Vec::new() }
     }
 
     pub fn add(&mut self, id: ChunkId, stored: &[u8], raw_length: u32, flags: u8) {
@@ -65,8 +62,7 @@ impl PackBuilder {
             self.data.extend_from_slice(&b.raw_length.to_le_bytes());
             self.data.push(b.flags);
         }
-        self.data
-            .extend_from_slice(&(self.blobs.len() as u32).to_le_bytes());
+        self.data.extend_from_slice(&(self.blobs.len() as u32).to_le_bytes());
         self.data.extend_from_slice(MAGIC);
         (self.data, self.blobs)
     }
@@ -79,19 +75,11 @@ pub fn read_trailer(plain: &[u8]) -> Result<Vec<BlobEntry>, DecodeError> {
     if plain.len() < 8 || &plain[plain.len() - 4..] != MAGIC {
         return Err(malformed("pack: missing trailer magic"));
     }
-    let count = u32::from_le_bytes(
-        plain[plain.len() - 8..plain.len() - 4]
-            .try_into()
-            .unwrap_or_default(),
-    ) as usize;
-    let table_len = count
-        .checked_mul(ENTRY_LEN)
-        .ok_or_else(|| malformed("pack: blob count overflows"))?;
-    let table_start = (plain.len() - 8).checked_sub(table_len).ok_or_else(|| {
-        malformed(format!(
-            "pack: trailer claims {count} blobs, more than the pack holds"
-        ))
-    })?;
+    let count = u32::from_le_bytes(plain[plain.len() - 8..plain.len() - 4].try_into().unwrap_or_default()) as usize;
+    let table_len = count.checked_mul(ENTRY_LEN).ok_or_else(|| malformed("pack: blob count overflows"))?;
+    let table_start = (plain.len() - 8)
+        .checked_sub(table_len)
+        .ok_or_else(|| malformed(format!("pack: trailer claims {count} blobs, more than the pack holds")))?;
     let mut blobs = Vec::with_capacity(count);
     for e in plain[table_start..plain.len() - 8].chunks_exact(ENTRY_LEN) {
         let u32_at = |i: usize| u32::from_le_bytes([e[i], e[i + 1], e[i + 2], e[i + 3]]);
@@ -107,18 +95,12 @@ pub fn read_trailer(plain: &[u8]) -> Result<Vec<BlobEntry>, DecodeError> {
             flags: e[48],
         };
         if b.flags > FLAG_ZSTD {
-            return Err(malformed(format!(
-                "pack: blob {} has unknown flags {}",
-                b.id, b.flags
-            )));
+            return Err(malformed(format!("pack: blob {} has unknown flags {}", b.id, b.flags)));
         }
         match b.offset.checked_add(u64::from(b.length)) {
             Some(end) if end <= table_start as u64 => {}
             _ => {
-                return Err(malformed(format!(
-                    "pack: blob {} lies outside the pack's data",
-                    b.id
-                )));
+                return Err(malformed(format!("pack: blob {} lies outside the pack's data", b.id)));
             }
         }
         blobs.push(b);
@@ -143,9 +125,7 @@ pub fn unpack_blob(stored: &[u8], raw_length: u32, flags: u8) -> Result<Vec<u8>,
     // The capacity bound comes from the (authenticated) table; the chunker caps it at 8 MiB
     // by default and the format at 4 GiB, so refuse anything a chunker could not produce.
     if raw_length > crate::chunker::MAX_CHUNK_LIMIT {
-        return Err(malformed(format!(
-            "blob raw length {raw_length} exceeds the chunk limit"
-        )));
+        return Err(malformed(format!("blob raw length {raw_length} exceeds the chunk limit")));
     }
     let out = zstd::bulk::decompress(stored, raw_length as usize)
         .map_err(|e| malformed(format!("blob does not decompress: {e}")))?;
@@ -166,10 +146,7 @@ mod tests {
         b.add(ChunkId([2; 32]), b"world!", 9, FLAG_ZSTD);
         let (plain, table) = b.finish();
         assert_eq!(read_trailer(&plain).unwrap(), table);
-        assert_eq!(
-            blob_bytes(&plain, table[1].offset, table[1].length).unwrap(),
-            b"world!"
-        );
+        assert_eq!(blob_bytes(&plain, table[1].offset, table[1].length).unwrap(), b"world!");
     }
 
     #[test]

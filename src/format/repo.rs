@@ -46,25 +46,20 @@ impl RepoRecord {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let r: RepoRecord = serde_json::from_slice(bytes)
-            .map_err(|e| malformed(format!("repository record: {e}")))?;
+        let r: RepoRecord = serde_json::from_slice(bytes).map_err(|e| malformed(format!("repository record: {e}")))?;
         if r.format != VERSION {
             return Err(DecodeError::Version(r.format));
         }
-        r.chunker
-            .validate()
-            .map_err(|e| malformed(format!("repository record: {e}")))?;
+        r.chunker.validate().map_err(|e| malformed(format!("repository record: {e}")))?;
         Ok(r)
     }
 
     /// Recovers the repository secret with the restorer's identity.
     pub fn open_secret(&self, identity: &Identity) -> Result<RepoSecret, DecodeError> {
-        let ct = crate::hex::decode(&self.secret)
-            .ok_or_else(|| malformed("repository record: secret is not hex"))?;
+        let ct = crate::hex::decode(&self.secret).ok_or_else(|| malformed("repository record: secret is not hex"))?;
         let plain = identity.decrypt(&ct)?;
-        let bytes: [u8; SECRET_LEN] = plain
-            .try_into()
-            .map_err(|_| malformed("repository record: secret has the wrong length"))?;
+        let bytes: [u8; SECRET_LEN] =
+            plain.try_into().map_err(|_| malformed("repository record: secret has the wrong length"))?;
         Ok(RepoSecret::from_bytes(bytes))
     }
 }

@@ -83,12 +83,7 @@ pub fn verify_mac(object: &[u8], key: &str, secret: &RepoSecret) -> Result<(), D
 }
 
 /// Verifies, decrypts and parses a record stored under `key`.
-pub fn open(
-    object: &[u8],
-    key: &str,
-    secret: &RepoSecret,
-    identity: &Identity,
-) -> Result<SnapshotRecord, DecodeError> {
+pub fn open(object: &[u8], key: &str, secret: &RepoSecret, identity: &Identity) -> Result<SnapshotRecord, DecodeError> {
     verify_mac(object, key, secret)?;
     let json = identity.decrypt(&object[..object.len() - MAC_LEN])?;
     let record: SnapshotRecord =
@@ -97,10 +92,7 @@ pub fn open(
         return Err(DecodeError::Version(record.format));
     }
     if super::snapshot_key(&record.job, &record.id) != key {
-        return Err(malformed(format!(
-            "snapshot record names {}/{} but is stored at {key}",
-            record.job, record.id
-        )));
+        return Err(malformed(format!("snapshot record names {}/{} but is stored at {key}", record.job, record.id)));
     }
     Ok(record)
 }

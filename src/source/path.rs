@@ -45,10 +45,7 @@ impl Excludes {
                 by_name.add(glob)
             };
         }
-        Ok(Excludes {
-            by_name: by_name.build()?,
-            by_path: by_path.build()?,
-        })
+        Ok(Excludes { by_name: by_name.build()?, by_path: by_path.build()? })
     }
 
     fn excluded(&self, rel: &Path, name: &std::ffi::OsStr) -> bool {
@@ -64,8 +61,7 @@ pub fn walk(
     mut visit: impl FnMut(Found) -> Result<()>,
     mut problem: impl FnMut(&Path, String),
 ) -> Result<()> {
-    let meta =
-        std::fs::metadata(root).with_context(|| format!("source directory {}", root.display()))?;
+    let meta = std::fs::metadata(root).with_context(|| format!("source directory {}", root.display()))?;
     if !meta.is_dir() {
         anyhow::bail!("source {} is not a directory", root.display());
     }
@@ -148,14 +144,7 @@ mod tests {
         for d in ["b/c", "a", "cache/x", "keep/cache"] {
             std::fs::create_dir_all(root.join(d)).unwrap();
         }
-        for f in [
-            "b/c/f.txt",
-            "b/z.tmp",
-            "a/1",
-            "cache/x/y",
-            "keep/cache/k",
-            "top",
-        ] {
+        for f in ["b/c/f.txt", "b/z.tmp", "a/1", "cache/x/y", "keep/cache/k", "top"] {
             std::fs::write(root.join(f), f).unwrap();
         }
         std::os::unix::fs::symlink("top", root.join("link")).unwrap();
@@ -177,19 +166,6 @@ mod tests {
         )
         .unwrap();
         // "/cache" has a slash, so it is a root-relative path pattern; keep/cache stays.
-        assert_eq!(
-            seen,
-            [
-                "d a",
-                "d b",
-                "d keep",
-                "l link",
-                "f top",
-                "f a/1",
-                "d b/c",
-                "f b/c/f.txt",
-                "d keep/cache"
-            ]
-        );
+        assert_eq!(seen, ["d a", "d b", "d keep", "l link", "f top", "f a/1", "d b/c", "f b/c/f.txt", "d keep/cache"]);
     }
 }

@@ -1,0 +1,248 @@
+//! Shared helpers for the integration tests: they run the real `coffer` binary against a
+//! real `file://` directory or the local S3 server started by `scripts/s3-server.sh`.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_coffer");
+
+/// A scratch directory removed when the test ends.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Scratch {
+        let base = std::env::var_os("COFFER_TEST_TMP").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+        let dir = base.join(format!("coffer-it-{name}-{}-{}", std::process::id(), nanos()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.0.join(p)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if std::env::var_os("COFFER_KEEP_TEST_DIRS").is_none() {
+            let _ = Command::new("chmod").args(["-R", "u+rwX"]).arg(&self.0).output();
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn nanos() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+}
+
+/// Where backups go in a test.
+pub enum Target {
+    Dir,
+    S3,
+}
+
+/// True when the local S3 server's environment is present. Tests that need it fail when
+/// COFFER_TEST_S3=require (the README's test command sets it) and skip loudly otherwise.
+pub fn s3_available() -> bool {
+    let have = std::env::var("AWS_ENDPOINT_URL").is_ok() && std::env::var("AWS_ACCESS_KEY_ID").is_ok();
+    if !have {
+        if std::env::var("COFFER_TEST_S3").as_deref() == Ok("require") {
+            panic!("COFFER_TEST_S3=require but no S3 server: run `eval \"$(scripts/s3-server.sh start)\"`");
+        }
+        eprintln!("SKIPPED: no local S3 server (AWS_ENDPOINT_URL unset); run scripts/test.sh for the full suite");
+    }
+    have
+}
+
+/// Creates a fresh bucket with Object Lock on the local S3 server.
+pub fn make_bucket(name: &str) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/s3-server.sh");
+    let out = Command::new("bash").arg(script).args(["mkbucket", name]).output().unwrap();
+    assert!(out.status.success(), "mkbucket {name}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A configured coffer setup: identity, config, state and target in a scratch directory.
+pub struct Setup {
+    pub dir: Scratch,
+    pub config: PathBuf,
+    pub identity: PathBuf,
+    pub target_url: String,
+}
+
+impl Setup {
+    /// Keygen + config for one job `data` backing up `source`; `init` is run.
+    pub fn new(name: &str, target: Target, source: &Path) -> Setup {
+        Self::with_extra(name, target, source, "")
+    }
+
+    pub fn with_extra(name: &str, target: Target, source: &Path, job_extra: &str) -> Setup {
+        let dir = Scratch::new(name);
+        let identity = dir.path("identity.txt");
+        let out = run_ok(Command::new(BIN).args(["keygen", "-o"]).arg(&identity));
+        let recipient = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        let target_url = match target {
+            Target::Dir => format!("file://{}", dir.path("target").display()),
+            Target::S3 => {
+                let bucket = format!("it-{}-{}", name.replace('_', "-"), nanos() % 1_000_000_000);
+                make_bucket(&bucket);
+                format!("s3://{bucket}/coffer")
+            }
+        };
+        let config = dir.path("coffer.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "state_dir = \"state\"\nrecipients = [\"{recipient}\"]\nrepo_secret_file = \"state/repo.secret\"\n\
+                 [target]\nurl = \"{target_url}\"\n[[job]]\nname = \"data\"\nsource = {{ path = \"{}\" }}\n{job_extra}",
+                source.display()
+            ),
+        )
+        .unwrap();
+        let s = Setup { dir, config, identity, target_url };
+        s.ok(&["init"]);
+        s
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.arg("--config").arg(&self.config).args(args);
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    pub fn ok(&self, args: &[&str]) -> Output {
+        run_ok(&mut self.cmd(args))
+    }
+
+    pub fn backup(&self) -> Output {
+        self.ok(&["backup", "data", "--no-progress"])
+    }
+
+    pub fn restore(&self, snapshot: &str, to: &Path) -> Output {
+        let mut c = self.cmd(&["restore", snapshot, "--job", "data", "--to"]);
+        c.arg(to).arg("--identity").arg(&self.identity);
+        c.output().unwrap()
+    }
+
+    pub fn snapshots(&self) -> Vec<serde_json::Value> {
+        let out = self.ok(&["snapshots", "--json"]);
+        serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap()
+    }
+
+    pub fn catalog(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open(self.dir.path("state/catalog.sqlite")).unwrap()
+    }
+
+    pub fn pack_hashes(&self) -> Vec<String> {
+        let c = self.catalog();
+        let mut st = c.prepare("SELECT hash FROM packs ORDER BY id").unwrap();
+        st.query_map([], |r| r.get(0)).unwrap().map(|r| r.unwrap()).collect()
+    }
+
+    pub fn integrity_ok(&self) {
+        let v: String = self.catalog().query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+        assert_eq!(v, "ok");
+    }
+}
+
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+pub fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// Deterministic pseudo-random bytes (xorshift), fast enough for hundreds of MiB.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for c in buf.chunks_mut(8) {
+            let v = self.next().to_le_bytes();
+            c.copy_from_slice(&v[..c.len()]);
+        }
+    }
+    /// Half random, half text-like (compressible), in 64 KiB runs.
+    pub fn mixed(&mut self, len: usize) -> Vec<u8> {
+        let mut v = vec![0u8; len];
+        for (i, c) in v.chunks_mut(64 * 1024).enumerate() {
+            if i % 2 == 0 {
+                self.fill(c);
+            } else {
+                let seed = self.next();
+                for (j, b) in c.iter_mut().enumerate() {
+                    *b = b"the quick brown fox jumps over the lazy dog\n"[(j + seed as usize % 7) % 44];
+                }
+            }
+        }
+        v
+    }
+}
+
+/// Everything a user would compare after a restore: kind, mode, mtime, link target,
+/// and a content hash, keyed by relative path.
+pub fn snapshot_tree(root: &Path) -> BTreeMap<PathBuf, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(root).unwrap().to_path_buf();
+            let mode = m.permissions().mode() & 0o7777;
+            let mtime = (m.mtime(), m.mtime_nsec());
+            let desc = if m.file_type().is_symlink() {
+                format!("link -> {}", std::fs::read_link(&p).unwrap().display())
+            } else if m.is_dir() {
+                stack.push(p.clone());
+                format!("dir {mode:o} {mtime:?}")
+            } else {
+                let hash = blake3::hash(&std::fs::read(&p).unwrap());
+                format!("file {mode:o} {mtime:?} {} {}", m.len(), hash)
+            };
+            out.insert(rel, desc);
+        }
+    }
+    out
+}
+
+/// Asserts two trees are identical, naming the first difference.
+pub fn assert_same_tree(a: &Path, b: &Path) {
+    let (ta, tb) = (snapshot_tree(a), snapshot_tree(b));
+    for (k, v) in &ta {
+        assert_eq!(Some(v), tb.get(k), "restored tree differs at {}", k.display());
+    }
+    assert_eq!(ta.len(), tb.len(), "restored tree has extra entries");
+}
+
+/// Sets a file's mtime (and atime) to a fixed time, without following links.
+pub fn set_mtime(p: &Path, secs: i64, nsec: i64) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    let t = libc::timespec { tv_sec: secs, tv_nsec: nsec };
+    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), [t, t].as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+    assert_eq!(rc, 0);
+}
