@@ -273,7 +273,7 @@ impl Catalog {
         )?;
         let rows = st.query_map([job], |r| {
             Ok(SnapshotRow {
-                    id: r.get(0)?,
+                id: r.get(0)?,
                 job: r.get(1)?,
                 host: r.get(2)?,
                 created_at: r.get(3)?,
