@@ -82,11 +82,7 @@ struct Repo {
 }
 
 fn open_repo(cfg: &Config) -> Result<Repo> {
-    let catalog_path = cfg.catalog_path();
-    if !catalog_path.exists() {
-        bail!("state directory {} holds no catalog; run `coffer init` first", cfg.state_dir.display());
-    }
-    let catalog = Catalog::open(&catalog_path)?;
+    let catalog = Catalog::open_existing(cfg)?;
     let repo = catalog.repo()?.ok_or_else(|| anyhow!("the catalog has no repository; run `coffer init` first"))?;
     if repo.target_url != cfg.target.url {
         bail!(

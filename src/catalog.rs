@@ -95,6 +95,15 @@ impl Catalog {
         Ok(cat)
     }
 
+    /// The catalog of an initialised state directory, with a hint when there is none.
+    pub fn open_existing(cfg: &crate::config::Config) -> Result<Catalog> {
+        let path = cfg.catalog_path();
+        if !path.exists() {
+            bail!("state directory {} holds no catalog; run `coffer init` first", cfg.state_dir.display());
+        }
+        Catalog::open(&path)
+    }
+
     fn migrate(&mut self) -> Result<()> {
         let version: usize = self.conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if version > MIGRATIONS.len() {

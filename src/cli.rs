@@ -168,7 +168,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Snapshots { job, json } => {
-            let catalog = Catalog::open(&cfg.catalog_path())?;
+            let catalog = Catalog::open_existing(&cfg)?;
             let rows = catalog.snapshots(job.as_deref())?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);

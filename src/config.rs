@@ -289,6 +289,14 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_is_valid() {
+        let text = include_str!("../config/coffer.example.toml");
+        let c = parse(text).unwrap();
+        assert_eq!(c.jobs[0].exclude.len(), 3);
+        assert_eq!(c.target.endpoint.as_deref(), Some("https://s3.eu-central-2.wasabisys.com"));
+    }
+
+    #[test]
     fn secret_key_as_recipient_is_refused() {
         let text = minimal("").replace(RECIPIENT, "AGE-SECRET-KEY-1QQQ");
         assert!(parse(&text).unwrap_err().to_string().contains("SECRET key"));

@@ -51,7 +51,7 @@ pub struct Summary {
 const PACK_CACHE_BYTES: usize = 64 << 20;
 
 pub fn run(cfg: &Config, opts: &Options) -> Result<Summary> {
-    let catalog = Catalog::open(&cfg.catalog_path())?;
+    let catalog = Catalog::open_existing(cfg)?;
     let repo = catalog.repo()?.ok_or_else(|| anyhow!("the catalog has no repository; run `coffer init` first"))?;
     let snap = catalog.find_snapshot(&opts.job, &opts.snapshot)?;
     let identity = Identity::load(&opts.identity)?;

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The whole test suite: installs (first time, as root) and starts the local S3 server
+# with Object Lock (Ceph RGW, scripts/s3-server.sh), runs every unit and integration test
+# against it, and stops it again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+started=0
+if [ -z "${AWS_ENDPOINT_URL:-}" ]; then
+  eval "$(scripts/s3-server.sh start)"
+  started=1
+fi
+cleanup() { [ "$started" = 1 ] && scripts/s3-server.sh stop || true; }
+trap cleanup EXIT
+export COFFER_TEST_S3=require
+cargo test --release "$@"
