@@ -23,8 +23,10 @@ struct Run {
 }
 
 fn measure(cmd: &mut Command) -> Run {
+    // Flush what earlier steps left dirty, so that no run pays for another's writes.
+    let _ = Command::new("sync").status();
     let t0 = Instant::now();
-    let child = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let child = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
     let pid = child.id() as libc::pid_t;
     let mut status = 0;
     // SAFETY: wait4 on our own child, writing into locals.
@@ -56,33 +58,40 @@ impl Rng {
 /// large; half of the bytes random (media, archives), half text-like.
 fn generate(root: &Path, total_mib: u64) -> (u64, u64) {
     let mut rng = Rng(0x2545F4914F6CDD1D);
-    let text: Vec<u8> = (0..1 << 20)
-        .map(|i| b"fn main() { println!(\"coffer\"); } // a line of source text\n"[i % 58])
-        .collect();
+    let text: Vec<u8> =
+        (0..1 << 20).map(|i| b"fn main() { println!(\"coffer\"); } // a line of source text\n"[i % 58]).collect();
     let (mut bytes, mut files) = (0u64, 0u64);
     let budget = total_mib << 20;
-    let mut buf = vec![0u8; 64 << 20];
+    // Written 1 MiB at a time: the peak RSS of every child includes this process's own
+    // high-water mark (spawned children start as a copy of it), so keep it small.
+    let mut buf = vec![0u8; 1 << 20];
     while bytes < budget {
         let r = rng.next() % 1000;
         let len = match r {
-            0..=899 => rng.next() % (32 << 10),         // 90 % small
-            900..=994 => rng.next() % (4 << 20),        // medium
-            _ => (16 << 20) + rng.next() % (48 << 20),  // large
+            0..=899 => rng.next() % (32 << 10),        // 90 % small
+            900..=994 => rng.next() % (4 << 20),       // medium
+            _ => (16 << 20) + rng.next() % (48 << 20), // large
         } as usize;
         let len = len.min((budget - bytes) as usize).max(1);
         let random = rng.next() % 2 == 0;
-        for (i, c) in buf[..len].chunks_mut(8).enumerate() {
-            if random {
-                let v = rng.next().to_le_bytes();
-                c.copy_from_slice(&v[..c.len()]);
-            } else {
-                let off = (i * 8 + len) % (text.len() - 8);
-                c.copy_from_slice(&text[off..off + c.len()]);
-            }
-        }
         let dir = root.join(format!("d{:03}/s{:02}", files / 1000, files % 37));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join(format!("f{files:06}")), &buf[..len]).unwrap();
+        let mut out = std::fs::File::create(dir.join(format!("f{files:06}"))).unwrap();
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(buf.len());
+            for (i, c) in buf[..n].chunks_mut(8).enumerate() {
+                if random {
+                    let v = rng.next().to_le_bytes();
+                    c.copy_from_slice(&v[..c.len()]);
+                } else {
+                    let off = (i * 8 + left) % (text.len() - 8);
+                    c.copy_from_slice(&text[off..off + c.len()]);
+                }
+            }
+            std::io::Write::write_all(&mut out, &buf[..n]).unwrap();
+            left -= n;
+        }
         bytes += len as u64;
         files += 1;
     }
@@ -121,8 +130,7 @@ fn coffer_round(work: &Path, data: &Path) -> (Run, Run, Run) {
     let backup = measure(&mut c(&["backup", "bench", "--no-progress"]));
     let noop = measure(&mut c(&["backup", "bench", "--no-progress"]));
     let to = work.join("restored");
-    let restore =
-        measure(c(&["restore", "latest", "--job", "bench", "--identity"]).arg(&id).arg("--to").arg(&to));
+    let restore = measure(c(&["restore", "latest", "--job", "bench", "--identity"]).arg(&id).arg("--to").arg(&to));
     let _ = std::fs::remove_dir_all(&to);
     (backup, noop, restore)
 }
@@ -139,8 +147,21 @@ fn restic_round(work: &Path, data: &Path) -> (Run, Run, Run) {
     measure(&mut c(&["init"]));
     let backup = measure(c(&["backup", "--quiet"]).arg(data));
     let noop = measure(c(&["backup", "--quiet"]).arg(data));
+    // coffer makes a restore durable (syncfs) before it reports success; restic does not,
+    // so its restore is timed together with a `sync` to compare the same work.
     let to = work.join("restored");
-    let restore = measure(c(&["restore", "latest", "--target"]).arg(&to));
+    let restic = c(&["restore", "latest", "--target"]);
+    let args: Vec<String> = restic.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+    let restore = measure(
+        Command::new("sh")
+            .arg("-c")
+            .arg("restic \"$@\" && sync")
+            .arg("restic")
+            .args(&args)
+            .arg(&to)
+            .env("RESTIC_PASSWORD", "bench")
+            .env("RESTIC_CACHE_DIR", work.join("cache")),
+    );
     let _ = std::fs::remove_dir_all(&to);
     (backup, noop, restore)
 }
@@ -153,13 +174,19 @@ fn main() {
         eprintln!("restic is not installed (apt-get install restic); nothing to compare against");
         std::process::exit(1);
     }
-    let base = std::env::var_os("COFFER_BENCH_DIR").map(PathBuf::from).unwrap_or_else(|| std::env::temp_dir().join("coffer-bench"));
+    let base = std::env::var_os("COFFER_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("coffer-bench"));
     let data = base.join("data");
     let _ = std::fs::remove_dir_all(&base);
     let t0 = Instant::now();
     let (bytes, files) = generate(&data, mib);
     let mb = bytes as f64 / 1e6;
-    println!("data: {files} files, {:.0} MB, generated in {:.1}s; {rounds} rounds, medians", mb, t0.elapsed().as_secs_f64());
+    println!(
+        "data: {files} files, {:.0} MB, generated in {:.1}s; {rounds} rounds, medians",
+        mb,
+        t0.elapsed().as_secs_f64()
+    );
 
     let mut coffer = Results { backup: vec![], noop: vec![], restore: vec![] };
     let mut restic = Results { backup: vec![], noop: vec![], restore: vec![] };
@@ -184,7 +211,9 @@ fn main() {
             let _ = std::fs::remove_file(out);
         }
     }
-    let _ = std::fs::remove_dir_all(&base);
+    if std::env::var_os("COFFER_BENCH_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(&base);
+    }
 
     let row = |name: &str, runs: &[Run]| {
         let wall = median(runs.iter().map(|r| r.wall).collect());
@@ -206,7 +235,7 @@ fn main() {
     let cn = row("coffer no-change", &coffer.noop);
     let rn = row("restic no-change", &restic.noop);
     let cr = row("coffer restore", &coffer.restore);
-    let rr = row("restic restore", &restic.restore);
+    let rr = row("restic restore + sync", &restic.restore);
     let tz = (!tar.is_empty()).then(|| row("tar | zstd -3 -T2", &tar));
     println!();
     println!("backup throughput   coffer/restic = {:.2}x", rb.0 / cb.0);
