@@ -26,8 +26,10 @@ fn measure(cmd: &mut Command) -> Run {
     // Flush what earlier steps left dirty, so that no run pays for another's writes.
     let _ = Command::new("sync").status();
     let t0 = Instant::now();
+    // Reaped with wait4 below (for its resource usage), not with Child::wait.
     let child = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
     let pid = child.id() as libc::pid_t;
+    std::mem::forget(child);
     let mut status = 0;
     // SAFETY: wait4 on our own child, writing into locals.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -73,7 +75,7 @@ fn generate(root: &Path, total_mib: u64) -> (u64, u64) {
             _ => (16 << 20) + rng.next() % (48 << 20), // large
         } as usize;
         let len = len.min((budget - bytes) as usize).max(1);
-        let random = rng.next() % 2 == 0;
+        let random = rng.next().is_multiple_of(2);
         let dir = root.join(format!("d{:03}/s{:02}", files / 1000, files % 37));
         std::fs::create_dir_all(&dir).unwrap();
         let mut out = std::fs::File::create(dir.join(format!("f{files:06}"))).unwrap();

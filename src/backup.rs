@@ -82,16 +82,7 @@ struct Repo {
 }
 
 fn open_repo(cfg: &Config) -> Result<Repo> {
-    let catalog = Catalog::open_existing(cfg)?;
-    let repo = catalog.repo()?.ok_or_else(|| anyhow!("the catalog has no repository; run `coffer init` first"))?;
-    if repo.target_url != cfg.target.url {
-        bail!(
-            "the catalog in {} belongs to target {}, but the config names {}; use another state_dir per target",
-            cfg.state_dir.display(),
-            repo.target_url,
-            cfg.target.url
-        );
-    }
+    let (catalog, repo) = Catalog::open_repo(cfg)?;
     let secret = RepoSecret::load(&cfg.repo_secret_file)?;
     let target = Target::open(&cfg.target)?;
     Ok(Repo { catalog, secret, target, chunker: repo.chunker })

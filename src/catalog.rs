@@ -104,6 +104,17 @@ impl Catalog {
         Catalog::open(&path)
     }
 
+    /// The catalog and repository of an initialised state directory that belongs to the
+    /// configured target.
+    pub fn open_repo(cfg: &crate::config::Config) -> Result<(Catalog, RepoRow)> {
+        let catalog = Catalog::open_existing(cfg)?;
+        let repo = catalog.repo()?.with_context(|| {
+            format!("the catalog in {} has no repository; run `coffer init` first", cfg.state_dir.display())
+        })?;
+        ensure_same_target(&repo, cfg)?;
+        Ok((catalog, repo))
+    }
+
     fn migrate(&mut self) -> Result<()> {
         let version: usize = self.conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if version > MIGRATIONS.len() {
@@ -353,6 +364,19 @@ impl Catalog {
         )?;
         Ok(())
     }
+}
+
+/// One state directory serves one target: refuse a config that names another.
+pub fn ensure_same_target(repo: &RepoRow, cfg: &crate::config::Config) -> Result<()> {
+    if repo.target_url != cfg.target.url {
+        bail!(
+            "state directory {} belongs to target {}, but the config names {}; use one state_dir per target",
+            cfg.state_dir.display(),
+            repo.target_url,
+            cfg.target.url
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -22,14 +22,7 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
         .with_context(|| format!("cannot create state directory {}", cfg.state_dir.display()))?;
     let catalog = Catalog::open(&cfg.catalog_path())?;
     if let Some(repo) = catalog.repo()? {
-        if repo.target_url != cfg.target.url {
-            bail!(
-                "state directory {} already belongs to target {}; use another state_dir for {}",
-                cfg.state_dir.display(),
-                repo.target_url,
-                cfg.target.url
-            );
-        }
+        crate::catalog::ensure_same_target(&repo, cfg)?;
         return Ok(Outcome::AlreadyInitialised { repo_id: repo.repo_id });
     }
     let secret = if cfg.repo_secret_file.exists() {
@@ -44,22 +37,38 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
     };
     let target = Target::open(&cfg.target)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    if runtime.block_on(target.exists(REPO_KEY))? {
-        bail!(
-            "target {} already holds a coffer repository ({REPO_KEY}); coffer never overwrites it. \
-             Choose another bucket prefix, or rebuild this host's catalog from it with the identity",
-            cfg.target.url
-        );
-    }
-    let chunker = ChunkerParams::default();
-    let record = RepoRecord::new(&secret, &cfg.recipients, chunker)?;
-    let version = runtime.block_on(target.put_new(REPO_KEY, Bytes::from(record.encode())))?;
+    // The record is kept locally until the catalog knows it, so that an init interrupted
+    // after the upload can finish instead of finding "its" record in the way.
+    let pending = cfg.state_dir.join("coffer.repo.pending");
+    let record = match std::fs::read(&pending) {
+        Ok(bytes) => RepoRecord::decode(&bytes)?,
+        Err(_) => {
+            let record = RepoRecord::new(&secret, &cfg.recipients, ChunkerParams::default())?;
+            crate::fsutil::write_new_private(&pending, &record.encode())
+                .with_context(|| format!("cannot write {}", pending.display()))?;
+            record
+        }
+    };
+    let version = if runtime.block_on(target.exists(REPO_KEY))? {
+        let (stored, version) = runtime.block_on(target.get_with_version(REPO_KEY))?;
+        if stored != record.encode() {
+            bail!(
+                "target {} already holds a coffer repository ({REPO_KEY}); coffer never overwrites it. \
+                 Choose another bucket prefix, or rebuild this host's catalog from it with the identity",
+                cfg.target.url
+            );
+        }
+        version
+    } else {
+        runtime.block_on(target.put_new(REPO_KEY, Bytes::from(record.encode())))?
+    };
     catalog.set_repo(&RepoRow {
         repo_id: record.id.clone(),
         target_url: cfg.target.url.clone(),
         record_version: version,
-        chunker,
+        chunker: record.chunker,
     })?;
     catalog.event("init", None, &format!("repository {} on {}", record.id, cfg.target.url))?;
+    let _ = std::fs::remove_file(&pending);
     Ok(Outcome::Created { repo_id: record.id, kind: target.kind })
 }

@@ -52,8 +52,7 @@ pub struct Summary {
 const PACK_CACHE_BYTES: usize = 48 << 20;
 
 pub fn run(cfg: &Config, opts: &Options) -> Result<Summary> {
-    let catalog = Catalog::open_existing(cfg)?;
-    let repo = catalog.repo()?.ok_or_else(|| anyhow!("the catalog has no repository; run `coffer init` first"))?;
+    let (catalog, repo) = Catalog::open_repo(cfg)?;
     let snap = catalog.find_snapshot(&opts.job, &opts.snapshot)?;
     let identity = Arc::new(Identity::load(&opts.identity)?);
     let target = Target::open(&cfg.target)?;

@@ -93,6 +93,18 @@ impl Target {
         r.bytes().await.with_context(|| format!("cannot read {key} from {}", self.url))
     }
 
+    /// Reads the current version of an object, with its version id.
+    pub async fn get_with_version(&self, key: &str) -> Result<(Bytes, Option<String>)> {
+        let r = self
+            .store
+            .get_opts(&ObjPath::from(key), GetOptions::default())
+            .await
+            .with_context(|| format!("cannot read {key} from {}", self.url))?;
+        let version = r.meta.version.clone();
+        let bytes = r.bytes().await.with_context(|| format!("cannot read {key} from {}", self.url))?;
+        Ok((bytes, version))
+    }
+
     pub async fn exists(&self, key: &str) -> Result<bool> {
         match self.store.head(&ObjPath::from(key)).await {
             Ok(_) => Ok(true),

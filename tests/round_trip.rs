@@ -75,6 +75,9 @@ fn tree_round_trips_through_a_directory_target_and_dedups() {
     setup.backup();
     assert_eq!(setup.pack_hashes(), packs_before, "an unchanged tree uploaded a pack");
     assert_eq!(latest(&setup)["bytes_uploaded"], 0);
+    let read: i64 =
+        setup.catalog().query_row("SELECT bytes_read FROM runs ORDER BY id DESC LIMIT 1", [], |r| r.get(0)).unwrap();
+    assert_eq!(read, 0, "unchanged files were read again instead of taking the fast path");
 
     // Change 1 % of the files (chosen at random over the whole tree) to new content.
     let mut rng = Rng(42);
@@ -149,4 +152,53 @@ fn two_copies_of_a_file_are_stored_once() {
     let out = scratch.path("out");
     assert!(setup.restore("latest", &out).status.success());
     assert_same_tree(&src, &out);
+}
+
+#[test]
+fn restore_a_subpath_and_overwrite() {
+    let scratch = Scratch::new("subpath");
+    let src = scratch.path("src");
+    for (p, body) in [("docs/a.txt", "a"), ("docs/deep/b.txt", "b"), ("other/c.txt", "c"), ("docs2/d.txt", "d")] {
+        std::fs::create_dir_all(src.join(p).parent().unwrap()).unwrap();
+        std::fs::write(src.join(p), body).unwrap();
+    }
+    let setup = Setup::new("subpath", Target::Dir, &src);
+    setup.backup();
+    let out = scratch.path("out");
+    let restore_docs = |extra: &[&str]| {
+        let mut c = setup.cmd(&["restore", "latest", "--job", "data", "--path", "/docs/", "--to"]);
+        c.arg(&out).arg("--identity").arg(&setup.identity).args(extra);
+        c.output().unwrap()
+    };
+    let r = restore_docs(&[]);
+    assert!(r.status.success(), "{}", text(&r));
+    // Only docs/ (not docs2/, whose name merely starts the same), with its contents.
+    assert_same_tree(&src.join("docs"), &out.join("docs"));
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 1);
+
+    std::fs::write(out.join("docs/a.txt"), "changed by someone").unwrap();
+    let refused = restore_docs(&[]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(text(&refused).contains("--overwrite"), "{}", text(&refused));
+    assert_eq!(std::fs::read_to_string(out.join("docs/a.txt")).unwrap(), "changed by someone");
+    assert!(restore_docs(&["--overwrite"]).status.success());
+    assert_same_tree(&src.join("docs"), &out.join("docs"));
+
+    let missing = setup
+        .cmd(&["restore", "latest", "--job", "data", "--path", "nope", "--to"])
+        .arg(scratch.path("o2"))
+        .arg("--identity")
+        .arg(&setup.identity)
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(text(&missing).contains("no path `nope`"), "{}", text(&missing));
+    let escape = setup
+        .cmd(&["restore", "latest", "--job", "data", "--path", "../etc", "--to"])
+        .arg(scratch.path("o3"))
+        .arg("--identity")
+        .arg(&setup.identity)
+        .output()
+        .unwrap();
+    assert_eq!(escape.status.code(), Some(1));
 }

@@ -293,3 +293,40 @@ fn a_read_only_or_full_state_directory_is_a_clear_error() {
     let v: String = c.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
     assert_eq!(v, "ok");
 }
+
+#[test]
+fn special_files_are_skipped_with_a_warning() {
+    let scratch = Scratch::new("special");
+    let src = scratch.path("src");
+    small_tree(&src);
+    let fifo = src.join("docs/pipe");
+    run_ok(Command::new("mkfifo").arg(&fifo));
+    let setup = Setup::new("special", Target::Dir, &src);
+    let out = setup.backup();
+    assert!(text(&out).contains("special file") && text(&out).contains("docs/pipe"), "{}", text(&out));
+    let restored = scratch.path("out");
+    assert!(setup.restore("latest", &restored).status.success());
+    assert!(restored.join("docs/a.txt").exists());
+    assert!(restored.join("docs/pipe").symlink_metadata().is_err(), "a FIFO was restored");
+}
+
+#[test]
+fn an_init_interrupted_after_the_upload_finishes_on_the_next_run() {
+    let scratch = Scratch::new("reinit");
+    let src = scratch.path("src");
+    small_tree(&src);
+    let setup = Setup::new("reinit", Target::Dir, &src);
+    // The state an init killed between the upload and the catalog write leaves behind.
+    let record = std::fs::read(setup.dir.path("target/coffer.repo")).unwrap();
+    std::fs::write(setup.dir.path("state/coffer.repo.pending"), &record).unwrap();
+    setup.catalog().execute("DELETE FROM repo", []).unwrap();
+    let again = setup.ok(&["init"]);
+    assert!(text(&again).contains("initialised repository"), "{}", text(&again));
+    assert!(!setup.dir.path("state/coffer.repo.pending").exists());
+    setup.backup();
+    assert!(setup.restore("latest", &scratch.path("out")).status.success());
+    // A foreign record (no matching pending copy) is never adopted or overwritten.
+    setup.catalog().execute("DELETE FROM repo", []).unwrap();
+    assert_clean_failure(&setup.run(&["init"]), "already holds a coffer repository");
+    assert_eq!(std::fs::read(setup.dir.path("target/coffer.repo")).unwrap(), record);
+}

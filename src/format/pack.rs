@@ -109,7 +109,7 @@ pub fn read_trailer(plain: &[u8]) -> Result<Vec<BlobEntry>, DecodeError> {
 }
 
 /// The stored bytes of a blob, bounds-checked against the pack.
-pub fn blob_bytes<'a>(plain: &'a [u8], offset: u64, length: u32) -> Result<&'a [u8], DecodeError> {
+pub fn blob_bytes(plain: &[u8], offset: u64, length: u32) -> Result<&[u8], DecodeError> {
     let start = usize::try_from(offset).map_err(|_| malformed("blob offset too large"))?;
     start
         .checked_add(length as usize)
