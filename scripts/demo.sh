@@ -16,7 +16,7 @@ if [ ! -f "$demo/sample/README.md" ]; then
   mkdir -p "$demo/sample/generated"
   cp -a src migrations config README.md "$demo/sample/"
   head -c $((16 << 20)) /dev/urandom >"$demo/sample/generated/random.bin"
-  yes "coffer demo: compressible text line" | head -c $((16 << 20)) >"$demo/sample/generated/text.log"
+  head -c $((16 << 20)) <(yes "coffer demo: compressible text line") >"$demo/sample/generated/text.log"
   ln -sf ../README.md "$demo/sample/generated/readme-link"
 fi
 

@@ -107,7 +107,7 @@ pub fn run(cfg: &Config, job: &Job, opts: &Options) -> Result<Summary> {
     let run_id = repo.catalog.start_run(&job.name)?;
     let counters = Arc::new(Counters::default());
     let result = {
-        let _progress = ProgressLine::start(counters.clone(), opts.progress);
+        let _progress = ProgressLine::start(counters.clone(), opts.progress, crate::progress::backup_line);
         run_pipeline(cfg, job, root, &mut repo, &counters)
     };
     let report = |outcome, snapshot: Option<String>, error: Option<String>| RunReport {

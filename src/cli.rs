@@ -81,6 +81,9 @@ enum Command {
         /// Restore into a non-empty directory, replacing files of the same name.
         #[arg(long)]
         overwrite: bool,
+        /// Do not draw a progress line, even on a terminal.
+        #[arg(long)]
+        no_progress: bool,
     },
 }
 
@@ -196,9 +199,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Restore { snapshot, job, to, path, identity, overwrite } => {
+        Command::Restore { snapshot, job, to, path, identity, overwrite, no_progress } => {
             cfg.job(&job)?;
-            let opts = crate::restore::Options { job, snapshot, to, subpath: path, identity, overwrite };
+            let progress = !no_progress;
+            let opts = crate::restore::Options { job, snapshot, to, subpath: path, identity, overwrite, progress };
             let s = crate::restore::run(&cfg, &opts)?;
             println!(
                 "restored snapshot {} to {}: {} files ({}), {} dirs, {} symlinks",

@@ -42,7 +42,12 @@ pub struct ProgressLine {
 }
 
 impl ProgressLine {
-    pub fn start(counters: Arc<Counters>, enabled: bool) -> ProgressLine {
+    /// Starts drawing `render(counters, seconds since start)` four times a second.
+    pub fn start(
+        counters: Arc<Counters>,
+        enabled: bool,
+        render: impl Fn(&Counters, f64) -> String + Send + 'static,
+    ) -> ProgressLine {
         let stop = Arc::new(AtomicBool::new(false));
         let thread = (enabled && std::io::stderr().is_terminal()).then(|| {
             let stop = stop.clone();
@@ -50,26 +55,13 @@ impl ProgressLine {
                 let t0 = Instant::now();
                 while !stop.load(Relaxed) {
                     std::thread::sleep(Duration::from_millis(250));
-                    let c = &counters;
-                    let secs = t0.elapsed().as_secs_f64().max(0.001);
-                    let read = Counters::get(&c.bytes_read);
-                    let mut cur = c.current.lock().map(|s| s.clone()).unwrap_or_default();
+                    let line = render(&counters, t0.elapsed().as_secs_f64().max(0.001));
+                    let mut cur = counters.current.lock().map(|s| s.clone()).unwrap_or_default();
                     if cur.chars().count() > 40 {
-                        cur = format!(
-                            "…{}",
-                            cur.chars().rev().take(39).collect::<Vec<_>>().into_iter().rev().collect::<String>()
-                        );
+                        let tail: Vec<char> = cur.chars().rev().take(39).collect();
+                        cur = format!("…{}", tail.into_iter().rev().collect::<String>());
                     }
-                    eprint!(
-                        "\r\x1b[K{} files, read {} ({}/s), new {}, uploaded {} in {} packs  {}",
-                        Counters::get(&c.files),
-                        bytes(read),
-                        bytes((read as f64 / secs) as u64),
-                        bytes(Counters::get(&c.bytes_new)),
-                        bytes(Counters::get(&c.bytes_uploaded)),
-                        Counters::get(&c.packs),
-                        cur
-                    );
+                    eprint!("\r\x1b[K{line}  {cur}");
                     let _ = std::io::stderr().flush();
                 }
                 eprint!("\r\x1b[K");
@@ -86,6 +78,31 @@ impl Drop for ProgressLine {
             let _ = t.join();
         }
     }
+}
+
+/// The backup's line: files, bytes read and their rate, new, uploaded, packs.
+pub fn backup_line(c: &Counters, secs: f64) -> String {
+    let read = Counters::get(&c.bytes_read);
+    format!(
+        "{} files, read {} ({}/s), new {}, uploaded {} in {} packs",
+        Counters::get(&c.files),
+        bytes(read),
+        bytes((read as f64 / secs) as u64),
+        bytes(Counters::get(&c.bytes_new)),
+        bytes(Counters::get(&c.bytes_uploaded)),
+        Counters::get(&c.packs)
+    )
+}
+
+/// The restore's line: files and bytes written, and the rate.
+pub fn restore_line(c: &Counters, secs: f64) -> String {
+    let written = Counters::get(&c.bytes);
+    format!(
+        "restored {} files, {} ({}/s)",
+        Counters::get(&c.files),
+        bytes(written),
+        bytes((written as f64 / secs) as u64)
+    )
 }
 
 /// `1.5 GiB`

@@ -26,6 +26,7 @@ use crate::format::repo::RepoRecord;
 use crate::format::snapshot::{self, SnapshotRecord};
 use crate::format::{DecodeError, REPO_KEY, pack};
 use crate::keys::{Identity, RepoSecret};
+use crate::progress::{Counters, ProgressLine};
 use crate::target::Target;
 
 pub struct Options {
@@ -35,6 +36,8 @@ pub struct Options {
     pub subpath: Option<String>,
     pub identity: PathBuf,
     pub overwrite: bool,
+    /// Draw a progress line on a terminal.
+    pub progress: bool,
 }
 
 #[derive(Default)]
@@ -83,7 +86,9 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Summary> {
         state: Mutex::new(FetchState::default()),
         wake: Condvar::new(),
     };
-    let mut r = Restorer { catalog, secret, packs: Packs::start(fetch(Vec::new())) };
+    let counters = Arc::new(Counters::default());
+    let _progress = ProgressLine::start(counters.clone(), opts.progress, crate::progress::restore_line);
+    let mut r = Restorer { counters, catalog, secret, packs: Packs::start(fetch(Vec::new())) };
     let tmp = cfg.state_dir.join("tmp");
     crate::fsutil::create_private_dir(&tmp)?;
     let entries_path = tmp.join(format!("restore-{}-{}", snap.id, crate::hex::random(6)));
@@ -140,6 +145,7 @@ fn prepare_target_dir(to: &Path, overwrite: bool) -> Result<()> {
 }
 
 struct Restorer {
+    counters: Arc<Counters>,
     catalog: Catalog,
     secret: RepoSecret,
     packs: Packs,
@@ -197,7 +203,7 @@ impl Restorer {
         let mut matched = false;
         let (job_tx, job_rx) = sync_channel::<DecodeJob>(PIPELINE_DEPTH);
         let job_rx = Mutex::new(job_rx);
-        let mut writer = InOrderWriter::default();
+        let mut writer = InOrderWriter { counters: self.counters.clone(), ..Default::default() };
         let secret = self.secret.clone();
         std::thread::scope(|scope| -> Result<()> {
             let job_tx = job_tx; // dropped when the walk ends, which stops the pool
@@ -352,10 +358,12 @@ struct InOrderWriter {
     /// Plaintext bytes of the chunks in `steps`: bounds memory, as chunks vary 512 KiB–8 MiB.
     queued_bytes: usize,
     failures: Vec<String>,
+    counters: Arc<Counters>,
 }
 
 impl InOrderWriter {
     fn open(&mut self, dest: PathBuf, entry: Entry) {
+        self.counters.set_current(&String::from_utf8_lossy(&entry.path));
         let tmp = crate::fsutil::temp_path(&dest);
         let (out, error) = match File::create(&tmp) {
             Ok(f) => (Some(BufWriter::with_capacity(1 << 20, f)), None),
@@ -410,6 +418,10 @@ impl InOrderWriter {
             Some(e) => Err(e),
             None => finish_file(&mut f),
         };
+        if result.is_ok() {
+            Counters::add(&self.counters.files, 1);
+            Counters::add(&self.counters.bytes, f.written);
+        }
         if let Err(e) = result {
             let _ = std::fs::remove_file(&f.tmp);
             let msg = format!("{}: {e:#}", String::from_utf8_lossy(&f.entry.path));
