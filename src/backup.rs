@@ -146,6 +146,7 @@ fn run_pipeline(cfg: &Config, job: &Job, root: &Path, repo: &mut Repo, counters:
     let (blob_tx, blob_rx) = sync_channel::<Blob>(2 * workers);
     let (pack_tx, mut pack_rx) = tokio::sync::mpsc::channel::<SealedPack>(1);
 
+    let pending = Arc::new(Mutex::new(HashSet::new()));
     // Reader: its own catalog connection (WAL lets it read while the uploader writes).
     let reader = {
         let reader_catalog = Catalog::open(&cfg.catalog_path())?;
@@ -155,7 +156,7 @@ fn run_pipeline(cfg: &Config, job: &Job, root: &Path, repo: &mut Repo, counters:
             chunker: Chunker::new(repo.chunker, repo.secret.chunker_seed()),
             entry_chunker: Chunker::new(ENTRY_STREAM_CHUNKS, repo.secret.chunker_seed()),
             job: job.name.clone(),
-            pending: HashSet::new(),
+            pending: pending.clone(),
             referenced: HashSet::new(),
             chunk_tx,
             counters: counters.clone(),
@@ -196,6 +197,7 @@ fn run_pipeline(cfg: &Config, job: &Job, root: &Path, repo: &mut Repo, counters:
         &repo.target,
         &mut repo.catalog,
         counters,
+        &pending,
         cfg.target.upload_concurrency,
     ));
     if upload.is_err() {
@@ -284,8 +286,10 @@ struct Reader {
     /// metadata instead of ~1 MiB.
     entry_chunker: Chunker,
     job: String,
-    /// Chunks sent for storage in this run (not yet, or just, acknowledged).
-    pending: HashSet<ChunkId>,
+    /// Chunks sent for storage in this run and not yet in the catalog. The uploader removes
+    /// a pack's chunks after committing it, so this holds at most a few packs' worth and
+    /// memory stays flat however much new data a run stores.
+    pending: Arc<Mutex<HashSet<ChunkId>>>,
     /// Stored packs (catalog row ids) this snapshot uses.
     referenced: HashSet<i64>,
     chunk_tx: SyncSender<NewChunk>,
@@ -386,7 +390,7 @@ impl Reader {
         }
         let mut packs = Vec::with_capacity(c.chunks.len());
         for id in &c.chunks {
-            if self.pending.contains(id) {
+            if lock(&self.pending).contains(id) {
                 continue;
             }
             match self.catalog.chunk_pack(id)? {
@@ -411,14 +415,15 @@ impl Reader {
             Counters::add(&counters.bytes_read, data.len() as u64);
             let id = secret.chunk_id(data);
             ids.push(id);
-            if pending.contains(&id) {
+            // Pending first: a chunk leaves `pending` only after its pack is in the catalog.
+            if lock(pending).contains(&id) {
                 return Ok(());
             }
             if let Some(pack) = catalog.chunk_pack(&id)? {
                 referenced.insert(pack);
                 return Ok(());
             }
-            pending.insert(id);
+            lock(pending).insert(id);
             Counters::add(&counters.bytes_new, data.len() as u64);
             chunk_tx.send(NewChunk { id, data: data.to_vec() }).map_err(|_| anyhow!("the backup pipeline stopped"))
         })
@@ -479,6 +484,7 @@ async fn upload_loop(
     target: &Target,
     catalog: &mut Catalog,
     counters: &Counters,
+    pending: &Mutex<HashSet<ChunkId>>,
     concurrency: usize,
 ) -> Result<HashSet<i64>> {
     let mut in_flight = JoinSet::new();
@@ -507,12 +513,23 @@ async fn upload_loop(
                     blobs: &pack.blobs,
                 })?;
                 stored.insert(id);
+                let mut p = lock(pending);
+                for b in &pack.blobs {
+                    p.remove(&b.id);
+                }
+                drop(p);
                 Counters::add(&counters.bytes_uploaded, size);
                 Counters::add(&counters.packs, 1);
             }
         }
     }
     Ok(stored)
+}
+
+/// Locks a mutex, recovering the data if a panicking thread poisoned it (the stages
+/// report their own panics when joined).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn hostname() -> String {

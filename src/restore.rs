@@ -88,13 +88,13 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Summary> {
     };
     let counters = Arc::new(Counters::default());
     let _progress = ProgressLine::start(counters.clone(), opts.progress, crate::progress::restore_line);
-    let mut r = Restorer { counters, catalog, secret, packs: Packs::start(fetch(Vec::new())) };
+    let mut r = Restorer { counters, catalog, secret, packs: Packs::start(fetch(Vec::new()), HashMap::new()) };
     let tmp = cfg.state_dir.join("tmp");
     crate::fsutil::create_private_dir(&tmp)?;
     let entries_path = tmp.join(format!("restore-{}-{}", snap.id, crate::hex::random(6)));
     let result = r.load_entries(&record, &entries_path).and_then(|()| {
         let schedule = r.schedule(&entries_path, subpath.as_deref())?;
-        r.packs = Packs::start(fetch(schedule));
+        r.packs = Packs::start(fetch(schedule.packs), schedule.uses);
         r.write_tree(&record, &entries_path, &opts.to, subpath.as_deref())
     });
     drop(r.packs);
@@ -163,10 +163,11 @@ impl Restorer {
         Ok(())
     }
 
-    /// The packs the selected files need, in the order they will be needed.
-    fn schedule(&self, entries_path: &Path, sub: Option<&[u8]>) -> Result<Vec<(String, Option<String>, usize)>> {
-        let mut seen: HashMap<String, usize> = HashMap::new();
-        let mut schedule: Vec<(String, Option<String>, usize)> = Vec::new();
+    /// The packs the selected files need, in the order they will first be needed, and
+    /// for each pack the positions (in the sequence of chunk reads) of every use.
+    fn schedule(&self, entries_path: &Path, sub: Option<&[u8]>) -> Result<Schedule> {
+        let mut schedule = Schedule::default();
+        let mut position = 0u64;
         for entry in EntryReader::new(BufReader::new(File::open(entries_path)?))? {
             let entry = entry?;
             if entry.kind != Kind::File || !selected(&entry.path, sub) {
@@ -175,14 +176,13 @@ impl Restorer {
             for id in &entry.chunks {
                 // A chunk missing from the catalog is reported when its file is written.
                 if let Some(loc) = self.catalog.chunk_location(id)? {
-                    match seen.get(&loc.pack_hash) {
-                        Some(&i) => schedule[i].2 += 1,
-                        None => {
-                            seen.insert(loc.pack_hash.clone(), schedule.len());
-                            schedule.push((loc.pack_hash, loc.pack_version, 1));
-                        }
+                    let uses = schedule.uses.entry(loc.pack_hash.clone()).or_default();
+                    if uses.is_empty() {
+                        schedule.packs.push((loc.pack_hash, loc.pack_version));
                     }
+                    uses.push_back(position);
                 }
+                position += 1;
             }
         }
         Ok(schedule)
@@ -306,6 +306,13 @@ impl Restorer {
         let (loc, plain) = self.locate(id)?;
         decode_chunk(&self.secret, &DecodeJob { id: *id, loc, plain, reply: sync_channel(1).0 })
     }
+}
+
+/// What a restore will read: packs in order of first need, and when each is used.
+#[derive(Default)]
+struct Schedule {
+    packs: Vec<(String, Option<String>)>,
+    uses: HashMap<String, VecDeque<u64>>,
 }
 
 /// Chunks being decoded ahead of the writer, and threads decoding them.
@@ -460,8 +467,8 @@ struct Packs {
     cached_bytes: usize,
     /// Packs found unreadable, with why (never fetched twice).
     bad: HashMap<String, String>,
-    /// Chunk reads each pack still has to serve (from the schedule).
-    uses_left: HashMap<String, usize>,
+    /// For each pack, the positions of the chunk reads it still has to serve.
+    uses: HashMap<String, VecDeque<u64>>,
     /// Packs fetched a second time because they had left the cache.
     refetched: usize,
 }
@@ -470,8 +477,8 @@ struct Fetch {
     target: Target,
     identity: Arc<Identity>,
     runtime: tokio::runtime::Handle,
-    /// Packs in order of first need: (hash, version, chunk reads it will serve).
-    schedule: Vec<(String, Option<String>, usize)>,
+    /// Packs in order of first need: (hash, version).
+    schedule: Vec<(String, Option<String>)>,
     state: Mutex<FetchState>,
     wake: Condvar,
 }
@@ -488,7 +495,7 @@ struct FetchState {
 }
 
 /// Packs decoded ahead of the restorer (each holds up to a pack in memory).
-const PREFETCH_WINDOW: usize = 2;
+const PREFETCH_WINDOW: usize = 1;
 const FETCH_THREADS: usize = 2;
 
 impl Fetch {
@@ -518,7 +525,7 @@ impl Fetch {
                 st.next += 1;
                 st.next - 1
             };
-            let (hash, version, _) = &self.schedule[i];
+            let (hash, version) = &self.schedule[i];
             let result = self.fetch(hash, version.as_deref()).map(Arc::new);
             self.state.lock().unwrap_or_else(|p| p.into_inner()).ready.insert(i, result);
             self.wake.notify_all();
@@ -527,9 +534,8 @@ impl Fetch {
 }
 
 impl Packs {
-    fn start(fetch: Fetch) -> Packs {
-        let index = fetch.schedule.iter().enumerate().map(|(i, (h, _, _))| (h.clone(), i)).collect();
-        let uses_left = fetch.schedule.iter().map(|(h, _, n)| (h.clone(), *n)).collect();
+    fn start(fetch: Fetch, uses: HashMap<String, VecDeque<u64>>) -> Packs {
+        let index = fetch.schedule.iter().enumerate().map(|(i, (h, _))| (h.clone(), i)).collect();
         let shared = Arc::new(fetch);
         let threads = (0..FETCH_THREADS)
             .map(|_| {
@@ -544,7 +550,7 @@ impl Packs {
             cache: VecDeque::new(),
             cached_bytes: 0,
             bad: HashMap::new(),
-            uses_left,
+            uses,
             refetched: 0,
         }
     }
@@ -552,8 +558,8 @@ impl Packs {
     /// A pack's plaintext, verified.
     fn get(&mut self, hash: &str, version: Option<&str>) -> Result<Arc<Vec<u8>>> {
         let key = crate::format::pack_key(hash);
-        if let Some(n) = self.uses_left.get_mut(hash) {
-            *n = n.saturating_sub(1);
+        if let Some(u) = self.uses.get_mut(hash) {
+            u.pop_front();
         }
         if let Some(pos) = self.cache.iter().position(|(h, _)| h == hash) {
             let hit = self.cache.remove(pos).expect("position is in range");
@@ -577,10 +583,11 @@ impl Packs {
         })?;
         self.cached_bytes += plain.len();
         self.cache.push_back((hash.to_string(), plain.clone()));
-        // Over budget: drop packs no chunk still needs first, then the least recently used.
+        // Over budget: drop the pack whose next use is furthest away (never, first): with the
+        // whole sequence of reads known, this is the optimal choice (Belady's).
         while self.cached_bytes > PACK_CACHE_BYTES && self.cache.len() > 1 {
-            let done = self.cache.iter().position(|(h, _)| self.uses_left.get(h).is_none_or(|&n| n == 0));
-            let victim = done.filter(|&p| p + 1 < self.cache.len()).unwrap_or(0);
+            let next_use = |h: &String| self.uses.get(h).and_then(|u| u.front().copied()).unwrap_or(u64::MAX);
+            let victim = (0..self.cache.len()).max_by_key(|&i| next_use(&self.cache[i].0)).unwrap_or(0);
             if let Some((_, old)) = self.cache.remove(victim) {
                 self.cached_bytes -= old.len();
             }
