@@ -136,8 +136,14 @@ pub struct Identity {
 impl Identity {
     pub fn load(path: &Path) -> Result<Self> {
         check_private(path)?;
-        let file = age::IdentityFile::from_file(path.to_string_lossy().into_owned())
-            .with_context(|| format!("cannot read identity {}", path.display()))?;
+        let text = std::fs::read(path).with_context(|| format!("cannot read identity {}", path.display()))?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses identity file text; `path` names it in messages.
+    pub fn parse(text: &[u8], path: &Path) -> Result<Self> {
+        let file = age::IdentityFile::from_buffer(text)
+            .with_context(|| format!("identity {} is not an age identity file", path.display()))?;
         let identities =
             file.into_identities().map_err(|e| anyhow!("identity {} is not usable: {e}", path.display()))?;
         if identities.is_empty() {

@@ -82,6 +82,17 @@ fn the_backup_host_can_write_but_never_read() {
 
 #[test]
 fn a_killed_backup_resumes_without_re_uploading_acknowledged_packs() {
+    kill_and_resume(Target::Dir);
+}
+
+#[test]
+fn a_killed_backup_to_s3_resumes_without_re_uploading_acknowledged_packs() {
+    if s3_available() {
+        kill_and_resume(Target::S3);
+    }
+}
+
+fn kill_and_resume(target: Target) {
     let scratch = Scratch::new("kill");
     let src = scratch.path("src");
     std::fs::create_dir_all(&src).unwrap();
@@ -91,7 +102,7 @@ fn a_killed_backup_resumes_without_re_uploading_acknowledged_packs() {
         rng.fill(&mut data);
         std::fs::write(src.join(format!("part{i:02}.bin")), data).unwrap();
     }
-    let setup = Setup::new("kill", Target::Dir, &src);
+    let setup = Setup::new("kill", target, &src);
     let mut child = setup.cmd(&["backup", "data", "--no-progress"]).spawn().unwrap();
     // Wait until some packs are acknowledged, then kill -9 mid-run.
     let t0 = Instant::now();

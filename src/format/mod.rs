@@ -84,3 +84,127 @@ pub enum DecodeError {
 pub fn malformed(what: impl Into<String>) -> DecodeError {
     DecodeError::Malformed(what.into())
 }
+
+/// Stored samples of every format version, decoded by today's code: a format change that
+/// would make existing backups unreadable fails here.
+#[cfg(test)]
+mod samples {
+    use std::path::{Path, PathBuf};
+
+    use super::entry::{Entry, EntryReader, EntryWriter, Kind};
+    use super::pack::{self, FLAG_ZSTD, PackBuilder};
+    use super::repo::RepoRecord;
+    use super::snapshot::{self, SnapshotRecord, SnapshotStats};
+    use crate::chunker::ChunkerParams;
+    use crate::keys::{Identity, RepoSecret};
+
+    const SNAPSHOT_KEY: &str = "snapshots/sample/00112233aabbccdd";
+
+    fn dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/formats")
+    }
+
+    fn secret() -> RepoSecret {
+        RepoSecret::from_bytes([7; 32])
+    }
+
+    fn blobs() -> [Vec<u8>; 2] {
+        [b"a raw sample blob".to_vec(), b"compressible ".repeat(200)]
+    }
+
+    #[test]
+    #[ignore = "writes the samples of a new format version; run once, then commit them"]
+    fn write_samples() {
+        let d = dir();
+        std::fs::create_dir_all(&d).unwrap();
+        let recipient = crate::keys::parse_recipient(&crate::keys::keygen(&d.join("identity.txt")).unwrap()).unwrap();
+        let recipients = [recipient];
+        let s = secret();
+        let repo = RepoRecord::new(&s, &recipients, ChunkerParams::default()).unwrap();
+        std::fs::write(d.join("repo-v1.json"), repo.encode()).unwrap();
+
+        let [raw, text] = blobs();
+        let mut b = PackBuilder::default();
+        b.add(s.chunk_id(&raw), &raw, raw.len() as u32, 0);
+        b.add(s.chunk_id(&text), &zstd::bulk::compress(&text, 3).unwrap(), text.len() as u32, FLAG_ZSTD);
+        let (plain, _) = b.finish();
+        std::fs::write(d.join("pack-v1.age"), crate::keys::encrypt(&recipients, &plain).unwrap()).unwrap();
+
+        let entry = |path: &str, kind| Entry {
+            path: path.into(),
+            kind,
+            mode: 0o644,
+            uid: 1000,
+            gid: 1000,
+            mtime_ns: 1_795_432_333_123_456_789,
+            ctime_ns: 1_795_432_333_123_456_789,
+            ino: 42,
+            size: 0,
+            target: None,
+            chunks: vec![],
+        };
+        let mut w = EntryWriter::new(Vec::new()).unwrap();
+        w.write(&entry("docs", Kind::Dir)).unwrap();
+        let mut f = entry("docs/file with\nnewline", Kind::File);
+        f.size = (raw.len() + text.len()) as u64;
+        f.chunks = vec![s.chunk_id(&raw), s.chunk_id(&text)];
+        w.write(&f).unwrap();
+        let mut l = entry("link", Kind::Symlink);
+        l.target = Some(b"docs".to_vec());
+        w.write(&l).unwrap();
+        let entries = w.into_inner();
+        std::fs::write(d.join("entries-v1.jsonl"), &entries).unwrap();
+
+        let record = SnapshotRecord {
+            format: snapshot::VERSION,
+            id: "00112233aabbccdd".into(),
+            job: "sample".into(),
+            host: "sample-host".into(),
+            created: 1_795_432_333,
+            source: "path /srv/sample".into(),
+            tree: vec![s.chunk_id(&entries)],
+            stats: SnapshotStats { files: 1, dirs: 1, symlinks: 1, ..Default::default() },
+            errors: vec![],
+        };
+        std::fs::write(d.join("snapshot-v1.bin"), snapshot::seal(&record, SNAPSHOT_KEY, &recipients, &s).unwrap())
+            .unwrap();
+    }
+
+    #[test]
+    fn version_1_samples_decode() {
+        let d = dir();
+        let read = |name: &str| std::fs::read(d.join(name)).unwrap();
+        // Read without the 0600 check: git does not keep file modes.
+        let identity = Identity::parse(&read("identity.txt"), &d.join("identity.txt")).unwrap();
+        let s = secret();
+
+        let repo = RepoRecord::decode(&read("repo-v1.json")).unwrap();
+        assert_eq!(repo.chunker, ChunkerParams::default());
+        assert_eq!(repo.open_secret(&identity).unwrap().bytes(), s.bytes());
+
+        let plain = identity.decrypt(&read("pack-v1.age")).unwrap();
+        let table = pack::read_trailer(&plain).unwrap();
+        assert_eq!(table.len(), 2);
+        for (blob, want) in table.iter().zip(blobs()) {
+            let stored = pack::blob_bytes(&plain, blob.offset, blob.length).unwrap();
+            let data = pack::unpack_blob(stored, blob.raw_length, blob.flags).unwrap();
+            assert_eq!(data, want);
+            assert_eq!(blob.id, s.chunk_id(&data));
+        }
+
+        let entries = read("entries-v1.jsonl");
+        let parsed: Vec<Entry> = EntryReader::new(&entries[..]).unwrap().collect::<Result<_, _>>().unwrap();
+        assert_eq!(parsed.len(), 3);
+        assert_eq!(parsed[1].path, b"docs/file with\nnewline");
+        assert_eq!(parsed[1].chunks, table.iter().map(|b| b.id).collect::<Vec<_>>());
+        assert_eq!(parsed[2].target.as_deref(), Some(&b"docs"[..]));
+
+        let record = snapshot::open(&read("snapshot-v1.bin"), SNAPSHOT_KEY, &s, &identity).unwrap();
+        assert_eq!((record.job.as_str(), record.created), ("sample", 1_795_432_333));
+        assert_eq!(record.tree, vec![s.chunk_id(&entries)]);
+        // The record is bound to its key and to the secret.
+        assert!(snapshot::open(&read("snapshot-v1.bin"), "snapshots/sample/other", &s, &identity).is_err());
+        let other = RepoSecret::from_bytes([8; 32]);
+        assert!(snapshot::open(&read("snapshot-v1.bin"), SNAPSHOT_KEY, &other, &identity).is_err());
+    }
+}
