@@ -5,7 +5,7 @@
 #
 #   eval "$(scripts/s3-server.sh start)"   # prints only `export …` lines on stdout
 #   scripts/s3-server.sh stop               # stops the daemons, deletes the state
-#   scripts/s3-server.sh mkbucket NAME      # creates a bucket with Object Lock enabled
+#   scripts/s3-server.sh mkbucket NAME [--no-lock]   # a bucket with Object Lock enabled (or not)
 #
 # Installs ceph-mon, ceph-osd, radosgw and ceph-common with apt the first time (root).
 # Env: COFFER_S3_DIR (default /tmp/coffer-s3), COFFER_S3_PORT (7480), COFFER_MON_PORT (3300),
@@ -141,13 +141,14 @@ stop() {
 
 # A bucket with Object Lock (and so versioning) enabled, created with a SigV4-signed PUT.
 mkbucket() {
-  local name="$1" code
+  local name="$1" lock="true" code
+  [ "${2:-}" = "--no-lock" ] && lock="false"
   code=$(curl -s -o "$DIR/mkbucket.out" -w '%{http_code}' -X PUT \
     --aws-sigv4 "aws:amz:${AWS_REGION:-us-east-1}:s3" --user "${AWS_ACCESS_KEY_ID:-$AK}:${AWS_SECRET_ACCESS_KEY:-$SK}" \
     -H "x-amz-content-sha256: e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855" \
-    -H "x-amz-bucket-object-lock-enabled: true" "http://127.0.0.1:$PORT/$name")
+    -H "x-amz-bucket-object-lock-enabled: $lock" "http://127.0.0.1:$PORT/$name")
   case "$code" in
-    200) log "bucket $name created (Object Lock enabled)";;
+    200) log "bucket $name created (Object Lock enabled: $lock)";;
     409) log "bucket $name exists";;
     *) log "creating bucket $name failed: HTTP $code: $(cat "$DIR/mkbucket.out")"; exit 1;;
   esac
@@ -156,6 +157,6 @@ mkbucket() {
 case "${1:-}" in
   start) start;;
   stop) stop;;
-  mkbucket) [ -n "${2:-}" ] || { echo "usage: $0 mkbucket NAME" >&2; exit 2; }; mkbucket "$2";;
+  mkbucket) [ -n "${2:-}" ] || { echo "usage: $0 mkbucket NAME [--no-lock]" >&2; exit 2; }; mkbucket "$2" "${3:-}";;
   *) echo "usage: $0 start|stop|mkbucket NAME" >&2; exit 2;;
 esac

@@ -40,6 +40,8 @@ use crate::target::Target;
 const ENTRY_STREAM_CHUNKS: crate::chunker::ChunkerParams =
     crate::chunker::ChunkerParams { min: 16 * 1024, avg: 64 * 1024, max: 256 * 1024 };
 
+const DAY: i64 = 86_400;
+
 pub struct Options {
     pub progress: bool,
 }
@@ -47,6 +49,10 @@ pub struct Options {
 /// What a finished run reports to its caller.
 pub struct Summary {
     pub snapshot_id: String,
+    /// Until when the snapshot's objects are locked, where the target locks.
+    pub retain_until: Option<i64>,
+    /// COMPLIANCE, GOVERNANCE or UNPROTECTED.
+    pub protection: &'static str,
     pub stats: SnapshotStats,
     pub unchanged_files: u64,
     pub errors: Vec<EntryError>,
@@ -135,6 +141,10 @@ pub fn run(cfg: &Config, job: &Job, opts: &Options) -> Result<Summary> {
 fn run_pipeline(cfg: &Config, job: &Job, root: &Path, repo: &mut Repo, counters: &Arc<Counters>) -> Result<Summary> {
     let started = Instant::now();
     let created = crate::time::now_secs();
+    // Everything this snapshot writes is locked at least until the snapshot may expire;
+    // new packs a while longer, so that the next snapshots reusing them need no extension.
+    let retain_until = created + i64::from(job.lock_days) * DAY;
+    let pack_until = retain_until + crate::config::EXTENSION_SLACK_DAYS * DAY;
     let tmp_dir = cfg.state_dir.join("tmp");
     crate::fsutil::create_private_dir(&tmp_dir)?;
     let entries_path = tmp_dir.join(format!("entries-{}-{}", job.name, crate::hex::random(6)));
@@ -198,6 +208,7 @@ fn run_pipeline(cfg: &Config, job: &Job, root: &Path, repo: &mut Repo, counters:
         &mut repo.catalog,
         counters,
         &pending,
+        pack_until,
         cfg.target.upload_concurrency,
     ));
     if upload.is_err() {
@@ -236,7 +247,7 @@ fn run_pipeline(cfg: &Config, job: &Job, root: &Path, repo: &mut Repo, counters:
     };
     let key = crate::format::snapshot_key(&job.name, &id);
     let object = snapshot::seal(&record, &key, &cfg.recipients, &repo.secret)?;
-    let version = runtime.block_on(repo.target.put_new(&key, Bytes::from(object)))?;
+    let version = runtime.block_on(repo.target.put_new(&key, Bytes::from(object), retain_until))?;
 
     let mut packs = reader.referenced.clone();
     packs.extend(uploaded);
@@ -253,7 +264,8 @@ fn run_pipeline(cfg: &Config, job: &Job, root: &Path, repo: &mut Repo, counters:
         bytes_new: stats.bytes_new,
         bytes_uploaded: stats.bytes_uploaded,
         errors: reader.errors.len() as u64,
-        retain_until: None,
+        retain_until: Some(retain_until),
+        lock_mode: repo.target.lock_until(retain_until).map(|l| l.mode.as_str().to_string()),
     };
     let entries = EntryReader::new(BufReader::new(File::open(&entries_path)?))?;
     let cache = entries.filter_map(|e| match e {
@@ -265,7 +277,14 @@ fn run_pipeline(cfg: &Config, job: &Job, root: &Path, repo: &mut Repo, counters:
         Err(err) => Some(Err(anyhow!(err))),
     });
     repo.catalog.complete_snapshot(&row, &packs, cache)?;
-    Ok(Summary { snapshot_id: id, stats, unchanged_files: Counters::get(&counters.unchanged), errors: reader.errors })
+    Ok(Summary {
+        snapshot_id: id,
+        retain_until: repo.target.lock_until(retain_until).map(|l| l.until),
+        protection: repo.target.protection(),
+        stats,
+        unchanged_files: Counters::get(&counters.unchanged),
+        errors: reader.errors,
+    })
 }
 
 /// What the reader hands back once the walk is done.
@@ -485,6 +504,7 @@ async fn upload_loop(
     catalog: &mut Catalog,
     counters: &Counters,
     pending: &Mutex<HashSet<ChunkId>>,
+    pack_until: i64,
     concurrency: usize,
 ) -> Result<HashSet<i64>> {
     let mut in_flight = JoinSet::new();
@@ -497,7 +517,7 @@ async fn upload_loop(
                     let target = target.clone();
                     in_flight.spawn(async move {
                         let key = crate::format::pack_key(&p.hash);
-                        let version = target.put_new(&key, p.ciphertext.clone()).await?;
+                        let version = target.put_new(&key, p.ciphertext.clone(), pack_until).await?;
                         Ok::<_, anyhow::Error>((p, version))
                     });
                 }
@@ -511,6 +531,7 @@ async fn upload_loop(
                     version: version.as_deref(),
                     size,
                     blobs: &pack.blobs,
+                    lock: target.lock_until(pack_until),
                 })?;
                 stored.insert(id);
                 let mut p = lock(pending);

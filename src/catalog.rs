@@ -12,8 +12,10 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::ChunkId;
 use crate::chunker::ChunkerParams;
 use crate::format::pack::BlobEntry;
+use crate::objectlock::{LockMode, Retention};
 
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] =
+    &[include_str!("../migrations/0001_init.sql"), include_str!("../migrations/0002_locks.sql")];
 
 pub struct Catalog {
     conn: Connection,
@@ -25,6 +27,8 @@ pub struct RepoRow {
     pub target_url: String,
     pub record_version: Option<String>,
     pub chunker: ChunkerParams,
+    /// The lock `coffer.repo` was written with.
+    pub record_lock: Option<Retention>,
 }
 
 #[derive(Debug, Clone)]
@@ -43,6 +47,8 @@ pub struct StoredPack<'a> {
     pub version: Option<&'a str>,
     pub size: u64,
     pub blobs: &'a [BlobEntry],
+    /// The lock it was written with, where the target locks.
+    pub lock: Option<Retention>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -60,6 +66,8 @@ pub struct SnapshotRow {
     pub bytes_uploaded: u64,
     pub errors: u64,
     pub retain_until: Option<i64>,
+    /// The lock mode of the snapshot record (locked until `retain_until`), if any.
+    pub lock_mode: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,7 +143,8 @@ impl Catalog {
         Ok(self
             .conn
             .query_row(
-                "SELECT repo_id, target_url, record_version, chunk_min, chunk_avg, chunk_max FROM repo WHERE id = 1",
+                "SELECT repo_id, target_url, record_version, chunk_min, chunk_avg, chunk_max, record_lock_mode,
+                        record_retain_until FROM repo WHERE id = 1",
                 [],
                 |r| {
                     Ok(RepoRow {
@@ -143,6 +152,7 @@ impl Catalog {
                         target_url: r.get(1)?,
                         record_version: r.get(2)?,
                         chunker: ChunkerParams { min: r.get(3)?, avg: r.get(4)?, max: r.get(5)? },
+                        record_lock: lock_from(r.get(6)?, r.get(7)?),
                     })
                 },
             )
@@ -151,8 +161,9 @@ impl Catalog {
 
     pub fn set_repo(&self, row: &RepoRow) -> Result<()> {
         self.conn.execute(
-            "INSERT INTO repo (id, repo_id, target_url, record_version, chunk_min, chunk_avg, chunk_max, created_at)
-             VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO repo (id, repo_id, target_url, record_version, chunk_min, chunk_avg, chunk_max, created_at,
+                               record_lock_mode, record_retain_until)
+             VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
                 row.repo_id,
                 row.target_url,
@@ -160,7 +171,9 @@ impl Catalog {
                 row.chunker.min,
                 row.chunker.avg,
                 row.chunker.max,
-                crate::time::now_secs()
+                crate::time::now_secs(),
+                row.record_lock.map(|l| l.mode.as_str()),
+                row.record_lock.map(|l| l.until)
             ],
         )?;
         Ok(())
@@ -197,8 +210,15 @@ impl Catalog {
     pub fn add_pack(&mut self, pack: &StoredPack) -> Result<i64> {
         let tx = self.conn.transaction()?;
         tx.execute(
-            "INSERT INTO packs (hash, version, size, uploaded_at) VALUES (?1, ?2, ?3, ?4)",
-            params![pack.hash, pack.version, pack.size, crate::time::now_secs()],
+            "INSERT INTO packs (hash, version, size, uploaded_at, lock_mode, retain_until) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                pack.hash,
+                pack.version,
+                pack.size,
+                crate::time::now_secs(),
+                pack.lock.map(|l| l.mode.as_str()),
+                pack.lock.map(|l| l.until)
+            ],
         )?;
         let pack_id = tx.last_insert_rowid();
         {
@@ -247,8 +267,8 @@ impl Catalog {
         let tx = self.conn.transaction()?;
         tx.execute(
             "INSERT INTO snapshots (id, job, host, created_at, state, record_version, source, files, bytes,
-                                    bytes_new, bytes_uploaded, errors, retain_until)
-             VALUES (?1, ?2, ?3, ?4, 'complete', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                                    bytes_new, bytes_uploaded, errors, retain_until, lock_mode)
+             VALUES (?1, ?2, ?3, ?4, 'complete', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             params![
                 snap.id,
                 snap.job,
@@ -261,7 +281,8 @@ impl Catalog {
                 snap.bytes_new,
                 snap.bytes_uploaded,
                 snap.errors,
-                snap.retain_until
+                snap.retain_until,
+                snap.lock_mode
             ],
         )?;
         let seq = tx.last_insert_rowid();
@@ -288,7 +309,7 @@ impl Catalog {
     pub fn snapshots(&self, job: Option<&str>) -> Result<Vec<SnapshotRow>> {
         let mut st = self.conn.prepare(
             "SELECT id, job, host, created_at, state, record_version, source, files, bytes, bytes_new,
-                    bytes_uploaded, errors, retain_until
+                    bytes_uploaded, errors, retain_until, lock_mode
              FROM snapshots WHERE ?1 IS NULL OR job = ?1 ORDER BY seq",
         )?;
         let rows = st.query_map([job], |r| {
@@ -306,6 +327,7 @@ impl Catalog {
                 bytes_uploaded: r.get(10)?,
                 errors: r.get(11)?,
                 retain_until: r.get(12)?,
+                lock_mode: r.get(13)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -366,6 +388,10 @@ impl Catalog {
     }
 }
 
+fn lock_from(mode: Option<String>, until: Option<i64>) -> Option<Retention> {
+    Some(Retention { mode: LockMode::parse(mode.as_deref()?)?, until: until? })
+}
+
 /// One state directory serves one target: refuse a config that names another.
 pub fn ensure_same_target(repo: &RepoRow, cfg: &crate::config::Config) -> Result<()> {
     if repo.target_url != cfg.target.url {
@@ -398,7 +424,9 @@ mod tests {
     fn packs_and_chunks_survive_reopen() {
         let (mut cat, path) = temp_catalog();
         let blobs = [blob(1), blob(2)];
-        let id = cat.add_pack(&StoredPack { hash: "ab12", version: Some("v1"), size: 100, blobs: &blobs }).unwrap();
+        let id = cat
+            .add_pack(&StoredPack { hash: "ab12", version: Some("v1"), size: 100, blobs: &blobs, lock: None })
+            .unwrap();
         drop(cat);
         let cat = Catalog::open(&path).unwrap();
         assert_eq!(cat.chunk_pack(&ChunkId([2; 32])).unwrap(), Some(id));
@@ -411,10 +439,10 @@ mod tests {
     fn a_failed_pack_transaction_leaves_no_chunk() {
         let (mut cat, _) = temp_catalog();
         let blobs = [blob(1)];
-        cat.add_pack(&StoredPack { hash: "same", version: None, size: 1, blobs: &blobs }).unwrap();
+        cat.add_pack(&StoredPack { hash: "same", version: None, size: 1, blobs: &blobs, lock: None }).unwrap();
         // Same hash again violates UNIQUE: the whole transaction must roll back.
         let other = [blob(9)];
-        assert!(cat.add_pack(&StoredPack { hash: "same", version: None, size: 1, blobs: &other }).is_err());
+        assert!(cat.add_pack(&StoredPack { hash: "same", version: None, size: 1, blobs: &other, lock: None }).is_err());
         assert_eq!(cat.chunk_pack(&ChunkId([9; 32])).unwrap(), None);
     }
 
@@ -436,6 +464,7 @@ mod tests {
             bytes_uploaded: 0,
             errors: 0,
             retain_until: None,
+            lock_mode: None,
         };
         cat.complete_snapshot(&snap("s1"), &HashSet::new(), vec![Ok((b"a".to_vec(), f.clone()))]).unwrap();
         assert_eq!(cat.cached_file("j", b"a").unwrap(), Some(f.clone()));

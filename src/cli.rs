@@ -125,12 +125,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Keygen { .. } => unreachable!("handled above"),
         Command::Init => {
             match crate::init::run(&cfg)? {
-                crate::init::Outcome::Created { repo_id, kind } => {
+                crate::init::Outcome::Created { repo_id, protection } => {
                     println!("initialised repository {repo_id} on {}", cfg.target.url);
-                    if kind == crate::target::TargetKind::LocalDir {
-                        println!(
-                            "note: a file:// target is UNPROTECTED (no write-once retention); use it only to try coffer out"
-                        );
+                    match protection {
+                        "UNPROTECTED" => println!(
+                            "note: this target is UNPROTECTED (no write-once retention): anyone with its \
+                             credentials can delete the backups. Use a bucket with Object Lock for real backups."
+                        ),
+                        mode => println!("every object will be written with a {mode} Object Lock"),
                     }
                 }
                 crate::init::Outcome::AlreadyInitialised { repo_id } => {
@@ -160,6 +162,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 st.packs_uploaded,
                 st.duration_ms as f64 / 1000.0
             );
+            if let Some(until) = s.retain_until {
+                println!("  locked ({}) until {}", s.protection, crate::time::format_utc(until));
+            }
             if s.errors.is_empty() {
                 Ok(ExitCode::SUCCESS)
             } else {

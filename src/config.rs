@@ -12,6 +12,11 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::keys;
+use crate::objectlock::LockMode;
+
+/// Days added to the lock of a new pack beyond the snapshot that writes it, so that later
+/// snapshots reusing it need fewer lock extensions.
+pub const EXTENSION_SLACK_DAYS: i64 = 7;
 
 /// Default target pack size: large enough to keep request counts (and later lock
 /// extensions) low, small enough to hold a few in memory.
@@ -37,6 +42,8 @@ pub struct TargetConfig {
     pub region: Option<String>,
     /// Concurrent uploads; each holds one pack in memory.
     pub upload_concurrency: usize,
+    /// Object Lock mode for every object written to an S3 target (`None`: no lock).
+    pub lock_mode: Option<LockMode>,
 }
 
 #[derive(Debug, Clone)]
@@ -44,6 +51,8 @@ pub struct Job {
     pub name: String,
     pub source: Source,
     pub exclude: Vec<String>,
+    /// Every snapshot of the job, and everything it writes, is locked at least this long.
+    pub lock_days: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,6 +101,8 @@ struct RawTarget {
     region: Option<String>,
     #[serde(default = "default_concurrency")]
     upload_concurrency: usize,
+    #[serde(default = "default_lock_mode")]
+    lock_mode: String,
 }
 
 #[derive(Deserialize)]
@@ -101,6 +112,8 @@ struct RawJob {
     source: RawSource,
     #[serde(default)]
     exclude: Vec<String>,
+    #[serde(default = "default_lock_days")]
+    lock_days: u32,
 }
 
 #[derive(Deserialize)]
@@ -114,6 +127,12 @@ fn default_level() -> i32 {
 }
 fn default_concurrency() -> usize {
     2
+}
+fn default_lock_mode() -> String {
+    "compliance".into()
+}
+fn default_lock_days() -> u32 {
+    30
 }
 
 impl Config {
@@ -174,11 +193,22 @@ impl Config {
         if !(1..=64).contains(&t.upload_concurrency) {
             return Err(err("key `target.upload_concurrency`: expected 1 to 64".into()));
         }
+        let lock_mode = match t.lock_mode.as_str() {
+            "compliance" => Some(LockMode::Compliance),
+            "governance" => Some(LockMode::Governance),
+            "none" => None,
+            other => {
+                return Err(err(format!(
+                    "key `target.lock_mode`: expected \"compliance\", \"governance\" or \"none\", found \"{other}\""
+                )));
+            }
+        };
         let target = TargetConfig {
             url: t.url,
             endpoint: t.endpoint,
             region: t.region,
             upload_concurrency: t.upload_concurrency,
+            lock_mode,
         };
 
         let mut names = BTreeSet::new();
@@ -204,7 +234,10 @@ impl Config {
                     return Err(err(format!("key `job[{i}].exclude[{k}]`: bad glob `{pattern}`: {e}")));
                 }
             }
-            jobs.push(Job { name: j.name, source, exclude: j.exclude });
+            if !(1..=36_500).contains(&j.lock_days) {
+                return Err(err(format!("key `job[{i}].lock_days`: expected 1 to 36500, found {}", j.lock_days)));
+            }
+            jobs.push(Job { name: j.name, source, exclude: j.exclude, lock_days: j.lock_days });
         }
 
         Ok(Config {
@@ -294,6 +327,8 @@ mod tests {
         let c = parse(text).unwrap();
         assert_eq!(c.jobs[0].exclude.len(), 3);
         assert_eq!(c.target.endpoint.as_deref(), Some("https://s3.eu-central-2.wasabisys.com"));
+        assert_eq!(c.target.lock_mode, Some(LockMode::Compliance));
+        assert_eq!(c.jobs[0].lock_days, 30);
     }
 
     #[test]
@@ -311,6 +346,8 @@ mod tests {
             (minimal("[[job]]\nname = \"a\"\nsource = {}\n"), "job[0].source"),
             (minimal("[[job]]\nname = \"a\"\nsource = { path = \"x\" }\nexclude = [\"a[\"]\n"), "job[0].exclude[0]"),
             (format!("compression_level = 40\n{}", minimal("")), "compression_level"),
+            (minimal("lock_mode = \"legal-hold\"\n"), "target.lock_mode"),
+            (minimal("[[job]]\nname = \"a\"\nsource = { path = \"x\" }\nlock_days = 0\n"), "job[0].lock_days"),
         ];
         for (text, key) in cases {
             let m = parse(&text).unwrap_err().to_string();

@@ -10,11 +10,38 @@ use crate::config::Config;
 use crate::format::REPO_KEY;
 use crate::format::repo::RepoRecord;
 use crate::keys::RepoSecret;
-use crate::target::{Target, TargetKind};
+use crate::target::Target;
 
 pub enum Outcome {
-    Created { repo_id: String, kind: TargetKind },
-    AlreadyInitialised { repo_id: String },
+    /// `protection`: COMPLIANCE, GOVERNANCE or UNPROTECTED.
+    Created {
+        repo_id: String,
+        protection: &'static str,
+    },
+    AlreadyInitialised {
+        repo_id: String,
+    },
+}
+
+/// The target bucket must have Object Lock (and so versioning) enabled, or locked puts
+/// fail and nothing could be protected.
+async fn check_bucket(api: &crate::objectlock::LockApi, url: &str) -> Result<()> {
+    let config = api
+        .lock_configuration()
+        .await
+        .with_context(|| format!("cannot read the Object Lock configuration of {url}"))?;
+    if !config.enabled {
+        bail!(
+            "target {url}: the bucket has Object Lock disabled, so coffer cannot make its backups write-once. \
+             Create the bucket with Object Lock enabled (aws s3api create-bucket --object-lock-enabled-for-bucket), \
+             or set `lock_mode = \"none\"` under [target] to store backups UNPROTECTED"
+        );
+    }
+    let versioning = api.versioning().await?;
+    if versioning != "Enabled" {
+        bail!("target {url}: bucket versioning is `{versioning}`; Object Lock needs it Enabled");
+    }
+    Ok(())
 }
 
 pub fn run(cfg: &Config) -> Result<Outcome> {
@@ -37,6 +64,13 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
     };
     let target = Target::open(&cfg.target)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    if let Some(api) = target.lock_api() {
+        runtime.block_on(check_bucket(api, &cfg.target.url))?;
+    }
+    // The repository record is needed as long as any snapshot: locked as long as the
+    // longest job locks its snapshots, plus the slack (extended with them later).
+    let longest = cfg.jobs.iter().map(|j| j.lock_days).max().unwrap_or(30);
+    let record_until = crate::time::now_secs() + (i64::from(longest) + crate::config::EXTENSION_SLACK_DAYS) * 86_400;
     // The record is kept locally until the catalog knows it, so that an init interrupted
     // after the upload can finish instead of finding "its" record in the way.
     let pending = cfg.state_dir.join("coffer.repo.pending");
@@ -60,15 +94,16 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
         }
         version
     } else {
-        runtime.block_on(target.put_new(REPO_KEY, Bytes::from(record.encode())))?
+        runtime.block_on(target.put_new(REPO_KEY, Bytes::from(record.encode()), record_until))?
     };
     catalog.set_repo(&RepoRow {
         repo_id: record.id.clone(),
         target_url: cfg.target.url.clone(),
         record_version: version,
         chunker: record.chunker,
+        record_lock: target.lock_until(record_until),
     })?;
     catalog.event("init", None, &format!("repository {} on {}", record.id, cfg.target.url))?;
     let _ = std::fs::remove_file(&pending);
-    Ok(Outcome::Created { repo_id: record.id, kind: target.kind })
+    Ok(Outcome::Created { repo_id: record.id, protection: target.protection() })
 }

@@ -11,6 +11,7 @@ mod fsutil;
 mod hex;
 mod init;
 mod keys;
+mod objectlock;
 mod progress;
 mod restore;
 mod source;

@@ -8,33 +8,22 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
-use object_store::aws::{AmazonS3Builder, Checksum};
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, Checksum};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjPath;
 use object_store::prefix::PrefixStore;
 use object_store::{GetOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 use crate::config::TargetConfig;
+use crate::objectlock::{AlreadyExists, LockApi, LockMode, Retention};
 
 #[derive(Clone)]
 pub struct Target {
     store: Arc<dyn ObjectStore>,
     /// The configured URL (no credentials are ever part of it).
     pub url: String,
-    pub kind: TargetKind,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TargetKind {
-    LocalDir,
-    S3,
-}
-
-/// A put refused because the key already exists: coffer never overwrites.
-#[derive(Debug, thiserror::Error)]
-#[error("{key} already exists on the target; coffer never overwrites an object")]
-pub struct AlreadyExists {
-    pub key: String,
+    /// On S3 with Object Lock: the lock calls and the mode every object is written with.
+    lock: Option<(LockApi, LockMode)>,
 }
 
 impl Target {
@@ -47,7 +36,7 @@ impl Target {
             let store = LocalFileSystem::new_with_prefix(path)
                 .with_context(|| format!("cannot open target directory {path}"))?
                 .with_fsync(true);
-            return Ok(Target { store: Arc::new(store), url: cfg.url.clone(), kind: TargetKind::LocalDir });
+            return Ok(Target { store: Arc::new(store), url: cfg.url.clone(), lock: None });
         }
         let rest = cfg
             .url
@@ -65,15 +54,45 @@ impl Target {
         if let Some(ep) = &endpoint {
             b = b.with_endpoint(ep).with_allow_http(ep.starts_with("http://"));
         }
+        let region = b.get_config_value(&AmazonS3ConfigKey::Region).unwrap_or_else(|| "us-east-1".into());
         let s3 = b.build().with_context(|| format!("target {}", cfg.url))?;
         let prefix = prefix.trim_matches('/');
+        let lock = match cfg.lock_mode {
+            Some(mode) => {
+                let api = LockApi::new(s3.credentials().clone(), endpoint.as_deref(), bucket, prefix, &region)?;
+                Some((api, mode))
+            }
+            None => None,
+        };
         let store: Arc<dyn ObjectStore> =
             if prefix.is_empty() { Arc::new(s3) } else { Arc::new(PrefixStore::new(s3, prefix)) };
-        Ok(Target { store, url: cfg.url.clone(), kind: TargetKind::S3 })
+        Ok(Target { store, url: cfg.url.clone(), lock })
     }
 
-    /// Writes a new object; returns its version id where the store keeps versions.
-    pub async fn put_new(&self, key: &str, body: Bytes) -> Result<Option<String>> {
+    /// What protects the objects: `COMPLIANCE`, `GOVERNANCE` or `UNPROTECTED`.
+    pub fn protection(&self) -> &'static str {
+        self.lock.as_ref().map_or("UNPROTECTED", |(_, mode)| mode.as_str())
+    }
+
+    /// The Object Lock calls, on an S3 target written with locks.
+    pub fn lock_api(&self) -> Option<&LockApi> {
+        self.lock.as_ref().map(|(api, _)| api)
+    }
+
+    /// The lock every object is written with until `until`, where the target locks.
+    pub fn lock_until(&self, until: i64) -> Option<Retention> {
+        self.lock.as_ref().map(|(_, mode)| Retention { mode: *mode, until })
+    }
+
+    /// Writes a new object, locked until `retain_until` (unix seconds) where the target
+    /// locks; returns its version id where the store keeps versions.
+    pub async fn put_new(&self, key: &str, body: Bytes, retain_until: i64) -> Result<Option<String>> {
+        if let Some((api, mode)) = &self.lock {
+            let lock = Retention { mode: *mode, until: retain_until };
+            return api.put_locked(key, body, lock, true).await.map_err(|e| {
+                if e.is::<AlreadyExists>() { e } else { e.context(format!("upload of {key} to {} failed", self.url)) }
+            });
+        }
         let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
         match self.store.put_opts(&ObjPath::from(key), PutPayload::from_bytes(body), opts).await {
             Ok(r) => Ok(r.version),

@@ -1,0 +1,60 @@
+#!/usr/bin/env python3
+"""Asks the S3 server directly (boto3, not coffer's code) what it holds under a prefix.
+
+  s3_inspect.py locks BUCKET PREFIX     one JSON line per object version: key, version,
+                                        delete marker, lock mode and retain-until (unix seconds)
+  s3_inspect.py delete BUCKET PREFIX    tries to delete every version; prints how many the
+                                        server refused and how many it deleted (JSON)
+
+Credentials and endpoint come from the standard AWS environment variables.
+"""
+import json
+import os
+import sys
+
+import boto3
+from botocore.exceptions import ClientError
+
+
+def client():
+    return boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"],
+                        region_name=os.environ.get("AWS_REGION", "us-east-1"))
+
+
+def versions(s3, bucket, prefix):
+    for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix):
+        for v in page.get("Versions", []):
+            yield v, False
+        for v in page.get("DeleteMarkers", []):
+            yield v, True
+
+
+def main():
+    cmd, bucket, prefix = sys.argv[1:4]
+    s3 = client()
+    if cmd == "locks":
+        for v, marker in versions(s3, bucket, prefix):
+            row = {"key": v["Key"], "version": v["VersionId"], "delete_marker": marker, "mode": None, "until": None}
+            if not marker:
+                try:
+                    r = s3.get_object_retention(Bucket=bucket, Key=v["Key"], VersionId=v["VersionId"])["Retention"]
+                    row["mode"] = r["Mode"]
+                    row["until"] = int(r["RetainUntilDate"].timestamp())
+                except ClientError as e:
+                    row["error"] = e.response["Error"]["Code"]
+            print(json.dumps(row))
+    elif cmd == "delete":
+        refused = deleted = 0
+        for v, _ in list(versions(s3, bucket, prefix)):
+            try:
+                s3.delete_object(Bucket=bucket, Key=v["Key"], VersionId=v["VersionId"])
+                deleted += 1
+            except ClientError:
+                refused += 1
+        print(json.dumps({"refused": refused, "deleted": deleted}))
+    else:
+        sys.exit(f"unknown command {cmd}")
+
+
+if __name__ == "__main__":
+    main()
