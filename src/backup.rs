@@ -53,6 +53,8 @@ pub struct Summary {
     pub retain_until: Option<i64>,
     /// COMPLIANCE, GOVERNANCE or UNPROTECTED.
     pub protection: &'static str,
+    /// The periods this snapshot is the keeper of (daily, weekly, ...).
+    pub keeps: Vec<&'static str>,
     pub stats: SnapshotStats,
     pub unchanged_files: u64,
     pub errors: Vec<EntryError>,
@@ -141,9 +143,13 @@ pub fn run(cfg: &Config, job: &Job, opts: &Options) -> Result<Summary> {
 fn run_pipeline(cfg: &Config, job: &Job, root: &Path, repo: &mut Repo, counters: &Arc<Counters>) -> Result<Summary> {
     let started = Instant::now();
     let created = crate::time::now_secs();
-    // Everything this snapshot writes is locked at least until the snapshot may expire;
-    // new packs a while longer, so that the next snapshots reusing them need no extension.
-    let retain_until = created + i64::from(job.lock_days) * DAY;
+    // How long this snapshot is kept, decided now from the catalog's own history.
+    // Everything it writes is locked at least that long; new packs a while longer, so that
+    // the next snapshots reusing them need no extension.
+    let previous =
+        repo.catalog.snapshots(Some(&job.name))?.iter().rev().find(|s| s.state == "complete").map(|s| s.created_at);
+    let decision = crate::retention::decide(created, job.lock_days, &job.keep, previous);
+    let retain_until = decision.retain_until;
     let pack_until = retain_until + crate::config::EXTENSION_SLACK_DAYS * DAY;
     let tmp_dir = cfg.state_dir.join("tmp");
     crate::fsutil::create_private_dir(&tmp_dir)?;
@@ -233,6 +239,9 @@ fn run_pipeline(cfg: &Config, job: &Job, root: &Path, repo: &mut Repo, counters:
     stats.packs_uploaded = Counters::get(&counters.packs);
     stats.duration_ms = started.elapsed().as_millis() as u64;
 
+    // A snapshot is complete only when everything it needs is locked long enough.
+    stats.lock_extensions = extend_locks(&runtime, repo, &reader.referenced, retain_until, &job.name)?;
+
     let id = crate::hex::random(8);
     let record = SnapshotRecord {
         format: snapshot::VERSION,
@@ -244,6 +253,7 @@ fn run_pipeline(cfg: &Config, job: &Job, root: &Path, repo: &mut Repo, counters:
         tree: reader.tree,
         stats: stats.clone(),
         errors: reader.errors.clone(),
+        retain_until: Some(retain_until),
     };
     let key = crate::format::snapshot_key(&job.name, &id);
     let object = snapshot::seal(&record, &key, &cfg.recipients, &repo.secret)?;
@@ -281,10 +291,36 @@ fn run_pipeline(cfg: &Config, job: &Job, root: &Path, repo: &mut Repo, counters:
         snapshot_id: id,
         retain_until: repo.target.lock_until(retain_until).map(|l| l.until),
         protection: repo.target.protection(),
+        keeps: decision.keeps.iter().map(|p| p.name()).collect(),
         stats,
         unchanged_files: Counters::get(&counters.unchanged),
         errors: reader.errors,
     })
+}
+
+/// Extends the locks of older packs this snapshot reuses that would expire before it
+/// may, to `retain_until` plus the slack (so that the next days' snapshots need none).
+/// Returns the number of extension requests; a refused one fails the run.
+fn extend_locks(
+    runtime: &tokio::runtime::Runtime,
+    repo: &Repo,
+    packs: &HashSet<i64>,
+    retain_until: i64,
+    job: &str,
+) -> Result<u64> {
+    let Some(api) = repo.target.lock_api() else { return Ok(0) };
+    let short = repo.catalog.packs_locked_before(packs, retain_until)?;
+    let until = retain_until + crate::config::EXTENSION_SLACK_DAYS * DAY;
+    let lock = repo.target.lock_until(until).expect("a target with a lock api locks");
+    for (id, hash, version) in &short {
+        let key = crate::format::pack_key(hash);
+        if let Err(e) = runtime.block_on(api.put_retention(&key, version.as_deref(), lock, false)) {
+            let _ = repo.catalog.event("lock-refused", Some(job), &format!("pack {hash}: {e:#}"));
+            return Err(e.context(format!("cannot extend the lock of {key}; the snapshot is not complete")));
+        }
+        repo.catalog.set_pack_lock(*id, lock, job, hash)?;
+    }
+    Ok(short.len() as u64)
 }
 
 /// What the reader hands back once the walk is done.

@@ -234,6 +234,39 @@ impl Catalog {
         Ok(pack_id)
     }
 
+    /// Of the given packs, those whose lock (as the catalog knows it) ends before `until`.
+    pub fn packs_locked_before(&self, ids: &HashSet<i64>, until: i64) -> Result<Vec<(i64, String, Option<String>)>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT id, hash, version FROM packs WHERE id = ?1 AND (retain_until IS NULL OR retain_until < ?2)",
+        )?;
+        let mut out = Vec::new();
+        for id in ids {
+            if let Some(row) = st.query_row(params![id, until], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional()? {
+                out.push(row);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records a pack's new lock, as the server acknowledged it, with an audit event.
+    pub fn set_pack_lock(&self, id: i64, lock: Retention, job: &str, hash: &str) -> Result<()> {
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute(
+            "UPDATE packs SET lock_mode = ?2, retain_until = ?3, confirmed_at = ?4 WHERE id = ?1",
+            params![id, lock.mode.as_str(), lock.until, crate::time::now_secs()],
+        )?;
+        tx.execute(
+            "INSERT INTO events (at, kind, job, detail) VALUES (?1, 'lock-extended', ?2, ?3)",
+            params![
+                crate::time::now_secs(),
+                job,
+                format!("pack {hash} locked {} until {}", lock.mode.as_str(), crate::time::format_utc(lock.until))
+            ],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
     // ---- the incremental fast path ---------------------------------------------------
 
     pub fn cached_file(&self, job: &str, path: &[u8]) -> Result<Option<CachedFile>> {

@@ -163,7 +163,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 st.duration_ms as f64 / 1000.0
             );
             if let Some(until) = s.retain_until {
-                println!("  locked ({}) until {}", s.protection, crate::time::format_utc(until));
+                let keeper = if s.keeps.is_empty() { String::new() } else { format!(", {} keeper", s.keeps.join("/")) };
+                println!(
+                    "  locked ({}) until {}{keeper}; {} lock extensions of reused packs",
+                    s.protection,
+                    crate::time::format_utc(until),
+                    st.lock_extensions
+                );
             }
             if s.errors.is_empty() {
                 Ok(ExitCode::SUCCESS)

@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use crate::keys;
 use crate::objectlock::LockMode;
+use crate::retention::{Keep, Span};
 
 /// Days added to the lock of a new pack beyond the snapshot that writes it, so that later
 /// snapshots reusing it need fewer lock extensions.
@@ -53,6 +54,8 @@ pub struct Job {
     pub exclude: Vec<String>,
     /// Every snapshot of the job, and everything it writes, is locked at least this long.
     pub lock_days: u32,
+    /// How long the first snapshot of each day, week, month and year is kept.
+    pub keep: Keep,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,6 +117,17 @@ struct RawJob {
     exclude: Vec<String>,
     #[serde(default = "default_lock_days")]
     lock_days: u32,
+    #[serde(default)]
+    keep: RawKeep,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawKeep {
+    daily: Option<String>,
+    weekly: Option<String>,
+    monthly: Option<String>,
+    yearly: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -237,7 +251,16 @@ impl Config {
             if !(1..=36_500).contains(&j.lock_days) {
                 return Err(err(format!("key `job[{i}].lock_days`: expected 1 to 36500, found {}", j.lock_days)));
             }
-            jobs.push(Job { name: j.name, source, exclude: j.exclude, lock_days: j.lock_days });
+            let span = |key: &str, v: &Option<String>| -> Result<Option<Span>, ConfigError> {
+                v.as_deref().map(Span::parse).transpose().map_err(|e| err(format!("key `job[{i}].keep.{key}`: {e}")))
+            };
+            let keep = Keep {
+                daily: span("daily", &j.keep.daily)?,
+                weekly: span("weekly", &j.keep.weekly)?,
+                monthly: span("monthly", &j.keep.monthly)?,
+                yearly: span("yearly", &j.keep.yearly)?,
+            };
+            jobs.push(Job { name: j.name, source, exclude: j.exclude, lock_days: j.lock_days, keep });
         }
 
         Ok(Config {
@@ -329,6 +352,7 @@ mod tests {
         assert_eq!(c.target.endpoint.as_deref(), Some("https://s3.eu-central-2.wasabisys.com"));
         assert_eq!(c.target.lock_mode, Some(LockMode::Compliance));
         assert_eq!(c.jobs[0].lock_days, 30);
+        assert_eq!(c.jobs[0].keep.monthly, Some(Span::Months(13)));
     }
 
     #[test]
@@ -347,6 +371,11 @@ mod tests {
             (minimal("[[job]]\nname = \"a\"\nsource = { path = \"x\" }\nexclude = [\"a[\"]\n"), "job[0].exclude[0]"),
             (format!("compression_level = 40\n{}", minimal("")), "compression_level"),
             (minimal("lock_mode = \"legal-hold\"\n"), "target.lock_mode"),
+            (
+                minimal("[[job]]\nname = \"a\"\nsource = { path = \"x\" }\nkeep = { daily = \"7 days\" }\n"),
+                "job[0].keep.daily",
+            ),
+            (minimal("[[job]]\nname = \"a\"\nsource = { path = \"x\" }\nkeep = { hourly = \"7d\" }\n"), "hourly"),
             (minimal("[[job]]\nname = \"a\"\nsource = { path = \"x\" }\nlock_days = 0\n"), "job[0].lock_days"),
         ];
         for (text, key) in cases {

@@ -14,6 +14,7 @@ mod keys;
 mod objectlock;
 mod progress;
 mod restore;
+mod retention;
 mod source;
 mod target;
 mod time;

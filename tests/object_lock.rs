@@ -104,3 +104,48 @@ fn init_refuses_a_bucket_without_object_lock() {
     let out = run_ok(Command::new(BIN).arg("--config").arg(&config).arg("init"));
     assert!(text(&out).contains("UNPROTECTED"), "{}", text(&out));
 }
+
+#[test]
+fn reused_packs_are_extended_once_when_a_snapshot_needs_them_longer() {
+    if !s3_available() {
+        return;
+    }
+    let scratch = Scratch::new("extend");
+    let src = scratch.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a.bin"), Rng(3).mixed(40 << 20)).unwrap();
+    let setup = Setup::with_extra("extend", Target::S3, &src, "lock_days = 1\n");
+    let t0 = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let day = 86_400;
+    assert!(text(&setup.backup()).contains("0 lock extensions"));
+    let packs = setup.pack_hashes();
+    assert!(packs.len() >= 2);
+    let pack_locks = |setup: &Setup| -> Vec<i64> {
+        inspect("locks", setup)
+            .iter()
+            .filter(|v| v["key"].as_str().unwrap().contains("/packs/"))
+            .map(|v| v["until"].as_i64().unwrap())
+            .collect()
+    };
+    assert!(pack_locks(&setup).iter().all(|&u| u < t0 + 9 * day));
+
+    // The job now keeps snapshots 30 days: the same data reuses every pack, whose locks
+    // must be extended before the new snapshot counts as complete.
+    let config = std::fs::read_to_string(&setup.config).unwrap().replace("lock_days = 1", "lock_days = 30");
+    std::fs::write(&setup.config, config).unwrap();
+    let second = setup.backup();
+    assert!(text(&second).contains(&format!("{} lock extensions", packs.len())), "{}", text(&second));
+    assert_eq!(setup.pack_hashes(), packs, "nothing new was uploaded");
+    let locks = pack_locks(&setup);
+    assert_eq!(locks.len(), packs.len());
+    assert!(locks.iter().all(|&u| u >= t0 + 30 * day), "a reused pack was not extended: {locks:?}");
+    let events: i64 = setup
+        .catalog()
+        .query_row("SELECT count(*) FROM events WHERE kind = 'lock-extended'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(events as usize, packs.len());
+
+    // The next snapshot finds every lock long enough (thanks to the slack): no request.
+    let third = setup.backup();
+    assert!(text(&third).contains(" 0 lock extensions"), "{}", text(&third));
+}

@@ -165,6 +165,7 @@ mod samples {
             tree: vec![s.chunk_id(&entries)],
             stats: SnapshotStats { files: 1, dirs: 1, symlinks: 1, ..Default::default() },
             errors: vec![],
+            retain_until: None,
         };
         std::fs::write(d.join("snapshot-v1.bin"), snapshot::seal(&record, SNAPSHOT_KEY, &recipients, &s).unwrap())
             .unwrap();

@@ -28,6 +28,9 @@ pub struct SnapshotRecord {
     /// Files that could not be read; they are not in the snapshot.
     #[serde(default)]
     pub errors: Vec<EntryError>,
+    /// Until when the snapshot is kept (and its objects locked), as decided when it was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retain_until: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,6 +48,9 @@ pub struct SnapshotStats {
     pub bytes_uploaded: u64,
     pub packs_uploaded: u64,
     pub duration_ms: u64,
+    /// Lock extension requests for older packs this snapshot reuses.
+    #[serde(default)]
+    pub lock_extensions: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
