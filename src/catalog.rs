@@ -41,6 +41,15 @@ pub struct ChunkLoc {
     pub flags: u8,
 }
 
+/// A stored pack and the lock the catalog recorded for it.
+#[derive(Debug, Clone)]
+pub struct PackLock {
+    pub id: i64,
+    pub hash: String,
+    pub version: Option<String>,
+    pub lock: Option<Retention>,
+}
+
 /// A pack the server has acknowledged.
 pub struct StoredPack<'a> {
     pub hash: &'a str,
@@ -264,6 +273,25 @@ impl Catalog {
             ],
         )?;
         tx.commit()?;
+        Ok(())
+    }
+
+    /// Every pack a snapshot needs, with the lock the catalog knows for it.
+    pub fn snapshot_packs(&self, snapshot_id: &str) -> Result<Vec<PackLock>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT p.id, p.hash, p.version, p.lock_mode, p.retain_until FROM snapshot_packs sp
+             JOIN snapshots s ON s.seq = sp.snapshot JOIN packs p ON p.id = sp.pack
+             WHERE s.id = ?1 ORDER BY p.id",
+        )?;
+        let rows = st.query_map([snapshot_id], |r| {
+            Ok(PackLock { id: r.get(0)?, hash: r.get(1)?, version: r.get(2)?, lock: lock_from(r.get(3)?, r.get(4)?) })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Notes that the server confirmed a pack's lock now.
+    pub fn confirm_pack(&self, id: i64) -> Result<()> {
+        self.conn.execute("UPDATE packs SET confirmed_at = ?2 WHERE id = ?1", params![id, crate::time::now_secs()])?;
         Ok(())
     }
 

@@ -23,7 +23,8 @@ const EXIT_PARTIAL: u8 = 3;
                   them with zstd and encrypts them to age public keys, so the backup host can write \
                   backups but never read them. Packs go to an object store (S3 or a local directory) \
                   and are tracked in a SQLite catalog in the state directory.",
-    after_help = "Exit codes: 0 success, 1 error, 2 usage error, 3 backup completed but some paths could not be read."
+    after_help = "Exit codes: 0 success, 1 error, 2 usage error, 3 backup completed but some paths could not be read.\n\
+                  `coffer status`: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (Nagios convention)."
 )]
 struct Cli {
     /// Configuration file.
@@ -59,6 +60,21 @@ enum Command {
         /// Only this job's snapshots.
         job: Option<String>,
         /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The retention status check: live snapshots, protection horizon and gaps per job.
+    /// Exit codes for monitoring: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
+    Status {
+        /// Read the lock of every needed object version from the server instead of
+        /// trusting the catalog.
+        #[arg(long)]
+        remote: bool,
+        /// With --remote: check only this many packs, chosen at random (snapshot records
+        /// and the repository record are always checked).
+        #[arg(long, requires = "remote")]
+        sample: Option<usize>,
+        /// Print JSON (the shape is documented in the README).
         #[arg(long)]
         json: bool,
     },
@@ -120,9 +136,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
         println!("{recipient}");
         return Ok(ExitCode::SUCCESS);
     }
+    if let Command::Status { remote, sample, json } = &cli.command {
+        return Ok(status(&cli.config, &crate::status::Options { remote: *remote, sample: *sample }, *json));
+    }
     let cfg = Config::load(&cli.config)?;
     match cli.command {
-        Command::Keygen { .. } => unreachable!("handled above"),
+        Command::Keygen { .. } | Command::Status { .. } => unreachable!("handled above"),
         Command::Init => {
             match crate::init::run(&cfg)? {
                 crate::init::Outcome::Created { repo_id, protection } => {
@@ -234,5 +253,65 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         }
+    }
+}
+
+/// `coffer status`: a failed check is UNKNOWN (3) for monitoring, never a silent OK.
+fn status(config: &std::path::Path, opts: &crate::status::Options, json: bool) -> ExitCode {
+    let report = Config::load(config).map_err(anyhow::Error::from).and_then(|cfg| crate::status::run(&cfg, opts));
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            if json {
+                println!("{}", serde_json::json!({ "status": "UNKNOWN", "problems": [format!("{e:#}")] }));
+            } else {
+                println!("UNKNOWN: {e:#}");
+            }
+            return ExitCode::from(3);
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+        return ExitCode::from(report.status.exit_code());
+    }
+    let t = &report.target;
+    let source = if t.protection == "UNPROTECTED" {
+        "no locks".to_string()
+    } else if t.remote_checked {
+        format!("locks read from the server ({} objects)", t.objects_checked)
+    } else {
+        "locks as recorded in the catalog".into()
+    };
+    println!("target {} {} ({source})", t.url, t.protection);
+    println!("{:<16}  {:>5}  {:<16}  {:>8}  {:<20}  {:>4}", "JOB", "LIVE", "NEWEST", "AGE", "PROTECTED UNTIL", "GAPS");
+    for j in &report.jobs {
+        println!(
+            "{:<16}  {:>5}  {:<16}  {:>8}  {:<20}  {:>4}",
+            j.name,
+            j.live_snapshots,
+            j.newest_snapshot.as_deref().unwrap_or("-"),
+            j.newest_age_secs.map(age).unwrap_or_else(|| "-".into()),
+            j.protected_until.map(crate::time::format_utc).unwrap_or_else(|| "-".into()),
+            j.gaps.len()
+        );
+    }
+    println!(
+        "status: {}",
+        serde_json::to_value(report.status).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+    );
+    for p in &report.problems {
+        println!("  - {p}");
+    }
+    ExitCode::from(report.status.exit_code())
+}
+
+/// `3d4h`, `2h5m`, `40s`
+fn age(secs: i64) -> String {
+    let (d, h, m) = (secs / 86_400, secs % 86_400 / 3600, secs % 3600 / 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{secs}s"),
+        (0, 0, m) => format!("{m}m"),
+        (0, h, m) => format!("{h}h{m}m"),
+        (d, h, _) => format!("{d}d{h}h"),
     }
 }

@@ -16,6 +16,7 @@ mod progress;
 mod restore;
 mod retention;
 mod source;
+mod status;
 mod target;
 mod time;
 

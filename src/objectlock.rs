@@ -203,9 +203,6 @@ impl LockApi {
         }
     }
 
-    // Exercised against the server by the tests below; used by the lock extension and
-    // the remote status check.
-    #[cfg_attr(not(test), allow(dead_code))]
     /// The retention of one object version (`None` when it has none).
     pub async fn get_retention(&self, key: &str, version: Option<&str>) -> Result<Option<Retention>> {
         let query = version_query("retention", version);
@@ -224,9 +221,6 @@ impl LockApi {
         Ok(Some(Retention { mode, until }))
     }
 
-    // Exercised against the server by the tests below; used by the lock extension and
-    // the remote status check.
-    #[cfg_attr(not(test), allow(dead_code))]
     /// Sets a version's retention. The server refuses to shorten a COMPLIANCE lock; a
     /// GOVERNANCE one only with `bypass_governance` and the permission for it.
     pub async fn put_retention(
@@ -287,8 +281,8 @@ impl LockApi {
         Ok(v.status.unwrap_or_default())
     }
 
-    // Exercised against the server by the tests below; used by the lock extension and
-    // the remote status check.
+    // Exercised against the server by the tests below; recovery and the tamper checks
+    // will use it.
     #[cfg_attr(not(test), allow(dead_code))]
     /// Every version and delete marker under `sub` (relative to coffer's prefix).
     pub async fn list_versions(&self, sub: &str) -> Result<Vec<ObjectVersion>> {
@@ -339,7 +333,6 @@ impl LockApi {
     }
 }
 
-#[cfg_attr(not(test), allow(dead_code))]
 fn version_query(sub: &str, version: Option<&str>) -> String {
     let mut q = Vec::new();
     if !sub.is_empty() {
@@ -364,7 +357,6 @@ fn encode_key(key: &str) -> String {
     out
 }
 
-#[cfg_attr(not(test), allow(dead_code))]
 fn encode_query(v: &str) -> String {
     encode_key(v).replace('/', "%2F")
 }
@@ -381,7 +373,6 @@ fn parse_xml<T: serde::de::DeserializeOwned>(body: &[u8], op: &str) -> Result<T>
         .with_context(|| format!("{op}: unexpected answer {}", String::from_utf8_lossy(body)))
 }
 
-#[cfg_attr(not(test), allow(dead_code))]
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct RetentionXml {

@@ -35,7 +35,9 @@ impl Span {
             "mo" => Span::Months(n),
             "y" => Span::Months(n.checked_mul(12).ok_or("too long")?),
             _ => {
-                return Err(format!("`{s}`: expected a number and a unit: d (days), w (weeks), mo (months), y (years)"));
+                return Err(format!(
+                    "`{s}`: expected a number and a unit: d (days), w (weeks), mo (months), y (years)"
+                ));
             }
         };
         match span {

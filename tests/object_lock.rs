@@ -149,3 +149,100 @@ fn reused_packs_are_extended_once_when_a_snapshot_needs_them_longer() {
     let third = setup.backup();
     assert!(text(&third).contains(" 0 lock extensions"), "{}", text(&third));
 }
+
+fn status(setup: &Setup, args: &[&str]) -> (i32, serde_json::Value) {
+    let mut all = vec!["status", "--json"];
+    all.extend_from_slice(args);
+    let out = setup.run(&all);
+    let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    (out.status.code().unwrap(), json)
+}
+
+/// The documented shape of `status --json`.
+fn assert_status_shape(v: &serde_json::Value) {
+    assert!(["OK", "WARNING", "CRITICAL"].contains(&v["status"].as_str().unwrap()));
+    assert!(v["checked_at"].is_i64());
+    assert!(v["target"]["url"].is_string() && v["target"]["protection"].is_string());
+    assert!(v["target"]["remote_checked"].is_boolean() && v["target"]["objects_checked"].is_u64());
+    assert!(v["problems"].as_array().unwrap().iter().all(|p| p.is_string()));
+    for j in v["jobs"].as_array().unwrap() {
+        assert!(j["name"].is_string() && j["live_snapshots"].is_u64());
+        assert!(j["protected_until"].is_i64() || j["protected_until"].is_null());
+        for g in j["gaps"].as_array().unwrap() {
+            assert!(g["snapshot"].is_string());
+            assert!(g["objects"].as_array().unwrap().iter().all(|o| o["key"].is_string()));
+        }
+    }
+}
+
+#[test]
+fn status_reports_health_and_finds_a_shortened_lock_on_the_server() {
+    if !s3_available() {
+        return;
+    }
+    let scratch = Scratch::new("status");
+    let src = scratch.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a.bin"), Rng(4).mixed(30 << 20)).unwrap();
+
+    // Healthy, COMPLIANCE: OK from the catalog and from the server.
+    let healthy = Setup::with_extra("status-ok", Target::S3, &src, "lock_days = 2\n");
+    healthy.backup();
+    let (code, v) = status(&healthy, &[]);
+    assert_status_shape(&v);
+    assert_eq!((code, v["status"].as_str().unwrap()), (0, "OK"), "{v}");
+    let (code, v) = status(&healthy, &["--remote"]);
+    assert_eq!(code, 0, "{v}");
+    assert!(v["target"]["objects_checked"].as_u64().unwrap() >= 3, "{v}");
+    assert!(v["jobs"][0]["protected_until"].as_i64().unwrap() >= v["checked_at"].as_i64().unwrap() + 2 * 86_400 - 60);
+
+    // GOVERNANCE (a warning in itself); shorten one pack's lock with bypass.
+    let gov = Setup::with_extra("status-gov", Target::S3, &src, "lock_days = 2\n");
+    let config =
+        std::fs::read_to_string(&gov.config).unwrap().replace("[target]\n", "[target]\nlock_mode = \"governance\"\n");
+    std::fs::write(&gov.config, config).unwrap();
+    // (init already ran with compliance for coffer.repo; the packs are written now)
+    gov.backup();
+    let (code, v) = status(&gov, &[]);
+    assert_eq!(code, 1, "{v}");
+    let pack = gov.pack_hashes().pop().unwrap();
+    let key = format!("packs/{}/{pack}", &pack[..2]);
+    let rest = gov.target_url.strip_prefix("s3://").unwrap();
+    let (bucket, prefix) = rest.split_once('/').unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/s3_inspect.py");
+    run_ok(Command::new("python3").arg(script).args(["shorten", bucket, &format!("{prefix}/"), &key, "3600"]));
+
+    // The catalog still believes the recorded lock; the server does not.
+    assert_eq!(status(&gov, &[]).0, 1);
+    let (code, v) = status(&gov, &["--remote"]);
+    assert_status_shape(&v);
+    assert_eq!((code, v["status"].as_str().unwrap()), (2, "CRITICAL"), "{v}");
+    let snapshot = gov.snapshots()[0]["id"].as_str().unwrap().to_string();
+    let gap = &v["jobs"][0]["gaps"][0];
+    assert_eq!(gap["snapshot"], snapshot.as_str());
+    assert!(gap["objects"][0]["key"].as_str().unwrap().ends_with(&pack), "{v}");
+    let human = gov.run(&["status", "--remote"]);
+    assert_eq!(human.status.code(), Some(2));
+    assert!(text(&human).contains(&snapshot) && text(&human).contains(&pack), "{}", text(&human));
+}
+
+#[test]
+fn status_calls_a_directory_target_unprotected() {
+    let scratch = Scratch::new("status-dir");
+    let src = scratch.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a"), "a").unwrap();
+    let setup = Setup::new("status_dir", Target::Dir, &src);
+    let (code, v) = status(&setup, &[]);
+    assert_status_shape(&v);
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(v["target"]["protection"], "UNPROTECTED");
+    assert!(v["problems"].to_string().contains("no live snapshot"));
+    setup.backup();
+    let (code, v) = status(&setup, &[]);
+    assert_eq!((code, v["jobs"][0]["live_snapshots"].as_u64()), (1, Some(1)), "{v}");
+    // Without a catalog the check itself fails: UNKNOWN, never OK.
+    std::fs::remove_file(setup.dir.path("state/catalog.sqlite")).unwrap();
+    let (code, v) = status(&setup, &[]);
+    assert_eq!((code, v["status"].as_str().unwrap()), (3, "UNKNOWN"));
+}

@@ -5,6 +5,9 @@
                                         delete marker, lock mode and retain-until (unix seconds)
   s3_inspect.py delete BUCKET PREFIX    tries to delete every version; prints how many the
                                         server refused and how many it deleted (JSON)
+  s3_inspect.py shorten BUCKET PREFIX KEY SECONDS
+                                        sets the GOVERNANCE lock of KEY (relative to PREFIX) to
+                                        end in SECONDS, bypassing governance (a made protection gap)
 
 Credentials and endpoint come from the standard AWS environment variables.
 """
@@ -52,6 +55,13 @@ def main():
             except ClientError:
                 refused += 1
         print(json.dumps({"refused": refused, "deleted": deleted}))
+    elif cmd == "shorten":
+        import datetime
+        key, seconds = prefix + sys.argv[4], int(sys.argv[5])
+        until = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=seconds)
+        s3.put_object_retention(Bucket=bucket, Key=key, BypassGovernanceRetention=True,
+                                Retention={"Mode": "GOVERNANCE", "RetainUntilDate": until})
+        print(json.dumps({"key": key, "until": int(until.timestamp())}))
     else:
         sys.exit(f"unknown command {cmd}")
 

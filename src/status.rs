@@ -1,0 +1,333 @@
+//! `coffer status`: the retention status check, for people and for monitoring.
+//!
+//! For every job: how many snapshots are live (not past their retain-until), how old the
+//! newest is, and the **protected-until horizon**: the earliest date to which every live
+//! snapshot is fully locked (its record and every pack it needs). A snapshot whose objects
+//! are locked less long than it must be kept has a **protection gap**. By default the
+//! check trusts the locks the catalog recorded when the server acknowledged them;
+//! `--remote` asks the server for the lock of every needed object version (or a sample).
+//!
+//! Exit codes (Nagios): 0 OK; 1 WARNING (an unprotected or GOVERNANCE target, a job with
+//! no live snapshot); 2 CRITICAL (a protection gap, or a lock the server cannot confirm);
+//! 3 UNKNOWN (the check itself failed: no catalog, target unreachable, ...).
+
+use std::collections::{HashMap, HashSet};
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::catalog::Catalog;
+use crate::config::Config;
+use crate::target::Target;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Level {
+    #[default]
+    Ok,
+    Warning,
+    Critical,
+}
+
+impl Level {
+    pub fn exit_code(self) -> u8 {
+        self as u8
+    }
+}
+
+/// The whole report; `--json` prints exactly this (documented in the README).
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub status: Level,
+    pub checked_at: i64,
+    pub target: TargetStatus,
+    pub jobs: Vec<JobStatus>,
+    /// Every reason the status is not OK, one sentence each.
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TargetStatus {
+    pub url: String,
+    /// COMPLIANCE, GOVERNANCE or UNPROTECTED.
+    pub protection: &'static str,
+    /// Locks read from the server (`--remote`) rather than from the catalog.
+    pub remote_checked: bool,
+    /// Object versions whose lock was read from the server.
+    pub objects_checked: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct JobStatus {
+    pub name: String,
+    pub live_snapshots: usize,
+    pub newest_snapshot: Option<String>,
+    pub newest_age_secs: Option<i64>,
+    /// The earliest date to which every live snapshot is fully locked (None: nothing
+    /// locked, or no live snapshot).
+    pub protected_until: Option<i64>,
+    pub gaps: Vec<Gap>,
+}
+
+/// A live snapshot that needs an object locked less long than the snapshot is kept.
+#[derive(Debug, Serialize)]
+pub struct Gap {
+    pub snapshot: String,
+    pub retain_until: Option<i64>,
+    /// Object keys locked too briefly (or not at all), with their lock end.
+    pub objects: Vec<GapObject>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct GapObject {
+    pub key: String,
+    pub locked_until: Option<i64>,
+}
+
+pub struct Options {
+    pub remote: bool,
+    /// With `remote`: check only this many packs, chosen at random.
+    pub sample: Option<usize>,
+}
+
+/// Why the status is not OK, collected as the check goes.
+#[derive(Default)]
+struct Findings {
+    level: Level,
+    problems: Vec<String>,
+}
+
+impl Findings {
+    fn raise(&mut self, level: Level, problem: String) {
+        self.level = self.level.max(level);
+        self.problems.push(problem);
+    }
+}
+
+/// Where the lock of each object comes from: the catalog, or the server (`--remote`).
+struct Locks<'a> {
+    runtime: tokio::runtime::Runtime,
+    api: Option<&'a crate::objectlock::LockApi>,
+    /// Packs to ask the server about (all, or the `--sample`); records are always asked.
+    remote_packs: Option<HashSet<i64>>,
+    asked: HashMap<String, Option<i64>>,
+}
+
+impl Locks<'_> {
+    /// The lock end of one object version: from the server where it is asked, else as
+    /// recorded. `None`: not locked (or the server could not tell).
+    fn until(
+        &mut self,
+        key: &str,
+        version: Option<&str>,
+        recorded: Option<i64>,
+        pack: Option<i64>,
+        f: &mut Findings,
+    ) -> Option<i64> {
+        let Some(api) = self.api else { return recorded };
+        if let (Some(id), Some(chosen)) = (pack, &self.remote_packs)
+            && !chosen.contains(&id)
+        {
+            return recorded;
+        }
+        let id = format!("{key}@{}", version.unwrap_or(""));
+        if let Some(known) = self.asked.get(&id) {
+            return *known;
+        }
+        let until = match self.runtime.block_on(api.get_retention(key, version)) {
+            Ok(r) => r.map(|r| r.until),
+            Err(e) => {
+                f.raise(Level::Critical, format!("cannot read the lock of {key} from the server: {e:#}"));
+                None
+            }
+        };
+        if let (Some(server), Some(rec)) = (until, recorded)
+            && server < rec
+        {
+            f.raise(
+                Level::Critical,
+                format!(
+                    "{key} is locked until {} on the server, less than the {} recorded",
+                    crate::time::format_utc(server),
+                    crate::time::format_utc(rec)
+                ),
+            );
+        }
+        self.asked.insert(id, until);
+        until
+    }
+}
+
+pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
+    let (catalog, repo) = Catalog::open_repo(cfg)?;
+    let target = Target::open(&cfg.target)?;
+    let now = crate::time::now_secs();
+    let mut f = Findings::default();
+    let protection = target.protection();
+    match protection {
+        "UNPROTECTED" => f.raise(
+            Level::Warning,
+            format!(
+                "target {} is UNPROTECTED: nothing stops its credentials from deleting the backups",
+                cfg.target.url
+            ),
+        ),
+        "GOVERNANCE" => f.raise(
+            Level::Warning,
+            "locks are in GOVERNANCE mode: users with s3:BypassGovernanceRetention can remove them".into(),
+        ),
+        _ => {}
+    }
+    if opts.remote && target.lock_api().is_none() {
+        f.raise(Level::Warning, "--remote: the target keeps no locks to read".into());
+    }
+
+    // The live snapshots of every job, and the packs they need.
+    let mut live = Vec::new();
+    for job in &cfg.jobs {
+        let snaps: Vec<_> = catalog
+            .snapshots(Some(&job.name))?
+            .into_iter()
+            .filter(|s| s.state == "complete" && s.retain_until.is_none_or(|u| u > now))
+            .collect();
+        let mut with_packs = Vec::new();
+        for s in snaps {
+            let packs = catalog.snapshot_packs(&s.id)?;
+            with_packs.push((s, packs));
+        }
+        live.push((job, with_packs));
+    }
+    let remote_packs = match (opts.remote, opts.sample) {
+        (true, Some(n)) => {
+            let mut all: Vec<i64> = live
+                .iter()
+                .flat_map(|(_, v)| v.iter().flat_map(|(_, p)| p.iter().map(|p| p.id)))
+                .collect::<HashSet<_>>()
+                .into_iter()
+                .collect();
+            shuffle(&mut all);
+            all.truncate(n);
+            Some(all.into_iter().collect())
+        }
+        _ => None,
+    };
+    let mut locks = Locks {
+        runtime: tokio::runtime::Builder::new_current_thread().enable_all().build()?,
+        api: if opts.remote { target.lock_api() } else { None },
+        remote_packs,
+        asked: HashMap::new(),
+    };
+
+    let mut jobs = Vec::new();
+    let mut longest_needed = None;
+    for (job, snaps) in &live {
+        let newest = snaps.last().map(|(s, _)| s);
+        let mut status = JobStatus {
+            name: job.name.clone(),
+            live_snapshots: snaps.len(),
+            newest_snapshot: newest.map(|s| s.id.clone()),
+            newest_age_secs: newest.map(|s| now - s.created_at),
+            protected_until: None,
+            gaps: Vec::new(),
+        };
+        if snaps.is_empty() {
+            f.raise(Level::Warning, format!("job {}: no live snapshot", job.name));
+        }
+        let mut horizon: Option<Option<i64>> = None;
+        for (snap, packs) in snaps {
+            let needed = snap.retain_until.unwrap_or(i64::MAX);
+            longest_needed = longest_needed.max(Some(needed));
+            let record_key = crate::format::snapshot_key(&snap.job, &snap.id);
+            let record_lock = snap.lock_mode.as_ref().and(snap.retain_until);
+            let mut objects = vec![(
+                record_key.clone(),
+                locks.until(&record_key, snap.record_version.as_deref(), record_lock, None, &mut f),
+            )];
+            for p in packs {
+                let key = crate::format::pack_key(&p.hash);
+                let until = locks.until(&key, p.version.as_deref(), p.lock.map(|l| l.until), Some(p.id), &mut f);
+                if locks.api.is_some()
+                    && locks.asked.contains_key(&format!("{key}@{}", p.version.as_deref().unwrap_or("")))
+                {
+                    catalog.confirm_pack(p.id)?;
+                }
+                objects.push((key, until));
+            }
+            // Fully locked until the earliest lock end among everything it needs.
+            let fully: Option<i64> = objects.iter().map(|(_, u)| *u).try_fold(i64::MAX, |acc, u| u.map(|u| acc.min(u)));
+            horizon = Some(match horizon {
+                None => fully,
+                Some(h) => h.zip(fully).map(|(a, b)| a.min(b)),
+            });
+            let short: Vec<GapObject> = objects
+                .into_iter()
+                .filter(|(_, u)| u.is_none_or(|u| u < needed))
+                .map(|(key, locked_until)| GapObject { key, locked_until })
+                .collect();
+            if protection != "UNPROTECTED" && !short.is_empty() {
+                let list: Vec<String> = short
+                    .iter()
+                    .map(|o| {
+                        format!(
+                            "{} locked until {}",
+                            o.key,
+                            o.locked_until.map(crate::time::format_utc).unwrap_or_else(|| "never".into())
+                        )
+                    })
+                    .collect();
+                f.raise(
+                    Level::Critical,
+                    format!(
+                        "job {}: snapshot {} (kept until {}) has a protection gap: {}",
+                        job.name,
+                        snap.id,
+                        snap.retain_until.map(crate::time::format_utc).unwrap_or_else(|| "forever".into()),
+                        list.join(", ")
+                    ),
+                );
+                status.gaps.push(Gap { snapshot: snap.id.clone(), retain_until: snap.retain_until, objects: short });
+            }
+        }
+        status.protected_until = if protection == "UNPROTECTED" { None } else { horizon.flatten() };
+        jobs.push(status);
+    }
+    // Every restore needs the repository record: it must outlive every live snapshot.
+    if protection != "UNPROTECTED" {
+        let recorded = repo.record_lock.map(|l| l.until);
+        let until = locks.until(crate::format::REPO_KEY, repo.record_version.as_deref(), recorded, None, &mut f);
+        if let Some(needed) = longest_needed
+            && until.is_none_or(|u| u < needed)
+        {
+            f.raise(
+                Level::Critical,
+                format!(
+                    "{} is locked until {}, before the last live snapshot expires",
+                    crate::format::REPO_KEY,
+                    until.map(crate::time::format_utc).unwrap_or_else(|| "never".into())
+                ),
+            );
+        }
+    }
+    Ok(Report {
+        status: f.level,
+        checked_at: now,
+        target: TargetStatus {
+            url: cfg.target.url.clone(),
+            protection,
+            remote_checked: locks.api.is_some(),
+            objects_checked: locks.asked.len(),
+        },
+        jobs,
+        problems: f.problems,
+    })
+}
+
+/// Fisher-Yates with the OS random source (for `--sample`).
+fn shuffle(v: &mut [i64]) {
+    for i in (1..v.len()).rev() {
+        let mut b = [0u8; 8];
+        let _ = getrandom::fill(&mut b);
+        let j = (u64::from_le_bytes(b) % (i as u64 + 1)) as usize;
+        v.swap(i, j);
+    }
+}
