@@ -9,3 +9,7 @@ ALTER TABLE snapshots ADD COLUMN lock_mode TEXT;
 
 ALTER TABLE repo ADD COLUMN record_lock_mode TEXT;
 ALTER TABLE repo ADD COLUMN record_retain_until INTEGER;
+
+-- Why init accepted a target that does not protect its objects (`--allow-unprotected`);
+-- NULL when the checks passed. Every status report repeats it.
+ALTER TABLE repo ADD COLUMN unprotected TEXT;

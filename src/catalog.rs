@@ -29,6 +29,8 @@ pub struct RepoRow {
     pub chunker: ChunkerParams,
     /// The lock `coffer.repo` was written with.
     pub record_lock: Option<Retention>,
+    /// Why init accepted a target that does not protect its objects, if it did.
+    pub unprotected: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -153,7 +155,7 @@ impl Catalog {
             .conn
             .query_row(
                 "SELECT repo_id, target_url, record_version, chunk_min, chunk_avg, chunk_max, record_lock_mode,
-                        record_retain_until FROM repo WHERE id = 1",
+                        record_retain_until, unprotected FROM repo WHERE id = 1",
                 [],
                 |r| {
                     Ok(RepoRow {
@@ -162,6 +164,7 @@ impl Catalog {
                         record_version: r.get(2)?,
                         chunker: ChunkerParams { min: r.get(3)?, avg: r.get(4)?, max: r.get(5)? },
                         record_lock: lock_from(r.get(6)?, r.get(7)?),
+                        unprotected: r.get(8)?,
                     })
                 },
             )
@@ -171,8 +174,8 @@ impl Catalog {
     pub fn set_repo(&self, row: &RepoRow) -> Result<()> {
         self.conn.execute(
             "INSERT INTO repo (id, repo_id, target_url, record_version, chunk_min, chunk_avg, chunk_max, created_at,
-                               record_lock_mode, record_retain_until)
-             VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                               record_lock_mode, record_retain_until, unprotected)
+             VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![
                 row.repo_id,
                 row.target_url,
@@ -182,7 +185,8 @@ impl Catalog {
                 row.chunker.max,
                 crate::time::now_secs(),
                 row.record_lock.map(|l| l.mode.as_str()),
-                row.record_lock.map(|l| l.until)
+                row.record_lock.map(|l| l.until),
+                row.unprotected
             ],
         )?;
         Ok(())

@@ -45,8 +45,14 @@ enum Command {
         #[arg(long, short)]
         output: PathBuf,
     },
-    /// Create the state directory, catalog and repository secret, and write the repository record to the target.
-    Init,
+    /// Create the state directory, catalog and repository secret, check the target
+    /// (Object Lock on, and a locked canary these credentials cannot delete), and write
+    /// the repository record.
+    Init {
+        /// Go on even if the canary could be deleted (recorded, and repeated by every status report).
+        #[arg(long)]
+        allow_unprotected: bool,
+    },
     /// Back up one job now.
     Backup {
         /// Job name from the config.
@@ -142,8 +148,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let cfg = Config::load(&cli.config)?;
     match cli.command {
         Command::Keygen { .. } | Command::Status { .. } => unreachable!("handled above"),
-        Command::Init => {
-            match crate::init::run(&cfg)? {
+        Command::Init { allow_unprotected } => {
+            match crate::init::run(&cfg, allow_unprotected)? {
                 crate::init::Outcome::Created { repo_id, protection } => {
                     println!("initialised repository {repo_id} on {}", cfg.target.url);
                     match protection {

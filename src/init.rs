@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::format::REPO_KEY;
 use crate::format::repo::RepoRecord;
 use crate::keys::RepoSecret;
+use crate::objectlock::{LockApi, LockMode, Retention};
 use crate::target::Target;
 
 pub enum Outcome {
@@ -24,8 +25,10 @@ pub enum Outcome {
 }
 
 /// The target bucket must have Object Lock (and so versioning) enabled, or locked puts
-/// fail and nothing could be protected.
-async fn check_bucket(api: &crate::objectlock::LockApi, url: &str) -> Result<()> {
+/// fail and nothing could be protected; and the credentials coffer runs with must not be
+/// able to delete a locked version (a canary proves it). Returns why the target is not
+/// protected, if `allow_unprotected` let init go on anyway.
+async fn check_bucket(api: &LockApi, mode: LockMode, url: &str, allow_unprotected: bool) -> Result<Option<String>> {
     let config = api
         .lock_configuration()
         .await
@@ -41,10 +44,31 @@ async fn check_bucket(api: &crate::objectlock::LockApi, url: &str) -> Result<()>
     if versioning != "Enabled" {
         bail!("target {url}: bucket versioning is `{versioning}`; Object Lock needs it Enabled");
     }
-    Ok(())
+    // The canary: a tiny object with the shortest lock coffer uses (one day), which these
+    // credentials must fail to delete. It stays until its lock expires (prune removes it).
+    let key = format!("canary/{}", crate::hex::random(8));
+    let lock = Retention { mode, until: crate::time::now_secs() + 86_400 };
+    let version = api
+        .put_locked(&key, Bytes::from_static(b"coffer canary: must not be deletable\n"), lock, true)
+        .await
+        .with_context(|| format!("target {url}: cannot write the canary object"))?;
+    let Some(version) = version else {
+        bail!("target {url}: the server returned no version id for the canary; versioning is not working");
+    };
+    if api.delete_version(&key, &version).await.is_ok() {
+        let why = format!(
+            "the credentials coffer runs with deleted a locked object version ({key}): they can destroy backups. \
+             Give coffer credentials without s3:DeleteObjectVersion and s3:BypassGovernanceRetention (deploy/)"
+        );
+        if !allow_unprotected {
+            bail!("target {url}: {why}; pass --allow-unprotected to go on anyway");
+        }
+        return Ok(Some(why));
+    }
+    Ok(None)
 }
 
-pub fn run(cfg: &Config) -> Result<Outcome> {
+pub fn run(cfg: &Config, allow_unprotected: bool) -> Result<Outcome> {
     crate::fsutil::create_private_dir(&cfg.state_dir)
         .with_context(|| format!("cannot create state directory {}", cfg.state_dir.display()))?;
     let catalog = Catalog::open(&cfg.catalog_path())?;
@@ -64,9 +88,10 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
     };
     let target = Target::open(&cfg.target)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    if let Some(api) = target.lock_api() {
-        runtime.block_on(check_bucket(api, &cfg.target.url))?;
-    }
+    let unprotected = match (target.lock_api(), cfg.target.lock_mode) {
+        (Some(api), Some(mode)) => runtime.block_on(check_bucket(api, mode, &cfg.target.url, allow_unprotected))?,
+        _ => None,
+    };
     // The repository record is needed as long as any snapshot: locked as long as the
     // longest job locks its snapshots, plus the slack (extended with them later).
     let longest = cfg.jobs.iter().map(|j| j.lock_days).max().unwrap_or(30);
@@ -102,7 +127,11 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
         record_version: version,
         chunker: record.chunker,
         record_lock: target.lock_until(record_until),
+        unprotected: unprotected.clone(),
     })?;
+    if let Some(why) = &unprotected {
+        catalog.event("unprotected", None, why)?;
+    }
     catalog.event("init", None, &format!("repository {} on {}", record.id, cfg.target.url))?;
     let _ = std::fs::remove_file(&pending);
     Ok(Outcome::Created { repo_id: record.id, protection: target.protection() })

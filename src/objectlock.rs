@@ -321,8 +321,8 @@ impl LockApi {
         Ok(out)
     }
 
-    /// Deletes one object version. Only tests call it: it proves the server refuses.
-    #[cfg(test)]
+    /// Deletes one object version. Outside `prune`, coffer calls it only on its own
+    /// canary, to prove that its credentials cannot delete a locked version.
     pub async fn delete_version(&self, key: &str, version: &str) -> Result<()> {
         let url = self.object_url(key, &version_query("", Some(version)));
         let (status, _, text) = self.send(Method::DELETE, &url, &[], Bytes::new(), None).await?;

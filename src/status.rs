@@ -178,6 +178,9 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
         ),
         _ => {}
     }
+    if let Some(why) = &repo.unprotected {
+        f.raise(Level::Warning, format!("init was told to accept an unprotected target: {why}"));
+    }
     if opts.remote && target.lock_api().is_none() {
         f.raise(Level::Warning, "--remote: the target keeps no locks to read".into());
     }

@@ -39,6 +39,8 @@ fn every_object_is_locked_in_compliance_mode_and_cannot_be_deleted() {
     let versions = inspect("locks", &setup);
     let keys: Vec<&str> = versions.iter().map(|v| v["key"].as_str().unwrap()).collect();
     assert!(keys.iter().any(|k| k.ends_with("coffer.repo")));
+    // init's canary: locked, and still there although init tried to delete it.
+    assert_eq!(keys.iter().filter(|k| k.contains("/canary/")).count(), 1);
     assert!(keys.iter().filter(|k| k.contains("/snapshots/data/")).count() == 2);
     assert!(keys.iter().filter(|k| k.contains("/packs/")).count() >= 2);
     for v in &versions {
@@ -46,8 +48,15 @@ fn every_object_is_locked_in_compliance_mode_and_cannot_be_deleted() {
         assert_eq!(v["delete_marker"], false, "{key}");
         assert_eq!(v["mode"], "COMPLIANCE", "{key} is not locked in compliance mode: {v}");
         let until = v["until"].as_i64().unwrap();
-        // lock_days = 3 for snapshots; packs and the repository record get 7 days of slack.
-        let least = if key.contains("/snapshots/") { 3 * day } else { 10 * day };
+        // lock_days = 3 for snapshots; packs and the repository record get 7 days of
+        // slack; the canary has the shortest lock, one day.
+        let least = if key.contains("/snapshots/") {
+            3 * day
+        } else if key.contains("/canary/") {
+            day
+        } else {
+            10 * day
+        };
         assert!(until >= t0 + least - 60, "{key} locked only until {until} (wanted ≥ {})", t0 + least);
     }
     // Everything a snapshot needs is locked at least until the snapshot may expire.
