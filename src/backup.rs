@@ -112,6 +112,9 @@ pub fn run(cfg: &Config, job: &Job, opts: &Options) -> Result<Summary> {
     if !root.is_dir() {
         bail!("source directory {} of job `{}` does not exist or is not a directory", root.display(), job.name);
     }
+    for id in repo.catalog.forget_expired(crate::time::now_secs())? {
+        tracing::info!(snapshot = %id, "snapshot passed its retain-until: forgotten (prune deletes what only it needed)");
+    }
     let run_id = repo.catalog.start_run(&job.name)?;
     let counters = Arc::new(Counters::default());
     let result = {

@@ -84,6 +84,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Delete object versions whose lock has ended and that no live snapshot needs (the
+    /// only command that deletes). Shows what it would delete unless --yes. On S3 it needs
+    /// the privileged credentials named in [prune], which the daemon never holds.
+    Prune {
+        /// Really delete.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Restore a snapshot into a directory, verifying every chunk.
     Restore {
         /// Snapshot id (or a unique prefix), or `latest`.
@@ -205,6 +213,27 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 Ok(ExitCode::from(EXIT_PARTIAL))
             }
+        }
+        Command::Prune { yes } => {
+            let s = crate::prune::run(&cfg, &crate::prune::Options { yes })?;
+            if !s.forgotten.is_empty() {
+                println!("forgot {} snapshots past their retain-until: {}", s.forgotten.len(), s.forgotten.join(", "));
+            }
+            let verb = if yes { "deleted" } else { "would delete (pass --yes to delete)" };
+            let total: u64 = s.candidates.iter().map(|c| c.size).sum();
+            println!("{verb}: {} object versions, {}", s.candidates.len(), bytes(total));
+            for c in &s.candidates {
+                let why = match &c.what {
+                    crate::prune::What::Pack { .. } => "pack no live snapshot needs",
+                    crate::prune::What::Snapshot { .. } => "record of a forgotten snapshot",
+                    crate::prune::What::Canary => "init canary",
+                };
+                println!("  {}  {}  {}  ({why})", c.key, c.version.as_deref().unwrap_or("-"), bytes(c.size));
+            }
+            for (key, until) in &s.still_locked {
+                println!("  still locked on the server until {}, left alone: {key}", crate::time::format_utc(*until));
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Snapshots { job, json } => {
             let catalog = Catalog::open_existing(&cfg)?;

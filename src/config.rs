@@ -34,6 +34,25 @@ pub struct Config {
     pub pack_size: u64,
     pub target: TargetConfig,
     pub jobs: Vec<Job>,
+    pub prune: PruneConfig,
+}
+
+/// Where `coffer prune` finds its privileged credentials: the names of environment
+/// variables, never the secrets themselves. The daemon never has them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PruneConfig {
+    pub access_key_id_env: String,
+    pub secret_access_key_env: String,
+}
+
+impl Default for PruneConfig {
+    fn default() -> Self {
+        PruneConfig {
+            access_key_id_env: "COFFER_PRUNE_ACCESS_KEY_ID".into(),
+            secret_access_key_env: "COFFER_PRUNE_SECRET_ACCESS_KEY".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -94,6 +113,8 @@ struct RawConfig {
     target: RawTarget,
     #[serde(default, rename = "job")]
     jobs: Vec<RawJob>,
+    #[serde(default)]
+    prune: PruneConfig,
 }
 
 #[derive(Deserialize)]
@@ -272,6 +293,7 @@ impl Config {
             pack_size,
             target,
             jobs,
+            prune: raw.prune,
         })
     }
 

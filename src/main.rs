@@ -13,6 +13,7 @@ mod init;
 mod keys;
 mod objectlock;
 mod progress;
+mod prune;
 mod restore;
 mod retention;
 mod source;

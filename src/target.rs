@@ -24,6 +24,16 @@ pub struct Target {
     pub url: String,
     /// On S3 with Object Lock: the lock calls and the mode every object is written with.
     lock: Option<(LockApi, LockMode)>,
+    /// On S3: where the bucket is, for calls with other credentials (prune).
+    s3: Option<S3Location>,
+}
+
+#[derive(Clone)]
+struct S3Location {
+    endpoint: Option<String>,
+    bucket: String,
+    prefix: String,
+    region: String,
 }
 
 impl Target {
@@ -36,7 +46,7 @@ impl Target {
             let store = LocalFileSystem::new_with_prefix(path)
                 .with_context(|| format!("cannot open target directory {path}"))?
                 .with_fsync(true);
-            return Ok(Target { store: Arc::new(store), url: cfg.url.clone(), lock: None });
+            return Ok(Target { store: Arc::new(store), url: cfg.url.clone(), lock: None, s3: None });
         }
         let rest = cfg
             .url
@@ -66,7 +76,22 @@ impl Target {
         };
         let store: Arc<dyn ObjectStore> =
             if prefix.is_empty() { Arc::new(s3) } else { Arc::new(PrefixStore::new(s3, prefix)) };
-        Ok(Target { store, url: cfg.url.clone(), lock })
+        let s3 = S3Location { endpoint, bucket: bucket.to_string(), prefix: prefix.to_string(), region };
+        Ok(Target { store, url: cfg.url.clone(), lock, s3: Some(s3) })
+    }
+
+    /// The S3 calls signed with other credentials than the daemon's (prune's); `None` for
+    /// a directory target.
+    pub fn privileged_api(&self, key_id: String, secret_key: String) -> Result<Option<LockApi>> {
+        let Some(loc) = &self.s3 else { return Ok(None) };
+        let credential = object_store::aws::AwsCredential { key_id, secret_key, token: None };
+        let provider = Arc::new(object_store::StaticCredentialProvider::new(credential));
+        Ok(Some(LockApi::new(provider, loc.endpoint.as_deref(), &loc.bucket, &loc.prefix, &loc.region)?))
+    }
+
+    /// Deletes an object of a directory target (S3 deletes go through `privileged_api`).
+    pub async fn delete_local(&self, key: &str) -> Result<()> {
+        self.store.delete(&ObjPath::from(key)).await.with_context(|| format!("cannot delete {key} from {}", self.url))
     }
 
     /// What protects the objects: `COMPLIANCE`, `GOVERNANCE` or `UNPROTECTED`.

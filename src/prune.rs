@@ -1,0 +1,131 @@
+//! `coffer prune`: the only command that deletes.
+//!
+//! It deletes object versions whose lock has ended and that no live snapshot needs: packs
+//! only forgotten snapshots used, the records of forgotten snapshots past their
+//! retain-until, and init's expired canaries. On S3 it uses separate, privileged
+//! credentials named in `[prune]` (the daemon's cannot delete), asks the server for each
+//! version's lock first, and deletes only with `--yes`; without it, it shows what it
+//! would delete.
+
+use anyhow::{Context, Result, anyhow};
+
+use crate::catalog::Catalog;
+use crate::config::Config;
+use crate::objectlock::LockApi;
+use crate::target::Target;
+
+pub struct Options {
+    pub yes: bool,
+}
+
+/// One object version prune would delete (or did).
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub key: String,
+    pub version: Option<String>,
+    pub size: u64,
+    pub what: What,
+}
+
+#[derive(Debug, Clone)]
+pub enum What {
+    Pack { id: i64, hash: String },
+    Snapshot { id: String },
+    Canary,
+}
+
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub forgotten: Vec<String>,
+    pub candidates: Vec<Candidate>,
+    /// Candidates the server still holds under lock (left alone), with until when.
+    pub still_locked: Vec<(String, i64)>,
+    pub deleted: usize,
+    pub deleted_bytes: u64,
+}
+
+pub fn run(cfg: &Config, opts: &Options) -> Result<Summary> {
+    // No backup may run meanwhile: a pack it just uploaded is referenced by no snapshot yet.
+    let locks_dir = cfg.state_dir.join("locks");
+    crate::fsutil::create_private_dir(&locks_dir)?;
+    let _locks = cfg
+        .jobs
+        .iter()
+        .map(|j| {
+            crate::fsutil::LockFile::try_lock(&locks_dir.join(format!("{}.lock", j.name)))
+                .map_err(|_| anyhow!("job `{}` is being backed up; prune waits for no backup", j.name))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let (catalog, _) = Catalog::open_repo(cfg)?;
+    let target = Target::open(&cfg.target)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let now = crate::time::now_secs();
+
+    let mut summary = Summary { forgotten: catalog.forget_expired(now)?, ..Default::default() };
+    for (id, hash, version, size) in catalog.prunable_packs(now)? {
+        let key = crate::format::pack_key(&hash);
+        summary.candidates.push(Candidate { key, version, size, what: What::Pack { id, hash } });
+    }
+    for (id, job, version) in catalog.prunable_snapshots(now)? {
+        let key = crate::format::snapshot_key(&job, &id);
+        summary.candidates.push(Candidate { key, version, size: 0, what: What::Snapshot { id } });
+    }
+
+    // On S3: the privileged credentials, the canaries, and the server's word on each lock.
+    let api = privileged(cfg, &target, opts.yes)?;
+    let reader = api.as_ref().or(target.lock_api());
+    if let Some(api) = reader {
+        for v in runtime.block_on(api.list_versions("canary/"))? {
+            if !v.delete_marker {
+                summary.candidates.push(Candidate {
+                    key: v.key,
+                    version: Some(v.version_id),
+                    size: v.size,
+                    what: What::Canary,
+                });
+            }
+        }
+        let mut unlocked = Vec::new();
+        for c in std::mem::take(&mut summary.candidates) {
+            match runtime.block_on(api.get_retention(&c.key, c.version.as_deref()))? {
+                Some(lock) if lock.until > now => summary.still_locked.push((c.key.clone(), lock.until)),
+                _ => unlocked.push(c),
+            }
+        }
+        summary.candidates = unlocked;
+    }
+    if !opts.yes {
+        return Ok(summary);
+    }
+    for c in &summary.candidates {
+        match &api {
+            Some(api) => {
+                let version = c.version.as_deref().ok_or_else(|| anyhow!("{} has no recorded version id", c.key))?;
+                runtime.block_on(api.delete_version(&c.key, version))?;
+            }
+            None => runtime.block_on(target.delete_local(&c.key))?,
+        }
+        match &c.what {
+            What::Pack { id, hash } => catalog.remove_pack(*id, hash)?,
+            What::Snapshot { id } => catalog.remove_snapshot(id)?,
+            What::Canary => catalog.event("pruned", None, &c.key)?,
+        }
+        summary.deleted += 1;
+        summary.deleted_bytes += c.size;
+    }
+    Ok(summary)
+}
+
+/// The prune credentials, on S3 (required to delete; used to look when present).
+fn privileged(cfg: &Config, target: &Target, deleting: bool) -> Result<Option<LockApi>> {
+    let (id_env, secret_env) = (&cfg.prune.access_key_id_env, &cfg.prune.secret_access_key_env);
+    match (std::env::var(id_env), std::env::var(secret_env)) {
+        (Ok(id), Ok(secret)) => target.privileged_api(id, secret),
+        _ if deleting && target.lock_api().is_some() => Err(anyhow!(
+            "prune deletes with the privileged credentials named in [prune], which the daemon never holds: \
+             set ${id_env} and ${secret_env}"
+        )),
+        _ => Ok(None),
+    }
+    .context("prune credentials")
+}
