@@ -52,6 +52,15 @@ pub struct PackLock {
     pub lock: Option<Retention>,
 }
 
+/// A stored pack: catalog row id, content hash, version id, size.
+#[derive(Debug, Clone)]
+pub struct PackRow {
+    pub id: i64,
+    pub hash: String,
+    pub version: Option<String>,
+    pub size: u64,
+}
+
 /// A pack the server has acknowledged.
 pub struct StoredPack<'a> {
     pub hash: &'a str,
@@ -439,9 +448,8 @@ impl Catalog {
         Ok(ids.into_iter().map(|(id, _)| id).collect())
     }
 
-    /// Packs no complete snapshot needs and whose lock (as recorded) has ended:
-    /// (row id, hash, version, size).
-    pub fn prunable_packs(&self, now: i64) -> Result<Vec<(i64, String, Option<String>, u64)>> {
+    /// Packs no complete snapshot needs and whose lock (as recorded) has ended.
+    pub fn prunable_packs(&self, now: i64) -> Result<Vec<PackRow>> {
         let mut st = self.conn.prepare(
             "SELECT id, hash, version, size FROM packs
              WHERE (retain_until IS NULL OR retain_until <= ?1)
@@ -449,7 +457,9 @@ impl Catalog {
                               WHERE s.state = 'complete')
              ORDER BY id",
         )?;
-        let rows = st.query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+        let rows = st.query_map([now], |r| {
+            Ok(PackRow { id: r.get(0)?, hash: r.get(1)?, version: r.get(2)?, size: r.get(3)? })
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

@@ -62,9 +62,14 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Summary> {
     let now = crate::time::now_secs();
 
     let mut summary = Summary { forgotten: catalog.forget_expired(now)?, ..Default::default() };
-    for (id, hash, version, size) in catalog.prunable_packs(now)? {
-        let key = crate::format::pack_key(&hash);
-        summary.candidates.push(Candidate { key, version, size, what: What::Pack { id, hash } });
+    for p in catalog.prunable_packs(now)? {
+        let key = crate::format::pack_key(&p.hash);
+        summary.candidates.push(Candidate {
+            key,
+            version: p.version,
+            size: p.size,
+            what: What::Pack { id: p.id, hash: p.hash },
+        });
     }
     for (id, job, version) in catalog.prunable_snapshots(now)? {
         let key = crate::format::snapshot_key(&job, &id);

@@ -68,10 +68,14 @@ fn every_object_is_locked_in_compliance_mode_and_cannot_be_deleted() {
         }
     }
 
-    // The server refuses to delete any version with coffer's own credentials...
-    let result = &inspect("delete", &setup)[0];
+    // With coffer's own credentials the server refuses to delete any version or to
+    // shorten any lock...
+    let result = &inspect("attack", &setup)[0];
     assert_eq!(result["deleted"], 0, "the server deleted locked versions: {result}");
-    assert_eq!(result["refused"].as_u64().unwrap() as usize, versions.len());
+    assert_eq!(result["shortened"], 0, "the server shortened a lock: {result}");
+    assert_eq!(result["delete_refused"].as_u64().unwrap() as usize, versions.len());
+    assert_eq!(result["shorten_refused"].as_u64().unwrap() as usize, versions.len());
+    assert_eq!(inspect("locks", &setup), versions, "an attack changed what the server holds");
     // ...so everything is still there and restores.
     let out = scratch.path("out");
     let r = setup.restore("latest", &out);

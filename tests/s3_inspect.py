@@ -3,8 +3,9 @@
 
   s3_inspect.py locks BUCKET PREFIX     one JSON line per object version: key, version,
                                         delete marker, lock mode and retain-until (unix seconds)
-  s3_inspect.py delete BUCKET PREFIX    tries to delete every version; prints how many the
-                                        server refused and how many it deleted (JSON)
+  s3_inspect.py attack BUCKET PREFIX    tries to delete every version and to shorten its lock to
+                                        one hour from now (no bypass); prints how many of each the
+                                        server refused and allowed (JSON)
   s3_inspect.py shorten BUCKET PREFIX KEY SECONDS
                                         sets the GOVERNANCE lock of KEY (relative to PREFIX) to
                                         end in SECONDS, bypassing governance (a made protection gap)
@@ -46,15 +47,23 @@ def main():
                 except ClientError as e:
                     row["error"] = e.response["Error"]["Code"]
             print(json.dumps(row))
-    elif cmd == "delete":
-        refused = deleted = 0
+    elif cmd == "attack":
+        import datetime
+        soon = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)
+        result = {"delete_refused": 0, "deleted": 0, "shorten_refused": 0, "shortened": 0}
         for v, _ in list(versions(s3, bucket, prefix)):
             try:
-                s3.delete_object(Bucket=bucket, Key=v["Key"], VersionId=v["VersionId"])
-                deleted += 1
+                s3.put_object_retention(Bucket=bucket, Key=v["Key"], VersionId=v["VersionId"],
+                                        Retention={"Mode": "COMPLIANCE", "RetainUntilDate": soon})
+                result["shortened"] += 1
             except ClientError:
-                refused += 1
-        print(json.dumps({"refused": refused, "deleted": deleted}))
+                result["shorten_refused"] += 1
+            try:
+                s3.delete_object(Bucket=bucket, Key=v["Key"], VersionId=v["VersionId"])
+                result["deleted"] += 1
+            except ClientError:
+                result["delete_refused"] += 1
+        print(json.dumps(result))
     elif cmd == "shorten":
         import datetime
         key, seconds = prefix + sys.argv[4], int(sys.argv[5])
