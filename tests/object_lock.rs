@@ -10,11 +10,7 @@ use std::process::Command;
 use common::*;
 
 fn inspect(cmd: &str, setup: &Setup) -> Vec<serde_json::Value> {
-    let rest = setup.target_url.strip_prefix("s3://").unwrap();
-    let (bucket, prefix) = rest.split_once('/').unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/s3_inspect.py");
-    let out = run_ok(Command::new("python3").arg(script).args([cmd, bucket, &format!("{prefix}/")]));
-    String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    setup.s3_inspect(cmd, &[])
 }
 
 #[test]
@@ -220,10 +216,7 @@ fn status_reports_health_and_finds_a_shortened_lock_on_the_server() {
     assert_eq!(code, 1, "{v}");
     let pack = gov.pack_hashes().pop().unwrap();
     let key = format!("packs/{}/{pack}", &pack[..2]);
-    let rest = gov.target_url.strip_prefix("s3://").unwrap();
-    let (bucket, prefix) = rest.split_once('/').unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/s3_inspect.py");
-    run_ok(Command::new("python3").arg(script).args(["shorten", bucket, &format!("{prefix}/"), &key, "3600"]));
+    gov.s3_inspect("shorten", &[&key, "3600"]);
 
     // The catalog still believes the recorded lock; the server does not.
     assert_eq!(status(&gov, &[]).0, 1);

@@ -144,6 +144,16 @@ impl Setup {
         st.query_map([], |r| r.get(0)).unwrap().map(|r| r.unwrap()).collect()
     }
 
+    /// Runs `tests/s3_inspect.py CMD BUCKET PREFIX/ ARGS…` (boto3: another client than
+    /// coffer's) on this setup's S3 target; returns its stdout lines parsed as JSON.
+    pub fn s3_inspect(&self, cmd: &str, args: &[&str]) -> Vec<serde_json::Value> {
+        let rest = self.target_url.strip_prefix("s3://").expect("an S3 target");
+        let (bucket, prefix) = rest.split_once('/').expect("a bucket and a prefix");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/s3_inspect.py");
+        let out = run_ok(Command::new("python3").arg(script).args([cmd, bucket, &format!("{prefix}/")]).args(args));
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
     pub fn integrity_ok(&self) {
         let v: String = self.catalog().query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
         assert_eq!(v, "ok");
