@@ -86,14 +86,15 @@ struct Repo {
     catalog: Catalog,
     secret: RepoSecret,
     target: Target,
-    chunker: crate::chunker::ChunkerParams,
+    /// The repository's catalog row (chunker parameters, the record's version and lock).
+    row: crate::catalog::RepoRow,
 }
 
 fn open_repo(cfg: &Config) -> Result<Repo> {
     let (catalog, repo) = Catalog::open_repo(cfg)?;
     let secret = RepoSecret::load(&cfg.repo_secret_file)?;
     let target = Target::open(&cfg.target)?;
-    Ok(Repo { catalog, secret, target, chunker: repo.chunker })
+    Ok(Repo { catalog, secret, target, row: repo })
 }
 
 /// Runs one backup of `job`.
@@ -172,7 +173,7 @@ fn run_pipeline(cfg: &Config, job: &Job, root: &Path, repo: &mut Repo, counters:
         let mut r = Reader {
             catalog: reader_catalog,
             secret: repo.secret.clone(),
-            chunker: Chunker::new(repo.chunker, repo.secret.chunker_seed()),
+            chunker: Chunker::new(repo.row.chunker, repo.secret.chunker_seed()),
             entry_chunker: Chunker::new(ENTRY_STREAM_CHUNKS, repo.secret.chunker_seed()),
             job: job.name.clone(),
             pending: pending.clone(),
@@ -302,8 +303,9 @@ fn run_pipeline(cfg: &Config, job: &Job, root: &Path, repo: &mut Repo, counters:
 }
 
 /// Extends the locks of older packs this snapshot reuses that would expire before it
-/// may, to `retain_until` plus the slack (so that the next days' snapshots need none).
-/// Returns the number of extension requests; a refused one fails the run.
+/// may, to `retain_until` plus the slack (so that the next days' snapshots need none);
+/// and the lock of `coffer.repo`, which every restore needs. Returns the number of
+/// extension requests; a refused one fails the run.
 fn extend_locks(
     runtime: &tokio::runtime::Runtime,
     repo: &Repo,
@@ -323,7 +325,17 @@ fn extend_locks(
         }
         repo.catalog.set_pack_lock(*id, lock, job, hash)?;
     }
-    Ok(short.len() as u64)
+    let mut requests = short.len() as u64;
+    if repo.row.record_lock.is_none_or(|l| l.until < retain_until) {
+        let key = crate::format::REPO_KEY;
+        if let Err(e) = runtime.block_on(api.put_retention(key, repo.row.record_version.as_deref(), lock, false)) {
+            let _ = repo.catalog.event("lock-refused", Some(job), &format!("{key}: {e:#}"));
+            return Err(e.context(format!("cannot extend the lock of {key}; the snapshot is not complete")));
+        }
+        repo.catalog.set_repo_lock(lock, job)?;
+        requests += 1;
+    }
+    Ok(requests)
 }
 
 /// What the reader hands back once the walk is done.

@@ -277,14 +277,7 @@ impl Catalog {
             "UPDATE packs SET lock_mode = ?2, retain_until = ?3, confirmed_at = ?4 WHERE id = ?1",
             params![id, lock.mode.as_str(), lock.until, crate::time::now_secs()],
         )?;
-        tx.execute(
-            "INSERT INTO events (at, kind, job, detail) VALUES (?1, 'lock-extended', ?2, ?3)",
-            params![
-                crate::time::now_secs(),
-                job,
-                format!("pack {hash} locked {} until {}", lock.mode.as_str(), crate::time::format_utc(lock.until))
-            ],
-        )?;
+        lock_event(&tx, job, &format!("pack {hash}"), lock)?;
         tx.commit()?;
         Ok(())
     }
@@ -305,6 +298,18 @@ impl Catalog {
     /// Notes that the server confirmed a pack's lock now.
     pub fn confirm_pack(&self, id: i64) -> Result<()> {
         self.conn.execute("UPDATE packs SET confirmed_at = ?2 WHERE id = ?1", params![id, crate::time::now_secs()])?;
+        Ok(())
+    }
+
+    /// Records the new lock of `coffer.repo`, with an audit event.
+    pub fn set_repo_lock(&self, lock: Retention, job: &str) -> Result<()> {
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute(
+            "UPDATE repo SET record_lock_mode = ?1, record_retain_until = ?2 WHERE id = 1",
+            params![lock.mode.as_str(), lock.until],
+        )?;
+        lock_event(&tx, job, crate::format::REPO_KEY, lock)?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -535,6 +540,16 @@ impl Catalog {
         )?;
         Ok(())
     }
+}
+
+/// The audit row of a lock extension.
+fn lock_event(tx: &rusqlite::Transaction, job: &str, what: &str, lock: Retention) -> Result<()> {
+    let detail = format!("{what} locked {} until {}", lock.mode.as_str(), crate::time::format_utc(lock.until));
+    tx.execute(
+        "INSERT INTO events (at, kind, job, detail) VALUES (?1, 'lock-extended', ?2, ?3)",
+        params![crate::time::now_secs(), job, detail],
+    )?;
+    Ok(())
 }
 
 fn lock_from(mode: Option<String>, until: Option<i64>) -> Option<Retention> {

@@ -143,7 +143,8 @@ fn reused_packs_are_extended_once_when_a_snapshot_needs_them_longer() {
     let config = std::fs::read_to_string(&setup.config).unwrap().replace("lock_days = 1", "lock_days = 30");
     std::fs::write(&setup.config, config).unwrap();
     let second = setup.backup();
-    assert!(text(&second).contains(&format!("{} lock extensions", packs.len())), "{}", text(&second));
+    // Every pack, and coffer.repo (locked at init for 1 + 7 days), which restores need.
+    assert!(text(&second).contains(&format!("{} lock extensions", packs.len() + 1)), "{}", text(&second));
     assert_eq!(setup.pack_hashes(), packs, "nothing new was uploaded");
     let locks = pack_locks(&setup);
     assert_eq!(locks.len(), packs.len());
@@ -152,7 +153,10 @@ fn reused_packs_are_extended_once_when_a_snapshot_needs_them_longer() {
         .catalog()
         .query_row("SELECT count(*) FROM events WHERE kind = 'lock-extended'", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(events as usize, packs.len());
+    assert_eq!(events as usize, packs.len() + 1);
+    let repo_lock =
+        inspect("locks", &setup).into_iter().find(|v| v["key"].as_str().unwrap().ends_with("coffer.repo")).unwrap();
+    assert!(repo_lock["until"].as_i64().unwrap() >= t0 + 30 * day, "{repo_lock}");
 
     // The next snapshot finds every lock long enough (thanks to the slack): no request.
     let third = setup.backup();
