@@ -12,7 +12,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-const COFFER: &str = env!("CARGO_BIN_EXE_coffer");
+// The integration tests' helpers: the same data generator and config writer.
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::{BIN as COFFER, Rng, config_text};
 
 /// One measured command: wall seconds, CPU seconds (user + system), peak RSS in MiB.
 #[derive(Clone, Copy, Debug)]
@@ -44,16 +48,6 @@ fn measure(cmd: &mut Command) -> Run {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
 }
 
 /// A tree like a real home or project directory: many small files, some medium, a few
@@ -113,16 +107,8 @@ fn coffer_round(work: &Path, data: &Path) -> (Run, Run, Run) {
     let out = Command::new(COFFER).args(["keygen", "-o"]).arg(&id).output().unwrap();
     let recipient = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let cfg = work.join("coffer.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "state_dir = \"state\"\nrecipients = [\"{recipient}\"]\nrepo_secret_file = \"state/repo.secret\"\n\
-             [target]\nurl = \"file://{}/repo\"\n[[job]]\nname = \"bench\"\nsource = {{ path = \"{}\" }}\n",
-            work.display(),
-            data.display()
-        ),
-    )
-    .unwrap();
+    let job = format!("[[job]]\nname = \"bench\"\nsource = {{ path = \"{}\" }}\n", data.display());
+    std::fs::write(&cfg, config_text(&recipient, &format!("file://{}/repo", work.display()), &job)).unwrap();
     let c = |args: &[&str]| {
         let mut c = Command::new(COFFER);
         c.arg("--config").arg(&cfg).args(args);

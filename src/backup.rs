@@ -150,8 +150,7 @@ fn run_pipeline(cfg: &Config, job: &Job, root: &Path, repo: &mut Repo, counters:
     // How long this snapshot is kept, decided now from the catalog's own history.
     // Everything it writes is locked at least that long; new packs a while longer, so that
     // the next snapshots reusing them need no extension.
-    let previous =
-        repo.catalog.snapshots(Some(&job.name))?.iter().rev().find(|s| s.state == "complete").map(|s| s.created_at);
+    let previous = repo.catalog.latest_complete(&job.name)?.map(|s| s.created_at);
     let decision = crate::retention::decide(created, job.lock_days, &job.keep, previous);
     let retain_until = decision.retain_until;
     let pack_until = retain_until + crate::config::EXTENSION_SLACK_DAYS * DAY;
@@ -211,7 +210,7 @@ fn run_pipeline(cfg: &Config, job: &Job, root: &Path, repo: &mut Repo, counters:
             .spawn(move || pack_loop(blob_rx, pack_tx, &recipients, pack_size))?
     };
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runtime = crate::target::runtime()?;
     let upload = runtime.block_on(upload_loop(
         &mut pack_rx,
         &repo.target,

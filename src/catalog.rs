@@ -412,16 +412,17 @@ impl Catalog {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// The job's newest complete snapshot.
+    pub fn latest_complete(&self, job: &str) -> Result<Option<SnapshotRow>> {
+        Ok(self.snapshots(Some(job))?.into_iter().rev().find(|s| s.state == "complete"))
+    }
+
     /// `latest`, a full id, or a unique prefix of one, within a job.
     pub fn find_snapshot(&self, job: &str, selector: &str) -> Result<SnapshotRow> {
-        let all = self.snapshots(Some(job))?;
         if selector == "latest" {
-            return all
-                .into_iter()
-                .rev()
-                .find(|s| s.state == "complete")
-                .with_context(|| format!("job `{job}` has no complete snapshot yet"));
+            return self.latest_complete(job)?.with_context(|| format!("job `{job}` has no complete snapshot yet"));
         }
+        let all = self.snapshots(Some(job))?;
         let matches: Vec<SnapshotRow> = all.into_iter().filter(|s| s.id.starts_with(selector)).collect();
         match matches.len() {
             0 => bail!("no snapshot `{selector}` in job `{job}` (see `coffer snapshots {job}`)"),
@@ -444,10 +445,7 @@ impl Catalog {
         };
         for (id, job) in &ids {
             tx.execute("UPDATE snapshots SET state = 'forgotten' WHERE id = ?1", [id])?;
-            tx.execute(
-                "INSERT INTO events (at, kind, job, detail) VALUES (?1, 'forgotten', ?2, ?3)",
-                params![now, job, format!("snapshot {id} passed its retain-until")],
-            )?;
+            insert_event(&tx, "forgotten", Some(job), &format!("snapshot {id} passed its retain-until"))?;
         }
         tx.commit()?;
         Ok(ids.into_iter().map(|(id, _)| id).collect())
@@ -484,10 +482,7 @@ impl Catalog {
         tx.execute("DELETE FROM snapshot_packs WHERE pack = ?1", [id])?;
         tx.execute("DELETE FROM packs WHERE id = ?1", [id])?;
         tx.execute("DELETE FROM file_cache", [])?;
-        tx.execute(
-            "INSERT INTO events (at, kind, detail) VALUES (?1, 'pruned', ?2)",
-            params![crate::time::now_secs(), format!("pack {hash}")],
-        )?;
+        insert_event(&tx, "pruned", None, &format!("pack {hash}"))?;
         tx.commit()?;
         Ok(())
     }
@@ -497,10 +492,7 @@ impl Catalog {
         let tx = self.conn.unchecked_transaction()?;
         tx.execute("DELETE FROM snapshot_packs WHERE snapshot = (SELECT seq FROM snapshots WHERE id = ?1)", [id])?;
         tx.execute("DELETE FROM snapshots WHERE id = ?1", [id])?;
-        tx.execute(
-            "INSERT INTO events (at, kind, detail) VALUES (?1, 'pruned', ?2)",
-            params![crate::time::now_secs(), format!("snapshot {id}")],
-        )?;
+        insert_event(&tx, "pruned", None, &format!("snapshot {id}"))?;
         tx.commit()?;
         Ok(())
     }
@@ -534,22 +526,23 @@ impl Catalog {
     }
 
     pub fn event(&self, kind: &str, job: Option<&str>, detail: &str) -> Result<()> {
-        self.conn.execute(
-            "INSERT INTO events (at, kind, job, detail) VALUES (?1, ?2, ?3, ?4)",
-            params![crate::time::now_secs(), kind, job, detail],
-        )?;
-        Ok(())
+        insert_event(&self.conn, kind, job, detail)
     }
+}
+
+/// An audit row, on the connection or inside the caller's transaction.
+fn insert_event(conn: &Connection, kind: &str, job: Option<&str>, detail: &str) -> Result<()> {
+    conn.execute(
+        "INSERT INTO events (at, kind, job, detail) VALUES (?1, ?2, ?3, ?4)",
+        params![crate::time::now_secs(), kind, job, detail],
+    )?;
+    Ok(())
 }
 
 /// The audit row of a lock extension.
 fn lock_event(tx: &rusqlite::Transaction, job: &str, what: &str, lock: Retention) -> Result<()> {
     let detail = format!("{what} locked {} until {}", lock.mode.as_str(), crate::time::format_utc(lock.until));
-    tx.execute(
-        "INSERT INTO events (at, kind, job, detail) VALUES (?1, 'lock-extended', ?2, ?3)",
-        params![crate::time::now_secs(), job, detail],
-    )?;
-    Ok(())
+    insert_event(tx, "lock-extended", Some(job), &detail)
 }
 
 fn lock_from(mode: Option<String>, until: Option<i64>) -> Option<Retention> {

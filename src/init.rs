@@ -87,7 +87,7 @@ pub fn run(cfg: &Config, allow_unprotected: bool) -> Result<Outcome> {
         s
     };
     let target = Target::open(&cfg.target)?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = crate::target::runtime()?;
     let unprotected = match (target.lock_api(), cfg.target.lock_mode) {
         (Some(api), Some(mode)) => runtime.block_on(check_bucket(api, mode, &cfg.target.url, allow_unprotected))?,
         _ => None,

@@ -135,19 +135,26 @@ impl LockApi {
     }
 
     /// Sends a signed request, retrying connection errors and 5xx answers with backoff.
+    /// A body is sent with its length and `x-amz-checksum-sha256` (AWS requires a checksum
+    /// on lock calls); the same digest signs the payload.
     async fn send(
         &self,
         method: Method,
         url: &str,
         headers: &[(&str, String)],
         body: Bytes,
-        sha256: Option<[u8; 32]>,
     ) -> Result<(StatusCode, http::HeaderMap, Bytes)> {
+        let sha256: Option<[u8; 32]> = (!body.is_empty()).then(|| sha2::Sha256::digest(&body).into());
+        let mut headers = headers.to_vec();
+        if let Some(digest) = sha256 {
+            headers.push(("content-length", body.len().to_string()));
+            headers.push(("x-amz-checksum-sha256", base64::engine::general_purpose::STANDARD.encode(digest)));
+        }
         let mut delay = Duration::from_millis(200);
         for attempt in 1..=ATTEMPTS {
             let credential = self.credentials.get_credential().await.context("no S3 credentials")?;
             let mut builder = Request::builder().method(method.clone()).uri(url);
-            for (k, v) in headers {
+            for (k, v) in &headers {
                 builder = builder.header(*k, v);
             }
             let mut req = builder.body(HttpRequestBody::from(body.clone())).context("bad request")?;
@@ -182,10 +189,7 @@ impl LockApi {
         lock: Retention,
         create_only: bool,
     ) -> Result<Option<String>> {
-        let digest: [u8; 32] = sha2::Sha256::digest(&body).into();
         let mut headers = vec![
-            ("content-length", body.len().to_string()),
-            ("x-amz-checksum-sha256", base64::engine::general_purpose::STANDARD.encode(digest)),
             ("x-amz-object-lock-mode", lock.mode.as_str().to_string()),
             ("x-amz-object-lock-retain-until-date", crate::time::format_utc(lock.until)),
         ];
@@ -193,7 +197,7 @@ impl LockApi {
             headers.push(("if-none-match", "*".to_string()));
         }
         let url = self.object_url(key, "");
-        let (status, resp_headers, text) = self.send(Method::PUT, &url, &headers, body, Some(digest)).await?;
+        let (status, resp_headers, text) = self.send(Method::PUT, &url, &headers, body).await?;
         match status {
             s if s.is_success() => {
                 Ok(resp_headers.get("x-amz-version-id").and_then(|v| v.to_str().ok()).map(str::to_string))
@@ -206,7 +210,7 @@ impl LockApi {
     /// The retention of one object version (`None` when it has none).
     pub async fn get_retention(&self, key: &str, version: Option<&str>) -> Result<Option<Retention>> {
         let query = version_query("retention", version);
-        let (status, _, text) = self.send(Method::GET, &self.object_url(key, &query), &[], Bytes::new(), None).await?;
+        let (status, _, text) = self.send(Method::GET, &self.object_url(key, &query), &[], Bytes::new()).await?;
         if !status.is_success() {
             if String::from_utf8_lossy(&text).contains("NoSuchObjectLockConfiguration") {
                 return Ok(None);
@@ -236,16 +240,12 @@ impl LockApi {
             crate::time::format_utc(lock.until)
         );
         let body = Bytes::from(body);
-        let digest: [u8; 32] = sha2::Sha256::digest(&body).into();
-        let mut headers = vec![
-            ("content-length", body.len().to_string()),
-            ("x-amz-checksum-sha256", base64::engine::general_purpose::STANDARD.encode(digest)),
-        ];
+        let mut headers = Vec::new();
         if bypass_governance {
             headers.push(("x-amz-bypass-governance-retention", "true".to_string()));
         }
         let url = self.object_url(key, &version_query("retention", version));
-        let (status, _, text) = self.send(Method::PUT, &url, &headers, body, Some(digest)).await?;
+        let (status, _, text) = self.send(Method::PUT, &url, &headers, body).await?;
         if !status.is_success() {
             return Err(s3_error("PutObjectRetention", key, status, &text));
         }
@@ -255,7 +255,7 @@ impl LockApi {
     /// The bucket's Object Lock configuration.
     pub async fn lock_configuration(&self) -> Result<LockConfig> {
         let url = format!("{}/?object-lock=", self.bucket_url);
-        let (status, _, text) = self.send(Method::GET, &url, &[], Bytes::new(), None).await?;
+        let (status, _, text) = self.send(Method::GET, &url, &[], Bytes::new()).await?;
         if !status.is_success() {
             if String::from_utf8_lossy(&text).contains("ObjectLockConfigurationNotFound") {
                 return Ok(LockConfig { enabled: false, default_rule: None });
@@ -273,7 +273,7 @@ impl LockApi {
     /// `Enabled`, `Suspended`, or empty when versioning was never turned on.
     pub async fn versioning(&self) -> Result<String> {
         let url = format!("{}/?versioning=", self.bucket_url);
-        let (status, _, text) = self.send(Method::GET, &url, &[], Bytes::new(), None).await?;
+        let (status, _, text) = self.send(Method::GET, &url, &[], Bytes::new()).await?;
         if !status.is_success() {
             return Err(s3_error("GetBucketVersioning", "", status, &text));
         }
@@ -296,7 +296,7 @@ impl LockApi {
             }
             let q: Vec<String> = query.iter().map(|(k, v)| format!("{k}={}", encode_query(v))).collect();
             let url = format!("{}/?versions=&{}", self.bucket_url, q.join("&"));
-            let (status, _, text) = self.send(Method::GET, &url, &[], Bytes::new(), None).await?;
+            let (status, _, text) = self.send(Method::GET, &url, &[], Bytes::new()).await?;
             if !status.is_success() {
                 return Err(s3_error("ListObjectVersions", sub, status, &text));
             }
@@ -325,7 +325,7 @@ impl LockApi {
     /// canary, to prove that its credentials cannot delete a locked version.
     pub async fn delete_version(&self, key: &str, version: &str) -> Result<()> {
         let url = self.object_url(key, &version_query("", Some(version)));
-        let (status, _, text) = self.send(Method::DELETE, &url, &[], Bytes::new(), None).await?;
+        let (status, _, text) = self.send(Method::DELETE, &url, &[], Bytes::new()).await?;
         if !status.is_success() {
             return Err(s3_error("DeleteObject", key, status, &text));
         }

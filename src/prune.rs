@@ -58,7 +58,7 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Summary> {
         .collect::<Result<Vec<_>>>()?;
     let (catalog, _) = Catalog::open_repo(cfg)?;
     let target = Target::open(&cfg.target)?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = crate::target::runtime()?;
     let now = crate::time::now_secs();
 
     let mut summary = Summary { forgotten: catalog.forget_expired(now)?, ..Default::default() };

@@ -59,7 +59,7 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Summary> {
     let snap = catalog.find_snapshot(&opts.job, &opts.snapshot)?;
     let identity = Arc::new(Identity::load(&opts.identity)?);
     let target = Target::open(&cfg.target)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runtime = crate::target::runtime()?;
 
     let record_bytes = runtime.block_on(target.get(REPO_KEY, repo.record_version.as_deref()))?;
     let repo_record = RepoRecord::decode(&record_bytes)?;

@@ -164,6 +164,7 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
     let now = crate::time::now_secs();
     let mut f = Findings::default();
     let protection = target.protection();
+    let locked = target.lock_api().is_some();
     match protection {
         "UNPROTECTED" => f.raise(
             Level::Warning,
@@ -181,7 +182,7 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
     if let Some(why) = &repo.unprotected {
         f.raise(Level::Warning, format!("init was told to accept an unprotected target: {why}"));
     }
-    if opts.remote && target.lock_api().is_none() {
+    if opts.remote && !locked {
         f.raise(Level::Warning, "--remote: the target keeps no locks to read".into());
     }
 
@@ -215,7 +216,7 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
         _ => None,
     };
     let mut locks = Locks {
-        runtime: tokio::runtime::Builder::new_current_thread().enable_all().build()?,
+        runtime: crate::target::runtime()?,
         api: if opts.remote { target.lock_api() } else { None },
         remote_packs,
         asked: HashMap::new(),
@@ -267,7 +268,7 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
                 .filter(|(_, u)| u.is_none_or(|u| u < needed))
                 .map(|(key, locked_until)| GapObject { key, locked_until })
                 .collect();
-            if protection != "UNPROTECTED" && !short.is_empty() {
+            if locked && !short.is_empty() {
                 let list: Vec<String> = short
                     .iter()
                     .map(|o| {
@@ -291,11 +292,11 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
                 status.gaps.push(Gap { snapshot: snap.id.clone(), retain_until: snap.retain_until, objects: short });
             }
         }
-        status.protected_until = if protection == "UNPROTECTED" { None } else { horizon.flatten() };
+        status.protected_until = if locked { horizon.flatten() } else { None };
         jobs.push(status);
     }
     // Every restore needs the repository record: it must outlive every live snapshot.
-    if protection != "UNPROTECTED" {
+    if locked {
         let recorded = repo.record_lock.map(|l| l.until);
         let until = locks.until(crate::format::REPO_KEY, repo.record_version.as_deref(), recorded, None, &mut f);
         if let Some(needed) = longest_needed

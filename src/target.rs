@@ -17,6 +17,12 @@ use object_store::{GetOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions,
 use crate::config::TargetConfig;
 use crate::objectlock::{AlreadyExists, LockApi, LockMode, Retention};
 
+/// The async runtime target calls run on: two workers, as the machines coffer is built
+/// for have few cores and its I/O is a handful of requests at a time.
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+}
+
 #[derive(Clone)]
 pub struct Target {
     store: Arc<dyn ObjectStore>,

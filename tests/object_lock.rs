@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 
 use common::*;
@@ -19,11 +18,9 @@ fn every_object_is_locked_in_compliance_mode_and_cannot_be_deleted() {
         return;
     }
     let scratch = Scratch::new("locks");
-    let src = scratch.path("src");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("a.bin"), Rng(1).mixed(20 << 20)).unwrap();
+    let src = one_file_source(&scratch, "a.bin", 1, 20);
     let setup = Setup::with_extra("locks", Target::S3, &src, "lock_days = 3\n");
-    let t0 = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let t0 = now();
     let first = setup.backup();
     assert!(text(&first).contains("locked (COMPLIANCE) until"), "{}", text(&first));
     std::fs::write(src.join("b.bin"), Rng(2).mixed(5 << 20)).unwrap();
@@ -74,9 +71,7 @@ fn every_object_is_locked_in_compliance_mode_and_cannot_be_deleted() {
     assert_eq!(inspect("locks", &setup), versions, "an attack changed what the server holds");
     // ...so everything is still there and restores.
     let out = scratch.path("out");
-    let r = setup.restore("latest", &out);
-    assert!(r.status.success(), "{}", text(&r));
-    assert_same_tree(&src, &out);
+    setup.assert_restores(&src, &out);
 }
 
 #[test]
@@ -85,25 +80,13 @@ fn init_refuses_a_bucket_without_object_lock() {
         return;
     }
     let scratch = Scratch::new("nolock");
-    let src = scratch.path("src");
-    std::fs::create_dir_all(&src).unwrap();
     let bucket = format!("it-nolock-{}", std::process::id());
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/s3-server.sh");
-    run_ok(Command::new("bash").arg(&script).args(["mkbucket", &bucket, "--no-lock"]));
+    make_bucket(&bucket, false);
     let id = scratch.path("id.txt");
     let recipient = String::from_utf8(run_ok(Command::new(BIN).args(["keygen", "-o"]).arg(&id)).stdout).unwrap();
     let config = scratch.path("coffer.toml");
-    let write_config = |extra: &str| {
-        std::fs::write(
-            &config,
-            format!(
-                "state_dir = \"state\"\nrecipients = [\"{}\"]\nrepo_secret_file = \"state/repo.secret\"\n\
-                 [target]\nurl = \"s3://{bucket}/c\"\n{extra}",
-                recipient.trim()
-            ),
-        )
-        .unwrap()
-    };
+    let write_config =
+        |extra: &str| std::fs::write(&config, config_text(&recipient, &format!("s3://{bucket}/c"), extra)).unwrap();
     write_config("");
     let out = Command::new(BIN).arg("--config").arg(&config).arg("init").output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
@@ -120,11 +103,9 @@ fn reused_packs_are_extended_once_when_a_snapshot_needs_them_longer() {
         return;
     }
     let scratch = Scratch::new("extend");
-    let src = scratch.path("src");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("a.bin"), Rng(3).mixed(40 << 20)).unwrap();
+    let src = one_file_source(&scratch, "a.bin", 3, 40);
     let setup = Setup::with_extra("extend", Target::S3, &src, "lock_days = 1\n");
-    let t0 = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let t0 = now();
     let day = 86_400;
     assert!(text(&setup.backup()).contains("0 lock extensions"));
     let packs = setup.pack_hashes();
@@ -194,9 +175,7 @@ fn status_reports_health_and_finds_a_shortened_lock_on_the_server() {
         return;
     }
     let scratch = Scratch::new("status");
-    let src = scratch.path("src");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("a.bin"), Rng(4).mixed(30 << 20)).unwrap();
+    let src = one_file_source(&scratch, "a.bin", 4, 30);
 
     // Healthy, COMPLIANCE: OK from the catalog and from the server.
     let healthy = Setup::with_extra("status-ok", Target::S3, &src, "lock_days = 2\n");

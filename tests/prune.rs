@@ -65,8 +65,7 @@ fn prune_on_a_directory_target_deletes_only_what_no_live_snapshot_needs() {
     assert_eq!(snaps.len(), 1);
     assert_eq!(snaps[0]["id"], second.as_str());
     let out = scratch.path("out");
-    assert!(setup.restore("latest", &out).status.success());
-    assert_same_tree(&src, &out);
+    setup.assert_restores(&src, &out);
     setup.integrity_ok();
     // The next backup still works (the file cache was dropped with the pruned chunks).
     setup.backup();
@@ -132,6 +131,5 @@ fn prune_on_s3_respects_server_locks_and_needs_its_own_credentials() {
     }
     assert_eq!(after.len(), before.len() - keys.len(), "prune deleted something else");
     let out = scratch.path("out");
-    assert!(setup.restore("latest", &out).status.success());
-    assert_same_tree(&src, &out);
+    setup.assert_restores(&src, &out);
 }

@@ -66,9 +66,7 @@ fn tree_round_trips_through_a_directory_target_and_dedups() {
 
     setup.backup();
     let out = scratch.path("restore1");
-    let r = setup.restore("latest", &out);
-    assert!(r.status.success(), "{}", text(&r));
-    assert_same_tree(&src, &out);
+    setup.assert_restores(&src, &out);
 
     // Unchanged tree: no new pack at all.
     let packs_before = setup.pack_hashes();
@@ -106,8 +104,7 @@ fn tree_round_trips_through_a_directory_target_and_dedups() {
         "uploaded {uploaded} bytes for {changed_compressed} compressed changed bytes"
     );
     let out2 = scratch.path("restore2");
-    assert!(setup.restore("latest", &out2).status.success());
-    assert_same_tree(&src, &out2);
+    setup.assert_restores(&src, &out2);
     setup.integrity_ok();
 }
 
@@ -126,9 +123,7 @@ fn tree_round_trips_through_s3() {
         setup.catalog().query_row("SELECT count(*) FROM packs WHERE version IS NULL", [], |r| r.get(0)).unwrap();
     assert_eq!(unversioned, 0);
     let out = scratch.path("restore");
-    let r = setup.restore("latest", &out);
-    assert!(r.status.success(), "{}", text(&r));
-    assert_same_tree(&src, &out);
+    setup.assert_restores(&src, &out);
     let packs = setup.pack_hashes();
     setup.backup();
     assert_eq!(setup.pack_hashes(), packs, "an unchanged tree uploaded a pack");
@@ -150,8 +145,7 @@ fn two_copies_of_a_file_are_stored_once() {
     assert!(new < (100 << 20) + (64 << 10), "stored {new} new bytes for two copies of 100 MiB");
     assert!(new >= 100 << 20);
     let out = scratch.path("out");
-    assert!(setup.restore("latest", &out).status.success());
-    assert_same_tree(&src, &out);
+    setup.assert_restores(&src, &out);
 }
 
 #[test]
@@ -165,11 +159,12 @@ fn restore_a_subpath_and_overwrite() {
     let setup = Setup::new("subpath", Target::Dir, &src);
     setup.backup();
     let out = scratch.path("out");
-    let restore_docs = |extra: &[&str]| {
-        let mut c = setup.cmd(&["restore", "latest", "--job", "data", "--path", "/docs/", "--to"]);
-        c.arg(&out).arg("--identity").arg(&setup.identity).args(extra);
+    let restore_path = |path: &str, to: &std::path::Path, extra: &[&str]| {
+        let mut c = setup.cmd(&["restore", "latest", "--job", "data", "--path", path, "--to"]);
+        c.arg(to).arg("--identity").arg(&setup.identity).args(extra);
         c.output().unwrap()
     };
+    let restore_docs = |extra: &[&str]| restore_path("/docs/", &out, extra);
     let r = restore_docs(&[]);
     assert!(r.status.success(), "{}", text(&r));
     // Only docs/ (not docs2/, whose name merely starts the same), with its contents.
@@ -184,21 +179,9 @@ fn restore_a_subpath_and_overwrite() {
     assert!(restore_docs(&["--overwrite"]).status.success());
     assert_same_tree(&src.join("docs"), &out.join("docs"));
 
-    let missing = setup
-        .cmd(&["restore", "latest", "--job", "data", "--path", "nope", "--to"])
-        .arg(scratch.path("o2"))
-        .arg("--identity")
-        .arg(&setup.identity)
-        .output()
-        .unwrap();
+    let missing = restore_path("nope", &scratch.path("o2"), &[]);
     assert_eq!(missing.status.code(), Some(1));
     assert!(text(&missing).contains("no path `nope`"), "{}", text(&missing));
-    let escape = setup
-        .cmd(&["restore", "latest", "--job", "data", "--path", "../etc", "--to"])
-        .arg(scratch.path("o3"))
-        .arg("--identity")
-        .arg(&setup.identity)
-        .output()
-        .unwrap();
+    let escape = restore_path("../etc", &scratch.path("o3"), &[]);
     assert_eq!(escape.status.code(), Some(1));
 }

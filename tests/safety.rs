@@ -75,9 +75,7 @@ fn the_backup_host_can_write_but_never_read() {
     assert_clean_failure(&out, "not one of its recipients");
     assert!(all_files(&setup.dir.path("out")).is_empty(), "a file was restored without the identity");
     // And the right identity restores everything.
-    let ok = setup.restore("latest", &setup.dir.path("out"));
-    assert!(ok.status.success(), "{}", text(&ok));
-    assert_same_tree(&src, &setup.dir.path("out"));
+    setup.assert_restores(&src, &setup.dir.path("out"));
 }
 
 #[test]
@@ -132,8 +130,7 @@ fn kill_and_resume(target: Target) {
     assert_eq!(new_run, stored_after - stored_before, "the resumed run re-sent stored chunks");
     assert!(stored_before > 0 && new_run < 12 * (32 << 20));
     let out = scratch.path("out");
-    assert!(setup.restore("latest", &out).status.success());
-    assert_same_tree(&src, &out);
+    setup.assert_restores(&src, &out);
 }
 
 #[test]
@@ -241,8 +238,7 @@ fn an_unreadable_file_is_reported_and_the_rest_is_backed_up() {
     std::fs::remove_file(src.join("docs/locked.txt")).unwrap();
     set_mtime(&src.join("docs"), 1_500_000_000, 0);
     let restored = scratch.path("out");
-    assert!(setup.restore("latest", &restored).status.success());
-    assert_same_tree(&src, &restored);
+    setup.assert_restores(&src, &restored);
 }
 
 #[test]

@@ -33,6 +33,29 @@ impl Drop for Scratch {
     }
 }
 
+/// Unix seconds now.
+pub fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+/// A source directory `src` in `scratch` holding one file of `mib` MiB of mixed data.
+pub fn one_file_source(scratch: &Scratch, name: &str, seed: u64, mib: usize) -> PathBuf {
+    let src = scratch.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join(name), Rng(seed).mixed(mib << 20)).unwrap();
+    src
+}
+
+/// A configuration: state and repository secret under `state/`, one recipient, the
+/// target, then `extra` (a `[[job]]`, further keys).
+pub fn config_text(recipient: &str, target_url: &str, extra: &str) -> String {
+    format!(
+        "state_dir = \"state\"\nrecipients = [\"{}\"]\nrepo_secret_file = \"state/repo.secret\"\n\
+         [target]\nurl = \"{target_url}\"\n{extra}",
+        recipient.trim()
+    )
+}
+
 fn nanos() -> u128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
 }
@@ -56,10 +79,11 @@ pub fn s3_available() -> bool {
     have
 }
 
-/// Creates a fresh bucket with Object Lock on the local S3 server.
-pub fn make_bucket(name: &str) {
+/// Creates a fresh bucket on the local S3 server, with Object Lock or without.
+pub fn make_bucket(name: &str, object_lock: bool) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/s3-server.sh");
-    let out = Command::new("bash").arg(script).args(["mkbucket", name]).output().unwrap();
+    let lock_flag: &[&str] = if object_lock { &[] } else { &["--no-lock"] };
+    let out = Command::new("bash").arg(script).args(["mkbucket", name]).args(lock_flag).output().unwrap();
     assert!(out.status.success(), "mkbucket {name}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
@@ -86,20 +110,13 @@ impl Setup {
             Target::Dir => format!("file://{}", dir.path("target").display()),
             Target::S3 => {
                 let bucket = format!("it-{}-{}", name.replace('_', "-"), nanos() % 1_000_000_000);
-                make_bucket(&bucket);
+                make_bucket(&bucket, true);
                 format!("s3://{bucket}/coffer")
             }
         };
         let config = dir.path("coffer.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "state_dir = \"state\"\nrecipients = [\"{recipient}\"]\nrepo_secret_file = \"state/repo.secret\"\n\
-                 [target]\nurl = \"{target_url}\"\n[[job]]\nname = \"data\"\nsource = {{ path = \"{}\" }}\n{job_extra}",
-                source.display()
-            ),
-        )
-        .unwrap();
+        let job = format!("[[job]]\nname = \"data\"\nsource = {{ path = \"{}\" }}\n{job_extra}", source.display());
+        std::fs::write(&config, config_text(&recipient, &target_url, &job)).unwrap();
         let s = Setup { dir, config, identity, target_url };
         s.ok(&["init"]);
         s
@@ -127,6 +144,13 @@ impl Setup {
         let mut c = self.cmd(&["restore", snapshot, "--job", "data", "--to"]);
         c.arg(to).arg("--identity").arg(&self.identity);
         c.output().unwrap()
+    }
+
+    /// Restores the latest snapshot to `out` and asserts it equals `src`.
+    pub fn assert_restores(&self, src: &Path, out: &Path) {
+        let r = self.restore("latest", out);
+        assert!(r.status.success(), "restore failed: {}", text(&r));
+        assert_same_tree(src, out);
     }
 
     pub fn snapshots(&self) -> Vec<serde_json::Value> {
