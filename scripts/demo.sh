@@ -2,7 +2,9 @@
 # coffer's main job on an embedded default, on a fresh machine, with no cloud account:
 # builds coffer, makes an age identity and a config under ./demo, backs up a sample
 # directory to a local target (./demo/target), lists the snapshots, restores the latest
-# one and checks that it is identical to the sample. Run it again to see dedup at work.
+# one and checks that it is identical to the sample, then runs the daemon for a few
+# seconds (the job on a 5-second schedule, /metrics on 127.0.0.1:9477) and shows its runs.
+# Run it again to see dedup at work.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || { echo "demo: cargo is needed (https://rustup.rs)" >&2; exit 1; }
@@ -38,6 +40,8 @@ url = "file://$demo/target"
 name = "sample"
 source = { path = "sample" }
 exclude = ["*.tmp"]
+# For the daemon: every 5 seconds (a real job would say "15 2 * * *").
+schedule = "*/5 * * * * *"
 EOT
 fi
 export COFFER_CONFIG="$demo/coffer.toml"
@@ -57,3 +61,16 @@ else
   echo "== restored tree DIFFERS from the sample" >&2
   exit 1
 fi
+
+echo "== coffer daemon for 12 seconds (the job every 5 seconds), then SIGTERM"
+"$coffer" daemon 2>"$demo/daemon.log" &
+daemon=$!
+sleep 12
+if command -v curl >/dev/null; then
+  echo "-- GET http://127.0.0.1:9477/metrics (excerpt)"
+  curl -s http://127.0.0.1:9477/metrics | grep -E '^coffer_job_(runs_total|last_run_outcome|snapshots)' || true
+fi
+kill -TERM "$daemon"
+wait "$daemon"
+echo "== coffer runs (the daemon's log is in demo/daemon.log)"
+"$coffer" runs -n 5

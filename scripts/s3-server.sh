@@ -6,6 +6,8 @@
 #   eval "$(scripts/s3-server.sh start)"   # prints only `export …` lines on stdout
 #   scripts/s3-server.sh stop               # stops the daemons, deletes the state
 #   scripts/s3-server.sh mkbucket NAME [--no-lock]   # a bucket with Object Lock enabled (or not)
+#   scripts/s3-server.sh gateway-start NAME PORT     # a second gateway to the same cluster
+#   scripts/s3-server.sh gateway-stop NAME           # stops it (an outage, for the tests)
 #
 # Installs ceph-mon, ceph-osd, radosgw and ceph-common with apt the first time (root).
 # Env: COFFER_S3_DIR (default /tmp/coffer-s3), COFFER_S3_PORT (7480), COFFER_MON_PORT (3300),
@@ -154,9 +156,33 @@ mkbucket() {
   esac
 }
 
+# Another RADOS Gateway on the running cluster (same users and buckets), which a test can
+# stop and start again to make an outage without disturbing tests on the main gateway.
+gateway_start() {
+  local name="$1" port="$2"
+  radosgw -c "$DIR/ceph.conf" -n "client.rgw.$name" --rgw-frontends="beast endpoint=127.0.0.1:$port" \
+    --rgw-zone=default --rgw-enable-usage-log=false >&2
+  for _ in $(seq 1 200); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
+  curl -s -o /dev/null "http://127.0.0.1:$port/" || { log "gateway $name did not answer on $port"; exit 1; }
+  log "gateway $name up on 127.0.0.1:$port"
+}
+
+gateway_stop() {
+  local f="$DIR/run/client.rgw.$1.pid" pid
+  [ -f "$f" ] || { log "no gateway $1"; return 0; }
+  pid=$(cat "$f")
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$pid" 2>/dev/null || true
+  rm -f "$f"
+  log "gateway $1 stopped"
+}
+
 case "${1:-}" in
   start) start;;
   stop) stop;;
   mkbucket) [ -n "${2:-}" ] || { echo "usage: $0 mkbucket NAME [--no-lock]" >&2; exit 2; }; mkbucket "$2" "${3:-}";;
-  *) echo "usage: $0 start|stop|mkbucket NAME" >&2; exit 2;;
+  gateway-start) [ -n "${3:-}" ] || { echo "usage: $0 gateway-start NAME PORT" >&2; exit 2; }; gateway_start "$2" "$3";;
+  gateway-stop) [ -n "${2:-}" ] || { echo "usage: $0 gateway-stop NAME" >&2; exit 2; }; gateway_stop "$2";;
+  *) echo "usage: $0 start|stop|mkbucket NAME [--no-lock]|gateway-start NAME PORT|gateway-stop NAME" >&2; exit 2;;
 esac

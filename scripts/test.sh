@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite: installs (first time, as root) and starts the local S3 server
-# with Object Lock (Ceph RGW, scripts/s3-server.sh) and boto3 (the tests' independent S3
-# client), runs every unit and integration test against it, and stops it again.
+# with Object Lock (Ceph RGW, scripts/s3-server.sh), boto3 and prometheus_client (the
+# tests' independent S3 client and metrics parser), runs every unit and integration test against it, and stops it again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -c "import boto3" 2>/dev/null || python3 -m pip install -q boto3 >&2
+python3 -c "import boto3, prometheus_client" 2>/dev/null || python3 -m pip install -q boto3 prometheus_client >&2
 started=0
 if [ -z "${AWS_ENDPOINT_URL:-}" ]; then
   eval "$(scripts/s3-server.sh start)"

@@ -25,7 +25,7 @@ use bytes::Bytes;
 use tokio::task::JoinSet;
 
 use crate::ChunkId;
-use crate::catalog::{CachedFile, Catalog, RunReport, SnapshotRow, StoredPack};
+use crate::catalog::{CachedFile, Catalog, RunReport, SnapshotRow, StoredPack, Trigger};
 use crate::chunker::{ChunkError, Chunker};
 use crate::config::{Config, Job, Source};
 use crate::format::entry::{Entry, EntryReader, EntryWriter, Kind};
@@ -33,6 +33,7 @@ use crate::format::pack::{BlobEntry, FLAG_ZSTD, PackBuilder};
 use crate::format::snapshot::{self, EntryError, SnapshotRecord, SnapshotStats};
 use crate::keys::RepoSecret;
 use crate::progress::{Counters, ProgressLine};
+use crate::retry::{GiveUp, Retry};
 use crate::source::path::{self as path_source, Excludes, Found};
 use crate::target::Target;
 
@@ -44,6 +45,27 @@ const DAY: i64 = 86_400;
 
 pub struct Options {
     pub progress: bool,
+    pub trigger: Trigger,
+    /// The fire time this run is for, when the schedule started it.
+    pub scheduled_for: Option<i64>,
+    /// Set by a shutdown: stop reading, store what is in flight, and return `Interrupted`.
+    pub stop: Option<Arc<AtomicBool>>,
+}
+
+/// A run stopped at a checkpoint by a shutdown: every pack it sent and the server
+/// acknowledged is in the catalog, and the next run goes on from there.
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted by shutdown; the packs stored so far are kept and the next run resumes")]
+pub struct Interrupted;
+
+/// How a run ended, as the run history and the hooks name it.
+pub fn outcome(result: &Result<Summary>) -> &'static str {
+    match result {
+        Ok(s) if s.errors.is_empty() => "success",
+        Ok(_) => "partial",
+        Err(e) if e.is::<Interrupted>() || matches!(e.downcast_ref(), Some(GiveUp::Stopped { .. })) => "interrupted",
+        Err(_) => "failed",
+    }
 }
 
 /// What a finished run reports to its caller.
@@ -90,10 +112,10 @@ struct Repo {
     row: crate::catalog::RepoRow,
 }
 
-fn open_repo(cfg: &Config) -> Result<Repo> {
+fn open_repo(cfg: &Config, retry: Retry) -> Result<Repo> {
     let (catalog, repo) = Catalog::open_repo(cfg)?;
     let secret = RepoSecret::load(&cfg.repo_secret_file)?;
-    let target = Target::open(&cfg.target)?;
+    let target = Target::open_with(&cfg.target, retry)?;
     Ok(Repo { catalog, secret, target, row: repo })
 }
 
@@ -108,7 +130,63 @@ pub fn run(cfg: &Config, job: &Job, opts: &Options) -> Result<Summary> {
             anyhow!("cannot take the job lock in {}: {e}", locks.display())
         }
     })?;
-    let mut repo = open_repo(cfg)?;
+    let retry = Retry::new(cfg.target.retry_budget, opts.stop.clone());
+    let mut repo = open_repo(cfg, retry.clone())?;
+    let run_id = repo.catalog.start_run(&job.name, opts.trigger, opts.scheduled_for)?;
+    tracing::info!(job = %job.name, trigger = opts.trigger.as_str(), "backup started");
+    let started = Instant::now();
+    let counters = Arc::new(Counters::default());
+    let result = {
+        let _progress = ProgressLine::start(counters.clone(), opts.progress, crate::progress::backup_line);
+        run_pipeline(cfg, job, &mut repo, &counters, opts.stop.clone())
+    };
+    let outcome = outcome(&result);
+    let error = match &result {
+        Ok(s) if !s.errors.is_empty() => Some(format!("{} paths could not be read", s.errors.len())),
+        // A run that rode out an outage says so, so that the outage is seen.
+        Ok(_) => {
+            retry.last_error().map(|e| format!("{} transient target failures retried; last: {e}", retry.retries()))
+        }
+        Err(e) => Some(format!("{e:#}")),
+    };
+    let report = RunReport {
+        outcome,
+        snapshot: result.as_ref().ok().map(|s| s.snapshot_id.clone()),
+        bytes_read: Counters::get(&counters.bytes_read),
+        bytes_new: Counters::get(&counters.bytes_new),
+        bytes_uploaded: Counters::get(&counters.bytes_uploaded),
+        duration_ms: started.elapsed().as_millis() as u64,
+        retries: retry.retries(),
+        error: error.clone(),
+    };
+    // Record the outcome if the catalog still takes writes; a failed run's own error wins.
+    let recorded = repo.catalog.finish_run(run_id, &report);
+    match &error {
+        None => tracing::info!(
+            job = %job.name,
+            outcome,
+            snapshot = report.snapshot.as_deref().unwrap_or(""),
+            bytes_uploaded = report.bytes_uploaded,
+            "backup finished"
+        ),
+        Some(e) => tracing::warn!(job = %job.name, outcome, retries = report.retries, "backup finished: {e}"),
+    }
+    if outcome != "interrupted" {
+        crate::hooks::after_run(job, outcome, report.snapshot.as_deref(), error.as_deref());
+    }
+    if result.is_ok() {
+        recorded?;
+    }
+    result
+}
+
+fn run_pipeline(
+    cfg: &Config,
+    job: &Job,
+    repo: &mut Repo,
+    counters: &Arc<Counters>,
+    stop: Option<Arc<AtomicBool>>,
+) -> Result<Summary> {
     let Source::Path(root) = &job.source;
     if !root.is_dir() {
         bail!("source directory {} of job `{}` does not exist or is not a directory", root.display(), job.name);
@@ -116,35 +194,6 @@ pub fn run(cfg: &Config, job: &Job, opts: &Options) -> Result<Summary> {
     for id in repo.catalog.forget_expired(crate::time::now_secs())? {
         tracing::info!(snapshot = %id, "snapshot passed its retain-until: forgotten (prune deletes what only it needed)");
     }
-    let run_id = repo.catalog.start_run(&job.name)?;
-    let counters = Arc::new(Counters::default());
-    let result = {
-        let _progress = ProgressLine::start(counters.clone(), opts.progress, crate::progress::backup_line);
-        run_pipeline(cfg, job, root, &mut repo, &counters)
-    };
-    let report = |outcome, snapshot: Option<String>, error: Option<String>| RunReport {
-        outcome,
-        snapshot,
-        bytes_read: Counters::get(&counters.bytes_read),
-        bytes_new: Counters::get(&counters.bytes_new),
-        bytes_uploaded: Counters::get(&counters.bytes_uploaded),
-        error,
-    };
-    match &result {
-        Ok(s) => {
-            let outcome = if s.errors.is_empty() { "success" } else { "partial" };
-            let note = (!s.errors.is_empty()).then(|| format!("{} paths could not be read", s.errors.len()));
-            repo.catalog.finish_run(run_id, &report(outcome, Some(s.snapshot_id.clone()), note))?;
-        }
-        Err(e) => {
-            // Record the failure if the catalog still takes writes; the error itself wins.
-            let _ = repo.catalog.finish_run(run_id, &report("failed", None, Some(format!("{e:#}"))));
-        }
-    }
-    result
-}
-
-fn run_pipeline(cfg: &Config, job: &Job, root: &Path, repo: &mut Repo, counters: &Arc<Counters>) -> Result<Summary> {
     let started = Instant::now();
     let created = crate::time::now_secs();
     // How long this snapshot is kept, decided now from the catalog's own history.
@@ -182,6 +231,7 @@ fn run_pipeline(cfg: &Config, job: &Job, root: &Path, repo: &mut Repo, counters:
             errors: Vec::new(),
             stats: SnapshotStats::default(),
             abort: abort.clone(),
+            stop: stop.unwrap_or_default(),
         };
         let excludes = Excludes::new(&job.exclude)?;
         let root = root.to_path_buf();
@@ -201,6 +251,9 @@ fn run_pipeline(cfg: &Config, job: &Job, root: &Path, repo: &mut Repo, counters:
             std::thread::Builder::new().name(format!("compress-{i}")).spawn(move || compress_loop(&rx, &tx, level))?,
         );
     }
+    // Only the compressors hold the chunk queue: when they stop, the reader's sends fail
+    // instead of blocking.
+    drop(chunk_rx);
     drop(blob_tx);
 
     let packer = {
@@ -367,6 +420,8 @@ struct Reader {
     stats: SnapshotStats,
     /// Set when a later stage failed: stop walking.
     abort: Arc<AtomicBool>,
+    /// Set by a shutdown: stop walking and let the later stages store what they hold.
+    stop: Arc<AtomicBool>,
 }
 
 impl Reader {
@@ -421,6 +476,9 @@ impl Reader {
     fn file(&mut self, mut e: Entry, abs: &Path) -> Result<Option<Entry>> {
         if self.abort.load(Ordering::Relaxed) {
             bail!("the backup pipeline stopped");
+        }
+        if self.stop.load(Ordering::Relaxed) {
+            return Err(Interrupted.into());
         }
         self.counters.set_current(&String::from_utf8_lossy(&e.path));
         if let Some(chunks) = self.unchanged(&e)? {
@@ -478,9 +536,13 @@ impl Reader {
         ids: &mut Vec<ChunkId>,
         entries: bool,
     ) -> Result<u64, ChunkError> {
-        let Reader { chunker, entry_chunker, secret, pending, referenced, catalog, chunk_tx, counters, .. } = self;
+        let Reader { chunker, entry_chunker, secret, pending, referenced, catalog, chunk_tx, counters, stop, .. } =
+            self;
         let chunker = if entries { entry_chunker } else { chunker };
         chunker.chunk_stream(input, |data| {
+            if !entries && stop.load(Ordering::Relaxed) {
+                return Err(Interrupted.into());
+            }
             Counters::add(&counters.bytes_read, data.len() as u64);
             let id = secret.chunk_id(data);
             ids.push(id);

@@ -30,11 +30,21 @@ struct Cli {
     /// Configuration file.
     #[arg(long, short, global = true, env = "COFFER_CONFIG", default_value = "/etc/coffer/coffer.toml")]
     config: PathBuf,
-    /// More log output (-v info, -vv debug).
+    /// More log output (-v info, -vv debug). The daemon logs at info by default.
     #[arg(long, short, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Log format: `human` (for terminals) or `json` (one object per line, for journald
+    /// and log collectors).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -60,6 +70,21 @@ enum Command {
         /// Do not draw a progress line, even on a terminal.
         #[arg(long)]
         no_progress: bool,
+    },
+    /// Run the scheduler: every job with a `schedule` runs at its fire times; `/metrics`
+    /// and `/health` are served on [http] listen (127.0.0.1:9477 by default). SIGTERM
+    /// stops at a checkpoint, SIGHUP reloads the config.
+    Daemon,
+    /// The run history, newest first: trigger, outcome, bytes, retries, errors.
+    Runs {
+        /// Only this job's runs.
+        job: Option<String>,
+        /// How many runs to show.
+        #[arg(long, short = 'n', default_value_t = 20)]
+        limit: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// List snapshots, oldest first.
     Snapshots {
@@ -119,7 +144,8 @@ enum Command {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    let daemon = matches!(cli.command, Command::Daemon);
+    init_logging(cli.verbose, cli.log_format, daemon);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -129,18 +155,26 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_logging(verbose: u8) {
+/// Logs go to stderr. Commands log warnings; the daemon, whose log is the record of what
+/// it did, logs at info with timestamps.
+fn init_logging(verbose: u8, format: LogFormat, daemon: bool) {
     let level = match (verbose, std::env::var("COFFER_LOG").ok().as_deref()) {
         (_, Some("debug")) | (2.., _) => tracing::Level::DEBUG,
         (_, Some("info")) | (1, _) => tracing::Level::INFO,
+        _ if daemon => tracing::Level::INFO,
         _ => tracing::Level::WARN,
     };
-    tracing_subscriber::fmt()
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_max_level(level)
         .with_target(false)
-        .without_time()
-        .init();
+        .with_ansi(std::io::stderr().is_terminal());
+    match (format, daemon) {
+        (LogFormat::Json, _) => builder.json().flatten_event(true).init(),
+        (LogFormat::Human, true) => builder.init(),
+        (LogFormat::Human, false) => builder.without_time().init(),
+    }
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -156,6 +190,40 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let cfg = Config::load(&cli.config)?;
     match cli.command {
         Command::Keygen { .. } | Command::Status { .. } => unreachable!("handled above"),
+        Command::Daemon => crate::daemon::run(&cli.config),
+        Command::Runs { job, limit, json } => {
+            if let Some(job) = &job {
+                cfg.job(job)?;
+            }
+            let rows = Catalog::open_existing(&cfg)?.runs(job.as_deref(), limit)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!(
+                "{:<6}  {:<20}  {:<12}  {:<9}  {:<11}  {:>7}  {:>10}  {:>10}  {:>7}  ERROR",
+                "RUN", "STARTED (UTC)", "JOB", "TRIGGER", "OUTCOME", "TIME", "READ", "UPLOADED", "RETRIES"
+            );
+            for r in &rows {
+                println!(
+                    "{:<6}  {:<20}  {:<12}  {:<9}  {:<11}  {:>7}  {:>10}  {:>10}  {:>7}  {}",
+                    r.id,
+                    crate::time::format_utc(r.started_at),
+                    r.job,
+                    r.trigger,
+                    r.outcome,
+                    r.duration_ms.map(|ms| format!("{:.1}s", ms as f64 / 1000.0)).unwrap_or_else(|| "-".into()),
+                    bytes(r.bytes_read),
+                    bytes(r.bytes_uploaded),
+                    r.retries,
+                    r.error.as_deref().unwrap_or("").replace('\n', " ")
+                );
+            }
+            if rows.is_empty() {
+                println!("(no runs)");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Init { allow_unprotected } => {
             match crate::init::run(&cfg, allow_unprotected)? {
                 crate::init::Outcome::Created { repo_id, protection } => {
@@ -176,7 +244,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Backup { job, no_progress } => {
             let job = cfg.job(&job)?;
-            let s = crate::backup::run(&cfg, job, &crate::backup::Options { progress: !no_progress })?;
+            let opts = crate::backup::Options {
+                progress: !no_progress,
+                trigger: crate::catalog::Trigger::Manual,
+                scheduled_for: None,
+                stop: None,
+            };
+            let s = crate::backup::run(&cfg, job, &opts)?;
             let st = &s.stats;
             println!("snapshot {} of job {} complete", s.snapshot_id, job.name);
             println!(

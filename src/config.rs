@@ -7,13 +7,16 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::keys;
 use crate::objectlock::LockMode;
 use crate::retention::{Keep, Span};
+use crate::schedule::{Schedule, Zone};
 
 /// Days added to the lock of a new pack beyond the snapshot that writes it, so that later
 /// snapshots reusing it need fewer lock extensions.
@@ -35,6 +38,28 @@ pub struct Config {
     pub target: TargetConfig,
     pub jobs: Vec<Job>,
     pub prune: PruneConfig,
+    pub daemon: DaemonConfig,
+    pub http: HttpConfig,
+}
+
+/// How `coffer daemon` runs its jobs.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// The zone schedules are read in.
+    pub zone: Zone,
+    pub max_concurrent_jobs: usize,
+    /// How long SIGTERM waits for running jobs to reach a checkpoint.
+    pub shutdown_timeout: Duration,
+}
+
+/// The daemon's read-only HTTP endpoint (`/metrics`, `/health`).
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// `None`: no endpoint.
+    pub listen: Option<SocketAddr>,
+    /// A file (mode 0600) holding the bearer token every request must carry; required
+    /// when `listen` is not a loopback address.
+    pub token_file: Option<PathBuf>,
 }
 
 /// Where `coffer prune` finds its privileged credentials: the names of environment
@@ -64,6 +89,9 @@ pub struct TargetConfig {
     pub upload_concurrency: usize,
     /// Object Lock mode for every object written to an S3 target (`None`: no lock).
     pub lock_mode: Option<LockMode>,
+    /// How long one run keeps retrying a target that fails transiently (connection
+    /// refused or reset, timeouts, 5xx, SlowDown) before it gives up.
+    pub retry_budget: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -75,6 +103,24 @@ pub struct Job {
     pub lock_days: u32,
     /// How long the first snapshot of each day, week, month and year is kept.
     pub keep: Keep,
+    /// When the daemon runs the job (`None`: only `coffer backup`).
+    pub schedule: Option<Schedule>,
+    /// A random delay up to this long after each fire time, to spread load.
+    pub jitter: Duration,
+    /// Run once at daemon start when a fire time passed while it was down.
+    pub catch_up: bool,
+    /// How late a scheduled snapshot may be before `status` warns.
+    pub grace: Duration,
+    pub hooks: Hooks,
+}
+
+/// Commands run after a job (argv, no shell), with `COFFER_JOB`, `COFFER_OUTCOME`,
+/// `COFFER_ERROR` and `COFFER_SNAPSHOT` in their environment.
+#[derive(Debug, Clone, Default)]
+pub struct Hooks {
+    pub on_success: Option<Vec<String>>,
+    pub on_failure: Option<Vec<String>>,
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,6 +161,25 @@ struct RawConfig {
     jobs: Vec<RawJob>,
     #[serde(default)]
     prune: PruneConfig,
+    #[serde(default)]
+    daemon: RawDaemon,
+    #[serde(default)]
+    http: RawHttp,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    timezone: Option<String>,
+    max_concurrent_jobs: Option<usize>,
+    shutdown_timeout: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    listen: Option<String>,
+    token_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -127,6 +192,7 @@ struct RawTarget {
     upload_concurrency: usize,
     #[serde(default = "default_lock_mode")]
     lock_mode: String,
+    retry_budget: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -140,6 +206,14 @@ struct RawJob {
     lock_days: u32,
     #[serde(default)]
     keep: RawKeep,
+    schedule: Option<String>,
+    jitter: Option<String>,
+    #[serde(default = "default_true")]
+    catch_up: bool,
+    grace: Option<String>,
+    on_success: Option<Vec<String>>,
+    on_failure: Option<Vec<String>>,
+    hook_timeout: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -169,6 +243,12 @@ fn default_lock_mode() -> String {
 fn default_lock_days() -> u32 {
     30
 }
+fn default_true() -> bool {
+    true
+}
+
+/// Where the daemon serves `/metrics` unless the config says otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9477";
 
 impl Config {
     /// Reads and validates a configuration file.
@@ -238,13 +318,35 @@ impl Config {
                 )));
             }
         };
+        let duration = |key: &str, v: &Option<String>, default: &str| {
+            crate::time::parse_duration(v.as_deref().unwrap_or(default)).map_err(|e| err(format!("key `{key}`: {e}")))
+        };
         let target = TargetConfig {
             url: t.url,
             endpoint: t.endpoint,
             region: t.region,
             upload_concurrency: t.upload_concurrency,
             lock_mode,
+            retry_budget: duration("target.retry_budget", &t.retry_budget, "15m")?,
         };
+
+        let d = raw.daemon;
+        let zone = match &d.timezone {
+            None => Zone::Local,
+            Some(name) => Zone::parse(name).map_err(|e| err(format!("key `daemon.timezone`: {e}")))?,
+        };
+        let max_concurrent_jobs = d.max_concurrent_jobs.unwrap_or(1);
+        if !(1..=16).contains(&max_concurrent_jobs) {
+            return Err(err(format!(
+                "key `daemon.max_concurrent_jobs`: expected 1 to 16, found {max_concurrent_jobs}"
+            )));
+        }
+        let daemon = DaemonConfig {
+            zone,
+            max_concurrent_jobs,
+            shutdown_timeout: duration("daemon.shutdown_timeout", &d.shutdown_timeout, "60s")?,
+        };
+        let http = parse_http(raw.http, &resolve).map_err(err)?;
 
         let mut names = BTreeSet::new();
         let mut jobs = Vec::new();
@@ -281,7 +383,36 @@ impl Config {
                 monthly: span("monthly", &j.keep.monthly)?,
                 yearly: span("yearly", &j.keep.yearly)?,
             };
-            jobs.push(Job { name: j.name, source, exclude: j.exclude, lock_days: j.lock_days, keep });
+            let schedule = j
+                .schedule
+                .as_deref()
+                .map(Schedule::parse)
+                .transpose()
+                .map_err(|e| err(format!("key `job[{i}].schedule`: {e}")))?;
+            for (key, hook) in [("on_success", &j.on_success), ("on_failure", &j.on_failure)] {
+                if hook.as_ref().is_some_and(|argv| argv.first().is_none_or(|c| c.is_empty())) {
+                    return Err(err(format!(
+                        "key `job[{i}].{key}`: expected a command and its arguments, like [\"/usr/local/bin/notify\", \"--urgent\"]"
+                    )));
+                }
+            }
+            let hooks = Hooks {
+                on_success: j.on_success,
+                on_failure: j.on_failure,
+                timeout: duration(&format!("job[{i}].hook_timeout"), &j.hook_timeout, "60s")?,
+            };
+            jobs.push(Job {
+                name: j.name,
+                source,
+                exclude: j.exclude,
+                lock_days: j.lock_days,
+                keep,
+                schedule,
+                jitter: duration(&format!("job[{i}].jitter"), &j.jitter, "0s")?,
+                catch_up: j.catch_up,
+                grace: duration(&format!("job[{i}].grace"), &j.grace, "1h")?,
+                hooks,
+            });
         }
 
         Ok(Config {
@@ -294,6 +425,8 @@ impl Config {
             target,
             jobs,
             prune: raw.prune,
+            daemon,
+            http,
         })
     }
 
@@ -311,6 +444,29 @@ impl Config {
     pub fn catalog_path(&self) -> PathBuf {
         self.state_dir.join("catalog.sqlite")
     }
+}
+
+/// `[http]`: a loopback address by default; any other address only with a token.
+fn parse_http(raw: RawHttp, resolve: &dyn Fn(&Path) -> PathBuf) -> Result<HttpConfig, String> {
+    let token_file = raw.token_file.as_deref().map(resolve);
+    let listen = match raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN) {
+        "off" => None,
+        text => Some(text.parse::<SocketAddr>().map_err(|_| {
+            format!(
+                "key `http.listen`: expected an address and port like \"{DEFAULT_LISTEN}\", or \"off\"; found `{text}`"
+            )
+        })?),
+    };
+    if let Some(addr) = listen
+        && !addr.ip().is_loopback()
+        && token_file.is_none()
+    {
+        return Err(format!(
+            "key `http.listen`: {addr} is reachable from other hosts; set `http.token_file` (a 0600 file \
+             holding a bearer token) or listen on 127.0.0.1"
+        ));
+    }
+    Ok(HttpConfig { listen, token_file })
 }
 
 pub fn valid_job_name(name: &str) -> bool {
@@ -375,6 +531,23 @@ mod tests {
         assert_eq!(c.target.lock_mode, Some(LockMode::Compliance));
         assert_eq!(c.jobs[0].lock_days, 30);
         assert_eq!(c.jobs[0].keep.monthly, Some(Span::Months(13)));
+        assert_eq!(c.jobs[0].schedule.as_ref().unwrap().text, "15 2 * * *");
+        assert_eq!(c.jobs[0].jitter, Duration::from_secs(600));
+        assert_eq!(c.daemon.zone, Zone::parse("Europe/Berlin").unwrap());
+        assert_eq!(c.http.listen, Some(DEFAULT_LISTEN.parse().unwrap()));
+        assert_eq!(c.target.retry_budget, Duration::from_secs(900));
+    }
+
+    #[test]
+    fn daemon_defaults_are_safe() {
+        let c = parse(&minimal("[[job]]\nname = \"a\"\nsource = { path = \"x\" }\n")).unwrap();
+        assert_eq!(c.http.listen, Some(DEFAULT_LISTEN.parse().unwrap()));
+        assert!(c.http.listen.unwrap().ip().is_loopback());
+        assert_eq!((c.daemon.max_concurrent_jobs, c.daemon.zone), (1, Zone::Local));
+        assert!(c.jobs[0].schedule.is_none() && c.jobs[0].catch_up);
+        let open = minimal("[http]\nlisten = \"0.0.0.0:9477\"\ntoken_file = \"t\"\n");
+        assert_eq!(parse(&open).unwrap().http.token_file, Some(PathBuf::from("/etc/coffer/t")));
+        assert_eq!(parse(&minimal("[http]\nlisten = \"off\"\n")).unwrap().http.listen, None);
     }
 
     #[test]
@@ -399,6 +572,14 @@ mod tests {
             ),
             (minimal("[[job]]\nname = \"a\"\nsource = { path = \"x\" }\nkeep = { hourly = \"7d\" }\n"), "hourly"),
             (minimal("[[job]]\nname = \"a\"\nsource = { path = \"x\" }\nlock_days = 0\n"), "job[0].lock_days"),
+            (minimal("[[job]]\nname = \"a\"\nsource = { path = \"x\" }\nschedule = \"daily\"\n"), "job[0].schedule"),
+            (minimal("[[job]]\nname = \"a\"\nsource = { path = \"x\" }\njitter = \"5 min\"\n"), "job[0].jitter"),
+            (minimal("[[job]]\nname = \"a\"\nsource = { path = \"x\" }\non_failure = []\n"), "job[0].on_failure"),
+            (minimal("retry_budget = \"forever\"\n"), "target.retry_budget"),
+            (minimal("[daemon]\ntimezone = \"Berlin\"\n"), "daemon.timezone"),
+            (minimal("[daemon]\nmax_concurrent_jobs = 0\n"), "daemon.max_concurrent_jobs"),
+            (minimal("[http]\nlisten = \"0.0.0.0:9477\"\n"), "http.listen"),
+            (minimal("[http]\nlisten = \"localhost\"\n"), "http.listen"),
         ];
         for (text, key) in cases {
             let m = parse(&text).unwrap_err().to_string();

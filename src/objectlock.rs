@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow};
 use base64::Engine;
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
@@ -18,6 +18,8 @@ use object_store::aws::{AwsAuthorizer, AwsCredentialProvider};
 use object_store::client::{HttpClient, HttpConnector, HttpRequestBody, ReqwestConnector};
 use serde::Deserialize;
 use sha2::Digest;
+
+use crate::retry::Retry;
 
 /// Object Lock retention mode. COMPLIANCE locks can be extended but never shortened or
 /// removed, not even by the account root; GOVERNANCE ones can by a privileged user.
@@ -91,6 +93,8 @@ pub struct LockApi {
     /// Key prefix with a trailing `/`, or empty.
     prefix: String,
     region: String,
+    /// How transient failures are retried (budget, shutdown).
+    retry: Retry,
 }
 
 impl std::fmt::Debug for LockApi {
@@ -99,8 +103,18 @@ impl std::fmt::Debug for LockApi {
     }
 }
 
-/// Attempts for a request that failed with a connection error or a 5xx.
-const ATTEMPTS: u32 = 4;
+/// A server's answer, and whether it came after a retry.
+struct Answer {
+    status: StatusCode,
+    headers: http::HeaderMap,
+    body: Bytes,
+    retried: bool,
+}
+
+/// Answers worth retrying: server errors, SlowDown (503), throttling and request timeouts.
+fn transient(status: StatusCode) -> bool {
+    status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::REQUEST_TIMEOUT
+}
 
 impl LockApi {
     pub fn new(
@@ -122,7 +136,14 @@ impl LockApi {
             "" => String::new(),
             p => format!("{p}/"),
         };
-        Ok(LockApi { client, credentials, bucket_url, prefix, region: region.to_string() })
+        let retry = Retry::brief();
+        Ok(LockApi { client, credentials, bucket_url, prefix, region: region.to_string(), retry })
+    }
+
+    /// The same calls, retried under `retry` (a run's budget and shutdown flag).
+    pub fn with_retry(mut self, retry: Retry) -> LockApi {
+        self.retry = retry;
+        self
     }
 
     fn object_url(&self, key: &str, query: &str) -> String {
@@ -134,24 +155,19 @@ impl LockApi {
         }
     }
 
-    /// Sends a signed request, retrying connection errors and 5xx answers with backoff.
-    /// A body is sent with its length and `x-amz-checksum-sha256` (AWS requires a checksum
-    /// on lock calls); the same digest signs the payload.
-    async fn send(
-        &self,
-        method: Method,
-        url: &str,
-        headers: &[(&str, String)],
-        body: Bytes,
-    ) -> Result<(StatusCode, http::HeaderMap, Bytes)> {
+    /// Sends a signed request, retrying connection errors and transient answers with
+    /// backoff under the run's budget. A body is sent with its length and
+    /// `x-amz-checksum-sha256` (AWS requires a checksum on lock calls); the same digest
+    /// signs the payload.
+    async fn send(&self, method: Method, url: &str, headers: &[(&str, String)], body: Bytes) -> Result<Answer> {
         let sha256: Option<[u8; 32]> = (!body.is_empty()).then(|| sha2::Sha256::digest(&body).into());
         let mut headers = headers.to_vec();
         if let Some(digest) = sha256 {
             headers.push(("content-length", body.len().to_string()));
             headers.push(("x-amz-checksum-sha256", base64::engine::general_purpose::STANDARD.encode(digest)));
         }
-        let mut delay = Duration::from_millis(200);
-        for attempt in 1..=ATTEMPTS {
+        let mut attempt = 0;
+        loop {
             let credential = self.credentials.get_credential().await.context("no S3 credentials")?;
             let mut builder = Request::builder().method(method.clone()).uri(url);
             for (k, v) in &headers {
@@ -161,27 +177,37 @@ impl LockApi {
             AwsAuthorizer::new(&credential, "s3", &self.region)
                 .try_authorize(&mut req, sha256.as_ref().map(|d| &d[..]))
                 .context("cannot sign the request")?;
-            match self.client.execute(req).await {
+            let failure = match self.client.execute(req).await {
                 Ok(resp) => {
                     let (parts, body) = resp.into_parts();
-                    let bytes = body.bytes().await.unwrap_or_default();
-                    if parts.status.is_server_error() && attempt < ATTEMPTS {
-                        tracing::debug!(status = %parts.status, url, "retrying");
-                    } else {
-                        return Ok((parts.status, parts.headers, bytes));
+                    match body.bytes().await {
+                        Ok(bytes) if !transient(parts.status) => {
+                            let (status, headers) = (parts.status, parts.headers);
+                            return Ok(Answer { status, headers, body: bytes, retried: attempt > 0 });
+                        }
+                        Ok(bytes) => {
+                            let text = String::from_utf8_lossy(&bytes);
+                            let code = text.split("<Code>").nth(1).and_then(|t| t.split('<').next()).unwrap_or("");
+                            format!("HTTP {} {code}", parts.status)
+                        }
+                        Err(e) => format!("reading the answer: {e}"),
                     }
                 }
-                Err(e) if attempt < ATTEMPTS => tracing::debug!(error = %e, url, "retrying"),
-                Err(e) => return Err(anyhow!(e).context(format!("{method} {url}"))),
-            }
-            tokio::time::sleep(delay).await;
-            delay *= 2;
+                Err(e) => e.to_string(),
+            };
+            attempt += 1;
+            self.retry.wait(attempt, &format!("{method} {}: {failure}", self.describe(url))).await?;
         }
-        bail!("{method} {url}: no answer after {ATTEMPTS} attempts")
     }
 
-    /// PutObject with a lock; with `create_only`, `If-None-Match: *` too. Returns the
-    /// version id the server assigned.
+    /// A URL as logs show it: the object key or bucket call, without the endpoint.
+    fn describe<'a>(&self, url: &'a str) -> &'a str {
+        url.strip_prefix(&self.bucket_url).unwrap_or(url)
+    }
+
+    /// Writes an object with a lock. With `create_only`, an existing key is refused
+    /// (`AlreadyExists`), except when a retried PUT finds the object its own earlier
+    /// attempt stored (the answer was lost, the write was not): then it is that version.
     pub async fn put_locked(
         &self,
         key: &str,
@@ -197,20 +223,29 @@ impl LockApi {
             headers.push(("if-none-match", "*".to_string()));
         }
         let url = self.object_url(key, "");
-        let (status, resp_headers, text) = self.send(Method::PUT, &url, &headers, body).await?;
-        match status {
-            s if s.is_success() => {
-                Ok(resp_headers.get("x-amz-version-id").and_then(|v| v.to_str().ok()).map(str::to_string))
+        let size = body.len() as u64;
+        let a = self.send(Method::PUT, &url, &headers, body).await?;
+        match a.status {
+            s if s.is_success() => Ok(version_id(&a.headers)),
+            StatusCode::PRECONDITION_FAILED if a.retried => {
+                let head = self.send(Method::HEAD, &url, &[], Bytes::new()).await?;
+                let stored = head.headers.get("content-length").and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+                if head.status.is_success() && stored == Some(size) {
+                    tracing::info!(key, "a retried upload found its first attempt stored");
+                    return Ok(version_id(&head.headers));
+                }
+                Err(AlreadyExists { key: key.to_string() }.into())
             }
             StatusCode::PRECONDITION_FAILED => Err(AlreadyExists { key: key.to_string() }.into()),
-            s => Err(s3_error("PutObject", key, s, &text)),
+            s => Err(s3_error("PutObject", key, s, &a.body)),
         }
     }
 
     /// The retention of one object version (`None` when it has none).
     pub async fn get_retention(&self, key: &str, version: Option<&str>) -> Result<Option<Retention>> {
         let query = version_query("retention", version);
-        let (status, _, text) = self.send(Method::GET, &self.object_url(key, &query), &[], Bytes::new()).await?;
+        let Answer { status, body: text, .. } =
+            self.send(Method::GET, &self.object_url(key, &query), &[], Bytes::new()).await?;
         if !status.is_success() {
             if String::from_utf8_lossy(&text).contains("NoSuchObjectLockConfiguration") {
                 return Ok(None);
@@ -245,7 +280,7 @@ impl LockApi {
             headers.push(("x-amz-bypass-governance-retention", "true".to_string()));
         }
         let url = self.object_url(key, &version_query("retention", version));
-        let (status, _, text) = self.send(Method::PUT, &url, &headers, body).await?;
+        let Answer { status, body: text, .. } = self.send(Method::PUT, &url, &headers, body).await?;
         if !status.is_success() {
             return Err(s3_error("PutObjectRetention", key, status, &text));
         }
@@ -255,7 +290,7 @@ impl LockApi {
     /// The bucket's Object Lock configuration.
     pub async fn lock_configuration(&self) -> Result<LockConfig> {
         let url = format!("{}/?object-lock=", self.bucket_url);
-        let (status, _, text) = self.send(Method::GET, &url, &[], Bytes::new()).await?;
+        let Answer { status, body: text, .. } = self.send(Method::GET, &url, &[], Bytes::new()).await?;
         if !status.is_success() {
             if String::from_utf8_lossy(&text).contains("ObjectLockConfigurationNotFound") {
                 return Ok(LockConfig { enabled: false, default_rule: None });
@@ -273,7 +308,7 @@ impl LockApi {
     /// `Enabled`, `Suspended`, or empty when versioning was never turned on.
     pub async fn versioning(&self) -> Result<String> {
         let url = format!("{}/?versioning=", self.bucket_url);
-        let (status, _, text) = self.send(Method::GET, &url, &[], Bytes::new()).await?;
+        let Answer { status, body: text, .. } = self.send(Method::GET, &url, &[], Bytes::new()).await?;
         if !status.is_success() {
             return Err(s3_error("GetBucketVersioning", "", status, &text));
         }
@@ -296,7 +331,7 @@ impl LockApi {
             }
             let q: Vec<String> = query.iter().map(|(k, v)| format!("{k}={}", encode_query(v))).collect();
             let url = format!("{}/?versions=&{}", self.bucket_url, q.join("&"));
-            let (status, _, text) = self.send(Method::GET, &url, &[], Bytes::new()).await?;
+            let Answer { status, body: text, .. } = self.send(Method::GET, &url, &[], Bytes::new()).await?;
             if !status.is_success() {
                 return Err(s3_error("ListObjectVersions", sub, status, &text));
             }
@@ -325,12 +360,16 @@ impl LockApi {
     /// canary, to prove that its credentials cannot delete a locked version.
     pub async fn delete_version(&self, key: &str, version: &str) -> Result<()> {
         let url = self.object_url(key, &version_query("", Some(version)));
-        let (status, _, text) = self.send(Method::DELETE, &url, &[], Bytes::new()).await?;
+        let Answer { status, body: text, .. } = self.send(Method::DELETE, &url, &[], Bytes::new()).await?;
         if !status.is_success() {
             return Err(s3_error("DeleteObject", key, status, &text));
         }
         Ok(())
     }
+}
+
+fn version_id(headers: &http::HeaderMap) -> Option<String> {
+    headers.get("x-amz-version-id").and_then(|v| v.to_str().ok()).map(str::to_string)
 }
 
 fn version_query(sub: &str, version: Option<&str>) -> String {

@@ -67,6 +67,10 @@ pub struct JobStatus {
     /// locked, or no live snapshot).
     pub protected_until: Option<i64>,
     pub gaps: Vec<Gap>,
+    /// The job's schedule, when it has one.
+    pub schedule: Option<String>,
+    /// The fire time by which the next snapshot was due (with grace), when it has passed.
+    pub overdue_since: Option<i64>,
 }
 
 /// A live snapshot that needs an object locked less long than the snapshot is kept.
@@ -106,7 +110,8 @@ impl Findings {
 
 /// Where the lock of each object comes from: the catalog, or the server (`--remote`).
 struct Locks<'a> {
-    runtime: tokio::runtime::Runtime,
+    /// Only with `--remote`.
+    runtime: Option<tokio::runtime::Runtime>,
     api: Option<&'a crate::objectlock::LockApi>,
     /// Packs to ask the server about (all, or the `--sample`); records are always asked.
     remote_packs: Option<HashSet<i64>>,
@@ -124,7 +129,7 @@ impl Locks<'_> {
         pack: Option<i64>,
         f: &mut Findings,
     ) -> Option<i64> {
-        let Some(api) = self.api else { return recorded };
+        let (Some(api), Some(runtime)) = (self.api, &self.runtime) else { return recorded };
         if let (Some(id), Some(chosen)) = (pack, &self.remote_packs)
             && !chosen.contains(&id)
         {
@@ -134,7 +139,7 @@ impl Locks<'_> {
         if let Some(known) = self.asked.get(&id) {
             return *known;
         }
-        let until = match self.runtime.block_on(api.get_retention(key, version)) {
+        let until = match runtime.block_on(api.get_retention(key, version)) {
             Ok(r) => r.map(|r| r.until),
             Err(e) => {
                 f.raise(Level::Critical, format!("cannot read the lock of {key} from the server: {e:#}"));
@@ -216,7 +221,7 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
         _ => None,
     };
     let mut locks = Locks {
-        runtime: crate::target::runtime()?,
+        runtime: if opts.remote { Some(crate::target::runtime()?) } else { None },
         api: if opts.remote { target.lock_api() } else { None },
         remote_packs,
         asked: HashMap::new(),
@@ -233,9 +238,13 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
             newest_age_secs: newest.map(|s| now - s.created_at),
             protected_until: None,
             gaps: Vec::new(),
+            schedule: job.schedule.as_ref().map(|s| s.text.clone()),
+            overdue_since: None,
         };
         if snaps.is_empty() {
             f.raise(Level::Warning, format!("job {}: no live snapshot", job.name));
+        } else if let Some(newest) = newest {
+            status.overdue_since = freshness(cfg, job, newest.created_at, now, &mut f);
         }
         let mut horizon: Option<Option<i64>> = None;
         for (snap, packs) in snaps {
@@ -324,6 +333,34 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
         jobs,
         problems: f.problems,
     })
+}
+
+/// Judges a scheduled job by its newest snapshot: one missed fire time (past its grace)
+/// is WARNING, two are CRITICAL. Returns when the first missed one was due.
+fn freshness(cfg: &Config, job: &crate::config::Job, newest: i64, now: i64, f: &mut Findings) -> Option<i64> {
+    let schedule = job.schedule.as_ref()?;
+    let slack = (job.grace + job.jitter).as_secs() as i64;
+    let first = schedule.next_after(newest, cfg.daemon.zone)?;
+    if now <= first + slack {
+        return None;
+    }
+    let second = schedule.next_after(first, cfg.daemon.zone);
+    let (level, missed) = match second {
+        Some(second) if now > second + slack => (Level::Critical, "two scheduled snapshots are"),
+        _ => (Level::Warning, "a scheduled snapshot is"),
+    };
+    f.raise(
+        level,
+        format!(
+            "job {}: {missed} missing: the newest is from {} and the one due at {} (schedule `{}`, grace {}s) has not come",
+            job.name,
+            crate::time::format_utc(newest),
+            crate::time::format_utc(first),
+            schedule.text,
+            slack
+        ),
+    );
+    Some(first + slack)
 }
 
 /// Fisher-Yates with the OS random source (for `--sample`).

@@ -12,10 +12,11 @@ use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, Checksum};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjPath;
 use object_store::prefix::PrefixStore;
-use object_store::{GetOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{GetOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig};
 
 use crate::config::TargetConfig;
 use crate::objectlock::{AlreadyExists, LockApi, LockMode, Retention};
+use crate::retry::Retry;
 
 /// The async runtime target calls run on: two workers, as the machines coffer is built
 /// for have few cores and its I/O is a handful of requests at a time.
@@ -43,7 +44,13 @@ struct S3Location {
 }
 
 impl Target {
+    /// The target for a one-off command: transient failures are retried briefly.
     pub fn open(cfg: &TargetConfig) -> Result<Target> {
+        Target::open_with(cfg, Retry::brief())
+    }
+
+    /// The target for a backup run: transient failures are retried under `retry`.
+    pub fn open_with(cfg: &TargetConfig, retry: Retry) -> Result<Target> {
         if let Some(path) = cfg.url.strip_prefix("file://") {
             if !path.starts_with('/') {
                 bail!("target url `{}`: a file:// target needs an absolute path (file:///dir)", cfg.url);
@@ -62,7 +69,10 @@ impl Target {
         if bucket.is_empty() {
             bail!("target url `{}` names no bucket", cfg.url);
         }
-        let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket).with_checksum_algorithm(Checksum::SHA256);
+        let mut b = AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .with_checksum_algorithm(Checksum::SHA256)
+            .with_retry(RetryConfig { max_retries: 100, retry_timeout: retry.budget(), ..Default::default() });
         if let Some(region) = cfg.region.clone().or_else(|| std::env::var("AWS_REGION").ok()) {
             b = b.with_region(region);
         }
@@ -75,7 +85,8 @@ impl Target {
         let prefix = prefix.trim_matches('/');
         let lock = match cfg.lock_mode {
             Some(mode) => {
-                let api = LockApi::new(s3.credentials().clone(), endpoint.as_deref(), bucket, prefix, &region)?;
+                let api = LockApi::new(s3.credentials().clone(), endpoint.as_deref(), bucket, prefix, &region)?
+                    .with_retry(retry);
                 Some((api, mode))
             }
             None => None,

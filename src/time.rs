@@ -6,6 +6,26 @@ pub fn now_secs() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
+/// Parses a duration as written in the config: a number and a unit, `s`, `m` (minutes),
+/// `h` or `d`, like `90s`, `15m`, `2h`. (Retention spans, with months and years, are
+/// `retention::Span`.)
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n.parse().map_err(|_| format!("`{s}` does not start with a number"))?;
+    let secs = match unit {
+        "s" => Some(n),
+        "m" => n.checked_mul(60),
+        "h" => n.checked_mul(3600),
+        "d" => n.checked_mul(86_400),
+        _ => return Err(format!("`{s}`: expected a number and a unit: s, m (minutes), h or d, like `15m`")),
+    };
+    secs.filter(|&s| s <= 366 * 86_400)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("`{s}` is longer than a year"))
+}
+
 /// `2026-11-23T11:12:13Z`
 pub fn format_utc(secs: i64) -> String {
     let days = secs.div_euclid(86_400);
@@ -65,6 +85,17 @@ mod tests {
         assert_eq!(super::format_utc(0), "1970-01-01T00:00:00Z");
         assert_eq!(super::format_utc(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(super::format_utc(1_795_432_333), "2026-11-23T11:12:13Z");
+    }
+
+    #[test]
+    fn durations_have_units() {
+        assert_eq!(super::parse_duration("90s").unwrap().as_secs(), 90);
+        assert_eq!(super::parse_duration("15m").unwrap().as_secs(), 900);
+        assert_eq!(super::parse_duration("2h").unwrap().as_secs(), 7200);
+        assert_eq!(super::parse_duration("0s").unwrap().as_secs(), 0);
+        for bad in ["", "5", "m", "1w", "5 min", "400d"] {
+            assert!(super::parse_duration(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -1,0 +1,425 @@
+//! `coffer daemon`: runs each job on its schedule, for months, unattended.
+//!
+//! - One daemon per state directory (a lock file).
+//! - A fire time that passed while the daemon was down is made up once at start
+//!   (`catch_up`), as is a run a shutdown interrupted; a new job is backed up at once.
+//! - A job is never run twice at once: a fire time that comes while it runs (or waits for
+//!   a slot under `max_concurrent_jobs`) is recorded as skipped.
+//! - Jobs run on their own threads through the same code path as `coffer backup`.
+//! - SIGTERM/SIGINT: stop scheduling, let running jobs reach a checkpoint (the packs in
+//!   flight are stored and recorded, the snapshot is left for the next start), exit 0; a
+//!   second signal, or `shutdown_timeout`, exits at once (the catalog stays true anyway).
+//! - SIGHUP: reload the config; one that does not validate is logged and ignored.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, anyhow, bail};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+
+use crate::catalog::{Catalog, Trigger};
+use crate::config::Config;
+
+/// The scheduler wakes at least this often, so `/health` can tell it is alive.
+const MAX_SLEEP: Duration = Duration::from_secs(15);
+/// `/health` fails when the scheduler has not woken for this long.
+const HEALTH_STALE_SECS: i64 = 120;
+
+pub fn run(config_file: &Path) -> Result<ExitCode> {
+    let cfg = Config::load(config_file)?;
+    crate::fsutil::create_private_dir(&cfg.state_dir)
+        .with_context(|| format!("cannot create state directory {}", cfg.state_dir.display()))?;
+    let lock_path = cfg.state_dir.join("daemon.lock");
+    let _lock = crate::fsutil::LockFile::try_lock(&lock_path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::WouldBlock {
+            anyhow!("another coffer daemon is running with state directory {}", cfg.state_dir.display())
+        } else {
+            anyhow!("cannot take the daemon lock {}: {e}", lock_path.display())
+        }
+    })?;
+    // Refuse to start half-configured: the repository must exist and the token be readable.
+    Catalog::open_repo(&cfg)?;
+    let token = read_token(&cfg)?;
+    let runtime = crate::target::runtime()?;
+    let shared = Arc::new(Shared {
+        config_file: config_file.to_path_buf(),
+        cfg: RwLock::new(Arc::new(cfg)),
+        token: RwLock::new(token),
+        started_at: crate::time::now_secs(),
+        last_tick: AtomicI64::new(crate::time::now_secs()),
+        running: Mutex::new(Vec::new()),
+        next_runs: Mutex::new(Vec::new()),
+        unauthorized: AtomicU64::new(0),
+        reloads: AtomicU64::new(0),
+        failed_reloads: AtomicU64::new(0),
+        stop: Arc::new(AtomicBool::new(false)),
+    });
+    runtime.block_on(async {
+        let listen = shared.config().http.listen;
+        if let Some(addr) = listen {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (http.listen)"))?;
+            tracing::info!(%addr, "serving /metrics and /health");
+            tokio::spawn(crate::http::serve(listener, shared.clone()));
+        }
+        Scheduler::new(shared).run().await
+    })
+}
+
+/// What the scheduler, the job threads and the HTTP endpoint share.
+struct Shared {
+    config_file: PathBuf,
+    cfg: RwLock<Arc<Config>>,
+    token: RwLock<Option<String>>,
+    started_at: i64,
+    last_tick: AtomicI64,
+    running: Mutex<Vec<String>>,
+    next_runs: Mutex<Vec<(String, i64)>>,
+    unauthorized: AtomicU64,
+    reloads: AtomicU64,
+    failed_reloads: AtomicU64,
+    /// Set on shutdown; running backups watch it.
+    stop: Arc<AtomicBool>,
+}
+
+impl Shared {
+    fn config(&self) -> Arc<Config> {
+        self.cfg.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl crate::http::Handler for Shared {
+    fn metrics(&self) -> String {
+        let live = crate::metrics::Live {
+            started_at: self.started_at,
+            running: lock(&self.running).clone(),
+            next_runs: lock(&self.next_runs).clone(),
+            unauthorized_requests: self.unauthorized.load(Ordering::Relaxed),
+            reloads: self.reloads.load(Ordering::Relaxed),
+            failed_reloads: self.failed_reloads.load(Ordering::Relaxed),
+        };
+        crate::metrics::render(&self.config(), &live)
+    }
+
+    fn health(&self) -> (bool, String) {
+        let age = crate::time::now_secs() - self.last_tick.load(Ordering::Relaxed);
+        let ok = age < HEALTH_STALE_SECS && !self.stop.load(Ordering::Relaxed);
+        let running = lock(&self.running).clone();
+        let body = serde_json::json!({
+            "status": if ok { "ok" } else { "unhealthy" },
+            "scheduler_last_tick_secs_ago": age,
+            "running": running,
+        });
+        (ok, format!("{body}\n"))
+    }
+
+    fn token(&self) -> Option<String> {
+        self.token.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn unauthorized(&self) {
+        self.unauthorized.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!("refused an HTTP request without the right bearer token");
+    }
+}
+
+/// The bearer token from `http.token_file`: a private file, long enough to guess at no rate.
+fn read_token(cfg: &Config) -> Result<Option<String>> {
+    let Some(path) = &cfg.http.token_file else { return Ok(None) };
+    crate::keys::check_private(path)?;
+    let token = std::fs::read_to_string(path).with_context(|| format!("cannot read token file {}", path.display()))?;
+    let token = token.trim().to_string();
+    if token.len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        bail!("token file {}: expected one token of at least 16 characters, no spaces", path.display());
+    }
+    Ok(Some(token))
+}
+
+/// When a scheduled job fires next.
+struct Slot {
+    /// The fire time (unix seconds).
+    fire: i64,
+    /// The fire time plus this firing's jitter, in milliseconds.
+    due_ms: i64,
+}
+
+/// A run waiting for a free slot.
+struct Queued {
+    job: String,
+    trigger: Trigger,
+    scheduled_for: Option<i64>,
+}
+
+struct Scheduler {
+    shared: Arc<Shared>,
+    slots: HashMap<String, Slot>,
+    queue: VecDeque<Queued>,
+    done_tx: mpsc::UnboundedSender<String>,
+    done_rx: mpsc::UnboundedReceiver<String>,
+}
+
+impl Scheduler {
+    fn new(shared: Arc<Shared>) -> Scheduler {
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        Scheduler { shared, slots: HashMap::new(), queue: VecDeque::new(), done_tx, done_rx }
+    }
+
+    async fn run(mut self) -> Result<ExitCode> {
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        let cfg = self.shared.config();
+        tracing::info!(
+            config = %self.shared.config_file.display(),
+            jobs = cfg.jobs.iter().filter(|j| j.schedule.is_some()).count(),
+            "coffer daemon started"
+        );
+        self.catch_up(&cfg)?;
+        self.plan(&cfg, &HashMap::new());
+        loop {
+            self.shared.last_tick.store(crate::time::now_secs(), Ordering::Relaxed);
+            self.fire_due();
+            self.start_ready();
+            let sleep = self.until_next_due();
+            tokio::select! {
+                _ = tokio::time::sleep(sleep) => {}
+                Some(job) = self.done_rx.recv() => self.finished(&job),
+                _ = hup.recv() => self.reload(),
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+            }
+        }
+        self.shutdown(&mut term, &mut int).await
+    }
+
+    /// At start: one run for each job whose fire time passed while the daemon was down,
+    /// whose last run a shutdown interrupted, or that never ran.
+    fn catch_up(&mut self, cfg: &Config) -> Result<()> {
+        let catalog = Catalog::open_existing(cfg)?;
+        let now = crate::time::now_secs();
+        for job in cfg.jobs.iter().filter(|j| j.catch_up) {
+            let Some(schedule) = &job.schedule else { continue };
+            let why = match catalog.last_run(&job.name)? {
+                None => Some("the job has never run"),
+                Some((_, outcome)) if outcome == "interrupted" => Some("its last run was interrupted"),
+                Some((last, _)) => schedule
+                    .next_after(last, cfg.daemon.zone)
+                    .filter(|&f| f <= now)
+                    .map(|_| "a fire time passed while the daemon was down"),
+            };
+            if let Some(why) = why {
+                tracing::info!(job = %job.name, "catching up once: {why}");
+                self.queue.push_back(Queued { job: job.name.clone(), trigger: Trigger::CatchUp, scheduled_for: None });
+            }
+        }
+        Ok(())
+    }
+
+    /// The next fire time of every scheduled job; jobs whose schedule did not change keep
+    /// the one they had.
+    fn plan(&mut self, cfg: &Config, previous: &HashMap<String, String>) {
+        let now = crate::time::now_secs();
+        let mut slots = HashMap::new();
+        for job in &cfg.jobs {
+            let Some(schedule) = &job.schedule else { continue };
+            let kept = previous
+                .get(&job.name)
+                .filter(|text| **text == schedule.text)
+                .and_then(|_| self.slots.remove(&job.name));
+            let slot = kept.or_else(|| {
+                let fire = schedule.next_after(now, cfg.daemon.zone)?;
+                Some(Slot { fire, due_ms: with_jitter(fire, job.jitter) })
+            });
+            match slot {
+                Some(s) => {
+                    slots.insert(job.name.clone(), s);
+                }
+                None => tracing::warn!(job = %job.name, schedule = %schedule.text, "the schedule never fires again"),
+            }
+        }
+        self.slots = slots;
+        self.publish_next_runs();
+    }
+
+    fn publish_next_runs(&self) {
+        let mut next: Vec<(String, i64)> = self.slots.iter().map(|(j, s)| (j.clone(), s.fire)).collect();
+        next.sort();
+        *lock(&self.shared.next_runs) = next;
+    }
+
+    /// Queues every job whose fire time has come, or records the skip when it is still
+    /// running or waiting.
+    fn fire_due(&mut self) {
+        let cfg = self.shared.config();
+        let now_ms = now_millis();
+        let due: Vec<String> = self.slots.iter().filter(|(_, s)| s.due_ms <= now_ms).map(|(j, _)| j.clone()).collect();
+        for name in due {
+            let Some(job) = cfg.jobs.iter().find(|j| j.name == name) else { continue };
+            let Some(schedule) = &job.schedule else { continue };
+            let fire = self.slots[&name].fire;
+            let busy = if lock(&self.shared.running).contains(&name) {
+                Some("the previous run was still going")
+            } else if self.queue.iter().any(|q| q.job == name) {
+                Some("the previous run was still waiting for a free slot (max_concurrent_jobs)")
+            } else {
+                None
+            };
+            match busy {
+                Some(why) => {
+                    tracing::warn!(job = %name, fire = %crate::time::format_utc(fire), "skipped: {why}");
+                    if let Err(e) = Catalog::open_existing(&cfg).and_then(|c| c.record_skip(&name, fire, why)) {
+                        tracing::error!(job = %name, "cannot record the skip: {e:#}");
+                    }
+                }
+                None => self.queue.push_back(Queued {
+                    job: name.clone(),
+                    trigger: Trigger::Schedule,
+                    scheduled_for: Some(fire),
+                }),
+            }
+            // From now on, not from the fire time: after a suspend or a long stall the
+            // backlog is not replayed.
+            let after = fire.max(now_ms / 1000);
+            match schedule.next_after(after, cfg.daemon.zone) {
+                Some(next) => {
+                    self.slots.insert(name, Slot { fire: next, due_ms: with_jitter(next, job.jitter) });
+                }
+                None => {
+                    self.slots.remove(&name);
+                }
+            }
+        }
+        self.publish_next_runs();
+    }
+
+    /// Starts queued runs while there is a free slot.
+    fn start_ready(&mut self) {
+        let cfg = self.shared.config();
+        while lock(&self.shared.running).len() < cfg.daemon.max_concurrent_jobs {
+            let Some(q) = self.queue.pop_front() else { break };
+            let Some(job) = cfg.jobs.iter().find(|j| j.name == q.job).cloned() else { continue };
+            lock(&self.shared.running).push(q.job.clone());
+            let (cfg, done, stop) = (cfg.clone(), self.done_tx.clone(), self.shared.stop.clone());
+            let spawned = std::thread::Builder::new().name(format!("job-{}", q.job)).spawn(move || {
+                let opts = crate::backup::Options {
+                    progress: false,
+                    trigger: q.trigger,
+                    scheduled_for: q.scheduled_for,
+                    stop: Some(stop),
+                };
+                if let Err(e) = crate::backup::run(&cfg, &job, &opts) {
+                    // The run's outcome and error are in the run history and the log.
+                    tracing::debug!(job = %job.name, "run ended: {e:#}");
+                }
+                let _ = done.send(job.name);
+            });
+            if let Err(e) = spawned {
+                tracing::error!(job = %q.job, "cannot start a thread for the job: {e}");
+                lock(&self.shared.running).retain(|j| *j != q.job);
+            }
+        }
+    }
+
+    fn finished(&mut self, job: &str) {
+        let mut running = lock(&self.shared.running);
+        if let Some(i) = running.iter().position(|j| j == job) {
+            running.remove(i);
+        }
+    }
+
+    fn until_next_due(&self) -> Duration {
+        let now = now_millis();
+        let next = self.slots.values().map(|s| s.due_ms).min().unwrap_or(i64::MAX);
+        Duration::from_millis(next.saturating_sub(now).max(0) as u64).min(MAX_SLEEP)
+    }
+
+    /// SIGHUP: a new config replaces the old one only if it validates and keeps the same
+    /// state directory and target. Running jobs finish with the config they started with.
+    fn reload(&mut self) {
+        let old = self.shared.config();
+        let checked = Config::load(&self.shared.config_file).map_err(anyhow::Error::from).and_then(|new| {
+            if new.state_dir != old.state_dir || new.target.url != old.target.url {
+                bail!("state_dir and target.url cannot change while the daemon runs; restart it");
+            }
+            let token = read_token(&new)?;
+            Ok((new, token))
+        });
+        match checked {
+            Ok((new, token)) => {
+                if new.http.listen != old.http.listen {
+                    tracing::warn!("http.listen changed: it takes effect when the daemon restarts");
+                }
+                let previous: HashMap<String, String> =
+                    old.jobs.iter().filter_map(|j| Some((j.name.clone(), j.schedule.as_ref()?.text.clone()))).collect();
+                *self.shared.token.write().unwrap_or_else(|p| p.into_inner()) = token;
+                let new = Arc::new(new);
+                *self.shared.cfg.write().unwrap_or_else(|p| p.into_inner()) = new.clone();
+                self.plan(&new, &previous);
+                self.shared.reloads.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(jobs = new.jobs.len(), "configuration reloaded");
+            }
+            Err(e) => {
+                self.shared.failed_reloads.fetch_add(1, Ordering::Relaxed);
+                tracing::error!("configuration not reloaded, the old one stays in force: {e:#}");
+            }
+        }
+    }
+
+    /// Stops scheduling and waits for running jobs to reach a checkpoint.
+    async fn shutdown(
+        mut self,
+        term: &mut tokio::signal::unix::Signal,
+        int: &mut tokio::signal::unix::Signal,
+    ) -> Result<ExitCode> {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        self.queue.clear();
+        let timeout = self.shared.config().daemon.shutdown_timeout;
+        let running = lock(&self.shared.running).clone();
+        if running.is_empty() {
+            tracing::info!("shutting down");
+            return Ok(ExitCode::SUCCESS);
+        }
+        tracing::info!(?running, ?timeout, "shutting down: letting running jobs reach a checkpoint");
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !lock(&self.shared.running).is_empty() {
+            tokio::select! {
+                Some(job) = self.done_rx.recv() => self.finished(&job),
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::error!(running = ?lock(&self.shared.running), "shutdown_timeout reached; exiting without waiting (the next start resumes)");
+                    return Ok(ExitCode::FAILURE);
+                }
+                _ = term.recv() => return Ok(second_signal()),
+                _ = int.recv() => return Ok(second_signal()),
+            }
+        }
+        tracing::info!("running jobs stopped at a checkpoint; shutting down");
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+fn second_signal() -> ExitCode {
+    tracing::warn!("second signal: exiting at once (the next start resumes)");
+    ExitCode::FAILURE
+}
+
+/// The moment a firing is due: its fire time plus a random delay up to `jitter`.
+fn with_jitter(fire: i64, jitter: Duration) -> i64 {
+    let mut b = [0u8; 8];
+    let _ = getrandom::fill(&mut b);
+    let max = jitter.as_millis() as u64;
+    fire * 1000 + if max == 0 { 0 } else { (u64::from_le_bytes(b) % max) as i64 }
+}
+
+fn now_millis() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

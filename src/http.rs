@@ -1,0 +1,201 @@
+//! The daemon's HTTP endpoint: `GET /metrics` (Prometheus text format) and `GET /health`.
+//!
+//! Read-only by construction: no route performs an action. It is a deliberately small
+//! HTTP/1.1 server (one request per connection, a few KiB of request head, a few seconds
+//! to send it, a bounded number of connections) so that it is no door into the backup
+//! host. With a token configured, every request must carry `Authorization: Bearer TOKEN`;
+//! others get 401 and are counted.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+/// The largest request head read; anything longer is refused.
+const MAX_HEAD: usize = 8 * 1024;
+/// How long a client has to send its request head.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections served at once; more are closed at once.
+const MAX_CONNECTIONS: usize = 16;
+
+/// What the endpoint serves; called off the async threads (it may read the catalog).
+pub trait Handler: Send + Sync + 'static {
+    fn metrics(&self) -> String;
+    /// Whether the daemon is healthy, and a one-line JSON body saying so.
+    fn health(&self) -> (bool, String);
+    /// The bearer token requests must carry, if any.
+    fn token(&self) -> Option<String>;
+    /// A request without the right token was refused.
+    fn unauthorized(&self);
+}
+
+pub async fn serve(listener: TcpListener, handler: Arc<dyn Handler>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            drop(stream); // over the limit: close rather than queue
+            continue;
+        };
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(READ_TIMEOUT * 3, connection(stream, handler)).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn connection(mut stream: TcpStream, handler: Arc<dyn Handler>) -> std::io::Result<()> {
+    let head = match tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream)).await {
+        Ok(Ok(Some(head))) => head,
+        Ok(Ok(None)) => return respond(&mut stream, 431, "text/plain", "request head too large\n", false).await,
+        Ok(Err(e)) => return Err(e),
+        Err(_) => return respond(&mut stream, 408, "text/plain", "request timeout\n", false).await,
+    };
+    let request = match Request::parse(&head) {
+        Some(r) => r,
+        None => return respond(&mut stream, 400, "text/plain", "bad request\n", false).await,
+    };
+    if let Some(token) = handler.token()
+        && !request.bearer.as_deref().is_some_and(|b| same(b.as_bytes(), token.as_bytes()))
+    {
+        handler.unauthorized();
+        return respond(&mut stream, 401, "text/plain", "a bearer token is required\n", false).await;
+    }
+    let head_only = request.method == "HEAD";
+    if request.method != "GET" && !head_only {
+        return respond(&mut stream, 405, "text/plain", "only GET\n", false).await;
+    }
+    if request.has_body {
+        return respond(&mut stream, 413, "text/plain", "no request body is accepted\n", false).await;
+    }
+    let h = handler.clone();
+    match request.path.as_str() {
+        "/metrics" => {
+            let body = tokio::task::spawn_blocking(move || h.metrics()).await.unwrap_or_default();
+            respond(&mut stream, 200, "text/plain; version=0.0.4; charset=utf-8", &body, head_only).await
+        }
+        "/health" => {
+            let (ok, body) = tokio::task::spawn_blocking(move || h.health()).await.unwrap_or_default();
+            respond(&mut stream, if ok { 200 } else { 503 }, "application/json", &body, head_only).await
+        }
+        _ => respond(&mut stream, 404, "text/plain", "not found; try /metrics or /health\n", head_only).await,
+    }
+}
+
+/// Reads up to the blank line ending the head; `None` when it is too long.
+async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<String>> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(Some(String::from_utf8_lossy(&buf).into_owned()));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            return Ok(Some(String::from_utf8_lossy(&buf).into_owned()));
+        }
+        if buf.len() > MAX_HEAD {
+            return Ok(None);
+        }
+    }
+}
+
+struct Request {
+    method: String,
+    path: String,
+    bearer: Option<String>,
+    has_body: bool,
+}
+
+impl Request {
+    fn parse(head: &str) -> Option<Request> {
+        let mut lines = head.split("\r\n");
+        let mut first = lines.next()?.split(' ');
+        let (method, target, version) = (first.next()?, first.next()?, first.next()?);
+        if !version.starts_with("HTTP/1.") {
+            return None;
+        }
+        let path = target.split('?').next()?.to_string();
+        let mut bearer = None;
+        let mut has_body = false;
+        for line in lines.take_while(|l| !l.is_empty()) {
+            let (name, value) = line.split_once(':')?;
+            let value = value.trim();
+            if name.eq_ignore_ascii_case("authorization") {
+                bearer = value.strip_prefix("Bearer ").map(|t| t.trim().to_string());
+            } else if name.eq_ignore_ascii_case("content-length") {
+                has_body = value != "0";
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                has_body = true;
+            }
+        }
+        Some(Request { method: method.to_string(), path, bearer, has_body })
+    }
+}
+
+async fn respond(
+    stream: &mut TcpStream,
+    status: u16,
+    content_type: &str,
+    body: &str,
+    head_only: bool,
+) -> std::io::Result<()> {
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        431 => "Request Header Fields Too Large",
+        _ => "Service Unavailable",
+    };
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n",
+        body.len()
+    );
+    if status == 401 {
+        out.push_str("www-authenticate: Bearer realm=\"coffer\"\r\n");
+    }
+    out.push_str("\r\n");
+    if !head_only {
+        out.push_str(body);
+    }
+    stream.write_all(out.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+/// Compares in time that depends only on the lengths, not on where the bytes differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_heads_are_parsed_strictly() {
+        let r = Request::parse("GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer abc \r\n\r\n").unwrap();
+        assert_eq!(
+            (r.method.as_str(), r.path.as_str(), r.bearer.as_deref(), r.has_body),
+            ("GET", "/metrics", Some("abc"), false)
+        );
+        assert!(Request::parse("POST /x HTTP/1.1\r\nContent-Length: 5\r\n\r\n").unwrap().has_body);
+        assert!(Request::parse("GET /x\r\n\r\n").is_none());
+        assert!(Request::parse("GET /x SPDY/3\r\n\r\n").is_none());
+        assert!(Request::parse("GET /x HTTP/1.1\r\nno-colon\r\n\r\n").is_none());
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(same(b"secret-token", b"secret-token"));
+        assert!(!same(b"secret-token", b"secret-tokeN"));
+        assert!(!same(b"secret", b"secret-token"));
+    }
+}
