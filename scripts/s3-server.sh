@@ -6,6 +6,7 @@
 #   eval "$(scripts/s3-server.sh start)"   # prints only `export …` lines on stdout
 #   scripts/s3-server.sh stop               # stops the daemons, deletes the state
 #   scripts/s3-server.sh mkbucket NAME [--no-lock]   # a bucket with Object Lock enabled (or not)
+#   scripts/s3-server.sh mkuser UID ACCESS SECRET     # another S3 user (separate credentials)
 #   scripts/s3-server.sh gateway-start NAME PORT     # a second gateway to the same cluster
 #   scripts/s3-server.sh gateway-stop NAME           # stops it (an outage, for the tests)
 #
@@ -156,6 +157,15 @@ mkbucket() {
   esac
 }
 
+# Another user with its own keys: buckets it creates are not readable with the first's.
+mkuser() {
+  radosgw-admin -c "$DIR/ceph.conf" user create --uid="$1" --display-name="$1" \
+    --access-key="$2" --secret-key="$3" >/dev/null 2>>"$DIR/log/radosgw-admin.log" \
+    || radosgw-admin -c "$DIR/ceph.conf" user info --uid="$1" >/dev/null 2>&1 \
+    || { log "cannot create user $1"; exit 1; }
+  log "user $1 ready"
+}
+
 # Another RADOS Gateway on the running cluster (same users and buckets), which a test can
 # stop and start again to make an outage without disturbing tests on the main gateway.
 gateway_start() {
@@ -182,6 +192,7 @@ case "${1:-}" in
   start) start;;
   stop) stop;;
   mkbucket) [ -n "${2:-}" ] || { echo "usage: $0 mkbucket NAME [--no-lock]" >&2; exit 2; }; mkbucket "$2" "${3:-}";;
+  mkuser) [ -n "${4:-}" ] || { echo "usage: $0 mkuser UID ACCESS SECRET" >&2; exit 2; }; mkuser "$2" "$3" "$4";;
   gateway-start) [ -n "${3:-}" ] || { echo "usage: $0 gateway-start NAME PORT" >&2; exit 2; }; gateway_start "$2" "$3";;
   gateway-stop) [ -n "${2:-}" ] || { echo "usage: $0 gateway-stop NAME" >&2; exit 2; }; gateway_stop "$2";;
   *) echo "usage: $0 start|stop|mkbucket NAME [--no-lock]|gateway-start NAME PORT|gateway-stop NAME" >&2; exit 2;;

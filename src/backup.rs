@@ -187,10 +187,6 @@ fn run_pipeline(
     counters: &Arc<Counters>,
     stop: Option<Arc<AtomicBool>>,
 ) -> Result<Summary> {
-    let Source::Path(root) = &job.source;
-    if !root.is_dir() {
-        bail!("source directory {} of job `{}` does not exist or is not a directory", root.display(), job.name);
-    }
     for id in repo.catalog.forget_expired(crate::time::now_secs())? {
         tracing::info!(snapshot = %id, "snapshot passed its retain-until: forgotten (prune deletes what only it needed)");
     }
@@ -214,6 +210,7 @@ fn run_pipeline(
     let (blob_tx, blob_rx) = sync_channel::<Blob>(2 * workers);
     let (pack_tx, mut pack_rx) = tokio::sync::mpsc::channel::<SealedPack>(1);
 
+    let Prepared { input, mut contents, errors: source_errors, command } = prepare(cfg, job)?;
     let pending = Arc::new(Mutex::new(HashSet::new()));
     // Reader: its own catalog connection (WAL lets it read while the uploader writes).
     let reader = {
@@ -228,16 +225,14 @@ fn run_pipeline(
             referenced: HashSet::new(),
             chunk_tx,
             counters: counters.clone(),
-            errors: Vec::new(),
+            errors: source_errors,
             stats: SnapshotStats::default(),
             abort: abort.clone(),
             stop: stop.unwrap_or_default(),
         };
-        let excludes = Excludes::new(&job.exclude)?;
-        let root = root.to_path_buf();
         let entries_path = entries_path.clone();
         std::thread::Builder::new().name("reader".into()).spawn(move || {
-            let out = r.read_all(&root, &excludes, &entries_path);
+            let out = r.read_all(input, &entries_path);
             // Dropping the reader closes the chunk queue, which lets the later stages finish.
             out.map(|tree| ReadOutput { tree, referenced: r.referenced, errors: r.errors, stats: r.stats })
         })?
@@ -278,15 +273,28 @@ fn run_pipeline(
     }
     drop(pack_rx); // unblocks the packer if the upload stopped early
 
-    let read = reader.join().map_err(|_| anyhow!("the reader thread panicked"))?;
+    let read = reader.join().map_err(|_| anyhow!("the reader thread panicked"));
     for c in compressors {
         c.join().map_err(|_| anyhow!("a compressor thread panicked"))??;
     }
     let packed = packer.join().map_err(|_| anyhow!("the packer thread panicked"))?;
+    // A command's output counts only if it exited 0 in time.
+    let command_result = match command {
+        Some(c) if upload.is_ok() && matches!(read, Ok(Ok(_))) => c.finish(),
+        Some(c) => {
+            c.kill();
+            Ok(())
+        }
+        None => Ok(()),
+    };
     // The first real cause wins over the "pipeline stopped" of the stages it stopped.
     let uploaded = upload?;
-    let reader = read?;
+    let reader = read??;
     packed?;
+    command_result?;
+    if let Some(crate::source::Contents::Command(c)) = &mut contents {
+        c.bytes = reader.stats.bytes;
+    }
 
     let mut stats = reader.stats.clone();
     stats.bytes_read = Counters::get(&counters.bytes_read);
@@ -310,6 +318,7 @@ fn run_pipeline(
         stats: stats.clone(),
         errors: reader.errors.clone(),
         retain_until: Some(retain_until),
+        contents: contents.clone(),
     };
     let key = crate::format::snapshot_key(&job.name, &id);
     let object = snapshot::seal(&record, &key, &cfg.recipients, &repo.secret)?;
@@ -332,12 +341,20 @@ fn run_pipeline(
         errors: reader.errors.len() as u64,
         retain_until: Some(retain_until),
         lock_mode: repo.target.lock_until(retain_until).map(|l| l.mode.as_str().to_string()),
+        contents,
     };
     let entries = EntryReader::new(BufReader::new(File::open(&entries_path)?))?;
     let cache = entries.filter_map(|e| match e {
         Ok(e) if e.kind == Kind::File => Some(Ok((
             e.path,
-            CachedFile { size: e.size, mtime_ns: e.mtime_ns, ctime_ns: e.ctime_ns, inode: e.ino, chunks: e.chunks },
+            CachedFile {
+                size: e.size,
+                mtime_ns: e.mtime_ns,
+                ctime_ns: e.ctime_ns,
+                inode: e.ino,
+                chunks: e.chunks,
+                content_type: e.content_type,
+            },
         ))),
         Ok(_) => None,
         Err(err) => Some(Err(anyhow!(err))),
@@ -424,11 +441,246 @@ struct Reader {
     stop: Arc<AtomicBool>,
 }
 
+/// What the reader reads.
+enum Input {
+    /// A directory tree (a path source, or a job's git mirrors).
+    Tree { root: PathBuf, excludes: Excludes },
+    /// One file whose bytes come from a stream (a command's stdout).
+    Stream { name: String, data: std::process::ChildStdout },
+    /// A bucket's objects, listed, each streamed unless unchanged.
+    Objects {
+        bucket: crate::source::bucket::Bucket,
+        objects: Vec<object_store::ObjectMeta>,
+        runtime: tokio::runtime::Runtime,
+    },
+}
+
+/// A source made ready to read: git mirrors fetched, a command started.
+struct Prepared {
+    input: Input,
+    contents: Option<crate::source::Contents>,
+    /// Parts of the source that could not be had (a repository that failed to fetch).
+    errors: Vec<EntryError>,
+    command: Option<crate::source::command::Running>,
+}
+
+fn prepare(cfg: &Config, job: &Job) -> Result<Prepared> {
+    use crate::source::{Contents, command, git};
+    let excludes = || Excludes::new(&job.exclude);
+    match &job.source {
+        Source::Path(root) => {
+            if !root.is_dir() {
+                bail!("source directory {} of job `{}` does not exist or is not a directory", root.display(), job.name);
+            }
+            let input = Input::Tree { root: root.clone(), excludes: excludes()? };
+            Ok(Prepared { input, contents: None, errors: Vec::new(), command: None })
+        }
+        Source::Git(src) => {
+            let dir = git::mirrors_dir(&cfg.state_dir, &job.name);
+            let repos = git::update_mirrors(src, &dir)?;
+            let errors: Vec<EntryError> = repos
+                .iter()
+                .filter_map(|(r, _)| Some(EntryError { path: r.dir.clone(), error: r.error.clone()? }))
+                .collect();
+            if repos.iter().all(|(_, present)| !present) {
+                let why: Vec<String> = errors.iter().map(|e| e.error.clone()).collect();
+                bail!("no repository of job `{}` could be fetched: {}", job.name, why.join("; "));
+            }
+            // The mirrors of this config only: not unfinished clones, nor repositories
+            // removed from the config (kept on disk, out of new snapshots).
+            // FETCH_HEAD is rewritten by every fetch and no restore needs it.
+            let mut patterns = job.exclude.clone();
+            patterns.extend(["/.tmp-*".to_string(), "/*/FETCH_HEAD".to_string()]);
+            for e in std::fs::read_dir(&dir)?.filter_map(|e| e.ok()) {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !repos.iter().any(|(r, _)| r.dir == name) {
+                    patterns.push(format!("/{}", globset::escape(&name)));
+                }
+            }
+            let input = Input::Tree { root: dir, excludes: Excludes::new(&patterns)? };
+            let repos = repos.into_iter().map(|(r, _)| r).collect();
+            Ok(Prepared { input, contents: Some(Contents::Git { repos }), errors, command: None })
+        }
+        Source::Command(src) => {
+            let (running, data) = command::start(src, &job.name)?;
+            let program = if src.shell { "sh -c".into() } else { src.argv[0].clone() };
+            let contents = Contents::Command(command::CommandState { program, file: src.file.clone(), bytes: 0 });
+            let input = Input::Stream { name: src.file.clone(), data };
+            Ok(Prepared { input, contents: Some(contents), errors: Vec::new(), command: Some(running) })
+        }
+        Source::Bucket(src) => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let bucket = crate::source::bucket::Bucket::open(src, &src.url)?;
+            let objects = runtime.block_on(bucket.list())?;
+            let state = crate::source::bucket::BucketState { url: src.url.clone(), objects: objects.len() as u64 };
+            let input = Input::Objects { bucket, objects, runtime };
+            Ok(Prepared { input, contents: Some(Contents::Bucket(state)), errors: Vec::new(), command: None })
+        }
+    }
+}
+
 impl Reader {
-    /// Walks everything, writes the entry stream, and returns the entry stream's chunks.
-    fn read_all(&mut self, root: &Path, excludes: &Excludes, entries_path: &Path) -> Result<Vec<ChunkId>> {
+    /// Reads everything, writes the entry stream, and returns the entry stream's chunks.
+    fn read_all(&mut self, input: Input, entries_path: &Path) -> Result<Vec<ChunkId>> {
         let file = File::create(entries_path).with_context(|| format!("cannot write {}", entries_path.display()))?;
         let mut writer = EntryWriter::new(BufWriter::new(file))?;
+        match input {
+            Input::Tree { root, excludes } => self.walk(&root, &excludes, &mut writer)?,
+            Input::Stream { name, data } => {
+                let e = self.stream(name, data)?;
+                writer.write(&e).context("cannot write the entry stream")?;
+            }
+            Input::Objects { bucket, objects, runtime } => self.objects(&bucket, &objects, &runtime, &mut writer)?,
+        }
+        let file = writer.into_inner().into_inner().map_err(|e| anyhow!("cannot write the entry stream: {e}"))?;
+        drop(file);
+        // The entry stream is stored like file data, so unchanged metadata dedups.
+        let mut tree = Vec::new();
+        let input = File::open(entries_path)?;
+        let bytes_read = Counters::get(&self.counters.bytes_read);
+        let result = self.chunk_into(input, &mut tree, true);
+        self.counters.bytes_read.store(bytes_read, Ordering::Relaxed);
+        result.map_err(|e| anyhow!("cannot store the entry stream: {e}"))?;
+        Ok(tree)
+    }
+
+    /// One file made of a stream's bytes, owned by the user coffer runs as.
+    fn stream(&mut self, name: String, data: impl std::io::Read) -> Result<Entry> {
+        let mut chunks = Vec::new();
+        let size = self.chunk_into(data, &mut chunks, false).map_err(|e| match e {
+            ChunkError::Read(err) => anyhow!("cannot read the command's output: {err}"),
+            ChunkError::Sink(err) => err,
+        })?;
+        self.stats.files += 1;
+        self.stats.bytes += size;
+        Counters::add(&self.counters.files, 1);
+        Counters::add(&self.counters.bytes, size);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        // SAFETY: geteuid/getegid cannot fail.
+        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        Ok(Entry {
+            path: name.into_bytes(),
+            kind: Kind::File,
+            mode: 0o600,
+            uid,
+            gid,
+            mtime_ns: now.as_nanos() as i64,
+            ctime_ns: 0,
+            ino: 0,
+            size,
+            target: None,
+            content_type: None,
+            chunks,
+        })
+    }
+
+    /// A bucket's objects as files under their keys, with the directories their keys
+    /// imply. An object whose size and ETag are unchanged is not downloaded.
+    fn objects<W: std::io::Write>(
+        &mut self,
+        bucket: &crate::source::bucket::Bucket,
+        objects: &[object_store::ObjectMeta],
+        runtime: &tokio::runtime::Runtime,
+        writer: &mut EntryWriter<W>,
+    ) -> Result<()> {
+        use crate::source::bucket::{StreamReader, check_key, etag_fingerprint};
+        // SAFETY: geteuid/getegid cannot fail.
+        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        let mut dirs: HashSet<String> = HashSet::new();
+        let mut files: HashSet<String> = HashSet::new();
+        for meta in objects {
+            if self.abort.load(Ordering::Relaxed) {
+                bail!("the backup pipeline stopped");
+            }
+            if self.stop.load(Ordering::Relaxed) {
+                return Err(Interrupted.into());
+            }
+            let key = meta.location.as_ref().to_string();
+            let mtime_ns = meta.last_modified.timestamp_nanos_opt().unwrap_or(0);
+            let conflict = check_key(&key).err().map(|e| e.to_string()).or_else(|| {
+                let ancestors: Vec<&str> = key.match_indices('/').map(|(i, _)| &key[..i]).collect();
+                ancestors
+                    .iter()
+                    .find(|a| files.contains(**a))
+                    .map(|a| format!("`{a}` is an object too"))
+                    .or_else(|| dirs.contains(&key).then(|| "objects exist under this key as a prefix".into()))
+            });
+            if let Some(why) = conflict {
+                self.problem(Path::new(&key), format!("object not backed up: {why}"));
+                continue;
+            }
+            for (i, _) in key.match_indices('/') {
+                let dir = &key[..i];
+                if dirs.insert(dir.to_string()) {
+                    self.stats.dirs += 1;
+                    let e = Entry {
+                        path: dir.as_bytes().to_vec(),
+                        kind: Kind::Dir,
+                        mode: 0o755,
+                        uid,
+                        gid,
+                        mtime_ns,
+                        ctime_ns: 0,
+                        ino: 0,
+                        size: 0,
+                        target: None,
+                        chunks: Vec::new(),
+                        content_type: None,
+                    };
+                    writer.write(&e).context("cannot write the entry stream")?;
+                }
+            }
+            let mut e = Entry {
+                path: key.as_bytes().to_vec(),
+                kind: Kind::File,
+                mode: 0o644,
+                uid,
+                gid,
+                mtime_ns,
+                ctime_ns: 0,
+                ino: etag_fingerprint(meta),
+                size: meta.size,
+                target: None,
+                chunks: Vec::new(),
+                content_type: None,
+            };
+            self.counters.set_current(&key);
+            if let Some((chunks, content_type)) = self.unchanged(&e)? {
+                e.chunks = chunks;
+                e.content_type = content_type;
+                Counters::add(&self.counters.unchanged, 1);
+            } else {
+                let opened = runtime.block_on(bucket.open_object(meta));
+                let result = opened.map_err(ChunkError::Sink).and_then(|(stream, content_type)| {
+                    e.content_type = content_type;
+                    self.chunk_into(StreamReader::new(runtime, stream), &mut e.chunks, false)
+                });
+                match result {
+                    Ok(n) => e.size = n,
+                    Err(ChunkError::Read(err)) => {
+                        self.problem(Path::new(&key), format!("cannot read: {err}"));
+                        continue;
+                    }
+                    Err(ChunkError::Sink(err)) if err.is::<Interrupted>() => return Err(err),
+                    Err(ChunkError::Sink(err)) if self.abort.load(Ordering::Relaxed) => return Err(err),
+                    Err(ChunkError::Sink(err)) => {
+                        self.problem(Path::new(&key), format!("cannot read: {err:#}"));
+                        continue;
+                    }
+                }
+            }
+            files.insert(key);
+            self.stats.files += 1;
+            self.stats.bytes += e.size;
+            Counters::add(&self.counters.files, 1);
+            Counters::add(&self.counters.bytes, e.size);
+            writer.write(&e).context("cannot write the entry stream")?;
+        }
+        Ok(())
+    }
+
+    /// Walks a directory tree into the entry stream.
+    fn walk<W: std::io::Write>(&mut self, root: &Path, excludes: &Excludes, writer: &mut EntryWriter<W>) -> Result<()> {
         let mut problems = Vec::new();
         path_source::walk(
             root,
@@ -455,16 +707,7 @@ impl Reader {
         for (rel, error) in problems {
             self.problem(&rel, error);
         }
-        let file = writer.into_inner().into_inner().map_err(|e| anyhow!("cannot write the entry stream: {e}"))?;
-        drop(file);
-        // The entry stream is stored like file data, so unchanged metadata dedups.
-        let mut tree = Vec::new();
-        let input = File::open(entries_path)?;
-        let bytes_read = Counters::get(&self.counters.bytes_read);
-        let result = self.chunk_into(input, &mut tree, true);
-        self.counters.bytes_read.store(bytes_read, Ordering::Relaxed);
-        result.map_err(|e| anyhow!("cannot store the entry stream: {e}"))?;
-        Ok(tree)
+        Ok(())
     }
 
     fn problem(&mut self, rel: &Path, error: String) {
@@ -481,7 +724,7 @@ impl Reader {
             return Err(Interrupted.into());
         }
         self.counters.set_current(&String::from_utf8_lossy(&e.path));
-        if let Some(chunks) = self.unchanged(&e)? {
+        if let Some((chunks, _)) = self.unchanged(&e)? {
             e.chunks = chunks;
             Counters::add(&self.counters.unchanged, 1);
         } else {
@@ -506,13 +749,19 @@ impl Reader {
         Ok(Some(e))
     }
 
-    /// The fast path: same size, mtime, ctime and inode as in the last snapshot, and every
-    /// chunk still stored → reuse the chunk list without reading the file.
-    fn unchanged(&mut self, e: &Entry) -> Result<Option<Vec<ChunkId>>> {
+    /// The fast path: the same file as in the last snapshot (same size, mtime, ctime and
+    /// inode; for an object with an ETag, same size and ETag) with every chunk still
+    /// stored → reuse the chunk list (and content type) without reading it.
+    fn unchanged(&mut self, e: &Entry) -> Result<Option<(Vec<ChunkId>, Option<String>)>> {
         let Some(c) = self.catalog.cached_file(&self.job, &e.path)? else {
             return Ok(None);
         };
-        if (c.size, c.mtime_ns, c.ctime_ns, c.inode) != (e.size, e.mtime_ns, e.ctime_ns, e.ino) {
+        let same = if e.ctime_ns == 0 && e.ino != 0 {
+            (c.size, c.inode) == (e.size, e.ino)
+        } else {
+            (c.size, c.mtime_ns, c.ctime_ns, c.inode) == (e.size, e.mtime_ns, e.ctime_ns, e.ino)
+        };
+        if !same {
             return Ok(None);
         }
         let mut packs = Vec::with_capacity(c.chunks.len());
@@ -526,7 +775,7 @@ impl Reader {
             }
         }
         self.referenced.extend(packs);
-        Ok(Some(c.chunks))
+        Ok(Some((c.chunks, c.content_type)))
     }
 
     /// Chunks `input` (file data, or the entry stream when `entries`), appending chunk ids.

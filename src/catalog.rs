@@ -18,6 +18,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_init.sql"),
     include_str!("../migrations/0002_locks.sql"),
     include_str!("../migrations/0003_runs.sql"),
+    include_str!("../migrations/0004_contents.sql"),
 ];
 
 pub struct Catalog {
@@ -91,6 +92,8 @@ pub struct SnapshotRow {
     pub retain_until: Option<i64>,
     /// The lock mode of the snapshot record (locked until `retain_until`), if any.
     pub lock_mode: Option<String>,
+    /// What the source contained beyond its files (git refs, a command's output).
+    pub contents: Option<crate::source::Contents>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +103,7 @@ pub struct CachedFile {
     pub ctime_ns: i64,
     pub inode: u64,
     pub chunks: Vec<ChunkId>,
+    pub content_type: Option<String>,
 }
 
 /// What a finished run reports.
@@ -378,7 +382,7 @@ impl Catalog {
 
     pub fn cached_file(&self, job: &str, path: &[u8]) -> Result<Option<CachedFile>> {
         let mut st = self.conn.prepare_cached(
-            "SELECT size, mtime_ns, ctime_ns, inode, chunks FROM file_cache WHERE job = ?1 AND path = ?2",
+            "SELECT size, mtime_ns, ctime_ns, inode, chunks, content_type FROM file_cache WHERE job = ?1 AND path = ?2",
         )?;
         Ok(st
             .query_row(params![job, path], |r| {
@@ -389,6 +393,7 @@ impl Catalog {
                     ctime_ns: r.get(2)?,
                     inode: r.get(3)?,
                     chunks: blob.chunks_exact(32).map(|c| ChunkId(c.try_into().unwrap_or([0; 32]))).collect(),
+                    content_type: r.get(5)?,
                 })
             })
             .optional()?)
@@ -407,8 +412,8 @@ impl Catalog {
         let tx = self.conn.transaction()?;
         tx.execute(
             "INSERT INTO snapshots (id, job, host, created_at, state, record_version, source, files, bytes,
-                                    bytes_new, bytes_uploaded, errors, retain_until, lock_mode)
-             VALUES (?1, ?2, ?3, ?4, 'complete', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                                    bytes_new, bytes_uploaded, errors, retain_until, lock_mode, contents)
+             VALUES (?1, ?2, ?3, ?4, 'complete', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             params![
                 snap.id,
                 snap.job,
@@ -422,7 +427,8 @@ impl Catalog {
                 snap.bytes_uploaded,
                 snap.errors,
                 snap.retain_until,
-                snap.lock_mode
+                snap.lock_mode,
+                snap.contents.as_ref().map(serde_json::to_string).transpose()?
             ],
         )?;
         let seq = tx.last_insert_rowid();
@@ -433,13 +439,13 @@ impl Catalog {
             }
             tx.execute("DELETE FROM file_cache WHERE job = ?1", [&snap.job])?;
             let mut st = tx.prepare(
-                "INSERT OR REPLACE INTO file_cache (job, path, size, mtime_ns, ctime_ns, inode, chunks)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT OR REPLACE INTO file_cache (job, path, size, mtime_ns, ctime_ns, inode, chunks, content_type)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?;
             for item in cache {
                 let (path, f) = item?;
                 let ids: Vec<u8> = f.chunks.iter().flat_map(|c| c.0).collect();
-                st.execute(params![snap.job, path, f.size, f.mtime_ns, f.ctime_ns, f.inode, ids])?;
+                st.execute(params![snap.job, path, f.size, f.mtime_ns, f.ctime_ns, f.inode, ids, f.content_type])?;
             }
         }
         tx.commit()?;
@@ -449,7 +455,7 @@ impl Catalog {
     pub fn snapshots(&self, job: Option<&str>) -> Result<Vec<SnapshotRow>> {
         let mut st = self.conn.prepare(
             "SELECT id, job, host, created_at, state, record_version, source, files, bytes, bytes_new,
-                    bytes_uploaded, errors, retain_until, lock_mode
+                    bytes_uploaded, errors, retain_until, lock_mode, contents
              FROM snapshots WHERE ?1 IS NULL OR job = ?1 ORDER BY seq",
         )?;
         let rows = st.query_map([job], |r| {
@@ -468,6 +474,7 @@ impl Catalog {
                 errors: r.get(11)?,
                 retain_until: r.get(12)?,
                 lock_mode: r.get(13)?,
+                contents: r.get::<_, Option<String>>(14)?.and_then(|j| serde_json::from_str(&j).ok()),
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -813,7 +820,14 @@ mod tests {
     #[test]
     fn file_cache_is_replaced_per_snapshot() {
         let (mut cat, _) = temp_catalog();
-        let f = CachedFile { size: 1, mtime_ns: 2, ctime_ns: 3, inode: 4, chunks: vec![ChunkId([7; 32])] };
+        let f = CachedFile {
+            size: 1,
+            mtime_ns: 2,
+            ctime_ns: 3,
+            inode: 4,
+            chunks: vec![ChunkId([7; 32])],
+            content_type: None,
+        };
         let snap = |id: &str| SnapshotRow {
             id: id.into(),
             job: "j".into(),
@@ -829,6 +843,7 @@ mod tests {
             errors: 0,
             retain_until: None,
             lock_mode: None,
+            contents: None,
         };
         cat.complete_snapshot(&snap("s1"), &HashSet::new(), vec![Ok((b"a".to_vec(), f.clone()))]).unwrap();
         assert_eq!(cat.cached_file("j", b"a").unwrap(), Some(f.clone()));

@@ -125,8 +125,13 @@ enum Command {
         #[arg(long)]
         job: String,
         /// Directory to restore into (created if missing; must be empty unless --overwrite).
-        #[arg(long)]
-        to: PathBuf,
+        #[arg(long, required_unless_present = "to_bucket")]
+        to: Option<PathBuf>,
+        /// For a bucket source: write the objects back into this bucket (`s3://bucket/prefix`,
+        /// with the job's source endpoint, region and credentials), keys and content types
+        /// preserved. Staged in the state directory first.
+        #[arg(long, conflicts_with = "to")]
+        to_bucket: Option<String>,
         /// Restore only this file or directory (relative to the snapshot's root).
         #[arg(long)]
         path: Option<String>,
@@ -139,6 +144,9 @@ enum Command {
         /// Do not draw a progress line, even on a terminal.
         #[arg(long)]
         no_progress: bool,
+        /// For a git source: also make a working clone beside each restored bare repository.
+        #[arg(long)]
+        checkout: bool,
     },
 }
 
@@ -317,12 +325,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             println!(
-                "{:<16}  {:<20}  {:<12}  {:>8}  {:>10}  {:>10}  {:>10}  {:>6}",
+                "{:<16}  {:<20}  {:<12}  {:>8}  {:>10}  {:>10}  {:>10}  {:>6}  CONTENTS",
                 "ID", "TIME (UTC)", "JOB", "FILES", "SIZE", "NEW", "UPLOADED", "ERRORS"
             );
             for s in &rows {
                 println!(
-                    "{:<16}  {:<20}  {:<12}  {:>8}  {:>10}  {:>10}  {:>10}  {:>6}",
+                    "{:<16}  {:<20}  {:<12}  {:>8}  {:>10}  {:>10}  {:>10}  {:>6}  {}",
                     s.id,
                     crate::time::format_utc(s.created_at),
                     s.job,
@@ -330,7 +338,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     bytes(s.bytes),
                     bytes(s.bytes_new),
                     bytes(s.bytes_uploaded),
-                    s.errors
+                    s.errors,
+                    s.contents.as_ref().map(|c| c.summary()).unwrap_or_default()
                 );
             }
             if rows.is_empty() {
@@ -338,9 +347,38 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Restore { snapshot, job, to, path, identity, overwrite, no_progress } => {
-            cfg.job(&job)?;
+        Command::Restore { snapshot, job, to, path, identity, overwrite, no_progress, checkout, to_bucket } => {
+            let job_cfg = cfg.job(&job)?.clone();
             let progress = !no_progress;
+            if let Some(url) = to_bucket {
+                let crate::config::Source::Bucket(src) = &job_cfg.source else {
+                    anyhow::bail!("--to-bucket: job `{job}` does not back up a bucket");
+                };
+                let staging = cfg.state_dir.join("tmp").join(format!("restore-{}", crate::hex::random(6)));
+                let _cleanup = RemoveDirOnDrop(staging.clone());
+                let opts = crate::restore::Options {
+                    job,
+                    snapshot,
+                    to: staging.clone(),
+                    subpath: path,
+                    identity,
+                    overwrite: false,
+                    progress,
+                };
+                let s = crate::restore::run(&cfg, &opts)?;
+                if !s.failures.is_empty() {
+                    anyhow::bail!(
+                        "{} objects could not be restored and verified: {}",
+                        s.failures.len(),
+                        s.failures.join("; ")
+                    );
+                }
+                let bucket = crate::source::bucket::Bucket::open(src, &url)?;
+                let n = crate::target::runtime()?.block_on(bucket.upload_tree(&staging, &s.content_types))?;
+                println!("restored snapshot {} to {url}: {n} objects ({})", s.snapshot_id, bytes(s.bytes));
+                return Ok(ExitCode::SUCCESS);
+            }
+            let to = to.expect("clap requires --to without --to-bucket");
             let opts = crate::restore::Options { job, snapshot, to, subpath: path, identity, overwrite, progress };
             let s = crate::restore::run(&cfg, &opts)?;
             println!(
@@ -352,6 +390,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 s.dirs,
                 s.symlinks
             );
+            if checkout && s.failures.is_empty() {
+                match &s.contents {
+                    Some(crate::source::Contents::Git { repos }) => {
+                        for work in crate::source::git::checkout(&opts.to, repos)? {
+                            println!("checked out {}", work.display());
+                        }
+                    }
+                    _ => anyhow::bail!("--checkout: snapshot {} is not of a git source", s.snapshot_id),
+                }
+            }
             if s.failures.is_empty() {
                 Ok(ExitCode::SUCCESS)
             } else {
@@ -412,6 +460,15 @@ fn status(config: &std::path::Path, opts: &crate::status::Options, json: bool) -
         println!("  - {p}");
     }
     ExitCode::from(report.status.exit_code())
+}
+
+/// Removes a staging directory however the command ends.
+struct RemoveDirOnDrop(PathBuf);
+
+impl Drop for RemoveDirOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// `3d4h`, `2h5m`, `40s`

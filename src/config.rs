@@ -125,13 +125,57 @@ pub struct Hooks {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
+    /// A directory tree.
     Path(PathBuf),
+    /// Git repositories, each kept as a bare mirror in the state directory.
+    Git(GitSource),
+    /// A command's standard output, stored as one file.
+    Command(CommandSource),
+    /// Every object under a bucket prefix, as a file under its key.
+    Bucket(BucketSource),
+}
+
+/// A bucket on another provider than the target, with its own endpoint and credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketSource {
+    /// `s3://bucket/prefix` or `file:///dir`.
+    pub url: String,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    /// Names of the environment variables holding its credentials (never the secrets);
+    /// without them, the standard AWS variables.
+    pub access_key_id_env: Option<String>,
+    pub secret_access_key_env: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GitSource {
+    /// URLs or paths, as written (may embed credentials: print only `redacted`).
+    pub repos: Vec<String>,
+    /// An SSH private key (mode 0600) for ssh:// and scp-like URLs.
+    pub ssh_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandSource {
+    /// The program and its arguments (with `shell`, one script for `sh -c`).
+    pub argv: Vec<String>,
+    /// The name of the file its output becomes in the snapshot.
+    pub file: String,
+    pub shell: bool,
+    pub timeout: Duration,
 }
 
 impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Source::Path(p) => write!(f, "path {}", p.display()),
+            Source::Git(g) => {
+                let urls: Vec<String> = g.repos.iter().map(|u| crate::source::git::redacted(u)).collect();
+                write!(f, "git {}", urls.join(" "))
+            }
+            Source::Command(c) => write!(f, "command {} > {}", c.argv.first().map_or("", |a| a.as_str()), c.file),
+            Source::Bucket(b) => write!(f, "bucket {}", b.url),
         }
     }
 }
@@ -229,6 +273,25 @@ struct RawKeep {
 #[serde(deny_unknown_fields)]
 struct RawSource {
     path: Option<PathBuf>,
+    git: Option<OneOrMany>,
+    ssh_key_file: Option<PathBuf>,
+    command: Option<Vec<String>>,
+    file: Option<String>,
+    #[serde(default)]
+    shell: bool,
+    timeout: Option<String>,
+    bucket: Option<String>,
+    endpoint: Option<String>,
+    region: Option<String>,
+    access_key_id_env: Option<String>,
+    secret_access_key_env: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
 }
 
 fn default_level() -> i32 {
@@ -360,12 +423,7 @@ impl Config {
             if !names.insert(j.name.clone()) {
                 return Err(err(format!("key `job[{i}].name`: job `{}` is defined twice", j.name)));
             }
-            let source = match j.source.path {
-                Some(p) => Source::Path(resolve(&p)),
-                None => {
-                    return Err(err(format!("key `job[{i}].source`: expected `{{ path = \"/dir\" }}`")));
-                }
-            };
+            let source = parse_source(j.source, &resolve).map_err(|e| err(format!("key `job[{i}].source`: {e}")))?;
             for (k, pattern) in j.exclude.iter().enumerate() {
                 if let Err(e) = globset::Glob::new(pattern) {
                     return Err(err(format!("key `job[{i}].exclude[{k}]`: bad glob `{pattern}`: {e}")));
@@ -444,6 +502,85 @@ impl Config {
     pub fn catalog_path(&self) -> PathBuf {
         self.state_dir.join("catalog.sqlite")
     }
+}
+
+const SOURCE_FORMS: &str = "expected `{ path = \"/dir\" }`, `{ git = \"URL\" }` (or a list of URLs), \
+                            `{ command = [\"program\", \"arg\"], file = \"name\" }`, or `{ bucket = \"s3://bucket/prefix\" }`";
+
+fn parse_source(raw: RawSource, resolve: &dyn Fn(&Path) -> PathBuf) -> Result<Source, String> {
+    let kinds = [raw.path.is_some(), raw.git.is_some(), raw.command.is_some(), raw.bucket.is_some()];
+    if kinds.iter().filter(|k| **k).count() != 1 {
+        return Err(SOURCE_FORMS.into());
+    }
+    let git_only = raw.ssh_key_file.is_some();
+    let command_only = raw.file.is_some() || raw.shell || raw.timeout.is_some();
+    let bucket_only = raw.endpoint.is_some()
+        || raw.region.is_some()
+        || raw.access_key_id_env.is_some()
+        || raw.secret_access_key_env.is_some();
+    if let Some(url) = raw.bucket {
+        if git_only || command_only {
+            return Err(format!(
+                "a bucket source takes endpoint, region and credential variable names; {SOURCE_FORMS}"
+            ));
+        }
+        if !(url.starts_with("s3://") && url.len() > 5 || url.starts_with("file:///")) {
+            return Err(format!("`bucket`: expected `s3://bucket/prefix` or `file:///dir`, found `{url}`"));
+        }
+        if raw.access_key_id_env.is_some() != raw.secret_access_key_env.is_some() {
+            return Err("`access_key_id_env` and `secret_access_key_env` go together".into());
+        }
+        return Ok(Source::Bucket(BucketSource {
+            url,
+            endpoint: raw.endpoint,
+            region: raw.region,
+            access_key_id_env: raw.access_key_id_env,
+            secret_access_key_env: raw.secret_access_key_env,
+        }));
+    }
+    if bucket_only {
+        return Err("`endpoint`, `region` and the credential variables belong to a bucket source".into());
+    }
+    if let Some(p) = raw.path {
+        if git_only || command_only {
+            return Err(format!("a path source takes no other keys; {SOURCE_FORMS}"));
+        }
+        return Ok(Source::Path(resolve(&p)));
+    }
+    if let Some(git) = raw.git {
+        if command_only {
+            return Err("`file`, `shell` and `timeout` belong to a command source".into());
+        }
+        let repos = match git {
+            OneOrMany::One(u) => vec![u],
+            OneOrMany::Many(v) => v,
+        };
+        if repos.is_empty() || repos.iter().any(|u| u.trim().is_empty()) {
+            return Err("`git`: expected a repository URL or path, or a list of them".into());
+        }
+        let names: Vec<String> = repos.iter().map(|u| crate::source::git::mirror_name(u)).collect();
+        if let Some(dup) = names.iter().enumerate().find(|(k, n)| names[..*k].contains(n)) {
+            return Err(format!("`git`: two repositories would both be stored as `{}`", dup.1));
+        }
+        return Ok(Source::Git(GitSource { repos, ssh_key_file: raw.ssh_key_file.as_deref().map(resolve) }));
+    }
+    let argv = raw.command.unwrap_or_default();
+    if git_only {
+        return Err("`ssh_key_file` belongs to a git source".into());
+    }
+    if argv.first().is_none_or(|a| a.is_empty()) {
+        return Err("`command`: expected a program and its arguments, like [\"pg_dump\", \"-Fc\", \"app\"]".into());
+    }
+    if raw.shell && argv.len() != 1 {
+        return Err("with `shell = true`, `command` is one script: [\"pg_dump app | gzip\"]".into());
+    }
+    let file = raw.file.ok_or("a command source needs `file`, the name its output gets in the snapshot")?;
+    if file.is_empty() || file.contains('/') || file == "." || file == ".." {
+        return Err(format!("`file`: `{file}` must be a plain file name"));
+    }
+    let timeout =
+        crate::time::parse_duration(raw.timeout.as_deref().unwrap_or("6h")).map_err(|e| format!("`timeout`: {e}"))?;
+    Ok(Source::Command(CommandSource { argv, file, shell: raw.shell, timeout }))
 }
 
 /// `[http]`: a loopback address by default; any other address only with a token.
@@ -536,6 +673,42 @@ mod tests {
         assert_eq!(c.daemon.zone, Zone::parse("Europe/Berlin").unwrap());
         assert_eq!(c.http.listen, Some(DEFAULT_LISTEN.parse().unwrap()));
         assert_eq!(c.target.retry_budget, Duration::from_secs(900));
+    }
+
+    #[test]
+    fn every_source_kind_parses() {
+        let job = |src: &str| {
+            parse(&minimal(&format!("[[job]]\nname = \"a\"\nsource = {src}\n"))).map(|c| c.jobs[0].source.clone())
+        };
+        let git = job("{ git = [\"https://u:pw@h/a.git\", \"/srv/b\"], ssh_key_file = \"k\" }").unwrap();
+        assert_eq!(
+            git,
+            Source::Git(GitSource {
+                repos: vec!["https://u:pw@h/a.git".into(), "/srv/b".into()],
+                ssh_key_file: Some("/etc/coffer/k".into())
+            })
+        );
+        assert_eq!(git.to_string(), "git https://u:***@h/a.git /srv/b");
+        let Source::Command(c) = job("{ command = [\"pg_dump\", \"app\"], file = \"app.dump\" }").unwrap() else {
+            panic!()
+        };
+        assert_eq!((c.argv.len(), c.file.as_str(), c.shell, c.timeout.as_secs()), (2, "app.dump", false, 6 * 3600));
+        let Source::Bucket(b) = job("{ bucket = \"s3://b/p\", region = \"eu\" }").unwrap() else { panic!() };
+        assert_eq!((b.url.as_str(), b.region.as_deref()), ("s3://b/p", Some("eu")));
+        for (src, needle) in [
+            ("{ path = \"x\", git = \"y\" }", "expected"),
+            ("{ git = [] }", "git"),
+            ("{ git = [\"a/x.git\", \"b/x\"] }", "x.git"),
+            ("{ command = [\"x\"] }", "file"),
+            ("{ command = [\"x\"], file = \"../x\" }", "plain file name"),
+            ("{ command = [\"a\", \"b\"], file = \"x\", shell = true }", "one script"),
+            ("{ bucket = \"http://x\" }", "s3://"),
+            ("{ bucket = \"s3://b\", access_key_id_env = \"A\" }", "go together"),
+            ("{ path = \"x\", endpoint = \"e\" }", "bucket source"),
+        ] {
+            let m = job(src).unwrap_err().to_string();
+            assert!(m.contains("job[0].source") && m.contains(needle), "{src}: {m}");
+        }
     }
 
     #[test]

@@ -49,6 +49,10 @@ pub struct Summary {
     pub bytes: u64,
     /// Paths that could not be restored, with the reason.
     pub failures: Vec<String>,
+    /// What the snapshot's source contained beyond its files (git refs, ...).
+    pub contents: Option<crate::source::Contents>,
+    /// Content types of restored bucket objects, by path.
+    pub content_types: std::collections::HashMap<String, String>,
 }
 
 /// Recently used decoded packs kept for chunks shared between files.
@@ -101,6 +105,7 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Summary> {
     let _ = std::fs::remove_file(&entries_path);
     let mut summary = result?;
     summary.snapshot_id = snap.id.clone();
+    summary.contents = snap.contents.clone();
     let detail = format!("snapshot {} to {} ({} failures)", snap.id, opts.to.display(), summary.failures.len());
     let _ = r.catalog.event("restore", Some(&opts.job), &detail);
     Ok(summary)
@@ -256,6 +261,9 @@ impl Restorer {
                     Kind::File => {
                         summary.files += 1;
                         summary.bytes += entry.size;
+                        if let Some(ct) = &entry.content_type {
+                            summary.content_types.insert(String::from_utf8_lossy(&entry.path).into_owned(), ct.clone());
+                        }
                         let chunks = entry.chunks.clone();
                         writer.open(dest, entry);
                         for id in chunks {

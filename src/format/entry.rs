@@ -45,6 +45,9 @@ pub struct Entry {
     pub target: Option<Vec<u8>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub chunks: Vec<ChunkId>,
+    /// The MIME type of an object from a bucket source, restored with `--to-bucket`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
 }
 
 /// Writes entries as lines.
@@ -177,6 +180,7 @@ mod tests {
             ino: 7,
             size: 3,
             target: None,
+            content_type: None,
             chunks: vec![ChunkId([9; 32])],
         }
     }

@@ -141,6 +141,7 @@ mod samples {
             ino: 42,
             size: 0,
             target: None,
+            content_type: None,
             chunks: vec![],
         };
         let mut w = EntryWriter::new(Vec::new()).unwrap();
@@ -166,6 +167,7 @@ mod samples {
             stats: SnapshotStats { files: 1, dirs: 1, symlinks: 1, ..Default::default() },
             errors: vec![],
             retain_until: None,
+            contents: None,
         };
         std::fs::write(d.join("snapshot-v1.bin"), snapshot::seal(&record, SNAPSHOT_KEY, &recipients, &s).unwrap())
             .unwrap();

@@ -31,6 +31,9 @@ pub struct SnapshotRecord {
     /// Until when the snapshot is kept (and its objects locked), as decided when it was made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retain_until: Option<i64>,
+    /// What the source contained beyond its files (git refs, a command's output).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contents: Option<crate::source::Contents>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

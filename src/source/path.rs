@@ -130,6 +130,7 @@ fn entry_from(rel: &Path, m: &std::fs::Metadata) -> Entry {
         ino: m.ino(),
         size: m.size(),
         target: None,
+        content_type: None,
         chunks: Vec::new(),
     }
 }

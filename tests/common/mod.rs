@@ -102,6 +102,12 @@ impl Setup {
     }
 
     pub fn with_extra(name: &str, target: Target, source: &Path, job_extra: &str) -> Setup {
+        Self::with_source(name, target, &format!("{{ path = \"{}\" }}", source.display()), job_extra)
+    }
+
+    /// Keygen + config for one job `data` with `source` (TOML inline table) then
+    /// `job_extra`; `init` is run.
+    pub fn with_source(name: &str, target: Target, source: &str, job_extra: &str) -> Setup {
         let dir = Scratch::new(name);
         let identity = dir.path("identity.txt");
         let out = run_ok(Command::new(BIN).args(["keygen", "-o"]).arg(&identity));
@@ -115,7 +121,7 @@ impl Setup {
             }
         };
         let config = dir.path("coffer.toml");
-        let job = format!("[[job]]\nname = \"data\"\nsource = {{ path = \"{}\" }}\n{job_extra}", source.display());
+        let job = format!("[[job]]\nname = \"data\"\nsource = {source}\n{job_extra}");
         std::fs::write(&config, config_text(&recipient, &target_url, &job)).unwrap();
         let s = Setup { dir, config, identity, target_url };
         s.ok(&["init"]);

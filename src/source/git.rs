@@ -1,0 +1,236 @@
+//! Git repositories as a source: a bare mirror per repository in the state directory,
+//! updated before each snapshot and then backed up like any directory tree.
+//!
+//! The mirror is made with `git clone --mirror` and updated with `git fetch --prune`, with automatic gc and maintenance off, so pack files already stored stay
+//! byte-identical and deduplicate. A fetch that fails (network, credentials, repository
+//! gone) never touches the mirror: the snapshot keeps the last good mirror and records
+//! the failure. An upstream that was wiped cannot make coffer delete anything.
+//!
+//! Credentials come from the environment (a credential helper, `GIT_SSH_COMMAND`) or an
+//! SSH key file; a URL with an embedded password works but is printed redacted.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::config::GitSource;
+
+/// What a snapshot records of one repository.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoState {
+    /// The directory in the snapshot (`<name>.git`).
+    pub dir: String,
+    /// The URL, with any password replaced by `***`.
+    pub url: String,
+    /// Where HEAD points (`refs/heads/main`), when it is symbolic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<String>,
+    /// Every ref with its object id, as `git for-each-ref` lists them.
+    pub refs: Refs,
+    /// Why the fetch failed; the mirror in the snapshot is then the last good one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The directory holding a job's mirrors.
+pub fn mirrors_dir(state_dir: &Path, job: &str) -> PathBuf {
+    state_dir.join("mirrors").join(job)
+}
+
+/// The mirror's directory name: the URL's last path segment, `.git` appended.
+pub fn mirror_name(url: &str) -> String {
+    let trimmed = url.trim_end_matches('/');
+    let last = trimmed.rsplit(['/', ':']).next().unwrap_or(trimmed);
+    let base = last.strip_suffix(".git").unwrap_or(last);
+    let clean: String =
+        base.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect();
+    let clean = clean.trim_start_matches('.');
+    format!("{}.git", if clean.is_empty() { "repo" } else { clean })
+}
+
+/// The URL as it may be printed: a password in it becomes `***`.
+pub fn redacted(url: &str) -> String {
+    match password(url) {
+        Some(p) => url.replacen(&format!(":{p}@"), ":***@", 1),
+        None => url.to_string(),
+    }
+}
+
+/// The password embedded in `scheme://user:password@host/...`, if any.
+fn password(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let userinfo = rest.split('/').next()?.rsplit_once('@')?.0;
+    userinfo.split_once(':').map(|(_, p)| p).filter(|p| !p.is_empty())
+}
+
+/// Replaces every occurrence of the URL's password in `text` (git's own messages).
+fn scrub(text: &str, url: &str) -> String {
+    match password(url) {
+        Some(p) => text.replace(p, "***"),
+        None => text.to_string(),
+    }
+}
+
+/// Updates (or first creates) the mirror of every repository. Returns each one's state;
+/// a repository whose fetch failed has `error` set and keeps its previous mirror, if any.
+pub fn update_mirrors(src: &GitSource, dir: &Path) -> Result<Vec<(RepoState, bool)>> {
+    crate::fsutil::create_private_dir(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    if let Some(key) = &src.ssh_key_file {
+        crate::keys::check_private(key)?;
+    }
+    let mut out = Vec::new();
+    for url in &src.repos {
+        let name = mirror_name(url);
+        let mirror = dir.join(&name);
+        let fetched = if mirror.exists() { fetch(src, url, &mirror) } else { clone(src, url, dir, &mirror) };
+        let error = fetched.err().map(|e| scrub(&format!("{e:#}"), url));
+        if let Some(e) = &error {
+            tracing::warn!(repo = %redacted(url), "git fetch failed; the previous mirror is kept unchanged: {e}");
+        }
+        let present = mirror.exists();
+        let (head, refs) = if present { refs(&mirror)? } else { (None, Vec::new()) };
+        out.push((RepoState { dir: name, url: redacted(url), head, refs, error }, present));
+    }
+    Ok(out)
+}
+
+/// A first clone, into a temporary directory renamed into place once complete.
+fn clone(src: &GitSource, url: &str, dir: &Path, mirror: &Path) -> Result<()> {
+    let tmp = dir.join(format!(".tmp-{}", crate::hex::random(6)));
+    let result = git(src, url, None, &["clone", "--mirror", "--quiet", "--", url]).arg(&tmp).status_checked("clone");
+    if let Err(e) = result {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    for (key, value) in [("gc.auto", "0"), ("maintenance.auto", "false"), ("fetch.writeCommitGraph", "false")] {
+        git(src, url, Some(&tmp), &["config", key, value]).status_checked("config")?;
+    }
+    std::fs::rename(&tmp, mirror).with_context(|| format!("cannot move the new mirror to {}", mirror.display()))?;
+    crate::fsutil::sync_dir(dir)?;
+    Ok(())
+}
+
+fn fetch(src: &GitSource, url: &str, mirror: &Path) -> Result<()> {
+    // Rewriting the config with the same URL would change it on disk for nothing.
+    let current = Command::new("git").arg("-C").arg(mirror).args(["config", "--get", "remote.origin.url"]).output();
+    if current.ok().is_none_or(|o| String::from_utf8_lossy(&o.stdout).trim() != url) {
+        git(src, url, Some(mirror), &["remote", "set-url", "origin", url]).status_checked("remote set-url")?;
+    }
+    // The mirror refspec (+refs/*:refs/*) with --prune mirrors deletions too; FETCH_HEAD
+    // is not written, so a failed fetch leaves every file as it was.
+    git(src, url, Some(mirror), &["fetch", "--prune", "--no-write-fetch-head", "--quiet", "origin"])
+        .status_checked("fetch")
+}
+
+/// After a restore: a working clone beside each restored bare repository
+/// (`app.git` -> `app`), checked out at its HEAD. Returns the clones made.
+pub fn checkout(to: &Path, repos: &[RepoState]) -> Result<Vec<PathBuf>> {
+    let mut made = Vec::new();
+    for r in repos {
+        let bare = to.join(&r.dir);
+        if !bare.is_dir() {
+            continue;
+        }
+        let work = to.join(r.dir.strip_suffix(".git").unwrap_or(&r.dir));
+        let out = Command::new("git")
+            .args(["clone", "--quiet", "--no-hardlinks", "--"])
+            .arg(&bare)
+            .arg(&work)
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .output()
+            .context("cannot run git")?;
+        if !out.status.success() {
+            bail!("git clone of {} failed: {}", bare.display(), String::from_utf8_lossy(&out.stderr).trim());
+        }
+        made.push(work);
+    }
+    Ok(made)
+}
+
+/// `(ref, object id)` pairs.
+type Refs = Vec<(String, String)>;
+
+/// The symbolic HEAD and every ref of a mirror.
+fn refs(mirror: &Path) -> Result<(Option<String>, Refs)> {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(mirror)
+        .args(["for-each-ref", "--format=%(refname) %(objectname)"])
+        .output()
+        .context("cannot run git")?;
+    if !out.status.success() {
+        bail!("git for-each-ref in {}: {}", mirror.display(), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let refs = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once(' ').map(|(r, o)| (r.to_string(), o.to_string())))
+        .collect();
+    let head = Command::new("git").arg("-C").arg(mirror).args(["symbolic-ref", "-q", "HEAD"]).output().ok();
+    let head = head.filter(|o| o.status.success()).map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    Ok((head, refs))
+}
+
+/// A git command that never prompts, never runs gc, and gives up on a stalled transfer.
+fn git(src: &GitSource, url: &str, dir: Option<&Path>, args: &[&str]) -> GitCommand {
+    let mut c = Command::new("git");
+    if let Some(d) = dir {
+        c.arg("-C").arg(d);
+    }
+    c.args(["-c", "gc.auto=0", "-c", "maintenance.auto=false", "-c", "http.lowSpeedLimit=1000"])
+        .args(["-c", "http.lowSpeedTime=120"])
+        .args(args)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .stdin(Stdio::null());
+    if let Some(key) = &src.ssh_key_file {
+        let quoted = format!("'{}'", key.display().to_string().replace('\'', "'\\''"));
+        c.env("GIT_SSH_COMMAND", format!("ssh -i {quoted} -o IdentitiesOnly=yes -o BatchMode=yes"));
+    }
+    GitCommand { command: c, url: url.to_string() }
+}
+
+struct GitCommand {
+    command: Command,
+    url: String,
+}
+
+impl GitCommand {
+    fn arg(mut self, a: impl AsRef<std::ffi::OsStr>) -> Self {
+        self.command.arg(a);
+        self
+    }
+
+    fn status_checked(mut self, what: &str) -> Result<()> {
+        let out = self.command.output().context("cannot run git (is it installed?)")?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            bail!(
+                "git {what} of {} failed ({}): {}",
+                redacted(&self.url),
+                out.status,
+                scrub(&tail.join(" / "), &self.url)
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_redaction() {
+        assert_eq!(mirror_name("https://git.example.com/team/app.git"), "app.git");
+        assert_eq!(mirror_name("git@github.com:team/tool"), "tool.git");
+        assert_eq!(mirror_name("/srv/git/x y/"), "x_y.git");
+        assert_eq!(mirror_name("ssh://host:22/"), "22.git");
+        let url = "https://alice:hunter2@git.example.com/app.git";
+        assert_eq!(redacted(url), "https://alice:***@git.example.com/app.git");
+        assert_eq!(redacted("https://alice@git.example.com/app.git"), "https://alice@git.example.com/app.git");
+        assert_eq!(scrub("fatal: auth failed for hunter2", url), "fatal: auth failed for ***");
+    }
+}

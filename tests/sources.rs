@@ -1,0 +1,426 @@
+//! Git and command sources, with real git and a real database tool (sqlite3).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+use serde_json::Value;
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = run_ok(
+        Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .env("GIT_AUTHOR_DATE", "2026-01-01T00:00:00Z")
+            .env("GIT_COMMITTER_DATE", "2026-01-01T00:00:00Z")
+            .envs([("GIT_AUTHOR_NAME", "Test"), ("GIT_AUTHOR_EMAIL", "t@example.com")])
+            .envs([("GIT_COMMITTER_NAME", "Test"), ("GIT_COMMITTER_EMAIL", "t@example.com")]),
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// An upstream repository with `commits` commits over three branches, an annotated and a
+/// lightweight tag, and a branch that was deleted; built with fast-import.
+fn upstream_repo(dir: &Path, commits: usize) {
+    run_ok(Command::new("git").args(["init", "--quiet", "-b", "main"]).arg(dir));
+    let mut stream = String::new();
+    let mut rng = Rng(7);
+    for i in 1..=commits {
+        let branch = ["main", "feature", "release"][i % 3];
+        let mut body = String::new();
+        for _ in 0..200 {
+            body.push_str(&format!("line {} of commit {i}\n", rng.below(1_000_000)));
+        }
+        let message = format!("commit {i}");
+        let when = 1_767_225_600 + i as i64 * 60;
+        stream.push_str(&format!(
+            "commit refs/heads/{branch}\nmark :{i}\ncommitter Test <t@example.com> {when} +0000\ndata {}\n{message}\n",
+            message.len()
+        ));
+        if i > 3 {
+            stream.push_str(&format!("from :{}\n", i - 3));
+        }
+        stream.push_str(&format!("M 644 inline file{}.txt\ndata {}\n{body}\n", i % 17, body.len()));
+    }
+    let mut child = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["fast-import", "--quiet"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(stream.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success());
+    git(dir, &["tag", "-a", "v1.0", "-m", "release 1.0", "release"]);
+    git(dir, &["tag", "v1.1-light", "feature"]);
+    git(dir, &["branch", "old-work", "main"]);
+    git(dir, &["branch", "-D", "old-work"]);
+    git(dir, &["reset", "--hard", "--quiet", "main"]);
+}
+
+fn refs_of(repo: &Path) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = git(repo, &["for-each-ref", "--format=%(refname) %(objectname)"])
+        .lines()
+        .map(|l| {
+            let (r, o) = l.split_once(' ').unwrap();
+            (r.to_string(), o.to_string())
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn snapshot_refs(snapshot: &Value, repo: usize) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = snapshot["contents"]["git"]["repos"][repo]["refs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p[0].as_str().unwrap().to_string(), p[1].as_str().unwrap().to_string()))
+        .collect();
+    v.sort();
+    v
+}
+
+fn git_setup(name: &str, urls: &[String]) -> Setup {
+    let list: Vec<String> = urls.iter().map(|u| format!("\"{u}\"")).collect();
+    Setup::with_source(name, Target::Dir, &format!("{{ git = [{}] }}", list.join(", ")), "")
+}
+
+#[test]
+fn a_git_repository_round_trips_with_its_refs_and_dedups_between_runs() {
+    let scratch = Scratch::new("git");
+    let upstream = scratch.path("upstream");
+    upstream_repo(&upstream, 300);
+    let setup = git_setup("git", &[format!("file://{}", upstream.display())]);
+    setup.backup();
+    let snaps = setup.snapshots();
+    let first = &snaps[0];
+    assert_eq!(snapshot_refs(first, 0), refs_of(&upstream), "the snapshot records every upstream ref");
+    assert!(refs_of(&upstream).iter().any(|(r, _)| r == "refs/tags/v1.0"));
+    assert!(!refs_of(&upstream).iter().any(|(r, _)| r.contains("old-work")));
+    assert_eq!(first["contents"]["git"]["repos"][0]["head"], "refs/heads/main");
+
+    // Restore: a bare repository git accepts, with exactly the recorded refs, and a working clone.
+    let out = scratch.path("out");
+    let mut c = setup.cmd(&["restore", "latest", "--job", "data", "--checkout", "--identity"]);
+    c.arg(&setup.identity).arg("--to").arg(&out);
+    run_ok(&mut c);
+    let bare = out.join("upstream.git");
+    git(&bare, &["fsck", "--full", "--strict"]);
+    assert_eq!(refs_of(&bare), snapshot_refs(first, 0));
+    assert_eq!(git(&out.join("upstream"), &["rev-parse", "HEAD"]), git(&upstream, &["rev-parse", "main"]));
+    assert_eq!(
+        std::fs::read_to_string(out.join("upstream/file1.txt")).unwrap(),
+        git(&upstream, &["show", "main:file1.txt"])
+    );
+
+    // One more commit: the next snapshot stores little more than the new objects.
+    std::fs::write(upstream.join("new.txt"), "a new file\n".repeat(100)).unwrap();
+    git(&upstream, &["add", "new.txt"]);
+    git(&upstream, &["commit", "--quiet", "-m", "one more"]);
+    setup.backup();
+    let second = &setup.snapshots()[1];
+    let uploaded = second["bytes_uploaded"].as_u64().unwrap();
+    assert!(uploaded < 1 << 20, "one commit cost {uploaded} bytes of uploads");
+    assert_eq!(snapshot_refs(second, 0), refs_of(&upstream));
+
+    // Nothing changed upstream: no new pack at all.
+    let packs = setup.pack_hashes().len();
+    setup.backup();
+    assert_eq!(setup.pack_hashes().len(), packs, "an unchanged repository uploaded a pack");
+    let out = setup.ok(&["snapshots"]);
+    assert!(text(&out).contains("1 repos, "), "{}", text(&out));
+}
+
+#[test]
+fn a_lost_upstream_keeps_its_mirror_and_the_other_repositories_are_still_backed_up() {
+    let scratch = Scratch::new("gitlost");
+    let (a, b) = (scratch.path("alpha"), scratch.path("beta"));
+    upstream_repo(&a, 30);
+    upstream_repo(&b, 30);
+    let setup = git_setup("gitlost", &[format!("file://{}", a.display()), format!("file://{}", b.display())]);
+    setup.backup();
+    let mirror = setup.dir.path("state/mirrors/data/alpha.git");
+    let before = snapshot_tree(&mirror);
+
+    // alpha is deleted upstream; beta gets a commit.
+    std::fs::remove_dir_all(&a).unwrap();
+    std::fs::write(b.join("more.txt"), "more\n").unwrap();
+    git(&b, &["add", "more.txt"]);
+    git(&b, &["commit", "--quiet", "-m", "more"]);
+    let out = setup.run(&["backup", "data", "--no-progress"]);
+    assert_eq!(out.status.code(), Some(3), "a repository that failed makes the snapshot partial: {}", text(&out));
+    let t = text(&out);
+    assert!(t.contains("alpha.git") && t.contains("git fetch of file://"), "{t}");
+    assert_eq!(snapshot_tree(&mirror), before, "the mirror of a lost upstream must not change");
+
+    let snaps = setup.snapshots();
+    assert_eq!(snaps.len(), 2);
+    let repos = &snaps[1]["contents"]["git"]["repos"];
+    assert!(repos[0]["error"].as_str().unwrap().contains("fetch"));
+    assert_eq!(snapshot_refs(&snaps[1], 0), snapshot_refs(&snaps[0], 0), "the last good mirror is kept");
+    assert_eq!(snapshot_refs(&snaps[1], 1), refs_of(&b), "beta is backed up as it is now");
+    // Both repositories restore, alpha as it last was.
+    let out = scratch.path("out");
+    let r = setup.restore("latest", &out);
+    assert!(r.status.success(), "{}", text(&r));
+    git(&out.join("alpha.git"), &["fsck", "--full"]);
+    assert_eq!(refs_of(&out.join("beta.git")), refs_of(&b));
+}
+
+#[test]
+fn a_password_in_a_git_url_is_never_printed() {
+    let scratch = Scratch::new("gitpass");
+    let good = scratch.path("good");
+    upstream_repo(&good, 5);
+    let secret = "Pa55wordInTheUrl";
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let bad = format!("http://backup:{secret}@127.0.0.1:{port}/team/private.git");
+    let setup = git_setup("gitpass", &[format!("file://{}", good.display()), bad]);
+    let out = setup.run(&["-vv", "backup", "data", "--no-progress"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(text(&out).contains("http://backup:***@127.0.0.1"), "{}", text(&out));
+    let mut printed = text(&out);
+    for args in [&["snapshots"][..], &["snapshots", "--json"], &["runs"], &["runs", "--json"], &["status"]] {
+        printed.push_str(&text(&setup.run(args)));
+    }
+    assert!(printed.contains("private.git"));
+    assert!(!printed.contains(secret), "the password was printed:\n{printed}");
+}
+
+fn sqlite_db(path: &Path, rows: usize) {
+    let c = rusqlite::Connection::open(path).unwrap();
+    c.execute_batch("CREATE TABLE orders (id INTEGER PRIMARY KEY, customer TEXT, total REAL, note BLOB)").unwrap();
+    let mut rng = Rng(99);
+    for i in 0..rows {
+        let mut note = vec![0u8; 64];
+        rng.fill(&mut note);
+        c.execute(
+            "INSERT INTO orders (customer, total, note) VALUES (?1, ?2, ?3)",
+            rusqlite::params![format!("customer {}", rng.below(1000)), i as f64 * 1.25, note],
+        )
+        .unwrap();
+    }
+}
+
+fn command_setup(name: &str, argv: &[&str], extra: &str) -> Setup {
+    let list: Vec<String> = argv.iter().map(|a| format!("\"{a}\"")).collect();
+    Setup::with_source(
+        name,
+        Target::Dir,
+        &format!("{{ command = [{}], file = \"app.sql\"{extra} }}", list.join(", ")),
+        "",
+    )
+}
+
+#[test]
+fn a_database_dump_backs_up_and_restores_identically() {
+    let scratch = Scratch::new("dump");
+    let db = scratch.path("app.db");
+    sqlite_db(&db, 20_000);
+    let db_arg = db.display().to_string();
+    let setup = command_setup("dump", &["sqlite3", &db_arg, ".dump"], "");
+    let out = setup.backup();
+    assert!(text(&out).contains("complete"));
+    let expected = run_ok(Command::new("sqlite3").arg(&db).arg(".dump")).stdout;
+    let snap = &setup.snapshots()[0];
+    assert_eq!(snap["contents"]["command"]["bytes"].as_u64().unwrap(), expected.len() as u64);
+    let restored = scratch.path("out");
+    let r = setup.restore("latest", &restored);
+    assert!(r.status.success(), "{}", text(&r));
+    let dump = std::fs::read(restored.join("app.sql")).unwrap();
+    assert_eq!(dump, expected, "the restored dump differs from a fresh one");
+    // And it loads into a database with the same rows.
+    let copy = scratch.path("copy.db");
+    let mut load = Command::new("sqlite3").arg(&copy).stdin(std::process::Stdio::piped()).spawn().unwrap();
+    std::io::Write::write_all(&mut load.stdin.take().unwrap(), &dump).unwrap();
+    assert!(load.wait().unwrap().success());
+    let count = |p: &PathBuf| {
+        rusqlite::Connection::open(p).unwrap().query_row("SELECT count(*), sum(total) FROM orders", [], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, f64>(1)?))
+        })
+    };
+    assert_eq!(count(&copy).unwrap(), count(&db).unwrap());
+    // An unchanged database dedups: only the new entry (its dump time) is stored.
+    setup.backup();
+    let again = setup.snapshots()[1]["bytes_uploaded"].as_u64().unwrap();
+    assert!(again < 64 << 10, "an unchanged dump uploaded {again} bytes");
+}
+
+#[test]
+fn a_failing_command_leaves_no_snapshot_and_says_why() {
+    let setup = command_setup(
+        "dumpfail",
+        &["sh", "-c", "echo 'INSERT INTO t VALUES (1);'; echo 'pg_dump: error: connection refused' >&2; exit 7"],
+        "",
+    );
+    let out = setup.run(&["backup", "data", "--no-progress"]);
+    assert_eq!(out.status.code(), Some(1));
+    let t = text(&out);
+    assert!(t.contains("exit status: 7") && t.contains("connection refused"), "{t}");
+    assert!(setup.snapshots().is_empty(), "a failed dump must not make a complete snapshot");
+    let runs: Vec<Value> = serde_json::from_slice(&setup.ok(&["runs", "--json"]).stdout).unwrap();
+    assert_eq!(runs[0]["outcome"], "failed");
+
+    // A command that hangs is killed at its timeout.
+    let setup = command_setup("dumphang", &["sleep", "600"], ", timeout = \"1s\"");
+    let t0 = std::time::Instant::now();
+    let out = setup.run(&["backup", "data", "--no-progress"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("timeout"), "{}", text(&out));
+    assert!(t0.elapsed() < std::time::Duration::from_secs(30));
+    assert!(setup.snapshots().is_empty());
+
+    // With `shell = true` the script runs under sh.
+    let setup = Setup::with_source(
+        "dumpshell",
+        Target::Dir,
+        "{ command = [\"printf 'a\\\\nb\\\\n' | sort -r\"], file = \"sorted.txt\", shell = true }",
+        "",
+    );
+    setup.backup();
+    let out = setup.dir.path("out");
+    assert!(setup.restore("latest", &out).status.success());
+    assert_eq!(std::fs::read_to_string(out.join("sorted.txt")).unwrap(), "b\na\n");
+}
+
+const SRC_KEY: &str = "COFFERSOURCEKEY00001";
+const SRC_SECRET: &str = "cofferSourceSecret0000000000000000000000";
+
+/// Runs a python helper with the source user's credentials; stdout lines as JSON.
+fn source_py(args: &[&str]) -> Vec<Value> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/s3_objects.py");
+    let out = run_ok(
+        Command::new("python3")
+            .arg(script)
+            .args(args)
+            .env("AWS_ACCESS_KEY_ID", SRC_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", SRC_SECRET),
+    );
+    String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn s3_script(args: &[&str], as_source_user: bool) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/s3-server.sh");
+    let mut c = Command::new("bash");
+    c.arg(script).args(args);
+    if as_source_user {
+        c.env("AWS_ACCESS_KEY_ID", SRC_KEY).env("AWS_SECRET_ACCESS_KEY", SRC_SECRET);
+    }
+    run_ok(&mut c);
+}
+
+/// Runs coffer with the source credentials in its environment, under python's
+/// getrusage so that its peak RSS (KiB) is measured alone.
+fn coffer_measured(setup: &Setup, args: &[&str]) -> (std::process::Output, u64) {
+    let mut argv = vec![BIN.to_string(), "--config".into(), setup.config.display().to_string()];
+    argv.extend(args.iter().map(|a| a.to_string()));
+    let code = "import json, resource, subprocess, sys\n\
+                r = subprocess.run(json.loads(sys.argv[1]))\n\
+                print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)\n\
+                sys.exit(r.returncode)\n";
+    let out = Command::new("python3")
+        .args(["-c", code, &serde_json::to_string(&argv).unwrap()])
+        .env("COFFER_SRC_KEY", SRC_KEY)
+        .env("COFFER_SRC_SECRET", SRC_SECRET)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let rss = stderr.lines().last().and_then(|l| l.trim().parse().ok()).unwrap_or(0);
+    (out, rss)
+}
+
+#[test]
+fn a_bucket_on_another_provider_is_backed_up_incrementally_and_restored_to_a_directory_and_a_bucket() {
+    if !s3_available() {
+        return;
+    }
+    const BIG_MIB: u64 = 100;
+    s3_script(&["mkuser", "coffer-source", SRC_KEY, SRC_SECRET], false);
+    let stamp = now() % 1_000_000_000;
+    let (src_bucket, back_bucket) = (format!("src-{stamp}"), format!("back-{stamp}"));
+    s3_script(&["mkbucket", &src_bucket, "--no-lock"], true);
+    s3_script(&["mkbucket", &back_bucket, "--no-lock"], true);
+    source_py(&["fill", &src_bucket, "data/", "1000", &BIG_MIB.to_string()]);
+    let original = source_py(&["dump", &src_bucket, "data/"]);
+    assert_eq!(original.len(), 1000);
+
+    let endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap();
+    let source = format!(
+        "{{ bucket = \"s3://{src_bucket}/data\", endpoint = \"{endpoint}\", \
+         access_key_id_env = \"COFFER_SRC_KEY\", secret_access_key_env = \"COFFER_SRC_SECRET\" }}"
+    );
+    let setup = Setup::with_source("bucketsrc", Target::S3, &source, "");
+    std::fs::write(
+        &setup.config,
+        std::fs::read_to_string(&setup.config).unwrap().replacen("[target]", "pack_size_mib = 4\n[target]", 1),
+    )
+    .unwrap();
+    // The target's credentials cannot read the source bucket: the two are separate.
+    let denied = Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/s3_objects.py"))
+        .args(["dump", &src_bucket, "data/"])
+        .output()
+        .unwrap();
+    assert!(!denied.status.success(), "the target's user could read the source bucket");
+
+    let (out, _) = coffer_measured(&setup, &["-vv", "backup", "data", "--no-progress"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let mut printed = text(&out);
+    let first = &setup.snapshots()[0];
+    assert_eq!(first["contents"]["bucket"]["objects"], 1000);
+    assert_eq!(first["files"], 1000);
+
+    // Restore to a directory: every object is a file under its key, byte for byte.
+    let scratch = Scratch::new("bucketsrc-out");
+    let dir = scratch.path("restored");
+    let r = setup.restore("latest", &dir);
+    assert!(r.status.success(), "{}", text(&r));
+    for o in &original {
+        let data = std::fs::read(dir.join(o["key"].as_str().unwrap())).unwrap();
+        assert_eq!(data.len() as u64, o["size"].as_u64().unwrap());
+        assert_eq!(sha256_hex(&data), o["sha256"].as_str().unwrap(), "{}", o["key"]);
+    }
+
+    // Ten objects change, the big one growing to 300 MiB: only they are downloaded, and
+    // the run's memory stays below the size of the object it streamed. (The pipeline's
+    // own working set, queues and packs in flight, is ~130 MiB whatever the data.)
+    const CHANGED_BIG_MIB: u64 = 300;
+    let changed = source_py(&["change", &src_bucket, "data/", "10", &CHANGED_BIG_MIB.to_string()]);
+    let changed_bytes = changed[0]["changed_bytes"].as_u64().unwrap();
+    let (out, peak_kib) = coffer_measured(&setup, &["backup", "data", "--no-progress"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let runs: Vec<Value> = serde_json::from_slice(&setup.ok(&["runs", "--json", "-n", "1"]).stdout).unwrap();
+    assert_eq!(runs[0]["bytes_read"].as_u64().unwrap(), changed_bytes, "only the changed objects are read");
+    eprintln!("peak RSS of the incremental run with a {CHANGED_BIG_MIB} MiB object: {} MiB", peak_kib / 1024);
+    assert!(
+        peak_kib > 0 && peak_kib < CHANGED_BIG_MIB * 1024,
+        "peak RSS {peak_kib} KiB: the object was held in memory"
+    );
+
+    // Back into a new bucket: same keys, bytes and content types.
+    let now_state = source_py(&["dump", &src_bucket, "data/"]);
+    let mut c = setup.cmd(&["restore", "latest", "--job", "data", "--identity"]);
+    c.arg(&setup.identity).args(["--to-bucket", &format!("s3://{back_bucket}/copy")]);
+    c.env("COFFER_SRC_KEY", SRC_KEY).env("COFFER_SRC_SECRET", SRC_SECRET);
+    let out = run_ok(&mut c);
+    assert!(text(&out).contains("1000 objects"), "{}", text(&out));
+    printed.push_str(&text(&out));
+    for args in [&["snapshots"][..], &["snapshots", "--json"], &["runs", "--json"]] {
+        printed.push_str(&text(&setup.run(args)));
+    }
+    assert!(printed.contains(&src_bucket));
+    assert!(!printed.contains(SRC_SECRET), "the source bucket's secret was printed");
+    let copy = source_py(&["dump", &back_bucket, "copy/"]);
+    assert_eq!(copy, now_state, "the bucket restored from the snapshot differs from the source");
+    assert!(copy.iter().any(|o| o["content_type"] == "image/png"));
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+}
