@@ -272,14 +272,7 @@ fn sigterm_stops_at_a_checkpoint_and_the_next_start_resumes() {
         return;
     }
     let scratch = Scratch::new("sigterm");
-    let src = scratch.path("src");
-    std::fs::create_dir_all(&src).unwrap();
-    let mut rng = Rng(21);
-    for i in 0..10 {
-        let mut data = vec![0u8; 32 << 20];
-        rng.fill(&mut data);
-        std::fs::write(src.join(format!("part{i:02}.bin")), data).unwrap();
-    }
+    let src = random_parts(&scratch, 21, 10);
     // Daily at 03:00: only the catch-up of a new job runs during the test.
     let extra = format!(
         "schedule = \"0 3 * * *\"\n[daemon]\nshutdown_timeout = \"30s\"\n[http]\nlisten = \"127.0.0.1:{}\"\n",
@@ -288,7 +281,7 @@ fn sigterm_stops_at_a_checkpoint_and_the_next_start_resumes() {
     let setup = daemon_setup("sigterm", Target::S3, &src, &extra);
     let mut d = Daemon::start(&setup, "first");
     wait_for("three acknowledged packs", Duration::from_secs(120), || {
-        let n: i64 = setup.catalog().query_row("SELECT count(*) FROM packs", [], |r| r.get(0)).unwrap_or(0);
+        let n = setup.pack_count();
         (n >= 3).then_some(())
     });
     let t0 = Instant::now();
@@ -301,7 +294,7 @@ fn sigterm_stops_at_a_checkpoint_and_the_next_start_resumes() {
     assert_eq!(first.last().unwrap()["outcome"], "interrupted", "{first:?}");
 
     let acknowledged = setup.pack_hashes();
-    let stored_before: i64 = setup.catalog().query_row("SELECT sum(raw_length) FROM chunks", [], |r| r.get(0)).unwrap();
+    let stored_before: i64 = setup.stored_raw_bytes();
     // The next start resumes the interrupted run at once.
     let mut d2 = Daemon::start(&setup, "second");
     wait_for("the resumed snapshot", Duration::from_secs(180), || (!setup.snapshots().is_empty()).then_some(()));
@@ -311,9 +304,9 @@ fn sigterm_stops_at_a_checkpoint_and_the_next_start_resumes() {
     let resumed = runs(&setup).into_iter().rev().find(|r| r["outcome"] == "success").unwrap();
     assert_eq!(resumed["trigger"], "catch-up");
     let new_run = setup.snapshots()[0]["bytes_new"].as_i64().unwrap();
-    let stored_after: i64 = setup.catalog().query_row("SELECT sum(raw_length) FROM chunks", [], |r| r.get(0)).unwrap();
+    let stored_after: i64 = setup.stored_raw_bytes();
     assert_eq!(new_run, stored_after - stored_before, "the resumed run re-sent acknowledged chunks");
-    assert!(stored_before > 0 && new_run < 10 * (32 << 20));
+    assert!(stored_before > 0 && new_run < 10 * PART as i64);
     setup.assert_restores(&src, &scratch.path("out"));
     assert_no_secrets(&setup, &[&d.log_text(), &d2.log_text()], &[]);
 }
@@ -324,14 +317,7 @@ fn an_s3_outage_fails_the_run_cleanly_and_a_later_run_completes() {
         return;
     }
     let scratch = Scratch::new("outage");
-    let src = scratch.path("src");
-    std::fs::create_dir_all(&src).unwrap();
-    let mut rng = Rng(31);
-    for i in 0..8 {
-        let mut data = vec![0u8; 32 << 20];
-        rng.fill(&mut data);
-        std::fs::write(src.join(format!("part{i:02}.bin")), data).unwrap();
-    }
+    let src = random_parts(&scratch, 31, 8);
     let (gw_port, http_port) = (free_port(), free_port());
     let gateway = Gateway::start(&format!("outage{gw_port}"), gw_port);
     let extra = format!("schedule = \"*/5 * * * * *\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n");
@@ -345,7 +331,7 @@ fn an_s3_outage_fails_the_run_cleanly_and_a_later_run_completes() {
 
     let mut d = Daemon::start(&setup, "daemon");
     wait_for("two acknowledged packs", Duration::from_secs(120), || {
-        let n: i64 = setup.catalog().query_row("SELECT count(*) FROM packs", [], |r| r.get(0)).unwrap_or(0);
+        let n = setup.pack_count();
         (n >= 2).then_some(())
     });
     gateway.stop();
@@ -369,14 +355,14 @@ fn an_s3_outage_fails_the_run_cleanly_and_a_later_run_completes() {
     assert!(setup.snapshots().is_empty());
 
     // 20 s later the gateway is back; a later run completes without re-sending.
-    let stored_before: i64 = setup.catalog().query_row("SELECT sum(raw_length) FROM chunks", [], |r| r.get(0)).unwrap();
+    let stored_before: i64 = setup.stored_raw_bytes();
     std::thread::sleep(Duration::from_secs(20).saturating_sub(down.elapsed()));
     gateway.start_again();
     wait_for("a snapshot after the outage", Duration::from_secs(180), || (!setup.snapshots().is_empty()).then_some(()));
     assert!(d.stop().success());
     setup.integrity_ok();
     let new_run = setup.snapshots()[0]["bytes_new"].as_i64().unwrap();
-    let stored_after: i64 = setup.catalog().query_row("SELECT sum(raw_length) FROM chunks", [], |r| r.get(0)).unwrap();
+    let stored_after: i64 = setup.stored_raw_bytes();
     assert_eq!(new_run, stored_after - stored_before, "the run after the outage re-sent acknowledged chunks");
     // Every pack version the catalog claims is on the server.
     let on_server: Vec<(String, String)> = setup

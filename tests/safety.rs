@@ -92,20 +92,13 @@ fn a_killed_backup_to_s3_resumes_without_re_uploading_acknowledged_packs() {
 
 fn kill_and_resume(target: Target) {
     let scratch = Scratch::new("kill");
-    let src = scratch.path("src");
-    std::fs::create_dir_all(&src).unwrap();
-    let mut rng = Rng(11);
-    for i in 0..12 {
-        let mut data = vec![0u8; 32 << 20];
-        rng.fill(&mut data);
-        std::fs::write(src.join(format!("part{i:02}.bin")), data).unwrap();
-    }
+    let src = random_parts(&scratch, 11, 12);
     let setup = Setup::new("kill", target, &src);
     let mut child = setup.cmd(&["backup", "data", "--no-progress"]).spawn().unwrap();
     // Wait until some packs are acknowledged, then kill -9 mid-run.
     let t0 = Instant::now();
     loop {
-        let n: i64 = setup.catalog().query_row("SELECT count(*) FROM packs", [], |r| r.get(0)).unwrap_or(0);
+        let n = setup.pack_count();
         if n >= 4 {
             break;
         }
@@ -119,16 +112,16 @@ fn kill_and_resume(target: Target) {
     assert!(setup.snapshots().is_empty(), "a killed run must not leave a snapshot");
 
     let acknowledged = setup.pack_hashes();
-    let stored_before: i64 = setup.catalog().query_row("SELECT sum(raw_length) FROM chunks", [], |r| r.get(0)).unwrap();
+    let stored_before: i64 = setup.stored_raw_bytes();
     setup.backup();
     setup.integrity_ok();
     let after = setup.pack_hashes();
     assert!(acknowledged.iter().all(|h| after.contains(h)));
     // Everything the second run sent for upload is new: nothing acknowledged was sent again.
     let new_run = setup.snapshots()[0]["bytes_new"].as_u64().unwrap() as i64;
-    let stored_after: i64 = setup.catalog().query_row("SELECT sum(raw_length) FROM chunks", [], |r| r.get(0)).unwrap();
+    let stored_after: i64 = setup.stored_raw_bytes();
     assert_eq!(new_run, stored_after - stored_before, "the resumed run re-sent stored chunks");
-    assert!(stored_before > 0 && new_run < 12 * (32 << 20));
+    assert!(stored_before > 0 && new_run < 12 * PART as i64);
     let out = scratch.path("out");
     setup.assert_restores(&src, &out);
 }

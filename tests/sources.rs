@@ -125,6 +125,7 @@ fn a_git_repository_round_trips_with_its_refs_and_dedups_between_runs() {
     setup.backup();
     let second = &setup.snapshots()[1];
     let uploaded = second["bytes_uploaded"].as_u64().unwrap();
+    eprintln!("one more commit: {uploaded} bytes uploaded (the first snapshot: {})", first["bytes_uploaded"]);
     assert!(uploaded < 1 << 20, "one commit cost {uploaded} bytes of uploads");
     assert_eq!(snapshot_refs(second, 0), refs_of(&upstream));
 

@@ -46,6 +46,23 @@ pub fn one_file_source(scratch: &Scratch, name: &str, seed: u64, mib: usize) -> 
     src
 }
 
+/// Size of each part made by `random_parts`.
+pub const PART: usize = 32 << 20;
+
+/// A source directory `src` in `scratch` holding `count` files of 32 MiB of random data
+/// (incompressible, so a backup takes long enough to be interrupted).
+pub fn random_parts(scratch: &Scratch, seed: u64, count: usize) -> PathBuf {
+    let src = scratch.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let mut rng = Rng(seed);
+    for i in 0..count {
+        let mut data = vec![0u8; PART];
+        rng.fill(&mut data);
+        std::fs::write(src.join(format!("part{i:02}.bin")), data).unwrap();
+    }
+    src
+}
+
 /// A configuration: state and repository secret under `state/`, one recipient, the
 /// target, then `extra` (a `[[job]]`, further keys).
 pub fn config_text(recipient: &str, target_url: &str, extra: &str) -> String {
@@ -182,6 +199,16 @@ impl Setup {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/s3_inspect.py");
         let out = run_ok(Command::new("python3").arg(script).args([cmd, bucket, &format!("{prefix}/")]).args(args));
         String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
+    /// Packs the catalog holds (0 while it cannot be read).
+    pub fn pack_count(&self) -> i64 {
+        self.catalog().query_row("SELECT count(*) FROM packs", [], |r| r.get(0)).unwrap_or(0)
+    }
+
+    /// Raw bytes of every chunk the catalog holds.
+    pub fn stored_raw_bytes(&self) -> i64 {
+        self.catalog().query_row("SELECT coalesce(sum(raw_length), 0) FROM chunks", [], |r| r.get(0)).unwrap()
     }
 
     pub fn integrity_ok(&self) {
