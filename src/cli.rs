@@ -19,10 +19,12 @@ const EXIT_PARTIAL: u8 = 3;
     name = "coffer",
     version,
     about = "Immutable off-site backups: deduplicated, compressed, encrypted to offline age keys",
-    long_about = "coffer backs up directories into content-defined, deduplicated chunks, compresses \
-                  them with zstd and encrypts them to age public keys, so the backup host can write \
-                  backups but never read them. Packs go to an object store (S3 or a local directory) \
-                  and are tracked in a SQLite catalog in the state directory.",
+    long_about = "coffer backs up directories, git repositories, command output (database dumps) and \
+                  cloud buckets into content-defined, deduplicated chunks, compresses them with zstd and \
+                  encrypts them to age public keys, so the backup host can write backups but never read \
+                  them. Packs go to an object store (S3 with Object Lock, or a local directory) and are \
+                  tracked in a SQLite catalog in the state directory. `coffer daemon` runs the jobs on \
+                  their schedules.",
     after_help = "Exit codes: 0 success, 1 error, 2 usage error, 3 backup completed but some paths could not be read.\n\
                   `coffer status`: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (Nagios convention)."
 )]
@@ -94,7 +96,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// The retention status check: live snapshots, protection horizon and gaps per job.
+    /// The retention status check: live snapshots, freshness against the schedule, protection
+    /// horizon and gaps per job.
     /// Exit codes for monitoring: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
     Status {
         /// Read the lock of every needed object version from the server instead of
@@ -117,7 +120,8 @@ enum Command {
         #[arg(long)]
         yes: bool,
     },
-    /// Restore a snapshot into a directory, verifying every chunk.
+    /// Restore a snapshot into a directory (or a bucket source's objects back into a
+    /// bucket), verifying every chunk.
     Restore {
         /// Snapshot id (or a unique prefix), or `latest`.
         snapshot: String,
