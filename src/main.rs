@@ -29,6 +29,11 @@ mod time;
 
 pub use format::ChunkId;
 
+/// Unit tests run on an allocator that notes the largest request (the decoders' bound).
+#[cfg(test)]
+#[global_allocator]
+static ALLOCATOR: format::robustness::Tracking = format::robustness::Tracking;
+
 fn main() -> std::process::ExitCode {
     // Packs (~16 MiB) and large chunks are allocated and freed all the time by several
     // threads. glibc raises its mmap threshold after such frees and then keeps the memory

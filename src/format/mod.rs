@@ -14,6 +14,9 @@ pub mod pack;
 pub mod repo;
 pub mod snapshot;
 
+#[cfg(test)]
+pub mod robustness;
+
 use std::fmt;
 
 /// A chunk's id: the keyed blake3 hash of its plaintext (see [`crate::keys::RepoSecret::chunk_id`]).

@@ -95,8 +95,13 @@ pub fn verify_mac(object: &[u8], key: &str, secret: &RepoSecret) -> Result<(), D
 pub fn open(object: &[u8], key: &str, secret: &RepoSecret, identity: &Identity) -> Result<SnapshotRecord, DecodeError> {
     verify_mac(object, key, secret)?;
     let json = identity.decrypt(&object[..object.len() - MAC_LEN])?;
+    parse(&json, key)
+}
+
+/// Parses a decrypted record and checks it belongs at `key`.
+pub fn parse(json: &[u8], key: &str) -> Result<SnapshotRecord, DecodeError> {
     let record: SnapshotRecord =
-        serde_json::from_slice(&json).map_err(|e| malformed(format!("snapshot record: {e}")))?;
+        serde_json::from_slice(json).map_err(|e| malformed(format!("snapshot record: {e}")))?;
     if record.format != VERSION {
         return Err(DecodeError::Version(record.format));
     }
