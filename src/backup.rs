@@ -121,15 +121,7 @@ fn open_repo(cfg: &Config, retry: Retry) -> Result<Repo> {
 
 /// Runs one backup of `job`.
 pub fn run(cfg: &Config, job: &Job, opts: &Options) -> Result<Summary> {
-    let locks = cfg.state_dir.join("locks");
-    crate::fsutil::create_private_dir(&locks).with_context(|| format!("cannot create {}", locks.display()))?;
-    let _lock = crate::fsutil::LockFile::try_lock(&locks.join(format!("{}.lock", job.name))).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::WouldBlock {
-            anyhow!("another coffer process is backing up job `{}` with this state directory", job.name)
-        } else {
-            anyhow!("cannot take the job lock in {}: {e}", locks.display())
-        }
-    })?;
+    let _lock = cfg.job_lock(&job.name)?;
     let retry = Retry::new(cfg.target.retry_budget, opts.stop.clone());
     let mut repo = open_repo(cfg, retry.clone())?;
     let run_id = repo.catalog.start_run(&job.name, opts.trigger, opts.scheduled_for)?;
@@ -503,8 +495,8 @@ fn prepare(cfg: &Config, job: &Job) -> Result<Prepared> {
         }
         Source::Command(src) => {
             let (running, data) = command::start(src, &job.name)?;
-            let program = if src.shell { "sh -c".into() } else { src.argv[0].clone() };
-            let contents = Contents::Command(command::CommandState { program, file: src.file.clone(), bytes: 0 });
+            let contents =
+                Contents::Command(command::CommandState { program: src.program(), file: src.file.clone(), bytes: 0 });
             let input = Input::Stream { name: src.file.clone(), data };
             Ok(Prepared { input, contents: Some(contents), errors: Vec::new(), command: Some(running) })
         }
@@ -546,32 +538,22 @@ impl Reader {
 
     /// One file made of a stream's bytes, owned by the user coffer runs as.
     fn stream(&mut self, name: String, data: impl std::io::Read) -> Result<Entry> {
-        let mut chunks = Vec::new();
-        let size = self.chunk_into(data, &mut chunks, false).map_err(|e| match e {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let mut e = Entry::synthetic(name.into_bytes(), Kind::File, 0o600, now.as_nanos() as i64);
+        e.size = self.chunk_into(data, &mut e.chunks, false).map_err(|e| match e {
             ChunkError::Read(err) => anyhow!("cannot read the command's output: {err}"),
             ChunkError::Sink(err) => err,
         })?;
+        self.count_file(e.size);
+        Ok(e)
+    }
+
+    /// A file that goes into the snapshot, in the stats and the progress line.
+    fn count_file(&mut self, size: u64) {
         self.stats.files += 1;
         self.stats.bytes += size;
         Counters::add(&self.counters.files, 1);
         Counters::add(&self.counters.bytes, size);
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        // SAFETY: geteuid/getegid cannot fail.
-        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
-        Ok(Entry {
-            path: name.into_bytes(),
-            kind: Kind::File,
-            mode: 0o600,
-            uid,
-            gid,
-            mtime_ns: now.as_nanos() as i64,
-            ctime_ns: 0,
-            ino: 0,
-            size,
-            target: None,
-            content_type: None,
-            chunks,
-        })
     }
 
     /// A bucket's objects as files under their keys, with the directories their keys
@@ -584,8 +566,6 @@ impl Reader {
         writer: &mut EntryWriter<W>,
     ) -> Result<()> {
         use crate::source::bucket::{StreamReader, check_key, etag_fingerprint};
-        // SAFETY: geteuid/getegid cannot fail.
-        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
         let mut dirs: HashSet<String> = HashSet::new();
         let mut files: HashSet<String> = HashSet::new();
         for meta in objects {
@@ -597,11 +577,10 @@ impl Reader {
             }
             let key = meta.location.as_ref().to_string();
             let mtime_ns = meta.last_modified.timestamp_nanos_opt().unwrap_or(0);
+            let ancestors = || key.match_indices('/').map(|(i, _)| &key[..i]);
             let conflict = check_key(&key).err().map(|e| e.to_string()).or_else(|| {
-                let ancestors: Vec<&str> = key.match_indices('/').map(|(i, _)| &key[..i]).collect();
-                ancestors
-                    .iter()
-                    .find(|a| files.contains(**a))
+                ancestors()
+                    .find(|a| files.contains(*a))
                     .map(|a| format!("`{a}` is an object too"))
                     .or_else(|| dirs.contains(&key).then(|| "objects exist under this key as a prefix".into()))
             });
@@ -609,43 +588,23 @@ impl Reader {
                 self.problem(Path::new(&key), format!("object not backed up: {why}"));
                 continue;
             }
-            for (i, _) in key.match_indices('/') {
-                let dir = &key[..i];
-                if dirs.insert(dir.to_string()) {
+            for dir in ancestors() {
+                if !dirs.contains(dir) {
+                    dirs.insert(dir.to_string());
                     self.stats.dirs += 1;
-                    let e = Entry {
-                        path: dir.as_bytes().to_vec(),
-                        kind: Kind::Dir,
-                        mode: 0o755,
-                        uid,
-                        gid,
-                        mtime_ns,
-                        ctime_ns: 0,
-                        ino: 0,
-                        size: 0,
-                        target: None,
-                        chunks: Vec::new(),
-                        content_type: None,
-                    };
+                    let e = Entry::synthetic(dir.as_bytes().to_vec(), Kind::Dir, 0o755, mtime_ns);
                     writer.write(&e).context("cannot write the entry stream")?;
                 }
             }
-            let mut e = Entry {
-                path: key.as_bytes().to_vec(),
-                kind: Kind::File,
-                mode: 0o644,
-                uid,
-                gid,
-                mtime_ns,
-                ctime_ns: 0,
-                ino: etag_fingerprint(meta),
-                size: meta.size,
-                target: None,
-                chunks: Vec::new(),
-                content_type: None,
-            };
+            let mut e = Entry::synthetic(key.as_bytes().to_vec(), Kind::File, 0o644, mtime_ns);
+            (e.ino, e.size) = (etag_fingerprint(meta), meta.size);
             self.counters.set_current(&key);
-            if let Some((chunks, content_type)) = self.unchanged(&e)? {
+            // An object: same size and ETag (its fingerprint is where a file keeps its
+            // inode); without an ETag, same size and last-modified time.
+            let same = |c: &CachedFile, e: &Entry| {
+                (c.size, c.inode) == (e.size, e.ino) && (e.ino != 0 || c.mtime_ns == e.mtime_ns)
+            };
+            if let Some((chunks, content_type)) = self.unchanged(&e, same)? {
                 e.chunks = chunks;
                 e.content_type = content_type;
                 Counters::add(&self.counters.unchanged, 1);
@@ -670,10 +629,7 @@ impl Reader {
                 }
             }
             files.insert(key);
-            self.stats.files += 1;
-            self.stats.bytes += e.size;
-            Counters::add(&self.counters.files, 1);
-            Counters::add(&self.counters.bytes, e.size);
+            self.count_file(e.size);
             writer.write(&e).context("cannot write the entry stream")?;
         }
         Ok(())
@@ -724,7 +680,11 @@ impl Reader {
             return Err(Interrupted.into());
         }
         self.counters.set_current(&String::from_utf8_lossy(&e.path));
-        if let Some((chunks, _)) = self.unchanged(&e)? {
+        // A file: same size, mtime, ctime and inode.
+        let same = |c: &CachedFile, e: &Entry| {
+            (c.size, c.mtime_ns, c.ctime_ns, c.inode) == (e.size, e.mtime_ns, e.ctime_ns, e.ino)
+        };
+        if let Some((chunks, _)) = self.unchanged(&e, same)? {
             e.chunks = chunks;
             Counters::add(&self.counters.unchanged, 1);
         } else {
@@ -742,26 +702,22 @@ impl Reader {
                 Err(ChunkError::Sink(err)) => return Err(err),
             }
         }
-        self.stats.files += 1;
-        self.stats.bytes += e.size;
-        Counters::add(&self.counters.files, 1);
-        Counters::add(&self.counters.bytes, e.size);
+        self.count_file(e.size);
         Ok(Some(e))
     }
 
-    /// The fast path: the same file as in the last snapshot (same size, mtime, ctime and
-    /// inode; for an object with an ETag, same size and ETag) with every chunk still
-    /// stored → reuse the chunk list (and content type) without reading it.
-    fn unchanged(&mut self, e: &Entry) -> Result<Option<(Vec<ChunkId>, Option<String>)>> {
+    /// The fast path: the same file as in the last snapshot (`same` compares its identity
+    /// with the cached one) with every chunk still stored → reuse the chunk list (and
+    /// content type) without reading it.
+    fn unchanged(
+        &mut self,
+        e: &Entry,
+        same: impl Fn(&CachedFile, &Entry) -> bool,
+    ) -> Result<Option<(Vec<ChunkId>, Option<String>)>> {
         let Some(c) = self.catalog.cached_file(&self.job, &e.path)? else {
             return Ok(None);
         };
-        let same = if e.ctime_ns == 0 && e.ino != 0 {
-            (c.size, c.inode) == (e.size, e.ino)
-        } else {
-            (c.size, c.mtime_ns, c.ctime_ns, c.inode) == (e.size, e.mtime_ns, e.ctime_ns, e.ino)
-        };
-        if !same {
+        if !same(&c, e) {
             return Ok(None);
         }
         let mut packs = Vec::with_capacity(c.chunks.len());

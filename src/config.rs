@@ -166,6 +166,13 @@ pub struct CommandSource {
     pub timeout: Duration,
 }
 
+impl CommandSource {
+    /// The program as messages and snapshots name it.
+    pub fn program(&self) -> String {
+        if self.shell { "sh -c".into() } else { self.argv[0].clone() }
+    }
+}
+
 impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -174,7 +181,7 @@ impl fmt::Display for Source {
                 let urls: Vec<String> = g.repos.iter().map(|u| crate::source::git::redacted(u)).collect();
                 write!(f, "git {}", urls.join(" "))
             }
-            Source::Command(c) => write!(f, "command {} > {}", c.argv.first().map_or("", |a| a.as_str()), c.file),
+            Source::Command(c) => write!(f, "command {} > {}", c.program(), c.file),
             Source::Bucket(b) => write!(f, "bucket {}", b.url),
         }
     }
@@ -501,6 +508,16 @@ impl Config {
 
     pub fn catalog_path(&self) -> PathBuf {
         self.state_dir.join("catalog.sqlite")
+    }
+
+    /// The lock a backup of `job` holds (and prune takes for every job), in a private
+    /// directory it creates.
+    pub fn job_lock(&self, job: &str) -> anyhow::Result<crate::fsutil::LockFile> {
+        let dir = self.state_dir.join("locks");
+        crate::fsutil::create_private_dir(&dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+        crate::fsutil::LockFile::take(&dir.join(format!("{job}.lock")), || {
+            format!("another coffer process is backing up job `{job}` with this state directory")
+        })
     }
 }
 

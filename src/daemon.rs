@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
@@ -34,13 +34,8 @@ pub fn run(config_file: &Path) -> Result<ExitCode> {
     let cfg = Config::load(config_file)?;
     crate::fsutil::create_private_dir(&cfg.state_dir)
         .with_context(|| format!("cannot create state directory {}", cfg.state_dir.display()))?;
-    let lock_path = cfg.state_dir.join("daemon.lock");
-    let _lock = crate::fsutil::LockFile::try_lock(&lock_path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::WouldBlock {
-            anyhow!("another coffer daemon is running with state directory {}", cfg.state_dir.display())
-        } else {
-            anyhow!("cannot take the daemon lock {}: {e}", lock_path.display())
-        }
+    let _lock = crate::fsutil::LockFile::take(&cfg.state_dir.join("daemon.lock"), || {
+        format!("another coffer daemon is running with state directory {}", cfg.state_dir.display())
     })?;
     // Refuse to start half-configured: the repository must exist and the token be readable.
     Catalog::open_repo(&cfg)?;

@@ -61,4 +61,12 @@ impl LockFile {
         }
         Ok(LockFile { _file: file })
     }
+
+    /// Takes the lock; when another process holds it, the error is `held_by`'s sentence.
+    pub fn take(path: &Path, held_by: impl FnOnce() -> String) -> anyhow::Result<LockFile> {
+        LockFile::try_lock(path).map_err(|e| match e.kind() {
+            io::ErrorKind::WouldBlock => anyhow::anyhow!(held_by()),
+            _ => anyhow::anyhow!("cannot take the lock {}: {e}", path.display()),
+        })
+    }
 }

@@ -16,6 +16,7 @@ mod init;
 mod keys;
 mod metrics;
 mod objectlock;
+mod process;
 mod progress;
 mod prune;
 mod restore;

@@ -7,8 +7,9 @@
 
 use std::fmt::Write;
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, JobTotals, RunRow};
 use crate::config::Config;
+use crate::status::JobStatus;
 
 /// What the running daemon knows that the catalog does not.
 pub struct Live {
@@ -44,69 +45,105 @@ pub fn render(cfg: &Config, live: &Live) -> String {
     m.out
 }
 
+/// What one job's samples are read from.
+struct JobRow<'a> {
+    name: &'a str,
+    totals: JobTotals,
+    status: Option<&'a JobStatus>,
+    running: bool,
+}
+
+/// A job's samples in one family: extra labels (or none) and the value.
+type Samples = Vec<(String, f64)>;
+
+/// A per-job family: name, type, help, and how its samples are read from a job.
+type Family<'a> = (&'a str, &'a str, &'a str, &'a dyn Fn(&JobRow) -> Samples);
+
+fn one(v: Option<f64>) -> Samples {
+    v.map(|v| vec![(String::new(), v)]).unwrap_or_default()
+}
+
 fn job_metrics(m: &mut Exposition, cfg: &Config, catalog: &Catalog, live: &Live) {
     let status = crate::status::run(cfg, &crate::status::Options { remote: false, sample: None });
     if let Ok(report) = &status {
         m.family("coffer_status", "gauge", "The retention status check: 0 OK, 1 WARNING, 2 CRITICAL.");
         m.sample("coffer_status", &[], f64::from(report.status.exit_code()));
     }
-    let families: [(&str, &str, &str); 17] = [
-        ("coffer_job_last_success_timestamp_seconds", "gauge", "When the job last finished with a snapshot."),
-        ("coffer_job_last_run_timestamp_seconds", "gauge", "When the job's last run ended."),
-        ("coffer_job_last_run_duration_seconds", "gauge", "How long the job's last run took."),
-        ("coffer_job_last_run_outcome", "gauge", "1 for the outcome of the job's last run."),
-        ("coffer_job_last_run_bytes_read", "gauge", "Bytes the last run read from the source."),
-        ("coffer_job_last_run_bytes_uploaded", "gauge", "Bytes the last run uploaded."),
-        ("coffer_job_runs_total", "counter", "Runs started (not counting skips)."),
-        ("coffer_job_failures_total", "counter", "Runs that failed."),
-        ("coffer_job_skipped_runs_total", "counter", "Fire times skipped because the job was still running."),
-        ("coffer_job_target_retries_total", "counter", "Transient target failures retried."),
-        ("coffer_job_bytes_read_total", "counter", "Bytes read from the source, all runs."),
-        ("coffer_job_bytes_uploaded_total", "counter", "Bytes uploaded to the target, all runs."),
-        ("coffer_job_lock_extensions_total", "counter", "Object Lock extensions of reused objects."),
-        ("coffer_job_snapshots", "gauge", "Live snapshots (not past their retain-until)."),
-        ("coffer_job_protected_until_timestamp_seconds", "gauge", "Every live snapshot is fully locked until then."),
-        ("coffer_job_protection_gaps", "gauge", "Live snapshots needing an object locked too briefly."),
-        ("coffer_job_running", "gauge", "1 while the job runs."),
+    let rows: Vec<JobRow> = cfg
+        .jobs
+        .iter()
+        .filter_map(|job| {
+            Some(JobRow {
+                name: &job.name,
+                totals: catalog.job_totals(&job.name).ok()?,
+                status: status.as_ref().ok().and_then(|r| r.jobs.iter().find(|j| j.name == job.name)),
+                running: live.running.contains(&job.name),
+            })
+        })
+        .collect();
+    let last = |r: &JobRow, f: fn(&RunRow) -> f64| one(r.totals.last_run.as_ref().map(f));
+    let families: [Family; 17] = [
+        ("coffer_job_last_success_timestamp_seconds", "gauge", "When the job last finished with a snapshot.", &|r| {
+            one(r.totals.last_success_at.map(|t| t as f64))
+        }),
+        ("coffer_job_last_run_timestamp_seconds", "gauge", "When the job's last run ended.", &|r| {
+            last(r, |l| l.ended_at.unwrap_or(l.started_at) as f64)
+        }),
+        ("coffer_job_last_run_duration_seconds", "gauge", "How long the job's last run took.", &|r| {
+            last(r, |l| l.duration_ms.unwrap_or(0) as f64 / 1000.0)
+        }),
+        ("coffer_job_last_run_outcome", "gauge", "1 for the outcome of the job's last run.", &|r| {
+            let Some(l) = &r.totals.last_run else { return Vec::new() };
+            ["success", "partial", "failed", "interrupted"]
+                .iter()
+                .map(|o| (format!(",outcome=\"{o}\""), f64::from(u8::from(l.outcome == *o))))
+                .collect()
+        }),
+        ("coffer_job_last_run_bytes_read", "gauge", "Bytes the last run read from the source.", &|r| {
+            last(r, |l| l.bytes_read as f64)
+        }),
+        ("coffer_job_last_run_bytes_uploaded", "gauge", "Bytes the last run uploaded.", &|r| {
+            last(r, |l| l.bytes_uploaded as f64)
+        }),
+        ("coffer_job_runs_total", "counter", "Runs started (not counting skips).", &|r| {
+            one(Some(r.totals.runs as f64))
+        }),
+        ("coffer_job_failures_total", "counter", "Runs that failed.", &|r| one(Some(r.totals.failures as f64))),
+        ("coffer_job_skipped_runs_total", "counter", "Fire times skipped because the job was still running.", &|r| {
+            one(Some(r.totals.skips as f64))
+        }),
+        ("coffer_job_target_retries_total", "counter", "Transient target failures retried.", &|r| {
+            one(Some(r.totals.retries as f64))
+        }),
+        ("coffer_job_bytes_read_total", "counter", "Bytes read from the source, all runs.", &|r| {
+            one(Some(r.totals.bytes_read as f64))
+        }),
+        ("coffer_job_bytes_uploaded_total", "counter", "Bytes uploaded to the target, all runs.", &|r| {
+            one(Some(r.totals.bytes_uploaded as f64))
+        }),
+        ("coffer_job_lock_extensions_total", "counter", "Object Lock extensions of reused objects.", &|r| {
+            one(Some(r.totals.lock_extensions as f64))
+        }),
+        ("coffer_job_snapshots", "gauge", "Live snapshots (not past their retain-until).", &|r| {
+            one(r.status.map(|j| j.live_snapshots as f64))
+        }),
+        (
+            "coffer_job_protected_until_timestamp_seconds",
+            "gauge",
+            "Every live snapshot is fully locked until then.",
+            &|r| one(r.status.and_then(|j| j.protected_until).map(|t| t as f64)),
+        ),
+        ("coffer_job_protection_gaps", "gauge", "Live snapshots needing an object locked too briefly.", &|r| {
+            one(r.status.map(|j| j.gaps.len() as f64))
+        }),
+        ("coffer_job_running", "gauge", "1 while the job runs.", &|r| one(Some(f64::from(u8::from(r.running))))),
     ];
-    let mut rows: Vec<Vec<(String, f64)>> = vec![Vec::new(); families.len()];
-    for job in &cfg.jobs {
-        let name = job.name.as_str();
-        let Ok(t) = catalog.job_totals(name) else { continue };
-        let mut put = |i: usize, labels: String, v: f64| rows[i].push((labels, v));
-        let l = format!("job=\"{}\"", escape(name));
-        if let Some(at) = t.last_success_at {
-            put(0, l.clone(), at as f64);
-        }
-        if let Some(r) = &t.last_run {
-            put(1, l.clone(), r.ended_at.unwrap_or(r.started_at) as f64);
-            put(2, l.clone(), r.duration_ms.unwrap_or(0) as f64 / 1000.0);
-            for outcome in ["success", "partial", "failed", "interrupted"] {
-                put(3, format!("{l},outcome=\"{outcome}\""), f64::from(u8::from(r.outcome == outcome)));
-            }
-            put(4, l.clone(), r.bytes_read as f64);
-            put(5, l.clone(), r.bytes_uploaded as f64);
-        }
-        put(6, l.clone(), t.runs as f64);
-        put(7, l.clone(), t.failures as f64);
-        put(8, l.clone(), t.skips as f64);
-        put(9, l.clone(), t.retries as f64);
-        put(10, l.clone(), t.bytes_read as f64);
-        put(11, l.clone(), t.bytes_uploaded as f64);
-        put(12, l.clone(), t.lock_extensions as f64);
-        if let Some(j) = status.as_ref().ok().and_then(|r| r.jobs.iter().find(|j| j.name == name)) {
-            put(13, l.clone(), j.live_snapshots as f64);
-            if let Some(until) = j.protected_until {
-                put(14, l.clone(), until as f64);
-            }
-            put(15, l.clone(), j.gaps.len() as f64);
-        }
-        put(16, l, f64::from(u8::from(live.running.iter().any(|r| r == name))));
-    }
-    for ((name, kind, help), samples) in families.iter().zip(rows) {
+    for (name, kind, help, samples) in families {
         m.family(name, kind, help);
-        for (labels, v) in samples {
-            let _ = writeln!(m.out, "{name}{{{labels}}} {}", number(v));
+        for row in &rows {
+            for (extra, v) in samples(row) {
+                let _ = writeln!(m.out, "{name}{{job=\"{}\"{extra}}} {}", escape(row.name), number(v));
+            }
         }
     }
     m.family("coffer_job_next_run_timestamp_seconds", "gauge", "When the job fires next.");

@@ -46,15 +46,10 @@ pub struct Summary {
 
 pub fn run(cfg: &Config, opts: &Options) -> Result<Summary> {
     // No backup may run meanwhile: a pack it just uploaded is referenced by no snapshot yet.
-    let locks_dir = cfg.state_dir.join("locks");
-    crate::fsutil::create_private_dir(&locks_dir)?;
     let _locks = cfg
         .jobs
         .iter()
-        .map(|j| {
-            crate::fsutil::LockFile::try_lock(&locks_dir.join(format!("{}.lock", j.name)))
-                .map_err(|_| anyhow!("job `{}` is being backed up; prune waits for no backup", j.name))
-        })
+        .map(|j| cfg.job_lock(&j.name).map_err(|e| e.context("prune runs only while no backup does")))
         .collect::<Result<Vec<_>>>()?;
     let (catalog, _) = Catalog::open_repo(cfg)?;
     let target = Target::open(&cfg.target)?;

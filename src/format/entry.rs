@@ -50,6 +50,29 @@ pub struct Entry {
     pub content_type: Option<String>,
 }
 
+impl Entry {
+    /// An entry that does not come from a file system (a command's output, a bucket's
+    /// objects and the directories their keys imply), owned by the user coffer runs as.
+    pub fn synthetic(path: Vec<u8>, kind: Kind, mode: u32, mtime_ns: i64) -> Entry {
+        // SAFETY: geteuid/getegid cannot fail.
+        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        Entry {
+            path,
+            kind,
+            mode,
+            uid,
+            gid,
+            mtime_ns,
+            ctime_ns: 0,
+            ino: 0,
+            size: 0,
+            target: None,
+            chunks: Vec::new(),
+            content_type: None,
+        }
+    }
+}
+
 /// Writes entries as lines.
 pub struct EntryWriter<W: Write> {
     out: W,

@@ -5,21 +5,15 @@
 //! the log, and its tail into the error. A non-zero exit or the timeout fails the run, so
 //! a half-made dump is never part of a complete snapshot.
 
-use std::io::{BufRead, BufReader};
-use std::os::unix::process::CommandExt;
-use std::process::{Child, ChildStdout, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::process::{Child, ChildStdout, Command};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::config::CommandSource;
-
-/// How much of stderr is kept for the error message.
-const STDERR_TAIL: usize = 20;
+use crate::process::Deadline;
 
 /// What a snapshot records of the command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,9 +26,8 @@ pub struct CommandState {
 /// A started command whose stdout the reader consumes.
 pub struct Running {
     child: Child,
-    stderr: JoinHandle<Vec<String>>,
-    timed_out: Arc<AtomicBool>,
-    done: Arc<AtomicBool>,
+    stderr: JoinHandle<String>,
+    deadline: Deadline,
     program: String,
     timeout: Duration,
 }
@@ -49,44 +42,12 @@ pub fn start(src: &CommandSource, job: &str) -> Result<(Running, ChildStdout)> {
         c.args(&src.argv[1..]);
         c
     };
-    let program = if src.shell { "sh -c".to_string() } else { src.argv[0].clone() };
-    let mut child = c
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .with_context(|| format!("cannot start `{program}`"))?;
+    let program = src.program();
+    let mut child = crate::process::spawn(&mut c).with_context(|| format!("cannot start `{program}`"))?;
     let stdout = child.stdout.take().expect("piped");
-    let stderr = child.stderr.take().expect("piped");
-    let job = job.to_string();
-    let stderr = std::thread::spawn(move || {
-        let mut tail = Vec::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            tracing::info!(job = %job, "command stderr: {line}");
-            tail.push(line);
-            if tail.len() > STDERR_TAIL {
-                tail.remove(0);
-            }
-        }
-        tail
-    });
-    let (timed_out, done) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
-    {
-        let (pid, timed_out, done, timeout) = (child.id(), timed_out.clone(), done.clone(), src.timeout);
-        std::thread::spawn(move || {
-            let deadline = Instant::now() + timeout;
-            while !done.load(Ordering::Relaxed) {
-                if Instant::now() >= deadline {
-                    timed_out.store(true, Ordering::Relaxed);
-                    kill_group(pid);
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        });
-    }
-    Ok((Running { child, stderr, timed_out, done, program, timeout: src.timeout }, stdout))
+    let stderr = crate::process::tail(child.stderr.take().expect("piped"), Some(format!("job {job}: command stderr")));
+    let deadline = Deadline::start(&child, src.timeout);
+    Ok((Running { child, stderr, deadline, program, timeout: src.timeout }, stdout))
 }
 
 impl Running {
@@ -94,9 +55,9 @@ impl Running {
     /// unless it exited 0 in time.
     pub fn finish(mut self) -> Result<()> {
         let status = self.child.wait().context("cannot wait for the command")?;
-        self.done.store(true, Ordering::Relaxed);
-        let tail = self.stderr.join().unwrap_or_default().join(" / ");
-        if self.timed_out.load(Ordering::Relaxed) {
+        let timed_out = self.deadline.finish();
+        let tail = self.stderr.join().unwrap_or_default();
+        if timed_out {
             bail!("command `{}` was killed after its timeout of {:?}; stderr: {tail}", self.program, self.timeout);
         }
         if !status.success() {
@@ -107,13 +68,7 @@ impl Running {
 
     /// Stops a command whose output is no longer wanted (the run failed).
     pub fn kill(self) {
-        kill_group(self.child.id());
+        crate::process::kill_group(self.child.id());
         let _ = self.finish();
     }
-}
-
-/// Kills the command and whatever it started (it leads its own process group).
-fn kill_group(pid: u32) {
-    // SAFETY: kill(2) has no memory-safety preconditions.
-    unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
 }

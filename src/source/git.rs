@@ -9,6 +9,7 @@
 //! Credentials come from the environment (a credential helper, `GIT_SSH_COMMAND`) or an
 //! SSH key file; a URL with an embedded password works but is printed redacted.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -114,8 +115,7 @@ fn clone(src: &GitSource, url: &str, dir: &Path, mirror: &Path) -> Result<()> {
 
 fn fetch(src: &GitSource, url: &str, mirror: &Path) -> Result<()> {
     // Rewriting the config with the same URL would change it on disk for nothing.
-    let current = Command::new("git").arg("-C").arg(mirror).args(["config", "--get", "remote.origin.url"]).output();
-    if current.ok().is_none_or(|o| String::from_utf8_lossy(&o.stdout).trim() != url) {
+    if local(mirror, ["config", "--get", "remote.origin.url"])?.as_deref() != Some(url) {
         git(src, url, Some(mirror), &["remote", "set-url", "origin", url]).status_checked("remote set-url")?;
     }
     // The mirror refspec (+refs/*:refs/*) with --prune mirrors deletions too; FETCH_HEAD
@@ -134,15 +134,9 @@ pub fn checkout(to: &Path, repos: &[RepoState]) -> Result<Vec<PathBuf>> {
             continue;
         }
         let work = to.join(r.dir.strip_suffix(".git").unwrap_or(&r.dir));
-        let out = Command::new("git")
-            .args(["clone", "--quiet", "--no-hardlinks", "--"])
-            .arg(&bare)
-            .arg(&work)
-            .env("GIT_TERMINAL_PROMPT", "0")
-            .output()
-            .context("cannot run git")?;
-        if !out.status.success() {
-            bail!("git clone of {} failed: {}", bare.display(), String::from_utf8_lossy(&out.stderr).trim());
+        let args = [OsStr::new("clone"), OsStr::new("--quiet"), OsStr::new("--no-hardlinks"), OsStr::new("--")];
+        if local(to, args.into_iter().chain([bare.as_os_str(), work.as_os_str()]))?.is_none() {
+            bail!("git clone of {} into {} failed", bare.display(), work.display());
         }
         made.push(work);
     }
@@ -154,22 +148,26 @@ type Refs = Vec<(String, String)>;
 
 /// The symbolic HEAD and every ref of a mirror.
 fn refs(mirror: &Path) -> Result<(Option<String>, Refs)> {
+    let listed = local(mirror, ["for-each-ref", "--format=%(refname) %(objectname)"])?
+        .with_context(|| format!("git for-each-ref failed in {}", mirror.display()))?;
+    let refs = listed.lines().filter_map(|l| l.split_once(' ').map(|(r, o)| (r.to_string(), o.to_string()))).collect();
+    Ok((local(mirror, ["symbolic-ref", "-q", "HEAD"])?, refs))
+}
+
+/// A local git command in `dir` (no network, no credentials): its output, or `None` when
+/// git says no (a missing key, a detached HEAD, a failed clone; git's own message goes to
+/// stderr).
+fn local<I: AsRef<OsStr>>(dir: &Path, args: impl IntoIterator<Item = I>) -> Result<Option<String>> {
     let out = Command::new("git")
         .arg("-C")
-        .arg(mirror)
-        .args(["for-each-ref", "--format=%(refname) %(objectname)"])
+        .arg(dir)
+        .args(args)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
         .output()
-        .context("cannot run git")?;
-    if !out.status.success() {
-        bail!("git for-each-ref in {}: {}", mirror.display(), String::from_utf8_lossy(&out.stderr).trim());
-    }
-    let refs = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_once(' ').map(|(r, o)| (r.to_string(), o.to_string())))
-        .collect();
-    let head = Command::new("git").arg("-C").arg(mirror).args(["symbolic-ref", "-q", "HEAD"]).output().ok();
-    let head = head.filter(|o| o.status.success()).map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-    Ok((head, refs))
+        .context("cannot run git (is it installed?)")?;
+    Ok(out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string()))
 }
 
 /// A git command that never prompts, never runs gc, and gives up on a stalled transfer.
