@@ -74,3 +74,11 @@ kill -TERM "$daemon"
 wait "$daemon"
 echo "== coffer runs (the daemon's log is in demo/daemon.log)"
 "$coffer" runs -n 5
+echo "== coffer verify --read-data (every recorded object on the target; every chunk decrypted and re-hashed)"
+"$coffer" verify --read-data --identity "$demo/identity.txt"
+echo "== disaster drill: coffer recover on a bare state directory, from the target and the identity alone"
+rm -rf "$demo/recovered"
+sed -e 's|^state_dir = "state"|state_dir = "recovered"|' -e 's|^repo_secret_file = "state/|repo_secret_file = "recovered/|' \
+  "$demo/coffer.toml" >"$demo/recovered.toml"
+"$coffer" --config "$demo/recovered.toml" recover --identity "$demo/identity.txt"
+"$coffer" --config "$demo/recovered.toml" snapshots

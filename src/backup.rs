@@ -183,7 +183,8 @@ fn run_pipeline(
         tracing::info!(snapshot = %id, "snapshot passed its retain-until: forgotten (prune deletes what only it needed)");
     }
     let started = Instant::now();
-    let created = crate::time::now_secs();
+    let created_ns = crate::time::now_ns();
+    let created = created_ns.div_euclid(1_000_000_000);
     // How long this snapshot is kept, decided now from the catalog's own history.
     // Everything it writes is locked at least that long; new packs a while longer, so that
     // the next snapshots reusing them need no extension.
@@ -305,6 +306,7 @@ fn run_pipeline(
         job: job.name.clone(),
         host: hostname(),
         created,
+        created_ns: Some(created_ns),
         source: job.source.to_string(),
         tree: reader.tree,
         stats: stats.clone(),
@@ -318,23 +320,8 @@ fn run_pipeline(
 
     let mut packs = reader.referenced.clone();
     packs.extend(uploaded);
-    let row = SnapshotRow {
-        id: id.clone(),
-        job: job.name.clone(),
-        host: record.host.clone(),
-        created_at: created,
-        state: "complete".into(),
-        record_version: version,
-        source: record.source.clone(),
-        files: stats.files,
-        bytes: stats.bytes,
-        bytes_new: stats.bytes_new,
-        bytes_uploaded: stats.bytes_uploaded,
-        errors: reader.errors.len() as u64,
-        retain_until: Some(retain_until),
-        lock_mode: repo.target.lock_until(retain_until).map(|l| l.mode.as_str().to_string()),
-        contents,
-    };
+    let lock_mode = repo.target.lock_until(retain_until).map(|l| l.mode.as_str().to_string());
+    let row = SnapshotRow::from_record(&record, version, lock_mode);
     let entries = EntryReader::new(BufReader::new(File::open(&entries_path)?))?;
     let cache = entries.filter_map(|e| match e {
         Ok(e) if e.kind == Kind::File => Some(Ok((

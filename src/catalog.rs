@@ -96,6 +96,34 @@ pub struct SnapshotRow {
     pub contents: Option<crate::source::Contents>,
 }
 
+impl SnapshotRow {
+    /// The row of a snapshot whose record is stored as `record_version`, locked in
+    /// `lock_mode` (until its retain-until) where the target locks.
+    pub fn from_record(
+        r: &crate::format::snapshot::SnapshotRecord,
+        record_version: Option<String>,
+        lock_mode: Option<String>,
+    ) -> SnapshotRow {
+        SnapshotRow {
+            id: r.id.clone(),
+            job: r.job.clone(),
+            host: r.host.clone(),
+            created_at: r.created,
+            state: "complete".into(),
+            record_version,
+            source: r.source.clone(),
+            files: r.stats.files,
+            bytes: r.stats.bytes,
+            bytes_new: r.stats.bytes_new,
+            bytes_uploaded: r.stats.bytes_uploaded,
+            errors: r.errors.len() as u64,
+            retain_until: r.retain_until,
+            lock_mode,
+            contents: r.contents.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CachedFile {
     pub size: u64,
@@ -296,6 +324,137 @@ impl Catalog {
     /// Records an acknowledged pack and its chunks in one transaction. Returns its row id.
     pub fn add_pack(&mut self, pack: &StoredPack) -> Result<i64> {
         let tx = self.conn.transaction()?;
+        let id = insert_pack(&tx, pack)?;
+        tx.commit()?;
+        Ok(id)
+    }
+
+    pub fn has_pack(&self, hash: &str) -> Result<bool> {
+        let mut st = self.conn.prepare_cached("SELECT 1 FROM packs WHERE hash = ?1")?;
+        Ok(st.exists([hash])?)
+    }
+
+    /// The version id recorded for a pack.
+    pub fn pack_version(&self, hash: &str) -> Result<Option<String>> {
+        let mut st = self.conn.prepare_cached("SELECT version FROM packs WHERE hash = ?1")?;
+        Ok(st.query_row([hash], |r| r.get(0)).optional()?.flatten())
+    }
+
+    /// Every pack with the snapshots that need it: (pack, version, size, lock, snapshot ids).
+    pub fn packs_with_snapshots(&self) -> Result<Vec<(PackLock, u64, Vec<String>)>> {
+        let mut st = self.conn.prepare(
+            "SELECT p.id, p.hash, p.version, p.lock_mode, p.retain_until, p.size,
+                    (SELECT group_concat(s.id, ' ') FROM snapshot_packs sp JOIN snapshots s ON s.seq = sp.snapshot
+                     WHERE sp.pack = p.id AND s.state = 'complete')
+             FROM packs p ORDER BY p.id",
+        )?;
+        let rows = st.query_map([], |r| {
+            let lock =
+                PackLock { id: r.get(0)?, hash: r.get(1)?, version: r.get(2)?, lock: lock_from(r.get(3)?, r.get(4)?) };
+            let snaps: Option<String> = r.get(6)?;
+            Ok((lock, r.get(5)?, snaps.map(|s| s.split(' ').map(str::to_string).collect()).unwrap_or_default()))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The chunks the catalog places in a pack: (id, offset, length, raw length, flags).
+    pub fn pack_chunks(&self, pack: i64) -> Result<Vec<BlobEntry>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT id, offset, length, raw_length, flags FROM chunks WHERE pack = ?1 ORDER BY offset",
+        )?;
+        let rows = st.query_map([pack], |r| {
+            let id: Vec<u8> = r.get(0)?;
+            Ok(BlobEntry {
+                id: ChunkId(id.try_into().unwrap_or([0; 32])),
+                offset: r.get(1)?,
+                length: r.get(2)?,
+                raw_length: r.get(3)?,
+                flags: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Every object the catalog records, by key, with its version id.
+    pub fn recorded_objects(&self) -> Result<std::collections::HashMap<String, Option<String>>> {
+        let mut out = std::collections::HashMap::new();
+        let mut st = self.conn.prepare("SELECT hash, version FROM packs")?;
+        for row in st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?)))? {
+            let (hash, version) = row?;
+            out.insert(crate::format::pack_key(&hash), version);
+        }
+        let mut st = self.conn.prepare("SELECT job, id, record_version FROM snapshots")?;
+        for row in st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?)))? {
+            let (job, id, version) = row?;
+            out.insert(crate::format::snapshot_key(&job, &id), version);
+        }
+        if let Some(repo) = self.repo()? {
+            out.insert(crate::format::REPO_KEY.to_string(), repo.record_version);
+        }
+        Ok(out)
+    }
+
+    // ---- recovery ----------------------------------------------------------------------
+
+    /// Scratch space for `coffer recover`: the decoded chunks of snapshot entry streams,
+    /// stored with the pack that held them, until the snapshots are rebuilt from them.
+    pub fn begin_recovery(&self) -> Result<()> {
+        self.conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS recovered_tree (id BLOB PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID",
+        )?;
+        Ok(())
+    }
+
+    /// Records a pack read back from the target, and the entry-stream chunks it held, in
+    /// one transaction.
+    pub fn add_recovered_pack(&mut self, pack: &StoredPack, tree: &[(ChunkId, Vec<u8>)]) -> Result<i64> {
+        let tx = self.conn.transaction()?;
+        let id = insert_pack(&tx, pack)?;
+        {
+            let mut st = tx.prepare_cached("INSERT OR IGNORE INTO recovered_tree (id, data) VALUES (?1, ?2)")?;
+            for (chunk, data) in tree {
+                st.execute(params![&chunk.0[..], data])?;
+            }
+        }
+        tx.commit()?;
+        Ok(id)
+    }
+
+    pub fn recovered_tree_chunk(&self, id: &ChunkId) -> Result<Option<Vec<u8>>> {
+        let mut st = self.conn.prepare_cached("SELECT data FROM recovered_tree WHERE id = ?1")?;
+        Ok(st.query_row([&id.0[..]], |r| r.get(0)).optional()?)
+    }
+
+    pub fn has_snapshot(&self, id: &str) -> Result<bool> {
+        let mut st = self.conn.prepare_cached("SELECT 1 FROM snapshots WHERE id = ?1")?;
+        Ok(st.exists([id])?)
+    }
+
+    /// Ends a recovery: the tamper findings become events (replacing those of an earlier,
+    /// interrupted attempt) and the scratch space goes, in one transaction.
+    pub fn end_recovery(&self, findings: &[crate::inventory::Finding]) -> Result<()> {
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute("DELETE FROM events WHERE kind = 'tamper'", [])?;
+        for f in findings {
+            insert_event(&tx, "tamper", None, &f.to_string())?;
+        }
+        tx.execute_batch("DROP TABLE IF EXISTS recovered_tree")?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Closes the database, checkpointing its write-ahead log into the main file.
+    pub fn close(self) -> Result<()> {
+        self.conn.pragma_update(None, "wal_checkpoint", "TRUNCATE")?;
+        self.conn.close().map_err(|(_, e)| e)?;
+        Ok(())
+    }
+}
+
+/// Inserts a pack row and its chunks (a chunk already stored elsewhere keeps its first
+/// location). Returns the pack's row id.
+fn insert_pack(tx: &rusqlite::Transaction, pack: &StoredPack) -> Result<i64> {
+    {
         tx.execute(
             "INSERT INTO packs (hash, version, size, uploaded_at, lock_mode, retain_until) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![
@@ -307,20 +466,18 @@ impl Catalog {
                 pack.lock.map(|l| l.until)
             ],
         )?;
-        let pack_id = tx.last_insert_rowid();
-        {
-            // A chunk already stored elsewhere keeps its first location.
-            let mut st = tx.prepare_cached(
-                "INSERT OR IGNORE INTO chunks (id, pack, offset, length, raw_length, flags) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?;
-            for b in pack.blobs {
-                st.execute(params![&b.id.0[..], pack_id, b.offset, b.length, b.raw_length, b.flags])?;
-            }
-        }
-        tx.commit()?;
-        Ok(pack_id)
     }
+    let pack_id = tx.last_insert_rowid();
+    let mut st = tx.prepare_cached(
+        "INSERT OR IGNORE INTO chunks (id, pack, offset, length, raw_length, flags) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for b in pack.blobs {
+        st.execute(params![&b.id.0[..], pack_id, b.offset, b.length, b.raw_length, b.flags])?;
+    }
+    Ok(pack_id)
+}
 
+impl Catalog {
     /// Of the given packs, those whose lock (as the catalog knows it) ends before `until`.
     pub fn packs_locked_before(&self, ids: &HashSet<i64>, until: i64) -> Result<Vec<(i64, String, Option<String>)>> {
         let mut st = self.conn.prepare_cached(

@@ -13,6 +13,8 @@ use crate::progress::bytes;
 
 /// Exit code of a backup that completed but could not read some paths.
 const EXIT_PARTIAL: u8 = 3;
+/// Exit code of `recover` and `verify` when they found tampering or damage.
+const EXIT_FINDINGS: u8 = 4;
 
 #[derive(Parser)]
 #[command(
@@ -25,7 +27,8 @@ const EXIT_PARTIAL: u8 = 3;
                   them. Packs go to an object store (S3 with Object Lock, or a local directory) and are \
                   tracked in a SQLite catalog in the state directory. `coffer daemon` runs the jobs on \
                   their schedules.",
-    after_help = "Exit codes: 0 success, 1 error, 2 usage error, 3 backup completed but some paths could not be read.\n\
+    after_help = "Exit codes: 0 success, 1 error, 2 usage error, 3 backup completed but some paths could not be read, \
+                  4 recover or verify found tampering or damage.\n\
                   `coffer status`: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (Nagios convention)."
 )]
 struct Cli {
@@ -119,6 +122,44 @@ enum Command {
         /// Really delete.
         #[arg(long)]
         yes: bool,
+    },
+    /// Check the catalog against the target: every recorded object version exists with
+    /// its size and at least its lock. With --read-data, also download, decrypt and
+    /// re-hash every chunk (or a random --subset of packs). Exit 4 on any finding, naming
+    /// the snapshots affected.
+    Verify {
+        /// Download packs and re-hash their chunks; authenticate snapshot records.
+        #[arg(long, requires = "identity")]
+        read_data: bool,
+        /// With --read-data: the share of packs to read, chosen at random (e.g. `10%`).
+        #[arg(long, requires = "read_data", value_parser = parse_percent)]
+        subset: Option<f64>,
+        /// The restorer's age identity file (mode 0600).
+        #[arg(long, short, env = "COFFER_IDENTITY")]
+        identity: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Do not draw a progress line, even on a terminal.
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// Rebuild the catalog from the target alone, into an empty state directory: every
+    /// object version is listed, and for each key the version coffer wrote is used, so
+    /// delete markers and overwrites change nothing. Writes the repository secret to
+    /// repo_secret_file if it is missing. Reports tampering (delete markers, overwrites,
+    /// unknown keys, forged snapshot records) and exits 4 when it found any; it still
+    /// recovers everything it can. Resumes where an interrupted recover stopped.
+    Recover {
+        /// The restorer's age identity file (mode 0600).
+        #[arg(long, short, env = "COFFER_IDENTITY")]
+        identity: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Do not draw a progress line, even on a terminal.
+        #[arg(long)]
+        no_progress: bool,
     },
     /// Restore a snapshot into a directory (or a bucket source's objects back into a
     /// bucket), verifying every chunk.
@@ -321,6 +362,59 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Verify { read_data, subset, identity, json, no_progress } => {
+            let read_data = match (read_data, identity) {
+                (true, Some(path)) => Some(crate::keys::Identity::load(&path)?),
+                _ => None,
+            };
+            let r = crate::verify::run(
+                &cfg,
+                &crate::verify::Options { read_data, subset: subset.unwrap_or(1.0), progress: !no_progress },
+            )?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "checked {} object versions; read {} packs ({}), verified {} chunks",
+                    r.objects_checked,
+                    r.packs_read,
+                    bytes(r.bytes_read),
+                    r.chunks_verified
+                );
+                print_findings(&r.findings);
+                if !r.snapshots_affected.is_empty() {
+                    let list: Vec<&str> = r.snapshots_affected.iter().map(String::as_str).collect();
+                    println!("snapshots affected: {}", list.join(", "));
+                }
+            }
+            Ok(if r.findings.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_FINDINGS) })
+        }
+        Command::Recover { identity, json, no_progress } => {
+            let r = crate::recover::run(&cfg, &crate::recover::Options { identity, progress: !no_progress })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "recovered repository {} from {}: {} snapshots, {} packs ({} already recorded by an earlier attempt)",
+                    r.repo_id,
+                    cfg.target.url,
+                    r.snapshots.len(),
+                    r.packs,
+                    r.packs_resumed
+                );
+                for (job, id) in &r.snapshots {
+                    println!("  snapshot {job}/{id}");
+                }
+                if r.duplicates > 0 {
+                    println!("{} identical duplicate versions (retried uploads) ignored", r.duplicates);
+                }
+                if r.tampered() {
+                    println!("TAMPERING FOUND: {}", crate::inventory::summarize(&r.findings));
+                }
+                print_findings(&r.findings);
+            }
+            Ok(if r.findings.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_FINDINGS) })
+        }
         Command::Snapshots { job, json } => {
             let catalog = Catalog::open_existing(&cfg)?;
             let rows = catalog.snapshots(job.as_deref())?;
@@ -464,6 +558,24 @@ fn status(config: &std::path::Path, opts: &crate::status::Options, json: bool) -
         println!("  - {p}");
     }
     ExitCode::from(report.status.exit_code())
+}
+
+fn print_findings(findings: &[crate::inventory::Finding]) {
+    if findings.is_empty() {
+        println!("no findings");
+    }
+    for f in findings {
+        println!("  - {}: {f}", f.kind());
+    }
+}
+
+/// `10%` as 0.1; a share of 0 reads nothing, so it is refused.
+fn parse_percent(s: &str) -> Result<f64, String> {
+    let n: f64 = s.trim_end_matches('%').parse().map_err(|_| format!("`{s}` is not a percentage like 10%"))?;
+    if !(n > 0.0 && n <= 100.0) {
+        return Err(format!("`{s}`: expected a percentage above 0% and at most 100%"));
+    }
+    Ok(n / 100.0)
 }
 
 /// Removes a staging directory however the command ends.

@@ -13,12 +13,14 @@ mod hex;
 mod hooks;
 mod http;
 mod init;
+mod inventory;
 mod keys;
 mod metrics;
 mod objectlock;
 mod process;
 mod progress;
 mod prune;
+mod recover;
 mod restore;
 mod retention;
 mod retry;
@@ -27,6 +29,7 @@ mod source;
 mod status;
 mod target;
 mod time;
+mod verify;
 
 pub use format::ChunkId;
 

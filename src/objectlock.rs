@@ -64,7 +64,6 @@ pub struct LockConfig {
 }
 
 /// One entry of ListObjectVersions: a version, or a delete marker.
-#[cfg_attr(not(test), allow(dead_code))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectVersion {
     /// Key relative to coffer's prefix.
@@ -74,6 +73,8 @@ pub struct ObjectVersion {
     pub delete_marker: bool,
     pub size: u64,
     pub last_modified: i64,
+    /// The ETag (for a single PUT, the MD5 of the content), without quotes.
+    pub etag: Option<String>,
 }
 
 /// A put refused because the key exists (`If-None-Match: *` honoured by the server).
@@ -316,9 +317,6 @@ impl LockApi {
         Ok(v.status.unwrap_or_default())
     }
 
-    // Exercised against the server by the tests below; recovery and the tamper checks
-    // will use it.
-    #[cfg_attr(not(test), allow(dead_code))]
     /// Every version and delete marker under `sub` (relative to coffer's prefix).
     pub async fn list_versions(&self, sub: &str) -> Result<Vec<ObjectVersion>> {
         let mut out = Vec::new();
@@ -346,6 +344,7 @@ impl LockApi {
                     delete_marker,
                     size: v.size.unwrap_or(0),
                     last_modified: crate::time::parse_utc(&v.last_modified).unwrap_or(0),
+                    etag: v.e_tag.as_ref().map(|e| e.trim_matches('"').to_string()),
                 });
             }
             match (page.is_truncated, page.next_key_marker, page.next_version_id_marker) {
@@ -460,7 +459,6 @@ struct VersionsXml {
     delete_markers: Vec<VersionXml>,
 }
 
-#[cfg_attr(not(test), allow(dead_code))]
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct VersionXml {
@@ -470,6 +468,8 @@ struct VersionXml {
     is_latest: bool,
     size: Option<u64>,
     last_modified: String,
+    #[serde(rename = "ETag")]
+    e_tag: Option<String>,
 }
 
 #[cfg(test)]

@@ -105,6 +105,20 @@ pub fn restore_line(c: &Counters, secs: f64) -> String {
     )
 }
 
+/// The line of a command that reads packs (recover, verify): packs done of `total`,
+/// bytes read and the rate.
+pub fn packs_line(total: usize) -> impl Fn(&Counters, f64) -> String + Send + 'static {
+    move |c, secs| {
+        let read = Counters::get(&c.bytes_read);
+        format!(
+            "{} of {total} packs, read {} ({}/s)",
+            Counters::get(&c.packs),
+            bytes(read),
+            bytes((read as f64 / secs) as u64)
+        )
+    }
+}
+
 /// `1.5 GiB`
 pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];

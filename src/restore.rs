@@ -337,14 +337,16 @@ struct DecodeJob {
 
 /// Decompresses a chunk out of its pack and checks it against its keyed hash.
 fn decode_chunk(secret: &RepoSecret, job: &DecodeJob) -> Result<Vec<u8>> {
-    let (loc, id) = (&job.loc, &job.id);
-    let key = crate::format::pack_key(&loc.pack_hash);
-    let stored = pack::blob_bytes(&job.plain, loc.offset, loc.length).with_context(|| format!("pack {key}"))?;
-    let data = pack::unpack_blob(stored, loc.raw_length, loc.flags).with_context(|| format!("pack {key}"))?;
-    if secret.chunk_id(&data) != *id {
-        bail!("chunk {id} in pack {key} fails verification: the data is not what was backed up");
-    }
-    Ok(data)
+    let loc = &job.loc;
+    let blob = pack::BlobEntry {
+        id: job.id,
+        offset: loc.offset,
+        length: loc.length,
+        raw_length: loc.raw_length,
+        flags: loc.flags,
+    };
+    pack::verified_blob(&job.plain, &blob, secret)
+        .with_context(|| format!("pack {}", crate::format::pack_key(&loc.pack_hash)))
 }
 
 /// One step of writing files in order.
@@ -511,10 +513,7 @@ impl Fetch {
     fn fetch(&self, hash: &str, version: Option<&str>) -> Result<Vec<u8>, String> {
         let key = crate::format::pack_key(hash);
         let ct = self.runtime.block_on(self.target.get(&key, version)).map_err(|e| format!("{e:#}"))?;
-        if crate::format::pack_id(&ct) != hash {
-            return Err("content hash mismatch: the stored pack is corrupt or was replaced".into());
-        }
-        self.identity.decrypt(&ct).map_err(|e| format!("cannot decrypt: {e}"))
+        pack::open(&ct, hash, &self.identity).map_err(|e| e.to_string())
     }
 
     fn worker(&self) {

@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use crate::catalog::Catalog;
 use crate::config::Config;
+use crate::inventory::{Finding, Inventory, Layout};
 use crate::target::Target;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -44,6 +45,9 @@ pub struct Report {
     pub jobs: Vec<JobStatus>,
     /// Every reason the status is not OK, one sentence each.
     pub problems: Vec<String>,
+    /// With `--remote` on a versioned target: what on the target coffer did not write
+    /// (delete markers, overwrites, unknown keys, forged snapshot records).
+    pub tampering: Vec<Finding>,
 }
 
 #[derive(Debug, Serialize)]
@@ -116,6 +120,8 @@ struct Locks<'a> {
     /// Packs to ask the server about (all, or the `--sample`); records are always asked.
     remote_packs: Option<HashSet<i64>>,
     asked: HashMap<String, Option<i64>>,
+    /// Locks the server reports lower than recorded.
+    lowered: Vec<Finding>,
 }
 
 impl Locks<'_> {
@@ -146,17 +152,12 @@ impl Locks<'_> {
                 None
             }
         };
-        if let (Some(server), Some(rec)) = (until, recorded)
-            && server < rec
+        if let (Some(server), Some(recorded)) = (until, recorded)
+            && server < recorded
         {
-            f.raise(
-                Level::Critical,
-                format!(
-                    "{key} is locked until {} on the server, less than the {} recorded",
-                    crate::time::format_utc(server),
-                    crate::time::format_utc(rec)
-                ),
-            );
+            let finding = Finding::LowerLock { key: key.to_string(), recorded, server };
+            f.raise(Level::Critical, format!("tampering: {finding}"));
+            self.lowered.push(finding);
         }
         self.asked.insert(id, until);
         until
@@ -225,6 +226,7 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
         api: if opts.remote { target.lock_api() } else { None },
         remote_packs,
         asked: HashMap::new(),
+        lowered: Vec::new(),
     };
 
     let mut jobs = Vec::new();
@@ -321,7 +323,12 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
             );
         }
     }
+    let mut tampering = std::mem::take(&mut locks.lowered);
+    if let (Some(runtime), true) = (&locks.runtime, locked) {
+        tampering.extend(tamper_findings(cfg, &catalog, &target, runtime, &mut f)?);
+    }
     Ok(Report {
+        tampering,
         status: f.level,
         checked_at: now,
         target: TargetStatus {
@@ -333,6 +340,62 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
         jobs,
         problems: f.problems,
     })
+}
+
+/// Lists every object version and compares it with the catalog: each recorded key must
+/// have only its recorded version (identical retries aside) and no delete marker; keys
+/// the catalog does not know must be coffer's, and a snapshot record among them must
+/// carry a valid MAC. Every finding is CRITICAL.
+fn tamper_findings(
+    cfg: &Config,
+    catalog: &Catalog,
+    target: &Target,
+    runtime: &tokio::runtime::Runtime,
+    f: &mut Findings,
+) -> Result<Vec<Finding>> {
+    let inventory = runtime.block_on(Inventory::read(target))?;
+    let recorded = catalog.recorded_objects()?;
+    let secret = crate::keys::RepoSecret::load(&cfg.repo_secret_file);
+    let mut found = Vec::new();
+    let mut duplicates = 0;
+    for (key, versions) in &inventory.keys {
+        let layout = crate::inventory::layout(key);
+        if layout == Layout::Unknown {
+            continue;
+        }
+        // A key the catalog does not know is judged against its oldest version.
+        let oldest = versions.versions.first();
+        let genuine = match recorded.get(key) {
+            Some(version) => version.clone(),
+            None => oldest.and_then(|v| v.id.clone()),
+        };
+        found.extend(inventory.findings_for(key, genuine.as_deref(), &mut duplicates));
+        if let (None, Layout::Snapshot { .. }, Some(oldest)) = (recorded.get(key), &layout, oldest) {
+            let object = runtime.block_on(target.get(key, oldest.id.as_deref()))?;
+            match &secret {
+                Ok(secret) => match crate::format::snapshot::verify_mac(&object, key, secret) {
+                    Ok(()) => f.raise(
+                        Level::Warning,
+                        format!(
+                            "{key}: an authentic snapshot record the catalog does not know (another state \
+                             directory writes to this repository, or a run stopped before recording it)"
+                        ),
+                    ),
+                    Err(e) => found.push(Finding::ForgedRecord {
+                        key: key.clone(),
+                        version: oldest.id.clone().unwrap_or_default(),
+                        why: e.to_string(),
+                    }),
+                },
+                Err(e) => f.raise(Level::Warning, format!("{key} is not in the catalog and cannot be checked: {e:#}")),
+            }
+        }
+    }
+    found.extend(inventory.unknown_keys());
+    for finding in &found {
+        f.raise(Level::Critical, format!("tampering: {finding}"));
+    }
+    Ok(found)
 }
 
 /// Judges a scheduled job by its newest snapshot: one missed fire time (past its grace)
@@ -363,8 +426,8 @@ fn freshness(cfg: &Config, job: &crate::config::Job, newest: i64, now: i64, f: &
     Some(first + slack)
 }
 
-/// Fisher-Yates with the OS random source (for `--sample`).
-fn shuffle(v: &mut [i64]) {
+/// Fisher-Yates with the OS random source (for `--sample` and `verify --subset`).
+pub fn shuffle<T>(v: &mut [T]) {
     for i in (1..v.len()).rev() {
         let mut b = [0u8; 8];
         let _ = getrandom::fill(&mut b);

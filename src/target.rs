@@ -166,6 +166,23 @@ impl Target {
         Ok((bytes, version))
     }
 
+    /// The size of one object version, or `None` when the server does not have it.
+    pub async fn size_of(&self, key: &str, version: Option<&str>) -> Result<Option<u64>> {
+        let opts = GetOptions { version: version.map(str::to_string), head: true, ..Default::default() };
+        match self.store.get_opts(&ObjPath::from(key), opts).await {
+            Ok(r) => Ok(Some(r.meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(anyhow!(e).context(format!("cannot read {key} from {}", self.url))),
+        }
+    }
+
+    /// Every current object under coffer's prefix (for a target without versions; on a
+    /// versioned bucket, `LockApi::list_versions` sees more).
+    pub async fn list(&self) -> Result<Vec<object_store::ObjectMeta>> {
+        use futures::TryStreamExt;
+        self.store.list(None).try_collect().await.with_context(|| format!("cannot list {}", self.url))
+    }
+
     pub async fn exists(&self, key: &str) -> Result<bool> {
         match self.store.head(&ObjPath::from(key)).await {
             Ok(_) => Ok(true),

@@ -6,6 +6,11 @@ pub fn now_secs() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
+/// Unix nanoseconds now.
+pub fn now_ns() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+}
+
 /// Parses a duration as written in the config: a number and a unit, `s`, `m` (minutes),
 /// `h` or `d`, like `90s`, `15m`, `2h`. (Retention spans, with months and years, are
 /// `retention::Span`.)

@@ -159,6 +159,7 @@ fn assert_status_shape(v: &serde_json::Value) {
     assert!(v["target"]["url"].is_string() && v["target"]["protection"].is_string());
     assert!(v["target"]["remote_checked"].is_boolean() && v["target"]["objects_checked"].is_u64());
     assert!(v["problems"].as_array().unwrap().iter().all(|p| p.is_string()));
+    assert!(v["tampering"].as_array().unwrap().iter().all(|f| f["kind"].is_string() && f["key"].is_string()));
     for j in v["jobs"].as_array().unwrap() {
         assert!(j["name"].is_string() && j["live_snapshots"].is_u64());
         assert!(j["protected_until"].is_i64() || j["protected_until"].is_null());
@@ -210,6 +211,10 @@ fn status_reports_health_and_finds_a_shortened_lock_on_the_server() {
     let gap = &v["jobs"][0]["gaps"][0];
     assert_eq!(gap["snapshot"], snapshot.as_str());
     assert!(gap["objects"][0]["key"].as_str().unwrap().ends_with(&pack), "{v}");
+    let lowered: Vec<&serde_json::Value> =
+        v["tampering"].as_array().unwrap().iter().filter(|f| f["kind"] == "lower-lock").collect();
+    assert_eq!(lowered.len(), 1, "{v}");
+    assert_eq!(lowered[0]["key"], key.as_str());
     let human = gov.run(&["status", "--remote"]);
     assert_eq!(human.status.code(), Some(2));
     assert!(text(&human).contains(&snapshot) && text(&human).contains(&pack), "{}", text(&human));

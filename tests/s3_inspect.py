@@ -9,6 +9,9 @@
   s3_inspect.py shorten BUCKET PREFIX KEY SECONDS
                                         sets the GOVERNANCE lock of KEY (relative to PREFIX) to
                                         end in SECONDS, bypassing governance (a made protection gap)
+  s3_inspect.py remove BUCKET PREFIX KEY VERSION
+                                        deletes one GOVERNANCE-locked version, bypassing governance
+                                        (an object lost on the server)
 
 Credentials and endpoint come from the standard AWS environment variables.
 """
@@ -71,6 +74,10 @@ def main():
         s3.put_object_retention(Bucket=bucket, Key=key, BypassGovernanceRetention=True,
                                 Retention={"Mode": "GOVERNANCE", "RetainUntilDate": until})
         print(json.dumps({"key": key, "until": int(until.timestamp())}))
+    elif cmd == "remove":
+        key, version = prefix + sys.argv[4], sys.argv[5]
+        s3.delete_object(Bucket=bucket, Key=key, VersionId=version, BypassGovernanceRetention=True)
+        print(json.dumps({"key": key, "version": version}))
     else:
         sys.exit(f"unknown command {cmd}")
 

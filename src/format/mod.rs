@@ -165,6 +165,7 @@ mod samples {
             job: "sample".into(),
             host: "sample-host".into(),
             created: 1_795_432_333,
+            created_ns: None,
             source: "path /srv/sample".into(),
             tree: vec![s.chunk_id(&entries)],
             stats: SnapshotStats { files: 1, dirs: 1, symlinks: 1, ..Default::default() },

@@ -117,6 +117,23 @@ pub fn blob_bytes(plain: &[u8], offset: u64, length: u32) -> Result<&[u8], Decod
         .ok_or_else(|| malformed(format!("blob at {offset}+{length} lies outside the pack")))
 }
 
+/// A pack as stored: checked against its content hash (its id), then decrypted.
+pub fn open(ciphertext: &[u8], id: &str, identity: &crate::keys::Identity) -> Result<Vec<u8>, DecodeError> {
+    if super::pack_id(ciphertext) != id {
+        return Err(malformed("content hash mismatch: the stored pack is corrupt or was replaced"));
+    }
+    Ok(identity.decrypt(ciphertext)?)
+}
+
+/// A chunk's plaintext out of a decrypted pack, checked against its keyed hash.
+pub fn verified_blob(plain: &[u8], b: &BlobEntry, secret: &crate::keys::RepoSecret) -> Result<Vec<u8>, DecodeError> {
+    let data = unpack_blob(blob_bytes(plain, b.offset, b.length)?, b.raw_length, b.flags)?;
+    if secret.chunk_id(&data) != b.id {
+        return Err(malformed(format!("chunk {} fails verification: the data is not what was backed up", b.id)));
+    }
+    Ok(data)
+}
+
 /// Turns a stored blob back into its plaintext; the caller verifies the chunk id.
 pub fn unpack_blob(stored: &[u8], raw_length: u32, flags: u8) -> Result<Vec<u8>, DecodeError> {
     if flags & FLAG_ZSTD == 0 {

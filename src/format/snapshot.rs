@@ -20,6 +20,10 @@ pub struct SnapshotRecord {
     pub host: String,
     /// Unix seconds.
     pub created: i64,
+    /// Unix nanoseconds of the same moment: orders a job's snapshots made within one
+    /// second when the catalog is rebuilt from the records (absent in older records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_ns: Option<i64>,
     /// What was backed up, e.g. `path /srv/docs`.
     pub source: String,
     /// Chunks of the entry stream, in order.

@@ -1,0 +1,399 @@
+//! `coffer recover`: rebuilds the catalog from the target alone, with the restorer's
+//! identity, and reports what an attacker did to the bucket.
+//!
+//! For every key it takes the version coffer wrote, not the current one: the oldest
+//! version that proves itself (a pack whose content hash is its name, a snapshot record
+//! whose MAC holds, a repository record the identity opens). Delete markers and later
+//! versions change nothing; they are reported (`inventory`). Every pack is read once:
+//! its content hash and trailer give its chunks, and the chunks of snapshot file lists
+//! are kept (verified) to rebuild which packs each snapshot needs.
+//!
+//! Crash-safe and resumable: the catalog is built in `catalog.sqlite.recovering`, one
+//! transaction per pack and per snapshot, and renamed into place only when complete. A
+//! killed recovery resumes where it stopped, without reading a recorded pack again.
+
+use std::collections::HashSet;
+use std::io::{BufReader, Cursor, Read};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow, bail};
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::ChunkId;
+use crate::catalog::{Catalog, RepoRow, SnapshotRow, StoredPack};
+use crate::config::Config;
+use crate::format::entry::{EntryReader, Kind};
+use crate::format::repo::RepoRecord;
+use crate::format::snapshot::{self, SnapshotRecord};
+use crate::format::{REPO_KEY, pack};
+use crate::inventory::{Finding, Inventory, Layout};
+use crate::keys::{Identity, RepoSecret};
+use crate::objectlock::Retention;
+use crate::progress::{Counters, ProgressLine};
+use crate::target::Target;
+
+pub struct Options {
+    pub identity: PathBuf,
+    /// Draw a progress line on a terminal.
+    pub progress: bool,
+}
+
+/// What `coffer recover` prints (and `--json` shows as is).
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub repo_id: String,
+    /// Recovered snapshots: (job, id), oldest first.
+    pub snapshots: Vec<(String, String)>,
+    pub packs: usize,
+    /// Packs already recorded by an earlier, interrupted recovery.
+    pub packs_resumed: usize,
+    /// Versions identical to the one coffer wrote (a retried upload), not tampering.
+    pub duplicates: usize,
+    /// Tampering and damage, in key order.
+    pub findings: Vec<Finding>,
+}
+
+impl Report {
+    pub fn tampered(&self) -> bool {
+        self.findings.iter().any(Finding::is_tampering)
+    }
+}
+
+/// Packs read ahead of the one being recorded.
+const READ_AHEAD: usize = 2;
+
+pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
+    let final_path = cfg.catalog_path();
+    if final_path.exists() {
+        bail!(
+            "{} already holds a catalog; recover builds a new one from the target into an empty state \
+             directory (move the old catalog away to rebuild it)",
+            cfg.state_dir.display()
+        );
+    }
+    crate::fsutil::create_private_dir(&cfg.state_dir)
+        .with_context(|| format!("cannot create state directory {}", cfg.state_dir.display()))?;
+    let _lock = crate::fsutil::LockFile::take(&cfg.state_dir.join("recover.lock"), || {
+        format!("another `coffer recover` is running on {}", cfg.state_dir.display())
+    })?;
+    let identity = Arc::new(Identity::load(&opts.identity)?);
+    let target = Target::open(&cfg.target)?;
+    let runtime = crate::target::runtime()?;
+    let partial = cfg.state_dir.join("catalog.sqlite.recovering");
+    let mut catalog = Catalog::open(&partial)?;
+    catalog.begin_recovery()?;
+
+    tracing::info!(target = %cfg.target.url, "listing every object version");
+    let inventory = runtime.block_on(Inventory::read(&target))?;
+    let mut report = Report::default();
+    let mut genuine: Vec<(String, Option<String>)> = Vec::new();
+
+    // The repository record: its secret authenticates everything else.
+    let (repo, repo_version, secret) = open_repo(&runtime, &target, &inventory, &identity)?;
+    genuine.push((REPO_KEY.to_string(), repo_version.clone()));
+    report.repo_id = repo.id.clone();
+    keep_secret(cfg, &secret)?;
+    if catalog.repo()?.is_none() {
+        let record_lock = lock_of(&runtime, &target, REPO_KEY, repo_version.as_deref())?;
+        catalog.set_repo(&RepoRow {
+            repo_id: repo.id.clone(),
+            target_url: cfg.target.url.clone(),
+            record_version: repo_version,
+            chunker: repo.chunker,
+            record_lock,
+            unprotected: None,
+        })?;
+    }
+
+    // Snapshot records: small; read first so that packs know which chunks to keep.
+    let mut records = Vec::new();
+    for (key, versions) in &inventory.keys {
+        if !matches!(crate::inventory::layout(key), Layout::Snapshot { .. }) {
+            continue;
+        }
+        let mut accepted = None;
+        for v in &versions.versions {
+            let object = runtime.block_on(target.get(key, v.id.as_deref()))?;
+            match snapshot::open(&object, key, &secret, &identity) {
+                Ok(record) => {
+                    if let Some(f) =
+                        crate::inventory::backdated(key, record.created, record.stats.duration_ms, v.last_modified)
+                    {
+                        report.findings.push(f);
+                    }
+                    accepted = Some(v.id.clone());
+                    records.push((key.clone(), v.id.clone(), record, v.last_modified));
+                    break;
+                }
+                Err(e) => report.findings.push(Finding::ForgedRecord {
+                    key: key.clone(),
+                    version: v.id.clone().unwrap_or_default(),
+                    why: e.to_string(),
+                }),
+            }
+        }
+        if let Some(version) = accepted {
+            // Versions rejected before the accepted one were reported; the rest are
+            // judged against it like any key's.
+            report.findings.retain(|f| !matches!(f, Finding::ForgedRecord { .. }) || f.key() != key);
+            genuine.push((key.clone(), version));
+        }
+    }
+    // Creation order (runs of a job never overlap); records without nanoseconds (older
+    // ones) within one second in the order the server received them.
+    records.sort_by_key(|(key, _, r, stored)| {
+        (r.created_ns.unwrap_or(r.created.saturating_mul(1_000_000_000)), *stored, key.clone())
+    });
+    let tree_chunks: HashSet<ChunkId> = records.iter().flat_map(|(_, _, r, _)| r.tree.iter().copied()).collect();
+
+    // Packs: each read once, checked against its name, its trailer recorded.
+    let packs: Vec<(String, String)> = inventory
+        .keys
+        .keys()
+        .filter_map(|key| match crate::inventory::layout(key) {
+            Layout::Pack(id) => Some((key.clone(), id)),
+            _ => None,
+        })
+        .collect();
+    let total = packs.len();
+    let mut todo = Vec::new();
+    for (key, id) in packs {
+        if catalog.has_pack(&id)? {
+            report.packs_resumed += 1;
+            // Which version was recorded matters for the findings.
+            genuine.push((key, catalog.pack_version(&id)?));
+        } else {
+            todo.push((key, id));
+        }
+    }
+    tracing::info!(packs = total, resumed = report.packs_resumed, "reading packs");
+    let counters = Arc::new(Counters::default());
+    Counters::add(&counters.packs, report.packs_resumed as u64);
+    let _progress = ProgressLine::start(counters.clone(), opts.progress, crate::progress::packs_line(total));
+    runtime.block_on(async {
+        let reads = futures::stream::iter(todo.into_iter().map(|(key, id)| {
+            let (target, identity) = (target.clone(), identity.clone());
+            let versions = inventory.keys[&key].versions.clone();
+            tokio::spawn(async move {
+                // The oldest version whose content hash is the pack's id is the one coffer wrote.
+                let mut last_error = String::from("no version");
+                for v in versions {
+                    match target.get(&key, v.id.as_deref()).await {
+                        Ok(ct) => match pack::open(&ct, &id, &identity) {
+                            Ok(plain) => return (key, id, Ok((v, ct.len() as u64, plain))),
+                            Err(e) => last_error = e.to_string(),
+                        },
+                        Err(e) => last_error = format!("{e:#}"),
+                    }
+                }
+                (key, id, Err(last_error))
+            })
+        }));
+        let mut reads = reads.buffered(READ_AHEAD);
+        while let Some(joined) = reads.next().await {
+            let (key, id, read) = joined.map_err(|e| anyhow!("a pack reader failed: {e}"))?;
+            Counters::add(&counters.packs, 1);
+            let (v, size, plain) = match read {
+                Ok(ok) => {
+                    Counters::add(&counters.bytes_read, ok.1);
+                    ok
+                }
+                Err(why) => {
+                    report.findings.push(Finding::Unreadable { key, version: String::new(), why });
+                    continue;
+                }
+            };
+            let blobs = match pack::read_trailer(&plain) {
+                Ok(b) => b,
+                Err(e) => {
+                    let why = format!("pack trailer: {e}");
+                    report.findings.push(Finding::Unreadable { key: key.clone(), version: String::new(), why });
+                    genuine.push((key, v.id));
+                    continue;
+                }
+            };
+            let mut tree = Vec::new();
+            for b in blobs.iter().filter(|b| tree_chunks.contains(&b.id)) {
+                // A chunk that fails here is missed by its snapshot, which reports it.
+                if let Ok(data) = pack::verified_blob(&plain, b, &secret) {
+                    tree.push((b.id, data));
+                }
+            }
+            let lock = lock_of_async(&target, &key, v.id.as_deref()).await?;
+            let stored = StoredPack { hash: &id, version: v.id.as_deref(), size, blobs: &blobs, lock };
+            catalog.add_recovered_pack(&stored, &tree)?;
+            tracing::debug!("recorded {key}");
+            genuine.push((key, v.id));
+        }
+        anyhow::Ok(())
+    })?;
+    report.packs = total;
+
+    // Snapshots, oldest first: each one's file list says which packs it needs.
+    for (key, version, record, _) in &records {
+        if catalog.has_snapshot(&record.id)? {
+            report.snapshots.push((record.job.clone(), record.id.clone()));
+            continue;
+        }
+        let (packs, missing) = match needed_packs(&catalog, record) {
+            Ok(found) => found,
+            Err(e) => {
+                let why = format!("the snapshot's file list cannot be read: {e:#}");
+                report.findings.push(Finding::Unreadable { key: key.clone(), version: String::new(), why });
+                continue;
+            }
+        };
+        if missing > 0 {
+            let why = format!("{missing} chunks of this snapshot are in no readable pack");
+            report.findings.push(Finding::Unreadable { key: key.clone(), version: String::new(), why });
+        }
+        let lock = lock_of(&runtime, &target, key, version.as_deref())?;
+        let row = SnapshotRow::from_record(record, version.clone(), lock.map(|l| l.mode.as_str().to_string()));
+        catalog.complete_snapshot(&row, &packs, std::iter::empty())?;
+        report.snapshots.push((record.job.clone(), record.id.clone()));
+    }
+    catalog.forget_expired(crate::time::now_secs())?;
+
+    // Everything the target holds that coffer did not write.
+    let accepted: std::collections::HashMap<String, Option<String>> = genuine.into_iter().collect();
+    for (key, versions) in &inventory.keys {
+        if crate::inventory::layout(key) == Layout::Unknown {
+            continue;
+        }
+        let genuine = match accepted.get(key) {
+            Some(version) => version.clone(),
+            // No version proved itself: already reported as unreadable or forged.
+            None if report.findings.iter().any(|f| f.key() == key) => continue,
+            // Keys recover does not read (canaries) are judged against their oldest version.
+            None => versions.versions.first().and_then(|v| v.id.clone()),
+        };
+        report.findings.extend(inventory.findings_for(key, genuine.as_deref(), &mut report.duplicates));
+    }
+    report.findings.extend(inventory.unknown_keys());
+    report.findings.sort_by(|a, b| a.key().cmp(b.key()).then(a.kind().cmp(b.kind())));
+
+    catalog.end_recovery(&report.findings)?;
+    catalog.close()?;
+    std::fs::rename(&partial, &final_path)
+        .with_context(|| format!("cannot move the recovered catalog to {}", final_path.display()))?;
+    crate::fsutil::sync_dir(&final_path)?;
+    Ok(report)
+}
+
+/// The oldest version of `coffer.repo` that decodes and that the identity opens.
+fn open_repo(
+    runtime: &tokio::runtime::Runtime,
+    target: &Target,
+    inventory: &Inventory,
+    identity: &Identity,
+) -> Result<(RepoRecord, Option<String>, RepoSecret)> {
+    let versions = inventory.keys.get(REPO_KEY).map(|k| k.versions.as_slice()).unwrap_or_default();
+    if versions.is_empty() {
+        bail!("target {} holds no repository record ({REPO_KEY}): nothing to recover", target.url);
+    }
+    let mut reasons = Vec::new();
+    for v in versions {
+        let bytes = runtime.block_on(target.get(REPO_KEY, v.id.as_deref()))?;
+        let opened = RepoRecord::decode(&bytes).and_then(|r| r.open_secret(identity).map(|s| (r, s)));
+        match opened {
+            Ok((record, secret)) => return Ok((record, v.id.clone(), secret)),
+            Err(e) => reasons.push(format!("version {}: {e}", v.id.as_deref().unwrap_or("-"))),
+        }
+    }
+    bail!(
+        "no version of {REPO_KEY} on {} opens with identity {}: {}",
+        target.url,
+        identity.path.display(),
+        reasons.join("; ")
+    )
+}
+
+/// Writes the recovered repository secret where the config expects it, so that backups
+/// can go on; an existing file must hold the same secret.
+fn keep_secret(cfg: &Config, secret: &RepoSecret) -> Result<()> {
+    let path = &cfg.repo_secret_file;
+    if path.exists() {
+        let existing = RepoSecret::load(path)?;
+        if existing.bytes() != secret.bytes() {
+            bail!(
+                "{} holds the secret of another repository than the one on {}; move it away so that recover \
+                 can write this repository's",
+                path.display(),
+                cfg.target.url
+            );
+        }
+        return Ok(());
+    }
+    if let Some(dir) = path.parent() {
+        crate::fsutil::create_private_dir(dir)?;
+    }
+    secret.create_file(path)
+}
+
+fn lock_of(
+    runtime: &tokio::runtime::Runtime,
+    target: &Target,
+    key: &str,
+    version: Option<&str>,
+) -> Result<Option<Retention>> {
+    runtime.block_on(lock_of_async(target, key, version))
+}
+
+/// The lock of one object version as the server reports it (none on an unlocked target).
+async fn lock_of_async(target: &Target, key: &str, version: Option<&str>) -> Result<Option<Retention>> {
+    match target.lock_api() {
+        Some(api) => api.get_retention(key, version).await.with_context(|| format!("the lock of {key}")),
+        None => Ok(None),
+    }
+}
+
+/// The packs a snapshot needs (its file list's and its files' chunks), and how many of
+/// its chunks no recovered pack holds.
+fn needed_packs(catalog: &Catalog, record: &SnapshotRecord) -> Result<(HashSet<i64>, usize)> {
+    let mut packs = HashSet::new();
+    let mut missing = 0;
+    for id in &record.tree {
+        packs.insert(catalog.chunk_pack(id)?.ok_or_else(|| anyhow!("chunk {id} is in no readable pack"))?);
+    }
+    let stream = TreeReader { catalog, ids: record.tree.iter(), chunk: Cursor::new(Vec::new()) };
+    for entry in EntryReader::new(BufReader::new(stream))? {
+        let entry = entry?;
+        if entry.kind != Kind::File {
+            continue;
+        }
+        for id in &entry.chunks {
+            match catalog.chunk_pack(id)? {
+                Some(p) => {
+                    packs.insert(p);
+                }
+                None => missing += 1,
+            }
+        }
+    }
+    Ok((packs, missing))
+}
+
+/// A snapshot's file list, read from the recovered chunks one chunk at a time (it can be
+/// larger than memory).
+struct TreeReader<'a> {
+    catalog: &'a Catalog,
+    ids: std::slice::Iter<'a, ChunkId>,
+    chunk: Cursor<Vec<u8>>,
+}
+
+impl Read for TreeReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            let n = self.chunk.read(buf)?;
+            if n > 0 || buf.is_empty() {
+                return Ok(n);
+            }
+            let Some(id) = self.ids.next() else { return Ok(0) };
+            let data = self.catalog.recovered_tree_chunk(id).map_err(std::io::Error::other)?;
+            let data = data.ok_or_else(|| std::io::Error::other(format!("chunk {id} is in no readable pack")))?;
+            self.chunk = Cursor::new(data);
+        }
+    }
+}

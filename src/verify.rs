@@ -1,0 +1,208 @@
+//! `coffer verify`: checks the catalog against the target.
+//!
+//! Every object version the catalog records (the repository record, each snapshot
+//! record, each pack) must exist on the server by its exact version id, with the
+//! recorded size and at least the recorded lock. With `--read-data` and the identity,
+//! packs are downloaded, checked against their content hash, decrypted, and every chunk
+//! the catalog places in them is decompressed and re-hashed; snapshot records are
+//! authenticated and decrypted. Each finding names the snapshots that need the object.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::catalog::Catalog;
+use crate::config::Config;
+use crate::format::repo::RepoRecord;
+use crate::format::{REPO_KEY, pack, snapshot};
+use crate::inventory::Finding;
+use crate::keys::Identity;
+use crate::progress::{Counters, ProgressLine};
+use crate::target::Target;
+
+pub struct Options {
+    /// Download and re-hash data (needs `identity`).
+    pub read_data: Option<Identity>,
+    /// With `read_data`: the fraction of packs to read, chosen at random.
+    pub subset: f64,
+    /// Draw a progress line on a terminal.
+    pub progress: bool,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub objects_checked: usize,
+    pub packs_read: usize,
+    pub chunks_verified: u64,
+    pub bytes_read: u64,
+    pub findings: Vec<Finding>,
+    /// Snapshots (job/id) that need an object with a finding.
+    pub snapshots_affected: BTreeSet<String>,
+}
+
+/// An object version the catalog says the target holds.
+struct Needed {
+    key: String,
+    version: Option<String>,
+    size: Option<u64>,
+    locked_until: Option<i64>,
+    /// Snapshots (job/id) that need it.
+    snapshots: Vec<String>,
+    /// The pack's catalog row, for packs.
+    pack: Option<i64>,
+}
+
+/// Objects checked at once.
+const CONCURRENT_CHECKS: usize = 8;
+
+pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
+    let (catalog, repo) = Catalog::open_repo(cfg)?;
+    let target = Target::open(&cfg.target)?;
+    let runtime = crate::target::runtime()?;
+    let snapshots: Vec<_> = catalog.snapshots(None)?.into_iter().filter(|s| s.state == "complete").collect();
+    let all: Vec<String> = snapshots.iter().map(|s| format!("{}/{}", s.job, s.id)).collect();
+
+    let mut needed = vec![Needed {
+        key: REPO_KEY.into(),
+        version: repo.record_version.clone(),
+        size: None,
+        locked_until: repo.record_lock.map(|l| l.until),
+        snapshots: all.clone(),
+        pack: None,
+    }];
+    for s in &snapshots {
+        needed.push(Needed {
+            key: crate::format::snapshot_key(&s.job, &s.id),
+            version: s.record_version.clone(),
+            size: None,
+            locked_until: s.lock_mode.as_ref().and(s.retain_until),
+            snapshots: vec![format!("{}/{}", s.job, s.id)],
+            pack: None,
+        });
+    }
+    let jobs: HashMap<String, String> = snapshots.iter().map(|s| (s.id.clone(), s.job.clone())).collect();
+    for (p, size, ids) in catalog.packs_with_snapshots()? {
+        needed.push(Needed {
+            key: crate::format::pack_key(&p.hash),
+            version: p.version,
+            size: Some(size),
+            locked_until: p.lock.map(|l| l.until),
+            snapshots: ids.iter().map(|id| format!("{}/{id}", jobs.get(id).map_or("?", |j| j))).collect(),
+            pack: Some(p.id),
+        });
+    }
+
+    let mut report = Report { objects_checked: needed.len(), ..Default::default() };
+    tracing::info!(objects = needed.len(), "checking every recorded object version on the target");
+    let checked: Vec<Vec<Finding>> = runtime.block_on(
+        futures::stream::iter(needed.iter().map(|n| check_object(&target, n)))
+            .buffered(CONCURRENT_CHECKS)
+            .collect::<Vec<_>>(),
+    );
+    for (n, findings) in needed.iter().zip(checked) {
+        note(&mut report, n, findings);
+    }
+
+    if let Some(identity) = &opts.read_data {
+        let record = runtime.block_on(target.get(REPO_KEY, repo.record_version.as_deref()))?;
+        let secret = RepoRecord::decode(&record)
+            .map_err(anyhow::Error::from)
+            .and_then(|r| r.open_secret(identity).map_err(anyhow::Error::from))
+            .with_context(|| format!("the repository record cannot be opened with {}", identity.path.display()))?;
+        let mut packs: Vec<&Needed> = needed.iter().filter(|n| n.pack.is_some()).collect();
+        crate::status::shuffle(&mut packs);
+        let take = (packs.len() as f64 * opts.subset).ceil() as usize;
+        packs.truncate(take.min(packs.len()));
+        tracing::info!(packs = packs.len(), "reading and re-hashing data");
+        let counters = Arc::new(Counters::default());
+        let _progress = ProgressLine::start(counters.clone(), opts.progress, crate::progress::packs_line(packs.len()));
+        for n in needed.iter().filter(|n| n.pack.is_none() && n.key != REPO_KEY) {
+            let object = runtime.block_on(target.get(&n.key, n.version.as_deref()));
+            let why = match object {
+                Ok(o) => snapshot::open(&o, &n.key, &secret, identity).err().map(|e| e.to_string()),
+                Err(e) => Some(format!("{e:#}")),
+            };
+            if let Some(why) = why {
+                let f = Finding::Unreadable { key: n.key.clone(), version: version(n), why };
+                note(&mut report, n, vec![f]);
+            }
+        }
+        for n in &packs {
+            Counters::add(&counters.packs, 1);
+            let ct = match runtime.block_on(target.get(&n.key, n.version.as_deref())) {
+                Ok(ct) => ct,
+                Err(e) => {
+                    let f = Finding::Unreadable { key: n.key.clone(), version: version(n), why: format!("{e:#}") };
+                    note(&mut report, n, vec![f]);
+                    continue;
+                }
+            };
+            report.bytes_read += ct.len() as u64;
+            Counters::add(&counters.bytes_read, ct.len() as u64);
+            report.packs_read += 1;
+            let hash = n.key.rsplit('/').next().unwrap_or_default();
+            let blobs = catalog.pack_chunks(n.pack.unwrap_or_default())?;
+            let result = pack::open(&ct, hash, identity).and_then(|plain| {
+                let trailer: HashMap<_, _> = pack::read_trailer(&plain)?.into_iter().map(|b| (b.id, b)).collect();
+                for b in &blobs {
+                    if trailer.get(&b.id) != Some(b) {
+                        return Err(crate::format::malformed(format!(
+                            "the pack's table does not hold chunk {} where the catalog places it",
+                            b.id
+                        )));
+                    }
+                    pack::verified_blob(&plain, b, &secret)?;
+                }
+                Ok(())
+            });
+            match result {
+                Ok(()) => report.chunks_verified += blobs.len() as u64,
+                Err(e) => {
+                    let f = Finding::Unreadable { key: n.key.clone(), version: version(n), why: e.to_string() };
+                    note(&mut report, n, vec![f]);
+                }
+            }
+        }
+    }
+    let detail = format!(
+        "{} objects, {} packs read, {} findings",
+        report.objects_checked,
+        report.packs_read,
+        report.findings.len()
+    );
+    let _ = catalog.event("verify", None, &detail);
+    Ok(report)
+}
+
+fn version(n: &Needed) -> String {
+    n.version.clone().unwrap_or_default()
+}
+
+fn note(report: &mut Report, n: &Needed, findings: Vec<Finding>) {
+    if !findings.is_empty() {
+        report.snapshots_affected.extend(n.snapshots.iter().cloned());
+    }
+    report.findings.extend(findings);
+}
+
+/// Existence by exact version, size, and lock of one object.
+async fn check_object(target: &Target, n: &Needed) -> Vec<Finding> {
+    let unreadable = |why: String| vec![Finding::Unreadable { key: n.key.clone(), version: version(n), why }];
+    match target.size_of(&n.key, n.version.as_deref()).await {
+        Ok(None) => return unreadable("the recorded version is not on the target".into()),
+        Ok(Some(size)) if n.size.is_some_and(|s| s != size) => {
+            return unreadable(format!("{size} bytes on the target, {} recorded", n.size.unwrap_or_default()));
+        }
+        Ok(Some(_)) => {}
+        Err(e) => return unreadable(format!("{e:#}")),
+    }
+    let (Some(api), Some(recorded)) = (target.lock_api(), n.locked_until) else { return Vec::new() };
+    match api.get_retention(&n.key, n.version.as_deref()).await {
+        Ok(Some(r)) if r.until >= recorded => Vec::new(),
+        Ok(r) => vec![Finding::LowerLock { key: n.key.clone(), recorded, server: r.map_or(0, |r| r.until) }],
+        Err(e) => unreadable(format!("cannot read its lock: {e:#}")),
+    }
+}
