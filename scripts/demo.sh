@@ -3,7 +3,9 @@
 # builds coffer, makes an age identity and a config under ./demo, backs up a sample
 # directory to a local target (./demo/target), lists the snapshots, restores the latest
 # one and checks that it is identical to the sample, then runs the daemon for a few
-# seconds (the job on a 5-second schedule, /metrics on 127.0.0.1:9477) and shows its runs.
+# seconds (the job on a 5-second schedule, /metrics on 127.0.0.1:9477) and shows its runs,
+# verifies every stored chunk, and recovers the catalog into a bare state directory from
+# the target and the identity alone.
 # Run it again to see dedup at work.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -449,35 +449,7 @@ impl Catalog {
         self.conn.close().map_err(|(_, e)| e)?;
         Ok(())
     }
-}
 
-/// Inserts a pack row and its chunks (a chunk already stored elsewhere keeps its first
-/// location). Returns the pack's row id.
-fn insert_pack(tx: &rusqlite::Transaction, pack: &StoredPack) -> Result<i64> {
-    {
-        tx.execute(
-            "INSERT INTO packs (hash, version, size, uploaded_at, lock_mode, retain_until) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                pack.hash,
-                pack.version,
-                pack.size,
-                crate::time::now_secs(),
-                pack.lock.map(|l| l.mode.as_str()),
-                pack.lock.map(|l| l.until)
-            ],
-        )?;
-    }
-    let pack_id = tx.last_insert_rowid();
-    let mut st = tx.prepare_cached(
-        "INSERT OR IGNORE INTO chunks (id, pack, offset, length, raw_length, flags) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?;
-    for b in pack.blobs {
-        st.execute(params![&b.id.0[..], pack_id, b.offset, b.length, b.raw_length, b.flags])?;
-    }
-    Ok(pack_id)
-}
-
-impl Catalog {
     /// Of the given packs, those whose lock (as the catalog knows it) ends before `until`.
     pub fn packs_locked_before(&self, ids: &HashSet<i64>, until: i64) -> Result<Vec<(i64, String, Option<String>)>> {
         let mut st = self.conn.prepare_cached(
@@ -865,6 +837,30 @@ fn run_row(r: &rusqlite::Row) -> rusqlite::Result<RunRow> {
 }
 
 /// An audit row, on the connection or inside the caller's transaction.
+/// Inserts a pack row and its chunks (a chunk already stored elsewhere keeps its first
+/// location). Returns the pack's row id.
+fn insert_pack(tx: &rusqlite::Transaction, pack: &StoredPack) -> Result<i64> {
+    tx.execute(
+        "INSERT INTO packs (hash, version, size, uploaded_at, lock_mode, retain_until) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            pack.hash,
+            pack.version,
+            pack.size,
+            crate::time::now_secs(),
+            pack.lock.map(|l| l.mode.as_str()),
+            pack.lock.map(|l| l.until)
+        ],
+    )?;
+    let pack_id = tx.last_insert_rowid();
+    let mut st = tx.prepare_cached(
+        "INSERT OR IGNORE INTO chunks (id, pack, offset, length, raw_length, flags) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for b in pack.blobs {
+        st.execute(params![&b.id.0[..], pack_id, b.offset, b.length, b.raw_length, b.flags])?;
+    }
+    Ok(pack_id)
+}
+
 fn insert_event(conn: &Connection, kind: &str, job: Option<&str>, detail: &str) -> Result<()> {
     conn.execute(
         "INSERT INTO events (at, kind, job, detail) VALUES (?1, ?2, ?3, ?4)",

@@ -82,12 +82,10 @@ impl Drop for ProgressLine {
 
 /// The backup's line: files, bytes read and their rate, new, uploaded, packs.
 pub fn backup_line(c: &Counters, secs: f64) -> String {
-    let read = Counters::get(&c.bytes_read);
     format!(
-        "{} files, read {} ({}/s), new {}, uploaded {} in {} packs",
+        "{} files, read {}, new {}, uploaded {} in {} packs",
         Counters::get(&c.files),
-        bytes(read),
-        bytes((read as f64 / secs) as u64),
+        with_rate(Counters::get(&c.bytes_read), secs),
         bytes(Counters::get(&c.bytes_new)),
         bytes(Counters::get(&c.bytes_uploaded)),
         Counters::get(&c.packs)
@@ -96,27 +94,20 @@ pub fn backup_line(c: &Counters, secs: f64) -> String {
 
 /// The restore's line: files and bytes written, and the rate.
 pub fn restore_line(c: &Counters, secs: f64) -> String {
-    let written = Counters::get(&c.bytes);
-    format!(
-        "restored {} files, {} ({}/s)",
-        Counters::get(&c.files),
-        bytes(written),
-        bytes((written as f64 / secs) as u64)
-    )
+    format!("restored {} files, {}", Counters::get(&c.files), with_rate(Counters::get(&c.bytes), secs))
 }
 
 /// The line of a command that reads packs (recover, verify): packs done of `total`,
 /// bytes read and the rate.
 pub fn packs_line(total: usize) -> impl Fn(&Counters, f64) -> String + Send + 'static {
     move |c, secs| {
-        let read = Counters::get(&c.bytes_read);
-        format!(
-            "{} of {total} packs, read {} ({}/s)",
-            Counters::get(&c.packs),
-            bytes(read),
-            bytes((read as f64 / secs) as u64)
-        )
+        format!("{} of {total} packs, read {}", Counters::get(&c.packs), with_rate(Counters::get(&c.bytes_read), secs))
     }
+}
+
+/// `1.5 GiB (12.0 MiB/s)`
+fn with_rate(n: u64, secs: f64) -> String {
+    format!("{} ({}/s)", bytes(n), bytes((n as f64 / secs) as u64))
 }
 
 /// `1.5 GiB`

@@ -177,23 +177,23 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
             let (target, identity) = (target.clone(), identity.clone());
             let versions = inventory.keys[&key].versions.clone();
             tokio::spawn(async move {
-                // The oldest version whose content hash is the pack's id is the one coffer wrote.
+                // The oldest version whose content hash is the pack's id is the one coffer
+                // wrote. A read that fails (after retries) stops the recovery, which can
+                // resume; a version that fails its hash is a finding.
                 let mut last_error = String::from("no version");
                 for v in versions {
-                    match target.get(&key, v.id.as_deref()).await {
-                        Ok(ct) => match pack::open(&ct, &id, &identity) {
-                            Ok(plain) => return (key, id, Ok((v, ct.len() as u64, plain))),
-                            Err(e) => last_error = e.to_string(),
-                        },
-                        Err(e) => last_error = format!("{e:#}"),
+                    let ct = target.get(&key, v.id.as_deref()).await?;
+                    match pack::open(&ct, &id, &identity) {
+                        Ok(plain) => return anyhow::Ok((key, id, Ok((v, ct.len() as u64, plain)))),
+                        Err(e) => last_error = e.to_string(),
                     }
                 }
-                (key, id, Err(last_error))
+                Ok((key, id, Err(last_error)))
             })
         }));
         let mut reads = reads.buffered(READ_AHEAD);
         while let Some(joined) = reads.next().await {
-            let (key, id, read) = joined.map_err(|e| anyhow!("a pack reader failed: {e}"))?;
+            let (key, id, read) = joined.map_err(|e| anyhow!("a pack reader failed: {e}"))??;
             Counters::add(&counters.packs, 1);
             let (v, size, plain) = match read {
                 Ok(ok) => {

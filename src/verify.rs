@@ -97,12 +97,17 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
 
     let mut report = Report { objects_checked: needed.len(), ..Default::default() };
     tracing::info!(objects = needed.len(), "checking every recorded object version on the target");
-    let checked: Vec<Vec<Finding>> = runtime.block_on(
+    let checked: Vec<Result<Vec<Finding>>> = runtime.block_on(
         futures::stream::iter(needed.iter().map(|n| check_object(&target, n)))
             .buffered(CONCURRENT_CHECKS)
             .collect::<Vec<_>>(),
     );
+    let mut missing = std::collections::HashSet::new();
     for (n, findings) in needed.iter().zip(checked) {
+        let findings = findings?;
+        if !findings.is_empty() {
+            missing.insert(n.key.clone());
+        }
         note(&mut report, n, findings);
     }
 
@@ -119,27 +124,20 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
         tracing::info!(packs = packs.len(), "reading and re-hashing data");
         let counters = Arc::new(Counters::default());
         let _progress = ProgressLine::start(counters.clone(), opts.progress, crate::progress::packs_line(packs.len()));
-        for n in needed.iter().filter(|n| n.pack.is_none() && n.key != REPO_KEY) {
-            let object = runtime.block_on(target.get(&n.key, n.version.as_deref()));
-            let why = match object {
-                Ok(o) => snapshot::open(&o, &n.key, &secret, identity).err().map(|e| e.to_string()),
-                Err(e) => Some(format!("{e:#}")),
-            };
-            if let Some(why) = why {
-                let f = Finding::Unreadable { key: n.key.clone(), version: version(n), why };
+        // What is missing was reported above; everything else must read back.
+        for n in needed.iter().filter(|n| n.pack.is_none() && n.key != REPO_KEY && !missing.contains(&n.key)) {
+            let object = runtime.block_on(target.get(&n.key, n.version.as_deref()))?;
+            if let Err(e) = snapshot::open(&object, &n.key, &secret, identity) {
+                let f = Finding::Unreadable { key: n.key.clone(), version: version(n), why: e.to_string() };
                 note(&mut report, n, vec![f]);
             }
         }
         for n in &packs {
             Counters::add(&counters.packs, 1);
-            let ct = match runtime.block_on(target.get(&n.key, n.version.as_deref())) {
-                Ok(ct) => ct,
-                Err(e) => {
-                    let f = Finding::Unreadable { key: n.key.clone(), version: version(n), why: format!("{e:#}") };
-                    note(&mut report, n, vec![f]);
-                    continue;
-                }
-            };
+            if missing.contains(&n.key) {
+                continue;
+            }
+            let ct = runtime.block_on(target.get(&n.key, n.version.as_deref()))?;
             report.bytes_read += ct.len() as u64;
             Counters::add(&counters.bytes_read, ct.len() as u64);
             report.packs_read += 1;
@@ -188,21 +186,22 @@ fn note(report: &mut Report, n: &Needed, findings: Vec<Finding>) {
     report.findings.extend(findings);
 }
 
-/// Existence by exact version, size, and lock of one object.
-async fn check_object(target: &Target, n: &Needed) -> Vec<Finding> {
-    let unreadable = |why: String| vec![Finding::Unreadable { key: n.key.clone(), version: version(n), why }];
-    match target.size_of(&n.key, n.version.as_deref()).await {
-        Ok(None) => return unreadable("the recorded version is not on the target".into()),
-        Ok(Some(size)) if n.size.is_some_and(|s| s != size) => {
+/// Existence by exact version, size, and lock of one object. A failed request is an
+/// error (the check is incomplete), not a finding.
+async fn check_object(target: &Target, n: &Needed) -> Result<Vec<Finding>> {
+    let unreadable = |why: String| Ok(vec![Finding::Unreadable { key: n.key.clone(), version: version(n), why }]);
+    match target.size_of(&n.key, n.version.as_deref()).await? {
+        None => return unreadable("the recorded version is not on the target".into()),
+        Some(size) if n.size.is_some_and(|s| s != size) => {
             return unreadable(format!("{size} bytes on the target, {} recorded", n.size.unwrap_or_default()));
         }
-        Ok(Some(_)) => {}
-        Err(e) => return unreadable(format!("{e:#}")),
+        Some(_) => {}
     }
-    let (Some(api), Some(recorded)) = (target.lock_api(), n.locked_until) else { return Vec::new() };
-    match api.get_retention(&n.key, n.version.as_deref()).await {
-        Ok(Some(r)) if r.until >= recorded => Vec::new(),
-        Ok(r) => vec![Finding::LowerLock { key: n.key.clone(), recorded, server: r.map_or(0, |r| r.until) }],
-        Err(e) => unreadable(format!("cannot read its lock: {e:#}")),
-    }
+    let (Some(api), Some(recorded)) = (target.lock_api(), n.locked_until) else { return Ok(Vec::new()) };
+    let lock =
+        api.get_retention(&n.key, n.version.as_deref()).await.with_context(|| format!("the lock of {}", n.key))?;
+    Ok(match lock {
+        Some(r) if r.until >= recorded => Vec::new(),
+        r => vec![Finding::LowerLock { key: n.key.clone(), recorded, server: r.map_or(0, |r| r.until) }],
+    })
 }
