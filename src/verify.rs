@@ -105,7 +105,7 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
     let mut missing = std::collections::HashSet::new();
     for (n, findings) in needed.iter().zip(checked) {
         let findings = findings?;
-        if !findings.is_empty() {
+        if findings.iter().any(|f| matches!(f, Finding::Unreadable { .. })) {
             missing.insert(n.key.clone());
         }
         note(&mut report, n, findings);
@@ -124,7 +124,7 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
         tracing::info!(packs = packs.len(), "reading and re-hashing data");
         let counters = Arc::new(Counters::default());
         let _progress = ProgressLine::start(counters.clone(), opts.progress, crate::progress::packs_line(packs.len()));
-        // What is missing was reported above; everything else must read back.
+        // What is missing or of the wrong size was reported above; the rest must read back.
         for n in needed.iter().filter(|n| n.pack.is_none() && n.key != REPO_KEY && !missing.contains(&n.key)) {
             let object = runtime.block_on(target.get(&n.key, n.version.as_deref()))?;
             if let Err(e) = snapshot::open(&object, &n.key, &secret, identity) {
