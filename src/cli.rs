@@ -253,24 +253,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
                 return Ok(ExitCode::SUCCESS);
             }
-            println!(
-                "{:<6}  {:<20}  {:<12}  {:<9}  {:<11}  {:>7}  {:>10}  {:>10}  {:>7}  ERROR",
-                "RUN", "STARTED (UTC)", "JOB", "TRIGGER", "OUTCOME", "TIME", "READ", "UPLOADED", "RETRIES"
-            );
+            let widths = [-6, -20, -12, -9, -11, 7, 10, 10, 7];
+            let header =
+                ["RUN", "STARTED (UTC)", "JOB", "TRIGGER", "OUTCOME", "TIME", "READ", "UPLOADED", "RETRIES", "ERROR"];
+            println!("{}", table_line(&header.map(String::from), &widths));
             for r in &rows {
-                println!(
-                    "{:<6}  {:<20}  {:<12}  {:<9}  {:<11}  {:>7}  {:>10}  {:>10}  {:>7}  {}",
-                    r.id,
+                let cells = [
+                    r.id.to_string(),
                     crate::time::format_utc(r.started_at),
-                    r.job,
-                    r.trigger,
-                    r.outcome,
+                    r.job.clone(),
+                    r.trigger.clone(),
+                    r.outcome.clone(),
                     r.duration_ms.map(|ms| format!("{:.1}s", ms as f64 / 1000.0)).unwrap_or_else(|| "-".into()),
                     bytes(r.bytes_read),
                     bytes(r.bytes_uploaded),
-                    r.retries,
-                    r.error.as_deref().unwrap_or("").replace('\n', " ")
-                );
+                    r.retries.to_string(),
+                    r.error.as_deref().unwrap_or("").replace('\n', " "),
+                ];
+                println!("{}", table_line(&cells, &widths));
             }
             if rows.is_empty() {
                 println!("(no runs)");
@@ -422,23 +422,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
                 return Ok(ExitCode::SUCCESS);
             }
-            println!(
-                "{:<16}  {:<20}  {:<12}  {:>8}  {:>10}  {:>10}  {:>10}  {:>6}  CONTENTS",
-                "ID", "TIME (UTC)", "JOB", "FILES", "SIZE", "NEW", "UPLOADED", "ERRORS"
-            );
+            let widths = [-16, -20, -12, 8, 10, 10, 10, 6];
+            let header = ["ID", "TIME (UTC)", "JOB", "FILES", "SIZE", "NEW", "UPLOADED", "ERRORS", "CONTENTS"];
+            println!("{}", table_line(&header.map(String::from), &widths));
             for s in &rows {
-                println!(
-                    "{:<16}  {:<20}  {:<12}  {:>8}  {:>10}  {:>10}  {:>10}  {:>6}  {}",
-                    s.id,
+                let cells = [
+                    s.id.clone(),
                     crate::time::format_utc(s.created_at),
-                    s.job,
-                    s.files,
+                    s.job.clone(),
+                    s.files.to_string(),
                     bytes(s.bytes),
                     bytes(s.bytes_new),
                     bytes(s.bytes_uploaded),
-                    s.errors,
-                    s.contents.as_ref().map(|c| c.summary()).unwrap_or_default()
-                );
+                    s.errors.to_string(),
+                    s.contents.as_ref().map(|c| c.summary()).unwrap_or_default(),
+                ];
+                println!("{}", table_line(&cells, &widths));
             }
             if rows.is_empty() {
                 println!("(no snapshots)");
@@ -538,17 +537,19 @@ fn status(config: &std::path::Path, opts: &crate::status::Options, json: bool) -
         "locks as recorded in the catalog".into()
     };
     println!("target {} {} ({source})", t.url, t.protection);
-    println!("{:<16}  {:>5}  {:<16}  {:>8}  {:<20}  {:>4}", "JOB", "LIVE", "NEWEST", "AGE", "PROTECTED UNTIL", "GAPS");
+    let widths = [-16, 5, -16, 8, -20, 4];
+    let header = ["JOB", "LIVE", "NEWEST", "AGE", "PROTECTED UNTIL", "GAPS"];
+    println!("{}", table_line(&header.map(String::from), &widths));
     for j in &report.jobs {
-        println!(
-            "{:<16}  {:>5}  {:<16}  {:>8}  {:<20}  {:>4}",
-            j.name,
-            j.live_snapshots,
-            j.newest_snapshot.as_deref().unwrap_or("-"),
+        let cells = [
+            j.name.clone(),
+            j.live_snapshots.to_string(),
+            j.newest_snapshot.clone().unwrap_or_else(|| "-".into()),
             j.newest_age_secs.map(age).unwrap_or_else(|| "-".into()),
             j.protected_until.map(crate::time::format_utc).unwrap_or_else(|| "-".into()),
-            j.gaps.len()
-        );
+            j.gaps.len().to_string(),
+        ];
+        println!("{}", table_line(&cells, &widths));
     }
     println!(
         "status: {}",
@@ -558,6 +559,16 @@ fn status(config: &std::path::Path, opts: &crate::status::Options, json: bool) -
         println!("  - {p}");
     }
     ExitCode::from(report.status.exit_code())
+}
+
+/// One line of a text table: each cell padded to its column's width (a negative width
+/// aligns left), cells beyond the widths (a last free-text column) as they are.
+fn table_line(cells: &[String], widths: &[i32]) -> String {
+    let padded = cells.iter().zip(widths).map(|(cell, &w)| {
+        let width = w.unsigned_abs() as usize;
+        if w < 0 { format!("{cell:<width$}") } else { format!("{cell:>width$}") }
+    });
+    padded.chain(cells.iter().skip(widths.len()).cloned()).collect::<Vec<_>>().join("  ")
 }
 
 fn print_findings(findings: &[crate::inventory::Finding]) {

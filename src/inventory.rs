@@ -82,17 +82,23 @@ impl Inventory {
             }
             return Ok(Inventory { keys, versioned: false });
         };
-        // The listing gives each key's versions newest first.
         for v in api.list_versions("").await? {
             let entry = keys.entry(v.key).or_default();
             if v.delete_marker {
                 entry.delete_markers.push((v.version_id, v.last_modified));
             } else {
-                entry.versions.insert(
-                    0,
-                    Version { id: Some(v.version_id), size: v.size, etag: v.etag, last_modified: v.last_modified },
-                );
+                let version_id = Some(v.version_id);
+                entry.versions.push(Version {
+                    id: version_id,
+                    size: v.size,
+                    etag: v.etag,
+                    last_modified: v.last_modified,
+                });
             }
+        }
+        // The listing gives each key's versions newest first.
+        for k in keys.values_mut() {
+            k.versions.reverse();
         }
         Ok(Inventory { keys, versioned: true })
     }

@@ -12,7 +12,7 @@
 //! transaction per pack and per snapshot, and renamed into place only when complete. A
 //! killed recovery resumes where it stopped, without reading a recorded pack again.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufReader, Cursor, Read};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -30,7 +30,6 @@ use crate::format::snapshot::{self, SnapshotRecord};
 use crate::format::{REPO_KEY, pack};
 use crate::inventory::{Finding, Inventory, Layout};
 use crate::keys::{Identity, RepoSecret};
-use crate::objectlock::Retention;
 use crate::progress::{Counters, ProgressLine};
 use crate::target::Target;
 
@@ -88,15 +87,16 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
     tracing::info!(target = %cfg.target.url, "listing every object version");
     let inventory = runtime.block_on(Inventory::read(&target))?;
     let mut report = Report::default();
-    let mut genuine: Vec<(String, Option<String>)> = Vec::new();
+    // The version of each key that proved itself.
+    let mut genuine: HashMap<String, Option<String>> = HashMap::new();
 
     // The repository record: its secret authenticates everything else.
     let (repo, repo_version, secret) = open_repo(&runtime, &target, &inventory, &identity)?;
-    genuine.push((REPO_KEY.to_string(), repo_version.clone()));
+    genuine.insert(REPO_KEY.to_string(), repo_version.clone());
     report.repo_id = repo.id.clone();
     keep_secret(cfg, &secret)?;
     if catalog.repo()?.is_none() {
-        let record_lock = lock_of(&runtime, &target, REPO_KEY, repo_version.as_deref())?;
+        let record_lock = runtime.block_on(target.lock_of(REPO_KEY, repo_version.as_deref()))?;
         catalog.set_repo(&RepoRow {
             repo_id: repo.id.clone(),
             target_url: cfg.target.url.clone(),
@@ -113,7 +113,7 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
         if !matches!(crate::inventory::layout(key), Layout::Snapshot { .. }) {
             continue;
         }
-        let mut accepted = None;
+        let (mut accepted, mut rejected) = (None, Vec::new());
         for v in &versions.versions {
             let object = runtime.block_on(target.get(key, v.id.as_deref()))?;
             match snapshot::open(&object, key, &secret, &identity) {
@@ -127,18 +127,18 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
                     records.push((key.clone(), v.id.clone(), record, v.last_modified));
                     break;
                 }
-                Err(e) => report.findings.push(Finding::ForgedRecord {
+                Err(e) => rejected.push(Finding::ForgedRecord {
                     key: key.clone(),
                     version: v.id.clone().unwrap_or_default(),
                     why: e.to_string(),
                 }),
             }
         }
+        // With a genuine version, the others are judged against it like any key's.
         if let Some(version) = accepted {
-            // Versions rejected before the accepted one were reported; the rest are
-            // judged against it like any key's.
-            report.findings.retain(|f| !matches!(f, Finding::ForgedRecord { .. }) || f.key() != key);
-            genuine.push((key.clone(), version));
+            genuine.insert(key.clone(), version);
+        } else {
+            report.findings.extend(rejected);
         }
     }
     // Creation order (runs of a job never overlap); records without nanoseconds (older
@@ -163,7 +163,8 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
         if catalog.has_pack(&id)? {
             report.packs_resumed += 1;
             // Which version was recorded matters for the findings.
-            genuine.push((key, catalog.pack_version(&id)?));
+            let version = catalog.pack_version(&id)?;
+            genuine.insert(key, version);
         } else {
             todo.push((key, id));
         }
@@ -210,7 +211,7 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
                 Err(e) => {
                     let why = format!("pack trailer: {e}");
                     report.findings.push(Finding::Unreadable { key: key.clone(), version: String::new(), why });
-                    genuine.push((key, v.id));
+                    genuine.insert(key, v.id);
                     continue;
                 }
             };
@@ -221,11 +222,11 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
                     tree.push((b.id, data));
                 }
             }
-            let lock = lock_of_async(&target, &key, v.id.as_deref()).await?;
+            let lock = target.lock_of(&key, v.id.as_deref()).await?;
             let stored = StoredPack { hash: &id, version: v.id.as_deref(), size, blobs: &blobs, lock };
             catalog.add_recovered_pack(&stored, &tree)?;
             tracing::debug!("recorded {key}");
-            genuine.push((key, v.id));
+            genuine.insert(key, v.id);
         }
         anyhow::Ok(())
     })?;
@@ -249,7 +250,7 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
             let why = format!("{missing} chunks of this snapshot are in no readable pack");
             report.findings.push(Finding::Unreadable { key: key.clone(), version: String::new(), why });
         }
-        let lock = lock_of(&runtime, &target, key, version.as_deref())?;
+        let lock = runtime.block_on(target.lock_of(key, version.as_deref()))?;
         let row = SnapshotRow::from_record(record, version.clone(), lock.map(|l| l.mode.as_str().to_string()));
         catalog.complete_snapshot(&row, &packs, std::iter::empty())?;
         report.snapshots.push((record.job.clone(), record.id.clone()));
@@ -257,15 +258,15 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
     catalog.forget_expired(crate::time::now_secs())?;
 
     // Everything the target holds that coffer did not write.
-    let accepted: std::collections::HashMap<String, Option<String>> = genuine.into_iter().collect();
+    let reported: HashSet<String> = report.findings.iter().map(|f| f.key().to_string()).collect();
     for (key, versions) in &inventory.keys {
         if crate::inventory::layout(key) == Layout::Unknown {
             continue;
         }
-        let genuine = match accepted.get(key) {
+        let genuine = match genuine.get(key) {
             Some(version) => version.clone(),
             // No version proved itself: already reported as unreadable or forged.
-            None if report.findings.iter().any(|f| f.key() == key) => continue,
+            None if reported.contains(key) => continue,
             // Keys recover does not read (canaries) are judged against their oldest version.
             None => versions.versions.first().and_then(|v| v.id.clone()),
         };
@@ -296,18 +297,12 @@ fn open_repo(
     let mut reasons = Vec::new();
     for v in versions {
         let bytes = runtime.block_on(target.get(REPO_KEY, v.id.as_deref()))?;
-        let opened = RepoRecord::decode(&bytes).and_then(|r| r.open_secret(identity).map(|s| (r, s)));
-        match opened {
+        match RepoRecord::open(&bytes, identity) {
             Ok((record, secret)) => return Ok((record, v.id.clone(), secret)),
-            Err(e) => reasons.push(format!("version {}: {e}", v.id.as_deref().unwrap_or("-"))),
+            Err(e) => reasons.push(format!("version {}: {e:#}", v.id.as_deref().unwrap_or("-"))),
         }
     }
-    bail!(
-        "no version of {REPO_KEY} on {} opens with identity {}: {}",
-        target.url,
-        identity.path.display(),
-        reasons.join("; ")
-    )
+    bail!("no version of {REPO_KEY} on {} can be opened: {}", target.url, reasons.join("; "))
 }
 
 /// Writes the recovered repository secret where the config expects it, so that backups
@@ -330,23 +325,6 @@ fn keep_secret(cfg: &Config, secret: &RepoSecret) -> Result<()> {
         crate::fsutil::create_private_dir(dir)?;
     }
     secret.create_file(path)
-}
-
-fn lock_of(
-    runtime: &tokio::runtime::Runtime,
-    target: &Target,
-    key: &str,
-    version: Option<&str>,
-) -> Result<Option<Retention>> {
-    runtime.block_on(lock_of_async(target, key, version))
-}
-
-/// The lock of one object version as the server reports it (none on an unlocked target).
-async fn lock_of_async(target: &Target, key: &str, version: Option<&str>) -> Result<Option<Retention>> {
-    match target.lock_api() {
-        Some(api) => api.get_retention(key, version).await.with_context(|| format!("the lock of {key}")),
-        None => Ok(None),
-    }
 }
 
 /// The packs a snapshot needs (its file list's and its files' chunks), and how many of

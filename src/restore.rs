@@ -24,7 +24,7 @@ use crate::config::Config;
 use crate::format::entry::{Entry, EntryReader, Kind, safe_relative};
 use crate::format::repo::RepoRecord;
 use crate::format::snapshot::{self, SnapshotRecord};
-use crate::format::{DecodeError, REPO_KEY, pack};
+use crate::format::{REPO_KEY, pack};
 use crate::keys::{Identity, RepoSecret};
 use crate::progress::{Counters, ProgressLine};
 use crate::target::Target;
@@ -66,8 +66,7 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Summary> {
     let runtime = crate::target::runtime()?;
 
     let record_bytes = runtime.block_on(target.get(REPO_KEY, repo.record_version.as_deref()))?;
-    let repo_record = RepoRecord::decode(&record_bytes)?;
-    let secret = repo_record.open_secret(&identity).map_err(|e| identity_error(e, &identity, &repo_record))?;
+    let (_, secret) = RepoRecord::open(&record_bytes, &identity)?;
     let record = read_record(&runtime, &target, &snap, &secret, &identity)?;
 
     let subpath = match &opts.subpath {
@@ -109,17 +108,6 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Summary> {
     let detail = format!("snapshot {} to {} ({} failures)", snap.id, opts.to.display(), summary.failures.len());
     let _ = r.catalog.event("restore", Some(&opts.job), &detail);
     Ok(summary)
-}
-
-fn identity_error(e: DecodeError, identity: &Identity, repo: &RepoRecord) -> anyhow::Error {
-    match e {
-        DecodeError::Decrypt(age::DecryptError::NoMatchingKeys) => anyhow!(
-            "identity {} cannot open this repository: it is not one of its recipients ({})",
-            identity.path.display(),
-            repo.recipients.join(", ")
-        ),
-        other => anyhow!("cannot open the repository secret with {}: {other}", identity.path.display()),
-    }
 }
 
 fn read_record(

@@ -121,6 +121,15 @@ impl Target {
         self.lock.as_ref().map(|(api, _)| api)
     }
 
+    /// The lock of one object version as the server reports it (`None` on a target that
+    /// does not lock, or for a version without a lock).
+    pub async fn lock_of(&self, key: &str, version: Option<&str>) -> Result<Option<Retention>> {
+        match self.lock_api() {
+            Some(api) => api.get_retention(key, version).await.with_context(|| format!("the lock of {key}")),
+            None => Ok(None),
+        }
+    }
+
     /// The lock every object is written with until `until`, where the target locks.
     pub fn lock_until(&self, until: i64) -> Option<Retention> {
         self.lock.as_ref().map(|(_, mode)| Retention { mode: *mode, until })

@@ -10,7 +10,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use futures::StreamExt;
 use serde::Serialize;
 
@@ -113,10 +113,7 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
 
     if let Some(identity) = &opts.read_data {
         let record = runtime.block_on(target.get(REPO_KEY, repo.record_version.as_deref()))?;
-        let secret = RepoRecord::decode(&record)
-            .map_err(anyhow::Error::from)
-            .and_then(|r| r.open_secret(identity).map_err(anyhow::Error::from))
-            .with_context(|| format!("the repository record cannot be opened with {}", identity.path.display()))?;
+        let (_, secret) = RepoRecord::open(&record, identity)?;
         let mut packs: Vec<&Needed> = needed.iter().filter(|n| n.pack.is_some()).collect();
         crate::status::shuffle(&mut packs);
         let take = (packs.len() as f64 * opts.subset).ceil() as usize;
@@ -197,10 +194,8 @@ async fn check_object(target: &Target, n: &Needed) -> Result<Vec<Finding>> {
         }
         Some(_) => {}
     }
-    let (Some(api), Some(recorded)) = (target.lock_api(), n.locked_until) else { return Ok(Vec::new()) };
-    let lock =
-        api.get_retention(&n.key, n.version.as_deref()).await.with_context(|| format!("the lock of {}", n.key))?;
-    Ok(match lock {
+    let Some(recorded) = n.locked_until else { return Ok(Vec::new()) };
+    Ok(match target.lock_of(&n.key, n.version.as_deref()).await? {
         Some(r) if r.until >= recorded => Vec::new(),
         r => vec![Finding::LowerLock { key: n.key.clone(), recorded, server: r.map_or(0, |r| r.until) }],
     })

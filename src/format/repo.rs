@@ -54,6 +54,21 @@ impl RepoRecord {
         Ok(r)
     }
 
+    /// Decodes a stored record and recovers its secret with the restorer's identity, with
+    /// an error that says why an identity does not fit.
+    pub fn open(bytes: &[u8], identity: &Identity) -> anyhow::Result<(RepoRecord, RepoSecret)> {
+        let record = RepoRecord::decode(bytes)?;
+        let secret = record.open_secret(identity).map_err(|e| match e {
+            DecodeError::Decrypt(age::DecryptError::NoMatchingKeys) => anyhow::anyhow!(
+                "identity {} cannot open this repository: it is not one of its recipients ({})",
+                identity.path.display(),
+                record.recipients.join(", ")
+            ),
+            other => anyhow::anyhow!("cannot open the repository secret with {}: {other}", identity.path.display()),
+        })?;
+        Ok((record, secret))
+    }
+
     /// Recovers the repository secret with the restorer's identity.
     pub fn open_secret(&self, identity: &Identity) -> Result<RepoSecret, DecodeError> {
         let ct = crate::hex::decode(&self.secret).ok_or_else(|| malformed("repository record: secret is not hex"))?;
