@@ -1,12 +1,24 @@
-//! Backup and restore throughput, CPU and peak memory of coffer against restic on the
-//! same generated tree, both to a local repository, in one run. Prints medians and the
-//! coffer/restic ratios; nothing here is a pass/fail test.
+//! coffer against restic and against plain copies, on the same data, in one run: backup,
+//! a backup with no change, and restore, of a generated tree and of a real one (a copy of
+//! the Rust toolchain, `rustc --print sysroot`). Prints, per dataset, the median and the
+//! best of alternated rounds for wall time, CPU time and peak RSS, and the ratios. Nothing
+//! here is a pass/fail test.
 //!
 //!   cargo bench --bench vs_restic
-//!   COFFER_BENCH_MIB=3000 COFFER_BENCH_ROUNDS=5 cargo bench --bench vs_restic
+//!   COFFER_BENCH_DATA=toolchain COFFER_BENCH_ROUNDS=5 cargo bench --bench vs_restic
+//!   COFFER_BENCH_DATA=generated COFFER_BENCH_MIB=3000 cargo bench --bench vs_restic
 //!
-//! Needs `restic` on PATH (Debian: `apt-get install restic`). If `zstd` is installed, a
-//! `tar | zstd -3 -T2` baseline is measured too.
+//! Baselines: `restic` (Debian's package, a local repository), `tar -cf - | zstd -3 -T2`
+//! for backup (if `zstd` is installed), a bare stat walk (`find -printf`) for a backup with
+//! no change, and `tar -cf - . | tar -xf -` plus `sync` for restore (coffer's restore ends
+//! with syncfs, so restic's and the copy's are timed with a `sync`).
+//!
+//! Fairness: every measured command starts with dirty pages written, the page cache
+//! dropped (when run as root) and its own input read once, so each reads a warm source
+//! and writes to a cold destination. Restored trees are deleted only when a dataset is
+//! done: on ext4 without a journal, creating files is several times slower for a minute
+//! or more after many were deleted (`recently_deleted` in the inode allocator). So the
+//! run needs about 3 × rounds × the dataset's size of free disk.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -26,33 +38,63 @@ struct Run {
     rss_mib: f64,
 }
 
-fn measure(cmd: &mut Command) -> Run {
-    // Flush what earlier steps left dirty, so that no run pays for another's writes.
+/// Runs `cmd` after reading `inputs` into a freshly dropped page cache.
+#[allow(clippy::zombie_processes)] // reaped by wait4, for its resource usage
+fn measure(cmd: &mut Command, inputs: &[&Path]) -> Run {
     let _ = Command::new("sync").status();
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3\n");
+    for i in inputs {
+        warm(i);
+    }
     let t0 = Instant::now();
     // Reaped with wait4 below (for its resource usage), not with Child::wait.
-    let child = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let child = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
     let pid = child.id() as libc::pid_t;
-    std::mem::forget(child);
+    let mut stderr = child.stderr.unwrap();
+    let errors = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
     let mut status = 0;
     // SAFETY: wait4 on our own child, writing into locals.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     assert_eq!(rc, pid, "wait4 failed");
     let wall = t0.elapsed().as_secs_f64();
-    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{cmd:?} failed");
+    let errors = errors.join().unwrap_or_default();
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{cmd:?} failed: {errors}");
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     Run { wall, cpu: tv(usage.ru_utime) + tv(usage.ru_stime), rss_mib: usage.ru_maxrss as f64 / 1024.0 }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// Reads every file under `path` once (into the page cache).
+fn warm(path: &Path) {
+    let Ok(m) = std::fs::symlink_metadata(path) else { return };
+    if m.is_dir() {
+        for e in std::fs::read_dir(path).unwrap().flatten() {
+            warm(&e.path());
+        }
+    } else if m.is_file()
+        && let Ok(mut f) = std::fs::File::open(path)
+    {
+        let _ = std::io::copy(&mut f, &mut std::io::sink());
+    }
+}
+
+fn sorted(mut v: Vec<f64>) -> Vec<f64> {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v
+}
+
+fn median(v: Vec<f64>) -> f64 {
+    let v = sorted(v);
     v[v.len() / 2]
 }
 
 /// A tree like a real home or project directory: many small files, some medium, a few
 /// large; half of the bytes random (media, archives), half text-like.
-fn generate(root: &Path, total_mib: u64) -> (u64, u64) {
+fn generate(root: &Path, total_mib: u64) {
     let mut rng = Rng(0x2545F4914F6CDD1D);
     let text: Vec<u8> =
         (0..1 << 20).map(|i| b"fn main() { println!(\"coffer\"); } // a line of source text\n"[i % 58]).collect();
@@ -91,148 +133,198 @@ fn generate(root: &Path, total_mib: u64) -> (u64, u64) {
         bytes += len as u64;
         files += 1;
     }
+}
+
+/// Bytes and files of a tree.
+fn size_of(root: &Path) -> (u64, u64) {
+    let (mut bytes, mut files) = (0, 0);
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let m = e.path().symlink_metadata().unwrap();
+            if m.is_dir() {
+                stack.push(e.path());
+            } else if m.is_file() {
+                bytes += m.len();
+                files += 1;
+            }
+        }
+    }
     (bytes, files)
 }
 
+/// What is measured, per dataset: each tool's runs.
+#[derive(Default)]
 struct Results {
-    backup: Vec<Run>,
-    noop: Vec<Run>,
-    restore: Vec<Run>,
+    rows: Vec<(&'static str, Vec<Run>)>,
 }
 
-fn coffer_round(work: &Path, data: &Path) -> (Run, Run, Run) {
-    let _ = std::fs::remove_dir_all(work);
-    std::fs::create_dir_all(work).unwrap();
-    let id = work.join("id.txt");
+impl Results {
+    fn add(&mut self, name: &'static str, run: Run) {
+        match self.rows.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, runs)) => runs.push(run),
+            None => self.rows.push((name, vec![run])),
+        }
+    }
+
+    fn runs(&self, name: &str) -> Option<&[Run]> {
+        self.rows.iter().find(|(n, _)| *n == name).map(|(_, r)| r.as_slice())
+    }
+}
+
+fn coffer(cfg: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(COFFER);
+    c.arg("--config").arg(cfg).args(args);
+    c
+}
+
+fn restic(work: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new("restic");
+    c.env("RESTIC_PASSWORD", "bench").env("RESTIC_CACHE_DIR", work.join("cache")).arg("-r").arg(work.join("repo"));
+    c.args(args);
+    c
+}
+
+/// `sh -c SCRIPT` with `args` as $1…
+fn sh(script: &str, args: &[&Path]) -> Command {
+    let mut c = Command::new("sh");
+    c.arg("-c").arg(script).arg("sh").args(args);
+    c
+}
+
+/// One round on `data`: every tool backs up, backs up again with no change, restores.
+fn round(r: &mut Results, data: &Path, work: &Path, round: usize, zstd: bool) {
+    // coffer
+    let cw = work.join("coffer");
+    let _ = std::fs::remove_dir_all(&cw);
+    std::fs::create_dir_all(&cw).unwrap();
+    let id = cw.join("id.txt");
     let out = Command::new(COFFER).args(["keygen", "-o"]).arg(&id).output().unwrap();
     let recipient = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    let cfg = work.join("coffer.toml");
+    let cfg = cw.join("coffer.toml");
     let job = format!("[[job]]\nname = \"bench\"\nsource = {{ path = \"{}\" }}\n", data.display());
-    std::fs::write(&cfg, config_text(&recipient, &format!("file://{}/repo", work.display()), &job)).unwrap();
-    let c = |args: &[&str]| {
-        let mut c = Command::new(COFFER);
-        c.arg("--config").arg(&cfg).args(args);
-        c
-    };
-    measure(&mut c(&["init"]));
-    let backup = measure(&mut c(&["backup", "bench", "--no-progress"]));
-    let noop = measure(&mut c(&["backup", "bench", "--no-progress"]));
-    let to = work.join("restored");
-    let restore = measure(c(&["restore", "latest", "--job", "bench", "--identity"]).arg(&id).arg("--to").arg(&to));
-    let _ = std::fs::remove_dir_all(&to);
-    (backup, noop, restore)
+    std::fs::write(&cfg, config_text(&recipient, &format!("file://{}/repo", cw.display()), &job)).unwrap();
+    let init = coffer(&cfg, &["init"]).output().unwrap();
+    assert!(init.status.success());
+    // restic
+    let rw = work.join("restic");
+    let _ = std::fs::remove_dir_all(&rw);
+    std::fs::create_dir_all(&rw).unwrap();
+    assert!(restic(&rw, &["init"]).output().unwrap().status.success());
+
+    r.add("coffer backup", measure(&mut coffer(&cfg, &["backup", "bench", "--no-progress"]), &[data]));
+    r.add("restic backup", measure(restic(&rw, &["backup", "--quiet"]).arg(data), &[data]));
+    if zstd {
+        let out = work.join("tar.zst");
+        r.add(
+            "tar | zstd -3 -T2",
+            measure(&mut sh("tar -C \"$1\" -cf - . | zstd -3 -T2 -q -o \"$2\" -f", &[data, &out]), &[data]),
+        );
+        let _ = std::fs::remove_file(out);
+    }
+    r.add("coffer no-change", measure(&mut coffer(&cfg, &["backup", "bench", "--no-progress"]), &[data]));
+    r.add("restic no-change", measure(restic(&rw, &["backup", "--quiet"]).arg(data), &[data]));
+    r.add("stat walk (find)", measure(&mut sh("find \"$1\" -printf '%s %T@\\n' >/dev/null", &[data]), &[]));
+
+    let to = |tool: &str| work.join(format!("out-{tool}-{round}"));
+    let (c_to, r_to, t_to) = (to("coffer"), to("restic"), to("tar"));
+    let mut c = coffer(&cfg, &["restore", "latest", "--job", "bench", "--no-progress", "--identity"]);
+    c.arg(&id).arg("--to").arg(&c_to);
+    r.add("coffer restore", measure(&mut c, &[&cw]));
+    // restic does not sync; timed with a `sync`, as coffer's restore ends with syncfs.
+    let restic_restore = "RESTIC_PASSWORD=bench RESTIC_CACHE_DIR=\"$1/cache\" restic -r \"$1/repo\" restore latest \
+                          --target \"$2\" -q && sync";
+    r.add("restic restore + sync", measure(&mut sh(restic_restore, &[&rw, &r_to]), &[&rw]));
+    std::fs::create_dir_all(&t_to).unwrap();
+    r.add(
+        "tar | tar x + sync",
+        measure(&mut sh("tar -C \"$1\" -cf - . | tar -C \"$2\" -xf - && sync", &[data, &t_to]), &[data]),
+    );
 }
 
-fn restic_round(work: &Path, data: &Path) -> (Run, Run, Run) {
-    let _ = std::fs::remove_dir_all(work);
-    std::fs::create_dir_all(work).unwrap();
-    let c = |args: &[&str]| {
-        let mut c = Command::new("restic");
-        c.env("RESTIC_PASSWORD", "bench").env("RESTIC_CACHE_DIR", work.join("cache")).arg("-r").arg(work.join("repo"));
-        c.args(args);
-        c
-    };
-    measure(&mut c(&["init"]));
-    let backup = measure(c(&["backup", "--quiet"]).arg(data));
-    let noop = measure(c(&["backup", "--quiet"]).arg(data));
-    // coffer makes a restore durable (syncfs) before it reports success; restic does not,
-    // so its restore is timed together with a `sync` to compare the same work.
-    let to = work.join("restored");
-    let restic = c(&["restore", "latest", "--target"]);
-    let args: Vec<String> = restic.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
-    let restore = measure(
-        Command::new("sh")
-            .arg("-c")
-            .arg("restic \"$@\" && sync")
-            .arg("restic")
-            .args(&args)
-            .arg(&to)
-            .env("RESTIC_PASSWORD", "bench")
-            .env("RESTIC_CACHE_DIR", work.join("cache")),
+fn report(name: &str, r: &Results, bytes: u64, files: u64) {
+    let mb = bytes as f64 / 1e6;
+    println!("\n== {name}: {files} files, {mb:.0} MB; {} rounds, alternated", r.rows[0].1.len());
+    println!(
+        "{:<22} {:>9} {:>9} {:>10} {:>8} {:>10} {:>9}",
+        "", "median s", "best s", "MB/s", "cpu-s", "MB/cpu-s", "RSS MiB"
     );
-    let _ = std::fs::remove_dir_all(&to);
-    (backup, noop, restore)
+    for (row, runs) in &r.rows {
+        let wall = median(runs.iter().map(|r| r.wall).collect());
+        let best = sorted(runs.iter().map(|r| r.wall).collect())[0];
+        let cpu = median(runs.iter().map(|r| r.cpu).collect());
+        let rss = median(runs.iter().map(|r| r.rss_mib).collect());
+        println!(
+            "{row:<22} {wall:>9.2} {best:>9.2} {:>10.1} {cpu:>8.2} {:>10.1} {rss:>9.1}",
+            mb / wall,
+            mb / cpu.max(1e-9)
+        );
+    }
+    let stat = |row: &str, f: fn(&Run) -> f64| -> Option<(f64, f64)> {
+        let v: Vec<f64> = r.runs(row)?.iter().map(f).collect();
+        Some((median(v.clone()), sorted(v)[0]))
+    };
+    let ratio = |label: &str, num: &str, den: &str, f: fn(&Run) -> f64| {
+        if let (Some(n), Some(d)) = (stat(num, f), stat(den, f)) {
+            println!("{label:<44} median {:>5.2}x   best {:>5.2}x", n.0 / d.0, n.1 / d.1);
+        }
+    };
+    let wall = |r: &Run| r.wall;
+    let cpu = |r: &Run| r.cpu;
+    let rss = |r: &Run| r.rss_mib;
+    println!();
+    ratio("backup speed       coffer vs restic", "restic backup", "coffer backup", wall);
+    ratio("backup MB per CPU-s coffer vs restic", "restic backup", "coffer backup", cpu);
+    ratio("backup speed       coffer vs tar|zstd", "tar | zstd -3 -T2", "coffer backup", wall);
+    ratio("no-change time     coffer / stat walk", "coffer no-change", "stat walk (find)", wall);
+    ratio("no-change speed    coffer vs restic", "restic no-change", "coffer no-change", wall);
+    ratio("restore speed      coffer vs restic", "restic restore + sync", "coffer restore", wall);
+    ratio("restore speed      coffer vs tar copy", "tar | tar x + sync", "coffer restore", wall);
+    ratio("restore peak RSS   coffer / restic", "coffer restore", "restic restore + sync", rss);
+    ratio("backup peak RSS    coffer / restic", "coffer backup", "restic backup", rss);
 }
 
 fn main() {
     // `cargo bench` passes `--bench`; nothing else is expected.
     let mib: u64 = std::env::var("COFFER_BENCH_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
     let rounds: usize = std::env::var("COFFER_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let which = std::env::var("COFFER_BENCH_DATA").unwrap_or_else(|_| "toolchain,generated".into());
     if Command::new("restic").arg("version").output().is_err() {
         eprintln!("restic is not installed (apt-get install restic); nothing to compare against");
         std::process::exit(1);
     }
+    let zstd = Command::new("zstd").arg("--version").output().is_ok();
+    if std::fs::write("/proc/sys/vm/drop_caches", "3\n").is_err() {
+        println!("note: cannot drop the page cache (not root): runs read whatever is cached");
+    }
     let base = std::env::var_os("COFFER_BENCH_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join("coffer-bench"));
-    let data = base.join("data");
     let _ = std::fs::remove_dir_all(&base);
-    let t0 = Instant::now();
-    let (bytes, files) = generate(&data, mib);
-    let mb = bytes as f64 / 1e6;
-    println!(
-        "data: {files} files, {:.0} MB, generated in {:.1}s; {rounds} rounds, medians",
-        mb,
-        t0.elapsed().as_secs_f64()
-    );
-
-    let mut coffer = Results { backup: vec![], noop: vec![], restore: vec![] };
-    let mut restic = Results { backup: vec![], noop: vec![], restore: vec![] };
-    let mut tar = Vec::new();
-    for _ in 0..rounds {
-        // Alternate the tools so that machine noise hits both alike.
-        let (b, n, r) = coffer_round(&base.join("coffer"), &data);
-        coffer.backup.push(b);
-        coffer.noop.push(n);
-        coffer.restore.push(r);
-        let (b, n, r) = restic_round(&base.join("restic"), &data);
-        restic.backup.push(b);
-        restic.noop.push(n);
-        restic.restore.push(r);
-        if Command::new("zstd").arg("--version").output().is_ok() {
-            let out = base.join("tar.zst");
-            tar.push(measure(Command::new("sh").arg("-c").arg(format!(
-                "tar -C {} -cf - . | zstd -3 -T2 -q -o {} -f",
-                data.display(),
-                out.display()
-            ))));
-            let _ = std::fs::remove_file(out);
+    for name in which.split(',') {
+        let data = base.join(name).join("data");
+        let t0 = Instant::now();
+        match name {
+            "generated" => generate(&data, mib),
+            "toolchain" => {
+                let sysroot = Command::new("rustc").args(["--print", "sysroot"]).output().unwrap();
+                let sysroot = String::from_utf8(sysroot.stdout).unwrap().trim().to_string();
+                std::fs::create_dir_all(data.parent().unwrap()).unwrap();
+                let ok = Command::new("cp").arg("-a").arg(&sysroot).arg(&data).status().unwrap().success();
+                assert!(ok, "cannot copy {sysroot}");
+            }
+            other => panic!("COFFER_BENCH_DATA: unknown dataset `{other}` (toolchain, generated)"),
         }
-    }
-    if std::env::var_os("COFFER_BENCH_KEEP").is_none() {
-        let _ = std::fs::remove_dir_all(&base);
-    }
-
-    let row = |name: &str, runs: &[Run]| {
-        let wall = median(runs.iter().map(|r| r.wall).collect());
-        let cpu = median(runs.iter().map(|r| r.cpu).collect());
-        let rss = median(runs.iter().map(|r| r.rss_mib).collect());
-        println!(
-            "{name:<22} {:>8.2} s {:>9.1} MB/s {:>8.2} cpu-s {:>9.1} MB/cpu-s {:>8.1} MiB peak RSS",
-            wall,
-            mb / wall,
-            cpu,
-            mb / cpu.max(1e-9),
-            rss
-        );
-        (wall, cpu, rss)
-    };
-    println!();
-    let cb = row("coffer backup", &coffer.backup);
-    let rb = row("restic backup", &restic.backup);
-    let cn = row("coffer no-change", &coffer.noop);
-    let rn = row("restic no-change", &restic.noop);
-    let cr = row("coffer restore", &coffer.restore);
-    let rr = row("restic restore + sync", &restic.restore);
-    let tz = (!tar.is_empty()).then(|| row("tar | zstd -3 -T2", &tar));
-    println!();
-    println!("backup throughput   coffer/restic = {:.2}x", rb.0 / cb.0);
-    println!("backup MB per CPU-s coffer/restic = {:.2}x", rb.1 / cb.1);
-    println!("backup peak RSS     coffer/restic = {:.2}x", cb.2 / rb.2);
-    println!("no-change time      coffer/restic = {:.2}x", cn.0 / rn.0);
-    println!("restore throughput  coffer/restic = {:.2}x", rr.0 / cr.0);
-    println!("restore peak RSS    coffer/restic = {:.2}x", cr.2 / rr.2);
-    if let Some(t) = tz {
-        println!("backup throughput   coffer/(tar|zstd) = {:.2}", t.0 / cb.0);
+        let (bytes, files) = size_of(&data);
+        eprintln!("{name}: {files} files, {} MB, made in {:.1}s", bytes / 1_000_000, t0.elapsed().as_secs_f64());
+        let mut results = Results::default();
+        for i in 0..rounds {
+            round(&mut results, &data, &base.join(name), i, zstd);
+            eprintln!("{name}: round {} of {rounds} done", i + 1);
+        }
+        report(name, &results, bytes, files);
+        if std::env::var_os("COFFER_BENCH_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(base.join(name));
+        }
     }
 }

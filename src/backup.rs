@@ -195,7 +195,7 @@ fn run_pipeline(
     let tmp_dir = cfg.state_dir.join("tmp");
     crate::fsutil::create_private_dir(&tmp_dir)?;
     let entries_path = tmp_dir.join(format!("entries-{}-{}", job.name, crate::hex::random(6)));
-    let _cleanup = RemoveOnDrop(entries_path.clone());
+    let _cleanup = crate::fsutil::RemoveOnDrop(entries_path.clone());
 
     let abort = Arc::new(AtomicBool::new(false));
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
@@ -429,7 +429,7 @@ enum Input {
     /// A bucket's objects, listed, each streamed unless unchanged.
     Objects {
         bucket: crate::source::bucket::Bucket,
-        objects: Vec<object_store::ObjectMeta>,
+        objects: Vec<crate::source::bucket::Object>,
         runtime: tokio::runtime::Runtime,
     },
 }
@@ -481,7 +481,7 @@ fn prepare(cfg: &Config, job: &Job) -> Result<Prepared> {
             Ok(Prepared { input, contents: Some(Contents::Git { repos }), errors, command: None })
         }
         Source::Command(src) => {
-            let (running, data) = command::start(src, &job.name)?;
+            let (running, data) = command::start(src, &job.name, &job.env)?;
             let contents =
                 Contents::Command(command::CommandState { program: src.program(), file: src.file.clone(), bytes: 0 });
             let input = Input::Stream { name: src.file.clone(), data };
@@ -543,16 +543,17 @@ impl Reader {
         Counters::add(&self.counters.bytes, size);
     }
 
-    /// A bucket's objects as files under their keys, with the directories their keys
-    /// imply. An object whose size and ETag are unchanged is not downloaded.
+    /// A bucket's objects as files under their keys (or escaped names, for keys that are
+    /// not file paths), with the directories their paths imply. An object whose size and
+    /// ETag are unchanged is not downloaded.
     fn objects<W: std::io::Write>(
         &mut self,
         bucket: &crate::source::bucket::Bucket,
-        objects: &[object_store::ObjectMeta],
+        objects: &[crate::source::bucket::Object],
         runtime: &tokio::runtime::Runtime,
         writer: &mut EntryWriter<W>,
     ) -> Result<()> {
-        use crate::source::bucket::{StreamReader, check_key, etag_fingerprint};
+        use crate::source::bucket::{StreamReader, escaped_path, etag_fingerprint};
         let mut dirs: HashSet<String> = HashSet::new();
         let mut files: HashSet<String> = HashSet::new();
         for meta in objects {
@@ -562,20 +563,15 @@ impl Reader {
             if self.stop.load(Ordering::Relaxed) {
                 return Err(Interrupted.into());
             }
-            let key = meta.location.as_ref().to_string();
-            let mtime_ns = meta.last_modified.timestamp_nanos_opt().unwrap_or(0);
-            let ancestors = || key.match_indices('/').map(|(i, _)| &key[..i]);
-            let conflict = check_key(&key).err().map(|e| e.to_string()).or_else(|| {
-                ancestors()
-                    .find(|a| files.contains(*a))
-                    .map(|a| format!("`{a}` is an object too"))
-                    .or_else(|| dirs.contains(&key).then(|| "objects exist under this key as a prefix".into()))
-            });
-            if let Some(why) = conflict {
-                self.problem(Path::new(&key), format!("object not backed up: {why}"));
-                continue;
-            }
-            for dir in ancestors() {
+            let key = &meta.key;
+            // A key clashes when an object sits where it needs a directory, or when other
+            // keys already made it a directory (`a` and `a/b` are both objects).
+            let clashes = key.match_indices('/').any(|(i, _)| files.contains(&key[..i])) || dirs.contains(key);
+            let escaped = escaped_path(key, clashes);
+            let path = escaped.clone().unwrap_or_else(|| key.clone());
+            let mtime_ns = meta.last_modified_ns;
+            for (i, _) in path.match_indices('/') {
+                let dir = &path[..i];
                 if !dirs.contains(dir) {
                     dirs.insert(dir.to_string());
                     self.stats.dirs += 1;
@@ -583,9 +579,10 @@ impl Reader {
                     writer.write(&e).context("cannot write the entry stream")?;
                 }
             }
-            let mut e = Entry::synthetic(key.as_bytes().to_vec(), Kind::File, 0o644, mtime_ns);
-            (e.ino, e.size) = (etag_fingerprint(meta), meta.size);
-            self.counters.set_current(&key);
+            let mut e = Entry::synthetic(path.as_bytes().to_vec(), Kind::File, 0o644, mtime_ns);
+            e.key = escaped.map(|_| key.clone());
+            (e.ino, e.size) = (etag_fingerprint(meta.etag.as_deref()), meta.size);
+            self.counters.set_current(key);
             // An object: same size and ETag (its fingerprint is where a file keeps its
             // inode); without an ETag, same size and last-modified time.
             let same = |c: &CachedFile, e: &Entry| {
@@ -604,18 +601,18 @@ impl Reader {
                 match result {
                     Ok(n) => e.size = n,
                     Err(ChunkError::Read(err)) => {
-                        self.problem(Path::new(&key), format!("cannot read: {err}"));
+                        self.problem(Path::new(key), format!("cannot read: {err}"));
                         continue;
                     }
                     Err(ChunkError::Sink(err)) if err.is::<Interrupted>() => return Err(err),
                     Err(ChunkError::Sink(err)) if self.abort.load(Ordering::Relaxed) => return Err(err),
                     Err(ChunkError::Sink(err)) => {
-                        self.problem(Path::new(&key), format!("cannot read: {err:#}"));
+                        self.problem(Path::new(key), format!("cannot read: {err:#}"));
                         continue;
                     }
                 }
             }
-            files.insert(key);
+            files.insert(path);
             self.count_file(e.size);
             writer.write(&e).context("cannot write the entry stream")?;
         }
@@ -638,7 +635,7 @@ impl Reader {
                         self.stats.symlinks += 1;
                         Some(e)
                     }
-                    Found::File(e, abs) => self.file(e, &abs)?,
+                    Found::File(e, opener) => self.file(e, &opener)?,
                 };
                 if let Some(e) = entry {
                     writer.write(&e).context("cannot write the entry stream")?;
@@ -659,7 +656,7 @@ impl Reader {
     }
 
     /// One regular file: its entry with chunk ids, or `None` if it could not be read.
-    fn file(&mut self, mut e: Entry, abs: &Path) -> Result<Option<Entry>> {
+    fn file(&mut self, mut e: Entry, opener: &crate::source::path::Opener) -> Result<Option<Entry>> {
         if self.abort.load(Ordering::Relaxed) {
             bail!("the backup pipeline stopped");
         }
@@ -676,7 +673,7 @@ impl Reader {
             Counters::add(&self.counters.unchanged, 1);
         } else {
             let mut chunks = Vec::new();
-            let result = File::open(abs).map_err(ChunkError::Read).and_then(|f| self.chunk_into(f, &mut chunks, false));
+            let result = opener.open().map_err(ChunkError::Read).and_then(|f| self.chunk_into(f, &mut chunks, false));
             match result {
                 Ok(n) => {
                     e.size = n;
@@ -863,11 +860,4 @@ fn hostname() -> String {
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "unknown".into())
-}
-
-struct RemoveOnDrop(PathBuf);
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }

@@ -125,8 +125,9 @@ enum Command {
     },
     /// Check the catalog against the target: every recorded object version exists with
     /// its size and at least its lock. With --read-data, also download, decrypt and
-    /// re-hash every chunk (or a random --subset of packs). Exit 4 on any finding, naming
-    /// the snapshots affected.
+    /// re-hash every chunk (or a random --subset of packs), and check every snapshot's
+    /// file list for entries a restore would refuse (a forged snapshot). Exit 4 on any
+    /// finding, naming the snapshots affected.
     Verify {
         /// Download packs and re-hash their chunks; authenticate snapshot records.
         #[arg(long, requires = "identity")]
@@ -162,14 +163,20 @@ enum Command {
         no_progress: bool,
     },
     /// Restore a snapshot into a directory (or a bucket source's objects back into a
-    /// bucket), verifying every chunk.
+    /// bucket), verifying every chunk. The snapshot's file list is checked before
+    /// anything is written: entries that would escape the directory or write through the
+    /// snapshot's own symlinks (only a forged snapshot has them) are named and skipped,
+    /// and no symlink inside the directory is ever followed. Files appear only when
+    /// complete, with their owner (as root), mode and times. Exits 1 if any entry could
+    /// not be restored.
     Restore {
         /// Snapshot id (or a unique prefix), or `latest`.
         snapshot: String,
         /// The job the snapshot belongs to.
         #[arg(long)]
         job: String,
-        /// Directory to restore into (created if missing; must be empty unless --overwrite).
+        /// Directory to restore into (created 0700 if missing; must be empty unless
+        /// --overwrite).
         #[arg(long, required_unless_present = "to_bucket")]
         to: Option<PathBuf>,
         /// For a bucket source: write the objects back into this bucket (`s3://bucket/prefix`,
@@ -183,7 +190,8 @@ enum Command {
         /// The restorer's age identity file (mode 0600).
         #[arg(long, short, env = "COFFER_IDENTITY")]
         identity: PathBuf,
-        /// Restore into a non-empty directory, replacing files of the same name.
+        /// Restore into a non-empty directory, replacing whatever is in an entry's way (a
+        /// file, a symlink or a directory tree), never following it.
         #[arg(long)]
         overwrite: bool,
         /// Do not draw a progress line, even on a terminal.
@@ -447,50 +455,43 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Restore { snapshot, job, to, path, identity, overwrite, no_progress, checkout, to_bucket } => {
             let job_cfg = cfg.job(&job)?.clone();
             let progress = !no_progress;
-            if let Some(url) = to_bucket {
-                let crate::config::Source::Bucket(src) = &job_cfg.source else {
-                    anyhow::bail!("--to-bucket: job `{job}` does not back up a bucket");
-                };
-                let staging = cfg.state_dir.join("tmp").join(format!("restore-{}", crate::hex::random(6)));
-                let _cleanup = RemoveDirOnDrop(staging.clone());
-                let opts = crate::restore::Options {
-                    job,
-                    snapshot,
-                    to: staging.clone(),
-                    subpath: path,
-                    identity,
-                    overwrite: false,
-                    progress,
-                };
-                let s = crate::restore::run(&cfg, &opts)?;
-                if !s.failures.is_empty() {
-                    anyhow::bail!(
-                        "{} objects could not be restored and verified: {}",
-                        s.failures.len(),
-                        s.failures.join("; ")
-                    );
+            let dest = match (to, to_bucket) {
+                (_, Some(url)) => {
+                    let crate::config::Source::Bucket(src) = &job_cfg.source else {
+                        anyhow::bail!("--to-bucket: job `{job}` does not back up a bucket");
+                    };
+                    crate::restore::Destination::Bucket(crate::source::bucket::Bucket::open(src, &url)?)
                 }
-                let bucket = crate::source::bucket::Bucket::open(src, &url)?;
-                let n = crate::target::runtime()?.block_on(bucket.upload_tree(&staging, &s.content_types))?;
-                println!("restored snapshot {} to {url}: {n} objects ({})", s.snapshot_id, bytes(s.bytes));
-                return Ok(ExitCode::SUCCESS);
-            }
-            let to = to.expect("clap requires --to without --to-bucket");
-            let opts = crate::restore::Options { job, snapshot, to, subpath: path, identity, overwrite, progress };
+                (Some(to), None) => crate::restore::Destination::Dir(to),
+                (None, None) => anyhow::bail!("restore needs --to DIR (or --to-bucket URL)"),
+            };
+            let shown = match &dest {
+                crate::restore::Destination::Dir(p) => p.display().to_string(),
+                crate::restore::Destination::Bucket(b) => b.url.clone(),
+            };
+            let opts =
+                crate::restore::Options { job, snapshot, to: dest, subpath: path, identity, overwrite, progress };
             let s = crate::restore::run(&cfg, &opts)?;
-            println!(
-                "restored snapshot {} to {}: {} files ({}), {} dirs, {} symlinks",
-                s.snapshot_id,
-                opts.to.display(),
-                s.files,
-                bytes(s.bytes),
-                s.dirs,
-                s.symlinks
-            );
+            match &opts.to {
+                crate::restore::Destination::Bucket(_) => {
+                    println!("restored snapshot {} to {shown}: {} objects ({})", s.snapshot_id, s.files, bytes(s.bytes))
+                }
+                crate::restore::Destination::Dir(_) => println!(
+                    "restored snapshot {} to {shown}: {} files ({}), {} dirs, {} symlinks",
+                    s.snapshot_id,
+                    s.files,
+                    bytes(s.bytes),
+                    s.dirs,
+                    s.symlinks
+                ),
+            }
             if checkout && s.failures.is_empty() {
                 match &s.contents {
                     Some(crate::source::Contents::Git { repos }) => {
-                        for work in crate::source::git::checkout(&opts.to, repos)? {
+                        let crate::restore::Destination::Dir(to) = &opts.to else {
+                            anyhow::bail!("--checkout needs --to");
+                        };
+                        for work in crate::source::git::checkout(to, repos)? {
                             println!("checked out {}", work.display());
                         }
                     }
@@ -590,14 +591,6 @@ fn parse_percent(s: &str) -> Result<f64, String> {
 }
 
 /// Removes a staging directory however the command ends.
-struct RemoveDirOnDrop(PathBuf);
-
-impl Drop for RemoveDirOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// `3d4h`, `2h5m`, `40s`
 fn age(secs: i64) -> String {
     let (d, h, m) = (secs / 86_400, secs % 86_400 / 3600, secs % 3600 / 60);

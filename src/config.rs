@@ -112,6 +112,8 @@ pub struct Job {
     /// How late a scheduled snapshot may be before `status` warns.
     pub grace: Duration,
     pub hooks: Hooks,
+    /// What the job's command source and hooks get in their environment.
+    pub env: crate::process::ChildEnv,
 }
 
 /// Commands run after a job (argv, no shell), with `COFFER_JOB`, `COFFER_OUTCOME`,
@@ -265,6 +267,10 @@ struct RawJob {
     on_success: Option<Vec<String>>,
     on_failure: Option<Vec<String>>,
     hook_timeout: Option<String>,
+    #[serde(default)]
+    env: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    env_passthrough: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -315,6 +321,44 @@ fn default_lock_days() -> u32 {
 }
 fn default_true() -> bool {
     true
+}
+
+/// A job's child environment, refusing what would hand its children coffer's
+/// credentials: the target's (the standard AWS variables), prune's, and the job's bucket
+/// source's. A value in `env` is in the config file, so it must not be a secret either:
+/// names that look like one must come through `env_passthrough`.
+fn child_env(
+    set: std::collections::BTreeMap<String, String>,
+    passthrough: Vec<String>,
+    source: &Source,
+    prune: &PruneConfig,
+    target_names: &[&str],
+) -> Result<crate::process::ChildEnv, String> {
+    let mut forbidden: Vec<&str> = target_names.to_vec();
+    forbidden.extend([prune.access_key_id_env.as_str(), prune.secret_access_key_env.as_str()]);
+    if let Source::Bucket(b) = source {
+        forbidden.extend(b.access_key_id_env.as_deref());
+        forbidden.extend(b.secret_access_key_env.as_deref());
+    }
+    let valid = |n: &str| !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    for name in set.keys().chain(&passthrough) {
+        if !valid(name) {
+            return Err(format!("`{name}` is not an environment variable name"));
+        }
+        if forbidden.contains(&name.as_str()) {
+            return Err(format!("`{name}` holds credentials of coffer's; its children never get them"));
+        }
+    }
+    for name in set.keys() {
+        let upper = name.to_ascii_uppercase();
+        if ["PASSWORD", "SECRET", "TOKEN", "PASSPHRASE"].iter().any(|w| upper.contains(w)) {
+            return Err(format!(
+                "`{name}` looks like a secret, which never goes in the config file: name it in `env_passthrough` \
+                 and set it in coffer's environment"
+            ));
+        }
+    }
+    Ok(crate::process::ChildEnv { set: set.into_iter().collect(), passthrough })
 }
 
 /// Where the daemon serves `/metrics` unless the config says otherwise.
@@ -391,6 +435,7 @@ impl Config {
         let duration = |key: &str, v: &Option<String>, default: &str| {
             crate::time::parse_duration(v.as_deref().unwrap_or(default)).map_err(|e| err(format!("key `{key}`: {e}")))
         };
+        let t_names = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"];
         let target = TargetConfig {
             url: t.url,
             endpoint: t.endpoint,
@@ -466,6 +511,8 @@ impl Config {
                 on_failure: j.on_failure,
                 timeout: duration(&format!("job[{i}].hook_timeout"), &j.hook_timeout, "60s")?,
             };
+            let env = child_env(j.env, j.env_passthrough, &source, &raw.prune, &t_names)
+                .map_err(|e| err(format!("key `job[{i}].env`: {e}")))?;
             jobs.push(Job {
                 name: j.name,
                 source,
@@ -477,6 +524,7 @@ impl Config {
                 catch_up: j.catch_up,
                 grace: duration(&format!("job[{i}].grace"), &j.grace, "1h")?,
                 hooks,
+                env,
             });
         }
 

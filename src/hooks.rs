@@ -2,7 +2,8 @@
 //! coffer knowing about mail, chat or paging.
 //!
 //! The command is an argv list run without a shell, with `COFFER_JOB`, `COFFER_OUTCOME`
-//! (success, partial or failed), `COFFER_ERROR` and `COFFER_SNAPSHOT` in its environment.
+//! (success, partial or failed), `COFFER_ERROR` and `COFFER_SNAPSHOT` in a clean
+//! environment (`process::ChildEnv`: never coffer's credentials).
 //! It is killed after the job's `hook_timeout`. A hook that fails is logged; it never
 //! changes the outcome of the backup.
 
@@ -21,14 +22,19 @@ pub fn after_run(job: &Job, outcome: &str, snapshot: Option<&str>, error: Option
         ("COFFER_ERROR", error.unwrap_or("")),
         ("COFFER_SNAPSHOT", snapshot.unwrap_or("")),
     ];
-    match run(argv, &env, job.hooks.timeout) {
+    match run(argv, &job.env, &env, job.hooks.timeout) {
         Ok(()) => tracing::info!(job = %job.name, hook = %argv[0], "hook ran"),
         Err(e) => tracing::warn!(job = %job.name, hook = %argv[0], "hook failed: {e}"),
     }
 }
 
-fn run(argv: &[String], env: &[(&str, &str)], timeout: Duration) -> Result<(), String> {
-    let mut child = crate::process::spawn(Command::new(&argv[0]).args(&argv[1..]).envs(env.iter().copied()))
+fn run(
+    argv: &[String],
+    job_env: &crate::process::ChildEnv,
+    env: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<(), String> {
+    let mut child = crate::process::spawn(Command::new(&argv[0]).args(&argv[1..]), job_env, env)
         .map_err(|e| format!("cannot start {}: {e}", argv[0]))?;
     let out = crate::process::tail(child.stdout.take().expect("piped"), Some(format!("hook {}", argv[0])));
     let err = crate::process::tail(child.stderr.take().expect("piped"), None);

@@ -160,6 +160,10 @@ pub enum Finding {
     LowerLock { key: String, recorded: i64, server: i64 },
     /// A needed object version that is missing, corrupt, or cannot be read.
     Unreadable { key: String, version: String, why: String },
+    /// An entry of an authentic snapshot record (its MAC holds) that a restore refuses:
+    /// it would escape the destination or write through the snapshot's own symlinks.
+    /// Only a forger holding the repository secret writes such a stream.
+    UnsafeEntry { key: String, path: String, refusal: String, why: String },
 }
 
 impl Finding {
@@ -178,7 +182,8 @@ impl Finding {
             | Finding::ForgedRecord { key, .. }
             | Finding::Backdated { key, .. }
             | Finding::LowerLock { key, .. }
-            | Finding::Unreadable { key, .. } => key,
+            | Finding::Unreadable { key, .. }
+            | Finding::UnsafeEntry { key, .. } => key,
         }
     }
 
@@ -191,6 +196,7 @@ impl Finding {
             Finding::Backdated { .. } => "backdated",
             Finding::LowerLock { .. } => "lower-lock",
             Finding::Unreadable { .. } => "unreadable",
+            Finding::UnsafeEntry { .. } => "unsafe-entry",
         }
     }
 }
@@ -215,8 +221,36 @@ impl std::fmt::Display for Finding {
             }
             Finding::Unreadable { key, version, why } if version.is_empty() => write!(f, "{key}: {why}"),
             Finding::Unreadable { key, version, why } => write!(f, "{key} (version {version}): {why}"),
+            Finding::UnsafeEntry { key, path, refusal, why } => {
+                write!(f, "{key}: entry `{path}` ({refusal}): {why}; a restore refuses it")
+            }
         }
     }
+}
+
+/// The findings for a snapshot whose entry stream holds refused entries: the first
+/// ones by name, then how many more.
+pub fn unsafe_entries(key: &str, refused: crate::format::entry_check::Refused) -> Vec<Finding> {
+    let (shown, total) = (refused.named.len() as u64, refused.total);
+    let mut out: Vec<Finding> = refused
+        .named
+        .into_iter()
+        .map(|(path, r)| Finding::UnsafeEntry {
+            key: key.to_string(),
+            path: String::from_utf8_lossy(&path).into_owned(),
+            refusal: r.kind().to_string(),
+            why: r.to_string(),
+        })
+        .collect();
+    if total > shown {
+        out.push(Finding::UnsafeEntry {
+            key: key.to_string(),
+            path: "…".into(),
+            refusal: "more".into(),
+            why: format!("{} more entries are refused", total - shown),
+        });
+    }
+    out
 }
 
 /// How far a record's server time may be from the time it claims (its run's length

@@ -2,24 +2,18 @@
 //! Get/PutObjectRetention, GetObjectLockConfiguration, GetBucketVersioning and
 //! ListObjectVersions.
 //!
-//! They are built by hand and signed with object_store's own SigV4 signer
-//! (`AwsAuthorizer`) and credential provider, and sent with its HTTP client: no second
-//! SDK. Every put is a single PUT with `x-amz-checksum-sha256` (AWS refuses lock headers
-//! without a checksum) and a signed payload (Ceph 16 refuses aws-chunked trailers).
+//! They are signed requests of [`crate::s3`]. Every put is a single PUT with
+//! `x-amz-checksum-sha256` (AWS refuses lock headers without a checksum) and a signed
+//! payload (Ceph 16 refuses aws-chunked trailers).
 
-use std::time::Duration;
-
-use anyhow::{Context, Result, anyhow};
-use base64::Engine;
+use anyhow::{Result, anyhow};
 use bytes::Bytes;
-use http::{Method, Request, StatusCode};
-use object_store::ClientOptions;
-use object_store::aws::{AwsAuthorizer, AwsCredentialProvider};
-use object_store::client::{HttpClient, HttpConnector, HttpRequestBody, ReqwestConnector};
+use http::{Method, StatusCode};
+use object_store::aws::AwsCredentialProvider;
 use serde::Deserialize;
-use sha2::Digest;
 
 use crate::retry::Retry;
+use crate::s3::{Answer, S3Client, encode_query, parse_xml, s3_error};
 
 /// Object Lock retention mode. COMPLIANCE locks can be extended but never shortened or
 /// removed, not even by the account root; GOVERNANCE ones can by a privileged user.
@@ -85,36 +79,9 @@ pub struct AlreadyExists {
 }
 
 /// Signs and sends Object Lock requests for one bucket and key prefix.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct LockApi {
-    client: HttpClient,
-    credentials: AwsCredentialProvider,
-    /// `https://host/bucket` (path style) or `https://bucket.s3.region.amazonaws.com`.
-    bucket_url: String,
-    /// Key prefix with a trailing `/`, or empty.
-    prefix: String,
-    region: String,
-    /// How transient failures are retried (budget, shutdown).
-    retry: Retry,
-}
-
-impl std::fmt::Debug for LockApi {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "LockApi({}/{})", self.bucket_url, self.prefix)
-    }
-}
-
-/// A server's answer, and whether it came after a retry.
-struct Answer {
-    status: StatusCode,
-    headers: http::HeaderMap,
-    body: Bytes,
-    retried: bool,
-}
-
-/// Answers worth retrying: server errors, SlowDown (503), throttling and request timeouts.
-fn transient(status: StatusCode) -> bool {
-    status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::REQUEST_TIMEOUT
+    s3: S3Client,
 }
 
 impl LockApi {
@@ -125,85 +92,20 @@ impl LockApi {
         prefix: &str,
         region: &str,
     ) -> Result<LockApi> {
-        let bucket_url = match endpoint {
-            Some(ep) => format!("{}/{}", ep.trim_end_matches('/'), bucket),
-            None => format!("https://{bucket}.s3.{region}.amazonaws.com"),
-        };
-        let allow_http = bucket_url.starts_with("http://");
-        let client = ReqwestConnector::default()
-            .connect(&ClientOptions::new().with_allow_http(allow_http).with_timeout(Duration::from_secs(300)))
-            .context("cannot create the HTTP client for Object Lock calls")?;
-        let prefix = match prefix.trim_matches('/') {
-            "" => String::new(),
-            p => format!("{p}/"),
-        };
-        let retry = Retry::brief();
-        Ok(LockApi { client, credentials, bucket_url, prefix, region: region.to_string(), retry })
+        Ok(LockApi { s3: S3Client::new(credentials, endpoint, bucket, prefix, region)? })
     }
 
     /// The same calls, retried under `retry` (a run's budget and shutdown flag).
-    pub fn with_retry(mut self, retry: Retry) -> LockApi {
-        self.retry = retry;
-        self
+    pub fn with_retry(self, retry: Retry) -> LockApi {
+        LockApi { s3: self.s3.with_retry(retry) }
     }
 
     fn object_url(&self, key: &str, query: &str) -> String {
-        let path = encode_key(&format!("{}{key}", self.prefix));
-        if query.is_empty() {
-            format!("{}/{path}", self.bucket_url)
-        } else {
-            format!("{}/{path}?{query}", self.bucket_url)
-        }
+        self.s3.object_url(key, query)
     }
 
-    /// Sends a signed request, retrying connection errors and transient answers with
-    /// backoff under the run's budget. A body is sent with its length and
-    /// `x-amz-checksum-sha256` (AWS requires a checksum on lock calls); the same digest
-    /// signs the payload.
     async fn send(&self, method: Method, url: &str, headers: &[(&str, String)], body: Bytes) -> Result<Answer> {
-        let sha256: Option<[u8; 32]> = (!body.is_empty()).then(|| sha2::Sha256::digest(&body).into());
-        let mut headers = headers.to_vec();
-        if let Some(digest) = sha256 {
-            headers.push(("content-length", body.len().to_string()));
-            headers.push(("x-amz-checksum-sha256", base64::engine::general_purpose::STANDARD.encode(digest)));
-        }
-        let mut attempt = 0;
-        loop {
-            let credential = self.credentials.get_credential().await.context("no S3 credentials")?;
-            let mut builder = Request::builder().method(method.clone()).uri(url);
-            for (k, v) in &headers {
-                builder = builder.header(*k, v);
-            }
-            let mut req = builder.body(HttpRequestBody::from(body.clone())).context("bad request")?;
-            AwsAuthorizer::new(&credential, "s3", &self.region)
-                .try_authorize(&mut req, sha256.as_ref().map(|d| &d[..]))
-                .context("cannot sign the request")?;
-            let failure = match self.client.execute(req).await {
-                Ok(resp) => {
-                    let (parts, body) = resp.into_parts();
-                    match body.bytes().await {
-                        Ok(bytes) if !transient(parts.status) => {
-                            let (status, headers) = (parts.status, parts.headers);
-                            return Ok(Answer { status, headers, body: bytes, retried: attempt > 0 });
-                        }
-                        Ok(bytes) => {
-                            let text = String::from_utf8_lossy(&bytes);
-                            let code = text.split("<Code>").nth(1).and_then(|t| t.split('<').next()).unwrap_or("");
-                            format!("HTTP {} {code}", parts.status)
-                        }
-                        Err(e) => format!("reading the answer: {e}"),
-                    }
-                }
-                Err(e) => e.to_string(),
-            };
-            attempt += 1;
-            self.retry.wait(attempt, &format!("{method} {}: {failure}", self.describe(url))).await?;
-        }
-    }
-
-    /// A URL as logs show it: the object key or bucket call, without the endpoint.
-    fn describe<'a>(&self, url: &'a str) -> &'a str {
-        url.strip_prefix(&self.bucket_url).unwrap_or(url)
+        self.s3.send(method, url, headers, body).await
     }
 
     /// Writes an object with a lock. With `create_only`, an existing key is refused
@@ -290,7 +192,7 @@ impl LockApi {
 
     /// The bucket's Object Lock configuration.
     pub async fn lock_configuration(&self) -> Result<LockConfig> {
-        let url = format!("{}/?object-lock=", self.bucket_url);
+        let url = format!("{}/?object-lock=", self.s3.bucket_url());
         let Answer { status, body: text, .. } = self.send(Method::GET, &url, &[], Bytes::new()).await?;
         if !status.is_success() {
             if String::from_utf8_lossy(&text).contains("ObjectLockConfigurationNotFound") {
@@ -308,7 +210,7 @@ impl LockApi {
 
     /// `Enabled`, `Suspended`, or empty when versioning was never turned on.
     pub async fn versioning(&self) -> Result<String> {
-        let url = format!("{}/?versioning=", self.bucket_url);
+        let url = format!("{}/?versioning=", self.s3.bucket_url());
         let Answer { status, body: text, .. } = self.send(Method::GET, &url, &[], Bytes::new()).await?;
         if !status.is_success() {
             return Err(s3_error("GetBucketVersioning", "", status, &text));
@@ -322,13 +224,13 @@ impl LockApi {
         let mut out = Vec::new();
         let mut marker: Option<(String, String)> = None;
         loop {
-            let mut query = vec![("prefix", format!("{}{sub}", self.prefix))];
+            let mut query = vec![("prefix", format!("{}{sub}", self.s3.prefix()))];
             if let Some((k, v)) = &marker {
                 query.push(("key-marker", k.clone()));
                 query.push(("version-id-marker", v.clone()));
             }
             let q: Vec<String> = query.iter().map(|(k, v)| format!("{k}={}", encode_query(v))).collect();
-            let url = format!("{}/?versions=&{}", self.bucket_url, q.join("&"));
+            let url = format!("{}/?versions=&{}", self.s3.bucket_url(), q.join("&"));
             let Answer { status, body: text, .. } = self.send(Method::GET, &url, &[], Bytes::new()).await?;
             if !status.is_success() {
                 return Err(s3_error("ListObjectVersions", sub, status, &text));
@@ -338,7 +240,7 @@ impl LockApi {
                 page.versions.iter().map(|v| (v, false)).chain(page.delete_markers.iter().map(|v| (v, true)))
             {
                 out.push(ObjectVersion {
-                    key: v.key.strip_prefix(&self.prefix).unwrap_or(&v.key).to_string(),
+                    key: v.key.strip_prefix(self.s3.prefix()).unwrap_or(&v.key).to_string(),
                     version_id: v.version_id.clone(),
                     is_latest: v.is_latest,
                     delete_marker,
@@ -380,35 +282,6 @@ fn version_query(sub: &str, version: Option<&str>) -> String {
         q.push(format!("versionId={}", encode_query(v)));
     }
     q.join("&")
-}
-
-/// Percent-encodes an object key for the URL path (keeping `/`).
-fn encode_key(key: &str) -> String {
-    let mut out = String::with_capacity(key.len());
-    for b in key.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-fn encode_query(v: &str) -> String {
-    encode_key(v).replace('/', "%2F")
-}
-
-fn s3_error(op: &str, key: &str, status: StatusCode, body: &[u8]) -> anyhow::Error {
-    let text = String::from_utf8_lossy(body);
-    let code = text.split("<Code>").nth(1).and_then(|s| s.split("</Code>").next()).unwrap_or("");
-    let message = text.split("<Message>").nth(1).and_then(|s| s.split("</Message>").next()).unwrap_or("");
-    anyhow!("{op} {key}: HTTP {status} {code} {message}")
-}
-
-fn parse_xml<T: serde::de::DeserializeOwned>(body: &[u8], op: &str) -> Result<T> {
-    quick_xml::de::from_reader(body)
-        .with_context(|| format!("{op}: unexpected answer {}", String::from_utf8_lossy(body)))
 }
 
 #[derive(Deserialize)]
@@ -541,8 +414,6 @@ mod tests {
 
     #[test]
     fn keys_and_queries_are_encoded() {
-        assert_eq!(encode_key("coffer/packs/ab/ab12"), "coffer/packs/ab/ab12");
-        assert_eq!(encode_key("a b+c"), "a%20b%2Bc");
         assert_eq!(version_query("retention", Some("x/y+z")), "retention=&versionId=x%2Fy%2Bz");
         assert_eq!(version_query("", Some("v1")), "versionId=v1");
     }

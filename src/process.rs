@@ -1,7 +1,12 @@
-//! Child processes coffer runs (hooks, a command source). Each leads its own process
-//! group, so that a timeout kills whatever it started too and nothing it left behind can
-//! hold its pipes open; its output is drained on threads so that it never blocks on a
-//! full pipe.
+//! Child processes coffer runs (hooks, a command source, git). Each leads its own
+//! process group, so that a timeout kills whatever it started too and nothing it left
+//! behind can hold its pipes open; its output is drained on threads so that it never
+//! blocks on a full pipe.
+//!
+//! A child gets a clean environment: coffer's own holds the target's credentials (and,
+//! for `coffer prune`, the privileged ones, and a bucket source's), which a database dump
+//! or a notification hook has no business seeing. It inherits only [`INHERITED`], then
+//! what its job names (`env`, `env_passthrough`), then what coffer sets for it.
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
@@ -14,8 +19,36 @@ use std::time::{Duration, Instant};
 /// Lines of output kept for messages.
 const TAIL_LINES: usize = 20;
 
-/// Starts `cmd` in its own process group, stdin closed, stdout and stderr piped.
-pub fn spawn(cmd: &mut Command) -> std::io::Result<Child> {
+/// What every child inherits from coffer's environment.
+pub const INHERITED: &[&str] = &["PATH", "HOME", "LANG", "LC_ALL", "TZ"];
+
+/// The environment a job gives its children beyond [`INHERITED`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChildEnv {
+    /// Set to these values (`env = { PGHOST = "db" }`).
+    pub set: Vec<(String, String)>,
+    /// Passed on from coffer's environment, if set (`env_passthrough = ["PGPASSWORD"]`).
+    pub passthrough: Vec<String>,
+}
+
+impl ChildEnv {
+    /// Clears `cmd`'s environment, then gives it the allowed variables and `extra`.
+    pub fn apply(&self, cmd: &mut Command, extra: &[(&str, &str)]) {
+        cmd.env_clear();
+        for name in INHERITED.iter().copied().chain(self.passthrough.iter().map(String::as_str)) {
+            if let Some(v) = std::env::var_os(name) {
+                cmd.env(name, v);
+            }
+        }
+        cmd.envs(self.set.iter().map(|(k, v)| (k, v)));
+        cmd.envs(extra.iter().copied());
+    }
+}
+
+/// Starts `cmd` in its own process group, stdin closed, stdout and stderr piped, with
+/// the environment `env` allows plus `extra`.
+pub fn spawn(cmd: &mut Command, env: &ChildEnv, extra: &[(&str, &str)]) -> std::io::Result<Child> {
+    env.apply(cmd, extra);
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0).spawn()
 }
 

@@ -92,9 +92,22 @@ pub fn backup_line(c: &Counters, secs: f64) -> String {
     )
 }
 
-/// The restore's line: files and bytes written, and the rate.
-pub fn restore_line(c: &Counters, secs: f64) -> String {
-    format!("restored {} files, {}", Counters::get(&c.files), with_rate(Counters::get(&c.bytes), secs))
+/// The restore's line: files and bytes written of the totals, the rate, and the time left.
+pub fn restore_line(files: u64, total: u64) -> impl Fn(&Counters, f64) -> String + Send + 'static {
+    move |c, secs| {
+        let done = Counters::get(&c.bytes);
+        let left = match done {
+            0 => String::new(),
+            _ => format!(", {}s left", ((total.saturating_sub(done)) as f64 * secs / done as f64).round()),
+        };
+        format!(
+            "restored {} of {files} files, {} of {} ({:.0}%){left}",
+            Counters::get(&c.files),
+            with_rate(done, secs),
+            bytes(total),
+            done as f64 * 100.0 / total.max(1) as f64
+        )
+    }
 }
 
 /// The line of a command that reads packs (recover, verify): packs done of `total`,

@@ -13,7 +13,7 @@
 //! killed recovery resumes where it stopped, without reading a recorded pack again.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufReader, Cursor, Read};
+use std::io::BufReader;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -24,7 +24,8 @@ use serde::Serialize;
 use crate::ChunkId;
 use crate::catalog::{Catalog, RepoRow, SnapshotRow, StoredPack};
 use crate::config::Config;
-use crate::format::entry::{EntryReader, Kind};
+use crate::format::entry::{ChunkedStream, EntryReader, Kind};
+use crate::format::entry_check::{Refused, TreeCheck};
 use crate::format::repo::RepoRecord;
 use crate::format::snapshot::{self, SnapshotRecord};
 use crate::format::{REPO_KEY, pack};
@@ -238,7 +239,7 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
             report.snapshots.push((record.job.clone(), record.id.clone()));
             continue;
         }
-        let (packs, missing) = match needed_packs(&catalog, record) {
+        let (packs, missing, refused) = match needed_packs(&catalog, record) {
             Ok(found) => found,
             Err(e) => {
                 let why = format!("the snapshot's file list cannot be read: {e:#}");
@@ -250,6 +251,7 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
             let why = format!("{missing} chunks of this snapshot are in no readable pack");
             report.findings.push(Finding::Unreadable { key: key.clone(), version: String::new(), why });
         }
+        report.findings.extend(crate::inventory::unsafe_entries(key, refused));
         let lock = runtime.block_on(target.lock_of(key, version.as_deref()))?;
         let row = SnapshotRow::from_record(record, version.clone(), lock.map(|l| l.mode.as_str().to_string()));
         catalog.complete_snapshot(&row, &packs, std::iter::empty())?;
@@ -327,17 +329,28 @@ fn keep_secret(cfg: &Config, secret: &RepoSecret) -> Result<()> {
     secret.create_file(path)
 }
 
-/// The packs a snapshot needs (its file list's and its files' chunks), and how many of
-/// its chunks no recovered pack holds.
-fn needed_packs(catalog: &Catalog, record: &SnapshotRecord) -> Result<(HashSet<i64>, usize)> {
+/// What a snapshot's file list says: the packs it needs (its file list's and its files'
+/// chunks), how many of its chunks no recovered pack holds, and the entries a restore
+/// would refuse (the first ones, and how many).
+type Needed = (HashSet<i64>, usize, Refused);
+
+fn needed_packs(catalog: &Catalog, record: &SnapshotRecord) -> Result<Needed> {
     let mut packs = HashSet::new();
     let mut missing = 0;
+    let (mut check, mut refused) = (TreeCheck::default(), Refused::default());
     for id in &record.tree {
         packs.insert(catalog.chunk_pack(id)?.ok_or_else(|| anyhow!("chunk {id} is in no readable pack"))?);
     }
-    let stream = TreeReader { catalog, ids: record.tree.iter(), chunk: Cursor::new(Vec::new()) };
+    let fetch = |id: &ChunkId| {
+        let data = catalog.recovered_tree_chunk(id).map_err(std::io::Error::other)?;
+        data.ok_or_else(|| std::io::Error::other(format!("chunk {id} is in no readable pack")))
+    };
+    let stream = ChunkedStream::new(record.tree.iter().copied(), fetch);
     for entry in EntryReader::new(BufReader::new(stream))? {
         let entry = entry?;
+        if let Err(why) = check.check(&entry) {
+            refused.add(&entry.path, why, crate::restore::tree::REFUSALS_NAMED);
+        }
         if entry.kind != Kind::File {
             continue;
         }
@@ -350,28 +363,5 @@ fn needed_packs(catalog: &Catalog, record: &SnapshotRecord) -> Result<(HashSet<i
             }
         }
     }
-    Ok((packs, missing))
-}
-
-/// A snapshot's file list, read from the recovered chunks one chunk at a time (it can be
-/// larger than memory).
-struct TreeReader<'a> {
-    catalog: &'a Catalog,
-    ids: std::slice::Iter<'a, ChunkId>,
-    chunk: Cursor<Vec<u8>>,
-}
-
-impl Read for TreeReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        loop {
-            let n = self.chunk.read(buf)?;
-            if n > 0 || buf.is_empty() {
-                return Ok(n);
-            }
-            let Some(id) = self.ids.next() else { return Ok(0) };
-            let data = self.catalog.recovered_tree_chunk(id).map_err(std::io::Error::other)?;
-            let data = data.ok_or_else(|| std::io::Error::other(format!("chunk {id} is in no readable pack")))?;
-            self.chunk = Cursor::new(data);
-        }
-    }
+    Ok((packs, missing, refused))
 }

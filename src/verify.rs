@@ -5,7 +5,9 @@
 //! recorded size and at least the recorded lock. With `--read-data` and the identity,
 //! packs are downloaded, checked against their content hash, decrypted, and every chunk
 //! the catalog places in them is decompressed and re-hashed; snapshot records are
-//! authenticated and decrypted. Each finding names the snapshots that need the object.
+//! authenticated and decrypted, and their file lists checked against the restore's rules
+//! (an authentic record may still be forged by the holder of the repository secret).
+//! Each finding names the snapshots that need the object.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -122,11 +124,15 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
         let counters = Arc::new(Counters::default());
         let _progress = ProgressLine::start(counters.clone(), opts.progress, crate::progress::packs_line(packs.len()));
         // What is missing or of the wrong size was reported above; the rest must read back.
+        let mut records = Vec::new();
         for n in needed.iter().filter(|n| n.pack.is_none() && n.key != REPO_KEY && !missing.contains(&n.key)) {
             let object = runtime.block_on(target.get(&n.key, n.version.as_deref()))?;
-            if let Err(e) = snapshot::open(&object, &n.key, &secret, identity) {
-                let f = Finding::Unreadable { key: n.key.clone(), version: version(n), why: e.to_string() };
-                note(&mut report, n, vec![f]);
+            match snapshot::open(&object, &n.key, &secret, identity) {
+                Ok(record) => records.push((n, record)),
+                Err(e) => {
+                    let f = Finding::Unreadable { key: n.key.clone(), version: version(n), why: e.to_string() };
+                    note(&mut report, n, vec![f]);
+                }
             }
         }
         for n in &packs {
@@ -158,6 +164,29 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
                 Err(e) => {
                     let f = Finding::Unreadable { key: n.key.clone(), version: version(n), why: e.to_string() };
                     note(&mut report, n, vec![f]);
+                }
+            }
+        }
+        // Each snapshot's file list is read whole and checked against the restore's
+        // rules: a record that authenticates may still be forged by the secret's holder.
+        // A list stored in a pack already found damaged is that pack's finding.
+        let damaged: std::collections::HashSet<String> = report.findings.iter().map(|f| f.key().to_string()).collect();
+        let mut chunks = crate::restore::tree::ChunkReader::new(&catalog, &target, &runtime, identity, &secret);
+        for (n, record) in &records {
+            let packs: Vec<String> = record
+                .tree
+                .iter()
+                .filter_map(|id| catalog.chunk_location(id).ok().flatten())
+                .map(|l| crate::format::pack_key(&l.pack_hash))
+                .collect();
+            if packs.iter().any(|k| damaged.contains(k)) {
+                continue;
+            }
+            match crate::restore::tree::refused_entries(chunks.stream(&record.tree)) {
+                Ok(refused) => note(&mut report, n, crate::inventory::unsafe_entries(&n.key, refused)),
+                Err(e) => {
+                    let why = format!("the snapshot's file list cannot be read: {e:#}");
+                    note(&mut report, n, vec![Finding::Unreadable { key: n.key.clone(), version: version(n), why }]);
                 }
             }
         }

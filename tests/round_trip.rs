@@ -185,3 +185,83 @@ fn restore_a_subpath_and_overwrite() {
     let escape = restore_path("../etc", &scratch.path("o3"), &[]);
     assert_eq!(escape.status.code(), Some(1));
 }
+
+/// While a restore runs, another user of the machine looks into the destination as often
+/// as it can: no file may show there before it is complete, and none with more
+/// permission than it ends with; directories stay 0700 until they get their own mode.
+#[test]
+fn nothing_is_readable_by_others_while_a_restore_writes() {
+    use std::os::unix::fs::MetadataExt;
+    let scratch = Scratch::new("watched-src");
+    let src = scratch.path("src");
+    let mut rng = Rng(7);
+    std::fs::create_dir_all(src.join("open/sub")).unwrap();
+    std::fs::create_dir_all(src.join("private")).unwrap();
+    std::fs::write(src.join("private/key"), rng.mixed(64 << 20)).unwrap();
+    for i in 0..2000 {
+        std::fs::write(src.join(format!("open/sub/f{i}")), rng.mixed(4096)).unwrap();
+    }
+    std::fs::write(src.join("open/secret"), b"only for the owner").unwrap();
+    std::fs::set_permissions(src.join("private/key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(src.join("open/secret"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(src.join("private"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let setup = Setup::new("watched", Target::Dir, &src);
+    setup.backup();
+    let final_modes = |root: &Path| -> std::collections::HashMap<PathBuf, (u32, u64)> {
+        snapshot_tree(root)
+            .keys()
+            .map(|k| {
+                let m = std::fs::symlink_metadata(root.join(k)).unwrap();
+                (k.clone(), (m.mode() & 0o7777, if m.is_file() { m.len() } else { 0 }))
+            })
+            .collect()
+    };
+    let want = final_modes(&src);
+
+    let to = setup.dir.path("out");
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (to, done, want) = (to.clone(), done.clone(), want.clone());
+        std::thread::spawn(move || {
+            let (mut looks, mut seen_to) = (0u64, None);
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                looks += 1;
+                if let Ok(m) = std::fs::metadata(&to) {
+                    seen_to.get_or_insert(m.mode() & 0o777);
+                }
+                let mut stack = vec![to.clone()];
+                while let Some(d) = stack.pop() {
+                    let Ok(rd) = std::fs::read_dir(&d) else { continue };
+                    for e in rd.flatten() {
+                        let p = e.path();
+                        let Ok(m) = std::fs::symlink_metadata(&p) else { continue };
+                        let rel = p.strip_prefix(&to).unwrap().to_path_buf();
+                        let mode = m.mode() & 0o7777;
+                        let Some(&(final_mode, final_len)) = want.get(&rel) else {
+                            panic!("{} appeared during the restore and is not in the snapshot", rel.display());
+                        };
+                        if m.is_dir() {
+                            assert!(
+                                mode == 0o700 || mode == final_mode,
+                                "{}: dir {mode:o} while restoring",
+                                rel.display()
+                            );
+                            stack.push(p);
+                        } else if m.is_file() {
+                            assert_eq!(mode, final_mode, "{} shown with mode {mode:o}", rel.display());
+                            assert_eq!(m.len(), final_len, "{} shown before it was complete", rel.display());
+                        }
+                    }
+                }
+            }
+            (looks, seen_to)
+        })
+    };
+    let r = setup.restore("latest", &to);
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (looks, seen_to) = watcher.join().expect("the watcher saw something it should not have");
+    assert!(r.status.success(), "{}", text(&r));
+    assert!(looks > 5, "the watcher looked only {looks} times");
+    assert_eq!(seen_to, Some(0o700), "--to is created 0700");
+    assert_same_tree(&src, &to);
+}

@@ -7,6 +7,9 @@ bucket-source tests. Credentials and endpoint come from the standard AWS variabl
   s3_objects.py change BUCKET PREFIX N BIG_MIB     rewrites N objects (the big one among them)
   s3_objects.py dump BUCKET PREFIX                 one JSON line per object: key (relative),
                                                    size, sha256, content type
+  s3_objects.py put BUCKET PREFIX                  for each JSON string read from stdin (one per
+                                                   line), an object under PREFIX + it, whose body
+                                                   is the key's UTF-8 bytes repeated 1000 times
 """
 import hashlib
 import io
@@ -72,6 +75,10 @@ def main():
         s3.upload_fileobj(io.BufferedReader(Generated(big << 20, 2)), bucket, f"{prefix}big/large.bin",
                           ExtraArgs={"ContentType": "application/x-tar"})
         print(json.dumps({"changed_bytes": changed + (big << 20)}))
+    elif cmd == "put":
+        for line in sys.stdin:
+            k = json.loads(line)
+            s3.put_object(Bucket=bucket, Key=prefix + k, Body=k.encode() * 1000, ContentType="text/plain")
     elif cmd == "dump":
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             for o in page.get("Contents", []):

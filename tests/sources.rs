@@ -425,3 +425,53 @@ fn sha256_hex(data: &[u8]) -> String {
     use sha2::Digest;
     sha2::Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// Runs `tests/s3_objects.py put` with `keys` on its standard input.
+fn put_objects(bucket: &str, prefix: &str, keys: &[&str]) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/s3_objects.py");
+    let mut child = Command::new("python3")
+        .arg(script)
+        .args(["put", bucket, prefix])
+        .env("AWS_ACCESS_KEY_ID", SRC_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SRC_SECRET)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines: String = keys.iter().map(|k| serde_json::to_string(k).unwrap() + "\n").collect();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), lines.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn object_keys_come_back_byte_for_byte() {
+    if !s3_available() {
+        return;
+    }
+    let stamp = common::now() % 1_000_000_000;
+    let (src_bucket, back_bucket) = (format!("keys-src-{stamp}"), format!("keys-back-{stamp}"));
+    s3_script(&["mkuser", "coffer-source", SRC_KEY, SRC_SECRET], false);
+    s3_script(&["mkbucket", &src_bucket, "--no-lock"], true);
+    s3_script(&["mkbucket", &back_bucket, "--no-lock"], true);
+    let keys = ["50%.txt", "a#b", "q?x=1&y", "with space", "plus+sign", "tilde~", "ünïcödé/文件.txt", "%2F", "a/b c/d"];
+    put_objects(&src_bucket, "data/", &keys);
+    let endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap();
+    let source = format!(
+        "{{ bucket = \"s3://{src_bucket}/data\", endpoint = \"{endpoint}\", \
+         access_key_id_env = \"COFFER_SRC_KEY\", secret_access_key_env = \"COFFER_SRC_SECRET\" }}"
+    );
+    let setup = Setup::with_source("keys", Target::Dir, &source, "");
+    let (out, _) = coffer_measured(&setup, &["backup", "data", "--no-progress"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let mut c = setup.cmd(&["restore", "latest", "--job", "data", "--no-progress", "--identity"]);
+    c.arg(&setup.identity).args(["--to-bucket", &format!("s3://{back_bucket}/copy")]);
+    c.env("COFFER_SRC_KEY", SRC_KEY).env("COFFER_SRC_SECRET", SRC_SECRET);
+    let out = run_ok(&mut c);
+    assert!(text(&out).contains(&format!("{} objects", keys.len())), "{}", text(&out));
+    let mut want: Vec<Value> = source_py(&["dump", &src_bucket, "data/"]);
+    let mut got: Vec<Value> = source_py(&["dump", &back_bucket, "copy/"]);
+    let by_key = |v: &Value| v["key"].as_str().unwrap().to_string();
+    want.sort_by_key(by_key);
+    got.sort_by_key(by_key);
+    assert_eq!(want.len(), keys.len());
+    assert_eq!(got, want, "the keys, bytes and content types written back differ");
+}

@@ -5,7 +5,7 @@
 //! so an unchanged tree stores no new metadata. Paths are relative to the source root,
 //! `/`-separated; a path that is not UTF-8 is written as `{"hex": "…"}`.
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, Read, Write};
 
 use serde::{Deserialize, Serialize};
 
@@ -48,6 +48,10 @@ pub struct Entry {
     /// The MIME type of an object from a bucket source, restored with `--to-bucket`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_type: Option<String>,
+    /// A bucket source's object key, when the object's path is not its key (the key is not
+    /// a file path): `restore --to-bucket` writes it back under this key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 impl Entry {
@@ -69,6 +73,7 @@ impl Entry {
             target: None,
             chunks: Vec::new(),
             content_type: None,
+            key: None,
         }
     }
 }
@@ -99,21 +104,32 @@ impl<W: Write> EntryWriter<W> {
 pub struct EntryReader<R: BufRead> {
     input: R,
     line: Vec<u8>,
+    /// Bytes of the stream consumed so far.
+    offset: u64,
 }
 
 impl<R: BufRead> EntryReader<R> {
     pub fn new(mut input: R) -> Result<Self, DecodeError> {
         let mut line = Vec::new();
-        read_line(&mut input, &mut line)?;
+        let n = read_line(&mut input, &mut line)?;
         if line != HEADER.as_bytes() {
             return Err(malformed("entry stream: missing or unknown header"));
         }
-        Ok(EntryReader { input, line })
+        Ok(EntryReader { input, line, offset: n as u64 })
+    }
+
+    /// Where in the stream the next entry's line starts.
+    pub fn offset(&self) -> u64 {
+        self.offset
     }
 }
 
+/// One entry from its line (without the newline), as [`EntryReader`] reads it.
+pub fn parse_line(line: &[u8]) -> Result<Entry, DecodeError> {
+    serde_json::from_slice(line).map_err(|e| malformed(format!("entry stream: {e}")))
+}
+
 fn read_line<R: BufRead>(input: &mut R, line: &mut Vec<u8>) -> Result<usize, DecodeError> {
-    use std::io::Read;
     line.clear();
     let n =
         input.by_ref().take(MAX_LINE).read_until(b'\n', line).map_err(|e| malformed(format!("entry stream: {e}")))?;
@@ -131,8 +147,46 @@ impl<R: BufRead> Iterator for EntryReader<R> {
     fn next(&mut self) -> Option<Self::Item> {
         match read_line(&mut self.input, &mut self.line) {
             Ok(0) => None,
-            Ok(_) => Some(serde_json::from_slice(&self.line).map_err(|e| malformed(format!("entry stream: {e}")))),
+            Ok(n) => {
+                self.offset += n as u64;
+                Some(parse_line(&self.line))
+            }
             Err(e) => Some(Err(e)),
+        }
+    }
+}
+
+/// An entry stream read from its chunks one at a time (it can be larger than memory):
+/// `fetch` gives a chunk's verified plaintext.
+pub struct ChunkedStream<I, F> {
+    ids: I,
+    fetch: F,
+    chunk: std::io::Cursor<Vec<u8>>,
+}
+
+impl<I, F> ChunkedStream<I, F>
+where
+    I: Iterator<Item = ChunkId>,
+    F: FnMut(&ChunkId) -> std::io::Result<Vec<u8>>,
+{
+    pub fn new(ids: impl IntoIterator<IntoIter = I>, fetch: F) -> Self {
+        ChunkedStream { ids: ids.into_iter(), fetch, chunk: std::io::Cursor::new(Vec::new()) }
+    }
+}
+
+impl<I, F> std::io::Read for ChunkedStream<I, F>
+where
+    I: Iterator<Item = ChunkId>,
+    F: FnMut(&ChunkId) -> std::io::Result<Vec<u8>>,
+{
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            let n = self.chunk.read(buf)?;
+            if n > 0 || buf.is_empty() {
+                return Ok(n);
+            }
+            let Some(id) = self.ids.next() else { return Ok(0) };
+            self.chunk = std::io::Cursor::new((self.fetch)(&id)?);
         }
     }
 }
@@ -204,6 +258,7 @@ mod tests {
             size: 3,
             target: None,
             content_type: None,
+            key: None,
             chunks: vec![ChunkId([9; 32])],
         }
     }

@@ -10,6 +10,7 @@
 //! Decoders never panic on malformed input and never allocate more than the input's size.
 
 pub mod entry;
+pub mod entry_check;
 pub mod pack;
 pub mod repo;
 pub mod snapshot;
@@ -145,6 +146,7 @@ mod samples {
             size: 0,
             target: None,
             content_type: None,
+            key: None,
             chunks: vec![],
         };
         let mut w = EntryWriter::new(Vec::new()).unwrap();

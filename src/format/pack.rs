@@ -127,11 +127,35 @@ pub fn open(ciphertext: &[u8], id: &str, identity: &crate::keys::Identity) -> Re
 
 /// A chunk's plaintext out of a decrypted pack, checked against its keyed hash.
 pub fn verified_blob(plain: &[u8], b: &BlobEntry, secret: &crate::keys::RepoSecret) -> Result<Vec<u8>, DecodeError> {
-    let data = unpack_blob(blob_bytes(plain, b.offset, b.length)?, b.raw_length, b.flags)?;
-    if secret.chunk_id(&data) != b.id {
-        return Err(malformed(format!("chunk {} fails verification: the data is not what was backed up", b.id)));
+    with_verified_blob(plain, b, secret, <[u8]>::to_vec)
+}
+
+/// Calls `f` with a chunk's verified plaintext, without allocating per chunk: a raw blob
+/// is a slice of the pack, a compressed one is decompressed into a buffer of the thread
+/// (so `f` must not decode another blob itself).
+pub fn with_verified_blob<T>(
+    plain: &[u8],
+    b: &BlobEntry,
+    secret: &crate::keys::RepoSecret,
+    f: impl FnOnce(&[u8]) -> T,
+) -> Result<T, DecodeError> {
+    let stored = blob_bytes(plain, b.offset, b.length)?;
+    let check = |data: &[u8]| {
+        if secret.chunk_id(data) != b.id {
+            return Err(malformed(format!("chunk {} fails verification: the data is not what was backed up", b.id)));
+        }
+        Ok(())
+    };
+    if b.flags & FLAG_ZSTD == 0 {
+        check(stored)?;
+        return Ok(f(stored));
     }
-    Ok(data)
+    SCRATCH.with(|scratch| {
+        let mut buf = scratch.borrow_mut();
+        decompress_into(stored, b.raw_length, &mut buf)?;
+        check(&buf)?;
+        Ok(f(&buf))
+    })
 }
 
 /// Turns a stored blob back into its plaintext; the caller verifies the chunk id.
@@ -139,17 +163,39 @@ pub fn unpack_blob(stored: &[u8], raw_length: u32, flags: u8) -> Result<Vec<u8>,
     if flags & FLAG_ZSTD == 0 {
         return Ok(stored.to_vec());
     }
+    let mut out = Vec::new();
+    decompress_into(stored, raw_length, &mut out)?;
+    Ok(out)
+}
+
+thread_local! {
+    /// A decompression context per thread: making one per blob costs more than
+    /// decompressing a small blob.
+    static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { std::cell::RefCell::new(None) };
+    /// The plaintext of the last compressed blob `with_verified_blob` decoded.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn decompress_into(stored: &[u8], raw_length: u32, out: &mut Vec<u8>) -> Result<(), DecodeError> {
     // The capacity bound comes from the (authenticated) table; the chunker caps it at 8 MiB
     // by default and the format at 4 GiB, so refuse anything a chunker could not produce.
     if raw_length > crate::chunker::MAX_CHUNK_LIMIT {
         return Err(malformed(format!("blob raw length {raw_length} exceeds the chunk limit")));
     }
-    let out = zstd::bulk::decompress(stored, raw_length as usize)
-        .map_err(|e| malformed(format!("blob does not decompress: {e}")))?;
-    if out.len() != raw_length as usize {
+    out.clear();
+    out.reserve_exact(raw_length as usize);
+    let n = DCTX.with(|cell| {
+        let mut ctx = cell.borrow_mut();
+        let ctx = match &mut *ctx {
+            Some(c) => c,
+            None => ctx.insert(zstd::bulk::Decompressor::new().map_err(|e| malformed(format!("zstd: {e}")))?),
+        };
+        ctx.decompress_to_buffer(stored, out).map_err(|e| malformed(format!("blob does not decompress: {e}")))
+    })?;
+    if n != raw_length as usize || out.len() != n {
         return Err(malformed("blob decompressed to the wrong length"));
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -2,30 +2,35 @@
 //! deduplicated and locked on the target, a *second* provider. The source has its own
 //! endpoint, region and credentials, never the target's.
 //!
+//! Keys are whatever the bucket's owner (or an attacker with its credentials) wrote, so
+//! S3 buckets are listed, read and written back by exact key ([`crate::s3`]); no key can
+//! fail the job. A key that cannot be a relative file path (`a//b`, `../x`, `/a`, `a/`,
+//! a segment over 255 bytes, or one that clashes with another object's path) is stored
+//! under a name in [`ESCAPED_DIR`], with the key itself recorded in its entry, and
+//! `restore --to-bucket` writes it back under that key, byte for byte.
+//!
 //! An object whose size and ETag (or, without an ETag, last-modified time) equal those of
 //! the previous snapshot reuses its chunk list without being downloaded. Objects are
 //! streamed through the chunker, never held in memory; each is read only if it still has
 //! the ETag the listing gave (an object rewritten during the run is reported, not mixed).
 
-use std::collections::HashMap;
 use std::io::Read;
-use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::buffered::BufWriter;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjPath;
-use object_store::prefix::PrefixStore;
-use object_store::{Attribute, AttributeValue, Attributes, GetOptions, ObjectMeta, ObjectStore};
+use object_store::{Attribute, AttributeValue, Attributes, GetOptions, ObjectStore};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
 use crate::config::BucketSource;
+use crate::s3::S3Client;
 
 /// What a snapshot records of the bucket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,10 +39,30 @@ pub struct BucketState {
     pub objects: u64,
 }
 
+/// The directory of the snapshot that holds objects whose keys are not file paths.
+pub const ESCAPED_DIR: &str = ".coffer-keys";
+
+/// One object as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Object {
+    /// The key relative to the prefix, exactly as stored.
+    pub key: String,
+    pub size: u64,
+    pub etag: Option<String>,
+    /// Unix nanoseconds.
+    pub last_modified_ns: i64,
+}
+
 /// An opened bucket (under its prefix).
 pub struct Bucket {
-    store: Arc<dyn ObjectStore>,
+    store: Store,
     pub url: String,
+}
+
+enum Store {
+    /// `file://`: for trying coffer out and for tests; its keys are file paths.
+    Local(Arc<LocalFileSystem>),
+    S3(S3Client),
 }
 
 impl Bucket {
@@ -47,7 +72,7 @@ impl Bucket {
         if let Some(dir) = url.strip_prefix("file://") {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {dir}"))?;
             let store = LocalFileSystem::new_with_prefix(dir).with_context(|| format!("cannot open {dir}"))?;
-            return Ok(Bucket { store: Arc::new(store), url: url.to_string() });
+            return Ok(Bucket { store: Store::Local(Arc::new(store)), url: url.to_string() });
         }
         let rest = url.strip_prefix("s3://").ok_or_else(|| anyhow!("`{url}`: expected s3:// or file://"))?;
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
@@ -61,33 +86,55 @@ impl Bucket {
             }
             _ => AmazonS3Builder::from_env(),
         };
-        b = b.with_bucket_name(bucket).with_region(src.region.clone().unwrap_or_else(|| "us-east-1".into()));
+        let region = src.region.clone().unwrap_or_else(|| "us-east-1".into());
+        b = b.with_bucket_name(bucket).with_region(&region);
         if let Some(ep) = &src.endpoint {
             b = b.with_endpoint(ep).with_allow_http(ep.starts_with("http://"));
         }
+        let endpoint = b.get_config_value(&AmazonS3ConfigKey::Endpoint);
         let s3 = b.build().with_context(|| format!("bucket source {url}"))?;
-        let prefix = prefix.trim_matches('/');
-        let store: Arc<dyn ObjectStore> =
-            if prefix.is_empty() { Arc::new(s3) } else { Arc::new(PrefixStore::new(s3, prefix)) };
-        Ok(Bucket { store, url: url.to_string() })
+        let client = S3Client::new(s3.credentials().clone(), endpoint.as_deref(), bucket, prefix, &region)?;
+        Ok(Bucket { store: Store::S3(client), url: url.to_string() })
     }
 
-    /// Every object, by key.
-    pub async fn list(&self) -> Result<Vec<ObjectMeta>> {
-        let mut all = Vec::new();
-        let mut listing = self.store.list(None);
-        while let Some(meta) = listing.next().await {
-            all.push(meta.with_context(|| format!("cannot list {}", self.url))?);
-        }
-        all.sort_by(|a, b| a.location.as_ref().cmp(b.location.as_ref()));
+    /// Every object, sorted by key.
+    pub async fn list(&self) -> Result<Vec<Object>> {
+        let mut all = match &self.store {
+            Store::S3(s3) => s3
+                .list_objects()
+                .await
+                .with_context(|| format!("cannot list {}", self.url))?
+                .into_iter()
+                .map(|o| Object { key: o.key, size: o.size, etag: o.etag, last_modified_ns: o.last_modified_ns })
+                .collect(),
+            Store::Local(store) => {
+                let mut all = Vec::new();
+                let mut listing = store.list(None);
+                while let Some(meta) = listing.next().await {
+                    let meta = meta.with_context(|| format!("cannot list {}", self.url))?;
+                    all.push(Object {
+                        key: meta.location.to_string(),
+                        size: meta.size,
+                        etag: meta.e_tag,
+                        last_modified_ns: meta.last_modified.timestamp_nanos_opt().unwrap_or(0),
+                    });
+                }
+                all
+            }
+        };
+        all.sort_by(|a: &Object, b: &Object| a.key.as_bytes().cmp(b.key.as_bytes()));
         Ok(all)
     }
 
     /// Opens one object for streaming, if it still is the version listed; with its
     /// content type.
-    pub async fn open_object(&self, meta: &ObjectMeta) -> Result<(BoxStream<'static, Result<Bytes>>, Option<String>)> {
-        let opts = GetOptions { if_match: meta.e_tag.clone(), ..Default::default() };
-        let r = self.store.get_opts(&meta.location, opts).await.map_err(|e| match e {
+    pub async fn open_object(&self, o: &Object) -> Result<(BoxStream<'static, Result<Bytes>>, Option<String>)> {
+        let store = match &self.store {
+            Store::S3(s3) => return s3.get_object(&o.key, o.etag.as_deref()).await,
+            Store::Local(store) => store,
+        };
+        let opts = GetOptions { if_match: o.etag.clone(), ..Default::default() };
+        let r = store.get_opts(&ObjPath::from(o.key.as_str()), opts).await.map_err(|e| match e {
             object_store::Error::Precondition { .. } => anyhow!("changed while it was being backed up"),
             e => anyhow!(e),
         })?;
@@ -96,62 +143,82 @@ impl Bucket {
         Ok((stream, content_type))
     }
 
-    /// Writes every file under `dir` back as an object under its relative path, with the
-    /// content type recorded in the snapshot. Returns the number of objects written.
-    pub async fn upload_tree(&self, dir: &Path, content_types: &HashMap<String, String>) -> Result<u64> {
-        let mut count = 0;
-        let mut stack = vec![dir.to_path_buf()];
-        while let Some(d) = stack.pop() {
-            for e in std::fs::read_dir(&d).with_context(|| format!("cannot list {}", d.display()))? {
-                let path = e?.path();
-                if path.is_dir() {
-                    stack.push(path);
-                    continue;
-                }
-                let rel = path.strip_prefix(dir)?.to_string_lossy().into_owned();
-                let mut attributes = Attributes::new();
-                if let Some(ct) = content_types.get(&rel) {
-                    attributes.insert(Attribute::ContentType, AttributeValue::from(ct.clone()));
-                }
-                // Streamed: large objects go up in parts, never whole in memory.
-                let mut w = BufWriter::new(self.store.clone(), ObjPath::from(rel.as_str())).with_attributes(attributes);
-                let mut file = std::fs::File::open(&path).with_context(|| format!("cannot read {}", path.display()))?;
-                loop {
-                    let mut buf = vec![0u8; UPLOAD_PART];
-                    let n =
-                        read_full(&mut file, &mut buf).with_context(|| format!("cannot read {}", path.display()))?;
-                    if n == 0 {
-                        break;
-                    }
-                    buf.truncate(n);
-                    w.put(Bytes::from(buf)).await.with_context(|| format!("cannot write {rel} to {}", self.url))?;
-                }
-                w.shutdown().await.with_context(|| format!("cannot write {rel} to {}", self.url))?;
-                count += 1;
-            }
+    /// An upload of one object under exactly `key`, with its content type; streamed in
+    /// parts, never whole in memory. It appears only when finished.
+    pub fn writer(&self, key: &str, content_type: Option<&str>) -> Result<Upload> {
+        let store = match &self.store {
+            Store::S3(s3) => return Ok(Upload::S3(Box::new(crate::s3::Upload::new(s3, key, content_type)))),
+            Store::Local(store) => store,
+        };
+        let path = ObjPath::parse(key).map_err(|e| anyhow!("cannot be a file in a file:// bucket: {e}"))?;
+        if path.as_ref() != key {
+            bail!("cannot be a file in a file:// bucket (a leading or trailing `/`)");
         }
-        Ok(count)
+        let mut attributes = Attributes::new();
+        if let Some(ct) = content_type {
+            attributes.insert(Attribute::ContentType, AttributeValue::from(ct.to_string()));
+        }
+        Ok(Upload::Local(Box::new(BufWriter::new(store.clone(), path).with_attributes(attributes))))
     }
 }
 
-/// How much of a file is read per part when writing objects back.
-const UPLOAD_PART: usize = 8 << 20;
+/// One object being written back.
+pub enum Upload {
+    Local(Box<BufWriter>),
+    S3(Box<crate::s3::Upload>),
+}
 
-/// Reads until `buf` is full or the file ends.
-fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
+impl Upload {
+    pub async fn put(&mut self, data: Bytes) -> Result<()> {
+        match self {
+            Upload::Local(w) => Ok(w.put(data).await?),
+            Upload::S3(u) => u.put(&data).await,
         }
     }
-    Ok(n)
+
+    /// Completes the object: only now does it appear under its key.
+    pub async fn finish(self) -> Result<()> {
+        match self {
+            Upload::Local(mut w) => Ok(w.shutdown().await?),
+            Upload::S3(u) => u.finish().await,
+        }
+    }
+
+    /// Drops what was sent of an object that turned out wrong.
+    pub async fn abort(self) {
+        match self {
+            Upload::Local(mut w) => {
+                let _ = w.abort().await;
+            }
+            Upload::S3(u) => u.abort().await,
+        }
+    }
+}
+
+/// Where an object goes in the snapshot. A key that is a clean relative path (no empty,
+/// `.` or `..` segment, none over 255 bytes, not under [`ESCAPED_DIR`]) and does not clash
+/// with another object's path is its own path (`None`). Any other key gets a name in
+/// [`ESCAPED_DIR`]: `k-` and the key percent-encoded (readable, and reversible) when that
+/// fits in a file name, else `h-` and a hash of the key; the entry records the key.
+pub fn escaped_path(key: &str, clashes: bool) -> Option<String> {
+    let clean = crate::format::entry::safe_relative(key.as_bytes())
+        && key.split('/').all(|s| s.len() <= crate::format::entry_check::NAME_MAX)
+        && key.split('/').next() != Some(ESCAPED_DIR);
+    if clean && !clashes {
+        return None;
+    }
+    let encoded = crate::s3::encode_query(key);
+    let name = if encoded.len() + 2 <= crate::format::entry_check::NAME_MAX {
+        format!("k-{encoded}")
+    } else {
+        format!("h-{}", &crate::hex::encode(blake3::hash(key.as_bytes()).as_bytes())[..40])
+    };
+    Some(format!("{ESCAPED_DIR}/{name}"))
 }
 
 /// A 64-bit fingerprint of an ETag, kept where a file keeps its inode (0: no ETag).
-pub fn etag_fingerprint(meta: &ObjectMeta) -> u64 {
-    meta.e_tag.as_deref().map_or(0, |t| {
+pub fn etag_fingerprint(etag: Option<&str>) -> u64 {
+    etag.map_or(0, |t| {
         let h = blake3::hash(t.as_bytes());
         // 63 bits: the catalog stores it as a signed SQLite integer.
         (u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes")) >> 1).max(1)
@@ -186,10 +253,24 @@ impl Read for StreamReader<'_> {
     }
 }
 
-/// Checks that a key can be a path: no empty, `.` or `..` segment.
-pub fn check_key(key: &str) -> Result<()> {
-    if key.is_empty() || key.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
-        bail!("the key cannot be a file path");
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_that_are_not_paths_get_reversible_names() {
+        for clean in ["a", "a/b.txt", "50%.txt", "ünï/cödé", "with space", "ctl\u{1}char"] {
+            assert_eq!(escaped_path(clean, false), None, "{clean}");
+        }
+        let long = "x".repeat(300);
+        let cases = ["a//b", "../x", "a/../x", "/a", "a/", ".", ".coffer-keys/k-a", "", &long];
+        let mut names = std::collections::HashSet::new();
+        for key in cases {
+            let p = escaped_path(key, false).unwrap_or_else(|| panic!("`{key}` is not a path"));
+            assert!(p.starts_with(".coffer-keys/") && crate::format::entry::safe_relative(p.as_bytes()), "{p}");
+            assert!(p.split('/').all(|s| s.len() <= 255));
+            assert!(names.insert(p), "two keys share a name");
+        }
+        assert_eq!(escaped_path("a/b", true).as_deref(), Some(".coffer-keys/k-a%2Fb"));
     }
-    Ok(())
 }

@@ -32,7 +32,7 @@ pub struct Running {
     timeout: Duration,
 }
 
-pub fn start(src: &CommandSource, job: &str) -> Result<(Running, ChildStdout)> {
+pub fn start(src: &CommandSource, job: &str, env: &crate::process::ChildEnv) -> Result<(Running, ChildStdout)> {
     let mut c = if src.shell {
         let mut c = Command::new("sh");
         c.arg("-c").arg(&src.argv[0]);
@@ -43,7 +43,7 @@ pub fn start(src: &CommandSource, job: &str) -> Result<(Running, ChildStdout)> {
         c
     };
     let program = src.program();
-    let mut child = crate::process::spawn(&mut c).with_context(|| format!("cannot start `{program}`"))?;
+    let mut child = crate::process::spawn(&mut c, env, &[]).with_context(|| format!("cannot start `{program}`"))?;
     let stdout = child.stdout.take().expect("piped");
     let stderr = crate::process::tail(child.stderr.take().expect("piped"), Some(format!("job {job}: command stderr")));
     let deadline = Deadline::start(&child, src.timeout);

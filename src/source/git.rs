@@ -129,11 +129,20 @@ fn fetch(src: &GitSource, url: &str, mirror: &Path) -> Result<()> {
 pub fn checkout(to: &Path, repos: &[RepoState]) -> Result<Vec<PathBuf>> {
     let mut made = Vec::new();
     for r in repos {
+        // The names come from the snapshot record, which a forger can write: one plain
+        // name each, a real directory (not a symlink) inside `to`.
+        let name = r.dir.as_bytes();
+        if name.contains(&b'/') || !crate::format::entry::safe_relative(name) {
+            bail!("--checkout: the snapshot names a repository `{}` that is not a plain name", r.dir);
+        }
         let bare = to.join(&r.dir);
-        if !bare.is_dir() {
+        if !std::fs::symlink_metadata(&bare).is_ok_and(|m| m.is_dir()) {
             continue;
         }
         let work = to.join(r.dir.strip_suffix(".git").unwrap_or(&r.dir));
+        if std::fs::symlink_metadata(&work).is_ok() {
+            bail!("--checkout: {} already exists; git would write into it", work.display());
+        }
         let args = [OsStr::new("clone"), OsStr::new("--quiet"), OsStr::new("--no-hardlinks"), OsStr::new("--")];
         if local(to, args.into_iter().chain([bare.as_os_str(), work.as_os_str()]))?.is_none() {
             bail!("git clone of {} into {} failed", bare.display(), work.display());

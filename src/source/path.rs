@@ -4,22 +4,66 @@
 //! Regular files, directories and symlinks are backed up; sockets, FIFOs and device
 //! nodes are skipped with a warning. A directory or file that cannot be read is
 //! reported to the caller and the walk goes on.
+//!
+//! Other users write in the tree while it is walked, and one may swap a file for a
+//! symlink to a file only root can read, hoping coffer stores it under her name. So what
+//! is read is exactly what was walked: directories are walked through descriptors
+//! (`openat` with `O_NOFOLLOW | O_DIRECTORY`, never a path), each entry is `lstat`ed
+//! relative to its directory, and a file is opened relative to it with `O_NOFOLLOW`,
+//! non-blocking (a FIFO swapped in cannot hang the run) and `O_NOATIME` where permitted;
+//! its device, inode and type must be the ones the walk saw, or it is skipped and named.
 
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
 use crate::format::entry::{Entry, Kind};
 
 /// What the walk found at one path.
 pub enum Found {
     Dir(Entry),
-    /// A regular file: its entry (chunks still empty) and where to read it.
-    File(Entry, PathBuf),
+    /// A regular file: its entry (chunks still empty) and how to open it.
+    File(Entry, Opener),
     Symlink(Entry),
+}
+
+/// A walked file, to be opened later exactly as walked.
+pub struct Opener {
+    dir: Arc<OwnedFd>,
+    name: Vec<u8>,
+    dev: u64,
+    ino: u64,
+}
+
+impl Opener {
+    /// Opens the file relative to its directory without following a symlink, and only
+    /// if it is still the regular file the walk saw.
+    pub fn open(&self) -> std::io::Result<File> {
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+        // O_NOATIME needs the file's owner or CAP_FOWNER; without them, open without it.
+        let fd = match rustix::fs::openat(&*self.dir, self.name.as_slice(), flags | OFlags::NOATIME, Mode::empty()) {
+            Err(rustix::io::Errno::PERM) => rustix::fs::openat(&*self.dir, self.name.as_slice(), flags, Mode::empty()),
+            r => r,
+        }
+        .map_err(|e| match e {
+            rustix::io::Errno::LOOP => std::io::Error::other("became a symlink after the walk saw a file: skipped"),
+            e => e.into(),
+        })?;
+        let st = rustix::fs::fstat(&fd)?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile
+            || (st.st_dev, st.st_ino) != (self.dev, self.ino)
+        {
+            return Err(std::io::Error::other("was replaced by another file after the walk saw it: skipped"));
+        }
+        Ok(fd.into())
+    }
 }
 
 /// Exclude patterns: a pattern with a `/` matches the path relative to the source root,
@@ -53,6 +97,17 @@ impl Excludes {
     }
 }
 
+/// A directory still to walk: its parent's descriptor, its name, and what the walk saw.
+struct Pending {
+    parent: Arc<OwnedFd>,
+    name: Vec<u8>,
+    rel: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+const DIR_FLAGS: OFlags = OFlags::RDONLY.union(OFlags::DIRECTORY).union(OFlags::NOFOLLOW).union(OFlags::CLOEXEC);
+
 /// Walks `root`, calling `visit` for every entry in order and `problem` for every path
 /// that could not be read (the path relative to the root, and why).
 pub fn walk(
@@ -61,56 +116,77 @@ pub fn walk(
     mut visit: impl FnMut(Found) -> Result<()>,
     mut problem: impl FnMut(&Path, String),
 ) -> Result<()> {
-    let meta = std::fs::metadata(root).with_context(|| format!("source directory {}", root.display()))?;
-    if !meta.is_dir() {
-        anyhow::bail!("source {} is not a directory", root.display());
-    }
-    // Stack of (absolute path, relative path) still to list; children pushed in reverse
-    // order so they pop in sorted order.
-    let mut stack: Vec<(PathBuf, PathBuf)> = vec![(root.to_path_buf(), PathBuf::new())];
-    while let Some((dir, rel_dir)) = stack.pop() {
-        let mut names: Vec<std::ffi::OsString> = match std::fs::read_dir(&dir) {
-            Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.file_name())).collect(),
-            Err(e) => {
-                problem(&rel_dir, format!("cannot list directory: {e}"));
-                continue;
+    // The root is the configured path: a symlink there is the administrator's choice.
+    let root_fd = rustix::fs::open(root, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(std::io::Error::from)
+        .with_context(|| format!("source {} is not a directory that can be opened", root.display()))?;
+    let mut current = Some((Arc::new(root_fd), PathBuf::new()));
+    // Directories still to list; children pushed in reverse order so they pop sorted.
+    let mut stack: Vec<Pending> = Vec::new();
+    loop {
+        let (dir, rel_dir) = match current.take() {
+            Some(d) => d,
+            None => {
+                let Some(p) = stack.pop() else { break };
+                match open_dir(&p) {
+                    Ok(fd) => (Arc::new(fd), p.rel),
+                    Err(e) => {
+                        problem(&p.rel, format!("cannot list directory: {e}"));
+                        continue;
+                    }
+                }
             }
         };
-        names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        let mut names: Vec<Vec<u8>> = Vec::new();
+        let listed = rustix::fs::Dir::read_from(&*dir).and_then(|entries| {
+            for e in entries {
+                let name = e?.file_name().to_bytes().to_vec();
+                if name != b"." && name != b".." {
+                    names.push(name);
+                }
+            }
+            Ok(())
+        });
+        if let Err(e) = listed {
+            problem(&rel_dir, format!("cannot list directory: {}", std::io::Error::from(e)));
+            continue;
+        }
+        names.sort();
         let mut subdirs = Vec::new();
         for name in names {
-            let abs = dir.join(&name);
-            let rel = rel_dir.join(&name);
-            if excludes.excluded(&rel, &name) {
+            let os_name = OsStr::from_bytes(&name);
+            let rel = rel_dir.join(os_name);
+            if excludes.excluded(&rel, os_name) {
                 continue;
             }
-            let m = match std::fs::symlink_metadata(&abs) {
-                Ok(m) => m,
+            let st = match rustix::fs::statat(&*dir, name.as_slice(), AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => st,
                 Err(e) => {
-                    problem(&rel, format!("cannot stat: {e}"));
+                    problem(&rel, format!("cannot stat: {}", std::io::Error::from(e)));
                     continue;
                 }
             };
-            let ft = m.file_type();
-            let mut entry = entry_from(&rel, &m);
-            if ft.is_dir() {
-                entry.kind = Kind::Dir;
-                entry.size = 0;
-                visit(Found::Dir(entry))?;
-                subdirs.push((abs, rel));
-            } else if ft.is_file() {
-                visit(Found::File(entry, abs))?;
-            } else if ft.is_symlink() {
-                match std::fs::read_link(&abs) {
+            let mut entry = entry_from(&rel, &st);
+            match FileType::from_raw_mode(st.st_mode) {
+                FileType::Directory => {
+                    entry.kind = Kind::Dir;
+                    entry.size = 0;
+                    visit(Found::Dir(entry))?;
+                    subdirs.push(Pending { parent: dir.clone(), name, rel, dev: st.st_dev, ino: st.st_ino });
+                }
+                FileType::RegularFile => {
+                    let opener = Opener { dir: dir.clone(), name, dev: st.st_dev, ino: st.st_ino };
+                    visit(Found::File(entry, opener))?;
+                }
+                FileType::Symlink => match rustix::fs::readlinkat(&*dir, name.as_slice(), Vec::new()) {
                     Ok(t) => {
                         entry.kind = Kind::Symlink;
-                        entry.target = Some(t.as_os_str().as_bytes().to_vec());
+                        entry.target = Some(t.into_bytes());
                         visit(Found::Symlink(entry))?;
                     }
-                    Err(e) => problem(&rel, format!("cannot read link: {e}")),
-                }
-            } else {
-                tracing::warn!(path = %rel.display(), "skipping special file (socket, FIFO or device)");
+                    Err(e) => problem(&rel, format!("cannot read link: {}", std::io::Error::from(e))),
+                },
+                _ => tracing::warn!(path = %rel.display(), "skipping special file (socket, FIFO or device)"),
             }
         }
         stack.extend(subdirs.into_iter().rev());
@@ -118,19 +194,36 @@ pub fn walk(
     Ok(())
 }
 
-fn entry_from(rel: &Path, m: &std::fs::Metadata) -> Entry {
+/// Opens a directory the walk saw, through its parent, refusing a symlink or another
+/// directory swapped into its place.
+fn open_dir(p: &Pending) -> std::io::Result<OwnedFd> {
+    let fd = rustix::fs::openat(&*p.parent, p.name.as_slice(), DIR_FLAGS, Mode::empty()).map_err(|e| match e {
+        rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => {
+            std::io::Error::other("became a symlink or a file after the walk saw a directory: skipped")
+        }
+        e => e.into(),
+    })?;
+    let st = rustix::fs::fstat(&fd)?;
+    if (st.st_dev, st.st_ino) != (p.dev, p.ino) {
+        return Err(std::io::Error::other("was replaced by another directory after the walk saw it: skipped"));
+    }
+    Ok(fd)
+}
+
+fn entry_from(rel: &Path, st: &rustix::fs::Stat) -> Entry {
     Entry {
         path: rel.as_os_str().as_bytes().to_vec(),
         kind: Kind::File,
-        mode: m.mode() & 0o7777,
-        uid: m.uid(),
-        gid: m.gid(),
-        mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
-        ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
-        ino: m.ino(),
-        size: m.size(),
+        mode: st.st_mode & 0o7777,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        mtime_ns: st.st_mtime * 1_000_000_000 + st.st_mtime_nsec as i64,
+        ctime_ns: st.st_ctime * 1_000_000_000 + st.st_ctime_nsec as i64,
+        ino: st.st_ino,
+        size: st.st_size as u64,
         target: None,
         content_type: None,
+        key: None,
         chunks: Vec::new(),
     }
 }

@@ -1,0 +1,45 @@
+//! coffer: immutable off-site backups. See README.md and design.md for the picture;
+//! `cli` is the command line, everything else is one concept per module.
+//!
+//! The binary (`src/main.rs`) is a thin wrapper around [`cli::main`]; the library exists
+//! so that integration tests can drive the engine and the formats in-process (the
+//! restore tests forge snapshots with the repository secret, as an attacker holding the
+//! backup host could).
+
+pub mod backup;
+pub mod catalog;
+pub mod chunker;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod format;
+pub mod fsutil;
+pub mod hex;
+pub mod hooks;
+pub mod http;
+pub mod init;
+pub mod inventory;
+pub mod keys;
+pub mod metrics;
+pub mod objectlock;
+pub mod process;
+pub mod progress;
+pub mod prune;
+pub mod recover;
+pub mod restore;
+pub mod retention;
+pub mod retry;
+pub mod s3;
+pub mod schedule;
+pub mod source;
+pub mod status;
+pub mod target;
+pub mod time;
+pub mod verify;
+
+pub use format::ChunkId;
+
+/// Unit tests run on an allocator that notes the largest request (the decoders' bound).
+#[cfg(test)]
+#[global_allocator]
+static ALLOCATOR: format::robustness::Tracking = format::robustness::Tracking;

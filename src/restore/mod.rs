@@ -1,0 +1,406 @@
+//! Restore: read a snapshot back, verifying everything on the way, into a directory
+//! that even a forged snapshot cannot make it write outside of (or, for a bucket
+//! source, back into a bucket).
+//!
+//! Every pack is checked against its content hash before it is decrypted, every chunk
+//! against its keyed hash after; objects are read by the version id the catalog
+//! recorded. Before anything is written, the whole entry stream is checked: entries
+//! that would escape the destination or write through the snapshot's own symlinks are
+//! named and skipped ([`crate::format::entry_check`]). The file-system layer ([`dest`])
+//! confines every operation beneath `--to` and follows no symlink, whatever the stream
+//! says. Files appear under their final name only when complete; one that cannot be
+//! restored and verified is named and skipped, and the restore fails at the end.
+
+mod dest;
+mod packs;
+mod plan;
+pub mod tree;
+mod write;
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow, bail};
+
+use crate::catalog::{Catalog, SnapshotRow};
+use crate::config::Config;
+use crate::format::REPO_KEY;
+use crate::format::entry::{Entry, EntryReader, Kind, safe_relative};
+use crate::format::repo::RepoRecord;
+use crate::format::snapshot::{self, SnapshotRecord};
+use crate::keys::{Identity, RepoSecret};
+use crate::progress::{Counters, ProgressLine};
+use crate::target::Target;
+
+use dest::{Dest, Meta};
+use packs::Packs;
+use plan::{Plan, Selected, select};
+use write::{FileTask, Job, Pool};
+
+/// Where a restore writes.
+pub enum Destination {
+    Dir(PathBuf),
+    /// A bucket source's objects back into a bucket, under their keys.
+    Bucket(crate::source::bucket::Bucket),
+}
+
+pub struct Options {
+    pub job: String,
+    pub snapshot: String,
+    pub to: Destination,
+    pub subpath: Option<String>,
+    pub identity: PathBuf,
+    pub overwrite: bool,
+    /// Draw a progress line on a terminal.
+    pub progress: bool,
+}
+
+#[derive(Default)]
+pub struct Summary {
+    pub snapshot_id: String,
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub bytes: u64,
+    /// Entries the snapshot holds that a restore refuses (it may be forged).
+    pub refused: u64,
+    /// Paths that could not be restored, with the reason.
+    pub failures: Vec<String>,
+    /// What the snapshot's source contained beyond its files (git refs, ...).
+    pub contents: Option<crate::source::Contents>,
+}
+
+/// Writer threads: one per core (at least two, so that one writes while another waits
+/// on the file system), measured no faster with more on two cores.
+fn writers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8)
+}
+
+pub fn run(cfg: &Config, opts: &Options) -> Result<Summary> {
+    let (catalog, repo) = Catalog::open_repo(cfg)?;
+    let snap = catalog.find_snapshot(&opts.job, &opts.snapshot)?;
+    let identity = Arc::new(Identity::load(&opts.identity)?);
+    let target = Target::open(&cfg.target)?;
+    let runtime = crate::target::runtime()?;
+
+    let record_bytes = runtime.block_on(target.get(REPO_KEY, repo.record_version.as_deref()))?;
+    let (_, secret) = RepoRecord::open(&record_bytes, &identity)?;
+    let record = read_record(&runtime, &target, &snap, &secret, &identity)?;
+    let subpath = match &opts.subpath {
+        Some(p) => {
+            let p = p.trim_matches('/');
+            if !safe_relative(p.as_bytes()) {
+                bail!("--path `{p}` must be a relative path inside the snapshot, without `..`");
+            }
+            Some(p.as_bytes().to_vec())
+        }
+        None => None,
+    };
+
+    // The entry stream goes to a private file: it can be larger than memory.
+    let tmp = cfg.state_dir.join("tmp");
+    crate::fsutil::create_private_dir(&tmp)?;
+    let entries_path = tmp.join(format!("restore-{}-{}", snap.id, crate::hex::random(6)));
+    let _cleanup = crate::fsutil::RemoveOnDrop(entries_path.clone());
+    {
+        let mut reader = tree::ChunkReader::new(&catalog, &target, &runtime, &identity, &secret);
+        let mut out = BufWriter::new(File::create_new(&entries_path)?);
+        std::io::copy(&mut reader.stream(&record.tree), &mut out)
+            .map_err(|e| anyhow!("the snapshot's file list cannot be read: {e}"))?;
+        out.flush()?;
+    }
+
+    tracing::debug!("entry stream read");
+    let plan = catalog.reading(|c| Plan::make(&entries_path, subpath.as_deref(), c))?;
+    if let Some(sub) = &subpath
+        && !plan.matched
+    {
+        bail!("no path `{}` in snapshot {}", String::from_utf8_lossy(sub), record.id);
+    }
+    tracing::debug!(packs = plan.packs.len(), chunks = plan.locs.len(), "planned");
+    let mut refusals = Vec::new();
+    if plan.refused.total > 0 {
+        tracing::error!(
+            "snapshot {} holds {} entries that a restore refuses; it may be forged (`coffer verify --read-data` \
+             reports it). They are skipped, nothing is written outside {}:",
+            snap.id,
+            plan.refused.total,
+            match &opts.to {
+                Destination::Dir(p) => p.display().to_string(),
+                Destination::Bucket(b) => b.url.clone(),
+            }
+        );
+        for (path, why) in &plan.refused.named {
+            let msg = format!("{}: refused: {why}", show(path));
+            tracing::error!("  {msg}");
+            refusals.push(msg);
+        }
+        let more = plan.refused.total - plan.refused.named.len() as u64;
+        if more > 0 {
+            refusals.push(format!("… and {more} more refused entries"));
+        }
+    }
+
+    let counters = Arc::new(Counters::default());
+    let _progress = ProgressLine::start(
+        counters.clone(),
+        opts.progress,
+        crate::progress::restore_line(plan.files.len() as u64, plan.bytes),
+    );
+    let packs = Packs::start(target.clone(), identity.clone(), runtime.handle().clone(), plan.packs.clone());
+    let walk = Walk { entries_path: &entries_path, plan: &plan, sub: subpath.as_deref(), packs, secret, counters };
+    let mut summary = match &opts.to {
+        Destination::Dir(to) => walk.write_tree(to, opts.overwrite)?,
+        Destination::Bucket(bucket) => walk.upload(bucket, &runtime)?,
+    };
+    summary.refused = plan.refused.total;
+    refusals.append(&mut summary.failures);
+    summary.failures = refusals;
+    summary.snapshot_id = snap.id.clone();
+    summary.contents = snap.contents.clone();
+    let detail = format!("snapshot {} ({} failures, {} refused)", snap.id, summary.failures.len(), summary.refused);
+    let _ = catalog.event("restore", Some(&opts.job), &detail);
+    Ok(summary)
+}
+
+fn read_record(
+    runtime: &tokio::runtime::Runtime,
+    target: &Target,
+    snap: &SnapshotRow,
+    secret: &RepoSecret,
+    identity: &Identity,
+) -> Result<SnapshotRecord> {
+    let key = crate::format::snapshot_key(&snap.job, &snap.id);
+    let object = runtime.block_on(target.get(&key, snap.record_version.as_deref()))?;
+    snapshot::open(&object, &key, secret, identity).with_context(|| format!("snapshot record {key}"))
+}
+
+/// The write pass over the entry stream, as planned.
+struct Walk<'a> {
+    entries_path: &'a Path,
+    plan: &'a Plan,
+    sub: Option<&'a [u8]>,
+    packs: Packs,
+    secret: RepoSecret,
+    counters: Arc<Counters>,
+}
+
+impl<'a> Walk<'a> {
+    /// The entries to restore, in stream order, with how each is selected.
+    fn entries(&self) -> Result<impl Iterator<Item = Result<(Entry, Selected)>> + 'a> {
+        let (plan, sub) = (self.plan, self.sub);
+        let reader = EntryReader::new(BufReader::new(File::open(self.entries_path)?))?;
+        Ok(reader.enumerate().filter_map(move |(i, entry)| match entry {
+            Err(e) => Some(Err(e.into())),
+            Ok(_) if plan.refused_at.contains(&(i as u64)) => None,
+            Ok(e) => match select(&e.path, sub) {
+                Selected::No => None,
+                Selected::Ancestor if e.kind != Kind::Dir => None,
+                s => Some(Ok((e, s))),
+            },
+        }))
+    }
+
+    /// The selected files' entries, in the planned order, each with its chunk reads.
+    fn files(&self) -> Result<impl Iterator<Item = Result<(Entry, std::ops::Range<usize>)>> + 'a> {
+        use std::os::unix::fs::FileExt;
+        let (plan, file) = (self.plan, File::open(self.entries_path)?);
+        let mut line = Vec::new();
+        Ok(plan.files.iter().map(move |f| {
+            line.resize(f.len as usize, 0);
+            file.read_exact_at(&mut line, f.offset)?;
+            let text = line.strip_suffix(b"\n").unwrap_or(&line);
+            let entry = crate::format::entry::parse_line(text)?;
+            let reads = f.first..f.first + entry.chunks.len();
+            Ok((entry, reads))
+        }))
+    }
+
+    /// Into a directory: first the directories, then the files by the writer pool, then
+    /// the symlinks (so that nothing is ever written through one), then the
+    /// directories' own metadata, deepest first.
+    fn write_tree(mut self, to: &Path, overwrite: bool) -> Result<Summary> {
+        let started = std::time::Instant::now();
+        let dest = Arc::new(Dest::open(to, overwrite)?);
+        let mut summary = Summary::default();
+        let mut parents = Parents { dest: &dest, last: None };
+        let mut dirs: Vec<(Vec<u8>, Meta)> = Vec::new();
+        for item in self.entries()? {
+            let (entry, selected) = item?;
+            if entry.kind != Kind::Dir {
+                continue;
+            }
+            let (parent, name) = split(&entry.path);
+            match parents.get(parent).and_then(|p| dest.make_dir(p.as_fd(), name)) {
+                Ok(()) => {
+                    summary.dirs += u64::from(selected == Selected::Yes);
+                    dirs.push((entry.path.clone(), Meta::from(&entry)));
+                }
+                Err(e) => summary.failures.push(failure(&entry.path, "cannot create the directory", e)),
+            }
+        }
+
+        let mut pool = Pool::start(dest.clone(), self.secret.clone(), self.counters.clone(), writers());
+        for item in self.files()? {
+            let (entry, reads) = item?;
+            let (parent, name) = split(&entry.path);
+            let parent = match parents.get(parent) {
+                Ok(p) => p,
+                Err(e) => {
+                    summary.failures.push(failure(&entry.path, "cannot open its directory", e));
+                    continue;
+                }
+            };
+            self.counters.set_current(&String::from_utf8_lossy(&entry.path));
+            let task = FileTask::new(parent, name, &entry);
+            if reads.is_empty() {
+                pool.send(Job::Empty(task));
+                continue;
+            }
+            let mut offset = 0u64;
+            for (id, position) in entry.chunks.iter().zip(reads) {
+                let (loc, next_use) = self.plan.locs[position];
+                let task = task.clone();
+                pool.send(match loc {
+                    None => Job::Failed { task, why: format!("chunk {id} is not in the catalog") },
+                    Some(l) => match self.packs.get(l.pack, next_use) {
+                        Ok(pack) => {
+                            let at = offset;
+                            offset += u64::from(l.raw_length);
+                            Job::Chunk { task, offset: at, blob: write::blob(*id, &l), pack }
+                        }
+                        Err(why) => Job::Failed { task, why: format!("pack {}: {why}", self.packs.key(l.pack)) },
+                    },
+                });
+            }
+        }
+        let done = pool.finish();
+        tracing::debug!(secs = started.elapsed().as_secs_f64(), "files written");
+        summary.files = done.files;
+        summary.bytes = done.bytes;
+        summary.failures.extend(done.failures);
+
+        for item in self.entries()? {
+            let (entry, _) = item?;
+            let Some(target) = entry.target.as_deref().filter(|_| entry.kind == Kind::Symlink) else { continue };
+            let (parent, name) = split(&entry.path);
+            match parents.get(parent).and_then(|p| dest.symlink(p.as_fd(), name, target, &Meta::from(&entry))) {
+                Ok(()) => summary.symlinks += 1,
+                Err(e) => summary.failures.push(failure(&entry.path, "cannot create the symlink", e)),
+            }
+        }
+        drop(parents);
+        dirs.sort_by_key(|(path, _)| std::cmp::Reverse(path.iter().filter(|&&b| b == b'/').count()));
+        for (path, meta) in &dirs {
+            if let Err(e) = dest.finish_dir(path, meta) {
+                summary.failures.push(failure(path, "cannot set the directory's owner, mode or times", e));
+            }
+        }
+        tracing::debug!(secs = started.elapsed().as_secs_f64(), "metadata set");
+        dest.sync();
+        tracing::debug!(secs = started.elapsed().as_secs_f64(), "synced");
+        Ok(summary)
+    }
+
+    /// Into a bucket: each file entry becomes the object under its key, its bytes from
+    /// the snapshot (never from a local file). Directories are implied by the keys; a
+    /// symlink is not an object and is not uploaded.
+    fn upload(mut self, bucket: &crate::source::bucket::Bucket, runtime: &tokio::runtime::Runtime) -> Result<Summary> {
+        let mut summary = Summary::default();
+        for item in self.entries()? {
+            let (entry, _) = item?;
+            if entry.kind == Kind::Symlink {
+                summary.failures.push(format!("{}: a symlink, not an object: not uploaded", show(&entry.path)));
+            }
+        }
+        for item in self.files()? {
+            let (entry, reads) = item?;
+            self.counters.set_current(&show(&entry.path));
+            match self.upload_one(bucket, runtime, &entry, reads) {
+                Ok(()) => {
+                    summary.files += 1;
+                    summary.bytes += entry.size;
+                    Counters::add(&self.counters.files, 1);
+                }
+                Err(e) => {
+                    let msg = format!("{}: {e:#}", show(&entry.path));
+                    tracing::error!("{msg}");
+                    summary.failures.push(msg);
+                }
+            }
+        }
+        Ok(summary)
+    }
+
+    fn upload_one(
+        &mut self,
+        bucket: &crate::source::bucket::Bucket,
+        runtime: &tokio::runtime::Runtime,
+        entry: &Entry,
+        reads: std::ops::Range<usize>,
+    ) -> Result<()> {
+        let key = match &entry.key {
+            Some(key) => key.as_str(),
+            None => std::str::from_utf8(&entry.path).map_err(|_| anyhow!("the name is not UTF-8: no object key"))?,
+        };
+        let mut upload = bucket.writer(key, entry.content_type.as_deref())?;
+        let mut written = 0u64;
+        for (id, position) in entry.chunks.iter().zip(reads) {
+            let (loc, next_use) = self.plan.locs[position];
+            let loc = loc.ok_or_else(|| anyhow!("chunk {id} is not in the catalog"))?;
+            let pack = self
+                .packs
+                .get(loc.pack, next_use)
+                .map_err(|why| anyhow!("pack {}: {why}", self.packs.key(loc.pack)))?;
+            let data = crate::format::pack::verified_blob(&pack, &write::blob(*id, &loc), &self.secret)?;
+            written += data.len() as u64;
+            Counters::add(&self.counters.bytes, data.len() as u64);
+            runtime.block_on(upload.put(bytes::Bytes::from(data)))?;
+        }
+        if written != entry.size {
+            runtime.block_on(upload.abort());
+            bail!("restored {written} bytes but the snapshot recorded {}", entry.size);
+        }
+        runtime.block_on(upload.finish())
+    }
+}
+
+/// The parent directory's descriptor, kept while consecutive entries share it.
+struct Parents<'a> {
+    dest: &'a Dest,
+    last: Option<(Vec<u8>, Arc<OwnedFd>)>,
+}
+
+impl Parents<'_> {
+    fn get(&mut self, path: &[u8]) -> std::io::Result<Arc<OwnedFd>> {
+        if let Some((p, fd)) = &self.last
+            && p == path
+        {
+            return Ok(fd.clone());
+        }
+        let fd = Arc::new(self.dest.dir(path)?);
+        self.last = Some((path.to_vec(), fd.clone()));
+        Ok(fd)
+    }
+}
+
+/// `a/b/c` → (`a/b`, `c`); `c` → (``, `c`).
+fn split(path: &[u8]) -> (&[u8], &[u8]) {
+    match path.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => (&[], path),
+    }
+}
+
+fn show(path: &[u8]) -> String {
+    String::from_utf8_lossy(path).into_owned()
+}
+
+fn failure(path: &[u8], what: &str, e: std::io::Error) -> String {
+    let msg = format!("{}: {what}: {e}", show(path));
+    tracing::error!("{msg}");
+    msg
+}

@@ -1,0 +1,178 @@
+//! Decoded packs for a restore. A few threads fetch packs by recorded version, check
+//! them against their content hash and decrypt them, ahead of need and in the order the
+//! restore will need them; a few recently used ones stay cached for chunks that files
+//! share. With the whole sequence of reads known, the pack evicted is the one whose next
+//! use is furthest away (Belady's choice, optimal for a known sequence).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Condvar, Mutex};
+
+use crate::format::pack;
+use crate::keys::Identity;
+use crate::target::Target;
+
+/// Decoded packs kept for chunks shared between files.
+const CACHE_BYTES: usize = 48 << 20;
+/// Packs decoded ahead of the one the restore waits for (each holds a pack in memory).
+const PREFETCH_WINDOW: usize = 1;
+const FETCH_THREADS: usize = 2;
+
+/// A decoded pack, or why it cannot be had.
+pub type Plain = Result<Arc<Vec<u8>>, String>;
+
+pub struct Packs {
+    shared: Arc<Fetch>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    /// Cached packs: (index, plaintext, position of the next use).
+    cache: Vec<(u32, Arc<Vec<u8>>, u64)>,
+    cached_bytes: usize,
+    /// Packs found unreadable, with why (never fetched twice).
+    bad: HashMap<u32, String>,
+    /// Packs fetched a second time because they had left the cache.
+    refetched: usize,
+}
+
+struct Fetch {
+    target: Target,
+    identity: Arc<Identity>,
+    runtime: tokio::runtime::Handle,
+    /// Packs in order of first need: (hash, version). A pack's index is its position.
+    schedule: Vec<(String, Option<String>)>,
+    state: Mutex<FetchState>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct FetchState {
+    /// Next schedule position to fetch.
+    next: usize,
+    /// Furthest position the restore has asked for; fetchers stay within a window of it.
+    wanted: usize,
+    ready: HashMap<usize, Plain>,
+    taken: HashSet<usize>,
+    stop: bool,
+}
+
+impl Fetch {
+    /// Fetches a pack by version, checks its content hash, decrypts it.
+    fn fetch(&self, i: usize) -> Plain {
+        let Some((hash, version)) = self.schedule.get(i) else { return Err("no such pack".into()) };
+        let key = crate::format::pack_key(hash);
+        let ct = self.runtime.block_on(self.target.get(&key, version.as_deref())).map_err(|e| format!("{e:#}"))?;
+        pack::open(&ct, hash, &self.identity).map(Arc::new).map_err(|e| e.to_string())
+    }
+
+    fn worker(&self) {
+        loop {
+            let i = {
+                let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                loop {
+                    if st.stop || st.next >= self.schedule.len() {
+                        return;
+                    }
+                    if st.next <= st.wanted + PREFETCH_WINDOW {
+                        break;
+                    }
+                    st = self.wake.wait(st).unwrap_or_else(|p| p.into_inner());
+                }
+                st.next += 1;
+                st.next - 1
+            };
+            let result = self.fetch(i);
+            self.state.lock().unwrap_or_else(|p| p.into_inner()).ready.insert(i, result);
+            self.wake.notify_all();
+        }
+    }
+}
+
+impl Packs {
+    pub fn start(
+        target: Target,
+        identity: Arc<Identity>,
+        runtime: tokio::runtime::Handle,
+        schedule: Vec<(String, Option<String>)>,
+    ) -> Packs {
+        let shared = Arc::new(Fetch {
+            target,
+            identity,
+            runtime,
+            schedule,
+            state: Mutex::new(FetchState::default()),
+            wake: Condvar::new(),
+        });
+        let threads = (0..FETCH_THREADS)
+            .map(|_| {
+                let f = shared.clone();
+                std::thread::spawn(move || f.worker())
+            })
+            .collect();
+        Packs { shared, threads, cache: Vec::new(), cached_bytes: 0, bad: HashMap::new(), refetched: 0 }
+    }
+
+    /// The object key of pack `i`, for messages.
+    pub fn key(&self, i: u32) -> String {
+        self.shared.schedule.get(i as usize).map_or_else(String::new, |(h, _)| crate::format::pack_key(h))
+    }
+
+    /// Pack `i`'s plaintext, verified; `next_use` is the position of its next use after
+    /// this one (`u64::MAX`: none).
+    pub fn get(&mut self, i: u32, next_use: u64) -> Plain {
+        if let Some(slot) = self.cache.iter_mut().find(|c| c.0 == i) {
+            slot.2 = next_use;
+            return Ok(slot.1.clone());
+        }
+        if let Some(why) = self.bad.get(&i) {
+            return Err(why.clone());
+        }
+        let plain = self.wait_for(i as usize).unwrap_or_else(|| {
+            self.refetched += 1;
+            self.shared.fetch(i as usize)
+        });
+        let plain = plain.inspect_err(|why| {
+            self.bad.insert(i, why.clone());
+        })?;
+        if next_use != u64::MAX {
+            self.cached_bytes += plain.len();
+            self.cache.push((i, plain.clone(), next_use));
+            while self.cached_bytes > CACHE_BYTES && self.cache.len() > 1 {
+                let victim = (0..self.cache.len()).max_by_key(|&k| self.cache[k].2).unwrap_or(0);
+                let (_, old, _) = self.cache.swap_remove(victim);
+                self.cached_bytes -= old.len();
+            }
+        }
+        Ok(plain)
+    }
+
+    /// The prefetched result for schedule position `i`, or `None` if it was already taken
+    /// (then the caller fetches it again itself).
+    fn wait_for(&self, i: usize) -> Option<Plain> {
+        let mut st = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.taken.contains(&i) || i >= self.shared.schedule.len() {
+            return None;
+        }
+        if i > st.wanted {
+            st.wanted = i;
+            self.shared.wake.notify_all();
+        }
+        loop {
+            if let Some(r) = st.ready.remove(&i) {
+                st.taken.insert(i);
+                return Some(r);
+            }
+            st = self.shared.wake.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+impl Drop for Packs {
+    fn drop(&mut self) {
+        if !self.shared.schedule.is_empty() {
+            tracing::debug!(packs = self.shared.schedule.len(), refetched = self.refetched, "restore pack reads");
+        }
+        self.shared.state.lock().unwrap_or_else(|p| p.into_inner()).stop = true;
+        self.shared.wake.notify_all();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! A snapshot's entry stream, read back from the target: each chunk located through the
+//! catalog, its pack fetched by recorded version, checked against its content hash,
+//! decrypted, and the chunk verified against its keyed hash. Used by restore and verify.
+
+use std::io::{BufRead, BufReader};
+use std::sync::Arc;
+
+use anyhow::{Result, anyhow};
+
+use crate::ChunkId;
+use crate::catalog::Catalog;
+use crate::format::entry::{ChunkedStream, EntryReader};
+use crate::format::entry_check::{Refused, TreeCheck};
+use crate::format::pack;
+use crate::keys::{Identity, RepoSecret};
+use crate::target::Target;
+
+/// Reads single chunks, keeping the last decrypted pack (a stream's chunks are stored
+/// together).
+pub struct ChunkReader<'a> {
+    pub catalog: &'a Catalog,
+    pub target: &'a Target,
+    pub runtime: &'a tokio::runtime::Runtime,
+    pub identity: &'a Identity,
+    pub secret: &'a RepoSecret,
+    last: Option<(String, Arc<Vec<u8>>)>,
+}
+
+impl<'a> ChunkReader<'a> {
+    pub fn new(
+        catalog: &'a Catalog,
+        target: &'a Target,
+        runtime: &'a tokio::runtime::Runtime,
+        identity: &'a Identity,
+        secret: &'a RepoSecret,
+    ) -> Self {
+        ChunkReader { catalog, target, runtime, identity, secret, last: None }
+    }
+
+    /// A chunk's plaintext, verified.
+    pub fn chunk(&mut self, id: &ChunkId) -> Result<Vec<u8>> {
+        let loc = self.catalog.chunk_location(id)?.ok_or_else(|| anyhow!("chunk {id} is not in the catalog"))?;
+        let key = crate::format::pack_key(&loc.pack_hash);
+        let plain = match &self.last {
+            Some((hash, plain)) if *hash == loc.pack_hash => plain.clone(),
+            _ => {
+                let ct = self.runtime.block_on(self.target.get(&key, loc.pack_version.as_deref()))?;
+                let plain =
+                    Arc::new(pack::open(&ct, &loc.pack_hash, self.identity).map_err(|e| anyhow!("{key}: {e}"))?);
+                self.last = Some((loc.pack_hash.clone(), plain.clone()));
+                plain
+            }
+        };
+        pack::verified_blob(&plain, &loc.blob(*id), self.secret).map_err(|e| anyhow!("{key}: {e}"))
+    }
+
+    /// The entry stream made of `tree`'s chunks, read as it is consumed.
+    pub fn stream<'r>(&'r mut self, tree: &'r [ChunkId]) -> impl BufRead + 'r {
+        let fetch = |id: &ChunkId| self.chunk(id).map_err(|e| std::io::Error::other(format!("{e:#}")));
+        BufReader::new(ChunkedStream::new(tree.iter().copied(), fetch))
+    }
+}
+
+/// Most refused entries named per snapshot in reports; the rest are counted.
+pub const REFUSALS_NAMED: usize = 20;
+
+/// Runs a whole entry stream through the restore's rules.
+pub fn refused_entries(stream: impl BufRead) -> Result<Refused> {
+    let mut check = TreeCheck::default();
+    let mut refused = Refused::default();
+    for entry in EntryReader::new(stream)? {
+        let entry = entry?;
+        if let Err(why) = check.check(&entry) {
+            refused.add(&entry.path, why, REFUSALS_NAMED);
+        }
+    }
+    Ok(refused)
+}
