@@ -156,6 +156,9 @@ pub struct GitSource {
     pub repos: Vec<String>,
     /// An SSH private key (mode 0600) for ssh:// and scp-like URLs.
     pub ssh_key_file: Option<PathBuf>,
+    /// The environment variable holding the password for https URLs (`https://user@…`),
+    /// so that no password sits in the config file.
+    pub password_env: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -288,6 +291,7 @@ struct RawSource {
     path: Option<PathBuf>,
     git: Option<OneOrMany>,
     ssh_key_file: Option<PathBuf>,
+    password_env: Option<String>,
     command: Option<Vec<String>>,
     file: Option<String>,
     #[serde(default)]
@@ -336,9 +340,13 @@ fn child_env(
 ) -> Result<crate::process::ChildEnv, String> {
     let mut forbidden: Vec<&str> = target_names.to_vec();
     forbidden.extend([prune.access_key_id_env.as_str(), prune.secret_access_key_env.as_str()]);
-    if let Source::Bucket(b) = source {
-        forbidden.extend(b.access_key_id_env.as_deref());
-        forbidden.extend(b.secret_access_key_env.as_deref());
+    match source {
+        Source::Bucket(b) => {
+            forbidden.extend(b.access_key_id_env.as_deref());
+            forbidden.extend(b.secret_access_key_env.as_deref());
+        }
+        Source::Git(g) => forbidden.extend(g.password_env.as_deref()),
+        _ => {}
     }
     let valid = |n: &str| !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
     for name in set.keys().chain(&passthrough) {
@@ -577,7 +585,7 @@ fn parse_source(raw: RawSource, resolve: &dyn Fn(&Path) -> PathBuf) -> Result<So
     if kinds.iter().filter(|k| **k).count() != 1 {
         return Err(SOURCE_FORMS.into());
     }
-    let git_only = raw.ssh_key_file.is_some();
+    let git_only = raw.ssh_key_file.is_some() || raw.password_env.is_some();
     let command_only = raw.file.is_some() || raw.shell || raw.timeout.is_some();
     let bucket_only = raw.endpoint.is_some()
         || raw.region.is_some()
@@ -627,11 +635,18 @@ fn parse_source(raw: RawSource, resolve: &dyn Fn(&Path) -> PathBuf) -> Result<So
         if let Some(dup) = names.iter().enumerate().find(|(k, n)| names[..*k].contains(n)) {
             return Err(format!("`git`: two repositories would both be stored as `{}`", dup.1));
         }
-        return Ok(Source::Git(GitSource { repos, ssh_key_file: raw.ssh_key_file.as_deref().map(resolve) }));
+        if raw.password_env.is_some() && repos.iter().any(|u| crate::source::git::has_password(u)) {
+            return Err("`password_env` names where the password is; the URLs must not hold one too".into());
+        }
+        return Ok(Source::Git(GitSource {
+            repos,
+            ssh_key_file: raw.ssh_key_file.as_deref().map(resolve),
+            password_env: raw.password_env,
+        }));
     }
     let argv = raw.command.unwrap_or_default();
     if git_only {
-        return Err("`ssh_key_file` belongs to a git source".into());
+        return Err("`ssh_key_file` and `password_env` belong to a git source".into());
     }
     if argv.first().is_none_or(|a| a.is_empty()) {
         return Err("`command`: expected a program and its arguments, like [\"pg_dump\", \"-Fc\", \"app\"]".into());
@@ -750,7 +765,8 @@ mod tests {
             git,
             Source::Git(GitSource {
                 repos: vec!["https://u:pw@h/a.git".into(), "/srv/b".into()],
-                ssh_key_file: Some("/etc/coffer/k".into())
+                ssh_key_file: Some("/etc/coffer/k".into()),
+                password_env: None
             })
         );
         assert_eq!(git.to_string(), "git https://u:***@h/a.git /srv/b");

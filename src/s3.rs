@@ -1,11 +1,16 @@
-//! Signed S3 requests that `object_store` cannot make, built by hand and signed with
-//! object_store's own SigV4 signer (`AwsAuthorizer`) and credential provider, sent with
-//! its HTTP client: no second SDK.
+//! Signed S3 requests that `object_store` cannot make, built by hand, signed with
+//! AWS Signature Version 4 ([`sign`]) using object_store's credential provider, and sent
+//! with hyper: no second SDK.
 //!
 //! Two users: the Object Lock calls on the target (`objectlock`), and a bucket source,
 //! whose keys are whatever its owner wrote (`source::bucket`). object_store refuses keys
 //! with empty or `.`/`..` segments and control characters, so the source lists, reads
 //! and writes back by exact key here.
+//!
+//! Requests are signed and sent with the request target exactly as written
+//! ([`ExactPaths`], [`sign`]): reqwest and object_store's signer parse every URL with
+//! the WHATWG rules, which drop `.` and `..` segments (even percent-encoded ones), so the
+//! key `a/../x` would be signed, or sent, as `x`.
 
 use std::time::Duration;
 
@@ -15,9 +20,10 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use http::{Method, Request, StatusCode};
-use object_store::ClientOptions;
-use object_store::aws::{AwsAuthorizer, AwsCredentialProvider};
-use object_store::client::{HttpClient, HttpConnector, HttpRequestBody, ReqwestConnector};
+use object_store::aws::{AwsCredential, AwsCredentialProvider};
+use object_store::client::{
+    HttpClient, HttpError, HttpErrorKind, HttpRequest, HttpRequestBody, HttpResponse, HttpResponseBody, HttpService,
+};
 use serde::Deserialize;
 use sha2::Digest;
 
@@ -83,10 +89,7 @@ impl S3Client {
             Some(ep) => format!("{}/{}", ep.trim_end_matches('/'), bucket),
             None => format!("https://{bucket}.s3.{region}.amazonaws.com"),
         };
-        let allow_http = bucket_url.starts_with("http://");
-        let client = ReqwestConnector::default()
-            .connect(&ClientOptions::new().with_allow_http(allow_http).with_timeout(Duration::from_secs(300)))
-            .context("cannot create the HTTP client for S3 calls")?;
+        let client = HttpClient::new(ExactPaths::new()?);
         let prefix = match prefix.trim_matches('/') {
             "" => String::new(),
             p => format!("{p}/"),
@@ -143,9 +146,8 @@ impl S3Client {
             builder = builder.header("x-amz-checksum-sha256", base64::engine::general_purpose::STANDARD.encode(digest));
         }
         let mut req = builder.body(HttpRequestBody::from(body.clone())).context("bad request")?;
-        AwsAuthorizer::new(&credential, "s3", &self.region)
-            .try_authorize(&mut req, sha256.as_ref().map(|d| &d[..]))
-            .context("cannot sign the request")?;
+        let digest = sha256.unwrap_or_else(|| sha2::Sha256::digest(b"").into());
+        sign(&mut req, &credential, &self.region, &digest, chrono::Utc::now()).context("cannot sign the request")?;
         Ok(req)
     }
 
@@ -297,6 +299,117 @@ impl S3Client {
     }
 }
 
+/// Signs a request with AWS Signature Version 4 for S3, over its path and query exactly
+/// as they will be sent, and every header it carries (plus `host`, `x-amz-date`,
+/// `x-amz-content-sha256` and the session token, which it adds).
+pub fn sign<B>(
+    req: &mut Request<B>,
+    credential: &AwsCredential,
+    region: &str,
+    payload_sha256: &[u8; 32],
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<()> {
+    use hmac::Mac;
+    let hmac = |key: &[u8], data: &str| -> Result<[u8; 32]> {
+        let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).map_err(|e| anyhow!("hmac: {e}"))?;
+        m.update(data.as_bytes());
+        Ok(m.finalize().into_bytes().into())
+    };
+    let host = req.uri().authority().ok_or_else(|| anyhow!("no host in {}", req.uri()))?.to_string();
+    let (date, stamp) = (now.format("%Y%m%d").to_string(), now.format("%Y%m%dT%H%M%SZ").to_string());
+    let headers = req.headers_mut();
+    headers.insert("host", host.parse()?);
+    headers.insert("x-amz-date", stamp.parse()?);
+    headers.insert("x-amz-content-sha256", crate::hex::encode(payload_sha256).parse()?);
+    if let Some(token) = &credential.token {
+        headers.insert("x-amz-security-token", token.parse()?);
+    }
+    let mut signed: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| Ok((k.as_str().to_ascii_lowercase(), v.to_str()?.trim().to_string())))
+        .collect::<Result<_>>()?;
+    signed.sort();
+    let names: Vec<&str> = signed.iter().map(|(k, _)| k.as_str()).collect();
+    let names = names.join(";");
+    let mut query: Vec<(&str, &str)> = req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split_once('=').unwrap_or((p, "")))
+        .collect();
+    query.sort();
+    let query: Vec<String> = query.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let canonical = format!(
+        "{}\n{}\n{}\n{}\n\n{names}\n{}",
+        req.method(),
+        req.uri().path(),
+        query.join("&"),
+        signed.iter().map(|(k, v)| format!("{k}:{v}")).collect::<Vec<_>>().join("\n"),
+        crate::hex::encode(payload_sha256)
+    );
+    let scope = format!("{date}/{region}/s3/aws4_request");
+    let to_sign = format!(
+        "AWS4-HMAC-SHA256\n{stamp}\n{scope}\n{}",
+        crate::hex::encode(&sha2::Sha256::digest(canonical.as_bytes()))
+    );
+    let mut key = hmac(format!("AWS4{}", credential.secret_key).as_bytes(), &date)?;
+    for part in [region, "s3", "aws4_request"] {
+        key = hmac(&key, part)?;
+    }
+    let signature = crate::hex::encode(&hmac(&key, &to_sign)?);
+    let auth = format!(
+        "AWS4-HMAC-SHA256 Credential={}/{scope},SignedHeaders={names},Signature={signature}",
+        credential.key_id
+    );
+    req.headers_mut().insert("authorization", auth.parse()?);
+    Ok(())
+}
+
+/// An HTTP client that sends the request target as given: hyper, with rustls and the
+/// platform's certificate verifier (as object_store's reqwest client has).
+#[derive(Debug)]
+struct ExactPaths(
+    hyper_util::client::legacy::Client<
+        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+        HttpRequestBody,
+    >,
+);
+
+/// How long a server has to answer a request with its head.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(300);
+
+impl ExactPaths {
+    fn new() -> Result<ExactPaths> {
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .try_with_platform_verifier()
+            .context("cannot load the platform's TLS certificate verifier")?
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(https);
+        Ok(ExactPaths(client))
+    }
+}
+
+#[async_trait::async_trait]
+impl HttpService for ExactPaths {
+    async fn call(&self, req: HttpRequest) -> Result<HttpResponse, HttpError> {
+        use http_body_util::BodyExt;
+        let answer = tokio::time::timeout(ANSWER_TIMEOUT, self.0.request(req))
+            .await
+            .map_err(|e| HttpError::new(HttpErrorKind::Timeout, e))?
+            .map_err(|e| {
+                let kind = if e.is_connect() { HttpErrorKind::Connect } else { HttpErrorKind::Request };
+                HttpError::new(kind, e)
+            })?;
+        let (parts, body) = answer.into_parts();
+        let body = body.map_err(|e| HttpError::new(HttpErrorKind::Decode, e));
+        Ok(HttpResponse::from_parts(parts, HttpResponseBody::new(body)))
+    }
+}
+
 /// An object written by exact key: one PUT if it is small, a multipart upload of
 /// [`PART_SIZE`] parts if not. It appears under its key only when finished.
 pub struct Upload {
@@ -366,7 +479,8 @@ impl Upload {
     }
 }
 
-/// Percent-encodes an object key for the URL path (keeping `/`).
+/// Percent-encodes an object key for the URL path (keeping `/`). A `.` or `..` segment
+/// stays as it is: S3 signs it so, and [`ExactPaths`] sends it unchanged.
 pub fn encode_key(key: &str) -> String {
     let mut out = String::with_capacity(key.len());
     for b in key.bytes() {
@@ -465,6 +579,7 @@ mod tests {
     fn keys_are_encoded_and_listings_decoded() {
         assert_eq!(encode_key("coffer/packs/ab/ab12"), "coffer/packs/ab/ab12");
         assert_eq!(encode_key("a b+c%"), "a%20b%2Bc%25");
+        assert_eq!(encode_key("a/../x/./y/.z"), "a/../x/./y/.z");
         for key in ["50%.txt", "a//b", "../x", "\u{1}ctl\n", "ünï cödé+", "/lead", "trail/"] {
             assert_eq!(decode_url(&encode_query(key)).as_deref(), Some(key));
         }
@@ -472,6 +587,28 @@ mod tests {
         assert_eq!(decode_url("%zz"), None);
         assert_eq!(decode_url("%"), Some("%".into()));
         assert_eq!(decode_url("%ff"), None, "not UTF-8");
+    }
+
+    /// The example of AWS's documentation ("GET Object", Signature Version 4 for S3).
+    #[test]
+    fn requests_are_signed_as_aws_documents() {
+        let mut req = Request::get("https://examplebucket.s3.amazonaws.com/test.txt")
+            .header("range", "bytes=0-9")
+            .body(())
+            .unwrap();
+        let credential = AwsCredential {
+            key_id: "AKIAIOSFODNN7EXAMPLE".into(),
+            secret_key: "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY".into(),
+            token: None,
+        };
+        let when = chrono::DateTime::parse_from_rfc3339("2013-05-24T00:00:00Z").unwrap().to_utc();
+        sign(&mut req, &credential, "us-east-1", &sha2::Sha256::digest(b"").into(), when).unwrap();
+        assert_eq!(
+            req.headers()["authorization"],
+            "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request,\
+             SignedHeaders=host;range;x-amz-content-sha256;x-amz-date,\
+             Signature=f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41"
+        );
     }
 
     #[test]

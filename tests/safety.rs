@@ -330,3 +330,106 @@ fn an_init_interrupted_after_the_upload_finishes_on_the_next_run() {
     assert_clean_failure(&setup.run(&["init"]), "already holds a coffer repository");
     assert_eq!(std::fs::read(setup.dir.path("target/coffer.repo")).unwrap(), record);
 }
+
+/// Another user owns a directory inside the source and, while backups run, keeps
+/// swapping her file for a symlink to a file only root can read, and her directory for a
+/// symlink to a directory only root can read. coffer runs as root; neither root-only
+/// content may ever enter a snapshot, and a file swapped under the walk is named.
+#[test]
+fn a_user_swapping_files_for_symlinks_never_gets_root_only_content_backed_up() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: needs root (another user races a root backup)");
+        return;
+    }
+    let scratch = Scratch::new("swap");
+    let src = scratch.path("src");
+    for i in 0..1500 {
+        let d = src.join(format!("other/d{}", i / 100));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join(format!("f{i}")), format!("file {i}")).unwrap();
+    }
+    let alice = src.join("alice");
+    std::fs::create_dir_all(alice.join("d")).unwrap();
+    std::fs::write(alice.join("mine"), b"alice's own words").unwrap();
+    std::fs::write(alice.join("d/hers"), b"alice's own file").unwrap();
+    let stamp = common::now();
+    let secret_file = format!("ROOT-ONLY-FILE-{stamp}");
+    let secret_dir_file = format!("ROOT-ONLY-DIR-{stamp}");
+    std::fs::write(scratch.path("secret.txt"), &secret_file).unwrap();
+    std::fs::set_permissions(scratch.path("secret.txt"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::create_dir_all(scratch.path("rootdir")).unwrap();
+    std::fs::write(scratch.path("rootdir/inner"), &secret_dir_file).unwrap();
+    std::fs::set_permissions(scratch.path("rootdir"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let chown = |p: &Path| {
+        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: lchown on a path we made.
+        assert_eq!(unsafe { libc::lchown(c.as_ptr(), 65534, 65534) }, 0);
+    };
+    for p in [alice.clone(), alice.join("d"), alice.join("mine"), alice.join("d/hers")] {
+        chown(&p);
+    }
+    let setup = Setup::new("swap", Target::Dir, &src);
+
+    // The swapper, as uid 65534: renames are atomic, so at every moment `mine` and `d`
+    // are either hers or a symlink to root's.
+    let stop = scratch.path("stop");
+    let script = format!(
+        "chdir '{alice}' or die; my $n = 0;\n\
+         while (!-e '{stop}') {{\n\
+           symlink('{secret}', 'l.tmp'); rename('l.tmp', 'mine');\n\
+           open(my $f, '>', 'f.tmp'); print $f \"alice's own words\"; close($f); rename('f.tmp', 'mine');\n\
+           rename('d', 'd.real'); symlink('{rootdir}', 'd.tmp'); rename('d.tmp', 'd');\n\
+           rename('d', 'd.link'); rename('d.real', 'd'); unlink('d.link'); $n++;\n\
+         }}\n\
+         print \"$n\\n\";",
+        alice = alice.display(),
+        stop = stop.display(),
+        secret = scratch.path("secret.txt").display(),
+        rootdir = scratch.path("rootdir").display(),
+    );
+    use std::os::unix::process::CommandExt;
+    let swapper = Command::new("/usr/bin/perl")
+        .args(["-e", &script])
+        .uid(65534)
+        .gid(65534)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    /// Stops the swapper (it looks for the file every round) however the test ends.
+    struct Stop(std::path::PathBuf);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = std::fs::write(&self.0, b"");
+        }
+    }
+    let _stop = Stop(stop.clone());
+
+    let secret = coffer::keys::RepoSecret::load(&setup.dir.path("state/repo.secret")).unwrap();
+    let forbidden = [secret.chunk_id(secret_file.as_bytes()), secret.chunk_id(secret_dir_file.as_bytes())];
+    let started = Instant::now();
+    let (mut runs, mut named) = (0, 0);
+    while runs < 40 && started.elapsed() < Duration::from_secs(25) {
+        let out = setup.run(&["backup", "data", "--no-progress"]);
+        runs += 1;
+        match out.status.code() {
+            Some(0) => {}
+            Some(3) => {
+                assert!(text(&out).contains("alice/"), "exit 3 names the swapped path: {}", text(&out));
+                named += 1;
+            }
+            other => panic!("backup exited {other:?}: {}", text(&out)),
+        }
+        for id in &forbidden {
+            let stored: i64 = setup
+                .catalog()
+                .query_row("SELECT count(*) FROM chunks WHERE id = ?1", [&id.0[..]], |r| r.get(0))
+                .unwrap();
+            assert_eq!(stored, 0, "run {runs}: root-only content was backed up: {}", text(&out));
+        }
+    }
+    std::fs::write(&stop, b"").unwrap();
+    let swaps = String::from_utf8(swapper.wait_with_output().unwrap().stdout).unwrap();
+    eprintln!("{runs} backups against {} swap rounds; {named} named a swapped path (exit 3)", swaps.trim());
+    assert!(swaps.trim().parse::<u64>().unwrap() > 100, "the swapper hardly ran");
+}

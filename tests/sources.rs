@@ -193,6 +193,101 @@ fn a_password_in_a_git_url_is_never_printed() {
     assert!(!printed.contains(secret), "the password was printed:\n{printed}");
 }
 
+/// Every file under `root` that holds `needle`.
+fn files_holding(root: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let (p, m) = (e.path(), e.path().symlink_metadata().unwrap());
+            if m.is_dir() {
+                stack.push(p);
+            } else if m.is_file() && std::fs::read(&p).unwrap().windows(needle.len()).any(|w| w == needle) {
+                found.push(p);
+            }
+        }
+    }
+    found
+}
+
+/// A git repository behind HTTP basic authentication (`tests/git_http.py`); its port.
+struct GitServer(std::process::Child, u16);
+
+impl GitServer {
+    fn start(root: &Path, user: &str, password: &str) -> GitServer {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/git_http.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .arg(root)
+            .args([user, password])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+        GitServer(child, line.trim().parse().unwrap())
+    }
+}
+
+impl Drop for GitServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_git_password_reaches_git_only_through_its_environment() {
+    let scratch = Scratch::new("gitcred");
+    upstream_repo(&scratch.path("repos/private.git"), 12);
+    let secret = "Hunter2InTheUrl";
+    let server = GitServer::start(&scratch.path("repos"), "backup", secret);
+    // A `git` first on PATH that writes down its arguments, then runs the real one.
+    let bin = scratch.path("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let argv_log = scratch.path("git-argv.log");
+    let real = String::from_utf8(run_ok(Command::new("sh").args(["-c", "command -v git"])).stdout).unwrap();
+    std::fs::write(
+        bin.join("git"),
+        format!("#!/bin/sh\nprintf '%s\\n' \"$*\" >> '{}'\nexec {} \"$@\"\n", argv_log.display(), real.trim()),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(bin.join("git"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+
+    // The password in the URL (in the config file), and through `password_env`.
+    let in_url = format!("http://backup:{secret}@127.0.0.1:{}/private.git", server.1);
+    let named = format!("{{ git = \"http://backup@127.0.0.1:{}/private.git\", password_env = \"GIT_PW\" }}", server.1);
+    for (name, source) in [("url", format!("{{ git = \"{in_url}\" }}")), ("env", named)] {
+        let setup = Setup::with_source(&format!("gitcred-{name}"), Target::Dir, &source, "");
+        for _ in 0..2 {
+            // A clone, then a fetch into the existing mirror.
+            let out = setup
+                .cmd(&["backup", "data", "--no-progress"])
+                .env("PATH", &path)
+                .env("GIT_PW", secret)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{name}: {}", text(&out));
+        }
+        let snap = setup.snapshots().pop().unwrap();
+        assert_eq!(snapshot_refs(&snap, 0), refs_of(&scratch.path("repos/private.git")), "{name}");
+        let out = scratch.path(&format!("restored-{name}"));
+        assert!(setup.restore("latest", &out).status.success());
+
+        let argv = std::fs::read_to_string(&argv_log).unwrap();
+        assert!(argv.contains("clone") && argv.contains("fetch"), "the wrapper saw no git run: {argv}");
+        assert!(!argv.contains(secret), "{name}: the password was in git's argv:\n{argv}");
+        let state = setup.dir.path("state");
+        assert_eq!(files_holding(&state, secret.as_bytes()), Vec::<PathBuf>::new(), "{name}: in the state dir");
+        assert_eq!(files_holding(&out, secret.as_bytes()), Vec::<PathBuf>::new(), "{name}: in the snapshot");
+        let config = state.join("mirrors/data/private.git/config");
+        assert_eq!(std::fs::metadata(&config).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+}
+
 fn sqlite_db(path: &Path, rows: usize) {
     let c = rusqlite::Connection::open(path).unwrap();
     c.execute_batch("CREATE TABLE orders (id INTEGER PRIMARY KEY, customer TEXT, total REAL, note BLOB)").unwrap();
@@ -452,7 +547,30 @@ fn object_keys_come_back_byte_for_byte() {
     s3_script(&["mkuser", "coffer-source", SRC_KEY, SRC_SECRET], false);
     s3_script(&["mkbucket", &src_bucket, "--no-lock"], true);
     s3_script(&["mkbucket", &back_bucket, "--no-lock"], true);
-    let keys = ["50%.txt", "a#b", "q?x=1&y", "with space", "plus+sign", "tilde~", "ünïcödé/文件.txt", "%2F", "a/b c/d"];
+    // Keys that are file paths, then keys that are not (or clash with another's path).
+    let keys = [
+        "50%.txt",
+        "a#b",
+        "q?x=1&y",
+        "with space",
+        "plus+sign",
+        "tilde~",
+        "ünïcödé/文件.txt",
+        "%2F",
+        "a/b c/d",
+        "x/../y",
+        "x//y",
+        "/lead",
+        "trail/",
+        "ctl\u{1}char",
+        "new\nline",
+        ".",
+        "..",
+        "clash",
+        "clash/under",
+        ".coffer-keys/k-clash",
+        "x",
+    ];
     put_objects(&src_bucket, "data/", &keys);
     let endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap();
     let source = format!(
@@ -461,7 +579,30 @@ fn object_keys_come_back_byte_for_byte() {
     );
     let setup = Setup::with_source("keys", Target::Dir, &source, "");
     let (out, _) = coffer_measured(&setup, &["backup", "data", "--no-progress"]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "no key may fail the job: {}", text(&out));
+    let snap = setup.snapshots().pop().unwrap();
+    assert_eq!(snap["contents"]["bucket"]["objects"], keys.len());
+
+    // To a directory: the keys that are paths as they are, the others escaped.
+    let dir = setup.dir.path("as-files");
+    let restored = setup.restore("latest", &dir);
+    assert!(restored.status.success(), "{}", text(&restored));
+    let mut seen = 0;
+    for key in keys {
+        let body = key.repeat(1000);
+        let plain = dir.join(key);
+        if coffer::source::bucket::escaped_path(key, false).is_none()
+            && std::fs::read(&plain).ok().as_deref() == Some(body.as_bytes())
+        {
+            seen += 1;
+        }
+    }
+    let escaped: Vec<_> = std::fs::read_dir(dir.join(".coffer-keys")).unwrap().map(|e| e.unwrap().path()).collect();
+    for p in &escaped {
+        let body = std::fs::read_to_string(p).unwrap();
+        assert!(keys.iter().any(|k| body == k.repeat(1000)), "{} holds no object's bytes", p.display());
+    }
+    assert_eq!(seen + escaped.len(), keys.len(), "every object is in the directory once: {escaped:?}");
     let mut c = setup.cmd(&["restore", "latest", "--job", "data", "--no-progress", "--identity"]);
     c.arg(&setup.identity).args(["--to-bucket", &format!("s3://{back_bucket}/copy")]);
     c.env("COFFER_SRC_KEY", SRC_KEY).env("COFFER_SRC_SECRET", SRC_SECRET);
@@ -474,4 +615,54 @@ fn object_keys_come_back_byte_for_byte() {
     got.sort_by_key(by_key);
     assert_eq!(want.len(), keys.len());
     assert_eq!(got, want, "the keys, bytes and content types written back differ");
+}
+
+#[test]
+fn children_never_see_coffers_credentials() {
+    let scratch = Scratch::new("childenv");
+    let hook_out = scratch.path("hook-env.txt");
+    let job_extra = format!(
+        "env = {{ PGHOST = \"db.internal\" }}\nenv_passthrough = [\"PGPASSWORD\"]\non_success = [\"sh\", \"-c\", \"env > '{}'\"]\n",
+        hook_out.display()
+    );
+    let setup = Setup::with_source("childenv", Target::Dir, "{ command = [\"env\"], file = \"env.txt\" }", &job_extra);
+    let mut c = setup.cmd(&["backup", "data", "--no-progress"]);
+    c.env("AWS_ACCESS_KEY_ID", "TARGETKEYID").env("AWS_SECRET_ACCESS_KEY", "TARGETSECRET");
+    c.env("COFFER_PRUNE_SECRET_ACCESS_KEY", "PRUNESECRET").env("SOME_OTHER_SECRET", "OTHERSECRET");
+    c.env("PGPASSWORD", "passed-on");
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let restored = scratch.path("out");
+    assert!(setup.restore("latest", &restored).status.success());
+    let dumped = std::fs::read_to_string(restored.join("env.txt")).unwrap();
+    let hooked = std::fs::read_to_string(&hook_out).unwrap();
+    for (who, env) in [("the command source", &dumped), ("the hook", &hooked)] {
+        for secret in ["TARGETKEYID", "TARGETSECRET", "PRUNESECRET", "OTHERSECRET"] {
+            assert!(!env.contains(secret), "{who} got {secret}:\n{env}");
+        }
+        for wanted in ["PATH=", "PGHOST=db.internal", "PGPASSWORD=passed-on"] {
+            assert!(env.contains(wanted), "{who} lacks {wanted}:\n{env}");
+        }
+    }
+    assert!(hooked.contains("COFFER_OUTCOME=success"), "{hooked}");
+
+    // What a job may not ask for.
+    for (extra, why) in [
+        ("env_passthrough = [\"AWS_SECRET_ACCESS_KEY\"]", "credentials of coffer's"),
+        ("env_passthrough = [\"COFFER_PRUNE_SECRET_ACCESS_KEY\"]", "credentials of coffer's"),
+        ("env = { DB_PASSWORD = \"inline\" }", "looks like a secret"),
+        ("env = { \"A B\" = \"x\" }", "not an environment variable name"),
+    ] {
+        let config = scratch.path("bad.toml");
+        let base: String = std::fs::read_to_string(&setup.config)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with("env"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let text_cfg = base + extra + "\n";
+        std::fs::write(&config, text_cfg).unwrap();
+        let out = Command::new(BIN).arg("--config").arg(&config).args(["snapshots"]).output().unwrap();
+        assert!(!out.status.success() && text(&out).contains(why), "{extra}: {}", text(&out));
+    }
 }

@@ -225,6 +225,9 @@ pub fn etag_fingerprint(etag: Option<&str>) -> u64 {
     })
 }
 
+/// How long an object's transfer may go without data before it counts as failed.
+const STALL: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// A blocking reader over an object's byte stream, for the chunker.
 pub struct StreamReader<'a> {
     runtime: &'a tokio::runtime::Runtime,
@@ -241,7 +244,8 @@ impl<'a> StreamReader<'a> {
 impl Read for StreamReader<'_> {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
         while self.buf.is_empty() {
-            match self.runtime.block_on(self.stream.next()) {
+            let next = self.runtime.block_on(async { tokio::time::timeout(STALL, self.stream.next()).await });
+            match next.map_err(|_| std::io::Error::other(format!("no data for {STALL:?}: the transfer stalled")))? {
                 Some(Ok(b)) => self.buf = b,
                 Some(Err(e)) => return Err(std::io::Error::other(format!("{e:#}"))),
                 None => return Ok(0),

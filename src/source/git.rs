@@ -6,8 +6,13 @@
 //! gone) never touches the mirror: the snapshot keeps the last good mirror and records
 //! the failure. An upstream that was wiped cannot make coffer delete anything.
 //!
-//! Credentials come from the environment (a credential helper, `GIT_SSH_COMMAND`) or an
-//! SSH key file; a URL with an embedded password works but is printed redacted.
+//! Credentials come from the environment (a credential helper, `GIT_SSH_COMMAND`), an SSH
+//! key file, or a password: named by `password_env`, or embedded in the URL (which works
+//! but puts it in the config file). A password never reaches git's argv (which every
+//! user can read in /proc), the mirror's config, a snapshot or any file: git gets the URL
+//! without it, and asks for it through `GIT_ASKPASS`, which is coffer itself reading it
+//! from the environment coffer gave git. git runs in a clean environment, like every
+//! child (`process::ChildEnv`), plus its own `GIT_*` settings and an ssh agent.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -59,6 +64,37 @@ pub fn redacted(url: &str) -> String {
     }
 }
 
+/// Whether a URL embeds a password.
+pub fn has_password(url: &str) -> bool {
+    password(url).is_some()
+}
+
+/// The URL without its password (`https://user@host/...`): what git and the mirror see.
+pub fn without_password(url: &str) -> String {
+    match password(url) {
+        Some(p) => url.replacen(&format!(":{p}@"), "@", 1),
+        None => url.to_string(),
+    }
+}
+
+/// Set in git's environment when coffer is its `GIT_ASKPASS`.
+const ASKPASS: &str = "COFFER_GIT_ASKPASS";
+const ASKPASS_PASSWORD: &str = "COFFER_GIT_PASSWORD";
+
+/// When git runs coffer as its `GIT_ASKPASS`: answers the prompt (git's only argument)
+/// with the password from the environment, and says so. `None` otherwise.
+pub fn askpass() -> Option<std::process::ExitCode> {
+    std::env::var_os(ASKPASS)?;
+    let prompt = std::env::args().nth(1).unwrap_or_default();
+    if !prompt.starts_with("Password") {
+        // The user name is in the URL; anything else is a question coffer cannot answer.
+        return Some(std::process::ExitCode::FAILURE);
+    }
+    let password = std::env::var(ASKPASS_PASSWORD).unwrap_or_default();
+    println!("{password}");
+    Some(std::process::ExitCode::SUCCESS)
+}
+
 /// The password embedded in `scheme://user:password@host/...`, if any.
 fn password(url: &str) -> Option<&str> {
     let rest = url.split_once("://")?.1;
@@ -86,6 +122,7 @@ pub fn update_mirrors(src: &GitSource, dir: &Path) -> Result<Vec<(RepoState, boo
         let name = mirror_name(url);
         let mirror = dir.join(&name);
         let fetched = if mirror.exists() { fetch(src, url, &mirror) } else { clone(src, url, dir, &mirror) };
+        let fetched = fetched.and_then(|()| hide_credentials(&mirror));
         let error = fetched.err().map(|e| scrub(&format!("{e:#}"), url));
         if let Some(e) = &error {
             tracing::warn!(repo = %redacted(url), "git fetch failed; the previous mirror is kept unchanged: {e}");
@@ -100,7 +137,8 @@ pub fn update_mirrors(src: &GitSource, dir: &Path) -> Result<Vec<(RepoState, boo
 /// A first clone, into a temporary directory renamed into place once complete.
 fn clone(src: &GitSource, url: &str, dir: &Path, mirror: &Path) -> Result<()> {
     let tmp = dir.join(format!(".tmp-{}", crate::hex::random(6)));
-    let result = git(src, url, None, &["clone", "--mirror", "--quiet", "--", url]).arg(&tmp).status_checked("clone");
+    let plain = without_password(url);
+    let result = git(src, url, None, &["clone", "--mirror", "--quiet", "--", &plain]).arg(&tmp).status_checked("clone");
     if let Err(e) = result {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
@@ -114,9 +152,11 @@ fn clone(src: &GitSource, url: &str, dir: &Path, mirror: &Path) -> Result<()> {
 }
 
 fn fetch(src: &GitSource, url: &str, mirror: &Path) -> Result<()> {
-    // Rewriting the config with the same URL would change it on disk for nothing.
-    if local(mirror, ["config", "--get", "remote.origin.url"])?.as_deref() != Some(url) {
-        git(src, url, Some(mirror), &["remote", "set-url", "origin", url]).status_checked("remote set-url")?;
+    // Rewriting the config with the same URL would change it on disk for nothing. A
+    // mirror made before passwords were kept out of it gets the URL without.
+    let plain = without_password(url);
+    if local(mirror, ["config", "--get", "remote.origin.url"])?.as_deref() != Some(plain.as_str()) {
+        git(src, url, Some(mirror), &["remote", "set-url", "origin", &plain]).status_checked("remote set-url")?;
     }
     // The mirror refspec (+refs/*:refs/*) with --prune mirrors deletions too; FETCH_HEAD
     // is not written, so a failed fetch leaves every file as it was.
@@ -167,19 +207,33 @@ fn refs(mirror: &Path) -> Result<(Option<String>, Refs)> {
 /// git says no (a missing key, a detached HEAD, a failed clone; git's own message goes to
 /// stderr).
 fn local<I: AsRef<OsStr>>(dir: &Path, args: impl IntoIterator<Item = I>) -> Result<Option<String>> {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .context("cannot run git (is it installed?)")?;
+    let mut c = Command::new("git");
+    c.arg("-C").arg(dir).args(args).stdin(Stdio::null()).stderr(Stdio::inherit());
+    clean_env(&mut c);
+    let out = c.output().context("cannot run git (is it installed?)")?;
     Ok(out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string()))
 }
 
-/// A git command that never prompts, never runs gc, and gives up on a stalled transfer.
+/// What git gets of coffer's environment: the common variables, git's own `GIT_*`
+/// settings and an ssh agent; never coffer's credentials.
+fn clean_env(c: &mut Command) {
+    let own = std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()).filter(|k| k.starts_with("GIT_"));
+    let env =
+        crate::process::ChildEnv { set: Vec::new(), passthrough: own.chain(["SSH_AUTH_SOCK".to_string()]).collect() };
+    env.apply(c, &[("GIT_TERMINAL_PROMPT", "0")]);
+}
+
+/// The mirror's files that may hold credentials (its config, which git rewrites with 0644)
+/// readable by coffer only, whatever git made them.
+fn hide_credentials(mirror: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let config = mirror.join("config");
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot make {} private", config.display()))
+}
+
+/// A git command that never prompts on a terminal, never runs gc, and gives up on a
+/// stalled transfer, in a clean environment; a password comes through `GIT_ASKPASS`.
 fn git(src: &GitSource, url: &str, dir: Option<&Path>, args: &[&str]) -> GitCommand {
     let mut c = Command::new("git");
     if let Some(d) = dir {
@@ -188,8 +242,15 @@ fn git(src: &GitSource, url: &str, dir: Option<&Path>, args: &[&str]) -> GitComm
     c.args(["-c", "gc.auto=0", "-c", "maintenance.auto=false", "-c", "http.lowSpeedLimit=1000"])
         .args(["-c", "http.lowSpeedTime=120"])
         .args(args)
-        .env("GIT_TERMINAL_PROMPT", "0")
         .stdin(Stdio::null());
+    clean_env(&mut c);
+    let password = match &src.password_env {
+        Some(var) => std::env::var(var).ok(),
+        None => password(url).map(str::to_string),
+    };
+    if let (Some(password), Ok(me)) = (password, std::env::current_exe()) {
+        c.env("GIT_ASKPASS", me).env(ASKPASS, "1").env(ASKPASS_PASSWORD, password);
+    }
     if let Some(key) = &src.ssh_key_file {
         let quoted = format!("'{}'", key.display().to_string().replace('\'', "'\\''"));
         c.env("GIT_SSH_COMMAND", format!("ssh -i {quoted} -o IdentitiesOnly=yes -o BatchMode=yes"));
@@ -239,5 +300,7 @@ mod tests {
         assert_eq!(redacted(url), "https://alice:***@git.example.com/app.git");
         assert_eq!(redacted("https://alice@git.example.com/app.git"), "https://alice@git.example.com/app.git");
         assert_eq!(scrub("fatal: auth failed for hunter2", url), "fatal: auth failed for ***");
+        assert_eq!(without_password(url), "https://alice@git.example.com/app.git");
+        assert_eq!(without_password("/srv/git/a"), "/srv/git/a");
     }
 }
