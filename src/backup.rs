@@ -204,7 +204,7 @@ fn run_pipeline(
     let (pack_tx, mut pack_rx) = tokio::sync::mpsc::channel::<SealedPack>(1);
 
     let Prepared { input, mut contents, errors: source_errors, command } = prepare(cfg, job)?;
-    let pending = Arc::new(Mutex::new(HashSet::new()));
+    let pending = Arc::new(Mutex::new(InFlight::default()));
     // Reader: its own catalog connection (WAL lets it read while the uploader writes).
     let reader = {
         let reader_catalog = Catalog::open(&cfg.catalog_path())?;
@@ -215,6 +215,8 @@ fn run_pipeline(
             entry_chunker: Chunker::new(ENTRY_STREAM_CHUNKS, repo.secret.chunker_seed()),
             job: job.name.clone(),
             pending: pending.clone(),
+            view: View::default(),
+            paths: Paths::default(),
             referenced: HashSet::new(),
             chunk_tx,
             counters: counters.clone(),
@@ -227,7 +229,13 @@ fn run_pipeline(
         std::thread::Builder::new().name("reader".into()).spawn(move || {
             let out = r.read_all(input, &entries_path);
             // Dropping the reader closes the chunk queue, which lets the later stages finish.
-            out.map(|tree| ReadOutput { tree, referenced: r.referenced, errors: r.errors, stats: r.stats })
+            out.map(|tree| ReadOutput {
+                tree,
+                referenced: r.referenced,
+                errors: r.errors,
+                stats: r.stats,
+                paths: r.paths,
+            })
         })?
     };
 
@@ -267,6 +275,7 @@ fn run_pipeline(
     drop(pack_rx); // unblocks the packer if the upload stopped early
 
     let read = reader.join().map_err(|_| anyhow!("the reader thread panicked"));
+    tracing::debug!(secs = started.elapsed().as_secs_f64(), "read and stored");
     for c in compressors {
         c.join().map_err(|_| anyhow!("a compressor thread panicked"))??;
     }
@@ -323,8 +332,9 @@ fn run_pipeline(
     let lock_mode = repo.target.lock_until(retain_until).map(|l| l.mode.as_str().to_string());
     let row = SnapshotRow::from_record(&record, version, lock_mode);
     let entries = EntryReader::new(BufReader::new(File::open(&entries_path)?))?;
+    let paths = &reader.paths;
     let cache = entries.filter_map(|e| match e {
-        Ok(e) if e.kind == Kind::File => Some(Ok((
+        Ok(e) if e.kind == Kind::File && !paths.reused.contains(&path_hash(&e.path)) => Some(Ok((
             e.path,
             CachedFile {
                 size: e.size,
@@ -338,7 +348,9 @@ fn run_pipeline(
         Ok(_) => None,
         Err(err) => Some(Err(anyhow!(err))),
     });
-    repo.catalog.complete_snapshot(&row, &packs, cache)?;
+    tracing::debug!(secs = started.elapsed().as_secs_f64(), "snapshot record stored");
+    repo.catalog.complete_snapshot(&row, &packs, cache, |p| paths.files.contains(&path_hash(p)))?;
+    tracing::debug!(secs = started.elapsed().as_secs_f64(), "catalog updated");
     Ok(Summary {
         snapshot_id: id,
         retain_until: repo.target.lock_until(retain_until).map(|l| l.until),
@@ -386,12 +398,67 @@ fn extend_locks(
     Ok(requests)
 }
 
+/// Chunks this run sent for storage, until the reader's view of the catalog shows them.
+#[derive(Default)]
+struct InFlight {
+    /// Each chunk, and the upload generation that committed its pack (`None`: not yet).
+    chunks: std::collections::HashMap<ChunkId, Option<u64>>,
+    /// Packs committed so far.
+    generation: u64,
+}
+
+/// The reader's view of the catalog: one read transaction, so that a lookup costs a
+/// B-tree search instead of a lock and a WAL check (which made a backup with nothing new
+/// mostly SQLite locking). It is renewed every few thousand lookups or every second;
+/// then the chunks committed before the renewal leave `InFlight`, as the view now shows
+/// them. So memory stays flat: `InFlight` holds at most a few packs' chunks.
+#[derive(Default)]
+struct View {
+    open: bool,
+    lookups: u32,
+    since: Option<Instant>,
+}
+
+impl View {
+    const LOOKUPS: u32 = 4096;
+    const AGE: std::time::Duration = std::time::Duration::from_secs(1);
+
+    fn renew(&mut self, catalog: &Catalog, pending: &Mutex<InFlight>) -> Result<()> {
+        self.lookups += 1;
+        if self.open && self.lookups < Self::LOOKUPS && self.since.is_some_and(|t| t.elapsed() < Self::AGE) {
+            return Ok(());
+        }
+        // Everything committed up to now is visible to a transaction begun after this.
+        let committed = lock(pending).generation;
+        if self.open {
+            catalog.end_read()?;
+        }
+        catalog.begin_read()?;
+        (self.open, self.lookups, self.since) = (true, 0, Some(Instant::now()));
+        lock(pending).chunks.retain(|_, g| g.is_none_or(|g| g > committed));
+        Ok(())
+    }
+}
+
 /// What the reader hands back once the walk is done.
 struct ReadOutput {
     tree: Vec<ChunkId>,
     referenced: HashSet<i64>,
     errors: Vec<EntryError>,
     stats: SnapshotStats,
+    paths: Paths,
+}
+
+/// The files of the snapshot, and those reused unchanged from the file cache, by a
+/// 128-bit hash of their path (16 bytes a file), for updating the file cache.
+#[derive(Default)]
+struct Paths {
+    files: HashSet<u128>,
+    reused: HashSet<u128>,
+}
+
+fn path_hash(path: &[u8]) -> u128 {
+    u128::from_le_bytes(blake3::hash(path).as_bytes()[..16].try_into().expect("16 bytes"))
 }
 
 /// The reader stage: walks the source, reuses unchanged files' chunk lists, chunks and
@@ -407,7 +474,10 @@ struct Reader {
     /// Chunks sent for storage in this run and not yet in the catalog. The uploader removes
     /// a pack's chunks after committing it, so this holds at most a few packs' worth and
     /// memory stays flat however much new data a run stores.
-    pending: Arc<Mutex<HashSet<ChunkId>>>,
+    pending: Arc<Mutex<InFlight>>,
+    /// The reader's view of the catalog: one read transaction, renewed now and then.
+    view: View,
+    paths: Paths,
     /// Stored packs (catalog row ids) this snapshot uses.
     referenced: HashSet<i64>,
     chunk_tx: SyncSender<NewChunk>,
@@ -504,7 +574,11 @@ impl Reader {
         let file = File::create(entries_path).with_context(|| format!("cannot write {}", entries_path.display()))?;
         let mut writer = EntryWriter::new(BufWriter::new(file))?;
         match input {
-            Input::Tree { root, excludes } => self.walk(&root, &excludes, &mut writer)?,
+            Input::Tree { root, excludes } => {
+                let t0 = Instant::now();
+                self.walk(&root, &excludes, &mut writer)?;
+                tracing::debug!(secs = t0.elapsed().as_secs_f64(), "walked");
+            }
             Input::Stream { name, data } => {
                 let e = self.stream(name, data)?;
                 writer.write(&e).context("cannot write the entry stream")?;
@@ -531,12 +605,13 @@ impl Reader {
             ChunkError::Read(err) => anyhow!("cannot read the command's output: {err}"),
             ChunkError::Sink(err) => err,
         })?;
-        self.count_file(e.size);
+        self.count_file(&e.path, e.size);
         Ok(e)
     }
 
     /// A file that goes into the snapshot, in the stats and the progress line.
-    fn count_file(&mut self, size: u64) {
+    fn count_file(&mut self, path: &[u8], size: u64) {
+        self.paths.files.insert(path_hash(path));
         self.stats.files += 1;
         self.stats.bytes += size;
         Counters::add(&self.counters.files, 1);
@@ -613,7 +688,7 @@ impl Reader {
                 }
             }
             files.insert(path);
-            self.count_file(e.size);
+            self.count_file(&e.path, e.size);
             writer.write(&e).context("cannot write the entry stream")?;
         }
         Ok(())
@@ -686,7 +761,7 @@ impl Reader {
                 Err(ChunkError::Sink(err)) => return Err(err),
             }
         }
-        self.count_file(e.size);
+        self.count_file(&e.path, e.size);
         Ok(Some(e))
     }
 
@@ -698,22 +773,38 @@ impl Reader {
         e: &Entry,
         same: impl Fn(&CachedFile, &Entry) -> bool,
     ) -> Result<Option<(Vec<ChunkId>, Option<String>)>> {
+        self.view.renew(&self.catalog, &self.pending)?;
         let Some(c) = self.catalog.cached_file(&self.job, &e.path)? else {
             return Ok(None);
         };
         if !same(&c, e) {
             return Ok(None);
         }
+        // The catalog is input too: its chunks must still be stored, outside damaged
+        // packs, and add up to the size it claims; otherwise the file is read again.
+        // (A chunk this run is storing has no length in the catalog yet: then the sizes
+        // are not compared.)
         let mut packs = Vec::with_capacity(c.chunks.len());
+        let (mut size, mut pending) = (0u64, false);
         for id in &c.chunks {
-            if lock(&self.pending).contains(id) {
+            if lock(&self.pending).chunks.contains_key(id) {
+                pending = true;
                 continue;
             }
-            match self.catalog.chunk_pack(id)? {
-                Some(p) => packs.push(p),
+            self.view.renew(&self.catalog, &self.pending)?;
+            match self.catalog.chunk_pack_and_size(id)? {
+                Some((p, len)) => {
+                    packs.push(p);
+                    size += len;
+                }
                 None => return Ok(None),
             }
         }
+        if !pending && size != c.size {
+            tracing::warn!(path = %String::from_utf8_lossy(&e.path), "the catalog's cached chunk list does not add up to the file's size; reading it again");
+            return Ok(None);
+        }
+        self.paths.reused.insert(path_hash(&e.path));
         self.referenced.extend(packs);
         Ok(Some((c.chunks, c.content_type)))
     }
@@ -725,8 +816,9 @@ impl Reader {
         ids: &mut Vec<ChunkId>,
         entries: bool,
     ) -> Result<u64, ChunkError> {
-        let Reader { chunker, entry_chunker, secret, pending, referenced, catalog, chunk_tx, counters, stop, .. } =
-            self;
+        let Reader {
+            chunker, entry_chunker, secret, pending, view, referenced, catalog, chunk_tx, counters, stop, ..
+        } = self;
         let chunker = if entries { entry_chunker } else { chunker };
         chunker.chunk_stream(input, |data| {
             if !entries && stop.load(Ordering::Relaxed) {
@@ -735,15 +827,17 @@ impl Reader {
             Counters::add(&counters.bytes_read, data.len() as u64);
             let id = secret.chunk_id(data);
             ids.push(id);
-            // Pending first: a chunk leaves `pending` only after its pack is in the catalog.
-            if lock(pending).contains(&id) {
+            // Pending first: a chunk leaves `pending` only once the reader's view of the
+            // catalog shows its pack.
+            if lock(pending).chunks.contains_key(&id) {
                 return Ok(());
             }
+            view.renew(catalog, pending)?;
             if let Some(pack) = catalog.chunk_pack(&id)? {
                 referenced.insert(pack);
                 return Ok(());
             }
-            lock(pending).insert(id);
+            lock(pending).chunks.insert(id, None);
             Counters::add(&counters.bytes_new, data.len() as u64);
             chunk_tx.send(NewChunk { id, data: data.to_vec() }).map_err(|_| anyhow!("the backup pipeline stopped"))
         })
@@ -804,7 +898,7 @@ async fn upload_loop(
     target: &Target,
     catalog: &mut Catalog,
     counters: &Counters,
-    pending: &Mutex<HashSet<ChunkId>>,
+    pending: &Mutex<InFlight>,
     pack_until: i64,
     concurrency: usize,
 ) -> Result<HashSet<i64>> {
@@ -836,8 +930,12 @@ async fn upload_loop(
                 })?;
                 stored.insert(id);
                 let mut p = lock(pending);
+                p.generation += 1;
+                let generation = p.generation;
                 for b in &pack.blobs {
-                    p.remove(&b.id);
+                    if let Some(g) = p.chunks.get_mut(&b.id) {
+                        *g = Some(generation);
+                    }
                 }
                 drop(p);
                 Counters::add(&counters.bytes_uploaded, size);

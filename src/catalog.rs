@@ -19,6 +19,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0002_locks.sql"),
     include_str!("../migrations/0003_runs.sql"),
     include_str!("../migrations/0004_contents.sql"),
+    include_str!("../migrations/0005_damaged.sql"),
 ];
 
 pub struct Catalog {
@@ -214,11 +215,18 @@ pub struct JobTotals {
 impl Catalog {
     pub fn open(path: &Path) -> Result<Catalog> {
         let ctx = || format!("catalog {}", path.display());
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            crate::fsutil::secure_state_dir(dir)?;
+        }
         let conn = Connection::open(path).with_context(ctx)?;
         conn.busy_timeout(std::time::Duration::from_secs(30)).with_context(ctx)?;
         conn.pragma_update(None, "journal_mode", "WAL").with_context(ctx)?;
         conn.pragma_update(None, "synchronous", "FULL").with_context(ctx)?;
         conn.pragma_update(None, "foreign_keys", "ON").with_context(ctx)?;
+        // Reads through a bounded memory map instead of a read syscall per page: a backup
+        // looks up every file and chunk (memory-mapped pages are the page cache's, and
+        // at most this much of the catalog counts in the process's RSS).
+        conn.pragma_update(None, "mmap_size", 64 << 20).with_context(ctx)?;
         let mut cat = Catalog { conn };
         cat.migrate().with_context(ctx)?;
         Ok(cat)
@@ -304,10 +312,48 @@ impl Catalog {
 
     // ---- chunks and packs ------------------------------------------------------------
 
-    /// The pack (row id) holding a stored chunk, if any: the dedup lookup.
+    /// The pack (row id) holding a stored chunk, if any: the dedup lookup. A chunk in a
+    /// pack found damaged counts as not stored, so that a backup stores it again.
     pub fn chunk_pack(&self, id: &ChunkId) -> Result<Option<i64>> {
-        let mut st = self.conn.prepare_cached("SELECT pack FROM chunks WHERE id = ?1")?;
-        Ok(st.query_row([&id.0[..]], |r| r.get(0)).optional()?)
+        Ok(self.chunk_pack_and_size(id)?.map(|(pack, _)| pack))
+    }
+
+    /// The dedup lookup with the chunk's plaintext length, to check a cached file's chunk
+    /// list against the size it claims.
+    pub fn chunk_pack_and_size(&self, id: &ChunkId) -> Result<Option<(i64, u64)>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT c.pack, c.raw_length FROM chunks c WHERE c.id = ?1
+             AND (SELECT damaged FROM packs WHERE id = c.pack) IS NULL",
+        )?;
+        Ok(st.query_row([&id.0[..]], |r| Ok((r.get(0)?, r.get(1)?))).optional()?)
+    }
+
+    /// Marks a pack as damaged (by its hash), with why; backups then store its chunks
+    /// again. Returns whether the catalog knew the pack.
+    pub fn mark_damaged(&self, hash: &str, why: &str) -> Result<bool> {
+        let n = self.conn.execute(
+            "UPDATE packs SET damaged = ?2, damaged_at = ?3 WHERE hash = ?1 AND damaged IS NULL",
+            params![hash, why, crate::time::now_secs()],
+        )?;
+        if n > 0 {
+            self.event(
+                "pack-damaged",
+                None,
+                &format!("pack {hash}: {why}; its chunks are stored again by the next backup"),
+            )?;
+        }
+        Ok(n > 0)
+    }
+
+    /// Begins a read transaction, for many lookups at the cost of one lock ([`Catalog::end_read`]).
+    pub fn begin_read(&self) -> Result<()> {
+        self.conn.execute_batch("BEGIN DEFERRED")?;
+        Ok(())
+    }
+
+    pub fn end_read(&self) -> Result<()> {
+        self.conn.execute_batch("COMMIT")?;
+        Ok(())
     }
 
     /// Runs `f` in one read transaction: one consistent view, and one lock instead of a
@@ -555,11 +601,16 @@ impl Catalog {
 
     /// Marks a snapshot complete: its row, the packs it needs, and the job's new file
     /// cache, all in one transaction.
+    /// Records a complete snapshot, the packs it needs, and the job's file cache: `cache`
+    /// gives the files whose row changed (new, or read again), `current` says which paths
+    /// the snapshot holds; rows of other paths go. A file reused unchanged keeps its row,
+    /// so a run with no change writes almost nothing.
     pub fn complete_snapshot(
         &mut self,
         snap: &SnapshotRow,
         packs: &HashSet<i64>,
         cache: impl IntoIterator<Item = Result<(Vec<u8>, CachedFile)>>,
+        current: impl Fn(&[u8]) -> bool,
     ) -> Result<i64> {
         let tx = self.conn.transaction()?;
         tx.execute(
@@ -589,7 +640,15 @@ impl Catalog {
             for p in packs {
                 st.execute(params![seq, p])?;
             }
-            tx.execute("DELETE FROM file_cache WHERE job = ?1", [&snap.job])?;
+            let gone: Vec<Vec<u8>> = {
+                let mut st = tx.prepare("SELECT path FROM file_cache WHERE job = ?1")?;
+                let paths = st.query_map([&snap.job], |r| r.get::<_, Vec<u8>>(0))?;
+                paths.filter(|p| p.as_ref().map_or(true, |p| !current(p))).collect::<rusqlite::Result<_>>()?
+            };
+            let mut st = tx.prepare("DELETE FROM file_cache WHERE job = ?1 AND path = ?2")?;
+            for path in gone {
+                st.execute(params![snap.job, path])?;
+            }
             let mut st = tx.prepare(
                 "INSERT OR REPLACE INTO file_cache (job, path, size, mtime_ns, ctime_ns, inode, chunks, content_type)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -876,7 +935,11 @@ fn insert_pack(tx: &rusqlite::Transaction, pack: &StoredPack) -> Result<i64> {
     )?;
     let pack_id = tx.last_insert_rowid();
     let mut st = tx.prepare_cached(
-        "INSERT OR IGNORE INTO chunks (id, pack, offset, length, raw_length, flags) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        // A chunk stored again because its pack was found damaged moves to the new pack.
+        "INSERT INTO chunks (id, pack, offset, length, raw_length, flags) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (id) DO UPDATE SET pack = excluded.pack, offset = excluded.offset, length = excluded.length,
+           raw_length = excluded.raw_length, flags = excluded.flags
+         WHERE (SELECT damaged FROM packs WHERE id = chunks.pack) IS NOT NULL",
     )?;
     for b in pack.blobs {
         st.execute(params![&b.id.0[..], pack_id, b.offset, b.length, b.raw_length, b.flags])?;
@@ -1021,11 +1084,15 @@ mod tests {
             lock_mode: None,
             contents: None,
         };
-        cat.complete_snapshot(&snap("s1"), &HashSet::new(), vec![Ok((b"a".to_vec(), f.clone()))]).unwrap();
+        cat.complete_snapshot(&snap("s1"), &HashSet::new(), vec![Ok((b"a".to_vec(), f.clone()))], |_| true).unwrap();
         assert_eq!(cat.cached_file("j", b"a").unwrap(), Some(f.clone()));
-        cat.complete_snapshot(&snap("s2"), &HashSet::new(), vec![Ok((b"b".to_vec(), f.clone()))]).unwrap();
+        // `a` unchanged (no row given, kept), `b` new; then `a` gone.
+        cat.complete_snapshot(&snap("s2"), &HashSet::new(), vec![Ok((b"b".to_vec(), f.clone()))], |_| true).unwrap();
+        assert_eq!(cat.cached_file("j", b"a").unwrap(), Some(f.clone()));
+        cat.complete_snapshot(&snap("s3"), &HashSet::new(), std::iter::empty(), |p| p == b"b").unwrap();
         assert_eq!(cat.cached_file("j", b"a").unwrap(), None);
-        assert_eq!(cat.find_snapshot("j", "latest").unwrap().id, "s2");
+        assert_eq!(cat.cached_file("j", b"b").unwrap(), Some(f.clone()));
+        assert_eq!(cat.find_snapshot("j", "latest").unwrap().id, "s3");
         assert_eq!(cat.find_snapshot("j", "s1").unwrap().id, "s1");
         assert!(cat.find_snapshot("j", "s").is_err());
     }

@@ -50,6 +50,7 @@ pub fn run(config_file: &Path) -> Result<ExitCode> {
         running: Mutex::new(Vec::new()),
         next_runs: Mutex::new(Vec::new()),
         unauthorized: AtomicU64::new(0),
+        refused_log: crate::http::Throttled::new("refused HTTP requests without the right bearer token"),
         reloads: AtomicU64::new(0),
         failed_reloads: AtomicU64::new(0),
         stop: Arc::new(AtomicBool::new(false)),
@@ -77,6 +78,8 @@ struct Shared {
     running: Mutex<Vec<String>>,
     next_runs: Mutex<Vec<(String, i64)>>,
     unauthorized: AtomicU64,
+    /// Refused requests come in floods: one log line a minute says how many.
+    refused_log: crate::http::Throttled,
     reloads: AtomicU64,
     failed_reloads: AtomicU64,
     /// Set on shutdown; running backups watch it.
@@ -120,7 +123,7 @@ impl crate::http::Handler for Shared {
 
     fn unauthorized(&self) {
         self.unauthorized.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!("refused an HTTP request without the right bearer token");
+        self.refused_log.note("the metric coffer_http_unauthorized_requests_total counts them all");
     }
 }
 

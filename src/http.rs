@@ -1,13 +1,26 @@
 //! The daemon's HTTP endpoint: `GET /metrics` (Prometheus text format) and `GET /health`.
 //!
 //! Read-only by construction: no route performs an action. It is a deliberately small
-//! HTTP/1.1 server (one request per connection, a few KiB of request head, a few seconds
-//! to send it, a bounded number of connections) so that it is no door into the backup
-//! host. With a token configured, every request must carry `Authorization: Bearer TOKEN`;
-//! others get 401 and are counted.
+//! HTTP/1.1 server (one request per connection, a few KiB of request head) so that it is
+//! no door into the backup host. With a token configured, every request must carry
+//! `Authorization: Bearer TOKEN`; others get 401 and are counted.
+//!
+//! Held up by no one: a client has [`HEAD_TIMEOUT`] to send its whole request head, and
+//! connections still sending theirs are bounded in all and per peer address. When a
+//! bound is reached the *oldest* such connection (of that peer, if the peer is at its
+//! bound) is closed to make room, so a flood of slow clients (slowloris) cannot lock out
+//! a scraper that sends its request at once. An `accept` error (EMFILE) backs off instead
+//! of spinning, and refused requests are logged at most once a minute, with their count.
+//!
+//! hyper (already in the build, for the S3 client) was considered: its header-read
+//! timeout covers one part of this, but the eviction of the oldest pending connection,
+//! the per-peer bound and the strict, body-less request parsing stay ours either way.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -15,10 +28,15 @@ use tokio::sync::Semaphore;
 
 /// The largest request head read; anything longer is refused.
 const MAX_HEAD: usize = 8 * 1024;
-/// How long a client has to send its request head.
-const READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// Connections served at once; more are closed at once.
-const MAX_CONNECTIONS: usize = 16;
+/// How long a client has to send its whole request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(2);
+/// Connections still sending their head, in all and from one peer address.
+const MAX_PENDING: usize = 128;
+const MAX_PENDING_PER_PEER: usize = 64;
+/// Requests answered at once (each may read the catalog); more wait their turn.
+const MAX_SERVING: usize = 4;
+/// How long answering may take once the head is in.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the endpoint serves; called off the async threads (it may read the catalog).
 pub trait Handler: Send + Sync + 'static {
@@ -31,68 +49,160 @@ pub trait Handler: Send + Sync + 'static {
     fn unauthorized(&self);
 }
 
-pub async fn serve(listener: TcpListener, handler: Arc<dyn Handler>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            drop(stream); // over the limit: close rather than queue
-            continue;
-        };
-        let handler = handler.clone();
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(READ_TIMEOUT * 3, connection(stream, handler)).await;
-            drop(permit);
-        });
+/// Connections still sending their request head, oldest first.
+#[derive(Default)]
+struct Pending {
+    next: u64,
+    list: VecDeque<(u64, IpAddr, tokio::task::AbortHandle)>,
+}
+
+impl Pending {
+    /// Closes the oldest pending connections while over a bound.
+    fn evict(&mut self, peer: IpAddr) {
+        while self.list.iter().filter(|(_, p, _)| *p == peer).count() > MAX_PENDING_PER_PEER {
+            if let Some(i) = self.list.iter().position(|(_, p, _)| *p == peer) {
+                if let Some((_, _, h)) = self.list.remove(i) {
+                    h.abort();
+                }
+            }
+        }
+        while self.list.len() > MAX_PENDING {
+            if let Some((_, _, h)) = self.list.pop_front() {
+                h.abort();
+            }
+        }
+    }
+
+    fn remove(&mut self, id: u64) {
+        if let Some(i) = self.list.iter().position(|(k, _, _)| *k == id) {
+            self.list.remove(i);
+        }
     }
 }
 
-async fn connection(mut stream: TcpStream, handler: Arc<dyn Handler>) -> std::io::Result<()> {
-    let head = match tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream)).await {
+pub async fn serve(listener: TcpListener, handler: Arc<dyn Handler>) {
+    let pending = Arc::new(Mutex::new(Pending::default()));
+    let serving = Arc::new(Semaphore::new(MAX_SERVING));
+    let accept_errors = Throttled::new("the HTTP endpoint cannot accept connections");
+    let mut backoff = Duration::ZERO;
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(ok) => {
+                backoff = Duration::ZERO;
+                ok
+            }
+            Err(e) => {
+                // Out of descriptors (EMFILE) and the like: wait instead of spinning.
+                accept_errors.note(&e.to_string());
+                backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+                tokio::time::sleep(backoff).await;
+                continue;
+            }
+        };
+        let (handler, serving, registry) = (handler.clone(), serving.clone(), pending.clone());
+        let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
+        let id = p.next;
+        p.next += 1;
+        let task = tokio::spawn(async move {
+            let _ = connection(stream, handler, serving, &registry, id).await;
+        });
+        p.list.push_back((id, peer.ip(), task.abort_handle()));
+        p.evict(peer.ip());
+    }
+}
+
+/// Something that may happen many times a second, logged at most once a minute with
+/// how often it happened.
+pub struct Throttled {
+    what: &'static str,
+    count: AtomicU64,
+    last: Mutex<Option<Instant>>,
+}
+
+impl Throttled {
+    pub fn new(what: &'static str) -> Throttled {
+        Throttled { what, count: AtomicU64::new(0), last: Mutex::new(None) }
+    }
+
+    pub fn note(&self, detail: &str) {
+        let n = self.count.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+            *last = Some(Instant::now());
+            self.count.store(0, Ordering::Relaxed);
+            tracing::warn!(
+                count = n,
+                "{} ({n} times in the last minute; at most one line a minute): {detail}",
+                self.what
+            );
+        }
+    }
+}
+
+async fn connection(
+    mut stream: TcpStream,
+    handler: Arc<dyn Handler>,
+    serving: Arc<Semaphore>,
+    pending: &Mutex<Pending>,
+    id: u64,
+) -> std::io::Result<()> {
+    let head = tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream)).await;
+    pending.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+    let head = match head {
         Ok(Ok(Some(head))) => head,
         Ok(Ok(None)) => return respond(&mut stream, 431, "text/plain", "request head too large\n", false).await,
         Ok(Err(e)) => return Err(e),
         Err(_) => return respond(&mut stream, 408, "text/plain", "request timeout\n", false).await,
     };
-    let request = match Request::parse(&head) {
+    let Ok(_permit) = serving.acquire().await else { return Ok(()) };
+    match tokio::time::timeout(ANSWER_TIMEOUT, answer(&mut stream, &head, handler)).await {
+        Ok(r) => r,
+        Err(_) => Ok(()),
+    }
+}
+
+async fn answer(stream: &mut TcpStream, head: &str, handler: Arc<dyn Handler>) -> std::io::Result<()> {
+    let request = match Request::parse(head) {
         Some(r) => r,
-        None => return respond(&mut stream, 400, "text/plain", "bad request\n", false).await,
+        None => return respond(stream, 400, "text/plain", "bad request\n", false).await,
     };
     if let Some(token) = handler.token()
         && !request.bearer.as_deref().is_some_and(|b| same(b.as_bytes(), token.as_bytes()))
     {
         handler.unauthorized();
-        return respond(&mut stream, 401, "text/plain", "a bearer token is required\n", false).await;
+        return respond(stream, 401, "text/plain", "a bearer token is required\n", false).await;
     }
     let head_only = request.method == "HEAD";
     if request.method != "GET" && !head_only {
-        return respond(&mut stream, 405, "text/plain", "only GET\n", false).await;
+        return respond(stream, 405, "text/plain", "only GET\n", false).await;
     }
     if request.has_body {
-        return respond(&mut stream, 413, "text/plain", "no request body is accepted\n", false).await;
+        return respond(stream, 413, "text/plain", "no request body is accepted\n", false).await;
     }
     let h = handler.clone();
     match request.path.as_str() {
         "/metrics" => {
             let body = tokio::task::spawn_blocking(move || h.metrics()).await.unwrap_or_default();
-            respond(&mut stream, 200, "text/plain; version=0.0.4; charset=utf-8", &body, head_only).await
+            respond(stream, 200, "text/plain; version=0.0.4; charset=utf-8", &body, head_only).await
         }
         "/health" => {
             let (ok, body) = tokio::task::spawn_blocking(move || h.health()).await.unwrap_or_default();
-            respond(&mut stream, if ok { 200 } else { 503 }, "application/json", &body, head_only).await
+            respond(stream, if ok { 200 } else { 503 }, "application/json", &body, head_only).await
         }
-        _ => respond(&mut stream, 404, "text/plain", "not found; try /metrics or /health\n", head_only).await,
+        _ => respond(stream, 404, "text/plain", "not found; try /metrics or /health\n", head_only).await,
     }
 }
 
-/// Reads up to the blank line ending the head; `None` when it is too long.
+/// Reads up to the blank line ending the head; `None` when it is too long, an error
+/// when the client closes before it.
 async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<String>> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     loop {
         let n = stream.read(&mut chunk).await?;
         if n == 0 {
-            return Ok(Some(String::from_utf8_lossy(&buf).into_owned()));
+            // The client left before its request was complete: nothing to answer.
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
         buf.extend_from_slice(&chunk[..n]);
         if buf.windows(4).any(|w| w == b"\r\n\r\n") {

@@ -182,13 +182,37 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
             if packs.iter().any(|k| damaged.contains(k)) {
                 continue;
             }
-            match crate::restore::tree::refused_entries(chunks.stream(&record.tree)) {
-                Ok(refused) => note(&mut report, n, crate::inventory::unsafe_entries(&n.key, refused)),
+            let size = |id: &crate::ChunkId| catalog.chunk_location(id).ok().flatten().map(|l| u64::from(l.raw_length));
+            match crate::restore::tree::check_list(chunks.stream(&record.tree), size) {
+                Ok(list) => {
+                    note(&mut report, n, crate::inventory::unsafe_entries(&n.key, list.refused));
+                    if list.wrong_size_count > 0 {
+                        let more = list.wrong_size_count - list.wrong_sizes.len() as u64;
+                        let mut why = list.wrong_sizes.join("; ");
+                        if more > 0 {
+                            why.push_str(&format!("; and {more} more"));
+                        }
+                        note(
+                            &mut report,
+                            n,
+                            vec![Finding::Unreadable { key: n.key.clone(), version: version(n), why }],
+                        );
+                    }
+                }
                 Err(e) => {
                     let why = format!("the snapshot's file list cannot be read: {e:#}");
                     note(&mut report, n, vec![Finding::Unreadable { key: n.key.clone(), version: version(n), why }]);
                 }
             }
+        }
+    }
+    // A pack that is missing or damaged no longer counts as storing its chunks: the next
+    // backup stores them again.
+    for f in &report.findings {
+        if let (Finding::Unreadable { why, .. }, crate::inventory::Layout::Pack(hash)) =
+            (f, crate::inventory::layout(f.key()))
+        {
+            catalog.mark_damaged(&hash, why)?;
         }
     }
     let detail = format!(

@@ -604,3 +604,99 @@ fn successes(setup: &Setup, job: &str) -> i64 {
         .query_row("SELECT count(*) FROM runs WHERE job = ?1 AND outcome = 'success'", [job], |r| r.get(0))
         .unwrap()
 }
+
+/// CPU seconds (user + system) a process has used, from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after.split(' ').collect();
+    // utime and stime are fields 14 and 15 of stat(5), 12 and 13 after the name.
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+#[test]
+fn the_endpoint_holds_under_abuse() {
+    let scratch = Scratch::new("abuse");
+    let src = small_source(&scratch);
+    let port = free_port();
+    let token = "abuse-test-token-0123456789abcdef";
+    let token_file = scratch.path("token");
+    std::fs::write(&token_file, token).unwrap();
+    std::fs::set_permissions(&token_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let extra = format!("[http]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = \"{}\"\n", token_file.display());
+    let setup = daemon_setup("abuse", Target::Dir, &src, &extra);
+    let mut d = Daemon::start(&setup, "abuse");
+    wait_for("the endpoint", Duration::from_secs(10), || http_get(port, "/health", Some(token)));
+
+    // Slowloris: hundreds of connections that never finish their request head, each
+    // reopened as soon as it is closed, while a scraper with the token asks every 100 ms.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let attackers: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut conns: Vec<TcpStream> = Vec::new();
+                let mut opened = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    while conns.len() < 100 {
+                        let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { break };
+                        let _ = s.write_all(b"GET /health HTTP/1.1\r\nX-Slow: ");
+                        conns.push(s);
+                        opened += 1;
+                    }
+                    // One more byte each; the server's closed ones fail and are dropped.
+                    conns.retain_mut(|s| s.write_all(b"a").is_ok());
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                opened
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let (mut asked, mut answered) = (0, 0);
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(8) {
+        asked += 1;
+        let ok = (|| {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+            write!(s, "GET /health HTTP/1.1\r\nAuthorization: Bearer {token}\r\n\r\n").ok()?;
+            let mut text = String::new();
+            s.read_to_string(&mut text).ok()?;
+            text.starts_with("HTTP/1.1 200").then_some(())
+        })();
+        answered += ok.is_some() as u32;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let opened: u64 = attackers.into_iter().map(|t| t.join().unwrap()).sum();
+    eprintln!("slowloris: {opened} slow connections; the scraper got {answered} of {asked} answers");
+    assert!(opened > 400, "the attack did not run: {opened} connections");
+    assert!(answered * 100 >= asked * 95, "the scraper got only {answered} of {asked} answers");
+
+    // A flood of requests without the token: all refused, counted, logged once.
+    for _ in 0..300 {
+        assert_eq!(http_get(port, "/metrics", None).map(|r| r.0), Some(401));
+    }
+    let (_, body) = http_get(port, "/metrics", Some(token)).unwrap();
+    assert!(body.contains("coffer_http_unauthorized_requests_total 300"), "{body}");
+    let refused_lines = d.log_text().lines().filter(|l| l.contains("refused HTTP requests")).count();
+    assert!(refused_lines <= 1, "{refused_lines} log lines for 300 refused requests");
+
+    // Out of descriptors: accept fails (EMFILE) and must back off, not spin.
+    let pid = d.child.id();
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    let limit = format!("--nofile={}:{}", open + 4, open + 4);
+    run_ok(Command::new("prlimit").args(["--pid", &pid.to_string(), &limit]));
+    let held: Vec<TcpStream> = (0..64).filter_map(|_| TcpStream::connect(("127.0.0.1", port)).ok()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let before = cpu_seconds(pid);
+    std::thread::sleep(Duration::from_secs(3));
+    let spent = cpu_seconds(pid) - before;
+    drop(held);
+    eprintln!("with accept failing: {spent:.2} CPU seconds in 3 s");
+    assert!(spent < 0.5, "the accept loop spun: {spent:.2} CPU seconds in 3 s");
+    assert!(d.stop().success());
+}

@@ -92,27 +92,16 @@ fn forge(setup: &Setup, job: &str, stream: &[F]) -> String {
     id
 }
 
-/// Everything that could be harmed outside `--to`: kind, mode, owner, times, content,
-/// link target, by path.
+/// Everything that could be harmed outside `--to`: what a restore is compared by (kind,
+/// mode, mtime, content, link target), plus owners, by path, and the root's mode.
 fn describe(root: &Path) -> BTreeMap<PathBuf, String> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir).unwrap() {
-            let p = e.unwrap().path();
-            let m = std::fs::symlink_metadata(&p).unwrap();
-            let what = if m.file_type().is_symlink() {
-                format!("link {}", std::fs::read_link(&p).unwrap().display())
-            } else if m.is_dir() {
-                stack.push(p.clone());
-                "dir".to_string()
-            } else {
-                format!("file {}", blake3::hash(&std::fs::read(&p).unwrap()))
-            };
-            let meta = format!("{:o} {}:{} {}", m.mode(), m.uid(), m.gid(), m.mtime());
-            out.insert(p.strip_prefix(root).unwrap().to_path_buf(), format!("{what} {meta}"));
-        }
-    }
+    let mut out: BTreeMap<PathBuf, String> = common::snapshot_tree(root)
+        .into_iter()
+        .map(|(rel, what)| {
+            let m = std::fs::symlink_metadata(root.join(&rel)).unwrap();
+            (rel, format!("{what} {}:{}", m.uid(), m.gid()))
+        })
+        .collect();
     out.insert(PathBuf::from("."), format!("{:o}", std::fs::metadata(root).unwrap().mode()));
     out
 }

@@ -431,3 +431,64 @@ fn kill_9_at_random_moments_never_breaks_backup_or_recover() {
     assert!(r.status.success(), "{}", text(&r));
     assert_same_tree(&src, &restored);
 }
+
+/// A pack that a restore finds damaged is marked in the catalog; the next backup stores
+/// its chunks again (the source did not change), and then the *old* snapshot restores
+/// too, from the new pack. A cached chunk list that does not add up to its file's size
+/// is not trusted, and verify --read-data names such a file. The state directory is
+/// made private.
+#[test]
+fn damage_heals_with_the_next_backup() {
+    use std::os::unix::fs::PermissionsExt;
+    let scratch = Scratch::new("heal");
+    let src = scratch.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a.bin"), Rng(61).mixed(6 << 20)).unwrap();
+    std::fs::write(src.join("b.txt"), "stable text\n".repeat(5000)).unwrap();
+    let setup = Setup::new("heal", Target::Dir, &src);
+    setup.backup();
+    let first = snapshot_ids(&setup.config)[0].clone();
+
+    // A pack holding file data, corrupted on the target.
+    let hash: String =
+        setup.catalog().query_row("SELECT hash FROM packs ORDER BY size DESC LIMIT 1", [], |r| r.get(0)).unwrap();
+    let path = setup.dir.path("target").join(format!("packs/{}/{hash}", &hash[..2]));
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    let out = scratch.path("out1");
+    let r = setup.restore(&first, &out);
+    assert_eq!(r.status.code(), Some(1), "{}", text(&r));
+    let damaged: Option<String> =
+        setup.catalog().query_row("SELECT damaged FROM packs WHERE hash = ?1", [&hash], |r| r.get(0)).unwrap();
+    assert!(damaged.is_some_and(|d| d.contains("content hash")), "the pack is marked damaged");
+
+    // Nothing changed in the source, yet the next backup stores those chunks again.
+    let before = setup.pack_count();
+    let out2 = setup.backup();
+    assert!(setup.pack_count() > before, "{}", text(&out2));
+    let healed = scratch.path("out2");
+    let r = setup.restore(&first, &healed);
+    assert!(r.status.success(), "the old snapshot restores from the new pack: {}", text(&r));
+    assert_same_tree(&src, &healed);
+
+    // A cached chunk list emptied in the catalog: the file is read again, not trusted.
+    setup.catalog().execute("UPDATE file_cache SET chunks = X'' WHERE path = CAST('a.bin' AS BLOB)", []).unwrap();
+    let out3 = setup.backup();
+    let read: i64 =
+        setup.catalog().query_row("SELECT bytes_read FROM runs ORDER BY id DESC LIMIT 1", [], |r| r.get(0)).unwrap();
+    assert!(read >= 6 << 20, "the file was not read again ({read} bytes read): {}", text(&out3));
+    let restored = scratch.path("out3");
+    assert!(setup.restore("latest", &restored).status.success());
+    assert_same_tree(&src, &restored);
+    let mut verify = setup.cmd(&["verify", "--read-data", "--no-progress", "--identity"]);
+    let v = verify.arg(&setup.identity).output().unwrap();
+    assert_eq!(v.status.code(), Some(4), "the damaged pack is still on the target: {}", text(&v));
+
+    // The state directory: private, whatever it was.
+    let state = setup.dir.path("state");
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+    setup.ok(&["snapshots"]);
+    assert_eq!(std::fs::metadata(&state).unwrap().permissions().mode() & 0o777, 0o700);
+}

@@ -62,8 +62,10 @@ pub fn pack_id(ciphertext: &[u8]) -> String {
     crate::hex::encode(blake3::hash(ciphertext).as_bytes())
 }
 
+/// The key of a pack. The id may come from a damaged catalog: any string gives a key
+/// (which then names no stored object), never a panic.
 pub fn pack_key(pack_id: &str) -> String {
-    format!("packs/{}/{}", &pack_id[..2], pack_id)
+    format!("packs/{}/{}", pack_id.get(..2).unwrap_or(pack_id), pack_id)
 }
 
 pub fn snapshot_key(job: &str, id: &str) -> String {

@@ -71,6 +71,9 @@ pub struct Summary {
     pub failures: Vec<String>,
     /// What the snapshot's source contained beyond its files (git refs, ...).
     pub contents: Option<crate::source::Contents>,
+    /// Packs found damaged: (hash, why); marked in the catalog, so that the next backup
+    /// stores their chunks again.
+    pub damaged_packs: Vec<(String, String)>,
 }
 
 /// Writer threads: one per core (at least two, so that one writes while another waits
@@ -161,6 +164,9 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Summary> {
     summary.failures = refusals;
     summary.snapshot_id = snap.id.clone();
     summary.contents = snap.contents.clone();
+    for (hash, why) in &summary.damaged_packs {
+        catalog.mark_damaged(hash, why)?;
+    }
     let detail = format!("snapshot {} ({} failures, {} refused)", snap.id, summary.failures.len(), summary.refused);
     let _ = catalog.event("restore", Some(&opts.job), &detail);
     Ok(summary)
@@ -302,6 +308,7 @@ impl<'a> Walk<'a> {
         tracing::debug!(secs = started.elapsed().as_secs_f64(), "metadata set");
         dest.sync();
         tracing::debug!(secs = started.elapsed().as_secs_f64(), "synced");
+        summary.damaged_packs = self.packs.damaged();
         Ok(summary)
     }
 
@@ -332,6 +339,7 @@ impl<'a> Walk<'a> {
                 }
             }
         }
+        summary.damaged_packs = self.packs.damaged();
         Ok(summary)
     }
 

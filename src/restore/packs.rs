@@ -18,7 +18,21 @@ const PREFETCH_WINDOW: usize = 1;
 const FETCH_THREADS: usize = 2;
 
 /// A decoded pack, or why it cannot be had.
-pub type Plain = Result<Arc<Vec<u8>>, String>;
+pub type Plain = Result<Arc<Vec<u8>>, PackError>;
+
+/// Why a pack cannot be had: the target did not give it, or what it gave is damaged.
+#[derive(Debug, Clone)]
+pub struct PackError {
+    pub why: String,
+    /// The content hash, the decryption or the format failed (not the transfer).
+    pub damaged: bool,
+}
+
+impl std::fmt::Display for PackError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.why)
+    }
+}
 
 pub struct Packs {
     shared: Arc<Fetch>,
@@ -27,7 +41,7 @@ pub struct Packs {
     cache: Vec<(u32, Arc<Vec<u8>>, u64)>,
     cached_bytes: usize,
     /// Packs found unreadable, with why (never fetched twice).
-    bad: HashMap<u32, String>,
+    bad: HashMap<u32, PackError>,
     /// Packs fetched a second time because they had left the cache.
     refetched: usize,
 }
@@ -56,10 +70,14 @@ struct FetchState {
 impl Fetch {
     /// Fetches a pack by version, checks its content hash, decrypts it.
     fn fetch(&self, i: usize) -> Plain {
-        let Some((hash, version)) = self.schedule.get(i) else { return Err("no such pack".into()) };
+        let error = |why: String, damaged| PackError { why, damaged };
+        let Some((hash, version)) = self.schedule.get(i) else { return Err(error("no such pack".into(), false)) };
         let key = crate::format::pack_key(hash);
-        let ct = self.runtime.block_on(self.target.get(&key, version.as_deref())).map_err(|e| format!("{e:#}"))?;
-        pack::open(&ct, hash, &self.identity).map(Arc::new).map_err(|e| e.to_string())
+        let ct = self
+            .runtime
+            .block_on(self.target.get(&key, version.as_deref()))
+            .map_err(|e| error(format!("{e:#}"), false))?;
+        pack::open(&ct, hash, &self.identity).map(Arc::new).map_err(|e| error(e.to_string(), true))
     }
 
     fn worker(&self) {
@@ -107,6 +125,12 @@ impl Packs {
             })
             .collect();
         Packs { shared, threads, cache: Vec::new(), cached_bytes: 0, bad: HashMap::new(), refetched: 0 }
+    }
+
+    /// The packs found damaged so far: (hash, why).
+    pub fn damaged(&self) -> Vec<(String, String)> {
+        let hash = |i: &u32| self.shared.schedule.get(*i as usize).map(|(h, _)| h.clone());
+        self.bad.iter().filter(|(_, e)| e.damaged).filter_map(|(i, e)| Some((hash(i)?, e.why.clone()))).collect()
     }
 
     /// The object key of pack `i`, for messages.

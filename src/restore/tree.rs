@@ -45,8 +45,14 @@ impl<'a> ChunkReader<'a> {
             Some((hash, plain)) if *hash == loc.pack_hash => plain.clone(),
             _ => {
                 let ct = self.runtime.block_on(self.target.get(&key, loc.pack_version.as_deref()))?;
-                let plain =
-                    Arc::new(pack::open(&ct, &loc.pack_hash, self.identity).map_err(|e| anyhow!("{key}: {e}"))?);
+                let plain = match pack::open(&ct, &loc.pack_hash, self.identity) {
+                    Ok(plain) => Arc::new(plain),
+                    Err(e) => {
+                        // Damaged, not unreachable: the next backup stores its chunks again.
+                        self.catalog.mark_damaged(&loc.pack_hash, &e.to_string())?;
+                        return Err(anyhow!("{key}: {e}"));
+                    }
+                };
                 self.last = Some((loc.pack_hash.clone(), plain.clone()));
                 plain
             }
@@ -64,15 +70,41 @@ impl<'a> ChunkReader<'a> {
 /// Most refused entries named per snapshot in reports; the rest are counted.
 pub const REFUSALS_NAMED: usize = 20;
 
-/// Runs a whole entry stream through the restore's rules.
-pub fn refused_entries(stream: impl BufRead) -> Result<Refused> {
+/// What a snapshot's file list says of itself, read whole.
+#[derive(Debug, Default)]
+pub struct ListCheck {
+    /// Entries a restore refuses.
+    pub refused: Refused,
+    /// Files whose chunks do not add up to their size (the first ones, and how many).
+    pub wrong_sizes: Vec<String>,
+    pub wrong_size_count: u64,
+}
+
+/// Runs a whole entry stream through the restore's rules, and checks each file's size
+/// against its chunks' lengths (`chunk_size`: a chunk's plaintext length, `None` when it
+/// is in no pack the catalog knows).
+pub fn check_list(stream: impl BufRead, mut chunk_size: impl FnMut(&ChunkId) -> Option<u64>) -> Result<ListCheck> {
     let mut check = TreeCheck::default();
-    let mut refused = Refused::default();
+    let mut out = ListCheck::default();
     for entry in EntryReader::new(stream)? {
         let entry = entry?;
         if let Err(why) = check.check(&entry) {
-            refused.add(&entry.path, why, REFUSALS_NAMED);
+            out.refused.add(&entry.path, why, REFUSALS_NAMED);
+        }
+        if entry.kind != crate::format::entry::Kind::File {
+            continue;
+        }
+        let sizes: Option<u64> = entry.chunks.iter().map(&mut chunk_size).sum();
+        if let Some(total) = sizes
+            && total != entry.size
+        {
+            out.wrong_size_count += 1;
+            if out.wrong_sizes.len() < REFUSALS_NAMED {
+                let path = String::from_utf8_lossy(&entry.path);
+                out.wrong_sizes
+                    .push(format!("file `{path}`: its chunks hold {total} bytes, its entry says {}", entry.size));
+            }
         }
     }
-    Ok(refused)
+    Ok(out)
 }
