@@ -60,10 +60,10 @@ impl Pending {
     /// Closes the oldest pending connections while over a bound.
     fn evict(&mut self, peer: IpAddr) {
         while self.list.iter().filter(|(_, p, _)| *p == peer).count() > MAX_PENDING_PER_PEER {
-            if let Some(i) = self.list.iter().position(|(_, p, _)| *p == peer) {
-                if let Some((_, _, h)) = self.list.remove(i) {
-                    h.abort();
-                }
+            if let Some(i) = self.list.iter().position(|(_, p, _)| *p == peer)
+                && let Some((_, _, h)) = self.list.remove(i)
+            {
+                h.abort();
             }
         }
         while self.list.len() > MAX_PENDING {
