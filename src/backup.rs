@@ -199,8 +199,8 @@ fn run_pipeline(
 
     let abort = Arc::new(AtomicBool::new(false));
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-    let (chunk_tx, chunk_rx) = sync_channel::<NewChunk>(2 * workers);
-    let (blob_tx, blob_rx) = sync_channel::<Blob>(2 * workers);
+    let (chunk_tx, chunk_rx) = sync_channel::<Vec<NewChunk>>(2 * workers);
+    let (blob_tx, blob_rx) = sync_channel::<Vec<Blob>>(2 * workers);
     let (pack_tx, mut pack_rx) = tokio::sync::mpsc::channel::<SealedPack>(1);
 
     let Prepared { input, mut contents, errors: source_errors, command } = prepare(cfg, job)?;
@@ -219,6 +219,7 @@ fn run_pipeline(
             paths: Paths::default(),
             referenced: HashSet::new(),
             chunk_tx,
+            batch: Batch::default(),
             counters: counters.clone(),
             errors: source_errors,
             stats: SnapshotStats::default(),
@@ -349,7 +350,8 @@ fn run_pipeline(
         Err(err) => Some(Err(anyhow!(err))),
     });
     tracing::debug!(secs = started.elapsed().as_secs_f64(), "snapshot record stored");
-    repo.catalog.complete_snapshot(&row, &packs, cache, |p| paths.files.contains(&path_hash(p)))?;
+    let counts = Some((paths.files.len() as u64, paths.fresh));
+    repo.catalog.complete_snapshot(&row, &packs, cache, |p| paths.files.contains(&path_hash(p)), counts)?;
     tracing::debug!(secs = started.elapsed().as_secs_f64(), "catalog updated");
     Ok(Summary {
         snapshot_id: id,
@@ -455,6 +457,10 @@ struct ReadOutput {
 struct Paths {
     files: HashSet<u128>,
     reused: HashSet<u128>,
+    /// Files in the snapshot that had no row in the file cache.
+    fresh: u64,
+    /// Whether the last file looked up had no row.
+    no_row: bool,
 }
 
 fn path_hash(path: &[u8]) -> u128 {
@@ -480,7 +486,10 @@ struct Reader {
     paths: Paths,
     /// Stored packs (catalog row ids) this snapshot uses.
     referenced: HashSet<i64>,
-    chunk_tx: SyncSender<NewChunk>,
+    chunk_tx: SyncSender<Vec<NewChunk>>,
+    /// New chunks not yet handed to the compressors: small files are one chunk each, and
+    /// handing each over alone costs more in wake-ups than compressing it.
+    batch: Batch,
     counters: Arc<Counters>,
     errors: Vec<EntryError>,
     stats: SnapshotStats,
@@ -594,6 +603,7 @@ impl Reader {
         let result = self.chunk_into(input, &mut tree, true);
         self.counters.bytes_read.store(bytes_read, Ordering::Relaxed);
         result.map_err(|e| anyhow!("cannot store the entry stream: {e}"))?;
+        self.batch.flush(&self.chunk_tx)?;
         Ok(tree)
     }
 
@@ -612,6 +622,7 @@ impl Reader {
     /// A file that goes into the snapshot, in the stats and the progress line.
     fn count_file(&mut self, path: &[u8], size: u64) {
         self.paths.files.insert(path_hash(path));
+        self.paths.fresh += u64::from(std::mem::take(&mut self.paths.no_row));
         self.stats.files += 1;
         self.stats.bytes += size;
         Counters::add(&self.counters.files, 1);
@@ -773,8 +784,10 @@ impl Reader {
         e: &Entry,
         same: impl Fn(&CachedFile, &Entry) -> bool,
     ) -> Result<Option<(Vec<ChunkId>, Option<String>)>> {
+        self.paths.no_row = false;
         self.view.renew(&self.catalog, &self.pending)?;
         let Some(c) = self.catalog.cached_file(&self.job, &e.path)? else {
+            self.paths.no_row = true;
             return Ok(None);
         };
         if !same(&c, e) {
@@ -817,7 +830,18 @@ impl Reader {
         entries: bool,
     ) -> Result<u64, ChunkError> {
         let Reader {
-            chunker, entry_chunker, secret, pending, view, referenced, catalog, chunk_tx, counters, stop, ..
+            chunker,
+            entry_chunker,
+            secret,
+            pending,
+            view,
+            referenced,
+            catalog,
+            chunk_tx,
+            batch,
+            counters,
+            stop,
+            ..
         } = self;
         let chunker = if entries { entry_chunker } else { chunker };
         chunker.chunk_stream(input, |data| {
@@ -839,33 +863,65 @@ impl Reader {
             }
             lock(pending).chunks.insert(id, None);
             Counters::add(&counters.bytes_new, data.len() as u64);
-            chunk_tx.send(NewChunk { id, data: data.to_vec() }).map_err(|_| anyhow!("the backup pipeline stopped"))
+            batch.push(NewChunk { id, data: data.to_vec() }, chunk_tx)
         })
     }
 }
 
-fn compress_loop(rx: &Mutex<Receiver<NewChunk>>, tx: &SyncSender<Blob>, level: i32) -> Result<()> {
+/// New chunks for the compressors, handed over a batch at a time.
+#[derive(Default)]
+struct Batch {
+    chunks: Vec<NewChunk>,
+    bytes: usize,
+}
+
+impl Batch {
+    const BYTES: usize = 1 << 20;
+    const CHUNKS: usize = 64;
+
+    fn push(&mut self, chunk: NewChunk, tx: &SyncSender<Vec<NewChunk>>) -> Result<()> {
+        self.bytes += chunk.data.len();
+        self.chunks.push(chunk);
+        if self.bytes >= Self::BYTES || self.chunks.len() >= Self::CHUNKS {
+            self.flush(tx)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, tx: &SyncSender<Vec<NewChunk>>) -> Result<()> {
+        if self.chunks.is_empty() {
+            return Ok(());
+        }
+        self.bytes = 0;
+        tx.send(std::mem::take(&mut self.chunks)).map_err(|_| anyhow!("the backup pipeline stopped"))
+    }
+}
+
+fn compress_loop(rx: &Mutex<Receiver<Vec<NewChunk>>>, tx: &SyncSender<Vec<Blob>>, level: i32) -> Result<()> {
     let mut zstd = zstd::bulk::Compressor::new(level)?;
     loop {
-        let chunk = match rx.lock().map_err(|_| anyhow!("chunk queue poisoned"))?.recv() {
+        let chunks = match rx.lock().map_err(|_| anyhow!("chunk queue poisoned"))?.recv() {
             Ok(c) => c,
             Err(_) => return Ok(()),
         };
-        let raw_length = chunk.data.len() as u32;
-        let compressed = zstd.compress(&chunk.data)?;
-        let blob = if compressed.len() < chunk.data.len() {
-            Blob { id: chunk.id, stored: compressed, raw_length, flags: FLAG_ZSTD }
-        } else {
-            Blob { id: chunk.id, stored: chunk.data, raw_length, flags: 0 }
-        };
-        if tx.send(blob).is_err() {
+        let mut blobs = Vec::with_capacity(chunks.len());
+        for chunk in chunks {
+            let raw_length = chunk.data.len() as u32;
+            let compressed = zstd.compress(&chunk.data)?;
+            blobs.push(if compressed.len() < chunk.data.len() {
+                Blob { id: chunk.id, stored: compressed, raw_length, flags: FLAG_ZSTD }
+            } else {
+                Blob { id: chunk.id, stored: chunk.data, raw_length, flags: 0 }
+            });
+        }
+        if tx.send(blobs).is_err() {
             return Ok(());
         }
     }
 }
 
 fn pack_loop(
-    rx: Receiver<Blob>,
+    rx: Receiver<Vec<Blob>>,
     tx: tokio::sync::mpsc::Sender<SealedPack>,
     recipients: &[age::x25519::Recipient],
     pack_size: usize,
@@ -876,7 +932,7 @@ fn pack_loop(
         Ok(SealedPack { hash: crate::format::pack_id(&ciphertext), ciphertext: Bytes::from(ciphertext), blobs })
     };
     let mut builder = PackBuilder::with_capacity(pack_size + pack_size / 4);
-    for blob in rx {
+    for blob in rx.into_iter().flatten() {
         builder.add(blob.id, &blob.stored, blob.raw_length, blob.flags);
         if builder.len() >= pack_size {
             let full = std::mem::replace(&mut builder, PackBuilder::with_capacity(pack_size + pack_size / 4));

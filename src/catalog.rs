@@ -604,13 +604,16 @@ impl Catalog {
     /// Records a complete snapshot, the packs it needs, and the job's file cache: `cache`
     /// gives the files whose row changed (new, or read again), `current` says which paths
     /// the snapshot holds; rows of other paths go. A file reused unchanged keeps its row,
-    /// so a run with no change writes almost nothing.
+    /// so a run with no change writes almost nothing. `counts`, when given (files in the
+    /// snapshot, and how many of them had no row), spares the scan for rows to remove
+    /// when none can be left over.
     pub fn complete_snapshot(
         &mut self,
         snap: &SnapshotRow,
         packs: &HashSet<i64>,
         cache: impl IntoIterator<Item = Result<(Vec<u8>, CachedFile)>>,
         current: impl Fn(&[u8]) -> bool,
+        counts: Option<(u64, u64)>,
     ) -> Result<i64> {
         let tx = self.conn.transaction()?;
         tx.execute(
@@ -640,7 +643,12 @@ impl Catalog {
             for p in packs {
                 st.execute(params![seq, p])?;
             }
-            let gone: Vec<Vec<u8>> = {
+            let rows: u64 =
+                tx.query_row("SELECT count(*) FROM file_cache WHERE job = ?1", [&snap.job], |r| r.get(0))?;
+            let none_left = counts.is_some_and(|(files, new)| rows + new == files);
+            let gone: Vec<Vec<u8>> = if none_left {
+                Vec::new()
+            } else {
                 let mut st = tx.prepare("SELECT path FROM file_cache WHERE job = ?1")?;
                 let paths = st.query_map([&snap.job], |r| r.get::<_, Vec<u8>>(0))?;
                 paths.filter(|p| p.as_ref().map_or(true, |p| !current(p))).collect::<rusqlite::Result<_>>()?
@@ -1084,12 +1092,14 @@ mod tests {
             lock_mode: None,
             contents: None,
         };
-        cat.complete_snapshot(&snap("s1"), &HashSet::new(), vec![Ok((b"a".to_vec(), f.clone()))], |_| true).unwrap();
+        cat.complete_snapshot(&snap("s1"), &HashSet::new(), vec![Ok((b"a".to_vec(), f.clone()))], |_| true, None)
+            .unwrap();
         assert_eq!(cat.cached_file("j", b"a").unwrap(), Some(f.clone()));
         // `a` unchanged (no row given, kept), `b` new; then `a` gone.
-        cat.complete_snapshot(&snap("s2"), &HashSet::new(), vec![Ok((b"b".to_vec(), f.clone()))], |_| true).unwrap();
+        cat.complete_snapshot(&snap("s2"), &HashSet::new(), vec![Ok((b"b".to_vec(), f.clone()))], |_| true, None)
+            .unwrap();
         assert_eq!(cat.cached_file("j", b"a").unwrap(), Some(f.clone()));
-        cat.complete_snapshot(&snap("s3"), &HashSet::new(), std::iter::empty(), |p| p == b"b").unwrap();
+        cat.complete_snapshot(&snap("s3"), &HashSet::new(), std::iter::empty(), |p| p == b"b", None).unwrap();
         assert_eq!(cat.cached_file("j", b"a").unwrap(), None);
         assert_eq!(cat.cached_file("j", b"b").unwrap(), Some(f.clone()));
         assert_eq!(cat.find_snapshot("j", "latest").unwrap().id, "s3");

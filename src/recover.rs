@@ -254,7 +254,7 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
         report.findings.extend(crate::inventory::unsafe_entries(key, refused));
         let lock = runtime.block_on(target.lock_of(key, version.as_deref()))?;
         let row = SnapshotRow::from_record(record, version.clone(), lock.map(|l| l.mode.as_str().to_string()));
-        catalog.complete_snapshot(&row, &packs, std::iter::empty(), |_| true)?;
+        catalog.complete_snapshot(&row, &packs, std::iter::empty(), |_| true, None)?;
         report.snapshots.push((record.job.clone(), record.id.clone()));
     }
     catalog.forget_expired(crate::time::now_secs())?;

@@ -93,7 +93,9 @@ impl Excludes {
     }
 
     fn excluded(&self, rel: &Path, name: &std::ffi::OsStr) -> bool {
-        self.by_name.is_match(Path::new(name)) || self.by_path.is_match(rel)
+        // An empty set still copies the path into a match candidate: skip it.
+        (!self.by_name.is_empty() && self.by_name.is_match(Path::new(name)))
+            || (!self.by_path.is_empty() && self.by_path.is_match(rel))
     }
 }
 
