@@ -117,6 +117,104 @@ fn canary(dir: &Path) {
     std::fs::set_permissions(dir.join("existing"), std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
+/// Absolute paths into a canary tree, as a forger aims at them.
+struct Canary {
+    root: Vec<u8>,
+    existing: Vec<u8>,
+    file: Vec<u8>,
+    dir_tree: Vec<u8>,
+    nowhere: Vec<u8>,
+}
+
+impl Canary {
+    fn at(dir: &Path) -> Canary {
+        let at = |rest: &str| [dir.as_os_str().as_bytes(), rest.as_bytes()].concat();
+        Canary { root: at(""), existing: at("/existing"), file: at("/file"), dir_tree: at("/dir"), nowhere: at("/new") }
+    }
+}
+
+/// A forged stream: its name, its entries, the paths a restore must refuse, and the good
+/// files that must still restore.
+type Case<'a> = (&'a str, Vec<F<'a>>, Vec<&'a [u8]>, Vec<&'a [u8]>);
+
+/// The hostile streams, aimed at the canary `p`.
+fn hostile_cases(p: &Canary) -> Vec<Case<'_>> {
+    let Canary { root: canary_root, existing, file, dir_tree, nowhere } = p;
+    vec![
+        (
+            "symlink then a file under it",
+            vec![
+                F::Link(b"a", canary_root),
+                F::File(b"a/x", b"evil", 0o644),
+                F::File(b"a/existing", b"overwritten", 0o644),
+                F::File(b"good", b"good", 0o644),
+            ],
+            vec![b"a/x", b"a/existing"],
+            vec![b"good"],
+        ),
+        (
+            "symlink then a directory of the same name",
+            vec![F::Link(b"s", file), F::Dir(b"s", 0o4777), F::File(b"good", b"good", 0o600)],
+            vec![b"s"],
+            vec![b"good"],
+        ),
+        (
+            "a chain of symlinked parents",
+            vec![
+                F::Link(b"a", canary_root),
+                F::Link(b"a/link", b"existing"),
+                F::File(b"a/link/x", b"evil", 0o644),
+                F::File(b"good", b"good", 0o644),
+            ],
+            vec![b"a/link", b"a/link/x"],
+            vec![b"good"],
+        ),
+        (
+            "a file over a directory",
+            vec![
+                F::Link(b"d", dir_tree),
+                F::File(b"d/tree", b"evil", 0o644),
+                F::Dir(b"e", 0o755),
+                F::File(b"e", b"evil", 0o644),
+                F::File(b"good", b"good", 0o644),
+            ],
+            vec![b"d/tree", b"e"],
+            vec![b"good"],
+        ),
+        (
+            "a dangling symlink then a file",
+            vec![F::Link(b"l", nowhere), F::File(b"l", b"evil", 0o644), F::File(b"good", b"good", 0o644)],
+            vec![b"l"],
+            vec![b"good"],
+        ),
+        (
+            "entries out of order",
+            vec![F::File(b"o/x", b"evil", 0o644), F::Dir(b"o", 0o755), F::File(b"o/y", b"good", 0o644)],
+            vec![b"o/x"],
+            vec![b"o/y"],
+        ),
+        (
+            "duplicate paths",
+            vec![F::File(b"f", b"first", 0o644), F::File(b"f", b"second", 0o644), F::Dir(b"f", 0o755)],
+            vec![b"f", b"f"],
+            vec![b"f"],
+        ),
+        (
+            "`..`, absolute paths and NUL",
+            vec![
+                F::File(b"../escape", b"evil", 0o644),
+                F::File(b"../../../../../../../../../tmp/coffer-escape", b"evil", 0o644),
+                F::File(existing, b"evil", 0o644),
+                F::File(b"a\0b", b"evil", 0o644),
+                F::File(b"x/./y", b"evil", 0o644),
+                F::File(b"good", b"good", 0o644),
+            ],
+            vec![b"../escape", b"../../../../../../../../../tmp/coffer-escape", &existing, b"a\0b", b"x/./y"],
+            vec![b"good"],
+        ),
+    ]
+}
+
 /// A second state directory on the same target: the victim's, rebuilt by `recover`.
 fn victim_config(setup: &Setup) -> PathBuf {
     let text = std::fs::read_to_string(&setup.config).unwrap();
@@ -141,89 +239,13 @@ fn forged_snapshots_cannot_touch_anything_outside_the_restore_directory() {
     let setup = Setup::new("forged", common::Target::Dir, &empty.0);
     let canary_dir = setup.dir.path("canary");
     canary(&canary_dir);
-    let c = canary_dir.as_os_str().as_bytes();
-    let at = |rest: &str| [c, rest.as_bytes()].concat();
-    let (canary_root, existing, file, dir_tree, nowhere) =
-        (at(""), at("/existing"), at("/file"), at("/dir"), at("/new"));
+    let paths = Canary::at(&canary_dir);
+    let Canary { root: canary_root, existing, file, dir_tree, nowhere } = &paths;
     let long = vec![b'n'; 255];
     let long_dir = vec![b'd'; 255];
     let long_dir_file = [&long_dir[..], b"/inner"].concat();
 
-    // (name, stream, paths a restore must refuse, good files that must still restore)
-    type Case<'a> = (&'a str, Vec<F<'a>>, Vec<&'a [u8]>, Vec<&'a [u8]>);
-    let cases: Vec<Case> = vec![
-        (
-            "symlink then a file under it",
-            vec![
-                F::Link(b"a", &canary_root),
-                F::File(b"a/x", b"evil", 0o644),
-                F::File(b"a/existing", b"overwritten", 0o644),
-                F::File(b"good", b"good", 0o644),
-            ],
-            vec![b"a/x", b"a/existing"],
-            vec![b"good"],
-        ),
-        (
-            "symlink then a directory of the same name",
-            vec![F::Link(b"s", &file), F::Dir(b"s", 0o4777), F::File(b"good", b"good", 0o600)],
-            vec![b"s"],
-            vec![b"good"],
-        ),
-        (
-            "a chain of symlinked parents",
-            vec![
-                F::Link(b"a", &canary_root),
-                F::Link(b"a/link", b"existing"),
-                F::File(b"a/link/x", b"evil", 0o644),
-                F::File(b"good", b"good", 0o644),
-            ],
-            vec![b"a/link", b"a/link/x"],
-            vec![b"good"],
-        ),
-        (
-            "a file over a directory",
-            vec![
-                F::Link(b"d", &dir_tree),
-                F::File(b"d/tree", b"evil", 0o644),
-                F::Dir(b"e", 0o755),
-                F::File(b"e", b"evil", 0o644),
-                F::File(b"good", b"good", 0o644),
-            ],
-            vec![b"d/tree", b"e"],
-            vec![b"good"],
-        ),
-        (
-            "a dangling symlink then a file",
-            vec![F::Link(b"l", &nowhere), F::File(b"l", b"evil", 0o644), F::File(b"good", b"good", 0o644)],
-            vec![b"l"],
-            vec![b"good"],
-        ),
-        (
-            "entries out of order",
-            vec![F::File(b"o/x", b"evil", 0o644), F::Dir(b"o", 0o755), F::File(b"o/y", b"good", 0o644)],
-            vec![b"o/x"],
-            vec![b"o/y"],
-        ),
-        (
-            "duplicate paths",
-            vec![F::File(b"f", b"first", 0o644), F::File(b"f", b"second", 0o644), F::Dir(b"f", 0o755)],
-            vec![b"f", b"f"],
-            vec![b"f"],
-        ),
-        (
-            "`..`, absolute paths and NUL",
-            vec![
-                F::File(b"../escape", b"evil", 0o644),
-                F::File(b"../../../../../../../../../tmp/coffer-escape", b"evil", 0o644),
-                F::File(&existing, b"evil", 0o644),
-                F::File(b"a\0b", b"evil", 0o644),
-                F::File(b"x/./y", b"evil", 0o644),
-                F::File(b"good", b"good", 0o644),
-            ],
-            vec![b"../escape", b"../../../../../../../../../tmp/coffer-escape", &existing, b"a\0b", b"x/./y"],
-            vec![b"good"],
-        ),
-    ];
+    let cases = hostile_cases(&paths);
     let before = describe(&canary_dir);
     let mut ids = Vec::new();
     for (name, stream, _, _) in &cases {
@@ -395,4 +417,59 @@ fn a_forged_bucket_snapshot_uploads_nothing_but_its_own_bytes() {
     objects.sort();
     assert_eq!(objects, [PathBuf::from("d/obj"), PathBuf::from("ok")]);
     assert_eq!(std::fs::read(&secret_file).unwrap(), b"THE RESTORING MACHINE'S SECRET");
+}
+
+/// Every hostile stream again, as a bucket job restored with `--to-bucket`: nothing but
+/// the snapshot's own good files becomes an object, and nothing outside the bucket moves.
+#[test]
+fn forged_bucket_snapshots_upload_only_their_good_files() {
+    let scratch = common::Scratch::new("forged-buckets");
+    let src = scratch.path("bucket");
+    std::fs::create_dir_all(&src).unwrap();
+    let source = format!("{{ bucket = \"file://{}\" }}", src.display());
+    let setup = Setup::with_source("forgedbuckets", common::Target::Dir, &source, "");
+    let canary_dir = scratch.path("canary");
+    canary(&canary_dir);
+    let before = describe(&canary_dir);
+    let paths = Canary::at(&canary_dir);
+    let cases = hostile_cases(&paths);
+    let ids: Vec<String> = cases.iter().map(|(_, stream, _, _)| forge(&setup, "data", stream)).collect();
+    let victim = victim_config(&setup);
+    let mut rec = Command::new(BIN);
+    rec.arg("--config").arg(&victim).args(["recover", "--no-progress", "--identity"]).arg(&setup.identity);
+    assert_eq!(rec.output().unwrap().status.code(), Some(4));
+    for ((name, stream, refused, good), id) in cases.iter().zip(&ids) {
+        let out = scratch.path(&format!("out-{id}"));
+        let mut c = Command::new(BIN);
+        c.arg("--config").arg(&victim).args(["restore", id, "--job", "data", "--no-progress", "--identity"]);
+        c.arg(&setup.identity).arg("--to-bucket").arg(format!("file://{}", out.display()));
+        let r = c.output().unwrap();
+        let said = text(&r);
+        assert_eq!(r.status.code(), Some(1), "{name}: {said}");
+        for p in refused {
+            let shown = String::from_utf8_lossy(p).into_owned();
+            assert!(said.contains(&format!("{shown}: refused")), "{name}: `{shown}` not named: {said}");
+        }
+        assert_eq!(describe(&canary_dir), before, "{name} changed the canary");
+        // The objects are exactly the case's good files, each with its own bytes.
+        let mut uploaded: Vec<Vec<u8>> = Vec::new();
+        if out.exists() {
+            for (rel, what) in common::snapshot_tree(&out) {
+                if what.starts_with("dir") {
+                    continue;
+                }
+                let key = rel.as_os_str().as_bytes().to_vec();
+                let first = stream.iter().find_map(|f| match f {
+                    F::File(p, data, _) if *p == &key[..] => Some(*data),
+                    _ => None,
+                });
+                assert_eq!(Some(&std::fs::read(out.join(&rel)).unwrap()[..]), first, "{name}: {}", rel.display());
+                uploaded.push(key);
+            }
+        }
+        let mut want: Vec<Vec<u8>> = good.iter().map(|g| g.to_vec()).collect();
+        want.sort();
+        uploaded.sort();
+        assert_eq!(uploaded, want, "{name}: the objects uploaded");
+    }
 }
