@@ -130,7 +130,7 @@ pub fn run(cfg: &Config, job: &Job, opts: &Options) -> Result<Summary> {
     let counters = Arc::new(Counters::default());
     let result = {
         let _progress = ProgressLine::start(counters.clone(), opts.progress, crate::progress::backup_line);
-        run_pipeline(cfg, job, &mut repo, &counters, opts.stop.clone())
+        contained(|| run_pipeline(cfg, job, &mut repo, &counters, opts.stop.clone()))
     };
     let outcome = outcome(&result);
     let error = match &result {
@@ -170,6 +170,19 @@ pub fn run(cfg: &Config, job: &Job, opts: &Options) -> Result<Summary> {
         recorded?;
     }
     result
+}
+
+/// Runs `f`, turning a panic into an error: a bug met in one run ends it as `failed`,
+/// recorded and told to the hooks, instead of leaving it `running`.
+fn contained<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let what = match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+            (Some(s), _) => s.to_string(),
+            (_, Some(s)) => s.clone(),
+            _ => String::new(),
+        };
+        Err(anyhow!("internal error (a bug in coffer; please report it): {what}"))
+    })
 }
 
 fn run_pipeline(
@@ -332,9 +345,13 @@ fn run_pipeline(
     packs.extend(uploaded);
     let lock_mode = repo.target.lock_until(retain_until).map(|l| l.mode.as_str().to_string());
     let row = SnapshotRow::from_record(&record, version, lock_mode);
-    let entries = EntryReader::new(BufReader::new(File::open(&entries_path)?))?;
     let paths = &reader.paths;
-    let cache = entries.filter_map(|e| match e {
+    // Every file reused unchanged: no row to write, so the entry stream need not be read.
+    let entries = match paths.reused.len() < paths.files.len() {
+        true => Some(EntryReader::new(BufReader::new(File::open(&entries_path)?))?),
+        false => None,
+    };
+    let cache = entries.into_iter().flatten().filter_map(|e| match e {
         Ok(e) if e.kind == Kind::File && !paths.reused.contains(&path_hash(&e.path)) => Some(Ok((
             e.path,
             CachedFile {
@@ -455,12 +472,32 @@ struct ReadOutput {
 /// 128-bit hash of their path (16 bytes a file), for updating the file cache.
 #[derive(Default)]
 struct Paths {
-    files: HashSet<u128>,
-    reused: HashSet<u128>,
+    files: PathSet,
+    reused: PathSet,
     /// Files in the snapshot that had no row in the file cache.
     fresh: u64,
     /// Whether the last file looked up had no row.
     no_row: bool,
+}
+
+/// Path hashes are blake3 output already: their low 64 bits index a set as they are.
+type PathSet = HashSet<u128, std::hash::BuildHasherDefault<Low64>>;
+
+#[derive(Default)]
+struct Low64(u64);
+
+impl std::hash::Hasher for Low64 {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u128(&mut self, n: u128) {
+        self.0 = n as u64;
+    }
 }
 
 fn path_hash(path: &[u8]) -> u128 {
@@ -615,13 +652,14 @@ impl Reader {
             ChunkError::Read(err) => anyhow!("cannot read the command's output: {err}"),
             ChunkError::Sink(err) => err,
         })?;
-        self.count_file(&e.path, e.size);
+        self.count_file(path_hash(&e.path), e.size);
         Ok(e)
     }
 
     /// A file that goes into the snapshot, in the stats and the progress line.
-    fn count_file(&mut self, path: &[u8], size: u64) {
-        self.paths.files.insert(path_hash(path));
+    /// `hash` is the [`path_hash`] of its path.
+    fn count_file(&mut self, hash: u128, size: u64) {
+        self.paths.files.insert(hash);
         self.paths.fresh += u64::from(std::mem::take(&mut self.paths.no_row));
         self.stats.files += 1;
         self.stats.bytes += size;
@@ -674,7 +712,8 @@ impl Reader {
             let same = |c: &CachedFile, e: &Entry| {
                 (c.size, c.inode) == (e.size, e.ino) && (e.ino != 0 || c.mtime_ns == e.mtime_ns)
             };
-            if let Some((chunks, content_type)) = self.unchanged(&e, same)? {
+            let hash = path_hash(&e.path);
+            if let Some((chunks, content_type)) = self.unchanged(&e, hash, same)? {
                 e.chunks = chunks;
                 e.content_type = content_type;
                 Counters::add(&self.counters.unchanged, 1);
@@ -699,7 +738,7 @@ impl Reader {
                 }
             }
             files.insert(path);
-            self.count_file(&e.path, e.size);
+            self.count_file(hash, e.size);
             writer.write(&e).context("cannot write the entry stream")?;
         }
         Ok(())
@@ -754,7 +793,8 @@ impl Reader {
         let same = |c: &CachedFile, e: &Entry| {
             (c.size, c.mtime_ns, c.ctime_ns, c.inode) == (e.size, e.mtime_ns, e.ctime_ns, e.ino)
         };
-        if let Some((chunks, _)) = self.unchanged(&e, same)? {
+        let hash = path_hash(&e.path);
+        if let Some((chunks, _)) = self.unchanged(&e, hash, same)? {
             e.chunks = chunks;
             Counters::add(&self.counters.unchanged, 1);
         } else {
@@ -772,7 +812,7 @@ impl Reader {
                 Err(ChunkError::Sink(err)) => return Err(err),
             }
         }
-        self.count_file(&e.path, e.size);
+        self.count_file(hash, e.size);
         Ok(Some(e))
     }
 
@@ -782,6 +822,7 @@ impl Reader {
     fn unchanged(
         &mut self,
         e: &Entry,
+        hash: u128,
         same: impl Fn(&CachedFile, &Entry) -> bool,
     ) -> Result<Option<(Vec<ChunkId>, Option<String>)>> {
         self.paths.no_row = false;
@@ -817,7 +858,7 @@ impl Reader {
             tracing::warn!(path = %String::from_utf8_lossy(&e.path), "the catalog's cached chunk list does not add up to the file's size; reading it again");
             return Ok(None);
         }
-        self.paths.reused.insert(path_hash(&e.path));
+        self.paths.reused.insert(hash);
         self.referenced.extend(packs);
         Ok(Some((c.chunks, c.content_type)))
     }
@@ -1014,4 +1055,22 @@ fn hostname() -> String {
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_in_a_run_becomes_its_error() {
+        let r: Result<()> = contained(|| {
+            let v: Vec<u8> = Vec::new();
+            let i = v.len() + 3;
+            let _ = v[i];
+            Ok(())
+        });
+        let e = r.unwrap_err().to_string();
+        assert!(e.starts_with("internal error") && e.contains("index out of bounds"), "{e}");
+        assert_eq!(contained(|| Ok(7)).unwrap(), 7);
+    }
 }

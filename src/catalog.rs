@@ -20,10 +20,14 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0003_runs.sql"),
     include_str!("../migrations/0004_contents.sql"),
     include_str!("../migrations/0005_damaged.sql"),
+    include_str!("../migrations/0006_damaged_index.sql"),
 ];
 
 pub struct Catalog {
     conn: Connection,
+    /// The packs found damaged, as of the last read transaction begun: the dedup lookup
+    /// skips them in memory instead of asking per chunk.
+    damaged: std::cell::RefCell<HashSet<i64>>,
 }
 
 #[derive(Debug, Clone)]
@@ -227,8 +231,9 @@ impl Catalog {
         // looks up every file and chunk (memory-mapped pages are the page cache's, and
         // at most this much of the catalog counts in the process's RSS).
         conn.pragma_update(None, "mmap_size", 64 << 20).with_context(ctx)?;
-        let mut cat = Catalog { conn };
+        let mut cat = Catalog { conn, damaged: Default::default() };
         cat.migrate().with_context(ctx)?;
+        cat.load_damaged().with_context(ctx)?;
         Ok(cat)
     }
 
@@ -321,11 +326,16 @@ impl Catalog {
     /// The dedup lookup with the chunk's plaintext length, to check a cached file's chunk
     /// list against the size it claims.
     pub fn chunk_pack_and_size(&self, id: &ChunkId) -> Result<Option<(i64, u64)>> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT c.pack, c.raw_length FROM chunks c WHERE c.id = ?1
-             AND (SELECT damaged FROM packs WHERE id = c.pack) IS NULL",
-        )?;
-        Ok(st.query_row([&id.0[..]], |r| Ok((r.get(0)?, r.get(1)?))).optional()?)
+        let mut st = self.conn.prepare_cached("SELECT pack, raw_length FROM chunks WHERE id = ?1")?;
+        let found: Option<(i64, u64)> = st.query_row([&id.0[..]], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+        Ok(found.filter(|(pack, _)| !self.damaged.borrow().contains(pack)))
+    }
+
+    fn load_damaged(&self) -> Result<()> {
+        let mut st = self.conn.prepare_cached("SELECT id FROM packs WHERE damaged IS NOT NULL")?;
+        let ids = st.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<HashSet<i64>>>()?;
+        *self.damaged.borrow_mut() = ids;
+        Ok(())
     }
 
     /// Marks a pack as damaged (by its hash), with why; backups then store its chunks
@@ -336,6 +346,7 @@ impl Catalog {
             params![hash, why, crate::time::now_secs()],
         )?;
         if n > 0 {
+            self.load_damaged()?;
             self.event(
                 "pack-damaged",
                 None,
@@ -348,7 +359,7 @@ impl Catalog {
     /// Begins a read transaction, for many lookups at the cost of one lock ([`Catalog::end_read`]).
     pub fn begin_read(&self) -> Result<()> {
         self.conn.execute_batch("BEGIN DEFERRED")?;
-        Ok(())
+        self.load_damaged()
     }
 
     pub fn end_read(&self) -> Result<()> {

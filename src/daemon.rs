@@ -304,7 +304,9 @@ impl Scheduler {
             let Some(job) = cfg.jobs.iter().find(|j| j.name == q.job).cloned() else { continue };
             lock(&self.shared.running).push(q.job.clone());
             let (cfg, done, stop) = (cfg.clone(), self.done_tx.clone(), self.shared.stop.clone());
+            let finished = Finished { job: q.job.clone(), done };
             let spawned = std::thread::Builder::new().name(format!("job-{}", q.job)).spawn(move || {
+                let _finished = finished;
                 let opts = crate::backup::Options {
                     progress: false,
                     trigger: q.trigger,
@@ -315,7 +317,6 @@ impl Scheduler {
                     // The run's outcome and error are in the run history and the log.
                     tracing::debug!(job = %job.name, "run ended: {e:#}");
                 }
-                let _ = done.send(job.name);
             });
             if let Err(e) = spawned {
                 tracing::error!(job = %q.job, "cannot start a thread for the job: {e}");
@@ -325,6 +326,7 @@ impl Scheduler {
     }
 
     fn finished(&mut self, job: &str) {
+        tracing::debug!(job, "job thread ended");
         let mut running = lock(&self.shared.running);
         if let Some(i) = running.iter().position(|j| j == job) {
             running.remove(i);
@@ -401,6 +403,19 @@ impl Scheduler {
     }
 }
 
+/// Tells the scheduler that a job's thread ended, when the thread drops it: also when
+/// the run panicked, so that the job is never left `running` until a restart.
+struct Finished {
+    job: String,
+    done: mpsc::UnboundedSender<String>,
+}
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        let _ = self.done.send(std::mem::take(&mut self.job));
+    }
+}
+
 fn second_signal() -> ExitCode {
     tracing::warn!("second signal: exiting at once (the next start resumes)");
     ExitCode::FAILURE
@@ -420,4 +435,21 @@ fn now_millis() -> i64 {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_thread_that_panics_still_frees_its_job() {
+        let (done, mut rx) = mpsc::unbounded_channel();
+        let finished = Finished { job: "nightly".into(), done };
+        let thread = std::thread::spawn(move || {
+            let _finished = finished;
+            panic!("a bug in a run");
+        });
+        assert!(thread.join().is_err());
+        assert_eq!(rx.try_recv().ok().as_deref(), Some("nightly"));
+    }
 }
