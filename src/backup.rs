@@ -28,12 +28,14 @@ use crate::ChunkId;
 use crate::catalog::{CachedFile, Catalog, RunReport, SnapshotRow, StoredPack, Trigger};
 use crate::chunker::{ChunkError, Chunker};
 use crate::config::{Config, Job, Source};
+use crate::format::contents::Contents;
 use crate::format::entry::{Entry, EntryReader, EntryWriter, Kind};
 use crate::format::pack::{BlobEntry, FLAG_ZSTD, PackBuilder};
 use crate::format::snapshot::{self, EntryError, SnapshotRecord, SnapshotStats};
 use crate::keys::RepoSecret;
 use crate::progress::{Counters, ProgressLine};
 use crate::retry::{GiveUp, Retry};
+use crate::run_outcome::RunOutcome;
 use crate::source::path::{self as path_source, Excludes, Found};
 use crate::target::Target;
 
@@ -58,13 +60,15 @@ pub struct Options {
 #[error("interrupted by shutdown; the packs stored so far are kept and the next run resumes")]
 pub struct Interrupted;
 
-/// How a run ended, as the run history and the hooks name it.
-pub fn outcome(result: &Result<Summary>) -> &'static str {
+/// How a run ended.
+pub fn outcome(result: &Result<Summary>) -> RunOutcome {
     match result {
-        Ok(s) if s.errors.is_empty() => "success",
-        Ok(_) => "partial",
-        Err(e) if e.is::<Interrupted>() || matches!(e.downcast_ref(), Some(GiveUp::Stopped { .. })) => "interrupted",
-        Err(_) => "failed",
+        Ok(s) if s.errors.is_empty() => RunOutcome::Success,
+        Ok(_) => RunOutcome::Partial,
+        Err(e) if e.is::<Interrupted>() || matches!(e.downcast_ref(), Some(GiveUp::Stopped { .. })) => {
+            RunOutcome::Interrupted
+        }
+        Err(_) => RunOutcome::Failed,
     }
 }
 
@@ -74,7 +78,7 @@ pub struct Summary {
     /// Until when the snapshot's objects are locked, where the target locks.
     pub retain_until: Option<i64>,
     /// COMPLIANCE, GOVERNANCE or UNPROTECTED.
-    pub protection: &'static str,
+    pub protection: crate::target::Protection,
     /// The periods this snapshot is the keeper of (daily, weekly, ...).
     pub keeps: Vec<&'static str>,
     pub stats: SnapshotStats,
@@ -121,7 +125,7 @@ fn open_repo(cfg: &Config, retry: Retry) -> Result<Repo> {
 
 /// Runs one backup of `job`.
 pub fn run(cfg: &Config, job: &Job, opts: &Options) -> Result<Summary> {
-    let _lock = cfg.job_lock(&job.name)?;
+    let _lock = cfg.state().job_lock(&job.name)?;
     let retry = Retry::new(cfg.target.retry_budget, opts.stop.clone());
     let mut repo = open_repo(cfg, retry.clone())?;
     let run_id = repo.catalog.start_run(&job.name, opts.trigger, opts.scheduled_for)?;
@@ -156,14 +160,16 @@ pub fn run(cfg: &Config, job: &Job, opts: &Options) -> Result<Summary> {
     match &error {
         None => tracing::info!(
             job = %job.name,
-            outcome,
+            outcome = outcome.as_str(),
             snapshot = report.snapshot.as_deref().unwrap_or(""),
             bytes_uploaded = report.bytes_uploaded,
             "backup finished"
         ),
-        Some(e) => tracing::warn!(job = %job.name, outcome, retries = report.retries, "backup finished: {e}"),
+        Some(e) => {
+            tracing::warn!(job = %job.name, outcome = outcome.as_str(), retries = report.retries, "backup finished: {e}")
+        }
     }
-    if outcome != "interrupted" {
+    if outcome != RunOutcome::Interrupted {
         crate::hooks::after_run(job, outcome, report.snapshot.as_deref(), error.as_deref());
     }
     if result.is_ok() {
@@ -205,9 +211,7 @@ fn run_pipeline(
     let decision = crate::retention::decide(created, job.lock_days, &job.keep, previous);
     let retain_until = decision.retain_until;
     let pack_until = retain_until + crate::config::EXTENSION_SLACK_DAYS * DAY;
-    let tmp_dir = cfg.state_dir.join("tmp");
-    crate::fsutil::create_private_dir(&tmp_dir)?;
-    let entries_path = tmp_dir.join(format!("entries-{}-{}", job.name, crate::hex::random(6)));
+    let entries_path = cfg.state().scratch(&format!("entries-{}", job.name))?;
     let _cleanup = crate::fsutil::RemoveOnDrop(entries_path.clone());
 
     let abort = Arc::new(AtomicBool::new(false));
@@ -220,7 +224,7 @@ fn run_pipeline(
     let pending = Arc::new(Mutex::new(InFlight::default()));
     // Reader: its own catalog connection (WAL lets it read while the uploader writes).
     let reader = {
-        let reader_catalog = Catalog::open(&cfg.catalog_path())?;
+        let reader_catalog = Catalog::open(&cfg.state().catalog())?;
         let mut r = Reader {
             catalog: reader_catalog,
             secret: repo.secret.clone(),
@@ -308,7 +312,7 @@ fn run_pipeline(
     let reader = read??;
     packed?;
     command_result?;
-    if let Some(crate::source::Contents::Command(c)) = &mut contents {
+    if let Some(Contents::Command(c)) = &mut contents {
         c.bytes = reader.stats.bytes;
     }
 
@@ -392,13 +396,12 @@ fn extend_locks(
     retain_until: i64,
     job: &str,
 ) -> Result<u64> {
-    let Some(api) = repo.target.lock_api() else { return Ok(0) };
-    let short = repo.catalog.packs_locked_before(packs, retain_until)?;
     let until = retain_until + crate::config::EXTENSION_SLACK_DAYS * DAY;
-    let lock = repo.target.lock_until(until).expect("a target with a lock api locks");
+    let Some(lock) = repo.target.lock_until(until) else { return Ok(0) };
+    let short = repo.catalog.packs_locked_before(packs, retain_until)?;
     for (id, hash, version) in &short {
         let key = crate::format::pack_key(hash);
-        if let Err(e) = runtime.block_on(api.put_retention(&key, version.as_deref(), lock, false)) {
+        if let Err(e) = runtime.block_on(repo.target.extend_lock(&key, version.as_deref(), until)) {
             let _ = repo.catalog.event("lock-refused", Some(job), &format!("pack {hash}: {e:#}"));
             return Err(e.context(format!("cannot extend the lock of {key}; the snapshot is not complete")));
         }
@@ -407,7 +410,7 @@ fn extend_locks(
     let mut requests = short.len() as u64;
     if repo.row.record_lock.is_none_or(|l| l.until < retain_until) {
         let key = crate::format::REPO_KEY;
-        if let Err(e) = runtime.block_on(api.put_retention(key, repo.row.record_version.as_deref(), lock, false)) {
+        if let Err(e) = runtime.block_on(repo.target.extend_lock(key, repo.row.record_version.as_deref(), until)) {
             let _ = repo.catalog.event("lock-refused", Some(job), &format!("{key}: {e:#}"));
             return Err(e.context(format!("cannot extend the lock of {key}; the snapshot is not complete")));
         }
@@ -553,14 +556,15 @@ enum Input {
 /// A source made ready to read: git mirrors fetched, a command started.
 struct Prepared {
     input: Input,
-    contents: Option<crate::source::Contents>,
+    contents: Option<Contents>,
     /// Parts of the source that could not be had (a repository that failed to fetch).
     errors: Vec<EntryError>,
     command: Option<crate::source::command::Running>,
 }
 
 fn prepare(cfg: &Config, job: &Job) -> Result<Prepared> {
-    use crate::source::{Contents, command, git};
+    use crate::format::contents::{BucketState, CommandState};
+    use crate::source::{command, git};
     let excludes = || Excludes::new(&job.exclude);
     match &job.source {
         Source::Path(root) => {
@@ -571,7 +575,7 @@ fn prepare(cfg: &Config, job: &Job) -> Result<Prepared> {
             Ok(Prepared { input, contents: None, errors: Vec::new(), command: None })
         }
         Source::Git(src) => {
-            let dir = git::mirrors_dir(&cfg.state_dir, &job.name);
+            let dir = cfg.state().mirrors(&job.name);
             let repos = git::update_mirrors(src, &dir)?;
             let errors: Vec<EntryError> = repos
                 .iter()
@@ -598,8 +602,7 @@ fn prepare(cfg: &Config, job: &Job) -> Result<Prepared> {
         }
         Source::Command(src) => {
             let (running, data) = command::start(src, &job.name, &job.env)?;
-            let contents =
-                Contents::Command(command::CommandState { program: src.program(), file: src.file.clone(), bytes: 0 });
+            let contents = Contents::Command(CommandState { program: src.program(), file: src.file.clone(), bytes: 0 });
             let input = Input::Stream { name: src.file.clone(), data };
             Ok(Prepared { input, contents: Some(contents), errors: Vec::new(), command: Some(running) })
         }
@@ -607,7 +610,7 @@ fn prepare(cfg: &Config, job: &Job) -> Result<Prepared> {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let bucket = crate::source::bucket::Bucket::open(src, &src.url)?;
             let objects = runtime.block_on(bucket.list())?;
-            let state = crate::source::bucket::BucketState { url: src.url.clone(), objects: objects.len() as u64 };
+            let state = BucketState { url: src.url.clone(), objects: objects.len() as u64 };
             let input = Input::Objects { bucket, objects, runtime };
             Ok(Prepared { input, contents: Some(Contents::Bucket(state)), errors: Vec::new(), command: None })
         }

@@ -12,7 +12,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::ChunkId;
 use crate::chunker::ChunkerParams;
 use crate::format::pack::BlobEntry;
-use crate::objectlock::{LockMode, Retention};
+use crate::run_outcome::RunOutcome;
+use crate::target::{LockMode, Retention};
 
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_init.sql"),
@@ -106,7 +107,7 @@ pub struct SnapshotRow {
     /// The lock mode of the snapshot record (locked until `retain_until`), if any.
     pub lock_mode: Option<String>,
     /// What the source contained beyond its files (git refs, a command's output).
-    pub contents: Option<crate::source::Contents>,
+    pub contents: Option<crate::format::contents::Contents>,
 }
 
 impl SnapshotRow {
@@ -148,9 +149,9 @@ pub struct CachedFile {
 }
 
 /// What a finished run reports.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct RunReport {
-    pub outcome: &'static str,
+    pub outcome: RunOutcome,
     pub snapshot: Option<String>,
     pub bytes_read: u64,
     pub bytes_new: u64,
@@ -192,7 +193,7 @@ pub struct RunRow {
     pub started_at: i64,
     pub ended_at: Option<i64>,
     pub duration_ms: Option<u64>,
-    pub outcome: String,
+    pub outcome: RunOutcome,
     pub snapshot: Option<String>,
     pub bytes_read: u64,
     pub bytes_new: u64,
@@ -239,7 +240,7 @@ impl Catalog {
 
     /// The catalog of an initialised state directory, with a hint when there is none.
     pub fn open_existing(cfg: &crate::config::Config) -> Result<Catalog> {
-        let path = cfg.catalog_path();
+        let path = cfg.state().catalog();
         if !path.exists() {
             bail!("state directory {} holds no catalog; run `coffer init` first", cfg.state_dir.display());
         }
@@ -860,7 +861,7 @@ impl Catalog {
     /// When the job was last considered, run or skipped (its fire time where it had one),
     /// and how that ended: fire times after it were missed, and so is a run a shutdown
     /// interrupted.
-    pub fn last_run(&self, job: &str) -> Result<Option<(i64, String)>> {
+    pub fn last_run(&self, job: &str) -> Result<Option<(i64, RunOutcome)>> {
         Ok(self
             .conn
             .query_row(
@@ -1042,8 +1043,8 @@ mod tests {
         let stale = cat.start_run("a", Trigger::Schedule, Some(40)).unwrap();
         cat.start_run("a", Trigger::CatchUp, None).unwrap();
         let rows = cat.runs(Some("a"), 10).unwrap();
-        assert_eq!(rows.iter().find(|r| r.id == stale).unwrap().outcome, "interrupted");
-        assert_eq!(rows.iter().filter(|r| r.outcome == "skipped").count(), 1);
+        assert_eq!(rows.iter().find(|r| r.id == stale).unwrap().outcome, RunOutcome::Interrupted);
+        assert_eq!(rows.iter().filter(|r| r.outcome == RunOutcome::Skipped).count(), 1);
         let totals = cat.job_totals("a").unwrap();
         assert_eq!((totals.failures, totals.skips, totals.runs), (1, 1, 2));
         std::fs::remove_dir_all(dir).unwrap();

@@ -271,7 +271,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     crate::time::format_utc(r.started_at),
                     r.job.clone(),
                     r.trigger.clone(),
-                    r.outcome.clone(),
+                    r.outcome.to_string(),
                     r.duration_ms.map(|ms| format!("{:.1}s", ms as f64 / 1000.0)).unwrap_or_else(|| "-".into()),
                     bytes(r.bytes_read),
                     bytes(r.bytes_uploaded),
@@ -290,7 +290,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 crate::init::Outcome::Created { repo_id, protection } => {
                     println!("initialised repository {repo_id} on {}", cfg.target.url);
                     match protection {
-                        "UNPROTECTED" => println!(
+                        crate::target::Protection::Unprotected => println!(
                             "note: this target is UNPROTECTED (no write-once retention): anyone with its \
                              credentials can delete the backups. Use a bucket with Object Lock for real backups."
                         ),
@@ -487,7 +487,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             if checkout && s.failures.is_empty() {
                 match &s.contents {
-                    Some(crate::source::Contents::Git { repos }) => {
+                    Some(crate::format::contents::Contents::Git { repos }) => {
                         let crate::restore::Destination::Dir(to) = &opts.to else {
                             anyhow::bail!("--checkout needs --to");
                         };
@@ -530,7 +530,7 @@ fn status(config: &std::path::Path, opts: &crate::status::Options, json: bool) -
         return ExitCode::from(report.status.exit_code());
     }
     let t = &report.target;
-    let source = if t.protection == "UNPROTECTED" {
+    let source = if t.protection == crate::target::Protection::Unprotected {
         "no locks".to_string()
     } else if t.remote_checked {
         format!("locks read from the server ({} objects)", t.objects_checked)

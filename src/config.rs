@@ -14,9 +14,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::keys;
-use crate::objectlock::LockMode;
 use crate::retention::{Keep, Span};
 use crate::schedule::{Schedule, Zone};
+use crate::target::LockMode;
 
 /// Days added to the lock of a new pack beyond the snapshot that writes it, so that later
 /// snapshots reusing it need fewer lock extensions.
@@ -562,18 +562,9 @@ impl Config {
         })
     }
 
-    pub fn catalog_path(&self) -> PathBuf {
-        self.state_dir.join("catalog.sqlite")
-    }
-
-    /// The lock a backup of `job` holds (and prune takes for every job), in a private
-    /// directory it creates.
-    pub fn job_lock(&self, job: &str) -> anyhow::Result<crate::fsutil::LockFile> {
-        let dir = self.state_dir.join("locks");
-        crate::fsutil::create_private_dir(&dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
-        crate::fsutil::LockFile::take(&dir.join(format!("{job}.lock")), || {
-            format!("another coffer process is backing up job `{job}` with this state directory")
-        })
+    /// The state directory's files ([`StateDir`](crate::state_dir::StateDir)).
+    pub fn state(&self) -> crate::state_dir::StateDir<'_> {
+        crate::state_dir::StateDir(&self.state_dir)
     }
 }
 

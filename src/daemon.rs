@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 
 use crate::catalog::{Catalog, Trigger};
 use crate::config::Config;
+use crate::run_outcome::RunOutcome;
 
 /// The scheduler wakes at least this often, so `/health` can tell it is alive.
 const MAX_SLEEP: Duration = Duration::from_secs(15);
@@ -32,11 +33,8 @@ const HEALTH_STALE_SECS: i64 = 120;
 
 pub fn run(config_file: &Path) -> Result<ExitCode> {
     let cfg = Config::load(config_file)?;
-    crate::fsutil::create_private_dir(&cfg.state_dir)
-        .with_context(|| format!("cannot create state directory {}", cfg.state_dir.display()))?;
-    let _lock = crate::fsutil::LockFile::take(&cfg.state_dir.join("daemon.lock"), || {
-        format!("another coffer daemon is running with state directory {}", cfg.state_dir.display())
-    })?;
+    cfg.state().create()?;
+    let _lock = cfg.state().daemon_lock()?;
     // Refuse to start half-configured: the repository must exist and the token be readable.
     Catalog::open_repo(&cfg)?;
     let token = read_token(&cfg)?;
@@ -205,7 +203,7 @@ impl Scheduler {
             let Some(schedule) = &job.schedule else { continue };
             let why = match catalog.last_run(&job.name)? {
                 None => Some("the job has never run"),
-                Some((_, outcome)) if outcome == "interrupted" => Some("its last run was interrupted"),
+                Some((_, RunOutcome::Interrupted)) => Some("its last run was interrupted"),
                 Some((last, _)) => schedule
                     .next_after(last, cfg.daemon.zone)
                     .filter(|&f| f <= now)

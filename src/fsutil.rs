@@ -65,7 +65,8 @@ pub fn secure_state_dir(dir: &Path) -> anyhow::Result<()> {
     }
     // SAFETY: geteuid cannot fail.
     let mine = m.uid() == unsafe { libc::geteuid() };
-    let own = dir.join("catalog.sqlite").exists() || std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none());
+    let own = crate::state_dir::StateDir(dir).catalog().exists()
+        || std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none());
     if mine && own {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & 0o7700))
             .map_err(|e| anyhow::anyhow!("cannot make state directory {} private: {e}", dir.display()))?;

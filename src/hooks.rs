@@ -11,14 +11,15 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::config::Job;
+use crate::run_outcome::RunOutcome;
 
 /// Runs `on_success` (outcome success) or `on_failure` (partial, failed), if configured.
-pub fn after_run(job: &Job, outcome: &str, snapshot: Option<&str>, error: Option<&str>) {
-    let hook = if outcome == "success" { &job.hooks.on_success } else { &job.hooks.on_failure };
+pub fn after_run(job: &Job, outcome: RunOutcome, snapshot: Option<&str>, error: Option<&str>) {
+    let hook = if outcome == RunOutcome::Success { &job.hooks.on_success } else { &job.hooks.on_failure };
     let Some(argv) = hook else { return };
     let env = [
         ("COFFER_JOB", job.name.as_str()),
-        ("COFFER_OUTCOME", outcome),
+        ("COFFER_OUTCOME", outcome.as_str()),
         ("COFFER_ERROR", error.unwrap_or("")),
         ("COFFER_SNAPSHOT", snapshot.unwrap_or("")),
     ];

@@ -71,36 +71,24 @@ impl Inventory {
     /// (a target without versions).
     pub async fn read(target: &Target) -> Result<Inventory> {
         let mut keys: BTreeMap<String, KeyVersions> = BTreeMap::new();
-        let Some(api) = target.lock_api() else {
-            for meta in target.list().await? {
-                keys.entry(meta.location.to_string()).or_default().versions.push(Version {
-                    id: meta.version,
-                    size: meta.size,
-                    etag: meta.e_tag,
-                    last_modified: meta.last_modified.timestamp(),
-                });
-            }
-            return Ok(Inventory { keys, versioned: false });
-        };
-        for v in api.list_versions("").await? {
+        let versioned = target.lists_versions();
+        for v in target.list("").await? {
             let entry = keys.entry(v.key).or_default();
-            if v.delete_marker {
-                entry.delete_markers.push((v.version_id, v.last_modified));
-            } else {
-                let version_id = Some(v.version_id);
-                entry.versions.push(Version {
-                    id: version_id,
-                    size: v.size,
-                    etag: v.etag,
-                    last_modified: v.last_modified,
-                });
+            match (v.delete_marker, v.version_id) {
+                (true, Some(id)) => entry.delete_markers.push((id, v.last_modified)),
+                (true, None) => {}
+                (false, id) => {
+                    entry.versions.push(Version { id, size: v.size, etag: v.etag, last_modified: v.last_modified })
+                }
             }
         }
-        // The listing gives each key's versions newest first.
-        for k in keys.values_mut() {
-            k.versions.reverse();
+        // A listing of versions gives each key's newest first.
+        if versioned {
+            for k in keys.values_mut() {
+                k.versions.reverse();
+            }
         }
-        Ok(Inventory { keys, versioned: true })
+        Ok(Inventory { keys, versioned })
     }
 
     /// What is wrong with `key`, given the version that is genuine (the one the catalog

@@ -9,6 +9,7 @@ use std::fmt::Write;
 
 use crate::catalog::{Catalog, JobTotals, RunRow};
 use crate::config::Config;
+use crate::run_outcome::RunOutcome;
 use crate::status::JobStatus;
 
 /// What the running daemon knows that the catalog does not.
@@ -94,7 +95,7 @@ fn job_metrics(m: &mut Exposition, cfg: &Config, catalog: &Catalog, live: &Live)
         }),
         ("coffer_job_last_run_outcome", "gauge", "1 for the outcome of the job's last run.", &|r| {
             let Some(l) = &r.totals.last_run else { return Vec::new() };
-            ["success", "partial", "failed", "interrupted"]
+            RunOutcome::ENDED
                 .iter()
                 .map(|o| (format!(",outcome=\"{o}\""), f64::from(u8::from(l.outcome == *o))))
                 .collect()

@@ -11,7 +11,6 @@ use anyhow::{Context, Result, anyhow};
 
 use crate::catalog::Catalog;
 use crate::config::Config;
-use crate::objectlock::LockApi;
 use crate::target::Target;
 
 pub struct Options {
@@ -49,7 +48,7 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Summary> {
     let _locks = cfg
         .jobs
         .iter()
-        .map(|j| cfg.job_lock(&j.name).map_err(|e| e.context("prune runs only while no backup does")))
+        .map(|j| cfg.state().job_lock(&j.name).map_err(|e| e.context("prune runs only while no backup does")))
         .collect::<Result<Vec<_>>>()?;
     let (catalog, _) = Catalog::open_repo(cfg)?;
     let target = Target::open(&cfg.target)?;
@@ -72,14 +71,14 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Summary> {
     }
 
     // On S3: the privileged credentials, the canaries, and the server's word on each lock.
-    let api = privileged(cfg, &target, opts.yes)?;
-    let reader = api.as_ref().or(target.lock_api());
-    if let Some(api) = reader {
-        for v in runtime.block_on(api.list_versions("canary/"))? {
+    let privileged = privileged(cfg, &target, opts.yes)?;
+    let target = privileged.unwrap_or(target);
+    if target.lists_versions() {
+        for v in runtime.block_on(target.list("canary/"))? {
             if !v.delete_marker {
                 summary.candidates.push(Candidate {
                     key: v.key,
-                    version: Some(v.version_id),
+                    version: v.version_id,
                     size: v.size,
                     what: What::Canary,
                 });
@@ -87,7 +86,7 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Summary> {
         }
         let mut unlocked = Vec::new();
         for c in std::mem::take(&mut summary.candidates) {
-            match runtime.block_on(api.get_retention(&c.key, c.version.as_deref()))? {
+            match runtime.block_on(target.lock_of(&c.key, c.version.as_deref()))? {
                 Some(lock) if lock.until > now => summary.still_locked.push((c.key.clone(), lock.until)),
                 _ => unlocked.push(c),
             }
@@ -98,13 +97,7 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Summary> {
         return Ok(summary);
     }
     for c in &summary.candidates {
-        match &api {
-            Some(api) => {
-                let version = c.version.as_deref().ok_or_else(|| anyhow!("{} has no recorded version id", c.key))?;
-                runtime.block_on(api.delete_version(&c.key, version))?;
-            }
-            None => runtime.block_on(target.delete_local(&c.key))?,
-        }
+        runtime.block_on(target.delete(&c.key, c.version.as_deref()))?;
         match &c.what {
             What::Pack { id, hash } => catalog.remove_pack(*id, hash)?,
             What::Snapshot { id } => catalog.remove_snapshot(id)?,
@@ -116,12 +109,13 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Summary> {
     Ok(summary)
 }
 
-/// The prune credentials, on S3 (required to delete; used to look when present).
-fn privileged(cfg: &Config, target: &Target, deleting: bool) -> Result<Option<LockApi>> {
+/// The target with the prune credentials, on S3 (required to delete where it locks;
+/// used to look when present).
+fn privileged(cfg: &Config, target: &Target, deleting: bool) -> Result<Option<Target>> {
     let (id_env, secret_env) = (&cfg.prune.access_key_id_env, &cfg.prune.secret_access_key_env);
     match (std::env::var(id_env), std::env::var(secret_env)) {
-        (Ok(id), Ok(secret)) => target.privileged_api(id, secret),
-        _ if deleting && target.lock_api().is_some() => Err(anyhow!(
+        (Ok(id), Ok(secret)) => target.privileged(id, secret),
+        _ if deleting && target.locks() => Err(anyhow!(
             "prune deletes with the privileged credentials named in [prune], which the daemon never holds: \
              set ${id_env} and ${secret_env}"
         )),

@@ -65,7 +65,7 @@ impl Report {
 const READ_AHEAD: usize = 2;
 
 pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
-    let final_path = cfg.catalog_path();
+    let final_path = cfg.state().catalog();
     if final_path.exists() {
         bail!(
             "{} already holds a catalog; recover builds a new one from the target into an empty state \
@@ -73,15 +73,12 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
             cfg.state_dir.display()
         );
     }
-    crate::fsutil::create_private_dir(&cfg.state_dir)
-        .with_context(|| format!("cannot create state directory {}", cfg.state_dir.display()))?;
-    let _lock = crate::fsutil::LockFile::take(&cfg.state_dir.join("recover.lock"), || {
-        format!("another `coffer recover` is running on {}", cfg.state_dir.display())
-    })?;
+    cfg.state().create()?;
+    let _lock = cfg.state().recover_lock()?;
     let identity = Arc::new(Identity::load(&opts.identity)?);
     let target = Target::open(&cfg.target)?;
     let runtime = crate::target::runtime()?;
-    let partial = cfg.state_dir.join("catalog.sqlite.recovering");
+    let partial = cfg.state().recovering_catalog();
     let mut catalog = Catalog::open(&partial)?;
     catalog.begin_recovery()?;
 

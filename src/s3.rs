@@ -2,7 +2,7 @@
 //! AWS Signature Version 4 ([`sign`]) using object_store's credential provider, and sent
 //! with hyper: no second SDK.
 //!
-//! Two users: the Object Lock calls on the target (`objectlock`), and a bucket source,
+//! Two users: the Object Lock calls on the target (`target/s3/object_lock.rs`), and a bucket source,
 //! whose keys are whatever its owner wrote (`source::bucket`). object_store refuses keys
 //! with empty or `.`/`..` segments and control characters, so the source lists, reads
 //! and writes back by exact key here.

@@ -19,7 +19,7 @@ use serde::Serialize;
 use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::inventory::{Finding, Inventory, Layout};
-use crate::target::Target;
+use crate::target::{Protection, Target};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
@@ -53,8 +53,7 @@ pub struct Report {
 #[derive(Debug, Serialize)]
 pub struct TargetStatus {
     pub url: String,
-    /// COMPLIANCE, GOVERNANCE or UNPROTECTED.
-    pub protection: &'static str,
+    pub protection: Protection,
     /// Locks read from the server (`--remote`) rather than from the catalog.
     pub remote_checked: bool,
     /// Object versions whose lock was read from the server.
@@ -116,7 +115,8 @@ impl Findings {
 struct Locks<'a> {
     /// Only with `--remote`.
     runtime: Option<tokio::runtime::Runtime>,
-    api: Option<&'a crate::objectlock::LockApi>,
+    /// The target, when its locks are read from the server.
+    target: Option<&'a Target>,
     /// Packs to ask the server about (all, or the `--sample`); records are always asked.
     remote_packs: Option<HashSet<i64>>,
     asked: HashMap<String, Option<i64>>,
@@ -135,7 +135,7 @@ impl Locks<'_> {
         pack: Option<i64>,
         f: &mut Findings,
     ) -> Option<i64> {
-        let (Some(api), Some(runtime)) = (self.api, &self.runtime) else { return recorded };
+        let (Some(target), Some(runtime)) = (self.target, &self.runtime) else { return recorded };
         if let (Some(id), Some(chosen)) = (pack, &self.remote_packs)
             && !chosen.contains(&id)
         {
@@ -145,7 +145,7 @@ impl Locks<'_> {
         if let Some(known) = self.asked.get(&id) {
             return *known;
         }
-        let until = match runtime.block_on(api.get_retention(key, version)) {
+        let until = match runtime.block_on(target.lock_of(key, version)) {
             Ok(r) => r.map(|r| r.until),
             Err(e) => {
                 f.raise(Level::Critical, format!("cannot read the lock of {key} from the server: {e:#}"));
@@ -170,20 +170,20 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
     let now = crate::time::now_secs();
     let mut f = Findings::default();
     let protection = target.protection();
-    let locked = target.lock_api().is_some();
+    let locked = target.locks();
     match protection {
-        "UNPROTECTED" => f.raise(
+        Protection::Unprotected => f.raise(
             Level::Warning,
             format!(
                 "target {} is UNPROTECTED: nothing stops its credentials from deleting the backups",
                 cfg.target.url
             ),
         ),
-        "GOVERNANCE" => f.raise(
+        Protection::Governance => f.raise(
             Level::Warning,
             "locks are in GOVERNANCE mode: users with s3:BypassGovernanceRetention can remove them".into(),
         ),
-        _ => {}
+        Protection::Compliance => {}
     }
     if let Some(why) = &repo.unprotected {
         f.raise(Level::Warning, format!("init was told to accept an unprotected target: {why}"));
@@ -223,7 +223,7 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
     };
     let mut locks = Locks {
         runtime: if opts.remote { Some(crate::target::runtime()?) } else { None },
-        api: if opts.remote { target.lock_api() } else { None },
+        target: (opts.remote && target.locks()).then_some(&target),
         remote_packs,
         asked: HashMap::new(),
         lowered: Vec::new(),
@@ -261,7 +261,7 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
             for p in packs {
                 let key = crate::format::pack_key(&p.hash);
                 let until = locks.until(&key, p.version.as_deref(), p.lock.map(|l| l.until), Some(p.id), &mut f);
-                if locks.api.is_some()
+                if locks.target.is_some()
                     && locks.asked.contains_key(&format!("{key}@{}", p.version.as_deref().unwrap_or("")))
                 {
                     catalog.confirm_pack(p.id)?;
@@ -334,7 +334,7 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
         target: TargetStatus {
             url: cfg.target.url.clone(),
             protection,
-            remote_checked: locks.api.is_some(),
+            remote_checked: locks.target.is_some(),
             objects_checked: locks.asked.len(),
         },
         jobs,

@@ -9,6 +9,7 @@
 //!
 //! Decoders never panic on malformed input and never allocate more than the input's size.
 
+pub mod contents;
 pub mod entry;
 pub mod entry_check;
 pub mod pack;

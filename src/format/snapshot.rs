@@ -37,7 +37,7 @@ pub struct SnapshotRecord {
     pub retain_until: Option<i64>,
     /// What the source contained beyond its files (git refs, a command's output).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub contents: Option<crate::source::Contents>,
+    pub contents: Option<crate::format::contents::Contents>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -70,7 +70,7 @@ pub struct Summary {
     /// Paths that could not be restored, with the reason.
     pub failures: Vec<String>,
     /// What the snapshot's source contained beyond its files (git refs, ...).
-    pub contents: Option<crate::source::Contents>,
+    pub contents: Option<crate::format::contents::Contents>,
     /// Packs found damaged: (hash, why); marked in the catalog, so that the next backup
     /// stores their chunks again.
     pub damaged_packs: Vec<(String, String)>,
@@ -104,9 +104,7 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Summary> {
     };
 
     // The entry stream goes to a private file: it can be larger than memory.
-    let tmp = cfg.state_dir.join("tmp");
-    crate::fsutil::create_private_dir(&tmp)?;
-    let entries_path = tmp.join(format!("restore-{}-{}", snap.id, crate::hex::random(6)));
+    let entries_path = cfg.state().scratch(&format!("restore-{}", snap.id))?;
     let _cleanup = crate::fsutil::RemoveOnDrop(entries_path.clone());
     {
         let mut reader = tree::ChunkReader::new(&catalog, &target, &runtime, &identity, &secret);

@@ -26,18 +26,10 @@ use object_store::buffered::BufWriter;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjPath;
 use object_store::{Attribute, AttributeValue, Attributes, GetOptions, ObjectStore};
-use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
 use crate::config::BucketSource;
 use crate::s3::S3Client;
-
-/// What a snapshot records of the bucket.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BucketState {
-    pub url: String,
-    pub objects: u64,
-}
 
 /// The directory of the snapshot that holds objects whose keys are not file paths.
 pub const ESCAPED_DIR: &str = ".coffer-keys";

@@ -10,18 +10,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use serde::{Deserialize, Serialize};
 
 use crate::config::CommandSource;
 use crate::process::Deadline;
-
-/// What a snapshot records of the command.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CommandState {
-    pub program: String,
-    pub file: String,
-    pub bytes: u64,
-}
 
 /// A started command whose stdout the reader consumes.
 pub struct Running {

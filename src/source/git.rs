@@ -19,31 +19,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
-use serde::{Deserialize, Serialize};
 
 use crate::config::GitSource;
-
-/// What a snapshot records of one repository.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RepoState {
-    /// The directory in the snapshot (`<name>.git`).
-    pub dir: String,
-    /// The URL, with any password replaced by `***`.
-    pub url: String,
-    /// Where HEAD points (`refs/heads/main`), when it is symbolic.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub head: Option<String>,
-    /// Every ref with its object id, as `git for-each-ref` lists them.
-    pub refs: Refs,
-    /// Why the fetch failed; the mirror in the snapshot is then the last good one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-/// The directory holding a job's mirrors.
-pub fn mirrors_dir(state_dir: &Path, job: &str) -> PathBuf {
-    state_dir.join("mirrors").join(job)
-}
+use crate::format::contents::{Refs, RepoState};
 
 /// The mirror's directory name: the URL's last path segment, `.git` appended.
 pub fn mirror_name(url: &str) -> String {
@@ -191,9 +169,6 @@ pub fn checkout(to: &Path, repos: &[RepoState]) -> Result<Vec<PathBuf>> {
     }
     Ok(made)
 }
-
-/// `(ref, object id)` pairs.
-type Refs = Vec<(String, String)>;
 
 /// The symbolic HEAD and every ref of a mirror.
 fn refs(mirror: &Path) -> Result<(Option<String>, Refs)> {

@@ -1,6 +1,6 @@
-//! The S3 calls that `object_store` does not make: PutObject with Object Lock headers,
-//! Get/PutObjectRetention, GetObjectLockConfiguration, GetBucketVersioning and
-//! ListObjectVersions.
+//! The S3 target's private part: the calls that `object_store` does not make (PutObject
+//! with Object Lock headers, Get/PutObjectRetention, GetObjectLockConfiguration,
+//! GetBucketVersioning, ListObjectVersions, DeleteObject of a version).
 //!
 //! They are signed requests of [`crate::s3`]. Every put is a single PUT with
 //! `x-amz-checksum-sha256` (AWS refuses lock headers without a checksum) and a signed
@@ -14,40 +14,7 @@ use serde::Deserialize;
 
 use crate::retry::Retry;
 use crate::s3::{Answer, S3Client, encode_query, parse_xml, s3_error};
-
-/// Object Lock retention mode. COMPLIANCE locks can be extended but never shortened or
-/// removed, not even by the account root; GOVERNANCE ones can by a privileged user.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LockMode {
-    Compliance,
-    Governance,
-}
-
-impl LockMode {
-    /// The name S3 uses (and the catalog stores).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LockMode::Compliance => "COMPLIANCE",
-            LockMode::Governance => "GOVERNANCE",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<LockMode> {
-        match s {
-            "COMPLIANCE" => Some(LockMode::Compliance),
-            "GOVERNANCE" => Some(LockMode::Governance),
-            _ => None,
-        }
-    }
-}
-
-/// A lock as set on one object version: mode and retain-until (unix seconds).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Retention {
-    pub mode: LockMode,
-    pub until: i64,
-}
+use crate::target::{AlreadyExists, LockMode, ObjectVersion, Retention};
 
 /// The bucket's Object Lock configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,27 +22,6 @@ pub struct LockConfig {
     pub enabled: bool,
     /// A default retention rule, if the bucket has one (coffer does not rely on it).
     pub default_rule: Option<String>,
-}
-
-/// One entry of ListObjectVersions: a version, or a delete marker.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ObjectVersion {
-    /// Key relative to coffer's prefix.
-    pub key: String,
-    pub version_id: String,
-    pub is_latest: bool,
-    pub delete_marker: bool,
-    pub size: u64,
-    pub last_modified: i64,
-    /// The ETag (for a single PUT, the MD5 of the content), without quotes.
-    pub etag: Option<String>,
-}
-
-/// A put refused because the key exists (`If-None-Match: *` honoured by the server).
-#[derive(Debug, thiserror::Error)]
-#[error("{key} already exists on the target; coffer never overwrites an object")]
-pub struct AlreadyExists {
-    pub key: String,
 }
 
 /// Signs and sends Object Lock requests for one bucket and key prefix.
@@ -241,7 +187,7 @@ impl LockApi {
             {
                 out.push(ObjectVersion {
                     key: v.key.strip_prefix(self.s3.prefix()).unwrap_or(&v.key).to_string(),
-                    version_id: v.version_id.clone(),
+                    version_id: Some(v.version_id.clone()),
                     is_latest: v.is_latest,
                     delete_marker,
                     size: v.size.unwrap_or(0),
@@ -396,7 +342,7 @@ mod tests {
         let second = api.put_locked("packs/ab/one", Bytes::from_static(b"second"), lock, true).await;
         let versions = api.list_versions("packs/").await.unwrap();
         let mine: Vec<_> = versions.iter().filter(|v| v.key == "packs/ab/one").collect();
-        assert!(mine.iter().any(|v| v.version_id == v1 && v.size == 5 && !v.delete_marker));
+        assert!(mine.iter().any(|v| v.version_id.as_deref() == Some(&*v1) && v.size == 5 && !v.delete_marker));
         assert_eq!(mine.len(), if second.is_ok() { 2 } else { 1 });
     }
 

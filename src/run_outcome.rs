@@ -1,0 +1,89 @@
+//! How a run ended: one type for the run history (the catalog's `runs.outcome`), the
+//! hooks (`COFFER_OUTCOME`), the metrics (`outcome` label) and `coffer runs`, so that no
+//! module compares strings to know what happened.
+
+use std::fmt;
+
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunOutcome {
+    /// Started and not ended yet (or its process died: the next start closes it as
+    /// interrupted).
+    Running,
+    /// A complete snapshot, every path read.
+    Success,
+    /// A complete snapshot, with paths that could not be read (exit 3).
+    Partial,
+    /// No snapshot.
+    Failed,
+    /// Stopped at a checkpoint by a shutdown; the next run resumes.
+    Interrupted,
+    /// A fire time that came while the job was still running or waiting.
+    Skipped,
+}
+
+impl RunOutcome {
+    /// The outcomes of runs that ended, as the metrics list them.
+    pub const ENDED: [RunOutcome; 4] =
+        [RunOutcome::Success, RunOutcome::Partial, RunOutcome::Failed, RunOutcome::Interrupted];
+
+    const ALL: [RunOutcome; 6] = [
+        RunOutcome::Running,
+        RunOutcome::Success,
+        RunOutcome::Partial,
+        RunOutcome::Failed,
+        RunOutcome::Interrupted,
+        RunOutcome::Skipped,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunOutcome::Running => "running",
+            RunOutcome::Success => "success",
+            RunOutcome::Partial => "partial",
+            RunOutcome::Failed => "failed",
+            RunOutcome::Interrupted => "interrupted",
+            RunOutcome::Skipped => "skipped",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RunOutcome> {
+        RunOutcome::ALL.into_iter().find(|o| o.as_str() == s)
+    }
+}
+
+impl fmt::Display for RunOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl ToSql for RunOutcome {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_str()))
+    }
+}
+
+/// The catalog is input too: an outcome it does not know is an error, not a guess.
+impl FromSql for RunOutcome {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        let text = value.as_str()?;
+        RunOutcome::parse(text).ok_or_else(|| FromSqlError::Other(format!("unknown run outcome `{text}`").into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_outcome_reads_back_as_itself() {
+        for o in RunOutcome::ALL {
+            assert_eq!(RunOutcome::parse(o.as_str()), Some(o));
+            assert_eq!(serde_json::to_value(o).unwrap(), o.as_str());
+        }
+        assert_eq!(RunOutcome::parse("succes"), None);
+    }
+}

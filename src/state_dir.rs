@@ -1,0 +1,81 @@
+//! The state directory: everything coffer keeps on the backup host, in one directory of
+//! mode 0700 (`state_dir` in the config). Its layout is written here and nowhere else:
+//!
+//! | path                         | what                                                          | written by      |
+//! |------------------------------|---------------------------------------------------------------|-----------------|
+//! | `catalog.sqlite` (`-wal`, `-shm`) | the catalog: packs, chunks, snapshots, runs, events, file cache | every command that stores |
+//! | `catalog.sqlite.recovering`  | the catalog `recover` rebuilds, renamed into place when whole | recover         |
+//! | `coffer.repo.pending`        | the repository record `init` uploads, until the catalog has it | init            |
+//! | `locks/JOB.lock`             | held by a backup of the job; prune takes every job's           | backup, prune   |
+//! | `daemon.lock`, `recover.lock`| held by the daemon, by `recover`                               | daemon, recover |
+//! | `mirrors/JOB/NAME.git`       | bare mirrors of a git job's repositories                       | backup          |
+//! | `tmp/`                       | entry streams of runs and restores, removed when they end      | backup, restore |
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use crate::fsutil::{LockFile, create_private_dir};
+
+/// The state directory's files, by what they are.
+#[derive(Clone, Copy)]
+pub struct StateDir<'a>(pub &'a Path);
+
+impl StateDir<'_> {
+    pub const CATALOG: &'static str = "catalog.sqlite";
+
+    /// Creates the directory (0700) if it is missing.
+    pub fn create(&self) -> Result<()> {
+        create_private_dir(self.0).with_context(|| format!("cannot create state directory {}", self.0.display()))
+    }
+
+    pub fn catalog(&self) -> PathBuf {
+        self.0.join(Self::CATALOG)
+    }
+
+    /// The catalog `recover` builds before it renames it to [`StateDir::catalog`].
+    pub fn recovering_catalog(&self) -> PathBuf {
+        self.0.join("catalog.sqlite.recovering")
+    }
+
+    /// The repository record `init` keeps until the catalog knows it, so that an init
+    /// interrupted after its upload can finish.
+    pub fn pending_repo(&self) -> PathBuf {
+        self.0.join("coffer.repo.pending")
+    }
+
+    /// The directory of a git job's mirrors.
+    pub fn mirrors(&self, job: &str) -> PathBuf {
+        self.0.join("mirrors").join(job)
+    }
+
+    /// Takes the lock a backup of `job` holds (and prune takes for every job).
+    pub fn job_lock(&self, job: &str) -> Result<LockFile> {
+        let dir = self.0.join("locks");
+        create_private_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        LockFile::take(&dir.join(format!("{job}.lock")), || {
+            format!("another coffer process is backing up job `{job}` with this state directory")
+        })
+    }
+
+    /// Takes the daemon's lock: one daemon per state directory.
+    pub fn daemon_lock(&self) -> Result<LockFile> {
+        LockFile::take(&self.0.join("daemon.lock"), || {
+            format!("another coffer daemon is running with state directory {}", self.0.display())
+        })
+    }
+
+    /// Takes `recover`'s lock.
+    pub fn recover_lock(&self) -> Result<LockFile> {
+        LockFile::take(&self.0.join("recover.lock"), || {
+            format!("another `coffer recover` is running on {}", self.0.display())
+        })
+    }
+
+    /// A new scratch file's path under `tmp/` (created 0700), named `what-RANDOM`.
+    pub fn scratch(&self, what: &str) -> Result<PathBuf> {
+        let tmp = self.0.join("tmp");
+        create_private_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        Ok(tmp.join(format!("{what}-{}", crate::hex::random(6))))
+    }
+}

@@ -1,0 +1,75 @@
+//! A `file://` target: a directory, for trying coffer out. Objects are files written
+//! create-only with fsync; nothing protects them (no versions, no locks).
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow, bail};
+use bytes::Bytes;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+
+use super::object_io::{get, list_current, size_of};
+use super::{AlreadyExists, LockMode, ObjectVersion, Retention, Store};
+
+pub struct Local {
+    store: LocalFileSystem,
+}
+
+impl Local {
+    /// `path` is the URL after `file://`: an absolute directory, created if missing.
+    pub fn open(url: &str, path: &str) -> Result<Local> {
+        if !path.starts_with('/') {
+            bail!("target url `{url}`: a file:// target needs an absolute path (file:///dir)");
+        }
+        std::fs::create_dir_all(path).with_context(|| format!("cannot create target directory {path}"))?;
+        let store = LocalFileSystem::new_with_prefix(path)
+            .with_context(|| format!("cannot open target directory {path}"))?
+            .with_fsync(true);
+        Ok(Local { store })
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for Local {
+    async fn put_new(&self, key: &str, body: Bytes, _lock: Option<Retention>) -> Result<Option<String>> {
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        match self.store.put_opts(&ObjPath::from(key), PutPayload::from_bytes(body), opts).await {
+            Ok(r) => Ok(r.version),
+            Err(object_store::Error::AlreadyExists { .. }) => Err(AlreadyExists { key: key.to_string() }.into()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn get(&self, key: &str, version: Option<&str>) -> Result<(Bytes, Option<String>)> {
+        get(&self.store, key, version).await
+    }
+
+    async fn size_of(&self, key: &str, version: Option<&str>) -> Result<Option<u64>> {
+        size_of(&self.store, key, version).await
+    }
+
+    async fn list(&self, sub: &str, _versions: bool) -> Result<Vec<ObjectVersion>> {
+        list_current(&self.store, sub).await
+    }
+
+    async fn lock_of(&self, _key: &str, _version: Option<&str>) -> Result<Option<Retention>> {
+        Ok(None)
+    }
+
+    async fn set_lock(&self, key: &str, _version: Option<&str>, _lock: Retention) -> Result<()> {
+        Err(anyhow!("{key}: a file:// target cannot lock"))
+    }
+
+    async fn delete(&self, key: &str, _version: Option<&str>) -> Result<()> {
+        Ok(self.store.delete(&ObjPath::from(key)).await?)
+    }
+
+    async fn check_immutability(&self, _mode: LockMode, url: &str, _allow: bool) -> Result<Option<String>> {
+        Ok(Some(format!("{url} is a directory: nothing keeps its objects from being deleted")))
+    }
+
+    fn with_credentials(&self, _key_id: String, _secret_key: String) -> Result<Option<Arc<dyn Store>>> {
+        Ok(None)
+    }
+}

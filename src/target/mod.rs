@@ -1,0 +1,255 @@
+//! Where backups go: one lock-neutral API over every kind of object store, with coffer's
+//! key layout above it and the kinds below it.
+//!
+//! Every write is a single create-only PUT (never an overwrite); the version id the store
+//! returns is what the catalog records and what restores read. Where a store locks
+//! (S3 Object Lock), every object is written locked, and locks are extended, never
+//! shortened.
+//!
+//! A store kind is one file implementing [`Store`] and one line in [`Target::open_with`]:
+//!
+//! | kind      | file       | protection                                        |
+//! |-----------|------------|---------------------------------------------------|
+//! | `file://` | `local.rs` | none: for trying coffer out                       |
+//! | `s3://`   | `s3/`      | Object Lock, COMPLIANCE or GOVERNANCE (or none)   |
+//!
+//! Beside them: `protection.rs`, the lock types every kind speaks in, and
+//! `object_io.rs`, the `object_store` reads and listings the kinds built on it share.
+
+mod local;
+mod object_io;
+mod protection;
+mod s3;
+
+use std::sync::Arc;
+
+use anyhow::{Result, anyhow, bail};
+use bytes::Bytes;
+
+pub use protection::{AlreadyExists, LockMode, ObjectVersion, Protection, Retention};
+
+use crate::config::TargetConfig;
+use crate::retry::Retry;
+
+/// The async runtime target calls run on: two workers, as the machines coffer is built
+/// for have few cores and its I/O is a handful of requests at a time.
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+}
+
+/// One kind of object store, as [`Target`] uses it. Keys are relative to the target's
+/// prefix; `version` is a version id the store returned, or `None` for the current one.
+#[async_trait::async_trait]
+trait Store: Send + Sync {
+    /// Writes a new object, locked by `lock` where given; an existing key is refused
+    /// with [`AlreadyExists`]. Returns the new version's id, where the store keeps
+    /// versions.
+    async fn put_new(&self, key: &str, body: Bytes, lock: Option<Retention>) -> Result<Option<String>>;
+
+    /// Reads an object version, with its version id.
+    async fn get(&self, key: &str, version: Option<&str>) -> Result<(Bytes, Option<String>)>;
+
+    /// The size of an object version, or `None` when the store does not have it.
+    async fn size_of(&self, key: &str, version: Option<&str>) -> Result<Option<u64>>;
+
+    /// Every object under `sub`: each version and delete marker when `versions` (and the
+    /// store keeps them), else the current objects.
+    async fn list(&self, sub: &str, versions: bool) -> Result<Vec<ObjectVersion>>;
+
+    /// The lock of an object version as the store reports it (`None`: no lock).
+    async fn lock_of(&self, key: &str, version: Option<&str>) -> Result<Option<Retention>>;
+
+    /// Sets a version's lock; stores refuse to shorten a COMPLIANCE one.
+    async fn set_lock(&self, key: &str, version: Option<&str>, lock: Retention) -> Result<()>;
+
+    /// Deletes an object version (the current object when `None`).
+    async fn delete(&self, key: &str, version: Option<&str>) -> Result<()>;
+
+    /// Proves the store can protect what it is given with `mode`: returns why it cannot
+    /// (and so the backups are not protected) when `allow_unprotected`, else fails.
+    async fn check_immutability(&self, mode: LockMode, url: &str, allow_unprotected: bool) -> Result<Option<String>>;
+
+    /// The same store, reached with other credentials (prune's); `None` where a store
+    /// kind has no credentials.
+    fn with_credentials(&self, key_id: String, secret_key: String) -> Result<Option<Arc<dyn Store>>>;
+}
+
+#[derive(Clone)]
+pub struct Target {
+    store: Arc<dyn Store>,
+    /// The configured URL (no credentials are ever part of it).
+    pub url: String,
+    /// The mode every object is written with, where the target locks.
+    lock: Option<LockMode>,
+    /// Whether listings show every version (a locked target, or one reached with prune's
+    /// credentials, which may read them); else only current objects.
+    versions: bool,
+}
+
+impl Target {
+    /// The target for a one-off command: transient failures are retried briefly.
+    pub fn open(cfg: &TargetConfig) -> Result<Target> {
+        Target::open_with(cfg, Retry::brief())
+    }
+
+    /// The target for a backup run: transient failures are retried under `retry`.
+    pub fn open_with(cfg: &TargetConfig, retry: Retry) -> Result<Target> {
+        let (scheme, rest) = cfg.url.split_once("://").unwrap_or(("", ""));
+        let store: Arc<dyn Store> = match scheme {
+            "file" => Arc::new(local::Local::open(&cfg.url, rest)?),
+            "s3" => Arc::new(s3::S3::open(cfg, rest, retry)?),
+            _ => bail!("target url `{}`: expected file:// or s3://", cfg.url),
+        };
+        let lock = if scheme == "file" { None } else { cfg.lock_mode };
+        Ok(Target { store, url: cfg.url.clone(), lock, versions: lock.is_some() })
+    }
+
+    /// The same target reached with prune's credentials, which may delete versions and
+    /// read every one; `None` for a store kind without credentials.
+    pub fn privileged(&self, key_id: String, secret_key: String) -> Result<Option<Target>> {
+        Ok(self.store.with_credentials(key_id, secret_key)?.map(|store| Target {
+            store,
+            url: self.url.clone(),
+            lock: self.lock,
+            versions: true,
+        }))
+    }
+
+    /// What protects the objects.
+    pub fn protection(&self) -> Protection {
+        Protection::of(self.lock)
+    }
+
+    /// Whether objects are written locked.
+    pub fn locks(&self) -> bool {
+        self.lock.is_some()
+    }
+
+    /// Whether listings show every version and delete marker.
+    pub fn lists_versions(&self) -> bool {
+        self.versions
+    }
+
+    /// The lock every object is written with until `until`, where the target locks.
+    pub fn lock_until(&self, until: i64) -> Option<Retention> {
+        self.lock.map(|mode| Retention { mode, until })
+    }
+
+    /// Writes a new object, locked until `retain_until` (unix seconds) where the target
+    /// locks; returns its version id where the store keeps versions.
+    pub async fn put_new(&self, key: &str, body: Bytes, retain_until: i64) -> Result<Option<String>> {
+        self.store.put_new(key, body, self.lock_until(retain_until)).await.map_err(|e| {
+            if e.is::<AlreadyExists>() { e } else { e.context(format!("upload of {key} to {} failed", self.url)) }
+        })
+    }
+
+    /// Reads an object, by exact version when one was recorded.
+    pub async fn get(&self, key: &str, version: Option<&str>) -> Result<Bytes> {
+        Ok(self.get_with_version(key, version).await?.0)
+    }
+
+    /// Reads an object version (the current one when `None`), with its version id.
+    pub async fn get_with_version(&self, key: &str, version: Option<&str>) -> Result<(Bytes, Option<String>)> {
+        self.store.get(key, version).await.map_err(|e| e.context(format!("cannot read {key} from {}", self.url)))
+    }
+
+    /// The size of one object version, or `None` when the target does not have it.
+    pub async fn size_of(&self, key: &str, version: Option<&str>) -> Result<Option<u64>> {
+        self.store.size_of(key, version).await.map_err(|e| e.context(format!("cannot read {key} from {}", self.url)))
+    }
+
+    pub async fn exists(&self, key: &str) -> Result<bool> {
+        Ok(self.size_of(key, None).await?.is_some())
+    }
+
+    /// Every object under `sub`: every version and delete marker where
+    /// [`Target::lists_versions`], else the current objects.
+    pub async fn list(&self, sub: &str) -> Result<Vec<ObjectVersion>> {
+        self.store.list(sub, self.versions).await.map_err(|e| e.context(format!("cannot list {}", self.url)))
+    }
+
+    /// The lock of one object version as the server reports it (`None` on a target that
+    /// does not lock, or for a version without a lock).
+    pub async fn lock_of(&self, key: &str, version: Option<&str>) -> Result<Option<Retention>> {
+        if !self.versions {
+            return Ok(None);
+        }
+        self.store.lock_of(key, version).await.map_err(|e| e.context(format!("the lock of {key}")))
+    }
+
+    /// Extends an object version's lock to `until`, in the target's mode; nothing on a
+    /// target that does not lock.
+    pub async fn extend_lock(&self, key: &str, version: Option<&str>, until: i64) -> Result<()> {
+        match self.lock_until(until) {
+            Some(lock) => self.store.set_lock(key, version, lock).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Deletes what prune found unneeded: the recorded version where listings show
+    /// versions (through [`Target::privileged`] where the store locks), else the object.
+    pub async fn delete(&self, key: &str, version: Option<&str>) -> Result<()> {
+        let version = match (self.versions, version) {
+            (true, None) => return Err(anyhow!("{key} has no recorded version id")),
+            (true, v) => v,
+            (false, _) => None,
+        };
+        self.store.delete(key, version).await.map_err(|e| e.context(format!("cannot delete {key} from {}", self.url)))
+    }
+
+    /// Proves that the target protects what coffer writes, where it is to lock: returns
+    /// why it does not when `allow_unprotected` lets init go on anyway.
+    pub async fn check_immutability(&self, allow_unprotected: bool) -> Result<Option<String>> {
+        match self.lock {
+            Some(mode) => self.store.check_immutability(mode, &self.url, allow_unprotected).await,
+            None => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(url: String) -> TargetConfig {
+        TargetConfig {
+            url,
+            endpoint: None,
+            region: None,
+            upload_concurrency: 1,
+            lock_mode: Some(LockMode::Compliance),
+            retry_budget: std::time::Duration::from_secs(1),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_directory_target_writes_once_and_never_locks() {
+        let dir = std::env::temp_dir().join(format!("coffer-target-{}", crate::hex::random(6)));
+        let target = Target::open(&config(format!("file://{}", dir.display()))).unwrap();
+        assert_eq!(target.protection(), Protection::Unprotected);
+        assert_eq!(target.lock_until(5), None);
+        target.put_new("packs/ab/one", Bytes::from_static(b"first"), 10).await.unwrap();
+        let again = target.put_new("packs/ab/one", Bytes::from_static(b"second"), 10).await.unwrap_err();
+        assert!(again.is::<AlreadyExists>(), "{again:#}");
+        assert_eq!(&target.get("packs/ab/one", None).await.unwrap()[..], b"first");
+        assert_eq!(target.size_of("packs/ab/one", None).await.unwrap(), Some(5));
+        assert!(!target.exists("packs/ab/two").await.unwrap());
+        let listed = target.list("packs").await.unwrap();
+        assert_eq!(listed.iter().map(|v| (v.key.as_str(), v.size)).collect::<Vec<_>>(), [("packs/ab/one", 5)]);
+        assert_eq!(target.lock_of("packs/ab/one", None).await.unwrap(), None);
+        target.extend_lock("packs/ab/one", None, 20).await.unwrap();
+        assert_eq!(target.check_immutability(false).await.unwrap(), None);
+        assert!(target.privileged("id".into(), "secret".into()).unwrap().is_none());
+        target.delete("packs/ab/one", None).await.unwrap();
+        assert!(!target.exists("packs/ab/one").await.unwrap());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn an_unknown_scheme_is_named() {
+        let e = Target::open(&config("gs://bucket".into())).err().unwrap();
+        assert!(e.to_string().contains("expected file:// or s3://"), "{e}");
+        let e = Target::open(&config("file://relative".into())).err().unwrap();
+        assert!(e.to_string().contains("absolute path"), "{e}");
+    }
+}

@@ -1,0 +1,169 @@
+//! An `s3://BUCKET/PREFIX` target: any S3-compatible store. Plain reads and unlocked
+//! puts go through `object_store`; what it does not do (locked puts, retention,
+//! versions, the bucket's lock configuration) through the signed calls of
+//! `object_lock.rs`.
+
+mod object_lock;
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, AwsCredentialProvider, Checksum};
+use object_store::path::Path as ObjPath;
+use object_store::prefix::PrefixStore;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig};
+
+use super::object_io::{get, list_current, size_of};
+use super::{AlreadyExists, LockMode, ObjectVersion, Retention, Store};
+use crate::config::TargetConfig;
+use crate::retry::Retry;
+use object_lock::LockApi;
+
+pub struct S3 {
+    store: Arc<dyn ObjectStore>,
+    api: LockApi,
+    location: Location,
+}
+
+/// Where the bucket is, to reach it again with other credentials.
+#[derive(Clone)]
+struct Location {
+    endpoint: Option<String>,
+    bucket: String,
+    prefix: String,
+    region: String,
+}
+
+impl Location {
+    fn api(&self, credentials: AwsCredentialProvider) -> Result<LockApi> {
+        LockApi::new(credentials, self.endpoint.as_deref(), &self.bucket, &self.prefix, &self.region)
+    }
+}
+
+impl S3 {
+    /// `rest` is the URL after `s3://`. Credentials come from the environment
+    /// (`AWS_ACCESS_KEY_ID`, …, or the instance's role), as the AWS tools find them.
+    pub fn open(cfg: &TargetConfig, rest: &str, retry: Retry) -> Result<S3> {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            bail!("target url `{}` names no bucket", cfg.url);
+        }
+        let mut b = AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .with_checksum_algorithm(Checksum::SHA256)
+            .with_retry(RetryConfig { max_retries: 100, retry_timeout: retry.budget(), ..Default::default() });
+        if let Some(region) = cfg.region.clone().or_else(|| std::env::var("AWS_REGION").ok()) {
+            b = b.with_region(region);
+        }
+        let endpoint = cfg.endpoint.clone().or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
+        if let Some(ep) = &endpoint {
+            b = b.with_endpoint(ep).with_allow_http(ep.starts_with("http://"));
+        }
+        let region = b.get_config_value(&AmazonS3ConfigKey::Region).unwrap_or_else(|| "us-east-1".into());
+        let s3 = b.build().with_context(|| format!("target {}", cfg.url))?;
+        let prefix = prefix.trim_matches('/');
+        let location = Location { endpoint, bucket: bucket.to_string(), prefix: prefix.to_string(), region };
+        let api = location.api(s3.credentials().clone())?.with_retry(retry);
+        let store: Arc<dyn ObjectStore> =
+            if prefix.is_empty() { Arc::new(s3) } else { Arc::new(PrefixStore::new(s3, prefix)) };
+        Ok(S3 { store, api, location })
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for S3 {
+    async fn put_new(&self, key: &str, body: Bytes, lock: Option<Retention>) -> Result<Option<String>> {
+        if let Some(lock) = lock {
+            return self.api.put_locked(key, body, lock, true).await;
+        }
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        match self.store.put_opts(&ObjPath::from(key), PutPayload::from_bytes(body), opts).await {
+            Ok(r) => Ok(r.version),
+            Err(object_store::Error::AlreadyExists { .. }) => Err(AlreadyExists { key: key.to_string() }.into()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn get(&self, key: &str, version: Option<&str>) -> Result<(Bytes, Option<String>)> {
+        get(&*self.store, key, version).await
+    }
+
+    async fn size_of(&self, key: &str, version: Option<&str>) -> Result<Option<u64>> {
+        size_of(&*self.store, key, version).await
+    }
+
+    async fn list(&self, sub: &str, versions: bool) -> Result<Vec<ObjectVersion>> {
+        match versions {
+            true => self.api.list_versions(sub).await,
+            false => list_current(&*self.store, sub).await,
+        }
+    }
+
+    async fn lock_of(&self, key: &str, version: Option<&str>) -> Result<Option<Retention>> {
+        self.api.get_retention(key, version).await
+    }
+
+    async fn set_lock(&self, key: &str, version: Option<&str>, lock: Retention) -> Result<()> {
+        self.api.put_retention(key, version, lock, false).await
+    }
+
+    async fn delete(&self, key: &str, version: Option<&str>) -> Result<()> {
+        match version {
+            Some(v) => self.api.delete_version(key, v).await,
+            None => Ok(self.store.delete(&ObjPath::from(key)).await?),
+        }
+    }
+
+    /// The bucket must have Object Lock (and so versioning) enabled, or locked puts fail
+    /// and nothing could be protected; and the credentials coffer runs with must not be
+    /// able to delete a locked version (a canary proves it).
+    async fn check_immutability(&self, mode: LockMode, url: &str, allow_unprotected: bool) -> Result<Option<String>> {
+        let api = &self.api;
+        let config = api
+            .lock_configuration()
+            .await
+            .with_context(|| format!("cannot read the Object Lock configuration of {url}"))?;
+        if !config.enabled {
+            bail!(
+                "target {url}: the bucket has Object Lock disabled, so coffer cannot make its backups write-once. \
+                 Create the bucket with Object Lock enabled (aws s3api create-bucket --object-lock-enabled-for-bucket), \
+                 or set `lock_mode = \"none\"` under [target] to store backups UNPROTECTED"
+            );
+        }
+        let versioning = api.versioning().await?;
+        if versioning != "Enabled" {
+            bail!("target {url}: bucket versioning is `{versioning}`; Object Lock needs it Enabled");
+        }
+        // The canary: a tiny object with the shortest lock coffer uses (one day), which
+        // these credentials must fail to delete. It stays until its lock expires (prune
+        // removes it).
+        let key = format!("canary/{}", crate::hex::random(8));
+        let lock = Retention { mode, until: crate::time::now_secs() + 86_400 };
+        let version = api
+            .put_locked(&key, Bytes::from_static(b"coffer canary: must not be deletable\n"), lock, true)
+            .await
+            .with_context(|| format!("target {url}: cannot write the canary object"))?;
+        let Some(version) = version else {
+            bail!("target {url}: the server returned no version id for the canary; versioning is not working");
+        };
+        if api.delete_version(&key, &version).await.is_ok() {
+            let why = format!(
+                "the credentials coffer runs with deleted a locked object version ({key}): they can destroy backups. \
+                 Give coffer credentials without s3:DeleteObjectVersion and s3:BypassGovernanceRetention (deploy/)"
+            );
+            if !allow_unprotected {
+                bail!("target {url}: {why}; pass --allow-unprotected to go on anyway");
+            }
+            return Ok(Some(why));
+        }
+        Ok(None)
+    }
+
+    fn with_credentials(&self, key_id: String, secret_key: String) -> Result<Option<Arc<dyn Store>>> {
+        let credential = object_store::aws::AwsCredential { key_id, secret_key, token: None };
+        let provider = Arc::new(object_store::StaticCredentialProvider::new(credential));
+        let api = self.location.api(provider)?;
+        Ok(Some(Arc::new(S3 { store: self.store.clone(), api, location: self.location.clone() })))
+    }
+}
