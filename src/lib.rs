@@ -10,6 +10,7 @@ pub mod backup;
 pub mod catalog;
 pub mod chunker;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod format;

@@ -1,0 +1,40 @@
+//! `coffer prune [--yes]`.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use crate::config::Config;
+use crate::progress::bytes;
+use crate::prune::What;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Really delete.
+    #[arg(long)]
+    yes: bool,
+}
+
+pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
+    let cfg = Config::load(config)?;
+    let s = crate::prune::run(&cfg, &crate::prune::Options { yes: a.yes })?;
+    if !s.forgotten.is_empty() {
+        println!("forgot {} snapshots past their retain-until: {}", s.forgotten.len(), s.forgotten.join(", "));
+    }
+    let verb = if a.yes { "deleted" } else { "would delete (pass --yes to delete)" };
+    let total: u64 = s.candidates.iter().map(|c| c.size).sum();
+    println!("{verb}: {} object versions, {}", s.candidates.len(), bytes(total));
+    for c in &s.candidates {
+        let why = match &c.what {
+            What::Pack { .. } => "pack no live snapshot needs",
+            What::Snapshot { .. } => "record of a forgotten snapshot",
+            What::Canary => "init canary",
+        };
+        println!("  {}  {}  {}  ({why})", c.key, c.version.as_deref().unwrap_or("-"), bytes(c.size));
+    }
+    for (key, until) in &s.still_locked {
+        println!("  still locked on the server until {}, left alone: {key}", crate::time::format_utc(*until));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,50 @@
+//! `coffer recover --identity FILE`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use super::{EXIT_FINDINGS, print_findings};
+use crate::config::Config;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The restorer's age identity file (mode 0600).
+    #[arg(long, short, env = "COFFER_IDENTITY")]
+    identity: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Do not draw a progress line, even on a terminal.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
+    let cfg = Config::load(config)?;
+    let r = crate::recover::run(&cfg, &crate::recover::Options { identity: a.identity, progress: !a.no_progress })?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!(
+            "recovered repository {} from {}: {} snapshots, {} packs ({} already recorded by an earlier attempt)",
+            r.repo_id,
+            cfg.target.url,
+            r.snapshots.len(),
+            r.packs,
+            r.packs_resumed
+        );
+        for (job, id) in &r.snapshots {
+            println!("  snapshot {job}/{id}");
+        }
+        if r.duplicates > 0 {
+            println!("{} identical duplicate versions (retried uploads) ignored", r.duplicates);
+        }
+        if r.tampered() {
+            println!("TAMPERING FOUND: {}", crate::inventory::summarize(&r.findings));
+        }
+        print_findings(&r.findings);
+    }
+    Ok(if r.findings.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_FINDINGS) })
+}

@@ -1,0 +1,106 @@
+//! `coffer restore SNAPSHOT --job JOB --to DIR` (or `--to-bucket URL`).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Result, bail};
+
+use crate::config::{Config, Source};
+use crate::format::contents::Contents;
+use crate::progress::bytes;
+use crate::restore::Destination;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Snapshot id (or a unique prefix), or `latest`.
+    snapshot: String,
+    /// The job the snapshot belongs to.
+    #[arg(long)]
+    job: String,
+    /// Directory to restore into (created 0700 if missing; must be empty unless
+    /// --overwrite).
+    #[arg(long, required_unless_present = "to_bucket")]
+    to: Option<PathBuf>,
+    /// For a bucket source: write the objects back into this bucket (`s3://bucket/prefix`,
+    /// with the job's source endpoint, region and credentials), keys and content types
+    /// preserved. Staged in the state directory first.
+    #[arg(long, conflicts_with = "to")]
+    to_bucket: Option<String>,
+    /// Restore only this file or directory (relative to the snapshot's root).
+    #[arg(long)]
+    path: Option<String>,
+    /// The restorer's age identity file (mode 0600).
+    #[arg(long, short, env = "COFFER_IDENTITY")]
+    identity: PathBuf,
+    /// Restore into a non-empty directory, replacing whatever is in an entry's way (a
+    /// file, a symlink or a directory tree), never following it.
+    #[arg(long)]
+    overwrite: bool,
+    /// Do not draw a progress line, even on a terminal.
+    #[arg(long)]
+    no_progress: bool,
+    /// For a git source: also make a working clone beside each restored bare repository.
+    #[arg(long)]
+    checkout: bool,
+}
+
+pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
+    let cfg = Config::load(config)?;
+    let job_cfg = cfg.job(&a.job)?.clone();
+    let dest = match (a.to, a.to_bucket) {
+        (_, Some(url)) => {
+            let Source::Bucket(src) = &job_cfg.source else {
+                bail!("--to-bucket: job `{}` does not back up a bucket", a.job);
+            };
+            Destination::Bucket(crate::source::bucket::Bucket::open(src, &url)?)
+        }
+        (Some(to), None) => Destination::Dir(to),
+        (None, None) => bail!("restore needs --to DIR (or --to-bucket URL)"),
+    };
+    let shown = match &dest {
+        Destination::Dir(p) => p.display().to_string(),
+        Destination::Bucket(b) => b.url.clone(),
+    };
+    let opts = crate::restore::Options {
+        job: a.job,
+        snapshot: a.snapshot,
+        to: dest,
+        subpath: a.path,
+        identity: a.identity,
+        overwrite: a.overwrite,
+        progress: !a.no_progress,
+    };
+    let s = crate::restore::run(&cfg, &opts)?;
+    match &opts.to {
+        Destination::Bucket(_) => {
+            println!("restored snapshot {} to {shown}: {} objects ({})", s.snapshot_id, s.files, bytes(s.bytes))
+        }
+        Destination::Dir(_) => println!(
+            "restored snapshot {} to {shown}: {} files ({}), {} dirs, {} symlinks",
+            s.snapshot_id,
+            s.files,
+            bytes(s.bytes),
+            s.dirs,
+            s.symlinks
+        ),
+    }
+    if a.checkout && s.failures.is_empty() {
+        match &s.contents {
+            Some(Contents::Git { repos }) => {
+                let Destination::Dir(to) = &opts.to else { bail!("--checkout needs --to") };
+                for work in crate::source::git::checkout(to, repos)? {
+                    println!("checked out {}", work.display());
+                }
+            }
+            _ => bail!("--checkout: snapshot {} is not of a git source", s.snapshot_id),
+        }
+    }
+    if s.failures.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("error: {} files could not be restored:", s.failures.len());
+    for f in &s.failures {
+        eprintln!("  {f}");
+    }
+    Ok(ExitCode::FAILURE)
+}

@@ -1,0 +1,65 @@
+//! `coffer verify [--read-data [--subset N%]]`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use super::{EXIT_FINDINGS, print_findings};
+use crate::config::Config;
+use crate::progress::bytes;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Download packs and re-hash their chunks; authenticate snapshot records.
+    #[arg(long, requires = "identity")]
+    read_data: bool,
+    /// With --read-data: the share of packs to read, chosen at random (e.g. `10%`).
+    #[arg(long, requires = "read_data", value_parser = parse_percent)]
+    subset: Option<f64>,
+    /// The restorer's age identity file (mode 0600).
+    #[arg(long, short, env = "COFFER_IDENTITY")]
+    identity: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Do not draw a progress line, even on a terminal.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
+    let cfg = Config::load(config)?;
+    let read_data = match (a.read_data, a.identity) {
+        (true, Some(path)) => Some(crate::keys::Identity::load(&path)?),
+        _ => None,
+    };
+    let opts = crate::verify::Options { read_data, subset: a.subset.unwrap_or(1.0), progress: !a.no_progress };
+    let r = crate::verify::run(&cfg, &opts)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!(
+            "checked {} object versions; read {} packs ({}), verified {} chunks",
+            r.objects_checked,
+            r.packs_read,
+            bytes(r.bytes_read),
+            r.chunks_verified
+        );
+        print_findings(&r.findings);
+        if !r.snapshots_affected.is_empty() {
+            let list: Vec<&str> = r.snapshots_affected.iter().map(String::as_str).collect();
+            println!("snapshots affected: {}", list.join(", "));
+        }
+    }
+    Ok(if r.findings.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_FINDINGS) })
+}
+
+/// `10%` as 0.1; a share of 0 reads nothing, so it is refused.
+fn parse_percent(s: &str) -> Result<f64, String> {
+    let n: f64 = s.trim_end_matches('%').parse().map_err(|_| format!("`{s}` is not a percentage like 10%"))?;
+    if !(n > 0.0 && n <= 100.0) {
+        return Err(format!("`{s}`: expected a percentage above 0% and at most 100%"));
+    }
+    Ok(n / 100.0)
+}
