@@ -1,0 +1,37 @@
+//! The incremental fast path: each job's files as its last snapshot stored them.
+
+use anyhow::Result;
+use rusqlite::{OptionalExtension, params};
+
+use super::*;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedFile {
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    pub inode: u64,
+    pub chunks: Vec<ChunkId>,
+    pub content_type: Option<String>,
+}
+
+impl Catalog {
+    pub fn cached_file(&self, job: &str, path: &[u8]) -> Result<Option<CachedFile>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT size, mtime_ns, ctime_ns, inode, chunks, content_type FROM file_cache WHERE job = ?1 AND path = ?2",
+        )?;
+        Ok(st
+            .query_row(params![job, path], |r| {
+                let blob: Vec<u8> = r.get(4)?;
+                Ok(CachedFile {
+                    size: r.get(0)?,
+                    mtime_ns: r.get(1)?,
+                    ctime_ns: r.get(2)?,
+                    inode: r.get(3)?,
+                    chunks: blob.chunks_exact(32).map(|c| ChunkId(c.try_into().unwrap_or([0; 32]))).collect(),
+                    content_type: r.get(5)?,
+                })
+            })
+            .optional()?)
+    }
+}

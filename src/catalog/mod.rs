@@ -1,0 +1,243 @@
+//! The catalog: a SQLite database (WAL) in the state directory that records what the
+//! target holds. It is only ever told about an object after the server acknowledged it,
+//! and every change that spans rows is one transaction, so it can never claim a chunk is
+//! stored when it is not. Schema: `migrations/*.sql`, applied in order by `user_version`.
+
+mod expiry;
+mod file_cache;
+mod packs;
+mod recovery;
+mod repo;
+mod runs;
+mod snapshots;
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use rusqlite::{Connection, params};
+
+use crate::ChunkId;
+use crate::chunker::ChunkerParams;
+use crate::format::pack::BlobEntry;
+use crate::run_outcome::RunOutcome;
+use crate::target::{LockMode, Retention};
+
+pub use file_cache::CachedFile;
+pub use packs::{ChunkLoc, PackLock, PackRow, StoredPack};
+pub use repo::{RepoRow, ensure_same_target};
+pub use runs::{JobTotals, RunReport, RunRow, Trigger};
+pub use snapshots::SnapshotRow;
+
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/0001_init.sql"),
+    include_str!("../../migrations/0002_locks.sql"),
+    include_str!("../../migrations/0003_runs.sql"),
+    include_str!("../../migrations/0004_contents.sql"),
+    include_str!("../../migrations/0005_damaged.sql"),
+    include_str!("../../migrations/0006_damaged_index.sql"),
+];
+
+pub struct Catalog {
+    conn: Connection,
+    /// The packs found damaged, as of the last read transaction begun: the dedup lookup
+    /// skips them in memory instead of asking per chunk.
+    damaged: std::cell::RefCell<HashSet<i64>>,
+}
+
+/// An audit row, on the connection or inside the caller's transaction.
+fn insert_event(conn: &Connection, kind: &str, job: Option<&str>, detail: &str) -> Result<()> {
+    conn.execute(
+        "INSERT INTO events (at, kind, job, detail) VALUES (?1, ?2, ?3, ?4)",
+        params![crate::time::now_secs(), kind, job, detail],
+    )?;
+    Ok(())
+}
+
+/// The audit row of a lock extension.
+fn lock_event(tx: &rusqlite::Transaction, job: &str, what: &str, lock: Retention) -> Result<()> {
+    let detail = format!("{what} locked {} until {}", lock.mode.as_str(), crate::time::format_utc(lock.until));
+    insert_event(tx, "lock-extended", Some(job), &detail)
+}
+
+fn lock_from(mode: Option<String>, until: Option<i64>) -> Option<Retention> {
+    Some(Retention { mode: LockMode::parse(mode.as_deref()?)?, until: until? })
+}
+
+impl Catalog {
+    pub fn open(path: &Path) -> Result<Catalog> {
+        let ctx = || format!("catalog {}", path.display());
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            crate::fsutil::secure_state_dir(dir)?;
+        }
+        let conn = Connection::open(path).with_context(ctx)?;
+        conn.busy_timeout(std::time::Duration::from_secs(30)).with_context(ctx)?;
+        conn.pragma_update(None, "journal_mode", "WAL").with_context(ctx)?;
+        conn.pragma_update(None, "synchronous", "FULL").with_context(ctx)?;
+        conn.pragma_update(None, "foreign_keys", "ON").with_context(ctx)?;
+        // Reads through a bounded memory map instead of a read syscall per page: a backup
+        // looks up every file and chunk (memory-mapped pages are the page cache's, and
+        // at most this much of the catalog counts in the process's RSS).
+        conn.pragma_update(None, "mmap_size", 64 << 20).with_context(ctx)?;
+        let mut cat = Catalog { conn, damaged: Default::default() };
+        cat.migrate().with_context(ctx)?;
+        cat.load_damaged().with_context(ctx)?;
+        Ok(cat)
+    }
+
+    /// The catalog of an initialised state directory, with a hint when there is none.
+    pub fn open_existing(cfg: &crate::config::Config) -> Result<Catalog> {
+        let path = cfg.state().catalog();
+        if !path.exists() {
+            bail!("state directory {} holds no catalog; run `coffer init` first", cfg.state_dir.display());
+        }
+        Catalog::open(&path)
+    }
+
+    /// The catalog and repository of an initialised state directory that belongs to the
+    /// configured target.
+    pub fn open_repo(cfg: &crate::config::Config) -> Result<(Catalog, RepoRow)> {
+        let catalog = Catalog::open_existing(cfg)?;
+        let repo = catalog.repo()?.with_context(|| {
+            format!("the catalog in {} has no repository; run `coffer init` first", cfg.state_dir.display())
+        })?;
+        ensure_same_target(&repo, cfg)?;
+        Ok((catalog, repo))
+    }
+
+    fn migrate(&mut self) -> Result<()> {
+        let version: usize = self.conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version > MIGRATIONS.len() {
+            bail!("schema version {version} is newer than this coffer understands ({})", MIGRATIONS.len());
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+            let tx = self.conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", i + 1)?;
+            tx.commit()?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_catalog() -> (Catalog, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("coffer-cat-{}", crate::hex::random(6)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("catalog.sqlite");
+        (Catalog::open(&path).unwrap(), path)
+    }
+
+    fn blob(n: u8) -> BlobEntry {
+        BlobEntry { id: ChunkId([n; 32]), offset: u64::from(n) * 10, length: 10, raw_length: 20, flags: 1 }
+    }
+
+    #[test]
+    fn run_history_of_an_older_catalog_survives_the_migration() {
+        let dir = std::env::temp_dir().join(format!("coffer-cat-{}", crate::hex::random(6)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("catalog.sqlite");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..2] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 2).unwrap();
+            conn.execute(
+                "INSERT INTO runs (job, started_at, ended_at, outcome, bytes_read, error) VALUES ('a', 10, 20, 'failed', 5, 'boom')",
+                [],
+            )
+            .unwrap();
+        }
+        let cat = Catalog::open(&path).unwrap();
+        let runs = cat.runs(Some("a"), 10).unwrap();
+        assert_eq!(runs.len(), 1);
+        let r = &runs[0];
+        assert_eq!(
+            (r.trigger.as_str(), r.outcome.as_str(), r.bytes_read, r.error.as_deref()),
+            ("manual", "failed", 5, Some("boom"))
+        );
+        // The new outcomes are accepted; a stale `running` row is closed by the next start.
+        cat.record_skip("a", 30, "busy").unwrap();
+        let stale = cat.start_run("a", Trigger::Schedule, Some(40)).unwrap();
+        cat.start_run("a", Trigger::CatchUp, None).unwrap();
+        let rows = cat.runs(Some("a"), 10).unwrap();
+        assert_eq!(rows.iter().find(|r| r.id == stale).unwrap().outcome, RunOutcome::Interrupted);
+        assert_eq!(rows.iter().filter(|r| r.outcome == RunOutcome::Skipped).count(), 1);
+        let totals = cat.job_totals("a").unwrap();
+        assert_eq!((totals.failures, totals.skips, totals.runs), (1, 1, 2));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn packs_and_chunks_survive_reopen() {
+        let (mut cat, path) = temp_catalog();
+        let blobs = [blob(1), blob(2)];
+        let id = cat
+            .add_pack(&StoredPack { hash: "ab12", version: Some("v1"), size: 100, blobs: &blobs, lock: None })
+            .unwrap();
+        drop(cat);
+        let cat = Catalog::open(&path).unwrap();
+        assert_eq!(cat.chunk_pack(&ChunkId([2; 32])).unwrap(), Some(id));
+        assert_eq!(cat.chunk_pack(&ChunkId([3; 32])).unwrap(), None);
+        let loc = cat.chunk_location(&ChunkId([2; 32])).unwrap().unwrap();
+        assert_eq!((loc.pack_hash.as_str(), loc.pack_version.as_deref(), loc.offset), ("ab12", Some("v1"), 20));
+    }
+
+    #[test]
+    fn a_failed_pack_transaction_leaves_no_chunk() {
+        let (mut cat, _) = temp_catalog();
+        let blobs = [blob(1)];
+        cat.add_pack(&StoredPack { hash: "same", version: None, size: 1, blobs: &blobs, lock: None }).unwrap();
+        // Same hash again violates UNIQUE: the whole transaction must roll back.
+        let other = [blob(9)];
+        assert!(cat.add_pack(&StoredPack { hash: "same", version: None, size: 1, blobs: &other, lock: None }).is_err());
+        assert_eq!(cat.chunk_pack(&ChunkId([9; 32])).unwrap(), None);
+    }
+
+    #[test]
+    fn file_cache_is_replaced_per_snapshot() {
+        let (mut cat, _) = temp_catalog();
+        let f = CachedFile {
+            size: 1,
+            mtime_ns: 2,
+            ctime_ns: 3,
+            inode: 4,
+            chunks: vec![ChunkId([7; 32])],
+            content_type: None,
+        };
+        let snap = |id: &str| SnapshotRow {
+            id: id.into(),
+            job: "j".into(),
+            host: "h".into(),
+            created_at: 1,
+            state: "complete".into(),
+            record_version: None,
+            source: "path /x".into(),
+            files: 1,
+            bytes: 1,
+            bytes_new: 0,
+            bytes_uploaded: 0,
+            errors: 0,
+            retain_until: None,
+            lock_mode: None,
+            contents: None,
+        };
+        cat.complete_snapshot(&snap("s1"), &HashSet::new(), vec![Ok((b"a".to_vec(), f.clone()))], |_| true, None)
+            .unwrap();
+        assert_eq!(cat.cached_file("j", b"a").unwrap(), Some(f.clone()));
+        // `a` unchanged (no row given, kept), `b` new; then `a` gone.
+        cat.complete_snapshot(&snap("s2"), &HashSet::new(), vec![Ok((b"b".to_vec(), f.clone()))], |_| true, None)
+            .unwrap();
+        assert_eq!(cat.cached_file("j", b"a").unwrap(), Some(f.clone()));
+        cat.complete_snapshot(&snap("s3"), &HashSet::new(), std::iter::empty(), |p| p == b"b", None).unwrap();
+        assert_eq!(cat.cached_file("j", b"a").unwrap(), None);
+        assert_eq!(cat.cached_file("j", b"b").unwrap(), Some(f.clone()));
+        assert_eq!(cat.find_snapshot("j", "latest").unwrap().id, "s3");
+        assert_eq!(cat.find_snapshot("j", "s1").unwrap().id, "s1");
+        assert!(cat.find_snapshot("j", "s").is_err());
+    }
+}

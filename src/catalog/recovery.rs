@@ -1,0 +1,122 @@
+//! The catalog rebuilt by `recover`: packs and snapshots recorded as they are proven.
+
+use std::collections::HashSet;
+
+use anyhow::Result;
+use rusqlite::{OptionalExtension, params};
+
+use super::packs::insert_pack;
+use super::*;
+
+impl Catalog {
+    /// Scratch space for `coffer recover`: the decoded chunks of snapshot entry streams,
+    /// stored with the pack that held them, until the snapshots are rebuilt from them.
+    pub fn begin_recovery(&self) -> Result<()> {
+        self.conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS recovered_tree (id BLOB PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID",
+        )?;
+        Ok(())
+    }
+
+    /// Records a pack read back from the target, and the entry-stream chunks it held, in
+    /// one transaction.
+    pub fn add_recovered_pack(&mut self, pack: &StoredPack, tree: &[(ChunkId, Vec<u8>)]) -> Result<i64> {
+        let tx = self.conn.transaction()?;
+        let id = insert_pack(&tx, pack)?;
+        {
+            let mut st = tx.prepare_cached("INSERT OR IGNORE INTO recovered_tree (id, data) VALUES (?1, ?2)")?;
+            for (chunk, data) in tree {
+                st.execute(params![&chunk.0[..], data])?;
+            }
+        }
+        tx.commit()?;
+        Ok(id)
+    }
+
+    pub fn recovered_tree_chunk(&self, id: &ChunkId) -> Result<Option<Vec<u8>>> {
+        let mut st = self.conn.prepare_cached("SELECT data FROM recovered_tree WHERE id = ?1")?;
+        Ok(st.query_row([&id.0[..]], |r| r.get(0)).optional()?)
+    }
+
+    pub fn has_snapshot(&self, id: &str) -> Result<bool> {
+        let mut st = self.conn.prepare_cached("SELECT 1 FROM snapshots WHERE id = ?1")?;
+        Ok(st.exists([id])?)
+    }
+
+    /// Ends a recovery: the tamper findings become events (replacing those of an earlier,
+    /// interrupted attempt) and the scratch space goes, in one transaction.
+    pub fn end_recovery(&self, findings: &[crate::inventory::Finding]) -> Result<()> {
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute("DELETE FROM events WHERE kind = 'tamper'", [])?;
+        for f in findings {
+            insert_event(&tx, "tamper", None, &f.to_string())?;
+        }
+        tx.execute_batch("DROP TABLE IF EXISTS recovered_tree")?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Closes the database, checkpointing its write-ahead log into the main file.
+    pub fn close(self) -> Result<()> {
+        self.conn.pragma_update(None, "wal_checkpoint", "TRUNCATE")?;
+        self.conn.close().map_err(|(_, e)| e)?;
+        Ok(())
+    }
+
+    /// Of the given packs, those whose lock (as the catalog knows it) ends before `until`.
+    pub fn packs_locked_before(&self, ids: &HashSet<i64>, until: i64) -> Result<Vec<(i64, String, Option<String>)>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT id, hash, version FROM packs WHERE id = ?1 AND (retain_until IS NULL OR retain_until < ?2)",
+        )?;
+        let mut out = Vec::new();
+        for id in ids {
+            if let Some(row) = st.query_row(params![id, until], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional()? {
+                out.push(row);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records a pack's new lock, as the server acknowledged it, with an audit event.
+    pub fn set_pack_lock(&self, id: i64, lock: Retention, job: &str, hash: &str) -> Result<()> {
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute(
+            "UPDATE packs SET lock_mode = ?2, retain_until = ?3, confirmed_at = ?4 WHERE id = ?1",
+            params![id, lock.mode.as_str(), lock.until, crate::time::now_secs()],
+        )?;
+        lock_event(&tx, job, &format!("pack {hash}"), lock)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every pack a snapshot needs, with the lock the catalog knows for it.
+    pub fn snapshot_packs(&self, snapshot_id: &str) -> Result<Vec<PackLock>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT p.id, p.hash, p.version, p.lock_mode, p.retain_until FROM snapshot_packs sp
+             JOIN snapshots s ON s.seq = sp.snapshot JOIN packs p ON p.id = sp.pack
+             WHERE s.id = ?1 ORDER BY p.id",
+        )?;
+        let rows = st.query_map([snapshot_id], |r| {
+            Ok(PackLock { id: r.get(0)?, hash: r.get(1)?, version: r.get(2)?, lock: lock_from(r.get(3)?, r.get(4)?) })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Notes that the server confirmed a pack's lock now.
+    pub fn confirm_pack(&self, id: i64) -> Result<()> {
+        self.conn.execute("UPDATE packs SET confirmed_at = ?2 WHERE id = ?1", params![id, crate::time::now_secs()])?;
+        Ok(())
+    }
+
+    /// Records the new lock of `coffer.repo`, with an audit event.
+    pub fn set_repo_lock(&self, lock: Retention, job: &str) -> Result<()> {
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute(
+            "UPDATE repo SET record_lock_mode = ?1, record_retain_until = ?2 WHERE id = 1",
+            params![lock.mode.as_str(), lock.until],
+        )?;
+        lock_event(&tx, job, crate::format::REPO_KEY, lock)?;
+        tx.commit()?;
+        Ok(())
+    }
+}

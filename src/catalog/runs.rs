@@ -1,0 +1,216 @@
+//! The run history and the audit events.
+
+use anyhow::Result;
+use rusqlite::{OptionalExtension, params};
+
+use super::*;
+
+/// What a finished run reports.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub outcome: RunOutcome,
+    pub snapshot: Option<String>,
+    pub bytes_read: u64,
+    pub bytes_new: u64,
+    pub bytes_uploaded: u64,
+    pub duration_ms: u64,
+    /// Transient target failures that were retried.
+    pub retries: u64,
+    pub error: Option<String>,
+}
+
+/// Why a run started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// `coffer backup`.
+    Manual,
+    /// A fire time of the job's schedule.
+    Schedule,
+    /// At daemon start, for fire times missed while it was down.
+    CatchUp,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Manual => "manual",
+            Trigger::Schedule => "schedule",
+            Trigger::CatchUp => "catch-up",
+        }
+    }
+}
+
+/// One row of the run history (`coffer runs`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunRow {
+    pub id: i64,
+    pub job: String,
+    pub trigger: String,
+    pub scheduled_for: Option<i64>,
+    pub started_at: i64,
+    pub ended_at: Option<i64>,
+    pub duration_ms: Option<u64>,
+    pub outcome: RunOutcome,
+    pub snapshot: Option<String>,
+    pub bytes_read: u64,
+    pub bytes_new: u64,
+    pub bytes_uploaded: u64,
+    pub retries: u64,
+    pub error: Option<String>,
+}
+
+/// A job's history summed up, for `/metrics`.
+#[derive(Debug, Default, Clone)]
+pub struct JobTotals {
+    pub last_success_at: Option<i64>,
+    /// The newest finished run (not skipped).
+    pub last_run: Option<RunRow>,
+    pub runs: u64,
+    pub failures: u64,
+    pub skips: u64,
+    pub retries: u64,
+    pub bytes_read: u64,
+    pub bytes_uploaded: u64,
+    pub lock_extensions: u64,
+}
+
+fn run_row(r: &rusqlite::Row) -> rusqlite::Result<RunRow> {
+    Ok(RunRow {
+        id: r.get(0)?,
+        job: r.get(1)?,
+        trigger: r.get(2)?,
+        scheduled_for: r.get(3)?,
+        started_at: r.get(4)?,
+        ended_at: r.get(5)?,
+        duration_ms: r.get(6)?,
+        outcome: r.get(7)?,
+        snapshot: r.get(8)?,
+        bytes_read: r.get(9)?,
+        bytes_new: r.get(10)?,
+        bytes_uploaded: r.get(11)?,
+        retries: r.get(12)?,
+        error: r.get(13)?,
+    })
+}
+
+impl Catalog {
+    /// Records the start of a run. The caller holds the job's lock, so any other run of
+    /// the job still marked running belongs to a process that died: it is closed as
+    /// interrupted.
+    pub fn start_run(&self, job: &str, trigger: Trigger, scheduled_for: Option<i64>) -> Result<i64> {
+        let now = crate::time::now_secs();
+        self.conn.execute(
+            "UPDATE runs SET outcome = 'interrupted', ended_at = ?2,
+                             error = 'the process ended before this run finished'
+             WHERE job = ?1 AND outcome = 'running'",
+            params![job, now],
+        )?;
+        self.conn.execute(
+            "INSERT INTO runs (job, trigger, scheduled_for, started_at, outcome) VALUES (?1, ?2, ?3, ?4, 'running')",
+            params![job, trigger.as_str(), scheduled_for, now],
+        )?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    pub fn finish_run(&self, id: i64, r: &RunReport) -> Result<()> {
+        self.conn.execute(
+            "UPDATE runs SET ended_at = ?2, outcome = ?3, snapshot = ?4, bytes_read = ?5, bytes_new = ?6,
+                             bytes_uploaded = ?7, duration_ms = ?8, retries = ?9, error = ?10 WHERE id = ?1",
+            params![
+                id,
+                crate::time::now_secs(),
+                r.outcome,
+                r.snapshot,
+                r.bytes_read,
+                r.bytes_new,
+                r.bytes_uploaded,
+                r.duration_ms,
+                r.retries,
+                r.error
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// A fire time that came while the job was still running (or waiting to run).
+    pub fn record_skip(&self, job: &str, scheduled_for: i64, why: &str) -> Result<()> {
+        let now = crate::time::now_secs();
+        self.conn.execute(
+            "INSERT INTO runs (job, trigger, scheduled_for, started_at, ended_at, duration_ms, outcome, error)
+             VALUES (?1, 'schedule', ?2, ?3, ?3, 0, 'skipped', ?4)",
+            params![job, scheduled_for, now, why],
+        )?;
+        Ok(())
+    }
+
+    /// The run history, newest first.
+    pub fn runs(&self, job: Option<&str>, limit: usize) -> Result<Vec<RunRow>> {
+        let mut st = self.conn.prepare(
+            "SELECT id, job, trigger, scheduled_for, started_at, ended_at, duration_ms, outcome, snapshot,
+                    bytes_read, bytes_new, bytes_uploaded, retries, error
+             FROM runs WHERE ?1 IS NULL OR job = ?1 ORDER BY id DESC LIMIT ?2",
+        )?;
+        let rows = st.query_map(params![job, limit as i64], run_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// When the job was last considered, run or skipped (its fire time where it had one),
+    /// and how that ended: fire times after it were missed, and so is a run a shutdown
+    /// interrupted.
+    pub fn last_run(&self, job: &str) -> Result<Option<(i64, RunOutcome)>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT max(started_at, coalesce(scheduled_for, 0)), outcome FROM runs WHERE job = ?1
+                 ORDER BY id DESC LIMIT 1",
+                [job],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
+    }
+
+    /// The job's history summed up.
+    pub fn job_totals(&self, job: &str) -> Result<JobTotals> {
+        let mut t = self.conn.query_row(
+            "SELECT max(CASE WHEN outcome IN ('success', 'partial') THEN ended_at END),
+                    count(CASE WHEN outcome NOT IN ('skipped', 'running') THEN 1 END),
+                    count(CASE WHEN outcome = 'failed' THEN 1 END),
+                    count(CASE WHEN outcome = 'skipped' THEN 1 END),
+                    coalesce(sum(retries), 0), coalesce(sum(bytes_read), 0), coalesce(sum(bytes_uploaded), 0)
+             FROM runs WHERE job = ?1",
+            [job],
+            |r| {
+                Ok(JobTotals {
+                    last_success_at: r.get(0)?,
+                    runs: r.get(1)?,
+                    failures: r.get(2)?,
+                    skips: r.get(3)?,
+                    retries: r.get(4)?,
+                    bytes_read: r.get(5)?,
+                    bytes_uploaded: r.get(6)?,
+                    ..Default::default()
+                })
+            },
+        )?;
+        t.last_run = self
+            .conn
+            .query_row(
+                "SELECT id, job, trigger, scheduled_for, started_at, ended_at, duration_ms, outcome, snapshot,
+                        bytes_read, bytes_new, bytes_uploaded, retries, error
+                 FROM runs WHERE job = ?1 AND outcome NOT IN ('skipped', 'running') ORDER BY id DESC LIMIT 1",
+                [job],
+                run_row,
+            )
+            .optional()?;
+        t.lock_extensions = self.conn.query_row(
+            "SELECT count(*) FROM events WHERE kind = 'lock-extended' AND job = ?1",
+            [job],
+            |r| r.get(0),
+        )?;
+        Ok(t)
+    }
+
+    pub fn event(&self, kind: &str, job: Option<&str>, detail: &str) -> Result<()> {
+        insert_event(&self.conn, kind, job, detail)
+    }
+}

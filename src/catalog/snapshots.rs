@@ -1,0 +1,178 @@
+//! Snapshots and the packs each needs.
+
+use std::collections::HashSet;
+
+use anyhow::{Context, Result, bail};
+use rusqlite::params;
+
+use super::*;
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SnapshotRow {
+    pub id: String,
+    pub job: String,
+    pub host: String,
+    pub created_at: i64,
+    pub state: String,
+    pub record_version: Option<String>,
+    pub source: String,
+    pub files: u64,
+    pub bytes: u64,
+    pub bytes_new: u64,
+    pub bytes_uploaded: u64,
+    pub errors: u64,
+    pub retain_until: Option<i64>,
+    /// The lock mode of the snapshot record (locked until `retain_until`), if any.
+    pub lock_mode: Option<String>,
+    /// What the source contained beyond its files (git refs, a command's output).
+    pub contents: Option<crate::format::contents::Contents>,
+}
+
+impl SnapshotRow {
+    /// The row of a snapshot whose record is stored as `record_version`, locked in
+    /// `lock_mode` (until its retain-until) where the target locks.
+    pub fn from_record(
+        r: &crate::format::snapshot::SnapshotRecord,
+        record_version: Option<String>,
+        lock_mode: Option<String>,
+    ) -> SnapshotRow {
+        SnapshotRow {
+            id: r.id.clone(),
+            job: r.job.clone(),
+            host: r.host.clone(),
+            created_at: r.created,
+            state: "complete".into(),
+            record_version,
+            source: r.source.clone(),
+            files: r.stats.files,
+            bytes: r.stats.bytes,
+            bytes_new: r.stats.bytes_new,
+            bytes_uploaded: r.stats.bytes_uploaded,
+            errors: r.errors.len() as u64,
+            retain_until: r.retain_until,
+            lock_mode,
+            contents: r.contents.clone(),
+        }
+    }
+}
+
+impl Catalog {
+    /// Marks a snapshot complete: its row, the packs it needs, and the job's new file
+    /// cache, all in one transaction.
+    /// Records a complete snapshot, the packs it needs, and the job's file cache: `cache`
+    /// gives the files whose row changed (new, or read again), `current` says which paths
+    /// the snapshot holds; rows of other paths go. A file reused unchanged keeps its row,
+    /// so a run with no change writes almost nothing. `counts`, when given (files in the
+    /// snapshot, and how many of them had no row), spares the scan for rows to remove
+    /// when none can be left over.
+    pub fn complete_snapshot(
+        &mut self,
+        snap: &SnapshotRow,
+        packs: &HashSet<i64>,
+        cache: impl IntoIterator<Item = Result<(Vec<u8>, CachedFile)>>,
+        current: impl Fn(&[u8]) -> bool,
+        counts: Option<(u64, u64)>,
+    ) -> Result<i64> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO snapshots (id, job, host, created_at, state, record_version, source, files, bytes,
+                                    bytes_new, bytes_uploaded, errors, retain_until, lock_mode, contents)
+             VALUES (?1, ?2, ?3, ?4, 'complete', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            params![
+                snap.id,
+                snap.job,
+                snap.host,
+                snap.created_at,
+                snap.record_version,
+                snap.source,
+                snap.files,
+                snap.bytes,
+                snap.bytes_new,
+                snap.bytes_uploaded,
+                snap.errors,
+                snap.retain_until,
+                snap.lock_mode,
+                snap.contents.as_ref().map(serde_json::to_string).transpose()?
+            ],
+        )?;
+        let seq = tx.last_insert_rowid();
+        {
+            let mut st = tx.prepare("INSERT INTO snapshot_packs (snapshot, pack) VALUES (?1, ?2)")?;
+            for p in packs {
+                st.execute(params![seq, p])?;
+            }
+            let rows: u64 =
+                tx.query_row("SELECT count(*) FROM file_cache WHERE job = ?1", [&snap.job], |r| r.get(0))?;
+            let none_left = counts.is_some_and(|(files, new)| rows + new == files);
+            let gone: Vec<Vec<u8>> = if none_left {
+                Vec::new()
+            } else {
+                let mut st = tx.prepare("SELECT path FROM file_cache WHERE job = ?1")?;
+                let paths = st.query_map([&snap.job], |r| r.get::<_, Vec<u8>>(0))?;
+                paths.filter(|p| p.as_ref().map_or(true, |p| !current(p))).collect::<rusqlite::Result<_>>()?
+            };
+            let mut st = tx.prepare("DELETE FROM file_cache WHERE job = ?1 AND path = ?2")?;
+            for path in gone {
+                st.execute(params![snap.job, path])?;
+            }
+            let mut st = tx.prepare(
+                "INSERT OR REPLACE INTO file_cache (job, path, size, mtime_ns, ctime_ns, inode, chunks, content_type)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?;
+            for item in cache {
+                let (path, f) = item?;
+                let ids: Vec<u8> = f.chunks.iter().flat_map(|c| c.0).collect();
+                st.execute(params![snap.job, path, f.size, f.mtime_ns, f.ctime_ns, f.inode, ids, f.content_type])?;
+            }
+        }
+        tx.commit()?;
+        Ok(seq)
+    }
+
+    pub fn snapshots(&self, job: Option<&str>) -> Result<Vec<SnapshotRow>> {
+        let mut st = self.conn.prepare(
+            "SELECT id, job, host, created_at, state, record_version, source, files, bytes, bytes_new,
+                    bytes_uploaded, errors, retain_until, lock_mode, contents
+             FROM snapshots WHERE ?1 IS NULL OR job = ?1 ORDER BY seq",
+        )?;
+        let rows = st.query_map([job], |r| {
+            Ok(SnapshotRow {
+                id: r.get(0)?,
+                job: r.get(1)?,
+                host: r.get(2)?,
+                created_at: r.get(3)?,
+                state: r.get(4)?,
+                record_version: r.get(5)?,
+                source: r.get(6)?,
+                files: r.get(7)?,
+                bytes: r.get(8)?,
+                bytes_new: r.get(9)?,
+                bytes_uploaded: r.get(10)?,
+                errors: r.get(11)?,
+                retain_until: r.get(12)?,
+                lock_mode: r.get(13)?,
+                contents: r.get::<_, Option<String>>(14)?.and_then(|j| serde_json::from_str(&j).ok()),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The job's newest complete snapshot.
+    pub fn latest_complete(&self, job: &str) -> Result<Option<SnapshotRow>> {
+        Ok(self.snapshots(Some(job))?.into_iter().rev().find(|s| s.state == "complete"))
+    }
+
+    /// `latest`, a full id, or a unique prefix of one, within a job.
+    pub fn find_snapshot(&self, job: &str, selector: &str) -> Result<SnapshotRow> {
+        if selector == "latest" {
+            return self.latest_complete(job)?.with_context(|| format!("job `{job}` has no complete snapshot yet"));
+        }
+        let all = self.snapshots(Some(job))?;
+        let matches: Vec<SnapshotRow> = all.into_iter().filter(|s| s.id.starts_with(selector)).collect();
+        match matches.len() {
+            0 => bail!("no snapshot `{selector}` in job `{job}` (see `coffer snapshots {job}`)"),
+            1 => Ok(matches.into_iter().next().expect("one match")),
+            n => bail!("snapshot prefix `{selector}` is ambiguous: {n} snapshots of job `{job}` match"),
+        }
+    }
+}
