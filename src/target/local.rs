@@ -5,12 +5,12 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
+use object_store::ObjectStoreExt;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
-use super::object_io::{get, list_current, size_of};
-use super::{AlreadyExists, LockMode, ObjectVersion, Retention, Store};
+use super::object_io::{get, list_current, put_new, size_of};
+use super::{LockMode, ObjectVersion, Retention, Store};
 
 pub struct Local {
     store: LocalFileSystem,
@@ -33,12 +33,7 @@ impl Local {
 #[async_trait::async_trait]
 impl Store for Local {
     async fn put_new(&self, key: &str, body: Bytes, _lock: Option<Retention>) -> Result<Option<String>> {
-        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
-        match self.store.put_opts(&ObjPath::from(key), PutPayload::from_bytes(body), opts).await {
-            Ok(r) => Ok(r.version),
-            Err(object_store::Error::AlreadyExists { .. }) => Err(AlreadyExists { key: key.to_string() }.into()),
-            Err(e) => Err(e.into()),
-        }
+        put_new(&self.store, key, body).await
     }
 
     async fn get(&self, key: &str, version: Option<&str>) -> Result<(Bytes, Option<String>)> {

@@ -4,9 +4,20 @@
 use anyhow::Result;
 use bytes::Bytes;
 use object_store::path::Path as ObjPath;
-use object_store::{GetOptions, ObjectStore};
+use object_store::{GetOptions, ObjectStore, PutMode, PutOptions, PutPayload};
 
-use super::ObjectVersion;
+use super::{AlreadyExists, ObjectVersion};
+
+/// Writes a new object through `object_store`, create-only: an existing key is refused
+/// with [`AlreadyExists`]. Returns the version id where the store keeps versions.
+pub async fn put_new(store: &dyn ObjectStore, key: &str, body: Bytes) -> Result<Option<String>> {
+    let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+    match store.put_opts(&ObjPath::from(key), PutPayload::from_bytes(body), opts).await {
+        Ok(r) => Ok(r.version),
+        Err(object_store::Error::AlreadyExists { .. }) => Err(AlreadyExists { key: key.to_string() }.into()),
+        Err(e) => Err(e.into()),
+    }
+}
 
 /// Reads an object version through `object_store`, with its version id.
 pub async fn get(store: &dyn ObjectStore, key: &str, version: Option<&str>) -> Result<(Bytes, Option<String>)> {

@@ -12,10 +12,10 @@ use bytes::Bytes;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, AwsCredentialProvider, Checksum};
 use object_store::path::Path as ObjPath;
 use object_store::prefix::PrefixStore;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig};
+use object_store::{ObjectStore, ObjectStoreExt, RetryConfig};
 
-use super::object_io::{get, list_current, size_of};
-use super::{AlreadyExists, LockMode, ObjectVersion, Retention, Store};
+use super::object_io::{get, list_current, put_new, size_of};
+use super::{LockMode, ObjectVersion, Retention, Store};
 use crate::config::TargetConfig;
 use crate::retry::Retry;
 use object_lock::LockApi;
@@ -77,12 +77,7 @@ impl Store for S3 {
         if let Some(lock) = lock {
             return self.api.put_locked(key, body, lock, true).await;
         }
-        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
-        match self.store.put_opts(&ObjPath::from(key), PutPayload::from_bytes(body), opts).await {
-            Ok(r) => Ok(r.version),
-            Err(object_store::Error::AlreadyExists { .. }) => Err(AlreadyExists { key: key.to_string() }.into()),
-            Err(e) => Err(e.into()),
-        }
+        put_new(&*self.store, key, body).await
     }
 
     async fn get(&self, key: &str, version: Option<&str>) -> Result<(Bytes, Option<String>)> {
