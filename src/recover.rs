@@ -84,195 +84,23 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
 
     tracing::info!(target = %cfg.target.url, "listing every object version");
     let inventory = runtime.block_on(Inventory::read(&target))?;
-    let mut report = Report::default();
-    // The version of each key that proved itself.
-    let mut genuine: HashMap<String, Option<String>> = HashMap::new();
-
-    // The repository record: its secret authenticates everything else.
-    let (repo, repo_version, secret) = open_repo(&runtime, &target, &inventory, &identity)?;
-    genuine.insert(REPO_KEY.to_string(), repo_version.clone());
-    report.repo_id = repo.id.clone();
-    keep_secret(cfg, &secret)?;
-    if catalog.repo()?.is_none() {
-        let record_lock = runtime.block_on(target.lock_of(REPO_KEY, repo_version.as_deref()))?;
-        catalog.set_repo(&RepoRow {
-            repo_id: repo.id.clone(),
-            target_url: cfg.target.url.clone(),
-            record_version: repo_version,
-            chunker: repo.chunker,
-            record_lock,
-            unprotected: None,
-        })?;
-    }
-
-    // Snapshot records: small; read first so that packs know which chunks to keep.
-    let mut records = Vec::new();
-    for (key, versions) in &inventory.keys {
-        if !matches!(crate::inventory::layout(key), Layout::Snapshot { .. }) {
-            continue;
-        }
-        let (mut accepted, mut rejected) = (None, Vec::new());
-        for v in &versions.versions {
-            let object = runtime.block_on(target.get(key, v.id.as_deref()))?;
-            match snapshot::open(&object, key, &secret, &identity) {
-                Ok(record) => {
-                    if let Some(f) =
-                        crate::inventory::backdated(key, record.created, record.stats.duration_ms, v.last_modified)
-                    {
-                        report.findings.push(f);
-                    }
-                    accepted = Some(v.id.clone());
-                    records.push((key.clone(), v.id.clone(), record, v.last_modified));
-                    break;
-                }
-                Err(e) => rejected.push(Finding::ForgedRecord {
-                    key: key.clone(),
-                    version: v.id.clone().unwrap_or_default(),
-                    why: e.to_string(),
-                }),
-            }
-        }
-        // With a genuine version, the others are judged against it like any key's.
-        if let Some(version) = accepted {
-            genuine.insert(key.clone(), version);
-        } else {
-            report.findings.extend(rejected);
-        }
-    }
-    // Creation order (runs of a job never overlap); records without nanoseconds (older
-    // ones) within one second in the order the server received them.
-    records.sort_by_key(|(key, _, r, stored)| {
-        (r.created_ns.unwrap_or(r.created.saturating_mul(1_000_000_000)), *stored, key.clone())
-    });
-    let tree_chunks: HashSet<ChunkId> = records.iter().flat_map(|(_, _, r, _)| r.tree.iter().copied()).collect();
-
-    // Packs: each read once, checked against its name, its trailer recorded.
-    let packs: Vec<(String, String)> = inventory
-        .keys
-        .keys()
-        .filter_map(|key| match crate::inventory::layout(key) {
-            Layout::Pack(id) => Some((key.clone(), id)),
-            _ => None,
-        })
-        .collect();
-    let total = packs.len();
-    let mut todo = Vec::new();
-    for (key, id) in packs {
-        if catalog.has_pack(&id)? {
-            report.packs_resumed += 1;
-            // Which version was recorded matters for the findings.
-            let version = catalog.pack_version(&id)?;
-            genuine.insert(key, version);
-        } else {
-            todo.push((key, id));
-        }
-    }
-    tracing::info!(packs = total, resumed = report.packs_resumed, "reading packs");
-    let counters = Arc::new(Counters::default());
-    Counters::add(&counters.packs, report.packs_resumed as u64);
-    let _progress = ProgressLine::start(counters.clone(), opts.progress, crate::progress::packs_line(total));
-    runtime.block_on(async {
-        let reads = futures::stream::iter(todo.into_iter().map(|(key, id)| {
-            let (target, identity) = (target.clone(), identity.clone());
-            let versions = inventory.keys[&key].versions.clone();
-            tokio::spawn(async move {
-                // The oldest version whose content hash is the pack's id is the one coffer
-                // wrote. A read that fails (after retries) stops the recovery, which can
-                // resume; a version that fails its hash is a finding.
-                let mut last_error = String::from("no version");
-                for v in versions {
-                    let ct = target.get(&key, v.id.as_deref()).await?;
-                    match pack::open(&ct, &id, &identity) {
-                        Ok(plain) => return anyhow::Ok((key, id, Ok((v, ct.len() as u64, plain)))),
-                        Err(e) => last_error = e.to_string(),
-                    }
-                }
-                Ok((key, id, Err(last_error)))
-            })
-        }));
-        let mut reads = reads.buffered(READ_AHEAD);
-        while let Some(joined) = reads.next().await {
-            let (key, id, read) = joined.map_err(|e| anyhow!("a pack reader failed: {e}"))??;
-            Counters::add(&counters.packs, 1);
-            let (v, size, plain) = match read {
-                Ok(ok) => {
-                    Counters::add(&counters.bytes_read, ok.1);
-                    ok
-                }
-                Err(why) => {
-                    report.findings.push(Finding::Unreadable { key, version: String::new(), why });
-                    continue;
-                }
-            };
-            let blobs = match pack::read_trailer(&plain) {
-                Ok(b) => b,
-                Err(e) => {
-                    let why = format!("pack trailer: {e}");
-                    report.findings.push(Finding::Unreadable { key: key.clone(), version: String::new(), why });
-                    genuine.insert(key, v.id);
-                    continue;
-                }
-            };
-            let mut tree = Vec::new();
-            for b in blobs.iter().filter(|b| tree_chunks.contains(&b.id)) {
-                // A chunk that fails here is missed by its snapshot, which reports it.
-                if let Ok(data) = pack::verified_blob(&plain, b, &secret) {
-                    tree.push((b.id, data));
-                }
-            }
-            let lock = target.lock_of(&key, v.id.as_deref()).await?;
-            let stored = StoredPack { hash: &id, version: v.id.as_deref(), size, blobs: &blobs, lock };
-            catalog.add_recovered_pack(&stored, &tree)?;
-            tracing::debug!("recorded {key}");
-            genuine.insert(key, v.id);
-        }
-        anyhow::Ok(())
-    })?;
-    report.packs = total;
-
-    // Snapshots, oldest first: each one's file list says which packs it needs.
-    for (key, version, record, _) in &records {
-        if catalog.has_snapshot(&record.id)? {
-            report.snapshots.push((record.job.clone(), record.id.clone()));
-            continue;
-        }
-        let (packs, missing, refused) = match needed_packs(&catalog, record) {
-            Ok(found) => found,
-            Err(e) => {
-                let why = format!("the snapshot's file list cannot be read: {e:#}");
-                report.findings.push(Finding::Unreadable { key: key.clone(), version: String::new(), why });
-                continue;
-            }
-        };
-        if missing > 0 {
-            let why = format!("{missing} chunks of this snapshot are in no readable pack");
-            report.findings.push(Finding::Unreadable { key: key.clone(), version: String::new(), why });
-        }
-        report.findings.extend(crate::inventory::unsafe_entries(key, refused));
-        let lock = runtime.block_on(target.lock_of(key, version.as_deref()))?;
-        let row = SnapshotRow::from_record(record, version.clone(), lock.map(|l| l.mode.as_str().to_string()));
-        catalog.complete_snapshot(&row, &packs, std::iter::empty(), |_| true, None)?;
-        report.snapshots.push((record.job.clone(), record.id.clone()));
-    }
+    let mut r = Recovery {
+        target: &target,
+        runtime: &runtime,
+        identity: &identity,
+        inventory: &inventory,
+        report: Report::default(),
+        genuine: HashMap::new(),
+    };
+    // The repository record first: its secret authenticates everything else. Then the
+    // snapshot records (small), so that each pack knows which chunks to keep; then the
+    // packs; then the snapshots, each with the packs its file list needs.
+    let secret = r.repository(cfg, &catalog)?;
+    let records = r.snapshot_records(&secret)?;
+    r.packs(&mut catalog, &records, &secret, opts.progress)?;
+    r.snapshots(&mut catalog, &records)?;
     catalog.forget_expired(crate::time::now_secs())?;
-
-    // Everything the target holds that coffer did not write.
-    let reported: HashSet<String> = report.findings.iter().map(|f| f.key().to_string()).collect();
-    for (key, versions) in &inventory.keys {
-        if crate::inventory::layout(key) == Layout::Unknown {
-            continue;
-        }
-        let genuine = match genuine.get(key) {
-            Some(version) => version.clone(),
-            // No version proved itself: already reported as unreadable or forged.
-            None if reported.contains(key) => continue,
-            // Keys recover does not read (canaries) are judged against their oldest version.
-            None => versions.versions.first().and_then(|v| v.id.clone()),
-        };
-        report.findings.extend(inventory.findings_for(key, genuine.as_deref(), &mut report.duplicates));
-    }
-    report.findings.extend(inventory.unknown_keys());
-    report.findings.sort_by(|a, b| a.key().cmp(b.key()).then(a.kind().cmp(b.kind())));
+    let report = r.judge_the_rest();
 
     catalog.end_recovery(&report.findings)?;
     catalog.close()?;
@@ -280,6 +108,235 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
         .with_context(|| format!("cannot move the recovered catalog to {}", final_path.display()))?;
     crate::fsutil::sync_dir(&final_path)?;
     Ok(report)
+}
+
+/// One recovery under way: what the target holds, and what has been proven so far.
+struct Recovery<'a> {
+    target: &'a Target,
+    runtime: &'a tokio::runtime::Runtime,
+    identity: &'a Arc<Identity>,
+    inventory: &'a Inventory,
+    report: Report,
+    /// The version of each key that proved itself.
+    genuine: HashMap<String, Option<String>>,
+}
+
+/// A snapshot record that proved itself: its key, version, content, and when the server
+/// stored it.
+type Proven = (String, Option<String>, SnapshotRecord, i64);
+
+impl Recovery<'_> {
+    /// Opens the repository record with the identity, keeps its secret, and records the
+    /// repository (unless a resumed recovery already did).
+    fn repository(&mut self, cfg: &Config, catalog: &Catalog) -> Result<RepoSecret> {
+        let (repo, repo_version, secret) = open_repo(self.runtime, self.target, self.inventory, self.identity)?;
+        self.genuine.insert(REPO_KEY.to_string(), repo_version.clone());
+        self.report.repo_id = repo.id.clone();
+        keep_secret(cfg, &secret)?;
+        if catalog.repo()?.is_none() {
+            let record_lock = self.runtime.block_on(self.target.lock_of(REPO_KEY, repo_version.as_deref()))?;
+            catalog.set_repo(&RepoRow {
+                repo_id: repo.id.clone(),
+                target_url: cfg.target.url.clone(),
+                record_version: repo_version,
+                chunker: repo.chunker,
+                record_lock,
+                unprotected: None,
+            })?;
+        }
+        Ok(secret)
+    }
+
+    /// Every snapshot record's oldest version that proves itself, in creation order.
+    fn snapshot_records(&mut self, secret: &RepoSecret) -> Result<Vec<Proven>> {
+        let mut records = Vec::new();
+        for (key, versions) in &self.inventory.keys {
+            if !matches!(crate::inventory::layout(key), Layout::Snapshot { .. }) {
+                continue;
+            }
+            let (mut accepted, mut rejected) = (None, Vec::new());
+            for v in &versions.versions {
+                let object = self.runtime.block_on(self.target.get(key, v.id.as_deref()))?;
+                match snapshot::open(&object, key, secret, self.identity) {
+                    Ok(record) => {
+                        if let Some(f) =
+                            crate::inventory::backdated(key, record.created, record.stats.duration_ms, v.last_modified)
+                        {
+                            self.report.findings.push(f);
+                        }
+                        accepted = Some(v.id.clone());
+                        records.push((key.clone(), v.id.clone(), record, v.last_modified));
+                        break;
+                    }
+                    Err(e) => rejected.push(Finding::ForgedRecord {
+                        key: key.clone(),
+                        version: v.id.clone().unwrap_or_default(),
+                        why: e.to_string(),
+                    }),
+                }
+            }
+            // With a genuine version, the others are judged against it like any key's.
+            if let Some(version) = accepted {
+                self.genuine.insert(key.clone(), version);
+            } else {
+                self.report.findings.extend(rejected);
+            }
+        }
+        // Creation order (runs of a job never overlap); records without nanoseconds
+        // (older ones) within one second in the order the server received them.
+        records.sort_by_key(|(key, _, r, stored)| {
+            (r.created_ns.unwrap_or(r.created.saturating_mul(1_000_000_000)), *stored, key.clone())
+        });
+        Ok(records)
+    }
+
+    /// Every pack, read once: checked against its name, its trailer recorded, and the
+    /// chunks of the snapshots' file lists kept (verified). Packs a resumed recovery
+    /// already recorded are not read again.
+    fn packs(&mut self, catalog: &mut Catalog, records: &[Proven], secret: &RepoSecret, progress: bool) -> Result<()> {
+        let tree_chunks: HashSet<ChunkId> = records.iter().flat_map(|(_, _, r, _)| r.tree.iter().copied()).collect();
+        let packs: Vec<(String, String)> = self
+            .inventory
+            .keys
+            .keys()
+            .filter_map(|key| match crate::inventory::layout(key) {
+                Layout::Pack(id) => Some((key.clone(), id)),
+                _ => None,
+            })
+            .collect();
+        let total = packs.len();
+        let mut todo = Vec::new();
+        for (key, id) in packs {
+            if catalog.has_pack(&id)? {
+                self.report.packs_resumed += 1;
+                // Which version was recorded matters for the findings.
+                let version = catalog.pack_version(&id)?;
+                self.genuine.insert(key, version);
+            } else {
+                todo.push((key, id));
+            }
+        }
+        tracing::info!(packs = total, resumed = self.report.packs_resumed, "reading packs");
+        let counters = Arc::new(Counters::default());
+        Counters::add(&counters.packs, self.report.packs_resumed as u64);
+        let _progress = ProgressLine::start(counters.clone(), progress, crate::progress::packs_line(total));
+        let (runtime, target, identity, inventory) = (self.runtime, self.target, self.identity, self.inventory);
+        runtime.block_on(async {
+            let reads = futures::stream::iter(todo.into_iter().map(|(key, id)| {
+                let (target, identity) = (target.clone(), identity.clone());
+                let versions = inventory.keys[&key].versions.clone();
+                tokio::spawn(async move {
+                    // The oldest version whose content hash is the pack's id is the one
+                    // coffer wrote. A read that fails (after retries) stops the recovery,
+                    // which can resume; a version that fails its hash is a finding.
+                    let mut last_error = String::from("no version");
+                    for v in versions {
+                        let ct = target.get(&key, v.id.as_deref()).await?;
+                        match pack::open(&ct, &id, &identity) {
+                            Ok(plain) => return anyhow::Ok((key, id, Ok((v, ct.len() as u64, plain)))),
+                            Err(e) => last_error = e.to_string(),
+                        }
+                    }
+                    Ok((key, id, Err(last_error)))
+                })
+            }));
+            let mut reads = reads.buffered(READ_AHEAD);
+            while let Some(joined) = reads.next().await {
+                let (key, id, read) = joined.map_err(|e| anyhow!("a pack reader failed: {e}"))??;
+                Counters::add(&counters.packs, 1);
+                let (v, size, plain) = match read {
+                    Ok(ok) => {
+                        Counters::add(&counters.bytes_read, ok.1);
+                        ok
+                    }
+                    Err(why) => {
+                        self.report.findings.push(Finding::Unreadable { key, version: String::new(), why });
+                        continue;
+                    }
+                };
+                let blobs = match pack::read_trailer(&plain) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let why = format!("pack trailer: {e}");
+                        self.report.findings.push(Finding::Unreadable {
+                            key: key.clone(),
+                            version: String::new(),
+                            why,
+                        });
+                        self.genuine.insert(key, v.id);
+                        continue;
+                    }
+                };
+                let mut tree = Vec::new();
+                for b in blobs.iter().filter(|b| tree_chunks.contains(&b.id)) {
+                    // A chunk that fails here is missed by its snapshot, which reports it.
+                    if let Ok(data) = pack::verified_blob(&plain, b, secret) {
+                        tree.push((b.id, data));
+                    }
+                }
+                let lock = target.lock_of(&key, v.id.as_deref()).await?;
+                let stored = StoredPack { hash: &id, version: v.id.as_deref(), size, blobs: &blobs, lock };
+                catalog.add_recovered_pack(&stored, &tree)?;
+                tracing::debug!("recorded {key}");
+                self.genuine.insert(key, v.id);
+            }
+            anyhow::Ok(())
+        })?;
+        self.report.packs = total;
+        Ok(())
+    }
+
+    /// The snapshots, oldest first: each one's file list says which packs it needs.
+    fn snapshots(&mut self, catalog: &mut Catalog, records: &[Proven]) -> Result<()> {
+        for (key, version, record, _) in records {
+            if catalog.has_snapshot(&record.id)? {
+                self.report.snapshots.push((record.job.clone(), record.id.clone()));
+                continue;
+            }
+            let (packs, missing, refused) = match needed_packs(catalog, record) {
+                Ok(found) => found,
+                Err(e) => {
+                    let why = format!("the snapshot's file list cannot be read: {e:#}");
+                    self.report.findings.push(Finding::Unreadable { key: key.clone(), version: String::new(), why });
+                    continue;
+                }
+            };
+            if missing > 0 {
+                let why = format!("{missing} chunks of this snapshot are in no readable pack");
+                self.report.findings.push(Finding::Unreadable { key: key.clone(), version: String::new(), why });
+            }
+            self.report.findings.extend(crate::inventory::unsafe_entries(key, refused));
+            let lock = self.runtime.block_on(self.target.lock_of(key, version.as_deref()))?;
+            let row = SnapshotRow::from_record(record, version.clone(), lock.map(|l| l.mode.as_str().to_string()));
+            catalog.complete_snapshot(&row, &packs, std::iter::empty(), |_| true, None)?;
+            self.report.snapshots.push((record.job.clone(), record.id.clone()));
+        }
+        Ok(())
+    }
+
+    /// Everything the target holds that coffer did not write, judged against the
+    /// versions that proved themselves; the report, findings in key order.
+    fn judge_the_rest(mut self) -> Report {
+        let report = &mut self.report;
+        let reported: HashSet<String> = report.findings.iter().map(|f| f.key().to_string()).collect();
+        for (key, versions) in &self.inventory.keys {
+            if crate::inventory::layout(key) == Layout::Unknown {
+                continue;
+            }
+            let genuine = match self.genuine.get(key) {
+                Some(version) => version.clone(),
+                // No version proved itself: already reported as unreadable or forged.
+                None if reported.contains(key) => continue,
+                // Keys recover does not read (canaries) are judged against their oldest
+                // version.
+                None => versions.versions.first().and_then(|v| v.id.clone()),
+            };
+            report.findings.extend(self.inventory.findings_for(key, genuine.as_deref(), &mut report.duplicates));
+        }
+        report.findings.extend(self.inventory.unknown_keys());
+        report.findings.sort_by(|a, b| a.key().cmp(b.key()).then(a.kind().cmp(b.kind())));
+        self.report
+    }
 }
 
 /// The oldest version of `coffer.repo` that decodes and that the identity opens.
