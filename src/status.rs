@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, PackLock, SnapshotRow};
 use crate::config::Config;
 use crate::inventory::{Finding, Inventory, Layout};
 use crate::target::{Protection, Target};
@@ -192,121 +192,20 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
         f.raise(Level::Warning, "--remote: the target keeps no locks to read".into());
     }
 
-    // The live snapshots of every job, and the packs they need.
-    let mut live = Vec::new();
-    for job in &cfg.jobs {
-        let snaps: Vec<_> = catalog
-            .snapshots(Some(&job.name))?
-            .into_iter()
-            .filter(|s| s.state == "complete" && s.retain_until.is_none_or(|u| u > now))
-            .collect();
-        let mut with_packs = Vec::new();
-        for s in snaps {
-            let packs = catalog.snapshot_packs(&s.id)?;
-            with_packs.push((s, packs));
-        }
-        live.push((job, with_packs));
-    }
-    let remote_packs = match (opts.remote, opts.sample) {
-        (true, Some(n)) => {
-            let mut all: Vec<i64> = live
-                .iter()
-                .flat_map(|(_, v)| v.iter().flat_map(|(_, p)| p.iter().map(|p| p.id)))
-                .collect::<HashSet<_>>()
-                .into_iter()
-                .collect();
-            shuffle(&mut all);
-            all.truncate(n);
-            Some(all.into_iter().collect())
-        }
-        _ => None,
-    };
+    let live = live_snapshots(cfg, &catalog, now)?;
     let mut locks = Locks {
         runtime: if opts.remote { Some(crate::target::runtime()?) } else { None },
         target: (opts.remote && target.locks()).then_some(&target),
-        remote_packs,
+        remote_packs: opts.sample.filter(|_| opts.remote).map(|n| sample_packs(&live, n)),
         asked: HashMap::new(),
         lowered: Vec::new(),
     };
-
     let mut jobs = Vec::new();
-    let mut longest_needed = None;
     for (job, snaps) in &live {
-        let newest = snaps.last().map(|(s, _)| s);
-        let mut status = JobStatus {
-            name: job.name.clone(),
-            live_snapshots: snaps.len(),
-            newest_snapshot: newest.map(|s| s.id.clone()),
-            newest_age_secs: newest.map(|s| now - s.created_at),
-            protected_until: None,
-            gaps: Vec::new(),
-            schedule: job.schedule.as_ref().map(|s| s.text.clone()),
-            overdue_since: None,
-        };
-        if snaps.is_empty() {
-            f.raise(Level::Warning, format!("job {}: no live snapshot", job.name));
-        } else if let Some(newest) = newest {
-            status.overdue_since = freshness(cfg, job, newest.created_at, now, &mut f);
-        }
-        let mut horizon: Option<Option<i64>> = None;
-        for (snap, packs) in snaps {
-            let needed = snap.retain_until.unwrap_or(i64::MAX);
-            longest_needed = longest_needed.max(Some(needed));
-            let record_key = crate::format::snapshot_key(&snap.job, &snap.id);
-            let record_lock = snap.lock_mode.as_ref().and(snap.retain_until);
-            let mut objects = vec![(
-                record_key.clone(),
-                locks.until(&record_key, snap.record_version.as_deref(), record_lock, None, &mut f),
-            )];
-            for p in packs {
-                let key = crate::format::pack_key(&p.hash);
-                let until = locks.until(&key, p.version.as_deref(), p.lock.map(|l| l.until), Some(p.id), &mut f);
-                if locks.target.is_some()
-                    && locks.asked.contains_key(&format!("{key}@{}", p.version.as_deref().unwrap_or("")))
-                {
-                    catalog.confirm_pack(p.id)?;
-                }
-                objects.push((key, until));
-            }
-            // Fully locked until the earliest lock end among everything it needs.
-            let fully: Option<i64> = objects.iter().map(|(_, u)| *u).try_fold(i64::MAX, |acc, u| u.map(|u| acc.min(u)));
-            horizon = Some(match horizon {
-                None => fully,
-                Some(h) => h.zip(fully).map(|(a, b)| a.min(b)),
-            });
-            let short: Vec<GapObject> = objects
-                .into_iter()
-                .filter(|(_, u)| u.is_none_or(|u| u < needed))
-                .map(|(key, locked_until)| GapObject { key, locked_until })
-                .collect();
-            if locked && !short.is_empty() {
-                let list: Vec<String> = short
-                    .iter()
-                    .map(|o| {
-                        format!(
-                            "{} locked until {}",
-                            o.key,
-                            o.locked_until.map(crate::time::format_utc).unwrap_or_else(|| "never".into())
-                        )
-                    })
-                    .collect();
-                f.raise(
-                    Level::Critical,
-                    format!(
-                        "job {}: snapshot {} (kept until {}) has a protection gap: {}",
-                        job.name,
-                        snap.id,
-                        snap.retain_until.map(crate::time::format_utc).unwrap_or_else(|| "forever".into()),
-                        list.join(", ")
-                    ),
-                );
-                status.gaps.push(Gap { snapshot: snap.id.clone(), retain_until: snap.retain_until, objects: short });
-            }
-        }
-        status.protected_until = if locked { horizon.flatten() } else { None };
-        jobs.push(status);
+        jobs.push(job_status(cfg, job, snaps, now, locked, &catalog, &mut locks, &mut f)?);
     }
     // Every restore needs the repository record: it must outlive every live snapshot.
+    let longest_needed = live.iter().flat_map(|(_, v)| v.iter().map(|(s, _)| s.retain_until.unwrap_or(i64::MAX))).max();
     if locked {
         let recorded = repo.record_lock.map(|l| l.until);
         let until = locks.until(crate::format::REPO_KEY, repo.record_version.as_deref(), recorded, None, &mut f);
@@ -340,6 +239,115 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
         jobs,
         problems: f.problems,
     })
+}
+
+/// A job's live snapshots, oldest first, each with the packs it needs.
+type Live<'a> = Vec<(&'a crate::config::Job, Vec<(SnapshotRow, Vec<PackLock>)>)>;
+
+/// The live snapshots of every job: complete, and not past their retain-until.
+fn live_snapshots<'a>(cfg: &'a Config, catalog: &Catalog, now: i64) -> Result<Live<'a>> {
+    let mut live = Vec::new();
+    for job in &cfg.jobs {
+        let mut with_packs = Vec::new();
+        for s in catalog.snapshots(Some(&job.name))? {
+            if s.state == "complete" && s.retain_until.is_none_or(|u| u > now) {
+                let packs = catalog.snapshot_packs(&s.id)?;
+                with_packs.push((s, packs));
+            }
+        }
+        live.push((job, with_packs));
+    }
+    Ok(live)
+}
+
+/// `n` of the packs live snapshots need, chosen at random (`--remote --sample N`).
+fn sample_packs(live: &Live, n: usize) -> HashSet<i64> {
+    let all: HashSet<i64> = live.iter().flat_map(|(_, v)| v.iter().flat_map(|(_, p)| p.iter().map(|p| p.id))).collect();
+    let mut all: Vec<i64> = all.into_iter().collect();
+    shuffle(&mut all);
+    all.truncate(n);
+    all.into_iter().collect()
+}
+
+/// One job's line: its newest snapshot and age, whether it is overdue, how long all it
+/// needs is locked, and the snapshots that need an object locked too briefly (a gap).
+#[allow(clippy::too_many_arguments)]
+fn job_status(
+    cfg: &Config,
+    job: &crate::config::Job,
+    snaps: &[(SnapshotRow, Vec<PackLock>)],
+    now: i64,
+    locked: bool,
+    catalog: &Catalog,
+    locks: &mut Locks,
+    f: &mut Findings,
+) -> Result<JobStatus> {
+    let newest = snaps.last().map(|(s, _)| s);
+    let mut status = JobStatus {
+        name: job.name.clone(),
+        live_snapshots: snaps.len(),
+        newest_snapshot: newest.map(|s| s.id.clone()),
+        newest_age_secs: newest.map(|s| now - s.created_at),
+        protected_until: None,
+        gaps: Vec::new(),
+        schedule: job.schedule.as_ref().map(|s| s.text.clone()),
+        overdue_since: None,
+    };
+    match newest {
+        None => f.raise(Level::Warning, format!("job {}: no live snapshot", job.name)),
+        Some(newest) => status.overdue_since = freshness(cfg, job, newest.created_at, now, f),
+    }
+    let mut horizon: Option<Option<i64>> = None;
+    for (snap, packs) in snaps {
+        let needed = snap.retain_until.unwrap_or(i64::MAX);
+        let record_key = crate::format::snapshot_key(&snap.job, &snap.id);
+        let record_lock = snap.lock_mode.as_ref().and(snap.retain_until);
+        let mut objects =
+            vec![(record_key.clone(), locks.until(&record_key, snap.record_version.as_deref(), record_lock, None, f))];
+        for p in packs {
+            let key = crate::format::pack_key(&p.hash);
+            let until = locks.until(&key, p.version.as_deref(), p.lock.map(|l| l.until), Some(p.id), f);
+            if locks.target.is_some()
+                && locks.asked.contains_key(&format!("{key}@{}", p.version.as_deref().unwrap_or("")))
+            {
+                catalog.confirm_pack(p.id)?;
+            }
+            objects.push((key, until));
+        }
+        // Fully locked until the earliest lock end among everything it needs.
+        let fully: Option<i64> = objects.iter().map(|(_, u)| *u).try_fold(i64::MAX, |acc, u| u.map(|u| acc.min(u)));
+        horizon = Some(match horizon {
+            None => fully,
+            Some(h) => h.zip(fully).map(|(a, b)| a.min(b)),
+        });
+        let short: Vec<GapObject> = objects
+            .into_iter()
+            .filter(|(_, u)| u.is_none_or(|u| u < needed))
+            .map(|(key, locked_until)| GapObject { key, locked_until })
+            .collect();
+        if locked && !short.is_empty() {
+            let list: Vec<String> = short
+                .iter()
+                .map(|o| {
+                    let until = o.locked_until.map(crate::time::format_utc).unwrap_or_else(|| "never".into());
+                    format!("{} locked until {until}", o.key)
+                })
+                .collect();
+            f.raise(
+                Level::Critical,
+                format!(
+                    "job {}: snapshot {} (kept until {}) has a protection gap: {}",
+                    job.name,
+                    snap.id,
+                    snap.retain_until.map(crate::time::format_utc).unwrap_or_else(|| "forever".into()),
+                    list.join(", ")
+                ),
+            );
+            status.gaps.push(Gap { snapshot: snap.id.clone(), retain_until: snap.retain_until, objects: short });
+        }
+    }
+    status.protected_until = if locked { horizon.flatten() } else { None };
+    Ok(status)
 }
 
 /// Lists every object version and compares it with the catalog: each recorded key must
