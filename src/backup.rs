@@ -210,17 +210,85 @@ fn run_pipeline(
     let previous = repo.catalog.latest_complete(&job.name)?.map(|s| s.created_at);
     let decision = crate::retention::decide(created, job.lock_days, &job.keep, previous);
     let retain_until = decision.retain_until;
-    let pack_until = retain_until + crate::config::EXTENSION_SLACK_DAYS * DAY;
     let entries_path = cfg.state().scratch(&format!("entries-{}", job.name))?;
     let _cleanup = crate::fsutil::RemoveOnDrop(entries_path.clone());
 
+    let mut prepared = prepare(cfg, job)?;
+    let mut contents = prepared.contents.take();
+    let runtime = crate::target::runtime()?;
+    let pack_until = retain_until + crate::config::EXTENSION_SLACK_DAYS * DAY;
+    let (mut reader, uploaded) = store(cfg, job, repo, counters, stop, &runtime, prepared, &entries_path, pack_until)?;
+    tracing::debug!(secs = started.elapsed().as_secs_f64(), "read and stored");
+    if let Some(Contents::Command(c)) = &mut contents {
+        c.bytes = reader.stats.bytes;
+    }
+
+    let mut stats = reader.stats.clone();
+    stats.bytes_read = Counters::get(&counters.bytes_read);
+    stats.bytes_new = Counters::get(&counters.bytes_new);
+    stats.bytes_uploaded = Counters::get(&counters.bytes_uploaded);
+    stats.packs_uploaded = Counters::get(&counters.packs);
+    stats.duration_ms = started.elapsed().as_millis() as u64;
+
+    // A snapshot is complete only when everything it needs is locked long enough.
+    stats.lock_extensions = extend_locks(&runtime, repo, &reader.referenced, retain_until, &job.name)?;
+
+    let id = crate::hex::random(8);
+    let record = SnapshotRecord {
+        format: snapshot::VERSION,
+        id: id.clone(),
+        job: job.name.clone(),
+        host: hostname(),
+        created,
+        created_ns: Some(created_ns),
+        source: job.source.to_string(),
+        tree: std::mem::take(&mut reader.tree),
+        stats: stats.clone(),
+        errors: reader.errors.clone(),
+        retain_until: Some(retain_until),
+        contents,
+    };
+    let key = crate::format::snapshot_key(&job.name, &id);
+    let object = snapshot::seal(&record, &key, &cfg.recipients, &repo.secret)?;
+    let version = runtime.block_on(repo.target.put_new(&key, Bytes::from(object), retain_until))?;
+    tracing::debug!(secs = started.elapsed().as_secs_f64(), "snapshot record stored");
+    let lock_mode = repo.target.lock_until(retain_until).map(|l| l.mode.as_str().to_string());
+    let row = SnapshotRow::from_record(&record, version, lock_mode);
+    complete(&mut repo.catalog, &row, &reader, uploaded, &entries_path)?;
+    tracing::debug!(secs = started.elapsed().as_secs_f64(), "catalog updated");
+    Ok(Summary {
+        snapshot_id: id,
+        retain_until: repo.target.lock_until(retain_until).map(|l| l.until),
+        protection: repo.target.protection(),
+        keeps: decision.keeps.iter().map(|p| p.name()).collect(),
+        stats,
+        unchanged_files: Counters::get(&counters.unchanged),
+        errors: reader.errors,
+    })
+}
+
+/// Reads the source through the pipeline (reader → compressors → packer → uploader)
+/// until every new chunk is stored and its pack recorded, writing the entry stream to
+/// `entries_path`. Returns what the reader saw, and the packs uploaded.
+#[allow(clippy::too_many_arguments)]
+fn store(
+    cfg: &Config,
+    job: &Job,
+    repo: &mut Repo,
+    counters: &Arc<Counters>,
+    stop: Option<Arc<AtomicBool>>,
+    runtime: &tokio::runtime::Runtime,
+    prepared: Prepared,
+    entries_path: &Path,
+    pack_until: i64,
+) -> Result<(ReadOutput, HashSet<i64>)> {
+    let Prepared { input, errors: source_errors, command, .. } = prepared;
     let abort = Arc::new(AtomicBool::new(false));
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     let (chunk_tx, chunk_rx) = sync_channel::<Vec<NewChunk>>(2 * workers);
     let (blob_tx, blob_rx) = sync_channel::<Vec<Blob>>(2 * workers);
     let (pack_tx, mut pack_rx) = tokio::sync::mpsc::channel::<SealedPack>(1);
 
-    let Prepared { input, mut contents, errors: source_errors, command } = prepare(cfg, job)?;
     let pending = Arc::new(Mutex::new(InFlight::default()));
     // Reader: its own catalog connection (WAL lets it read while the uploader writes).
     let reader = {
@@ -243,7 +311,7 @@ fn run_pipeline(
             abort: abort.clone(),
             stop: stop.unwrap_or_default(),
         };
-        let entries_path = entries_path.clone();
+        let entries_path = entries_path.to_path_buf();
         std::thread::Builder::new().name("reader".into()).spawn(move || {
             let out = r.read_all(input, &entries_path);
             // Dropping the reader closes the chunk queue, which lets the later stages finish.
@@ -277,7 +345,6 @@ fn run_pipeline(
             .spawn(move || pack_loop(blob_rx, pack_tx, &recipients, pack_size))?
     };
 
-    let runtime = crate::target::runtime()?;
     let upload = runtime.block_on(upload_loop(
         &mut pack_rx,
         &repo.target,
@@ -293,7 +360,6 @@ fn run_pipeline(
     drop(pack_rx); // unblocks the packer if the upload stopped early
 
     let read = reader.join().map_err(|_| anyhow!("the reader thread panicked"));
-    tracing::debug!(secs = started.elapsed().as_secs_f64(), "read and stored");
     for c in compressors {
         c.join().map_err(|_| anyhow!("a compressor thread panicked"))??;
     }
@@ -312,47 +378,24 @@ fn run_pipeline(
     let reader = read??;
     packed?;
     command_result?;
-    if let Some(Contents::Command(c)) = &mut contents {
-        c.bytes = reader.stats.bytes;
-    }
+    Ok((reader, uploaded))
+}
 
-    let mut stats = reader.stats.clone();
-    stats.bytes_read = Counters::get(&counters.bytes_read);
-    stats.bytes_new = Counters::get(&counters.bytes_new);
-    stats.bytes_uploaded = Counters::get(&counters.bytes_uploaded);
-    stats.packs_uploaded = Counters::get(&counters.packs);
-    stats.duration_ms = started.elapsed().as_millis() as u64;
-
-    // A snapshot is complete only when everything it needs is locked long enough.
-    stats.lock_extensions = extend_locks(&runtime, repo, &reader.referenced, retain_until, &job.name)?;
-
-    let id = crate::hex::random(8);
-    let record = SnapshotRecord {
-        format: snapshot::VERSION,
-        id: id.clone(),
-        job: job.name.clone(),
-        host: hostname(),
-        created,
-        created_ns: Some(created_ns),
-        source: job.source.to_string(),
-        tree: reader.tree,
-        stats: stats.clone(),
-        errors: reader.errors.clone(),
-        retain_until: Some(retain_until),
-        contents: contents.clone(),
-    };
-    let key = crate::format::snapshot_key(&job.name, &id);
-    let object = snapshot::seal(&record, &key, &cfg.recipients, &repo.secret)?;
-    let version = runtime.block_on(repo.target.put_new(&key, Bytes::from(object), retain_until))?;
-
+/// Records the snapshot complete, with the packs it needs and the job's new file cache,
+/// in one transaction. The cache rows of files read again come from the entry stream.
+fn complete(
+    catalog: &mut Catalog,
+    row: &SnapshotRow,
+    reader: &ReadOutput,
+    uploaded: HashSet<i64>,
+    entries_path: &Path,
+) -> Result<()> {
     let mut packs = reader.referenced.clone();
     packs.extend(uploaded);
-    let lock_mode = repo.target.lock_until(retain_until).map(|l| l.mode.as_str().to_string());
-    let row = SnapshotRow::from_record(&record, version, lock_mode);
     let paths = &reader.paths;
     // Every file reused unchanged: no row to write, so the entry stream need not be read.
     let entries = match paths.reused.len() < paths.files.len() {
-        true => Some(EntryReader::new(BufReader::new(File::open(&entries_path)?))?),
+        true => Some(EntryReader::new(BufReader::new(File::open(entries_path)?))?),
         false => None,
     };
     let cache = entries.into_iter().flatten().filter_map(|e| match e {
@@ -370,19 +413,9 @@ fn run_pipeline(
         Ok(_) => None,
         Err(err) => Some(Err(anyhow!(err))),
     });
-    tracing::debug!(secs = started.elapsed().as_secs_f64(), "snapshot record stored");
     let counts = Some((paths.files.len() as u64, paths.fresh));
-    repo.catalog.complete_snapshot(&row, &packs, cache, |p| paths.files.contains(&path_hash(p)), counts)?;
-    tracing::debug!(secs = started.elapsed().as_secs_f64(), "catalog updated");
-    Ok(Summary {
-        snapshot_id: id,
-        retain_until: repo.target.lock_until(retain_until).map(|l| l.until),
-        protection: repo.target.protection(),
-        keeps: decision.keeps.iter().map(|p| p.name()).collect(),
-        stats,
-        unchanged_files: Counters::get(&counters.unchanged),
-        errors: reader.errors,
-    })
+    catalog.complete_snapshot(row, &packs, cache, |p| paths.files.contains(&path_hash(p)), counts)?;
+    Ok(())
 }
 
 /// Extends the locks of older packs this snapshot reuses that would expire before it

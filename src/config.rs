@@ -327,6 +327,89 @@ fn default_true() -> bool {
     true
 }
 
+/// One `[[job]]` table (`i` is its index, for the error's key), its name already
+/// checked; errors name the key.
+fn parse_job(
+    i: usize,
+    j: RawJob,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+    prune: &PruneConfig,
+    target_names: &[&str],
+) -> Result<Job, String> {
+    let duration = |key: &str, v: &Option<String>, default: &str| {
+        crate::time::parse_duration(v.as_deref().unwrap_or(default)).map_err(|e| format!("key `{key}`: {e}"))
+    };
+    let source = parse_source(j.source, resolve).map_err(|e| format!("key `job[{i}].source`: {e}"))?;
+    for (k, pattern) in j.exclude.iter().enumerate() {
+        if let Err(e) = globset::Glob::new(pattern) {
+            return Err(format!("key `job[{i}].exclude[{k}]`: bad glob `{pattern}`: {e}"));
+        }
+    }
+    if !(1..=36_500).contains(&j.lock_days) {
+        return Err(format!("key `job[{i}].lock_days`: expected 1 to 36500, found {}", j.lock_days));
+    }
+    let span = |key: &str, v: &Option<String>| -> Result<Option<Span>, String> {
+        v.as_deref().map(Span::parse).transpose().map_err(|e| format!("key `job[{i}].keep.{key}`: {e}"))
+    };
+    let keep = Keep {
+        daily: span("daily", &j.keep.daily)?,
+        weekly: span("weekly", &j.keep.weekly)?,
+        monthly: span("monthly", &j.keep.monthly)?,
+        yearly: span("yearly", &j.keep.yearly)?,
+    };
+    let schedule =
+        j.schedule.as_deref().map(Schedule::parse).transpose().map_err(|e| format!("key `job[{i}].schedule`: {e}"))?;
+    for (key, hook) in [("on_success", &j.on_success), ("on_failure", &j.on_failure)] {
+        if hook.as_ref().is_some_and(|argv| argv.first().is_none_or(|c| c.is_empty())) {
+            return Err(format!(
+                "key `job[{i}].{key}`: expected a command and its arguments, like [\"/usr/local/bin/notify\", \"--urgent\"]"
+            ));
+        }
+    }
+    let hooks = Hooks {
+        on_success: j.on_success,
+        on_failure: j.on_failure,
+        timeout: duration(&format!("job[{i}].hook_timeout"), &j.hook_timeout, "60s")?,
+    };
+    let env = child_env(j.env, j.env_passthrough, &source, prune, target_names)
+        .map_err(|e| format!("key `job[{i}].env`: {e}"))?;
+    Ok(Job {
+        name: j.name,
+        source,
+        exclude: j.exclude,
+        lock_days: j.lock_days,
+        keep,
+        schedule,
+        jitter: duration(&format!("job[{i}].jitter"), &j.jitter, "0s")?,
+        catch_up: j.catch_up,
+        grace: duration(&format!("job[{i}].grace"), &j.grace, "1h")?,
+        hooks,
+        env,
+    })
+}
+
+/// The age recipients every pack is encrypted to: public keys only.
+fn parse_recipients(raw: &[String]) -> Result<Vec<age::x25519::Recipient>, String> {
+    if raw.is_empty() {
+        return Err("key `recipients`: expected at least one age public key (age1…); \
+                    create one with `coffer keygen`"
+            .into());
+    }
+    let mut recipients = Vec::new();
+    for (i, r) in raw.iter().enumerate() {
+        if r.starts_with("AGE-SECRET-KEY-") {
+            return Err(format!(
+                "key `recipients[{i}]`: this is an age SECRET key; the backup host must hold only \
+                 public recipients (age1…). Keep the identity offline."
+            ));
+        }
+        let parsed = keys::parse_recipient(r)
+            .map_err(|_| format!("key `recipients[{i}]`: `{r}` is not an age public key (expected age1…)"))?;
+        recipients.push(parsed);
+    }
+    Ok(recipients)
+}
+
 /// A job's child environment, refusing what would hand its children coffer's
 /// credentials: the target's (the standard AWS variables), prune's, and the job's bucket
 /// source's. A value in `env` is in the config file, so it must not be a secret either:
@@ -389,23 +472,7 @@ impl Config {
             if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
         };
 
-        if raw.recipients.is_empty() {
-            return Err(err("key `recipients`: expected at least one age public key (age1…); \
-                            create one with `coffer keygen`"
-                .into()));
-        }
-        let mut recipients = Vec::new();
-        for (i, r) in raw.recipients.iter().enumerate() {
-            if r.starts_with("AGE-SECRET-KEY-") {
-                return Err(err(format!(
-                    "key `recipients[{i}]`: this is an age SECRET key; the backup host must hold only \
-                     public recipients (age1…). Keep the identity offline."
-                )));
-            }
-            let parsed = keys::parse_recipient(r)
-                .map_err(|_| err(format!("key `recipients[{i}]`: `{r}` is not an age public key (expected age1…)")))?;
-            recipients.push(parsed);
-        }
+        let recipients = parse_recipients(&raw.recipients).map_err(err)?;
         if !(1..=22).contains(&raw.compression_level) {
             return Err(err(format!(
                 "key `compression_level`: expected a zstd level from 1 to 22, found {}",
@@ -483,57 +550,7 @@ impl Config {
             if !names.insert(j.name.clone()) {
                 return Err(err(format!("key `job[{i}].name`: job `{}` is defined twice", j.name)));
             }
-            let source = parse_source(j.source, &resolve).map_err(|e| err(format!("key `job[{i}].source`: {e}")))?;
-            for (k, pattern) in j.exclude.iter().enumerate() {
-                if let Err(e) = globset::Glob::new(pattern) {
-                    return Err(err(format!("key `job[{i}].exclude[{k}]`: bad glob `{pattern}`: {e}")));
-                }
-            }
-            if !(1..=36_500).contains(&j.lock_days) {
-                return Err(err(format!("key `job[{i}].lock_days`: expected 1 to 36500, found {}", j.lock_days)));
-            }
-            let span = |key: &str, v: &Option<String>| -> Result<Option<Span>, ConfigError> {
-                v.as_deref().map(Span::parse).transpose().map_err(|e| err(format!("key `job[{i}].keep.{key}`: {e}")))
-            };
-            let keep = Keep {
-                daily: span("daily", &j.keep.daily)?,
-                weekly: span("weekly", &j.keep.weekly)?,
-                monthly: span("monthly", &j.keep.monthly)?,
-                yearly: span("yearly", &j.keep.yearly)?,
-            };
-            let schedule = j
-                .schedule
-                .as_deref()
-                .map(Schedule::parse)
-                .transpose()
-                .map_err(|e| err(format!("key `job[{i}].schedule`: {e}")))?;
-            for (key, hook) in [("on_success", &j.on_success), ("on_failure", &j.on_failure)] {
-                if hook.as_ref().is_some_and(|argv| argv.first().is_none_or(|c| c.is_empty())) {
-                    return Err(err(format!(
-                        "key `job[{i}].{key}`: expected a command and its arguments, like [\"/usr/local/bin/notify\", \"--urgent\"]"
-                    )));
-                }
-            }
-            let hooks = Hooks {
-                on_success: j.on_success,
-                on_failure: j.on_failure,
-                timeout: duration(&format!("job[{i}].hook_timeout"), &j.hook_timeout, "60s")?,
-            };
-            let env = child_env(j.env, j.env_passthrough, &source, &raw.prune, &t_names)
-                .map_err(|e| err(format!("key `job[{i}].env`: {e}")))?;
-            jobs.push(Job {
-                name: j.name,
-                source,
-                exclude: j.exclude,
-                lock_days: j.lock_days,
-                keep,
-                schedule,
-                jitter: duration(&format!("job[{i}].jitter"), &j.jitter, "0s")?,
-                catch_up: j.catch_up,
-                grace: duration(&format!("job[{i}].grace"), &j.grace, "1h")?,
-                hooks,
-                env,
-            });
+            jobs.push(parse_job(i, j, &resolve, &raw.prune, &t_names).map_err(err)?);
         }
 
         Ok(Config {
