@@ -9,19 +9,20 @@
 //! (an authentic record may still be forged by the holder of the repository secret).
 //! Each finding names the snapshots that need the object.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use anyhow::Result;
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, RepoRow};
 use crate::config::Config;
 use crate::format::repo::RepoRecord;
-use crate::format::{REPO_KEY, pack, snapshot};
+use crate::format::snapshot::{self, SnapshotRecord};
+use crate::format::{REPO_KEY, pack};
 use crate::inventory::Finding;
-use crate::keys::Identity;
+use crate::keys::{Identity, RepoSecret};
 use crate::progress::{Counters, ProgressLine};
 use crate::target::Target;
 
@@ -64,15 +65,49 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
     let (catalog, repo) = Catalog::open_repo(cfg)?;
     let target = Target::open(&cfg.target)?;
     let runtime = crate::target::runtime()?;
-    let snapshots: Vec<_> = catalog.snapshots(None)?.into_iter().filter(|s| s.state == "complete").collect();
-    let all: Vec<String> = snapshots.iter().map(|s| format!("{}/{}", s.job, s.id)).collect();
+    let needed = needed_objects(&catalog, &repo)?;
+    let mut report = Report { objects_checked: needed.len(), ..Default::default() };
+    tracing::info!(objects = needed.len(), "checking every recorded object version on the target");
+    let missing = check_presence(&runtime, &target, &needed, &mut report)?;
 
+    if let Some(identity) = &opts.read_data {
+        let record = runtime.block_on(target.get(REPO_KEY, repo.record_version.as_deref()))?;
+        let (_, secret) = RepoRecord::open(&record, identity)?;
+        let data = Data { catalog: &catalog, target: &target, runtime: &runtime, identity, secret: &secret };
+        // What is missing or of the wrong size was reported above; the rest must read back.
+        let records = data.records(&needed, &missing, &mut report)?;
+        data.packs(&needed, &missing, opts, &mut report)?;
+        data.file_lists(&records, &mut report)?;
+    }
+    // A pack that is missing or damaged no longer counts as storing its chunks: the next
+    // backup stores them again.
+    for f in &report.findings {
+        if let (Finding::Unreadable { why, .. }, crate::inventory::Layout::Pack(hash)) =
+            (f, crate::inventory::layout(f.key()))
+        {
+            catalog.mark_damaged(&hash, why)?;
+        }
+    }
+    let detail = format!(
+        "{} objects, {} packs read, {} findings",
+        report.objects_checked,
+        report.packs_read,
+        report.findings.len()
+    );
+    let _ = catalog.event("verify", None, &detail);
+    Ok(report)
+}
+
+/// Every object version the catalog says the target holds: the repository record, each
+/// complete snapshot's record, and every pack, with the snapshots that need each.
+fn needed_objects(catalog: &Catalog, repo: &RepoRow) -> Result<Vec<Needed>> {
+    let snapshots: Vec<_> = catalog.snapshots(None)?.into_iter().filter(|s| s.state == "complete").collect();
     let mut needed = vec![Needed {
         key: REPO_KEY.into(),
         version: repo.record_version.clone(),
         size: None,
         locked_until: repo.record_lock.map(|l| l.until),
-        snapshots: all.clone(),
+        snapshots: snapshots.iter().map(|s| format!("{}/{}", s.job, s.id)).collect(),
         pack: None,
     }];
     for s in &snapshots {
@@ -96,26 +131,64 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
             pack: Some(p.id),
         });
     }
+    Ok(needed)
+}
 
-    let mut report = Report { objects_checked: needed.len(), ..Default::default() };
-    tracing::info!(objects = needed.len(), "checking every recorded object version on the target");
+/// Checks every needed version's existence, size and lock; returns the keys that are
+/// missing or of the wrong size.
+fn check_presence(
+    runtime: &tokio::runtime::Runtime,
+    target: &Target,
+    needed: &[Needed],
+    report: &mut Report,
+) -> Result<HashSet<String>> {
     let checked: Vec<Result<Vec<Finding>>> = runtime.block_on(
-        futures::stream::iter(needed.iter().map(|n| check_object(&target, n)))
+        futures::stream::iter(needed.iter().map(|n| check_object(target, n)))
             .buffered(CONCURRENT_CHECKS)
             .collect::<Vec<_>>(),
     );
-    let mut missing = std::collections::HashSet::new();
+    let mut missing = HashSet::new();
     for (n, findings) in needed.iter().zip(checked) {
         let findings = findings?;
         if findings.iter().any(|f| matches!(f, Finding::Unreadable { .. })) {
             missing.insert(n.key.clone());
         }
-        note(&mut report, n, findings);
+        note(report, n, findings);
+    }
+    Ok(missing)
+}
+
+/// `verify --read-data`: what reading needs.
+struct Data<'a> {
+    catalog: &'a Catalog,
+    target: &'a Target,
+    runtime: &'a tokio::runtime::Runtime,
+    identity: &'a Identity,
+    secret: &'a RepoSecret,
+}
+
+impl Data<'_> {
+    /// Authenticates and decrypts every snapshot record that is there.
+    fn records<'n>(
+        &self,
+        needed: &'n [Needed],
+        missing: &HashSet<String>,
+        report: &mut Report,
+    ) -> Result<Vec<(&'n Needed, SnapshotRecord)>> {
+        let mut records = Vec::new();
+        for n in needed.iter().filter(|n| n.pack.is_none() && n.key != REPO_KEY && !missing.contains(&n.key)) {
+            let object = self.runtime.block_on(self.target.get(&n.key, n.version.as_deref()))?;
+            match snapshot::open(&object, &n.key, self.secret, self.identity) {
+                Ok(record) => records.push((n, record)),
+                Err(e) => note(report, n, vec![unreadable(n, e.to_string())]),
+            }
+        }
+        Ok(records)
     }
 
-    if let Some(identity) = &opts.read_data {
-        let record = runtime.block_on(target.get(REPO_KEY, repo.record_version.as_deref()))?;
-        let (_, secret) = RepoRecord::open(&record, identity)?;
+    /// Reads the packs (or a random `subset` of them): content hash, decryption, the
+    /// trailer against the catalog, and every chunk re-hashed.
+    fn packs(&self, needed: &[Needed], missing: &HashSet<String>, opts: &Options, report: &mut Report) -> Result<()> {
         let mut packs: Vec<&Needed> = needed.iter().filter(|n| n.pack.is_some()).collect();
         crate::status::shuffle(&mut packs);
         let take = (packs.len() as f64 * opts.subset).ceil() as usize;
@@ -123,30 +196,18 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
         tracing::info!(packs = packs.len(), "reading and re-hashing data");
         let counters = Arc::new(Counters::default());
         let _progress = ProgressLine::start(counters.clone(), opts.progress, crate::progress::packs_line(packs.len()));
-        // What is missing or of the wrong size was reported above; the rest must read back.
-        let mut records = Vec::new();
-        for n in needed.iter().filter(|n| n.pack.is_none() && n.key != REPO_KEY && !missing.contains(&n.key)) {
-            let object = runtime.block_on(target.get(&n.key, n.version.as_deref()))?;
-            match snapshot::open(&object, &n.key, &secret, identity) {
-                Ok(record) => records.push((n, record)),
-                Err(e) => {
-                    let f = Finding::Unreadable { key: n.key.clone(), version: version(n), why: e.to_string() };
-                    note(&mut report, n, vec![f]);
-                }
-            }
-        }
         for n in &packs {
             Counters::add(&counters.packs, 1);
             if missing.contains(&n.key) {
                 continue;
             }
-            let ct = runtime.block_on(target.get(&n.key, n.version.as_deref()))?;
+            let ct = self.runtime.block_on(self.target.get(&n.key, n.version.as_deref()))?;
             report.bytes_read += ct.len() as u64;
             Counters::add(&counters.bytes_read, ct.len() as u64);
             report.packs_read += 1;
             let hash = n.key.rsplit('/').next().unwrap_or_default();
-            let blobs = catalog.pack_chunks(n.pack.unwrap_or_default())?;
-            let result = pack::open(&ct, hash, identity).and_then(|plain| {
+            let blobs = self.catalog.pack_chunks(n.pack.unwrap_or_default())?;
+            let result = pack::open(&ct, hash, self.identity).and_then(|plain| {
                 let trailer: HashMap<_, _> = pack::read_trailer(&plain)?.into_iter().map(|b| (b.id, b)).collect();
                 for b in &blobs {
                     if trailer.get(&b.id) != Some(b) {
@@ -155,24 +216,27 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
                             b.id
                         )));
                     }
-                    pack::verified_blob(&plain, b, &secret)?;
+                    pack::verified_blob(&plain, b, self.secret)?;
                 }
                 Ok(())
             });
             match result {
                 Ok(()) => report.chunks_verified += blobs.len() as u64,
-                Err(e) => {
-                    let f = Finding::Unreadable { key: n.key.clone(), version: version(n), why: e.to_string() };
-                    note(&mut report, n, vec![f]);
-                }
+                Err(e) => note(report, n, vec![unreadable(n, e.to_string())]),
             }
         }
-        // Each snapshot's file list is read whole and checked against the restore's
-        // rules: a record that authenticates may still be forged by the secret's holder.
-        // A list stored in a pack already found damaged is that pack's finding.
-        let damaged: std::collections::HashSet<String> = report.findings.iter().map(|f| f.key().to_string()).collect();
-        let mut chunks = crate::restore::tree::ChunkReader::new(&catalog, &target, &runtime, identity, &secret);
-        for (n, record) in &records {
+        Ok(())
+    }
+
+    /// Reads each snapshot's file list whole and checks it against the restore's rules:
+    /// a record that authenticates may still be forged by the secret's holder. A list
+    /// stored in a pack already found damaged is that pack's finding.
+    fn file_lists(&self, records: &[(&Needed, SnapshotRecord)], report: &mut Report) -> Result<()> {
+        let catalog = self.catalog;
+        let damaged: HashSet<String> = report.findings.iter().map(|f| f.key().to_string()).collect();
+        let mut chunks =
+            crate::restore::tree::ChunkReader::new(catalog, self.target, self.runtime, self.identity, self.secret);
+        for (n, record) in records {
             let packs: Vec<String> = record
                 .tree
                 .iter()
@@ -185,44 +249,27 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
             let size = |id: &crate::ChunkId| catalog.chunk_location(id).ok().flatten().map(|l| u64::from(l.raw_length));
             match crate::restore::tree::check_list(chunks.stream(&record.tree), size) {
                 Ok(list) => {
-                    note(&mut report, n, crate::inventory::unsafe_entries(&n.key, list.refused));
+                    note(report, n, crate::inventory::unsafe_entries(&n.key, list.refused));
                     if list.wrong_size_count > 0 {
                         let more = list.wrong_size_count - list.wrong_sizes.len() as u64;
                         let mut why = list.wrong_sizes.join("; ");
                         if more > 0 {
                             why.push_str(&format!("; and {more} more"));
                         }
-                        note(
-                            &mut report,
-                            n,
-                            vec![Finding::Unreadable { key: n.key.clone(), version: version(n), why }],
-                        );
+                        note(report, n, vec![unreadable(n, why)]);
                     }
                 }
                 Err(e) => {
-                    let why = format!("the snapshot's file list cannot be read: {e:#}");
-                    note(&mut report, n, vec![Finding::Unreadable { key: n.key.clone(), version: version(n), why }]);
+                    note(report, n, vec![unreadable(n, format!("the snapshot's file list cannot be read: {e:#}"))])
                 }
             }
         }
+        Ok(())
     }
-    // A pack that is missing or damaged no longer counts as storing its chunks: the next
-    // backup stores them again.
-    for f in &report.findings {
-        if let (Finding::Unreadable { why, .. }, crate::inventory::Layout::Pack(hash)) =
-            (f, crate::inventory::layout(f.key()))
-        {
-            catalog.mark_damaged(&hash, why)?;
-        }
-    }
-    let detail = format!(
-        "{} objects, {} packs read, {} findings",
-        report.objects_checked,
-        report.packs_read,
-        report.findings.len()
-    );
-    let _ = catalog.event("verify", None, &detail);
-    Ok(report)
+}
+
+fn unreadable(n: &Needed, why: String) -> Finding {
+    Finding::Unreadable { key: n.key.clone(), version: version(n), why }
 }
 
 fn version(n: &Needed) -> String {
@@ -239,11 +286,11 @@ fn note(report: &mut Report, n: &Needed, findings: Vec<Finding>) {
 /// Existence by exact version, size, and lock of one object. A failed request is an
 /// error (the check is incomplete), not a finding.
 async fn check_object(target: &Target, n: &Needed) -> Result<Vec<Finding>> {
-    let unreadable = |why: String| Ok(vec![Finding::Unreadable { key: n.key.clone(), version: version(n), why }]);
     match target.size_of(&n.key, n.version.as_deref()).await? {
-        None => return unreadable("the recorded version is not on the target".into()),
+        None => return Ok(vec![unreadable(n, "the recorded version is not on the target".into())]),
         Some(size) if n.size.is_some_and(|s| s != size) => {
-            return unreadable(format!("{size} bytes on the target, {} recorded", n.size.unwrap_or_default()));
+            let why = format!("{size} bytes on the target, {} recorded", n.size.unwrap_or_default());
+            return Ok(vec![unreadable(n, why)]);
         }
         Some(_) => {}
     }

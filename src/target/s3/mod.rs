@@ -18,6 +18,7 @@ use super::object_io::{get, list_current, put_new, size_of};
 use super::{LockMode, ObjectVersion, Retention, Store};
 use crate::config::TargetConfig;
 use crate::retry::Retry;
+use crate::s3::S3Client;
 use object_lock::LockApi;
 
 pub struct S3 {
@@ -36,8 +37,8 @@ struct Location {
 }
 
 impl Location {
-    fn api(&self, credentials: AwsCredentialProvider) -> Result<LockApi> {
-        LockApi::new(credentials, self.endpoint.as_deref(), &self.bucket, &self.prefix, &self.region)
+    fn client(&self, credentials: AwsCredentialProvider) -> Result<S3Client> {
+        S3Client::new(credentials, self.endpoint.as_deref(), &self.bucket, &self.prefix, &self.region)
     }
 }
 
@@ -64,7 +65,7 @@ impl S3 {
         let s3 = b.build().with_context(|| format!("target {}", cfg.url))?;
         let prefix = prefix.trim_matches('/');
         let location = Location { endpoint, bucket: bucket.to_string(), prefix: prefix.to_string(), region };
-        let api = location.api(s3.credentials().clone())?.with_retry(retry);
+        let api = LockApi::new(location.client(s3.credentials().clone())?.with_retry(retry));
         let store: Arc<dyn ObjectStore> =
             if prefix.is_empty() { Arc::new(s3) } else { Arc::new(PrefixStore::new(s3, prefix)) };
         Ok(S3 { store, api, location })
@@ -158,7 +159,7 @@ impl Store for S3 {
     fn with_credentials(&self, key_id: String, secret_key: String) -> Result<Option<Arc<dyn Store>>> {
         let credential = object_store::aws::AwsCredential { key_id, secret_key, token: None };
         let provider = Arc::new(object_store::StaticCredentialProvider::new(credential));
-        let api = self.location.api(provider)?;
+        let api = LockApi::new(self.location.client(provider)?);
         Ok(Some(Arc::new(S3 { store: self.store.clone(), api, location: self.location.clone() })))
     }
 }

@@ -9,10 +9,8 @@
 use anyhow::{Result, anyhow};
 use bytes::Bytes;
 use http::{Method, StatusCode};
-use object_store::aws::AwsCredentialProvider;
 use serde::Deserialize;
 
-use crate::retry::Retry;
 use crate::s3::{Answer, S3Client, encode_query, parse_xml, s3_error};
 use crate::target::{AlreadyExists, LockMode, ObjectVersion, Retention};
 
@@ -31,19 +29,9 @@ pub struct LockApi {
 }
 
 impl LockApi {
-    pub fn new(
-        credentials: AwsCredentialProvider,
-        endpoint: Option<&str>,
-        bucket: &str,
-        prefix: &str,
-        region: &str,
-    ) -> Result<LockApi> {
-        Ok(LockApi { s3: S3Client::new(credentials, endpoint, bucket, prefix, region)? })
-    }
-
-    /// The same calls, retried under `retry` (a run's budget and shutdown flag).
-    pub fn with_retry(self, retry: Retry) -> LockApi {
-        LockApi { s3: self.s3.with_retry(retry) }
+    /// The calls, sent by `s3` (its credentials, bucket, prefix and retry policy).
+    pub fn new(s3: S3Client) -> LockApi {
+        LockApi { s3 }
     }
 
     fn object_url(&self, key: &str, query: &str) -> String {
@@ -313,7 +301,9 @@ mod tests {
             .build()
             .unwrap();
         let region = std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into());
-        Some(LockApi::new(s3.credentials().clone(), Some(&endpoint), &bucket, "coffer", &region).unwrap())
+        Some(LockApi::new(
+            S3Client::new(s3.credentials().clone(), Some(&endpoint), &bucket, "coffer", &region).unwrap(),
+        ))
     }
 
     #[tokio::test]
