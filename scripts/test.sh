@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
 # The whole test suite: installs (first time, as root) and starts the local S3 server
-# with Object Lock (Ceph RGW, scripts/s3-server.sh), boto3 and prometheus_client (the
-# tests' independent S3 client and metrics parser), runs every unit and integration test against it, and stops it again.
+# with Object Lock (Ceph RGW, scripts/s3-server.sh) and Azurite (the Azure Blob
+# emulator, scripts/azurite.sh); boto3, azure-storage-blob and prometheus_client (the
+# tests' independent S3 and Blob clients and metrics parser); runs every unit and
+# integration test against them, and stops them again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -c "import boto3, prometheus_client" 2>/dev/null || python3 -m pip install -q boto3 prometheus_client >&2
+python3 -c "import boto3, prometheus_client, azure.storage.blob" 2>/dev/null ||
+  python3 -m pip install -q boto3 prometheus_client azure-storage-blob==12.31.1 >&2
 started=0
 if [ -z "${AWS_ENDPOINT_URL:-}" ]; then
   eval "$(scripts/s3-server.sh start)"
   started=1
 fi
-cleanup() { [ "$started" = 1 ] && scripts/s3-server.sh stop || true; }
+eval "$(scripts/azurite.sh start)"
+cleanup() {
+  scripts/azurite.sh stop
+  [ "$started" = 1 ] && scripts/s3-server.sh stop || true
+}
 trap cleanup EXIT
 export COFFER_TEST_S3=require
 cargo test --release "$@"

@@ -14,7 +14,7 @@ use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{BufReader, BufWriter};
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
@@ -27,7 +27,7 @@ use tokio::task::JoinSet;
 use crate::ChunkId;
 use crate::catalog::{CachedFile, Catalog, RunReport, SnapshotRow, StoredPack, Trigger};
 use crate::chunker::{ChunkError, Chunker};
-use crate::config::{Config, Job, Source};
+use crate::config::{Config, Job};
 use crate::format::contents::Contents;
 use crate::format::entry::{Entry, EntryReader, EntryWriter, Kind};
 use crate::format::pack::{BlobEntry, FLAG_ZSTD, PackBuilder};
@@ -37,6 +37,7 @@ use crate::progress::{Counters, ProgressLine};
 use crate::retry::{GiveUp, Retry};
 use crate::run_outcome::RunOutcome;
 use crate::source::path::{self as path_source, Excludes, Found};
+use crate::source::{Input, Prepared};
 use crate::target::Target;
 
 /// Chunking of the entry stream (fixed: changing it would stop metadata dedup).
@@ -108,26 +109,13 @@ struct SealedPack {
 }
 
 /// Everything a run needs, opened and checked before any data moves.
-struct Repo {
-    catalog: Catalog,
-    secret: RepoSecret,
-    target: Target,
-    /// The repository's catalog row (chunker parameters, the record's version and lock).
-    row: crate::catalog::RepoRow,
-}
-
-fn open_repo(cfg: &Config, retry: Retry) -> Result<Repo> {
-    let (catalog, repo) = Catalog::open_repo(cfg)?;
-    let secret = RepoSecret::load(&cfg.repo_secret_file)?;
-    let target = Target::open_with(&cfg.target, retry)?;
-    Ok(Repo { catalog, secret, target, row: repo })
-}
+type Repo = crate::repo::Repo<crate::repo::Host>;
 
 /// Runs one backup of `job`.
 pub fn run(cfg: &Config, job: &Job, opts: &Options) -> Result<Summary> {
     let _lock = cfg.state().job_lock(&job.name)?;
     let retry = Retry::new(cfg.target.retry_budget, opts.stop.clone());
-    let mut repo = open_repo(cfg, retry.clone())?;
+    let mut repo = crate::repo::Repo::open_with(cfg, retry.clone())?.host(cfg)?;
     let run_id = repo.catalog.start_run(&job.name, opts.trigger, opts.scheduled_for)?;
     tracing::info!(job = %job.name, trigger = opts.trigger.as_str(), "backup started");
     let started = Instant::now();
@@ -213,11 +201,12 @@ fn run_pipeline(
     let entries_path = cfg.state().scratch(&format!("entries-{}", job.name))?;
     let _cleanup = crate::fsutil::RemoveOnDrop(entries_path.clone());
 
-    let mut prepared = prepare(cfg, job)?;
+    let state = cfg.state();
+    let source = crate::source::JobContext { name: &job.name, exclude: &job.exclude, env: &job.env, state };
+    let mut prepared = job.source.prepare(&source)?;
     let mut contents = prepared.contents.take();
-    let runtime = crate::target::runtime()?;
     let pack_until = retain_until + crate::config::EXTENSION_SLACK_DAYS * DAY;
-    let (mut reader, uploaded) = store(cfg, job, repo, counters, stop, &runtime, prepared, &entries_path, pack_until)?;
+    let (mut reader, uploaded) = store(cfg, job, repo, counters, stop, prepared, &entries_path, pack_until)?;
     tracing::debug!(secs = started.elapsed().as_secs_f64(), "read and stored");
     if let Some(Contents::Command(c)) = &mut contents {
         c.bytes = reader.stats.bytes;
@@ -231,7 +220,7 @@ fn run_pipeline(
     stats.duration_ms = started.elapsed().as_millis() as u64;
 
     // A snapshot is complete only when everything it needs is locked long enough.
-    stats.lock_extensions = extend_locks(&runtime, repo, &reader.referenced, retain_until, &job.name)?;
+    stats.lock_extensions = extend_locks(repo, &reader.referenced, retain_until, &job.name)?;
 
     let id = crate::hex::random(8);
     let record = SnapshotRecord {
@@ -249,8 +238,8 @@ fn run_pipeline(
         contents,
     };
     let key = crate::format::snapshot_key(&job.name, &id);
-    let object = snapshot::seal(&record, &key, &cfg.recipients, &repo.secret)?;
-    let version = runtime.block_on(repo.target.put_new(&key, Bytes::from(object), retain_until))?;
+    let object = snapshot::seal(&record, &key, &cfg.recipients, repo.secret())?;
+    let version = repo.runtime.block_on(repo.target.put_new(&key, Bytes::from(object), retain_until))?;
     tracing::debug!(secs = started.elapsed().as_secs_f64(), "snapshot record stored");
     let lock_mode = repo.target.lock_until(retain_until).map(|l| l.mode.as_str().to_string());
     let row = SnapshotRow::from_record(&record, version, lock_mode);
@@ -277,7 +266,6 @@ fn store(
     repo: &mut Repo,
     counters: &Arc<Counters>,
     stop: Option<Arc<AtomicBool>>,
-    runtime: &tokio::runtime::Runtime,
     prepared: Prepared,
     entries_path: &Path,
     pack_until: i64,
@@ -295,9 +283,9 @@ fn store(
         let reader_catalog = Catalog::open(&cfg.state().catalog())?;
         let mut r = Reader {
             catalog: reader_catalog,
-            secret: repo.secret.clone(),
-            chunker: Chunker::new(repo.row.chunker, repo.secret.chunker_seed()),
-            entry_chunker: Chunker::new(ENTRY_STREAM_CHUNKS, repo.secret.chunker_seed()),
+            secret: repo.secret().clone(),
+            chunker: Chunker::new(repo.row.chunker, repo.secret().chunker_seed()),
+            entry_chunker: Chunker::new(ENTRY_STREAM_CHUNKS, repo.secret().chunker_seed()),
             job: job.name.clone(),
             pending: pending.clone(),
             view: View::default(),
@@ -345,7 +333,7 @@ fn store(
             .spawn(move || pack_loop(blob_rx, pack_tx, &recipients, pack_size))?
     };
 
-    let upload = runtime.block_on(upload_loop(
+    let upload = repo.runtime.block_on(upload_loop(
         &mut pack_rx,
         &repo.target,
         &mut repo.catalog,
@@ -422,19 +410,13 @@ fn complete(
 /// may, to `retain_until` plus the slack (so that the next days' snapshots need none);
 /// and the lock of `coffer.repo`, which every restore needs. Returns the number of
 /// extension requests; a refused one fails the run.
-fn extend_locks(
-    runtime: &tokio::runtime::Runtime,
-    repo: &Repo,
-    packs: &HashSet<i64>,
-    retain_until: i64,
-    job: &str,
-) -> Result<u64> {
+fn extend_locks(repo: &Repo, packs: &HashSet<i64>, retain_until: i64, job: &str) -> Result<u64> {
     let until = retain_until + crate::config::EXTENSION_SLACK_DAYS * DAY;
     let Some(lock) = repo.target.lock_until(until) else { return Ok(0) };
     let short = repo.catalog.packs_locked_before(packs, retain_until)?;
     for (id, hash, version) in &short {
         let key = crate::format::pack_key(hash);
-        if let Err(e) = runtime.block_on(repo.target.extend_lock(&key, version.as_deref(), until)) {
+        if let Err(e) = repo.runtime.block_on(repo.target.extend_lock(&key, version.as_deref(), until)) {
             let _ = repo.catalog.event("lock-refused", Some(job), &format!("pack {hash}: {e:#}"));
             return Err(e.context(format!("cannot extend the lock of {key}; the snapshot is not complete")));
         }
@@ -443,7 +425,7 @@ fn extend_locks(
     let mut requests = short.len() as u64;
     if repo.row.record_lock.is_none_or(|l| l.until < retain_until) {
         let key = crate::format::REPO_KEY;
-        if let Err(e) = runtime.block_on(repo.target.extend_lock(key, repo.row.record_version.as_deref(), until)) {
+        if let Err(e) = repo.runtime.block_on(repo.target.extend_lock(key, repo.row.record_version.as_deref(), until)) {
             let _ = repo.catalog.event("lock-refused", Some(job), &format!("{key}: {e:#}"));
             return Err(e.context(format!("cannot extend the lock of {key}; the snapshot is not complete")));
         }
@@ -572,84 +554,6 @@ struct Reader {
     stop: Arc<AtomicBool>,
 }
 
-/// What the reader reads.
-enum Input {
-    /// A directory tree (a path source, or a job's git mirrors).
-    Tree { root: PathBuf, excludes: Excludes },
-    /// One file whose bytes come from a stream (a command's stdout).
-    Stream { name: String, data: std::process::ChildStdout },
-    /// A bucket's objects, listed, each streamed unless unchanged.
-    Objects {
-        bucket: crate::source::bucket::Bucket,
-        objects: Vec<crate::source::bucket::Object>,
-        runtime: tokio::runtime::Runtime,
-    },
-}
-
-/// A source made ready to read: git mirrors fetched, a command started.
-struct Prepared {
-    input: Input,
-    contents: Option<Contents>,
-    /// Parts of the source that could not be had (a repository that failed to fetch).
-    errors: Vec<EntryError>,
-    command: Option<crate::source::command::Running>,
-}
-
-fn prepare(cfg: &Config, job: &Job) -> Result<Prepared> {
-    use crate::format::contents::{BucketState, CommandState};
-    use crate::source::{command, git};
-    let excludes = || Excludes::new(&job.exclude);
-    match &job.source {
-        Source::Path(root) => {
-            if !root.is_dir() {
-                bail!("source directory {} of job `{}` does not exist or is not a directory", root.display(), job.name);
-            }
-            let input = Input::Tree { root: root.clone(), excludes: excludes()? };
-            Ok(Prepared { input, contents: None, errors: Vec::new(), command: None })
-        }
-        Source::Git(src) => {
-            let dir = cfg.state().mirrors(&job.name);
-            let repos = git::update_mirrors(src, &dir)?;
-            let errors: Vec<EntryError> = repos
-                .iter()
-                .filter_map(|(r, _)| Some(EntryError { path: r.dir.clone(), error: r.error.clone()? }))
-                .collect();
-            if repos.iter().all(|(_, present)| !present) {
-                let why: Vec<String> = errors.iter().map(|e| e.error.clone()).collect();
-                bail!("no repository of job `{}` could be fetched: {}", job.name, why.join("; "));
-            }
-            // The mirrors of this config only: not unfinished clones, nor repositories
-            // removed from the config (kept on disk, out of new snapshots).
-            // FETCH_HEAD is rewritten by every fetch and no restore needs it.
-            let mut patterns = job.exclude.clone();
-            patterns.extend(["/.tmp-*".to_string(), "/*/FETCH_HEAD".to_string()]);
-            for e in std::fs::read_dir(&dir)?.filter_map(|e| e.ok()) {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if !repos.iter().any(|(r, _)| r.dir == name) {
-                    patterns.push(format!("/{}", globset::escape(&name)));
-                }
-            }
-            let input = Input::Tree { root: dir, excludes: Excludes::new(&patterns)? };
-            let repos = repos.into_iter().map(|(r, _)| r).collect();
-            Ok(Prepared { input, contents: Some(Contents::Git { repos }), errors, command: None })
-        }
-        Source::Command(src) => {
-            let (running, data) = command::start(src, &job.name, &job.env)?;
-            let contents = Contents::Command(CommandState { program: src.program(), file: src.file.clone(), bytes: 0 });
-            let input = Input::Stream { name: src.file.clone(), data };
-            Ok(Prepared { input, contents: Some(contents), errors: Vec::new(), command: Some(running) })
-        }
-        Source::Bucket(src) => {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let bucket = crate::source::bucket::Bucket::open(src, &src.url)?;
-            let objects = runtime.block_on(bucket.list())?;
-            let state = BucketState { url: src.url.clone(), objects: objects.len() as u64 };
-            let input = Input::Objects { bucket, objects, runtime };
-            Ok(Prepared { input, contents: Some(Contents::Bucket(state)), errors: Vec::new(), command: None })
-        }
-    }
-}
-
 impl Reader {
     /// Reads everything, writes the entry stream, and returns the entry stream's chunks.
     fn read_all(&mut self, input: Input, entries_path: &Path) -> Result<Vec<ChunkId>> {
@@ -743,13 +647,8 @@ impl Reader {
             e.key = escaped.map(|_| key.clone());
             (e.ino, e.size) = (etag_fingerprint(meta.etag.as_deref()), meta.size);
             self.counters.set_current(key);
-            // An object: same size and ETag (its fingerprint is where a file keeps its
-            // inode); without an ETag, same size and last-modified time.
-            let same = |c: &CachedFile, e: &Entry| {
-                (c.size, c.inode) == (e.size, e.ino) && (e.ino != 0 || c.mtime_ns == e.mtime_ns)
-            };
             let hash = path_hash(&e.path);
-            if let Some((chunks, content_type)) = self.unchanged(&e, hash, same)? {
+            if let Some((chunks, content_type)) = self.unchanged(&e, hash, crate::source::bucket::unchanged)? {
                 e.chunks = chunks;
                 e.content_type = content_type;
                 Counters::add(&self.counters.unchanged, 1);
@@ -825,12 +724,8 @@ impl Reader {
             return Err(Interrupted.into());
         }
         self.counters.set_current(&String::from_utf8_lossy(&e.path));
-        // A file: same size, mtime, ctime and inode.
-        let same = |c: &CachedFile, e: &Entry| {
-            (c.size, c.mtime_ns, c.ctime_ns, c.inode) == (e.size, e.mtime_ns, e.ctime_ns, e.ino)
-        };
         let hash = path_hash(&e.path);
-        if let Some((chunks, _)) = self.unchanged(&e, hash, same)? {
+        if let Some((chunks, _)) = self.unchanged(&e, hash, path_source::unchanged)? {
             e.chunks = chunks;
             Counters::add(&self.counters.unchanged, 1);
         } else {

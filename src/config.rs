@@ -6,7 +6,7 @@
 //! its key files can be moved together.
 
 use std::collections::BTreeSet;
-use std::fmt;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -97,7 +97,7 @@ pub struct TargetConfig {
 #[derive(Debug, Clone)]
 pub struct Job {
     pub name: String,
-    pub source: Source,
+    pub source: std::sync::Arc<dyn crate::source::Source>,
     pub exclude: Vec<String>,
     /// Every snapshot of the job, and everything it writes, is locked at least this long.
     pub lock_days: u32,
@@ -123,73 +123,6 @@ pub struct Hooks {
     pub on_success: Option<Vec<String>>,
     pub on_failure: Option<Vec<String>>,
     pub timeout: Duration,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
-    /// A directory tree.
-    Path(PathBuf),
-    /// Git repositories, each kept as a bare mirror in the state directory.
-    Git(GitSource),
-    /// A command's standard output, stored as one file.
-    Command(CommandSource),
-    /// Every object under a bucket prefix, as a file under its key.
-    Bucket(BucketSource),
-}
-
-/// A bucket on another provider than the target, with its own endpoint and credentials.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BucketSource {
-    /// `s3://bucket/prefix` or `file:///dir`.
-    pub url: String,
-    pub endpoint: Option<String>,
-    pub region: Option<String>,
-    /// Names of the environment variables holding its credentials (never the secrets);
-    /// without them, the standard AWS variables.
-    pub access_key_id_env: Option<String>,
-    pub secret_access_key_env: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GitSource {
-    /// URLs or paths, as written (may embed credentials: print only `redacted`).
-    pub repos: Vec<String>,
-    /// An SSH private key (mode 0600) for ssh:// and scp-like URLs.
-    pub ssh_key_file: Option<PathBuf>,
-    /// The environment variable holding the password for https URLs (`https://user@…`),
-    /// so that no password sits in the config file.
-    pub password_env: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CommandSource {
-    /// The program and its arguments (with `shell`, one script for `sh -c`).
-    pub argv: Vec<String>,
-    /// The name of the file its output becomes in the snapshot.
-    pub file: String,
-    pub shell: bool,
-    pub timeout: Duration,
-}
-
-impl CommandSource {
-    /// The program as messages and snapshots name it.
-    pub fn program(&self) -> String {
-        if self.shell { "sh -c".into() } else { self.argv[0].clone() }
-    }
-}
-
-impl fmt::Display for Source {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Source::Path(p) => write!(f, "path {}", p.display()),
-            Source::Git(g) => {
-                let urls: Vec<String> = g.repos.iter().map(|u| crate::source::git::redacted(u)).collect();
-                write!(f, "git {}", urls.join(" "))
-            }
-            Source::Command(c) => write!(f, "command {} > {}", c.program(), c.file),
-            Source::Bucket(b) => write!(f, "bucket {}", b.url),
-        }
-    }
 }
 
 /// A configuration error: names the file and (where known) the key.
@@ -255,7 +188,7 @@ struct RawTarget {
 #[serde(deny_unknown_fields)]
 struct RawJob {
     name: String,
-    source: RawSource,
+    source: toml::Table,
     #[serde(default)]
     exclude: Vec<String>,
     #[serde(default = "default_lock_days")]
@@ -283,32 +216,6 @@ struct RawKeep {
     weekly: Option<String>,
     monthly: Option<String>,
     yearly: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSource {
-    path: Option<PathBuf>,
-    git: Option<OneOrMany>,
-    ssh_key_file: Option<PathBuf>,
-    password_env: Option<String>,
-    command: Option<Vec<String>>,
-    file: Option<String>,
-    #[serde(default)]
-    shell: bool,
-    timeout: Option<String>,
-    bucket: Option<String>,
-    endpoint: Option<String>,
-    region: Option<String>,
-    access_key_id_env: Option<String>,
-    secret_access_key_env: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum OneOrMany {
-    One(String),
-    Many(Vec<String>),
 }
 
 fn default_level() -> i32 {
@@ -339,7 +246,7 @@ fn parse_job(
     let duration = |key: &str, v: &Option<String>, default: &str| {
         crate::time::parse_duration(v.as_deref().unwrap_or(default)).map_err(|e| format!("key `{key}`: {e}"))
     };
-    let source = parse_source(j.source, resolve).map_err(|e| format!("key `job[{i}].source`: {e}"))?;
+    let source = crate::source::parse(j.source, resolve).map_err(|e| format!("key `job[{i}].source`: {e}"))?;
     for (k, pattern) in j.exclude.iter().enumerate() {
         if let Err(e) = globset::Glob::new(pattern) {
             return Err(format!("key `job[{i}].exclude[{k}]`: bad glob `{pattern}`: {e}"));
@@ -371,7 +278,7 @@ fn parse_job(
         on_failure: j.on_failure,
         timeout: duration(&format!("job[{i}].hook_timeout"), &j.hook_timeout, "60s")?,
     };
-    let env = child_env(j.env, j.env_passthrough, &source, prune, target_names)
+    let env = child_env(j.env, j.env_passthrough, &*source, prune, target_names)
         .map_err(|e| format!("key `job[{i}].env`: {e}"))?;
     Ok(Job {
         name: j.name,
@@ -417,20 +324,13 @@ fn parse_recipients(raw: &[String]) -> Result<Vec<age::x25519::Recipient>, Strin
 fn child_env(
     set: std::collections::BTreeMap<String, String>,
     passthrough: Vec<String>,
-    source: &Source,
+    source: &dyn crate::source::Source,
     prune: &PruneConfig,
     target_names: &[&str],
 ) -> Result<crate::process::ChildEnv, String> {
     let mut forbidden: Vec<&str> = target_names.to_vec();
     forbidden.extend([prune.access_key_id_env.as_str(), prune.secret_access_key_env.as_str()]);
-    match source {
-        Source::Bucket(b) => {
-            forbidden.extend(b.access_key_id_env.as_deref());
-            forbidden.extend(b.secret_access_key_env.as_deref());
-        }
-        Source::Git(g) => forbidden.extend(g.password_env.as_deref()),
-        _ => {}
-    }
+    forbidden.extend(source.secret_vars());
     let valid = |n: &str| !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
     for name in set.keys().chain(&passthrough) {
         if !valid(name) {
@@ -585,92 +485,6 @@ impl Config {
     }
 }
 
-const SOURCE_FORMS: &str = "expected `{ path = \"/dir\" }`, `{ git = \"URL\" }` (or a list of URLs), \
-                            `{ command = [\"program\", \"arg\"], file = \"name\" }`, or `{ bucket = \"s3://bucket/prefix\" }`";
-
-fn parse_source(raw: RawSource, resolve: &dyn Fn(&Path) -> PathBuf) -> Result<Source, String> {
-    let kinds = [raw.path.is_some(), raw.git.is_some(), raw.command.is_some(), raw.bucket.is_some()];
-    if kinds.iter().filter(|k| **k).count() != 1 {
-        return Err(SOURCE_FORMS.into());
-    }
-    let git_only = raw.ssh_key_file.is_some() || raw.password_env.is_some();
-    let command_only = raw.file.is_some() || raw.shell || raw.timeout.is_some();
-    let bucket_only = raw.endpoint.is_some()
-        || raw.region.is_some()
-        || raw.access_key_id_env.is_some()
-        || raw.secret_access_key_env.is_some();
-    if let Some(url) = raw.bucket {
-        if git_only || command_only {
-            return Err(format!(
-                "a bucket source takes endpoint, region and credential variable names; {SOURCE_FORMS}"
-            ));
-        }
-        if !(url.starts_with("s3://") && url.len() > 5 || url.starts_with("file:///")) {
-            return Err(format!("`bucket`: expected `s3://bucket/prefix` or `file:///dir`, found `{url}`"));
-        }
-        if raw.access_key_id_env.is_some() != raw.secret_access_key_env.is_some() {
-            return Err("`access_key_id_env` and `secret_access_key_env` go together".into());
-        }
-        return Ok(Source::Bucket(BucketSource {
-            url,
-            endpoint: raw.endpoint,
-            region: raw.region,
-            access_key_id_env: raw.access_key_id_env,
-            secret_access_key_env: raw.secret_access_key_env,
-        }));
-    }
-    if bucket_only {
-        return Err("`endpoint`, `region` and the credential variables belong to a bucket source".into());
-    }
-    if let Some(p) = raw.path {
-        if git_only || command_only {
-            return Err(format!("a path source takes no other keys; {SOURCE_FORMS}"));
-        }
-        return Ok(Source::Path(resolve(&p)));
-    }
-    if let Some(git) = raw.git {
-        if command_only {
-            return Err("`file`, `shell` and `timeout` belong to a command source".into());
-        }
-        let repos = match git {
-            OneOrMany::One(u) => vec![u],
-            OneOrMany::Many(v) => v,
-        };
-        if repos.is_empty() || repos.iter().any(|u| u.trim().is_empty()) {
-            return Err("`git`: expected a repository URL or path, or a list of them".into());
-        }
-        let names: Vec<String> = repos.iter().map(|u| crate::source::git::mirror_name(u)).collect();
-        if let Some(dup) = names.iter().enumerate().find(|(k, n)| names[..*k].contains(n)) {
-            return Err(format!("`git`: two repositories would both be stored as `{}`", dup.1));
-        }
-        if raw.password_env.is_some() && repos.iter().any(|u| crate::source::git::has_password(u)) {
-            return Err("`password_env` names where the password is; the URLs must not hold one too".into());
-        }
-        return Ok(Source::Git(GitSource {
-            repos,
-            ssh_key_file: raw.ssh_key_file.as_deref().map(resolve),
-            password_env: raw.password_env,
-        }));
-    }
-    let argv = raw.command.unwrap_or_default();
-    if git_only {
-        return Err("`ssh_key_file` and `password_env` belong to a git source".into());
-    }
-    if argv.first().is_none_or(|a| a.is_empty()) {
-        return Err("`command`: expected a program and its arguments, like [\"pg_dump\", \"-Fc\", \"app\"]".into());
-    }
-    if raw.shell && argv.len() != 1 {
-        return Err("with `shell = true`, `command` is one script: [\"pg_dump app | gzip\"]".into());
-    }
-    let file = raw.file.ok_or("a command source needs `file`, the name its output gets in the snapshot")?;
-    if file.is_empty() || file.contains('/') || file == "." || file == ".." {
-        return Err(format!("`file`: `{file}` must be a plain file name"));
-    }
-    let timeout =
-        crate::time::parse_duration(raw.timeout.as_deref().unwrap_or("6h")).map_err(|e| format!("`timeout`: {e}"))?;
-    Ok(Source::Command(CommandSource { argv, file, shell: raw.shell, timeout }))
-}
-
 /// `[http]`: a loopback address by default; any other address only with a token.
 fn parse_http(raw: RawHttp, resolve: &dyn Fn(&Path) -> PathBuf) -> Result<HttpConfig, String> {
     let token_file = raw.token_file.as_deref().map(resolve);
@@ -735,7 +549,7 @@ mod tests {
     fn relative_paths_resolve_against_the_config_directory() {
         let c = parse(&minimal("[[job]]\nname = \"docs\"\nsource = { path = \"docs\" }\n")).unwrap();
         assert_eq!(c.state_dir, Path::new("/etc/coffer/state"));
-        assert_eq!(c.jobs[0].source, Source::Path("/etc/coffer/docs".into()));
+        assert_eq!(c.jobs[0].source.to_string(), "path /etc/coffer/docs");
         assert_eq!(c.pack_size, DEFAULT_PACK_SIZE);
     }
 
@@ -770,20 +584,21 @@ mod tests {
         };
         let git = job("{ git = [\"https://u:pw@h/a.git\", \"/srv/b\"], ssh_key_file = \"k\" }").unwrap();
         assert_eq!(
-            git,
-            Source::Git(GitSource {
-                repos: vec!["https://u:pw@h/a.git".into(), "/srv/b".into()],
-                ssh_key_file: Some("/etc/coffer/k".into()),
-                password_env: None
-            })
+            format!("{git:?}"),
+            "GitSource { repos: [\"https://u:pw@h/a.git\", \"/srv/b\"], ssh_key_file: Some(\"/etc/coffer/k\"), \
+             password_env: None }"
         );
         assert_eq!(git.to_string(), "git https://u:***@h/a.git /srv/b");
-        let Source::Command(c) = job("{ command = [\"pg_dump\", \"app\"], file = \"app.dump\" }").unwrap() else {
-            panic!()
-        };
-        assert_eq!((c.argv.len(), c.file.as_str(), c.shell, c.timeout.as_secs()), (2, "app.dump", false, 6 * 3600));
-        let Source::Bucket(b) = job("{ bucket = \"s3://b/p\", region = \"eu\" }").unwrap() else { panic!() };
-        assert_eq!((b.url.as_str(), b.region.as_deref()), ("s3://b/p", Some("eu")));
+        let c = job("{ command = [\"pg_dump\", \"app\"], file = \"app.dump\" }").unwrap();
+        assert_eq!(
+            format!("{c:?}"),
+            "CommandSource { argv: [\"pg_dump\", \"app\"], file: \"app.dump\", shell: false, timeout: 21600s }"
+        );
+        let b = job("{ bucket = \"s3://b/p\", region = \"eu\" }").unwrap();
+        assert_eq!(b.to_string(), "bucket s3://b/p");
+        assert!(format!("{b:?}").contains("region: Some(\"eu\")"));
+        let az = job("{ azure = \"az://acct/c/p\", access_key_env = \"AZ_KEY\" }").unwrap();
+        assert_eq!((az.to_string().as_str(), az.secret_vars()), ("bucket az://acct/c/p", vec!["AZ_KEY"]));
         for (src, needle) in [
             ("{ path = \"x\", git = \"y\" }", "expected"),
             ("{ git = [] }", "git"),
@@ -793,7 +608,9 @@ mod tests {
             ("{ command = [\"a\", \"b\"], file = \"x\", shell = true }", "one script"),
             ("{ bucket = \"http://x\" }", "s3://"),
             ("{ bucket = \"s3://b\", access_key_id_env = \"A\" }", "go together"),
-            ("{ path = \"x\", endpoint = \"e\" }", "bucket source"),
+            ("{ path = \"x\", endpoint = \"e\" }", "a path source: unknown field `endpoint`"),
+            ("{ git = \"u\", file = \"e\" }", "a git source: unknown field `file`"),
+            ("{ azure = \"az://acct\" }", "az://account/container"),
         ] {
             let m = job(src).unwrap_err().to_string();
             assert!(m.contains("job[0].source") && m.contains(needle), "{src}: {m}");

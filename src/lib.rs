@@ -26,6 +26,7 @@ pub mod process;
 pub mod progress;
 pub mod prune;
 pub mod recover;
+pub mod repo;
 pub mod restore;
 pub mod retention;
 pub mod retry;

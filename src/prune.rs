@@ -9,7 +9,6 @@
 
 use anyhow::{Context, Result, anyhow};
 
-use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::target::Target;
 
@@ -50,9 +49,7 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Summary> {
         .iter()
         .map(|j| cfg.state().job_lock(&j.name).map_err(|e| e.context("prune runs only while no backup does")))
         .collect::<Result<Vec<_>>>()?;
-    let (catalog, _) = Catalog::open_repo(cfg)?;
-    let target = Target::open(&cfg.target)?;
-    let runtime = crate::target::runtime()?;
+    let crate::repo::Repo { catalog, target, runtime, .. } = crate::repo::Repo::open(cfg)?;
     let now = crate::time::now_secs();
 
     let mut summary = Summary { forgotten: catalog.forget_expired(now)?, ..Default::default() };

@@ -4,8 +4,6 @@
 
 use std::fmt;
 
-use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RunOutcome {
@@ -60,19 +58,7 @@ impl fmt::Display for RunOutcome {
     }
 }
 
-impl ToSql for RunOutcome {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::from(self.as_str()))
-    }
-}
-
-/// The catalog is input too: an outcome it does not know is an error, not a guess.
-impl FromSql for RunOutcome {
-    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-        let text = value.as_str()?;
-        RunOutcome::parse(text).ok_or_else(|| FromSqlError::Other(format!("unknown run outcome `{text}`").into()))
-    }
-}
+crate::catalog::text_column!(RunOutcome, "run outcome");
 
 #[cfg(test)]
 mod tests {

@@ -165,8 +165,7 @@ impl Locks<'_> {
 }
 
 pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
-    let (catalog, repo) = Catalog::open_repo(cfg)?;
-    let target = Target::open(&cfg.target)?;
+    let crate::repo::Repo { catalog, row: repo, target, runtime, .. } = crate::repo::Repo::open(cfg)?;
     let now = crate::time::now_secs();
     let mut f = Findings::default();
     let protection = target.protection();
@@ -194,7 +193,7 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
 
     let live = live_snapshots(cfg, &catalog, now)?;
     let mut locks = Locks {
-        runtime: if opts.remote { Some(crate::target::runtime()?) } else { None },
+        runtime: opts.remote.then_some(runtime),
         target: (opts.remote && target.locks()).then_some(&target),
         remote_packs: opts.sample.filter(|_| opts.remote).map(|n| sample_packs(&live, n)),
         asked: HashMap::new(),
@@ -250,7 +249,7 @@ fn live_snapshots<'a>(cfg: &'a Config, catalog: &Catalog, now: i64) -> Result<Li
     for job in &cfg.jobs {
         let mut with_packs = Vec::new();
         for s in catalog.snapshots(Some(&job.name))? {
-            if s.state == "complete" && s.retain_until.is_none_or(|u| u > now) {
+            if s.state == crate::catalog::SnapshotState::Complete && s.retain_until.is_none_or(|u| u > now) {
                 let packs = catalog.snapshot_packs(&s.id)?;
                 with_packs.push((s, packs));
             }

@@ -18,17 +18,17 @@ use serde::Serialize;
 
 use crate::catalog::{Catalog, RepoRow};
 use crate::config::Config;
-use crate::format::repo::RepoRecord;
 use crate::format::snapshot::{self, SnapshotRecord};
 use crate::format::{REPO_KEY, pack};
 use crate::inventory::Finding;
-use crate::keys::{Identity, RepoSecret};
+use crate::keys::Identity;
 use crate::progress::{Counters, ProgressLine};
+use crate::repo::{Repo, Restorer};
 use crate::target::Target;
 
 pub struct Options {
     /// Download and re-hash data (needs `identity`).
-    pub read_data: Option<Identity>,
+    pub read_data: Option<Arc<Identity>>,
     /// With `read_data`: the fraction of packs to read, chosen at random.
     pub subset: f64,
     /// Draw a progress line on a terminal.
@@ -62,23 +62,24 @@ struct Needed {
 const CONCURRENT_CHECKS: usize = 8;
 
 pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
-    let (catalog, repo) = Catalog::open_repo(cfg)?;
-    let target = Target::open(&cfg.target)?;
-    let runtime = crate::target::runtime()?;
-    let needed = needed_objects(&catalog, &repo)?;
+    let repo = Repo::open(cfg)?;
+    let needed = needed_objects(&repo.catalog, &repo.row)?;
     let mut report = Report { objects_checked: needed.len(), ..Default::default() };
     tracing::info!(objects = needed.len(), "checking every recorded object version on the target");
-    let missing = check_presence(&runtime, &target, &needed, &mut report)?;
+    let missing = check_presence(&repo.runtime, &repo.target, &needed, &mut report)?;
 
-    if let Some(identity) = &opts.read_data {
-        let record = runtime.block_on(target.get(REPO_KEY, repo.record_version.as_deref()))?;
-        let (_, secret) = RepoRecord::open(&record, identity)?;
-        let data = Data { catalog: &catalog, target: &target, runtime: &runtime, identity, secret: &secret };
-        // What is missing or of the wrong size was reported above; the rest must read back.
-        let records = data.records(&needed, &missing, &mut report)?;
-        data.packs(&needed, &missing, opts, &mut report)?;
-        data.file_lists(&records, &mut report)?;
-    }
+    let catalog = match &opts.read_data {
+        Some(identity) => {
+            let repo = repo.unlock(identity.clone())?;
+            let data = Data { repo: &repo };
+            // What is missing or of the wrong size was reported above; the rest must read back.
+            let records = data.records(&needed, &missing, &mut report)?;
+            data.packs(&needed, &missing, opts, &mut report)?;
+            data.file_lists(&records, &mut report)?;
+            repo.catalog
+        }
+        None => repo.catalog,
+    };
     // A pack that is missing or damaged no longer counts as storing its chunks: the next
     // backup stores them again.
     for f in &report.findings {
@@ -101,7 +102,8 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
 /// Every object version the catalog says the target holds: the repository record, each
 /// complete snapshot's record, and every pack, with the snapshots that need each.
 fn needed_objects(catalog: &Catalog, repo: &RepoRow) -> Result<Vec<Needed>> {
-    let snapshots: Vec<_> = catalog.snapshots(None)?.into_iter().filter(|s| s.state == "complete").collect();
+    let snapshots: Vec<_> =
+        catalog.snapshots(None)?.into_iter().filter(|s| s.state == crate::catalog::SnapshotState::Complete).collect();
     let mut needed = vec![Needed {
         key: REPO_KEY.into(),
         version: repo.record_version.clone(),
@@ -160,11 +162,7 @@ fn check_presence(
 
 /// `verify --read-data`: what reading needs.
 struct Data<'a> {
-    catalog: &'a Catalog,
-    target: &'a Target,
-    runtime: &'a tokio::runtime::Runtime,
-    identity: &'a Identity,
-    secret: &'a RepoSecret,
+    repo: &'a Repo<Restorer>,
 }
 
 impl Data<'_> {
@@ -177,8 +175,8 @@ impl Data<'_> {
     ) -> Result<Vec<(&'n Needed, SnapshotRecord)>> {
         let mut records = Vec::new();
         for n in needed.iter().filter(|n| n.pack.is_none() && n.key != REPO_KEY && !missing.contains(&n.key)) {
-            let object = self.runtime.block_on(self.target.get(&n.key, n.version.as_deref()))?;
-            match snapshot::open(&object, &n.key, self.secret, self.identity) {
+            let object = self.repo.runtime.block_on(self.repo.target.get(&n.key, n.version.as_deref()))?;
+            match snapshot::open(&object, &n.key, self.repo.secret(), self.repo.identity()) {
                 Ok(record) => records.push((n, record)),
                 Err(e) => note(report, n, vec![unreadable(n, e.to_string())]),
             }
@@ -201,13 +199,13 @@ impl Data<'_> {
             if missing.contains(&n.key) {
                 continue;
             }
-            let ct = self.runtime.block_on(self.target.get(&n.key, n.version.as_deref()))?;
+            let ct = self.repo.runtime.block_on(self.repo.target.get(&n.key, n.version.as_deref()))?;
             report.bytes_read += ct.len() as u64;
             Counters::add(&counters.bytes_read, ct.len() as u64);
             report.packs_read += 1;
             let hash = n.key.rsplit('/').next().unwrap_or_default();
-            let blobs = self.catalog.pack_chunks(n.pack.unwrap_or_default())?;
-            let result = pack::open(&ct, hash, self.identity).and_then(|plain| {
+            let blobs = self.repo.catalog.pack_chunks(n.pack.unwrap_or_default())?;
+            let result = pack::open(&ct, hash, self.repo.identity()).and_then(|plain| {
                 let trailer: HashMap<_, _> = pack::read_trailer(&plain)?.into_iter().map(|b| (b.id, b)).collect();
                 for b in &blobs {
                     if trailer.get(&b.id) != Some(b) {
@@ -216,7 +214,7 @@ impl Data<'_> {
                             b.id
                         )));
                     }
-                    pack::verified_blob(&plain, b, self.secret)?;
+                    pack::verified_blob(&plain, b, self.repo.secret())?;
                 }
                 Ok(())
             });
@@ -232,10 +230,9 @@ impl Data<'_> {
     /// a record that authenticates may still be forged by the secret's holder. A list
     /// stored in a pack already found damaged is that pack's finding.
     fn file_lists(&self, records: &[(&Needed, SnapshotRecord)], report: &mut Report) -> Result<()> {
-        let catalog = self.catalog;
+        let catalog = &self.repo.catalog;
         let damaged: HashSet<String> = report.findings.iter().map(|f| f.key().to_string()).collect();
-        let mut chunks =
-            crate::restore::tree::ChunkReader::new(catalog, self.target, self.runtime, self.identity, self.secret);
+        let mut chunks = crate::restore::tree::ChunkReader::new(self.repo);
         for (n, record) in records {
             let packs: Vec<String> = record
                 .tree

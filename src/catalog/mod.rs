@@ -27,7 +27,29 @@ pub use file_cache::CachedFile;
 pub use packs::{ChunkLoc, PackLock, PackRow, StoredPack};
 pub use repo::{RepoRow, ensure_same_target};
 pub use runs::{JobTotals, RunReport, RunRow, Trigger};
-pub use snapshots::SnapshotRow;
+pub use snapshots::{SnapshotRow, SnapshotState};
+
+/// Stores an enum with `as_str` and `parse` as its text in a column. The catalog is
+/// input too: a text the enum does not know is an error, not a guess.
+macro_rules! text_column {
+    ($t:ty, $what:literal) => {
+        impl rusqlite::types::ToSql for $t {
+            fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+                Ok(rusqlite::types::ToSqlOutput::from(self.as_str()))
+            }
+        }
+
+        impl rusqlite::types::FromSql for $t {
+            fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+                let text = value.as_str()?;
+                <$t>::parse(text).ok_or_else(|| {
+                    rusqlite::types::FromSqlError::Other(format!(concat!("unknown ", $what, " `{}`"), text).into())
+                })
+            }
+        }
+    };
+}
+pub(crate) use text_column;
 
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0001_init.sql"),
@@ -214,7 +236,7 @@ mod tests {
             job: "j".into(),
             host: "h".into(),
             created_at: 1,
-            state: "complete".into(),
+            state: SnapshotState::Complete,
             record_version: None,
             source: "path /x".into(),
             files: 1,

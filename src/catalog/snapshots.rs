@@ -7,13 +7,37 @@ use rusqlite::params;
 
 use super::*;
 
+/// Where a snapshot is in its life: `complete` (restorable, its packs kept), then
+/// `forgotten` once past its retain-until (its record kept until prune deletes it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotState {
+    Complete,
+    Forgotten,
+}
+
+impl SnapshotState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SnapshotState::Complete => "complete",
+            SnapshotState::Forgotten => "forgotten",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<SnapshotState> {
+        [SnapshotState::Complete, SnapshotState::Forgotten].into_iter().find(|v| v.as_str() == s)
+    }
+}
+
+super::text_column!(SnapshotState, "snapshot state");
+
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SnapshotRow {
     pub id: String,
     pub job: String,
     pub host: String,
     pub created_at: i64,
-    pub state: String,
+    pub state: SnapshotState,
     pub record_version: Option<String>,
     pub source: String,
     pub files: u64,
@@ -41,7 +65,7 @@ impl SnapshotRow {
             job: r.job.clone(),
             host: r.host.clone(),
             created_at: r.created,
-            state: "complete".into(),
+            state: SnapshotState::Complete,
             record_version,
             source: r.source.clone(),
             files: r.stats.files,
@@ -159,7 +183,7 @@ impl Catalog {
 
     /// The job's newest complete snapshot.
     pub fn latest_complete(&self, job: &str) -> Result<Option<SnapshotRow>> {
-        Ok(self.snapshots(Some(job))?.into_iter().rev().find(|s| s.state == "complete"))
+        Ok(self.snapshots(Some(job))?.into_iter().rev().find(|s| s.state == SnapshotState::Complete))
     }
 
     /// `latest`, a full id, or a unique prefix of one, within a job.

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Result, bail};
 
-use crate::config::{Config, Source};
+use crate::config::Config;
 use crate::format::contents::Contents;
 use crate::progress::bytes;
 use crate::restore::Destination;
@@ -21,9 +21,9 @@ pub struct Args {
     /// --overwrite).
     #[arg(long, required_unless_present = "to_bucket")]
     to: Option<PathBuf>,
-    /// For a bucket source: write the objects back into this bucket (`s3://bucket/prefix`,
-    /// with the job's source endpoint, region and credentials), keys and content types
-    /// preserved. Staged in the state directory first.
+    /// For a bucket source: write the objects back into this bucket (`s3://bucket/prefix`
+    /// or `az://account/container/prefix`, with the job's source endpoint and
+    /// credentials), keys and content types preserved. Staged in the state directory first.
     #[arg(long, conflicts_with = "to")]
     to_bucket: Option<String>,
     /// Restore only this file or directory (relative to the snapshot's root).
@@ -49,10 +49,7 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
     let job_cfg = cfg.job(&a.job)?.clone();
     let dest = match (a.to, a.to_bucket) {
         (_, Some(url)) => {
-            let Source::Bucket(src) = &job_cfg.source else {
-                bail!("--to-bucket: job `{}` does not back up a bucket", a.job);
-            };
-            Destination::Bucket(crate::source::bucket::Bucket::open(src, &url)?)
+            Destination::Bucket(job_cfg.source.origin(&url).map_err(|e| anyhow::anyhow!("--to-bucket: {e:#}"))?)
         }
         (Some(to), None) => Destination::Dir(to),
         (None, None) => bail!("restore needs --to DIR (or --to-bucket URL)"),

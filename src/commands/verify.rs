@@ -31,7 +31,7 @@ pub struct Args {
 pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
     let cfg = Config::load(config)?;
     let read_data = match (a.read_data, a.identity) {
-        (true, Some(path)) => Some(crate::keys::Identity::load(&path)?),
+        (true, Some(path)) => Some(std::sync::Arc::new(crate::keys::Identity::load(&path)?)),
         _ => None,
     };
     let opts = crate::verify::Options { read_data, subset: a.subset.unwrap_or(1.0), progress: !a.no_progress };

@@ -23,17 +23,14 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 
-use crate::catalog::{Catalog, SnapshotRow};
 use crate::config::Config;
-use crate::format::REPO_KEY;
 use crate::format::entry::{Entry, EntryReader, Kind, safe_relative};
-use crate::format::repo::RepoRecord;
-use crate::format::snapshot::{self, SnapshotRecord};
+use crate::repo::Repo;
+
 use crate::keys::{Identity, RepoSecret};
 use crate::progress::{Counters, ProgressLine};
-use crate::target::Target;
 
 use dest::{Dest, Meta};
 use packs::Packs;
@@ -83,15 +80,11 @@ fn writers() -> usize {
 }
 
 pub fn run(cfg: &Config, opts: &Options) -> Result<Summary> {
-    let (catalog, repo) = Catalog::open_repo(cfg)?;
-    let snap = catalog.find_snapshot(&opts.job, &opts.snapshot)?;
-    let identity = Arc::new(Identity::load(&opts.identity)?);
-    let target = Target::open(&cfg.target)?;
-    let runtime = crate::target::runtime()?;
-
-    let record_bytes = runtime.block_on(target.get(REPO_KEY, repo.record_version.as_deref()))?;
-    let (_, secret) = RepoRecord::open(&record_bytes, &identity)?;
-    let record = read_record(&runtime, &target, &snap, &secret, &identity)?;
+    let repo = Repo::open(cfg)?;
+    let snap = repo.catalog.find_snapshot(&opts.job, &opts.snapshot)?;
+    let repo = repo.unlock(Arc::new(Identity::load(&opts.identity)?))?;
+    let record = repo.snapshot_record(&snap)?;
+    let Repo { catalog, target, runtime, .. } = &repo;
     let subpath = match &opts.subpath {
         Some(p) => {
             let p = p.trim_matches('/');
@@ -107,7 +100,7 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Summary> {
     let entries_path = cfg.state().scratch(&format!("restore-{}", snap.id))?;
     let _cleanup = crate::fsutil::RemoveOnDrop(entries_path.clone());
     {
-        let mut reader = tree::ChunkReader::new(&catalog, &target, &runtime, &identity, &secret);
+        let mut reader = tree::ChunkReader::new(&repo);
         let mut out = BufWriter::new(File::create_new(&entries_path)?);
         std::io::copy(&mut reader.stream(&record.tree), &mut out)
             .map_err(|e| anyhow!("the snapshot's file list cannot be read: {e}"))?;
@@ -151,11 +144,12 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Summary> {
         opts.progress,
         crate::progress::restore_line(plan.files.len() as u64, plan.bytes),
     );
-    let packs = Packs::start(target.clone(), identity.clone(), runtime.handle().clone(), plan.packs.clone());
+    let packs = Packs::start(target.clone(), repo.identity().clone(), runtime.handle().clone(), plan.packs.clone());
+    let secret = repo.secret().clone();
     let walk = Walk { entries_path: &entries_path, plan: &plan, sub: subpath.as_deref(), packs, secret, counters };
     let mut summary = match &opts.to {
         Destination::Dir(to) => walk.write_tree(to, opts.overwrite)?,
-        Destination::Bucket(bucket) => walk.upload(bucket, &runtime)?,
+        Destination::Bucket(bucket) => walk.upload(bucket, runtime)?,
     };
     summary.refused = plan.refused.total;
     refusals.append(&mut summary.failures);
@@ -168,18 +162,6 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Summary> {
     let detail = format!("snapshot {} ({} failures, {} refused)", snap.id, summary.failures.len(), summary.refused);
     let _ = catalog.event("restore", Some(&opts.job), &detail);
     Ok(summary)
-}
-
-fn read_record(
-    runtime: &tokio::runtime::Runtime,
-    target: &Target,
-    snap: &SnapshotRow,
-    secret: &RepoSecret,
-    identity: &Identity,
-) -> Result<SnapshotRecord> {
-    let key = crate::format::snapshot_key(&snap.job, &snap.id);
-    let object = runtime.block_on(target.get(&key, snap.record_version.as_deref()))?;
-    snapshot::open(&object, &key, secret, identity).with_context(|| format!("snapshot record {key}"))
 }
 
 /// The write pass over the entry stream, as planned.

@@ -8,48 +8,36 @@ use std::sync::Arc;
 use anyhow::{Result, anyhow};
 
 use crate::ChunkId;
-use crate::catalog::Catalog;
 use crate::format::entry::{ChunkedStream, EntryReader};
 use crate::format::entry_check::{Refused, TreeCheck};
 use crate::format::pack;
-use crate::keys::{Identity, RepoSecret};
-use crate::target::Target;
+use crate::repo::{Repo, Restorer};
 
 /// Reads single chunks, keeping the last decrypted pack (a stream's chunks are stored
 /// together).
 pub struct ChunkReader<'a> {
-    pub catalog: &'a Catalog,
-    pub target: &'a Target,
-    pub runtime: &'a tokio::runtime::Runtime,
-    pub identity: &'a Identity,
-    pub secret: &'a RepoSecret,
+    repo: &'a Repo<Restorer>,
     last: Option<(String, Arc<Vec<u8>>)>,
 }
 
 impl<'a> ChunkReader<'a> {
-    pub fn new(
-        catalog: &'a Catalog,
-        target: &'a Target,
-        runtime: &'a tokio::runtime::Runtime,
-        identity: &'a Identity,
-        secret: &'a RepoSecret,
-    ) -> Self {
-        ChunkReader { catalog, target, runtime, identity, secret, last: None }
+    pub fn new(repo: &'a Repo<Restorer>) -> Self {
+        ChunkReader { repo, last: None }
     }
 
     /// A chunk's plaintext, verified.
     pub fn chunk(&mut self, id: &ChunkId) -> Result<Vec<u8>> {
-        let loc = self.catalog.chunk_location(id)?.ok_or_else(|| anyhow!("chunk {id} is not in the catalog"))?;
+        let loc = self.repo.catalog.chunk_location(id)?.ok_or_else(|| anyhow!("chunk {id} is not in the catalog"))?;
         let key = crate::format::pack_key(&loc.pack_hash);
         let plain = match &self.last {
             Some((hash, plain)) if *hash == loc.pack_hash => plain.clone(),
             _ => {
-                let ct = self.runtime.block_on(self.target.get(&key, loc.pack_version.as_deref()))?;
-                let plain = match pack::open(&ct, &loc.pack_hash, self.identity) {
+                let ct = self.repo.runtime.block_on(self.repo.target.get(&key, loc.pack_version.as_deref()))?;
+                let plain = match pack::open(&ct, &loc.pack_hash, self.repo.identity()) {
                     Ok(plain) => Arc::new(plain),
                     Err(e) => {
                         // Damaged, not unreachable: the next backup stores its chunks again.
-                        self.catalog.mark_damaged(&loc.pack_hash, &e.to_string())?;
+                        self.repo.catalog.mark_damaged(&loc.pack_hash, &e.to_string())?;
                         return Err(anyhow!("{key}: {e}"));
                     }
                 };
@@ -57,7 +45,7 @@ impl<'a> ChunkReader<'a> {
                 plain
             }
         };
-        pack::verified_blob(&plain, &loc.blob(*id), self.secret).map_err(|e| anyhow!("{key}: {e}"))
+        pack::verified_blob(&plain, &loc.blob(*id), self.repo.secret()).map_err(|e| anyhow!("{key}: {e}"))
     }
 
     /// The entry stream made of `tree`'s chunks, read as it is consumed.

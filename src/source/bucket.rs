@@ -28,11 +28,84 @@ use object_store::path::Path as ObjPath;
 use object_store::{Attribute, AttributeValue, Attributes, GetOptions, ObjectStore};
 use tokio::io::AsyncWriteExt;
 
-use crate::config::BucketSource;
+use crate::catalog::CachedFile;
+use crate::format::contents::{BucketState, Contents};
+use crate::format::entry::Entry;
 use crate::s3::S3Client;
+use crate::source::{Input, JobContext, Prepared, Resolve, Source};
+
+pub const KIND: super::Kind = super::Kind { key: "bucket", form: "`{ bucket = \"s3://bucket/prefix\" }`", parse };
 
 /// The directory of the snapshot that holds objects whose keys are not file paths.
 pub const ESCAPED_DIR: &str = ".coffer-keys";
+
+/// `source = { bucket = "s3://bucket/prefix", endpoint = "…", region = "…", … }`: a
+/// bucket on another provider than the target, with its own endpoint and credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketSource {
+    /// `s3://bucket/prefix` or `file:///dir`.
+    pub url: String,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    /// Names of the environment variables holding its credentials (never the secrets);
+    /// without them, the standard AWS variables.
+    pub access_key_id_env: Option<String>,
+    pub secret_access_key_env: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    bucket: String,
+    endpoint: Option<String>,
+    region: Option<String>,
+    access_key_id_env: Option<String>,
+    secret_access_key_env: Option<String>,
+}
+
+fn parse(table: toml::Table, _: &Resolve<'_>) -> Result<Arc<dyn Source>, String> {
+    let raw: Raw = super::table(table, "bucket")?;
+    let url = raw.bucket;
+    if !(url.starts_with("s3://") && url.len() > 5 || url.starts_with("file:///")) {
+        return Err(format!("`bucket`: expected `s3://bucket/prefix` or `file:///dir`, found `{url}`"));
+    }
+    if raw.access_key_id_env.is_some() != raw.secret_access_key_env.is_some() {
+        return Err("`access_key_id_env` and `secret_access_key_env` go together".into());
+    }
+    Ok(Arc::new(BucketSource {
+        url,
+        endpoint: raw.endpoint,
+        region: raw.region,
+        access_key_id_env: raw.access_key_id_env,
+        secret_access_key_env: raw.secret_access_key_env,
+    }))
+}
+
+impl std::fmt::Display for BucketSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "bucket {}", self.url)
+    }
+}
+
+impl Source for BucketSource {
+    fn secret_vars(&self) -> Vec<&str> {
+        [&self.access_key_id_env, &self.secret_access_key_env].into_iter().flatten().map(String::as_str).collect()
+    }
+
+    fn prepare(&self, _: &JobContext) -> Result<Prepared> {
+        Bucket::open(self, &self.url)?.prepare()
+    }
+
+    fn origin(&self, url: &str) -> Result<Bucket> {
+        Bucket::open(self, url)
+    }
+}
+
+/// The fast path's test for an object: the same size and ETag (its fingerprint is kept
+/// where a file keeps its inode); without an ETag, the same size and last-modified time.
+pub fn unchanged(c: &CachedFile, e: &Entry) -> bool {
+    (c.size, c.inode) == (e.size, e.ino) && (e.ino != 0 || c.mtime_ns == e.mtime_ns)
+}
 
 /// One object as listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +118,11 @@ pub struct Object {
     pub last_modified_ns: i64,
 }
 
+/// The value of the environment variable `name`, which a bucket source's config names.
+pub fn env_var(url: &str, name: &str) -> Result<String> {
+    std::env::var(name).map_err(|_| anyhow!("bucket source {url}: environment variable {name} is not set"))
+}
+
 /// An opened bucket (under its prefix).
 pub struct Bucket {
     store: Store,
@@ -52,8 +130,10 @@ pub struct Bucket {
 }
 
 enum Store {
-    /// `file://`: for trying coffer out and for tests; its keys are file paths.
-    Local(Arc<LocalFileSystem>),
+    /// Through object_store: `file://` (for trying coffer out and for tests) and Azure.
+    /// Its keys are paths it accepts.
+    Object(Arc<dyn ObjectStore>),
+    /// S3, by exact key.
     S3(S3Client),
 }
 
@@ -64,18 +144,14 @@ impl Bucket {
         if let Some(dir) = url.strip_prefix("file://") {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {dir}"))?;
             let store = LocalFileSystem::new_with_prefix(dir).with_context(|| format!("cannot open {dir}"))?;
-            return Ok(Bucket { store: Store::Local(Arc::new(store)), url: url.to_string() });
+            return Ok(Bucket::with_store(url, Arc::new(store)));
         }
         let rest = url.strip_prefix("s3://").ok_or_else(|| anyhow!("`{url}`: expected s3:// or file://"))?;
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         let mut b = match (&src.access_key_id_env, &src.secret_access_key_env) {
-            (Some(id_var), Some(secret_var)) => {
-                let var = |name: &str| {
-                    std::env::var(name)
-                        .map_err(|_| anyhow!("bucket source {url}: environment variable {name} is not set"))
-                };
-                AmazonS3Builder::new().with_access_key_id(var(id_var)?).with_secret_access_key(var(secret_var)?)
-            }
+            (Some(id_var), Some(secret_var)) => AmazonS3Builder::new()
+                .with_access_key_id(env_var(url, id_var)?)
+                .with_secret_access_key(env_var(url, secret_var)?),
             _ => AmazonS3Builder::from_env(),
         };
         let region = src.region.clone().unwrap_or_else(|| "us-east-1".into());
@@ -89,6 +165,20 @@ impl Bucket {
         Ok(Bucket { store: Store::S3(client), url: url.to_string() })
     }
 
+    /// A bucket read and written through object_store, its keys relative to `store`.
+    pub fn with_store(url: &str, store: Arc<dyn ObjectStore>) -> Bucket {
+        Bucket { store: Store::Object(store), url: url.to_string() }
+    }
+
+    /// Lists the objects, for a backup to read.
+    pub fn prepare(self) -> Result<Prepared> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let objects = runtime.block_on(self.list())?;
+        let state = BucketState { url: self.url.clone(), objects: objects.len() as u64 };
+        let input = Input::Objects { bucket: self, objects, runtime };
+        Ok(Prepared { input, contents: Some(Contents::Bucket(state)), errors: Vec::new(), command: None })
+    }
+
     /// Every object, sorted by key.
     pub async fn list(&self) -> Result<Vec<Object>> {
         let mut all = match &self.store {
@@ -99,7 +189,7 @@ impl Bucket {
                 .into_iter()
                 .map(|o| Object { key: o.key, size: o.size, etag: o.etag, last_modified_ns: o.last_modified_ns })
                 .collect(),
-            Store::Local(store) => {
+            Store::Object(store) => {
                 let mut all = Vec::new();
                 let mut listing = store.list(None);
                 while let Some(meta) = listing.next().await {
@@ -123,7 +213,7 @@ impl Bucket {
     pub async fn open_object(&self, o: &Object) -> Result<(BoxStream<'static, Result<Bytes>>, Option<String>)> {
         let store = match &self.store {
             Store::S3(s3) => return s3.get_object(&o.key, o.etag.as_deref()).await,
-            Store::Local(store) => store,
+            Store::Object(store) => store,
         };
         let opts = GetOptions { if_match: o.etag.clone(), ..Default::default() };
         let r = store.get_opts(&ObjPath::from(o.key.as_str()), opts).await.map_err(|e| match e {
@@ -140,30 +230,30 @@ impl Bucket {
     pub fn writer(&self, key: &str, content_type: Option<&str>) -> Result<Upload> {
         let store = match &self.store {
             Store::S3(s3) => return Ok(Upload::S3(Box::new(crate::s3::Upload::new(s3, key, content_type)))),
-            Store::Local(store) => store,
+            Store::Object(store) => store,
         };
-        let path = ObjPath::parse(key).map_err(|e| anyhow!("cannot be a file in a file:// bucket: {e}"))?;
+        let path = ObjPath::parse(key).map_err(|e| anyhow!("cannot be a key in {}: {e}", self.url))?;
         if path.as_ref() != key {
-            bail!("cannot be a file in a file:// bucket (a leading or trailing `/`)");
+            bail!("cannot be a key in {} (a leading or trailing `/`)", self.url);
         }
         let mut attributes = Attributes::new();
         if let Some(ct) = content_type {
             attributes.insert(Attribute::ContentType, AttributeValue::from(ct.to_string()));
         }
-        Ok(Upload::Local(Box::new(BufWriter::new(store.clone(), path).with_attributes(attributes))))
+        Ok(Upload::Object(Box::new(BufWriter::new(store.clone(), path).with_attributes(attributes))))
     }
 }
 
 /// One object being written back.
 pub enum Upload {
-    Local(Box<BufWriter>),
+    Object(Box<BufWriter>),
     S3(Box<crate::s3::Upload>),
 }
 
 impl Upload {
     pub async fn put(&mut self, data: Bytes) -> Result<()> {
         match self {
-            Upload::Local(w) => Ok(w.put(data).await?),
+            Upload::Object(w) => Ok(w.put(data).await?),
             Upload::S3(u) => u.put(&data).await,
         }
     }
@@ -171,7 +261,7 @@ impl Upload {
     /// Completes the object: only now does it appear under its key.
     pub async fn finish(self) -> Result<()> {
         match self {
-            Upload::Local(mut w) => Ok(w.shutdown().await?),
+            Upload::Object(mut w) => Ok(w.shutdown().await?),
             Upload::S3(u) => u.finish().await,
         }
     }
@@ -179,7 +269,7 @@ impl Upload {
     /// Drops what was sent of an object that turned out wrong.
     pub async fn abort(self) {
         match self {
-            Upload::Local(mut w) => {
+            Upload::Object(mut w) => {
                 let _ = w.abort().await;
             }
             Upload::S3(u) => u.abort().await,

@@ -6,13 +6,79 @@
 //! a half-made dump is never part of a complete snapshot.
 
 use std::process::{Child, ChildStdout, Command};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use crate::config::CommandSource;
+use crate::format::contents::{CommandState, Contents};
 use crate::process::Deadline;
+use crate::source::{Input, JobContext, Prepared, Resolve, Source};
+
+pub const KIND: super::Kind =
+    super::Kind { key: "command", form: "`{ command = [\"program\", \"arg\"], file = \"name\" }`", parse };
+
+/// `source = { command = ["pg_dump", "app"], file = "app.dump" }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandSource {
+    /// The program and its arguments (with `shell`, one script for `sh -c`).
+    pub argv: Vec<String>,
+    /// The name of the file its output becomes in the snapshot.
+    pub file: String,
+    pub shell: bool,
+    pub timeout: Duration,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    command: Vec<String>,
+    file: Option<String>,
+    #[serde(default)]
+    shell: bool,
+    timeout: Option<String>,
+}
+
+fn parse(table: toml::Table, _: &Resolve<'_>) -> Result<Arc<dyn Source>, String> {
+    let raw: Raw = super::table(table, "command")?;
+    let argv = raw.command;
+    if argv.first().is_none_or(|a| a.is_empty()) {
+        return Err("`command`: expected a program and its arguments, like [\"pg_dump\", \"-Fc\", \"app\"]".into());
+    }
+    if raw.shell && argv.len() != 1 {
+        return Err("with `shell = true`, `command` is one script: [\"pg_dump app | gzip\"]".into());
+    }
+    let file = raw.file.ok_or("a command source needs `file`, the name its output gets in the snapshot")?;
+    if file.is_empty() || file.contains('/') || file == "." || file == ".." {
+        return Err(format!("`file`: `{file}` must be a plain file name"));
+    }
+    let timeout =
+        crate::time::parse_duration(raw.timeout.as_deref().unwrap_or("6h")).map_err(|e| format!("`timeout`: {e}"))?;
+    Ok(Arc::new(CommandSource { argv, file, shell: raw.shell, timeout }))
+}
+
+impl CommandSource {
+    /// The program as messages and snapshots name it.
+    pub fn program(&self) -> String {
+        if self.shell { "sh -c".into() } else { self.argv[0].clone() }
+    }
+}
+
+impl std::fmt::Display for CommandSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "command {} > {}", self.program(), self.file)
+    }
+}
+
+impl Source for CommandSource {
+    fn prepare(&self, job: &JobContext) -> Result<Prepared> {
+        let (running, data) = start(self, job.name, job.env)?;
+        let contents = Contents::Command(CommandState { program: self.program(), file: self.file.clone(), bytes: 0 });
+        let input = Input::Stream { name: self.file.clone(), data };
+        Ok(Prepared { input, contents: Some(contents), errors: Vec::new(), command: Some(running) })
+    }
+}
 
 /// A started command whose stdout the reader consumes.
 pub struct Running {

@@ -18,10 +18,109 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use std::sync::Arc;
+
 use anyhow::{Context, Result, bail};
 
-use crate::config::GitSource;
-use crate::format::contents::{Refs, RepoState};
+use crate::format::contents::{Contents, Refs, RepoState};
+use crate::format::snapshot::EntryError;
+use crate::source::path::Excludes;
+use crate::source::{JobContext, Prepared, Resolve, Source};
+
+pub const KIND: super::Kind = super::Kind { key: "git", form: "`{ git = \"URL\" }` (or a list of URLs)", parse };
+
+/// `source = { git = ["URL", …], ssh_key_file = "…", password_env = "…" }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GitSource {
+    /// URLs or paths, as written (may embed credentials: print only `redacted`).
+    pub repos: Vec<String>,
+    /// An SSH private key (mode 0600) for ssh:// and scp-like URLs.
+    pub ssh_key_file: Option<PathBuf>,
+    /// The environment variable holding the password for https URLs (`https://user@…`),
+    /// so that no password sits in the config file.
+    pub password_env: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    git: OneOrMany,
+    ssh_key_file: Option<PathBuf>,
+    password_env: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+fn parse(table: toml::Table, resolve: &Resolve<'_>) -> Result<Arc<dyn Source>, String> {
+    let raw: Raw = super::table(table, "git")?;
+    let repos = match raw.git {
+        OneOrMany::One(u) => vec![u],
+        OneOrMany::Many(v) => v,
+    };
+    if repos.is_empty() || repos.iter().any(|u| u.trim().is_empty()) {
+        return Err("`git`: expected a repository URL or path, or a list of them".into());
+    }
+    let names: Vec<String> = repos.iter().map(|u| mirror_name(u)).collect();
+    if let Some(dup) = names.iter().enumerate().find(|(k, n)| names[..*k].contains(n)) {
+        return Err(format!("`git`: two repositories would both be stored as `{}`", dup.1));
+    }
+    if raw.password_env.is_some() && repos.iter().any(|u| has_password(u)) {
+        return Err("`password_env` names where the password is; the URLs must not hold one too".into());
+    }
+    Ok(Arc::new(GitSource {
+        repos,
+        ssh_key_file: raw.ssh_key_file.as_deref().map(resolve),
+        password_env: raw.password_env,
+    }))
+}
+
+impl std::fmt::Display for GitSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let urls: Vec<String> = self.repos.iter().map(|u| redacted(u)).collect();
+        write!(f, "git {}", urls.join(" "))
+    }
+}
+
+impl Source for GitSource {
+    fn secret_vars(&self) -> Vec<&str> {
+        self.password_env.as_deref().into_iter().collect()
+    }
+
+    /// Updates the mirrors, then walks the mirrors of this config only: not unfinished
+    /// clones, nor repositories removed from the config (kept on disk, out of new
+    /// snapshots). FETCH_HEAD is rewritten by every fetch and no restore needs it.
+    fn prepare(&self, job: &JobContext) -> Result<Prepared> {
+        let dir = job.state.mirrors(job.name);
+        let repos = update_mirrors(self, &dir)?;
+        let errors: Vec<EntryError> = repos
+            .iter()
+            .filter_map(|(r, _)| Some(EntryError { path: r.dir.clone(), error: r.error.clone()? }))
+            .collect();
+        if repos.iter().all(|(_, present)| !present) {
+            let why: Vec<String> = errors.iter().map(|e| e.error.clone()).collect();
+            bail!("no repository of job `{}` could be fetched: {}", job.name, why.join("; "));
+        }
+        let mut patterns = job.exclude.to_vec();
+        patterns.extend(["/.tmp-*".to_string(), "/*/FETCH_HEAD".to_string()]);
+        for e in std::fs::read_dir(&dir)?.filter_map(|e| e.ok()) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !repos.iter().any(|(r, _)| r.dir == name) {
+                patterns.push(format!("/{}", globset::escape(&name)));
+            }
+        }
+        let repos = repos.into_iter().map(|(r, _)| r).collect();
+        Ok(Prepared {
+            contents: Some(Contents::Git { repos }),
+            errors,
+            ..Prepared::tree(dir, Excludes::new(&patterns)?)
+        })
+    }
+}
 
 /// The mirror's directory name: the URL's last path segment, `.git` appended.
 pub fn mirror_name(url: &str) -> String {

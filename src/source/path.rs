@@ -24,7 +24,52 @@ use anyhow::{Context, Result};
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
+use crate::catalog::CachedFile;
 use crate::format::entry::{Entry, Kind};
+use crate::source::{JobContext, Prepared, Resolve, Source};
+
+pub const KIND: super::Kind = super::Kind { key: "path", form: "`{ path = \"/dir\" }`", parse };
+
+/// `source = { path = "/dir" }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathSource {
+    pub root: PathBuf,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    path: PathBuf,
+}
+
+fn parse(table: toml::Table, resolve: &Resolve<'_>) -> Result<Arc<dyn Source>, String> {
+    let raw: Raw = super::table(table, "path")?;
+    Ok(Arc::new(PathSource { root: resolve(&raw.path) }))
+}
+
+impl std::fmt::Display for PathSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "path {}", self.root.display())
+    }
+}
+
+impl Source for PathSource {
+    fn prepare(&self, job: &JobContext) -> Result<Prepared> {
+        if !self.root.is_dir() {
+            anyhow::bail!(
+                "source directory {} of job `{}` does not exist or is not a directory",
+                self.root.display(),
+                job.name
+            );
+        }
+        Ok(Prepared::tree(self.root.clone(), Excludes::new(job.exclude)?))
+    }
+}
+
+/// The fast path's test for a file: the same size, mtime, ctime and inode as cached.
+pub fn unchanged(c: &CachedFile, e: &Entry) -> bool {
+    (c.size, c.mtime_ns, c.ctime_ns, c.inode) == (e.size, e.mtime_ns, e.ctime_ns, e.ino)
+}
 
 /// What the walk found at one path.
 pub enum Found {
