@@ -7,6 +7,11 @@
 //!   cargo bench --bench vs_restic
 //!   COFFER_BENCH_DATA=toolchain COFFER_BENCH_ROUNDS=5 cargo bench --bench vs_restic
 //!   COFFER_BENCH_DATA=generated COFFER_BENCH_MIB=3000 cargo bench --bench vs_restic
+//!   COFFER_BENCH_BASELINE=/tmp/coffer-before cargo bench --bench vs_restic
+//!
+//! With `COFFER_BENCH_BASELINE` (another coffer binary, say the last release's), each
+//! round also runs its backup, no-change backup and restore, and the ratios compare the
+//! two: before and after a change, measured in the same run on the same noisy machine.
 //!
 //! Baselines: `restic` (Debian's package, a local repository), `tar -cf - | zstd -3 -T2`
 //! for backup (if `zstd` is installed), a bare stat walk (`find -printf`) for a backup with
@@ -172,8 +177,8 @@ impl Results {
     }
 }
 
-fn coffer(cfg: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(COFFER);
+fn coffer(bin: &str, cfg: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(bin);
     c.arg("--config").arg(cfg).args(args);
     c
 }
@@ -194,25 +199,14 @@ fn sh(script: &str, args: &[&Path]) -> Command {
 
 /// One round on `data`: every tool backs up, backs up again with no change, restores.
 fn round(r: &mut Results, data: &Path, work: &Path, round: usize, zstd: bool) {
-    // coffer
-    let cw = work.join("coffer");
-    let _ = std::fs::remove_dir_all(&cw);
-    std::fs::create_dir_all(&cw).unwrap();
-    let id = cw.join("id.txt");
-    let out = Command::new(COFFER).args(["keygen", "-o"]).arg(&id).output().unwrap();
-    let recipient = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    let cfg = cw.join("coffer.toml");
-    let job = format!("[[job]]\nname = \"bench\"\nsource = {{ path = \"{}\" }}\n", data.display());
-    std::fs::write(&cfg, config_text(&recipient, &format!("file://{}/repo", cw.display()), &job)).unwrap();
-    let init = coffer(&cfg, &["init"]).output().unwrap();
-    assert!(init.status.success());
+    let (cfg, id) = coffer_setup(COFFER, data, &work.join("coffer"));
     // restic
     let rw = work.join("restic");
     let _ = std::fs::remove_dir_all(&rw);
     std::fs::create_dir_all(&rw).unwrap();
     assert!(restic(&rw, &["init"]).output().unwrap().status.success());
 
-    r.add("coffer backup", measure(&mut coffer(&cfg, &["backup", "bench", "--no-progress"]), &[data]));
+    r.add("coffer backup", measure(&mut coffer(COFFER, &cfg, &["backup", "bench", "--no-progress"]), &[data]));
     r.add("restic backup", measure(restic(&rw, &["backup", "--quiet"]).arg(data), &[data]));
     if zstd {
         let out = work.join("tar.zst");
@@ -222,16 +216,14 @@ fn round(r: &mut Results, data: &Path, work: &Path, round: usize, zstd: bool) {
         );
         let _ = std::fs::remove_file(out);
     }
-    r.add("coffer no-change", measure(&mut coffer(&cfg, &["backup", "bench", "--no-progress"]), &[data]));
+    r.add("coffer no-change", measure(&mut coffer(COFFER, &cfg, &["backup", "bench", "--no-progress"]), &[data]));
     r.add("restic no-change", measure(restic(&rw, &["backup", "--quiet"]).arg(data), &[data]));
     // Warmed like coffer's no-change run: both stat every entry from a warm inode cache.
     r.add("stat walk (find)", measure(&mut sh("find \"$1\" -printf '%s %T@\\n' >/dev/null", &[data]), &[data]));
 
     let to = |tool: &str| work.join(format!("out-{tool}-{round}"));
     let (c_to, r_to, t_to) = (to("coffer"), to("restic"), to("tar"));
-    let mut c = coffer(&cfg, &["restore", "latest", "--job", "bench", "--no-progress", "--identity"]);
-    c.arg(&id).arg("--to").arg(&c_to);
-    r.add("coffer restore", measure(&mut c, &[&cw]));
+    r.add("coffer restore", measure(&mut coffer_restore(COFFER, &cfg, &id, &c_to), &[&work.join("coffer")]));
     // restic does not sync; timed with a `sync`, as coffer's restore ends with syncfs.
     let restic_restore = "RESTIC_PASSWORD=bench RESTIC_CACHE_DIR=\"$1/cache\" restic -r \"$1/repo\" restore latest \
                           --target \"$2\" -q && sync";
@@ -241,6 +233,34 @@ fn round(r: &mut Results, data: &Path, work: &Path, round: usize, zstd: bool) {
         "tar | tar x + sync",
         measure(&mut sh("tar -C \"$1\" -cf - . | tar -C \"$2\" -xf - && sync", &[data, &t_to]), &[data]),
     );
+    if let Some(bin) = std::env::var("COFFER_BENCH_BASELINE").ok().filter(|b| !b.is_empty()) {
+        let bw = work.join("baseline");
+        let (cfg, id) = coffer_setup(&bin, data, &bw);
+        r.add("baseline backup", measure(&mut coffer(&bin, &cfg, &["backup", "bench", "--no-progress"]), &[data]));
+        r.add("baseline no-change", measure(&mut coffer(&bin, &cfg, &["backup", "bench", "--no-progress"]), &[data]));
+        r.add("baseline restore", measure(&mut coffer_restore(&bin, &cfg, &id, &to("baseline")), &[&bw]));
+    }
+}
+
+/// A fresh coffer repository in `work` backing up `data` as job `bench`, made with
+/// `bin`: its config and identity.
+fn coffer_setup(bin: &str, data: &Path, work: &Path) -> (PathBuf, PathBuf) {
+    let _ = std::fs::remove_dir_all(work);
+    std::fs::create_dir_all(work).unwrap();
+    let id = work.join("id.txt");
+    let out = Command::new(bin).args(["keygen", "-o"]).arg(&id).output().unwrap();
+    let recipient = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let cfg = work.join("coffer.toml");
+    let job = format!("[[job]]\nname = \"bench\"\nsource = {{ path = \"{}\" }}\n", data.display());
+    std::fs::write(&cfg, config_text(&recipient, &format!("file://{}/repo", work.display()), &job)).unwrap();
+    assert!(coffer(bin, &cfg, &["init"]).output().unwrap().status.success(), "{bin} init failed");
+    (cfg, id)
+}
+
+fn coffer_restore(bin: &str, cfg: &Path, id: &Path, to: &Path) -> Command {
+    let mut c = coffer(bin, cfg, &["restore", "latest", "--job", "bench", "--no-progress", "--identity"]);
+    c.arg(id).arg("--to").arg(to);
+    c
 }
 
 fn report(name: &str, r: &Results, bytes: u64, files: u64) {
@@ -283,6 +303,11 @@ fn report(name: &str, r: &Results, bytes: u64, files: u64) {
     ratio("restore speed      coffer vs tar copy", "tar | tar x + sync", "coffer restore", wall);
     ratio("restore peak RSS   coffer / restic", "coffer restore", "restic restore + sync", rss);
     ratio("backup peak RSS    coffer / restic", "coffer backup", "restic backup", rss);
+    ratio("backup speed       coffer vs baseline", "baseline backup", "coffer backup", wall);
+    ratio("backup MB per CPU-s coffer vs baseline", "baseline backup", "coffer backup", cpu);
+    ratio("no-change speed    coffer vs baseline", "baseline no-change", "coffer no-change", wall);
+    ratio("restore speed      coffer vs baseline", "baseline restore", "coffer restore", wall);
+    ratio("backup peak RSS    coffer / baseline", "coffer backup", "baseline backup", rss);
 }
 
 fn main() {

@@ -123,8 +123,9 @@ impl S3Client {
     }
 
     /// Signs a request; a body goes with its length, and on a PUT with
-    /// `x-amz-checksum-sha256` (AWS requires a checksum on lock calls); the same digest
-    /// signs the payload.
+    /// `x-amz-checksum-sha256` and `Content-MD5`: AWS and moto refuse lock headers without
+    /// a checksum, and Backblaze B2 and some MinIO versions take only `Content-MD5`. The
+    /// SHA-256 digest also signs the payload.
     async fn request(
         &self,
         method: &Method,
@@ -143,7 +144,9 @@ impl S3Client {
             builder = builder.header("content-length", body.len().to_string());
         }
         if let (Some(digest), true) = (sha256, *method == Method::PUT) {
-            builder = builder.header("x-amz-checksum-sha256", base64::engine::general_purpose::STANDARD.encode(digest));
+            let b64 = |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(d);
+            builder = builder.header("x-amz-checksum-sha256", b64(&digest));
+            builder = builder.header("content-md5", b64(&<md5::Md5 as md5::Digest>::digest(body)));
         }
         let mut req = builder.body(HttpRequestBody::from(body.clone())).context("bad request")?;
         let digest = sha256.unwrap_or_else(|| sha2::Sha256::digest(b"").into());

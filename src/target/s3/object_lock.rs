@@ -3,8 +3,9 @@
 //! GetBucketVersioning, ListObjectVersions, DeleteObject of a version).
 //!
 //! They are signed requests of [`crate::s3`]. Every put is a single PUT with
-//! `x-amz-checksum-sha256` (AWS refuses lock headers without a checksum) and a signed
-//! payload (Ceph 16 refuses aws-chunked trailers).
+//! `x-amz-checksum-sha256`, `x-amz-sdk-checksum-algorithm: SHA256` and `Content-MD5`
+//! (AWS and moto refuse lock headers without a checksum; some providers read only
+//! `Content-MD5`) and a signed payload (Ceph 16 refuses aws-chunked trailers).
 
 use anyhow::{Result, anyhow};
 use bytes::Bytes;
@@ -13,6 +14,12 @@ use serde::Deserialize;
 
 use crate::s3::{Answer, S3Client, encode_query, parse_xml, s3_error};
 use crate::target::{AlreadyExists, LockMode, ObjectVersion, Retention};
+
+/// Which checksum a lock call carries, as the AWS SDKs say it: AWS and moto want this or
+/// `Content-MD5` beside the lock headers ([`S3Client`] sends both digests).
+fn checksum_algorithm() -> (&'static str, String) {
+    ("x-amz-sdk-checksum-algorithm", "SHA256".to_string())
+}
 
 /// The bucket's Object Lock configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +62,7 @@ impl LockApi {
         let mut headers = vec![
             ("x-amz-object-lock-mode", lock.mode.as_str().to_string()),
             ("x-amz-object-lock-retain-until-date", crate::time::format_utc(lock.until)),
+            checksum_algorithm(),
         ];
         if create_only {
             headers.push(("if-none-match", "*".to_string()));
@@ -112,7 +120,7 @@ impl LockApi {
             crate::time::format_utc(lock.until)
         );
         let body = Bytes::from(body);
-        let mut headers = Vec::new();
+        let mut headers = vec![checksum_algorithm()];
         if bypass_governance {
             headers.push(("x-amz-bypass-governance-retention", "true".to_string()));
         }
