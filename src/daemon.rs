@@ -51,6 +51,7 @@ pub fn run(config_file: &Path) -> Result<ExitCode> {
         refused_log: crate::http::Throttled::new("refused HTTP requests without the right bearer token"),
         reloads: AtomicU64::new(0),
         failed_reloads: AtomicU64::new(0),
+        last_reload_ok: AtomicBool::new(true),
         stop: Arc::new(AtomicBool::new(false)),
     });
     runtime.block_on(async {
@@ -80,6 +81,7 @@ struct Shared {
     refused_log: crate::http::Throttled,
     reloads: AtomicU64,
     failed_reloads: AtomicU64,
+    last_reload_ok: AtomicBool,
     /// Set on shutdown; running backups watch it.
     stop: Arc<AtomicBool>,
 }
@@ -99,6 +101,7 @@ impl crate::http::Handler for Shared {
             unauthorized_requests: self.unauthorized.load(Ordering::Relaxed),
             reloads: self.reloads.load(Ordering::Relaxed),
             failed_reloads: self.failed_reloads.load(Ordering::Relaxed),
+            last_reload_ok: self.last_reload_ok.load(Ordering::Relaxed),
         };
         crate::metrics::render(&self.config(), &live)
     }
@@ -360,10 +363,12 @@ impl Scheduler {
                 *self.shared.cfg.write().unwrap_or_else(|p| p.into_inner()) = new.clone();
                 self.plan(&new, &previous);
                 self.shared.reloads.fetch_add(1, Ordering::Relaxed);
+                self.shared.last_reload_ok.store(true, Ordering::Relaxed);
                 tracing::info!(jobs = new.jobs.len(), "configuration reloaded");
             }
             Err(e) => {
                 self.shared.failed_reloads.fetch_add(1, Ordering::Relaxed);
+                self.shared.last_reload_ok.store(false, Ordering::Relaxed);
                 tracing::error!("configuration not reloaded, the old one stays in force: {e:#}");
             }
         }

@@ -1,5 +1,9 @@
 //! `/metrics`: the daemon's state in the Prometheus text format (version 0.0.4).
 //!
+//! A backup job is the label `coffer_job`: `job` and `instance` belong to Prometheus,
+//! which would rename ours to `exported_job`. Units are suffixes and counters end in
+//! `_total`, as Prometheus's naming rules say.
+//!
 //! Everything about jobs is read from the catalog at scrape time (run history, snapshots,
 //! locks), so the numbers are the ones `coffer runs` and `coffer status` show, and they
 //! survive restarts. The daemon adds what only it knows: what is running, when each job
@@ -12,6 +16,9 @@ use crate::config::Config;
 use crate::run_outcome::RunOutcome;
 use crate::status::JobStatus;
 
+/// The label naming a backup job.
+const JOB_LABEL: &str = "coffer_job";
+
 /// What the running daemon knows that the catalog does not.
 pub struct Live {
     pub started_at: i64,
@@ -21,6 +28,8 @@ pub struct Live {
     pub unauthorized_requests: u64,
     pub reloads: u64,
     pub failed_reloads: u64,
+    /// Whether the last SIGHUP reload was taken (true before any).
+    pub last_reload_ok: bool,
 }
 
 /// The exposition text.
@@ -35,6 +44,14 @@ pub fn render(cfg: &Config, live: &Live) -> String {
     m.family("coffer_config_reloads_total", "counter", "SIGHUP reloads, by result.");
     m.sample("coffer_config_reloads_total", &[("result", "success")], live.reloads as f64);
     m.sample("coffer_config_reloads_total", &[("result", "failure")], live.failed_reloads as f64);
+    m.family(
+        "coffer_config_last_reload_successful",
+        "gauge",
+        "0 while the daemon runs an older config because the last reload was refused.",
+    );
+    m.sample("coffer_config_last_reload_successful", &[], f64::from(u8::from(live.last_reload_ok)));
+    m.family("process_start_time_seconds", "gauge", "When the process started (unix time).");
+    m.sample("process_start_time_seconds", &[], live.started_at as f64);
     process_metrics(&mut m);
 
     let catalog = Catalog::open_existing(cfg);
@@ -83,10 +100,16 @@ fn job_metrics(m: &mut Exposition, cfg: &Config, catalog: &Catalog, live: &Live)
         })
         .collect();
     let last = |r: &JobRow, f: fn(&RunRow) -> f64| one(r.totals.last_run.as_ref().map(f));
-    let families: [Family; 17] = [
-        ("coffer_job_last_success_timestamp_seconds", "gauge", "When the job last finished with a snapshot.", &|r| {
+    let families: [Family; 18] = [
+        ("coffer_job_last_success_timestamp_seconds", "gauge", "When a run of the job last read every path.", &|r| {
             one(r.totals.last_success_at.map(|t| t as f64))
         }),
+        (
+            "coffer_job_last_snapshot_timestamp_seconds",
+            "gauge",
+            "When the job last made a snapshot (every path read, or some not: partial).",
+            &|r| one(r.totals.last_snapshot_at.map(|t| t as f64)),
+        ),
         ("coffer_job_last_run_timestamp_seconds", "gauge", "When the job's last run ended.", &|r| {
             last(r, |l| l.ended_at.unwrap_or(l.started_at) as f64)
         }),
@@ -100,10 +123,10 @@ fn job_metrics(m: &mut Exposition, cfg: &Config, catalog: &Catalog, live: &Live)
                 .map(|o| (format!(",outcome=\"{o}\""), f64::from(u8::from(l.outcome == *o))))
                 .collect()
         }),
-        ("coffer_job_last_run_bytes_read", "gauge", "Bytes the last run read from the source.", &|r| {
+        ("coffer_job_last_run_read_bytes", "gauge", "Bytes the last run read from the source.", &|r| {
             last(r, |l| l.bytes_read as f64)
         }),
-        ("coffer_job_last_run_bytes_uploaded", "gauge", "Bytes the last run uploaded.", &|r| {
+        ("coffer_job_last_run_uploaded_bytes", "gauge", "Bytes the last run uploaded.", &|r| {
             last(r, |l| l.bytes_uploaded as f64)
         }),
         ("coffer_job_runs_total", "counter", "Runs started (not counting skips).", &|r| {
@@ -116,10 +139,10 @@ fn job_metrics(m: &mut Exposition, cfg: &Config, catalog: &Catalog, live: &Live)
         ("coffer_job_target_retries_total", "counter", "Transient target failures retried.", &|r| {
             one(Some(r.totals.retries as f64))
         }),
-        ("coffer_job_bytes_read_total", "counter", "Bytes read from the source, all runs.", &|r| {
+        ("coffer_job_read_bytes_total", "counter", "Bytes read from the source, all runs.", &|r| {
             one(Some(r.totals.bytes_read as f64))
         }),
-        ("coffer_job_bytes_uploaded_total", "counter", "Bytes uploaded to the target, all runs.", &|r| {
+        ("coffer_job_uploaded_bytes_total", "counter", "Bytes uploaded to the target, all runs.", &|r| {
             one(Some(r.totals.bytes_uploaded as f64))
         }),
         ("coffer_job_lock_extensions_total", "counter", "Object Lock extensions of reused objects.", &|r| {
@@ -143,13 +166,13 @@ fn job_metrics(m: &mut Exposition, cfg: &Config, catalog: &Catalog, live: &Live)
         m.family(name, kind, help);
         for row in &rows {
             for (extra, v) in samples(row) {
-                let _ = writeln!(m.out, "{name}{{job=\"{}\"{extra}}} {}", escape(row.name), number(v));
+                let _ = writeln!(m.out, "{name}{{{JOB_LABEL}=\"{}\"{extra}}} {}", escape(row.name), number(v));
             }
         }
     }
     m.family("coffer_job_next_run_timestamp_seconds", "gauge", "When the job fires next.");
     for (job, at) in &live.next_runs {
-        m.sample("coffer_job_next_run_timestamp_seconds", &[("job", job)], *at as f64);
+        m.sample("coffer_job_next_run_timestamp_seconds", &[(JOB_LABEL, job)], *at as f64);
     }
 }
 
@@ -170,9 +193,17 @@ fn process_metrics(m: &mut Exposition) {
         m.family("process_resident_memory_bytes", "gauge", "Resident memory size.");
         m.sample("process_resident_memory_bytes", &[], rss * page.max(1) as f64);
     }
+    if let Some(vsize) = field(23) {
+        m.family("process_virtual_memory_bytes", "gauge", "Virtual memory size.");
+        m.sample("process_virtual_memory_bytes", &[], vsize);
+    }
     if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
         m.family("process_open_fds", "gauge", "Open file descriptors.");
         m.sample("process_open_fds", &[], fds.count() as f64);
+    }
+    if let Some(limit) = rustix::process::getrlimit(rustix::process::Resource::Nofile).current {
+        m.family("process_max_fds", "gauge", "The limit on open file descriptors.");
+        m.sample("process_max_fds", &[], limit as f64);
     }
 }
 

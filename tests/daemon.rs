@@ -346,11 +346,11 @@ fn an_s3_outage_fails_the_run_cleanly_and_a_later_run_completes() {
     let (code, metrics) = http_get(http_port, "/metrics", None).unwrap();
     assert_eq!(code, 200);
     assert!(
-        metrics.contains("coffer_job_failures_total{job=\"data\"} 1")
-            || metrics.contains("coffer_job_failures_total{job=\"data\"} 2"),
+        metrics.contains("coffer_job_failures_total{coffer_job=\"data\"} 1")
+            || metrics.contains("coffer_job_failures_total{coffer_job=\"data\"} 2"),
         "{metrics}"
     );
-    assert!(metrics.contains("coffer_job_last_run_outcome{job=\"data\",outcome=\"failed\"} 1"), "{metrics}");
+    assert!(metrics.contains("coffer_job_last_run_outcome{coffer_job=\"data\",outcome=\"failed\"} 1"), "{metrics}");
     setup.integrity_ok();
     assert!(setup.snapshots().is_empty());
 
@@ -409,7 +409,7 @@ fn metrics_parse_and_a_token_guards_the_endpoint() {
     let value = |name: &str| -> f64 {
         parsed
             .iter()
-            .find(|s| s["name"] == name && s["labels"]["job"].as_str().is_none_or(|j| j == "data"))
+            .find(|s| s["name"] == name && s["labels"]["coffer_job"].as_str().is_none_or(|j| j == "data"))
             .unwrap_or_else(|| panic!("no {name} in:\n{body}"))["value"]
             .as_f64()
             .unwrap()
@@ -419,8 +419,16 @@ fn metrics_parse_and_a_token_guards_the_endpoint() {
     assert!(value("coffer_job_last_success_timestamp_seconds") >= (now() - 10) as f64);
     assert!(value("coffer_job_snapshots") >= 2.0);
     assert_eq!(value("coffer_job_failures_total"), 0.0);
-    assert!(value("coffer_job_bytes_read_total") > 1e6);
+    assert!(value("coffer_job_read_bytes_total") > 1e6);
+    assert!(value("coffer_job_last_snapshot_timestamp_seconds") >= (now() - 10) as f64);
     assert!(value("process_resident_memory_bytes") > 1e6);
+    assert!(value("process_start_time_seconds") > (now() - 600) as f64);
+    assert!(value("process_max_fds") >= value("process_open_fds"));
+    assert_eq!(value("coffer_config_last_reload_successful"), 1.0);
+    // Prometheus owns `job` and `instance`: a series carrying either would be renamed.
+    for s in &parsed {
+        assert!(s["labels"]["job"].is_null() && s["labels"]["instance"].is_null(), "{s}");
+    }
     assert!(value("coffer_job_next_run_timestamp_seconds") >= now() as f64);
     let (code, health) = http_get(port, "/health", None).unwrap();
     assert_eq!((code, health.contains("\"ok\"")), (200, true), "{health}");
@@ -433,7 +441,9 @@ fn metrics_parse_and_a_token_guards_the_endpoint() {
     assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
     // The alert rules in deploy/ only name metrics the daemon exports.
     let rules = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/alerts.yml")).unwrap();
-    for name in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| w.starts_with("coffer_")) {
+    let words = rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'));
+    // `coffer_job` is the label naming a backup job; every other `coffer_` word a metric.
+    for name in words.filter(|w| w.starts_with("coffer_") && *w != "coffer_job") {
         assert!(body.contains(&format!("# TYPE {name} ")), "deploy/alerts.yml uses {name}, which /metrics lacks");
     }
     assert!(d.stop().success());
@@ -513,6 +523,8 @@ fn sighup_reloads_a_valid_config_and_keeps_the_old_one_when_broken() {
     assert!(successes(&setup, "data") > count, "the old schedule stopped");
     let log = d.log_text();
     assert!(log.contains("configuration not reloaded") && log.contains("job[0].schedule"), "{log}");
+    let (_, metrics) = http_get(port, "/metrics", None).unwrap();
+    assert!(metrics.contains("coffer_config_last_reload_successful 0"), "the refused reload shows: {metrics}");
 
     // A valid config with a second job is taken.
     let with_job = format!(
@@ -527,6 +539,7 @@ fn sighup_reloads_a_valid_config_and_keeps_the_old_one_when_broken() {
     let (_, metrics) = http_get(port, "/metrics", None).unwrap();
     assert!(metrics.contains("coffer_config_reloads_total{result=\"failure\"} 1"), "{metrics}");
     assert!(metrics.contains("coffer_config_reloads_total{result=\"success\"} 1"), "{metrics}");
+    assert!(metrics.contains("coffer_config_last_reload_successful 1"), "the last reload was taken: {metrics}");
     assert!(d.stop().success());
     assert_no_secrets(&setup, &[&d.log_text()], &[]);
 }

@@ -62,7 +62,10 @@ pub struct RunRow {
 /// A job's history summed up, for `/metrics`.
 #[derive(Debug, Default, Clone)]
 pub struct JobTotals {
+    /// When a run last ended `success` (every path read).
     pub last_success_at: Option<i64>,
+    /// When a run last ended with a snapshot (`success` or `partial`).
+    pub last_snapshot_at: Option<i64>,
     /// The newest finished run (not skipped).
     pub last_run: Option<RunRow>,
     pub runs: u64,
@@ -172,7 +175,8 @@ impl Catalog {
     /// The job's history summed up.
     pub fn job_totals(&self, job: &str) -> Result<JobTotals> {
         let mut t = self.conn.query_row(
-            "SELECT max(CASE WHEN outcome IN ('success', 'partial') THEN ended_at END),
+            "SELECT max(CASE WHEN outcome = 'success' THEN ended_at END),
+                    max(CASE WHEN outcome IN ('success', 'partial') THEN ended_at END),
                     count(CASE WHEN outcome NOT IN ('skipped', 'running') THEN 1 END),
                     count(CASE WHEN outcome = 'failed' THEN 1 END),
                     count(CASE WHEN outcome = 'skipped' THEN 1 END),
@@ -182,12 +186,13 @@ impl Catalog {
             |r| {
                 Ok(JobTotals {
                     last_success_at: r.get(0)?,
-                    runs: r.get(1)?,
-                    failures: r.get(2)?,
-                    skips: r.get(3)?,
-                    retries: r.get(4)?,
-                    bytes_read: r.get(5)?,
-                    bytes_uploaded: r.get(6)?,
+                    last_snapshot_at: r.get(1)?,
+                    runs: r.get(2)?,
+                    failures: r.get(3)?,
+                    skips: r.get(4)?,
+                    retries: r.get(5)?,
+                    bytes_read: r.get(6)?,
+                    bytes_uploaded: r.get(7)?,
                     ..Default::default()
                 })
             },
