@@ -274,7 +274,6 @@ fn store(
     let abort = Arc::new(AtomicBool::new(false));
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     let (chunk_tx, chunk_rx) = sync_channel::<Vec<NewChunk>>(2 * workers);
-    let (blob_tx, blob_rx) = sync_channel::<Vec<Blob>>(2 * workers);
     let (pack_tx, mut pack_rx) = tokio::sync::mpsc::channel::<SealedPack>(1);
 
     let pending = Arc::new(Mutex::new(InFlight::default()));
@@ -313,25 +312,7 @@ fn store(
         })?
     };
 
-    let chunk_rx = Arc::new(Mutex::new(chunk_rx));
-    let mut compressors = Vec::new();
-    for i in 0..workers {
-        let (rx, tx, level) = (chunk_rx.clone(), blob_tx.clone(), cfg.compression_level);
-        compressors.push(
-            std::thread::Builder::new().name(format!("compress-{i}")).spawn(move || compress_loop(&rx, &tx, level))?,
-        );
-    }
-    // Only the compressors hold the chunk queue: when they stop, the reader's sends fail
-    // instead of blocking.
-    drop(chunk_rx);
-    drop(blob_tx);
-
-    let packer = {
-        let (recipients, pack_size) = (cfg.recipients.clone(), cfg.pack_size as usize);
-        std::thread::Builder::new()
-            .name("packer".into())
-            .spawn(move || pack_loop(blob_rx, pack_tx, &recipients, pack_size))?
-    };
+    let middle = Middle::start(cfg, workers, chunk_rx, pack_tx)?;
 
     let upload = repo.runtime.block_on(upload_loop(
         &mut pack_rx,
@@ -348,10 +329,7 @@ fn store(
     drop(pack_rx); // unblocks the packer if the upload stopped early
 
     let read = reader.join().map_err(|_| anyhow!("the reader thread panicked"));
-    for c in compressors {
-        c.join().map_err(|_| anyhow!("a compressor thread panicked"))??;
-    }
-    let packed = packer.join().map_err(|_| anyhow!("the packer thread panicked"))?;
+    let packed = middle.join()?;
     // A command's output counts only if it exited 0 in time.
     let command_result = match command {
         Some(c) if upload.is_ok() && matches!(read, Ok(Ok(_))) => c.finish(),
@@ -367,6 +345,47 @@ fn store(
     packed?;
     command_result?;
     Ok((reader, uploaded))
+}
+
+/// The pipeline's middle stages: compressors (one per core) and the packer, between the
+/// reader's chunk queue and the uploader's pack queue.
+struct Middle {
+    compressors: Vec<std::thread::JoinHandle<Result<()>>>,
+    packer: std::thread::JoinHandle<Result<()>>,
+}
+
+impl Middle {
+    fn start(
+        cfg: &Config,
+        workers: usize,
+        chunk_rx: Receiver<Vec<NewChunk>>,
+        pack_tx: tokio::sync::mpsc::Sender<SealedPack>,
+    ) -> Result<Middle> {
+        let (blob_tx, blob_rx) = sync_channel::<Vec<Blob>>(2 * workers);
+        let chunk_rx = Arc::new(Mutex::new(chunk_rx));
+        let mut compressors = Vec::new();
+        for i in 0..workers {
+            let (rx, tx, level) = (chunk_rx.clone(), blob_tx.clone(), cfg.compression_level);
+            let name = format!("compress-{i}");
+            compressors.push(std::thread::Builder::new().name(name).spawn(move || compress_loop(&rx, &tx, level))?);
+        }
+        // Only the compressors hold the chunk queue (this one is dropped on return): when
+        // they stop, the reader's sends fail instead of blocking.
+        drop(blob_tx);
+        let (recipients, pack_size) = (cfg.recipients.clone(), cfg.pack_size as usize);
+        let packer = std::thread::Builder::new()
+            .name("packer".into())
+            .spawn(move || pack_loop(blob_rx, pack_tx, &recipients, pack_size))?;
+        Ok(Middle { compressors, packer })
+    }
+
+    /// Waits for both stages: a compressor's error first, then the packer's result.
+    fn join(self) -> Result<Result<()>> {
+        for c in self.compressors {
+            c.join().map_err(|_| anyhow!("a compressor thread panicked"))??;
+        }
+        self.packer.join().map_err(|_| anyhow!("the packer thread panicked"))
+    }
 }
 
 /// Records the snapshot complete, with the packs it needs and the job's new file cache,

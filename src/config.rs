@@ -295,6 +295,60 @@ fn parse_job(
     })
 }
 
+/// A duration setting, `default` when absent; the error names the key.
+fn duration(key: &str, v: &Option<String>, default: &str) -> Result<Duration, String> {
+    crate::time::parse_duration(v.as_deref().unwrap_or(default)).map_err(|e| format!("key `{key}`: {e}"))
+}
+
+/// `[target]`.
+fn parse_target(t: RawTarget) -> Result<TargetConfig, String> {
+    let scheme = t.url.split_once("://").map(|(s, _)| s);
+    if !scheme.is_some_and(|s| crate::target::SCHEMES.contains(&s)) {
+        return Err(format!(
+            "key `target.url`: expected `file:///absolute/path` or `s3://bucket/prefix`, found `{}`",
+            t.url
+        ));
+    }
+    if !(1..=64).contains(&t.upload_concurrency) {
+        return Err("key `target.upload_concurrency`: expected 1 to 64".into());
+    }
+    let lock_mode = match t.lock_mode.as_str() {
+        "compliance" => Some(LockMode::Compliance),
+        "governance" => Some(LockMode::Governance),
+        "none" => None,
+        other => {
+            return Err(format!(
+                "key `target.lock_mode`: expected \"compliance\", \"governance\" or \"none\", found \"{other}\""
+            ));
+        }
+    };
+    Ok(TargetConfig {
+        retry_budget: duration("target.retry_budget", &t.retry_budget, "15m")?,
+        url: t.url,
+        endpoint: t.endpoint,
+        region: t.region,
+        upload_concurrency: t.upload_concurrency,
+        lock_mode,
+    })
+}
+
+/// `[daemon]`.
+fn parse_daemon(d: RawDaemon) -> Result<DaemonConfig, String> {
+    let zone = match &d.timezone {
+        None => Zone::Local,
+        Some(name) => Zone::parse(name).map_err(|e| format!("key `daemon.timezone`: {e}"))?,
+    };
+    let max_concurrent_jobs = d.max_concurrent_jobs.unwrap_or(1);
+    if !(1..=16).contains(&max_concurrent_jobs) {
+        return Err(format!("key `daemon.max_concurrent_jobs`: expected 1 to 16, found {max_concurrent_jobs}"));
+    }
+    Ok(DaemonConfig {
+        zone,
+        max_concurrent_jobs,
+        shutdown_timeout: duration("daemon.shutdown_timeout", &d.shutdown_timeout, "60s")?,
+    })
+}
+
 /// The age recipients every pack is encrypted to: public keys only.
 fn parse_recipients(raw: &[String]) -> Result<Vec<age::x25519::Recipient>, String> {
     if raw.is_empty() {
@@ -387,55 +441,9 @@ impl Config {
             }
         };
 
-        let t = raw.target;
-        if !(t.url.starts_with("file://") || t.url.starts_with("s3://")) {
-            return Err(err(format!(
-                "key `target.url`: expected `file:///absolute/path` or `s3://bucket/prefix`, found `{}`",
-                t.url
-            )));
-        }
-        if !(1..=64).contains(&t.upload_concurrency) {
-            return Err(err("key `target.upload_concurrency`: expected 1 to 64".into()));
-        }
-        let lock_mode = match t.lock_mode.as_str() {
-            "compliance" => Some(LockMode::Compliance),
-            "governance" => Some(LockMode::Governance),
-            "none" => None,
-            other => {
-                return Err(err(format!(
-                    "key `target.lock_mode`: expected \"compliance\", \"governance\" or \"none\", found \"{other}\""
-                )));
-            }
-        };
-        let duration = |key: &str, v: &Option<String>, default: &str| {
-            crate::time::parse_duration(v.as_deref().unwrap_or(default)).map_err(|e| err(format!("key `{key}`: {e}")))
-        };
+        let target = parse_target(raw.target).map_err(err)?;
+        let daemon = parse_daemon(raw.daemon).map_err(err)?;
         let t_names = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"];
-        let target = TargetConfig {
-            url: t.url,
-            endpoint: t.endpoint,
-            region: t.region,
-            upload_concurrency: t.upload_concurrency,
-            lock_mode,
-            retry_budget: duration("target.retry_budget", &t.retry_budget, "15m")?,
-        };
-
-        let d = raw.daemon;
-        let zone = match &d.timezone {
-            None => Zone::Local,
-            Some(name) => Zone::parse(name).map_err(|e| err(format!("key `daemon.timezone`: {e}")))?,
-        };
-        let max_concurrent_jobs = d.max_concurrent_jobs.unwrap_or(1);
-        if !(1..=16).contains(&max_concurrent_jobs) {
-            return Err(err(format!(
-                "key `daemon.max_concurrent_jobs`: expected 1 to 16, found {max_concurrent_jobs}"
-            )));
-        }
-        let daemon = DaemonConfig {
-            zone,
-            max_concurrent_jobs,
-            shutdown_timeout: duration("daemon.shutdown_timeout", &d.shutdown_timeout, "60s")?,
-        };
         let http = parse_http(raw.http, &resolve).map_err(err)?;
 
         let mut names = BTreeSet::new();

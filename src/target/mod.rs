@@ -31,6 +31,9 @@ pub use protection::{AlreadyExists, LockMode, ObjectVersion, Protection, Retenti
 use crate::config::TargetConfig;
 use crate::retry::Retry;
 
+/// The URL schemes of the store kinds [`Target::open_with`] opens (the config checks them).
+pub const SCHEMES: &[&str] = &["file", "s3"];
+
 /// The async runtime target calls run on: two workers, as the machines coffer is built
 /// for have few cores and its I/O is a handful of requests at a time.
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -95,6 +98,7 @@ impl Target {
     /// The target for a backup run: transient failures are retried under `retry`.
     pub fn open_with(cfg: &TargetConfig, retry: Retry) -> Result<Target> {
         let (scheme, rest) = cfg.url.split_once("://").unwrap_or(("", ""));
+        // One line per store kind, and its scheme in SCHEMES.
         let store: Arc<dyn Store> = match scheme {
             "file" => Arc::new(local::Local::open(&cfg.url, rest)?),
             "s3" => Arc::new(s3::S3::open(cfg, rest, retry)?),
