@@ -8,6 +8,7 @@
 //!   COFFER_BENCH_DATA=toolchain COFFER_BENCH_ROUNDS=5 cargo bench --bench vs_restic
 //!   COFFER_BENCH_DATA=generated COFFER_BENCH_MIB=3000 cargo bench --bench vs_restic
 //!   COFFER_BENCH_BASELINE=/tmp/coffer-before cargo bench --bench vs_restic
+//!   COFFER_BENCH_DATA=none cargo bench --bench vs_restic    # only the checksum costs
 //!
 //! With `COFFER_BENCH_BASELINE` (another coffer binary, say the last release's), each
 //! round also runs its backup, no-change backup and restore, and the ratios compare the
@@ -310,6 +311,26 @@ fn report(name: &str, r: &Results, bytes: u64, files: u64) {
     ratio("backup peak RSS    coffer / baseline", "coffer backup", "baseline backup", rss);
 }
 
+/// What a locked PUT to S3 adds in CPU: the SHA-256 (`x-amz-checksum-sha256`, and the
+/// signed payload) and the MD5 (`Content-MD5`) of one full pack, medians of 15.
+fn checksum_cost() {
+    use sha2::Digest;
+    let pack: Vec<u8> = Rng(7).mixed(16 << 20);
+    let time = |f: &dyn Fn() -> usize| {
+        let v: Vec<f64> = (0..15)
+            .map(|_| {
+                let t = Instant::now();
+                std::hint::black_box(f());
+                t.elapsed().as_secs_f64() * 1000.0
+            })
+            .collect();
+        median(v)
+    };
+    let sha = time(&|| sha2::Sha256::digest(&pack).len());
+    let md5 = time(&|| <md5::Md5 as md5::Digest>::digest(&pack).len());
+    println!("checksums of one 16 MiB pack (a locked S3 PUT): SHA-256 {sha:.1} ms, MD5 {md5:.1} ms (medians of 15)");
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; nothing else is expected.
     let mib: u64 = std::env::var("COFFER_BENCH_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
@@ -323,11 +344,12 @@ fn main() {
     if std::fs::write("/proc/sys/vm/drop_caches", "3\n").is_err() {
         println!("note: cannot drop the page cache (not root): runs read whatever is cached");
     }
+    checksum_cost();
     let base = std::env::var_os("COFFER_BENCH_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join("coffer-bench"));
     let _ = std::fs::remove_dir_all(&base);
-    for name in which.split(',') {
+    for name in which.split(',').filter(|n| *n != "none") {
         let data = base.join(name).join("data");
         let t0 = Instant::now();
         match name {
