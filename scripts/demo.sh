@@ -24,9 +24,14 @@ if [ ! -f "$demo/sample/README.md" ]; then
   ln -sf ../README.md "$demo/sample/generated/readme-link"
 fi
 
-if [ ! -f "$demo/identity.txt" ]; then
+# The restorer's key, in demo/offline/: it stands for the restorer's own machine (the
+# daemon refuses to start with an identity beside its config).
+identity="$demo/offline/identity.txt"
+mkdir -p "$demo/offline"
+[ -f "$demo/identity.txt" ] && mv "$demo/identity.txt" "$identity"
+if [ ! -f "$identity" ]; then
   echo "== coffer keygen (the restorer's key: in real use it lives offline, not on the backup host)"
-  "$coffer" keygen --output "$demo/identity.txt" >"$demo/recipient.txt"
+  "$coffer" keygen --output "$identity" >"$demo/recipient.txt"
 fi
 if [ ! -f "$demo/coffer.toml" ]; then
   cat >"$demo/coffer.toml" <<EOT
@@ -56,7 +61,7 @@ echo "== coffer snapshots"
 "$coffer" snapshots
 echo "== coffer restore latest"
 rm -rf "$demo/restored"
-"$coffer" restore latest --job sample --to "$demo/restored" --identity "$demo/identity.txt"
+"$coffer" restore latest --job sample --to "$demo/restored" --identity "$identity"
 if diff -r --no-dereference "$demo/sample" "$demo/restored" >/dev/null; then
   echo "== restored tree is identical to the sample ($(find "$demo/sample" | wc -l) entries)"
 else
@@ -77,10 +82,10 @@ wait "$daemon"
 echo "== coffer runs (the daemon's log is in demo/daemon.log)"
 "$coffer" runs -n 5
 echo "== coffer verify --read-data (every recorded object on the target; every chunk decrypted and re-hashed)"
-"$coffer" verify --read-data --identity "$demo/identity.txt"
+"$coffer" verify --read-data --identity "$identity"
 echo "== disaster drill: coffer recover on a bare state directory, from the target and the identity alone"
 rm -rf "$demo/recovered"
 sed -e 's|^state_dir = "state"|state_dir = "recovered"|' -e 's|^repo_secret_file = "state/|repo_secret_file = "recovered/|' \
   "$demo/coffer.toml" >"$demo/recovered.toml"
-"$coffer" --config "$demo/recovered.toml" recover --identity "$demo/identity.txt"
+"$coffer" --config "$demo/recovered.toml" recover --identity "$identity"
 "$coffer" --config "$demo/recovered.toml" snapshots

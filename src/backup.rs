@@ -153,6 +153,11 @@ pub fn run(cfg: &Config, job: &Job, opts: &Options) -> Result<Summary> {
             bytes_uploaded = report.bytes_uploaded,
             "backup finished"
         ),
+        // A failed run is an error in the log; a partial one, or one that rode out an
+        // outage, a warning.
+        Some(e) if outcome == RunOutcome::Failed => {
+            tracing::error!(job = %job.name, outcome = outcome.as_str(), retries = report.retries, "backup finished: {e}")
+        }
         Some(e) => {
             tracing::warn!(job = %job.name, outcome = outcome.as_str(), retries = report.retries, "backup finished: {e}")
         }

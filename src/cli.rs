@@ -50,7 +50,11 @@ pub fn main() -> ExitCode {
     match crate::commands::run(&cli.config, cli.command) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Under `--log-format json` every line a collector reads is JSON, this one too.
+            match cli.log_format {
+                LogFormat::Json => tracing::error!("{e:#}"),
+                LogFormat::Human => eprintln!("error: {e:#}"),
+            }
             ExitCode::FAILURE
         }
     }

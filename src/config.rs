@@ -92,6 +92,9 @@ pub struct TargetConfig {
     /// How long one run keeps retrying a target that fails transiently (connection
     /// refused or reset, timeouts, 5xx, SlowDown) before it gives up.
     pub retry_budget: Duration,
+    /// Credentials come from the instance's or container's role (EC2, ECS, EKS) when no
+    /// variable holds them; without this, missing credentials fail at once.
+    pub instance_role: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -182,6 +185,8 @@ struct RawTarget {
     #[serde(default = "default_lock_mode")]
     lock_mode: String,
     retry_budget: Option<String>,
+    #[serde(default)]
+    instance_role: bool,
 }
 
 #[derive(Deserialize)]
@@ -329,6 +334,7 @@ fn parse_target(t: RawTarget) -> Result<TargetConfig, String> {
         region: t.region,
         upload_concurrency: t.upload_concurrency,
         lock_mode,
+        instance_role: t.instance_role,
     })
 }
 

@@ -35,7 +35,11 @@ pub fn run(config_file: &Path) -> Result<ExitCode> {
     let cfg = Config::load(config_file)?;
     cfg.state().create()?;
     let _lock = cfg.state().daemon_lock()?;
-    // Refuse to start half-configured: the repository must exist and the token be readable.
+    // Refuse to start half-configured: what would fail at the first fire time fails now.
+    let problems = crate::preflight::check(&cfg);
+    if !problems.is_empty() {
+        bail!("the daemon does not start; `coffer check-config` finds:\n  {}", problems.join("\n  "));
+    }
     Catalog::open_repo(&cfg)?;
     let token = read_token(&cfg)?;
     let runtime = crate::target::runtime()?;
@@ -52,6 +56,7 @@ pub fn run(config_file: &Path) -> Result<ExitCode> {
         reloads: AtomicU64::new(0),
         failed_reloads: AtomicU64::new(0),
         last_reload_ok: AtomicBool::new(true),
+        preflight: Mutex::new(Vec::new()),
         stop: Arc::new(AtomicBool::new(false)),
     });
     runtime.block_on(async {
@@ -82,6 +87,9 @@ struct Shared {
     reloads: AtomicU64,
     failed_reloads: AtomicU64,
     last_reload_ok: AtomicBool,
+    /// What the last preflight found (at start: nothing, or the daemon would not run; a
+    /// reload refused for a problem keeps it here).
+    preflight: Mutex<Vec<String>>,
     /// Set on shutdown; running backups watch it.
     stop: Arc<AtomicBool>,
 }
@@ -114,6 +122,7 @@ impl crate::http::Handler for Shared {
             "status": if ok { "ok" } else { "unhealthy" },
             "scheduler_last_tick_secs_ago": age,
             "running": running,
+            "preflight": lock(&self.preflight).clone(),
         });
         (ok, format!("{body}\n"))
     }
@@ -349,6 +358,11 @@ impl Scheduler {
                 bail!("state_dir and target.url cannot change while the daemon runs; restart it");
             }
             let token = read_token(&new)?;
+            let problems = crate::preflight::check(&new);
+            *lock(&self.shared.preflight) = problems.clone();
+            if !problems.is_empty() {
+                bail!("`coffer check-config` finds: {}", problems.join("; "));
+            }
             Ok((new, token))
         });
         match checked {

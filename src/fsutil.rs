@@ -110,7 +110,46 @@ impl LockFile {
     pub fn take(path: &Path, held_by: impl FnOnce() -> String) -> anyhow::Result<LockFile> {
         LockFile::try_lock(path).map_err(|e| match e.kind() {
             io::ErrorKind::WouldBlock => anyhow::anyhow!(held_by()),
-            _ => anyhow::anyhow!("cannot take the lock {}: {e}", path.display()),
+            _ => io_error(e, path).context("cannot take the lock"),
         })
     }
+}
+
+/// A file the running user must read; otherwise says whose it is.
+pub fn readable(path: &Path, what: &str) -> anyhow::Result<()> {
+    match std::fs::File::open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            anyhow::bail!("permission denied: {what} {} ({})", path.display(), owner_of(path))
+        }
+        Err(e) => anyhow::bail!("{what} {}: {e}", path.display()),
+    }
+}
+
+/// "owned by uid 0, mode 600; coffer runs as uid 990", or, when `path` cannot be
+/// looked at, the same of the nearest directory above it that can ("state is owned…").
+pub fn owner_of(path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let runs_as = format!("coffer runs as uid {}", euid());
+    for (i, p) in path.ancestors().filter(|p| !p.as_os_str().is_empty()).enumerate() {
+        if let Ok(m) = std::fs::symlink_metadata(p) {
+            let what = format!("owned by uid {}, mode {:o}; {runs_as}", m.uid(), m.mode() & 0o7777);
+            return if i == 0 { what } else { format!("{} is {what}", p.display()) };
+        }
+    }
+    runs_as
+}
+
+/// An I/O error on `path` as a user needs it: a refused permission names the owner.
+pub fn io_error(e: io::Error, path: &Path) -> anyhow::Error {
+    match e.kind() {
+        io::ErrorKind::PermissionDenied => {
+            anyhow::anyhow!("permission denied: {} ({})", path.display(), owner_of(path))
+        }
+        _ => anyhow::anyhow!("{}: {e}", path.display()),
+    }
+}
+
+pub fn euid() -> u32 {
+    rustix::process::geteuid().as_raw()
 }

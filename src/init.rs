@@ -17,13 +17,28 @@ pub enum Outcome {
     AlreadyInitialised { repo_id: String },
 }
 
+/// All or nothing: the target is checked before anything is made here, so a refused
+/// init leaves the state directory as it found it. Once the repository record may have
+/// been uploaded, what was made stays, and `init` run again finishes the job.
 pub fn run(cfg: &Config, allow_unprotected: bool) -> Result<Outcome> {
-    cfg.state().create()?;
-    let catalog = Catalog::open(&cfg.state().catalog())?;
-    if let Some(repo) = catalog.repo()? {
-        crate::catalog::ensure_same_target(&repo, cfg)?;
-        return Ok(Outcome::AlreadyInitialised { repo_id: repo.repo_id });
+    let catalog_path = cfg.state().catalog();
+    if catalog_path.exists() {
+        let catalog = Catalog::open_existing(cfg)?;
+        if let Some(repo) = catalog.repo()? {
+            crate::catalog::ensure_same_target(&repo, cfg)?;
+            return Ok(Outcome::AlreadyInitialised { repo_id: repo.repo_id });
+        }
     }
+    if cfg.repo_secret_file.exists() {
+        RepoSecret::load(&cfg.repo_secret_file)?;
+    }
+    let target = Target::open(&cfg.target)?;
+    let runtime = crate::target::runtime()?;
+    // The bucket must protect what coffer writes, against coffer's own credentials too.
+    let unprotected = runtime.block_on(target.check_immutability(allow_unprotected))?;
+
+    cfg.state().create()?;
+    let catalog = Catalog::open(&catalog_path)?;
     let secret = if cfg.repo_secret_file.exists() {
         RepoSecret::load(&cfg.repo_secret_file)?
     } else {
@@ -34,10 +49,6 @@ pub fn run(cfg: &Config, allow_unprotected: bool) -> Result<Outcome> {
         s.create_file(&cfg.repo_secret_file)?;
         s
     };
-    let target = Target::open(&cfg.target)?;
-    let runtime = crate::target::runtime()?;
-    // The bucket must protect what coffer writes, against coffer's own credentials too.
-    let unprotected = runtime.block_on(target.check_immutability(allow_unprotected))?;
     // The repository record is needed as long as any snapshot: locked as long as the
     // longest job locks its snapshots, plus the slack (extended with them later).
     let longest = cfg.jobs.iter().map(|j| j.lock_days).max().unwrap_or(30);

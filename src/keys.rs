@@ -75,6 +75,7 @@ impl RepoSecret {
     /// Loads the secret from its file (hex), refusing a file others can read.
     pub fn load(path: &Path) -> Result<Self> {
         check_private(path)?;
+        fsutil::readable(path, "repository secret")?;
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read repository secret {}", path.display()))?;
         let bytes = crate::hex::decode(text.trim())
@@ -95,7 +96,7 @@ impl RepoSecret {
 
 /// Refuses a key file that is readable or writable by group or others.
 pub fn check_private(path: &Path) -> Result<()> {
-    let meta = std::fs::metadata(path).with_context(|| format!("cannot read key file {}", path.display()))?;
+    let meta = std::fs::metadata(path).map_err(|e| fsutil::io_error(e, path).context("cannot read a key file"))?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         bail!(
@@ -136,6 +137,7 @@ pub struct Identity {
 impl Identity {
     pub fn load(path: &Path) -> Result<Self> {
         check_private(path)?;
+        fsutil::readable(path, "repository secret")?;
         let text = std::fs::read(path).with_context(|| format!("cannot read identity {}", path.display()))?;
         Self::parse(&text, path)
     }

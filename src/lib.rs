@@ -22,6 +22,7 @@ pub mod init;
 pub mod inventory;
 pub mod keys;
 pub mod metrics;
+pub mod preflight;
 pub mod process;
 pub mod progress;
 pub mod prune;

@@ -69,6 +69,21 @@ pub struct Listed {
     pub last_modified_ns: i64,
 }
 
+/// An error with every cause under it (`connection refused`, the DNS or TLS failure),
+/// which the HTTP client's own message leaves out.
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            text.push_str(&format!(": {c}"));
+        }
+        next = cause.source();
+    }
+    text
+}
+
 /// Answers worth retrying: server errors, SlowDown (503), throttling and request timeouts.
 fn transient(status: StatusCode) -> bool {
     status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::REQUEST_TIMEOUT
@@ -172,11 +187,19 @@ impl S3Client {
                         Err(e) => format!("reading the answer: {e}"),
                     }
                 }
-                Err(e) => e.to_string(),
+                Err(e) => causes(&e),
             };
             attempt += 1;
-            self.retry.wait(attempt, &format!("{method} {}: {failure}", self.describe(url))).await?;
+            let what = format!("{method} {} at {}: {failure}", self.describe(url), self.endpoint());
+            self.retry.wait(attempt, &what).await?;
         }
+    }
+
+    /// The server's scheme, host and port, which errors name.
+    pub fn endpoint(&self) -> &str {
+        let after_scheme = self.bucket_url.find("://").map_or(0, |i| i + 3);
+        let end = self.bucket_url[after_scheme..].find('/').map_or(self.bucket_url.len(), |i| after_scheme + i);
+        &self.bucket_url[..end]
     }
 
     /// A URL as logs show it: the object key or bucket call, without the endpoint.
@@ -245,10 +268,10 @@ impl S3Client {
                     }
                     format!("HTTP {status} {}", error_code(&body))
                 }
-                Err(e) => e.to_string(),
+                Err(e) => causes(&e),
             };
             attempt += 1;
-            self.retry.wait(attempt, &format!("GET {key}: {failure}")).await?;
+            self.retry.wait(attempt, &format!("GET {key} at {}: {failure}", self.endpoint())).await?;
         }
     }
 
@@ -590,6 +613,21 @@ mod tests {
         assert_eq!(decode_url("%zz"), None);
         assert_eq!(decode_url("%"), Some("%".into()));
         assert_eq!(decode_url("%ff"), None, "not UTF-8");
+    }
+
+    #[tokio::test]
+    async fn a_server_that_is_down_is_named_with_the_cause() {
+        let credential = AwsCredential { key_id: "k".into(), secret_key: "s".into(), token: None };
+        let provider = std::sync::Arc::new(object_store::StaticCredentialProvider::new(credential));
+        // Port 9 (discard) has no listener here: the connection is refused.
+        let client = S3Client::new(provider, Some("http://127.0.0.1:9"), "b", "", "us-east-1")
+            .unwrap()
+            .with_retry(Retry::new(std::time::Duration::from_millis(300), None));
+        let Err(e) = client.send(Method::GET, &client.object_url("k", ""), &[], Bytes::new()).await else {
+            panic!("an answer from a port nobody serves")
+        };
+        let text = format!("{e:#}");
+        assert!(text.contains("http://127.0.0.1:9") && text.contains("refused"), "{text}");
     }
 
     /// The example of AWS's documentation ("GET Object", Signature Version 4 for S3).

@@ -52,7 +52,8 @@ impl StateDir<'_> {
     /// Takes the lock a backup of `job` holds (and prune takes for every job).
     pub fn job_lock(&self, job: &str) -> Result<LockFile> {
         let dir = self.0.join("locks");
-        create_private_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        create_private_dir(&dir)
+            .map_err(|e| crate::fsutil::io_error(e, &dir).context("cannot create the lock directory"))?;
         LockFile::take(&dir.join(format!("{job}.lock")), || {
             format!("another coffer process is backing up job `{job}` with this state directory")
         })
@@ -75,7 +76,8 @@ impl StateDir<'_> {
     /// A new scratch file's path under `tmp/` (created 0700), named `what-RANDOM`.
     pub fn scratch(&self, what: &str) -> Result<PathBuf> {
         let tmp = self.0.join("tmp");
-        create_private_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        create_private_dir(&tmp)
+            .map_err(|e| crate::fsutil::io_error(e, &tmp).context("cannot create the scratch directory"))?;
         Ok(tmp.join(format!("{what}-{}", crate::hex::random(6))))
     }
 }

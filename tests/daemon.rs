@@ -526,6 +526,17 @@ fn sighup_reloads_a_valid_config_and_keeps_the_old_one_when_broken() {
     let (_, metrics) = http_get(port, "/metrics", None).unwrap();
     assert!(metrics.contains("coffer_config_last_reload_successful 0"), "the refused reload shows: {metrics}");
 
+    // A config that parses but fails the preflight (an identity beside it) is refused
+    // too, and /health says what the preflight found.
+    std::fs::write(&setup.config, &good).unwrap();
+    let stray = setup.config.parent().unwrap().join("stray-identity.txt");
+    std::fs::copy(&setup.identity, &stray).unwrap();
+    d.signal(libc::SIGHUP);
+    wait_for("the refused reload in /health", Duration::from_secs(10), || {
+        http_get(port, "/health", None).filter(|(_, body)| body.contains("stray-identity.txt"))
+    });
+    std::fs::remove_file(&stray).unwrap();
+
     // A valid config with a second job is taken.
     let with_job = format!(
         "{good}[[job]]\nname = \"added\"\nsource = {{ path = \"{}\" }}\nschedule = \"*/2 * * * * *\"\n",
@@ -537,7 +548,7 @@ fn sighup_reloads_a_valid_config_and_keeps_the_old_one_when_broken() {
         (!runs_of(&runs(&setup), "added", Some("success")).is_empty()).then_some(())
     });
     let (_, metrics) = http_get(port, "/metrics", None).unwrap();
-    assert!(metrics.contains("coffer_config_reloads_total{result=\"failure\"} 1"), "{metrics}");
+    assert!(metrics.contains("coffer_config_reloads_total{result=\"failure\"} 2"), "{metrics}");
     assert!(metrics.contains("coffer_config_reloads_total{result=\"success\"} 1"), "{metrics}");
     assert!(metrics.contains("coffer_config_last_reload_successful 1"), "the last reload was taken: {metrics}");
     assert!(d.stop().success());

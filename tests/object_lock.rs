@@ -91,6 +91,8 @@ fn init_refuses_a_bucket_without_object_lock() {
     let out = Command::new(BIN).arg("--config").arg(&config).arg("init").output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("Object Lock disabled"), "{}", text(&out));
+    // All or nothing: the refused init made no state directory, catalog or secret.
+    assert!(!scratch.path("state").exists(), "a refused init left state behind");
     // Explicitly unprotected is allowed, and said so.
     write_config("lock_mode = \"none\"\n");
     let out = run_ok(Command::new(BIN).arg("--config").arg(&config).arg("init"));

@@ -20,6 +20,7 @@ use rusqlite::{Connection, params};
 use crate::ChunkId;
 use crate::chunker::ChunkerParams;
 use crate::format::pack::BlobEntry;
+use crate::fsutil::owner_of;
 use crate::run_outcome::RunOutcome;
 use crate::target::{LockMode, Retention};
 
@@ -110,8 +111,17 @@ impl Catalog {
     /// The catalog of an initialised state directory, with a hint when there is none.
     pub fn open_existing(cfg: &crate::config::Config) -> Result<Catalog> {
         let path = cfg.state().catalog();
-        if !path.exists() {
-            bail!("state directory {} holds no catalog; run `coffer init` first", cfg.state_dir.display());
+        match std::fs::metadata(&path) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                bail!("state directory {} holds no catalog; run `coffer init` first", cfg.state_dir.display())
+            }
+            // Made by another user (`init` as root, the daemon as a service user): say so.
+            Err(e) => bail!("state directory {}: {e} ({})", cfg.state_dir.display(), owner_of(&cfg.state_dir)),
+        }
+        let rw = rustix::fs::Access::READ_OK | rustix::fs::Access::WRITE_OK;
+        if rustix::fs::access(&path, rw).is_err() {
+            bail!("permission denied: catalog {} ({})", path.display(), owner_of(&path));
         }
         Catalog::open(&path)
     }

@@ -3,6 +3,7 @@
 //! command is a file here, a variant of [`Command`] and a line in [`run`].
 
 mod backup;
+mod check_config;
 mod daemon;
 mod init;
 mod keygen;
@@ -34,6 +35,11 @@ pub enum Command {
     Init(init::Args),
     /// Back up one job now.
     Backup(backup::Args),
+    /// Check the config and this host before a run: every job, the state directory's
+    /// owner and mode, the repository secret readable by this user, no identity beside
+    /// the config, credentials present, key files private. With --remote, the target too.
+    /// One line per problem; exit 1 on any. `systemctl reload` runs it first.
+    CheckConfig(check_config::Args),
     /// Run the scheduler: every job with a `schedule` runs at its fire times; `/metrics`
     /// and `/health` are served on [http] listen (127.0.0.1:9477 by default). SIGTERM
     /// stops at a checkpoint, SIGHUP reloads the config.
@@ -86,6 +92,7 @@ pub fn run(config: &Path, command: Command) -> Result<ExitCode> {
         Command::Keygen(a) => keygen::run(a),
         Command::Init(a) => init::run(config, a),
         Command::Backup(a) => backup::run(config, a),
+        Command::CheckConfig(a) => check_config::run(config, a),
         Command::Daemon => daemon::run(config),
         Command::Runs(a) => runs::run(config, a),
         Command::Snapshots(a) => snapshots::run(config, a),

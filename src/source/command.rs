@@ -72,6 +72,14 @@ impl std::fmt::Display for CommandSource {
 }
 
 impl Source for CommandSource {
+    fn check(&self) -> Vec<String> {
+        let program = if self.shell { "sh" } else { &self.argv[0] };
+        match super::findable(program) {
+            true => Vec::new(),
+            false => vec![format!("command `{program}` is not found (PATH, or not executable)")],
+        }
+    }
+
     fn prepare(&self, job: &JobContext) -> Result<Prepared> {
         let (running, data) = start(self, job.name, job.env)?;
         let contents = Contents::Command(CommandState { program: self.program(), file: self.file.clone(), bytes: 0 });

@@ -91,6 +91,19 @@ impl Source for GitSource {
         self.password_env.as_deref().into_iter().collect()
     }
 
+    fn check(&self) -> Vec<String> {
+        let mut problems = super::unset_vars(&self.secret_vars());
+        if !super::findable("git") {
+            problems.push("git is not installed (not found in PATH)".into());
+        }
+        if let Some(key) = &self.ssh_key_file
+            && let Err(e) = crate::fsutil::readable(key, "ssh_key_file").and_then(|()| crate::keys::check_private(key))
+        {
+            problems.push(format!("{e:#}"));
+        }
+        problems
+    }
+
     /// Updates the mirrors, then walks the mirrors of this config only: not unfinished
     /// clones, nor repositories removed from the config (kept on disk, out of new
     /// snapshots). FETCH_HEAD is rewritten by every fetch and no restore needs it.

@@ -46,6 +46,12 @@ pub trait Source: fmt::Display + fmt::Debug + Send + Sync {
         Vec::new()
     }
 
+    /// What it lacks on this host before a run, one line per problem (the preflight):
+    /// by default, its credentials' variables that are not set.
+    fn check(&self) -> Vec<String> {
+        unset_vars(&self.secret_vars())
+    }
+
     /// Makes it ready to read: fetches the mirrors, starts the command, lists the bucket.
     fn prepare(&self, job: &JobContext) -> Result<Prepared>;
 
@@ -55,6 +61,24 @@ pub trait Source: fmt::Display + fmt::Debug + Send + Sync {
         let _ = url;
         bail!("this job backs up a {self}, not a bucket")
     }
+}
+
+/// "environment variable V (the source's credentials) is not set", for each unset `vars`.
+pub fn unset_vars(vars: &[&str]) -> Vec<String> {
+    vars.iter()
+        .filter(|v| std::env::var_os(v).is_none_or(|x| x.is_empty()))
+        .map(|v| format!("environment variable {v} (the source's credentials) is not set"))
+        .collect()
+}
+
+/// Whether `program` can be started: a path to an executable, or a name found in PATH.
+pub fn findable(program: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if program.contains('/') {
+        return executable(Path::new(program));
+    }
+    std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|d| executable(&d.join(program))))
 }
 
 /// What a source needs to know about the job that backs it up.

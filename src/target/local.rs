@@ -64,6 +64,10 @@ impl Store for Local {
         Ok(Some(format!("{url} is a directory: nothing keeps its objects from being deleted")))
     }
 
+    async fn check_lock_configuration(&self, _mode: Option<LockMode>, _url: &str) -> Result<()> {
+        Ok(())
+    }
+
     fn with_credentials(&self, _key_id: String, _secret_key: String) -> Result<Option<Arc<dyn Store>>> {
         Ok(None)
     }

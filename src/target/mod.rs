@@ -31,6 +31,15 @@ pub use protection::{AlreadyExists, LockMode, ObjectVersion, Protection, Retenti
 use crate::config::TargetConfig;
 use crate::retry::Retry;
 
+/// What is missing for the target's credentials, named by the variables that should
+/// hold them (nothing for a kind without credentials).
+pub fn missing_credentials(cfg: &TargetConfig) -> Option<String> {
+    match cfg.url.split_once("://").map(|(scheme, _)| scheme) {
+        Some("s3") => s3::missing_credentials(cfg),
+        _ => None,
+    }
+}
+
 /// The URL schemes of the store kinds [`Target::open_with`] opens (the config checks them).
 pub const SCHEMES: &[&str] = &["file", "s3"];
 
@@ -71,6 +80,9 @@ trait Store: Send + Sync {
     /// Proves the store can protect what it is given with `mode`: returns why it cannot
     /// (and so the backups are not protected) when `allow_unprotected`, else fails.
     async fn check_immutability(&self, mode: LockMode, url: &str, allow_unprotected: bool) -> Result<Option<String>>;
+
+    /// Checks, reading only, that the store is set up to lock in `mode` (or not at all).
+    async fn check_lock_configuration(&self, mode: Option<LockMode>, url: &str) -> Result<()>;
 
     /// The same store, reached with other credentials (prune's); `None` where a store
     /// kind has no credentials.
@@ -201,6 +213,12 @@ impl Target {
         self.store.delete(key, version).await.map_err(|e| e.context(format!("cannot delete {key} from {}", self.url)))
     }
 
+    /// Checks, reading only, that the store is set up as the config says it locks
+    /// (`check-config --remote`); [`Target::check_immutability`] proves it with a canary.
+    pub async fn check_lock_configuration(&self) -> Result<()> {
+        self.store.check_lock_configuration(self.lock, &self.url).await
+    }
+
     /// Proves that the target protects what coffer writes, where it is to lock: returns
     /// why it does not when `allow_unprotected` lets init go on anyway.
     pub async fn check_immutability(&self, allow_unprotected: bool) -> Result<Option<String>> {
@@ -223,6 +241,7 @@ mod tests {
             upload_concurrency: 1,
             lock_mode: Some(LockMode::Compliance),
             retry_budget: std::time::Duration::from_secs(1),
+            instance_role: false,
         }
     }
 

@@ -126,7 +126,9 @@ impl Setup {
     /// `job_extra`; `init` is run.
     pub fn with_source(name: &str, target: Target, source: &str, job_extra: &str) -> Setup {
         let dir = Scratch::new(name);
-        let identity = dir.path("identity.txt");
+        // Not beside the config: the preflight refuses an identity on the backup host.
+        std::fs::create_dir_all(dir.path("offline")).unwrap();
+        let identity = dir.path("offline/identity.txt");
         let out = run_ok(Command::new(BIN).args(["keygen", "-o"]).arg(&identity));
         let recipient = String::from_utf8(out.stdout).unwrap().trim().to_string();
         let target_url = match target {

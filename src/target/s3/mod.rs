@@ -42,6 +42,43 @@ impl Location {
     }
 }
 
+/// The variables that hold credentials for an S3 target, in the order the AWS tools try
+/// them: keys, a web identity token (EKS), a container role (ECS).
+const CREDENTIAL_SOURCES: [&[&str]; 4] = [
+    &["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"],
+    &["AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN"],
+    &["AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"],
+    &["AWS_CONTAINER_CREDENTIALS_FULL_URI"],
+];
+
+/// Why the target has no credentials, unless some variables hold them or the config says
+/// the instance's role does.
+pub fn missing_credentials(cfg: &TargetConfig) -> Option<String> {
+    let set = |vars: &&[&str]| vars.iter().all(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()));
+    if cfg.instance_role || CREDENTIAL_SOURCES.iter().any(set) {
+        return None;
+    }
+    Some(format!(
+        "no credentials for target {}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY \
+         (or AWS_WEB_IDENTITY_TOKEN_FILE and AWS_ROLE_ARN, or run in a container with a task role), \
+         or `instance_role = true` under [target] on an instance with a role",
+        cfg.url
+    ))
+}
+
+/// Credentials that fail at once, saying which are missing.
+#[derive(Debug)]
+struct NoCredentials(String);
+
+#[async_trait::async_trait]
+impl object_store::CredentialProvider for NoCredentials {
+    type Credential = object_store::aws::AwsCredential;
+
+    async fn get_credential(&self) -> object_store::Result<Arc<Self::Credential>> {
+        Err(object_store::Error::Generic { store: "S3", source: self.0.clone().into() })
+    }
+}
+
 impl S3 {
     /// `rest` is the URL after `s3://`. Credentials come from the environment
     /// (`AWS_ACCESS_KEY_ID`, …, or the instance's role), as the AWS tools find them.
@@ -50,10 +87,16 @@ impl S3 {
         if bucket.is_empty() {
             bail!("target url `{}` names no bucket", cfg.url);
         }
-        let mut b = AmazonS3Builder::from_env()
-            .with_bucket_name(bucket)
-            .with_checksum_algorithm(Checksum::SHA256)
-            .with_retry(RetryConfig { max_retries: 100, retry_timeout: retry.budget(), ..Default::default() });
+        let mut b = AmazonS3Builder::from_env();
+        if let Some(missing) = missing_credentials(cfg) {
+            // Instead of asking the instance metadata endpoint for half a minute.
+            b = b.with_credentials(Arc::new(NoCredentials(missing)));
+        }
+        let mut b = b.with_bucket_name(bucket).with_checksum_algorithm(Checksum::SHA256).with_retry(RetryConfig {
+            max_retries: 100,
+            retry_timeout: retry.budget(),
+            ..Default::default()
+        });
         if let Some(region) = cfg.region.clone().or_else(|| std::env::var("AWS_REGION").ok()) {
             b = b.with_region(region);
         }
@@ -154,6 +197,24 @@ impl Store for S3 {
             return Ok(Some(why));
         }
         Ok(None)
+    }
+
+    async fn check_lock_configuration(&self, mode: Option<LockMode>, url: &str) -> Result<()> {
+        let config = self.api.lock_configuration().await.with_context(|| format!("target {url}"))?;
+        match (mode, config.enabled) {
+            (Some(mode), false) => bail!(
+                "target {url}: the bucket has Object Lock disabled, but the config locks in {} mode",
+                mode.as_str()
+            ),
+            (Some(_), true) => {
+                let versioning = self.api.versioning().await?;
+                if versioning != "Enabled" {
+                    bail!("target {url}: bucket versioning is `{versioning}`; Object Lock needs it Enabled");
+                }
+                Ok(())
+            }
+            (None, _) => Ok(()),
+        }
     }
 
     fn with_credentials(&self, key_id: String, secret_key: String) -> Result<Option<Arc<dyn Store>>> {
