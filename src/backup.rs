@@ -80,8 +80,9 @@ pub struct Summary {
     pub retain_until: Option<i64>,
     /// COMPLIANCE, GOVERNANCE or UNPROTECTED.
     pub protection: crate::target::Protection,
-    /// The periods this snapshot is the keeper of (daily, weekly, ...).
-    pub keeps: Vec<&'static str>,
+    /// Until when the snapshot is kept, and which rule says so.
+    pub kept_until: i64,
+    pub because: String,
     pub stats: SnapshotStats,
     pub unchanged_files: u64,
     pub errors: Vec<EntryError>,
@@ -110,6 +111,13 @@ struct SealedPack {
 
 /// Everything a run needs, opened and checked before any data moves.
 type Repo = crate::repo::Repo<crate::repo::Host>;
+
+/// How long a snapshot of `job` made at `created` is kept: decided from the catalog's
+/// own history (a record that appears on the target from elsewhere never counts).
+pub fn retention_at(catalog: &Catalog, job: &Job, created: i64) -> Result<crate::retention::Decision> {
+    let previous = catalog.latest_complete(&job.name)?.map(|s| s.created_at);
+    Ok(crate::retention::decide(created, job.lock_days, &job.keep, previous))
+}
 
 /// Runs one backup of `job`.
 pub fn run(cfg: &Config, job: &Job, opts: &Options) -> Result<Summary> {
@@ -200,8 +208,7 @@ fn run_pipeline(
     // How long this snapshot is kept, decided now from the catalog's own history.
     // Everything it writes is locked at least that long; new packs a while longer, so that
     // the next snapshots reusing them need no extension.
-    let previous = repo.catalog.latest_complete(&job.name)?.map(|s| s.created_at);
-    let decision = crate::retention::decide(created, job.lock_days, &job.keep, previous);
+    let decision = retention_at(&repo.catalog, job, created)?;
     let retain_until = decision.retain_until;
     let entries_path = cfg.state().scratch(&format!("entries-{}", job.name))?;
     let _cleanup = crate::fsutil::RemoveOnDrop(entries_path.clone());
@@ -254,7 +261,8 @@ fn run_pipeline(
         snapshot_id: id,
         retain_until: repo.target.lock_until(retain_until).map(|l| l.until),
         protection: repo.target.protection(),
-        keeps: decision.keeps.iter().map(|p| p.name()).collect(),
+        kept_until: retain_until,
+        because: decision.because,
         stats,
         unchanged_files: Counters::get(&counters.unchanged),
         errors: reader.errors,

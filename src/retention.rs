@@ -66,7 +66,9 @@ impl Span {
 impl fmt::Display for Span {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Span::Days(d) if d % 7 == 0 => write!(f, "{}w", d / 7),
             Span::Days(d) => write!(f, "{d}d"),
+            Span::Months(m) if m % 12 == 0 => write!(f, "{}y", m / 12),
             Span::Months(m) => write!(f, "{m}mo"),
         }
     }
@@ -127,12 +129,15 @@ pub struct Decision {
     pub retain_until: i64,
     /// The periods it is the keeper of.
     pub keeps: Vec<Period>,
+    /// Which rule set `retain_until`: "lock_days = 30", or "the yearly keeper (keep.yearly = 7y)".
+    pub because: String,
 }
 
 /// Decides a new snapshot's retention. `previous` is the creation time of the job's
 /// latest earlier complete snapshot, from the catalog.
 pub fn decide(created: i64, lock_days: u32, keep: &Keep, previous: Option<i64>) -> Decision {
     let mut retain_until = created + i64::from(lock_days) * DAY;
+    let mut because = format!("lock_days = {lock_days}");
     let mut keeps = Vec::new();
     let rules = [
         (Period::Day, keep.daily),
@@ -144,10 +149,13 @@ pub fn decide(created: i64, lock_days: u32, keep: &Keep, previous: Option<i64>) 
         let first = previous.is_none_or(|p| period.of(p) != period.of(created));
         if let (true, Some(span)) = (first, span) {
             keeps.push(period);
-            retain_until = retain_until.max(span.after(created));
+            if span.after(created) > retain_until {
+                retain_until = span.after(created);
+                because = format!("the {} keeper (keep.{} = {span})", period.name(), period.name());
+            }
         }
     }
-    Decision { retain_until, keeps }
+    Decision { retain_until, keeps, because }
 }
 
 #[cfg(test)]

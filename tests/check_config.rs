@@ -153,3 +153,20 @@ fn another_user_is_told_whose_files_these_are_not_to_run_init() {
     assert!(!out.status.success());
     assert!(text(&out).contains("uid 0") && !text(&out).contains("coffer init"), "{}", text(&out));
 }
+
+#[test]
+fn remote_asks_the_target_for_the_repository_and_its_lock_configuration() {
+    if !s3_available() {
+        return;
+    }
+    let scratch = Scratch::new("checkcfg-remote");
+    let setup = Setup::new("checkcfg-remote", Target::S3, &source(&scratch));
+    let out = run_ok(&mut setup.cmd(&["check-config", "--remote"]));
+    assert!(text(&out).contains("(answering)"), "{}", text(&out));
+    // Another prefix of the same bucket holds no repository: the catalog's own check
+    // names the mismatch before the target is asked.
+    let config = std::fs::read_to_string(&setup.config).unwrap();
+    std::fs::write(&setup.config, config.replace("/coffer\"", "/elsewhere\"")).unwrap();
+    let p = problems(&setup.run(&["check-config", "--remote"]));
+    assert!(p.contains("elsewhere"), "{p}");
+}

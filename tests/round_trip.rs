@@ -265,3 +265,29 @@ fn nothing_is_readable_by_others_while_a_restore_writes() {
     assert_eq!(seen_to, Some(0o700), "--to is created 0700");
     assert_same_tree(&src, &to);
 }
+
+#[test]
+fn the_first_snapshot_is_seen_to_be_the_yearly_keeper_before_it_binds() {
+    let scratch = Scratch::new("keeper");
+    let src = random_parts(&scratch, 5, 2);
+    let setup = Setup::with_extra("keeper", Target::Dir, &src, "keep = { daily = \"7d\", yearly = \"7y\" }\n");
+    let year = run_ok(std::process::Command::new("date").args(["-u", "+%Y"])).stdout;
+    let in_seven_years = (String::from_utf8(year).unwrap().trim().parse::<i64>().unwrap() + 7).to_string();
+
+    let dry = text(&setup.ok(&["backup", "data", "--dry-run"]));
+    assert!(dry.contains("the yearly keeper (keep.yearly = 7y)") && dry.contains(&in_seven_years), "{dry}");
+    assert!(dry.contains("nothing was read or written"), "{dry}");
+    assert!(setup.snapshots().is_empty() && setup.pack_count() == 0, "a dry run stored something");
+
+    let first = text(&setup.backup());
+    assert!(
+        first.contains("kept until") && first.contains("yearly keeper") && first.contains(&in_seven_years),
+        "{first}"
+    );
+    let dry = text(&setup.ok(&["backup", "data", "--dry-run"]));
+    assert!(dry.contains("lock_days = 30"), "the second snapshot of the day is no keeper: {dry}");
+
+    let table = text(&setup.ok(&["snapshots"]));
+    assert!(table.contains("KEEP UNTIL") && table.contains("LOCKED UNTIL"), "{table}");
+    assert!(table.lines().nth(1).is_some_and(|l| l.contains(&format!("{in_seven_years}-"))), "{table}");
+}

@@ -16,11 +16,18 @@ pub struct Args {
     /// Do not draw a progress line, even on a terminal.
     #[arg(long)]
     no_progress: bool,
+    /// Read and write nothing: say how long a snapshot made now would be kept, why (which
+    /// keeper it would be), and until when it would be locked.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
     let cfg = Config::load(config)?;
     let job = cfg.job(&a.job)?;
+    if a.dry_run {
+        return dry_run(&cfg, job);
+    }
     let opts = crate::backup::Options {
         progress: !a.no_progress,
         trigger: crate::catalog::Trigger::Manual,
@@ -46,15 +53,13 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
         st.packs_uploaded,
         st.duration_ms as f64 / 1000.0
     );
-    if let Some(until) = s.retain_until {
-        let keeper = if s.keeps.is_empty() { String::new() } else { format!(", {} keeper", s.keeps.join("/")) };
-        println!(
-            "  locked ({}) until {}{keeper}; {} lock extensions of reused packs",
-            s.protection,
-            crate::time::format_utc(until),
-            st.lock_extensions
-        );
-    }
+    println!(
+        "  kept until {}: {}; {}; {} lock extensions of reused packs",
+        crate::time::format_utc(s.kept_until),
+        s.because,
+        locked(s.protection, s.retain_until),
+        st.lock_extensions
+    );
     if s.errors.is_empty() {
         return Ok(ExitCode::SUCCESS);
     }
@@ -63,4 +68,29 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
         println!("    {}: {}", e.path, e.error);
     }
     Ok(ExitCode::from(EXIT_PARTIAL))
+}
+
+/// "locked (COMPLIANCE) until …", or why nothing is.
+fn locked(protection: crate::target::Protection, until: Option<i64>) -> String {
+    match until {
+        Some(until) => format!("locked ({protection}) until {}", crate::time::format_utc(until)),
+        None => format!("not locked (the target is {protection})"),
+    }
+}
+
+/// `--dry-run`: the retention decision a run now would make, from the catalog alone.
+fn dry_run(cfg: &Config, job: &crate::config::Job) -> Result<ExitCode> {
+    let catalog = crate::catalog::Catalog::open_repo(cfg)?.0;
+    let decision = crate::backup::retention_at(&catalog, job, crate::time::now_secs())?;
+    let target = crate::target::Target::open(&cfg.target)?;
+    let lock = target.lock_until(decision.retain_until).map(|l| l.until);
+    println!(
+        "a snapshot of job {} made now would be kept until {}: {}; {}",
+        job.name,
+        crate::time::format_utc(decision.retain_until),
+        decision.because,
+        locked(target.protection(), lock)
+    );
+    println!("(dry run: nothing was read or written)");
+    Ok(ExitCode::SUCCESS)
 }

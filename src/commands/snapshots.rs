@@ -26,8 +26,21 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let widths = [-16, -20, -12, 8, 10, 10, 10, 6];
-    let header = ["ID", "TIME (UTC)", "JOB", "FILES", "SIZE", "NEW", "UPLOADED", "ERRORS", "CONTENTS"];
+    let widths = [-16, -20, -12, 8, 10, 10, 10, 6, -10, -12];
+    let header = [
+        "ID",
+        "TIME (UTC)",
+        "JOB",
+        "FILES",
+        "SIZE",
+        "NEW",
+        "UPLOADED",
+        "ERRORS",
+        "KEEP UNTIL",
+        "LOCKED UNTIL",
+        "CONTENTS",
+    ];
+    let day = |t: Option<i64>| t.map(|t| crate::time::format_utc(t)[..10].to_string()).unwrap_or_else(|| "-".into());
     println!("{}", table_line(&header.map(String::from), &widths));
     for s in &rows {
         let cells = [
@@ -39,6 +52,8 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
             bytes(s.bytes_new),
             bytes(s.bytes_uploaded),
             s.errors.to_string(),
+            day(s.retain_until),
+            day(s.retain_until.filter(|_| s.lock_mode.is_some())),
             s.contents.as_ref().map(|c| c.summary()).unwrap_or_default(),
         ];
         println!("{}", table_line(&cells, &widths));
