@@ -1,6 +1,7 @@
 //! The command line: global options, logging, and the error line; the verbs are in
 //! `commands/`, one file each.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -53,7 +54,10 @@ pub fn main() -> ExitCode {
             // Under `--log-format json` every line a collector reads is JSON, this one too.
             match cli.log_format {
                 LogFormat::Json => tracing::error!("{e:#}"),
-                LogFormat::Human => eprintln!("error: {e:#}"),
+                LogFormat::Human => {
+                    let _ = Prefixed(Journald::prefix(&tracing::Level::ERROR))
+                        .write_all(format!("error: {e:#}\n").as_bytes());
+                }
             }
             ExitCode::FAILURE
         }
@@ -71,7 +75,7 @@ fn init_logging(verbose: u8, format: LogFormat, daemon: bool) {
     };
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(Journald)
         .with_max_level(level)
         .with_target(false)
         .with_ansi(std::io::stderr().is_terminal());
@@ -79,5 +83,56 @@ fn init_logging(verbose: u8, format: LogFormat, daemon: bool) {
         (LogFormat::Json, _) => builder.json().flatten_event(true).init(),
         (LogFormat::Human, true) => builder.init(),
         (LogFormat::Human, false) => builder.without_time().init(),
+    }
+}
+
+/// Standard error, each line prefixed with its syslog priority (`<3>` error, `<4>`
+/// warning, `<6>` info, `<7>` debug) when it goes to journald (systemd sets
+/// `JOURNAL_STREAM` then), so that `journalctl -p err` finds coffer's errors.
+struct Journald;
+
+impl Journald {
+    fn prefix(level: &tracing::Level) -> &'static str {
+        if std::env::var_os("JOURNAL_STREAM").is_none() {
+            return "";
+        }
+        match *level {
+            tracing::Level::ERROR => "<3>",
+            tracing::Level::WARN => "<4>",
+            tracing::Level::INFO => "<6>",
+            _ => "<7>",
+        }
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Journald {
+    type Writer = Prefixed;
+
+    fn make_writer(&'a self) -> Prefixed {
+        Prefixed("")
+    }
+
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Prefixed {
+        Prefixed(Journald::prefix(meta.level()))
+    }
+}
+
+/// One event, written in one piece with its prefix on every line (journald takes each
+/// line as an entry of its own).
+struct Prefixed(&'static str);
+
+impl std::io::Write for Prefixed {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut out = Vec::with_capacity(buf.len() + 8);
+        for line in buf.split_inclusive(|b| *b == b'\n') {
+            out.extend_from_slice(self.0.as_bytes());
+            out.extend_from_slice(line);
+        }
+        std::io::stderr().lock().write_all(&out)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
     }
 }

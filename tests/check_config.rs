@@ -49,6 +49,11 @@ fn a_sound_setup_passes_and_each_broken_one_is_named() {
         lines.iter().any(|l| l["level"] == "ERROR" && l["message"].as_str().unwrap().contains("identity-copy.txt")),
         "{stderr}"
     );
+    // Under systemd (JOURNAL_STREAM set), each line carries its syslog priority.
+    let d = setup.cmd(&["daemon"]).env("JOURNAL_STREAM", "8:12345").output().unwrap();
+    let stderr = String::from_utf8(d.stderr).unwrap();
+    assert!(stderr.starts_with("<3>error: the daemon does not start"), "{stderr}");
+    assert!(stderr.lines().all(|l| l.starts_with("<3>")), "a line without its priority: {stderr}");
     std::fs::remove_file(&beside).unwrap();
 
     // A repository secret others can read.
