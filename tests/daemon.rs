@@ -425,6 +425,14 @@ fn metrics_parse_and_a_token_guards_the_endpoint() {
     assert!(value("process_start_time_seconds") > (now() - 600) as f64);
     assert!(value("process_max_fds") >= value("process_open_fds"));
     assert_eq!(value("coffer_config_last_reload_successful"), 1.0);
+    // Prometheus's own linter finds nothing to say (names, units, _total, help).
+    if let Ok(mut lint) =
+        Command::new("promtool").args(["check", "metrics"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()
+    {
+        lint.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+        let out = lint.wait_with_output().unwrap();
+        assert!(out.status.success() && out.stdout.is_empty(), "promtool check metrics: {}", text(&out));
+    }
     // Prometheus owns `job` and `instance`: a series carrying either would be renamed.
     for s in &parsed {
         assert!(s["labels"]["job"].is_null() && s["labels"]["instance"].is_null(), "{s}");
