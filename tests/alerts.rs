@@ -9,17 +9,6 @@ use std::process::Command;
 
 use common::*;
 
-fn promtool() -> Option<&'static str> {
-    if Command::new("promtool").arg("--version").output().is_ok() {
-        return Some("promtool");
-    }
-    if std::env::var("COFFER_TEST_S3").as_deref() == Ok("require") {
-        panic!("the full suite needs promtool: apt-get install prometheus");
-    }
-    eprintln!("SKIPPED: promtool is not installed (apt-get install prometheus)");
-    None
-}
-
 /// The `alert:` names of a rules file, or the `alertname:` names a test file makes fire.
 fn names(text: &str, key: &str, firing_only: bool) -> Vec<String> {
     let lines: Vec<&str> = text.lines().collect();
@@ -40,7 +29,7 @@ fn names(text: &str, key: &str, firing_only: bool) -> Vec<String> {
 
 #[test]
 fn every_alert_rule_is_valid_and_fires_in_its_unit_test() {
-    let Some(promtool) = promtool() else { return };
+    let Some(promtool) = tool("promtool", "apt-get install prometheus") else { return };
     let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
     run_ok(Command::new(promtool).args(["check", "rules"]).arg(deploy.join("alerts.yml")));
     let out = run_ok(Command::new(promtool).args(["test", "rules"]).arg(deploy.join("alerts.test.yml")));
@@ -58,7 +47,7 @@ fn every_alert_rule_is_valid_and_fires_in_its_unit_test() {
 fn a_broken_rule_fails_its_unit_test() {
     // The test file is not vacuous: with CofferBackupFailing's condition changed to one
     // that cannot hold, promtool reports the missing alert.
-    let Some(promtool) = promtool() else { return };
+    let Some(promtool) = tool("promtool", "apt-get install prometheus") else { return };
     let scratch = Scratch::new("alerts");
     let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
     let rules = std::fs::read_to_string(deploy.join("alerts.yml")).unwrap();

