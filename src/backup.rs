@@ -214,7 +214,14 @@ fn run_pipeline(
     let _cleanup = crate::fsutil::RemoveOnDrop(entries_path.clone());
 
     let state = cfg.state();
-    let source = crate::source::JobContext { name: &job.name, exclude: &job.exclude, env: &job.env, state };
+    let source = crate::source::JobContext {
+        name: &job.name,
+        exclude: &job.exclude,
+        exclude_if_present: &job.exclude_if_present,
+        exclude_caches: job.exclude_caches,
+        env: &job.env,
+        state,
+    };
     let mut prepared = job.source.prepare(&source)?;
     let mut contents = prepared.contents.take();
     let pack_until = retain_until + crate::config::EXTENSION_SLACK_DAYS * DAY;

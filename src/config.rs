@@ -102,6 +102,10 @@ pub struct Job {
     pub name: String,
     pub source: std::sync::Arc<dyn crate::source::Source>,
     pub exclude: Vec<String>,
+    /// Directories holding one of these names are left out whole (`.nobackup`).
+    pub exclude_if_present: Vec<String>,
+    /// Directories with a valid CACHEDIR.TAG are left out whole.
+    pub exclude_caches: bool,
     /// Every snapshot of the job, and everything it writes, is locked at least this long.
     pub lock_days: u32,
     /// How long the first snapshot of each day, week, month and year is kept.
@@ -196,6 +200,12 @@ struct RawJob {
     source: toml::Table,
     #[serde(default)]
     exclude: Vec<String>,
+    /// A file of further exclude patterns, one per line (`#` comments, blank lines).
+    exclude_from: Option<PathBuf>,
+    #[serde(default)]
+    exclude_if_present: Vec<String>,
+    #[serde(default)]
+    exclude_caches: bool,
     #[serde(default = "default_lock_days")]
     lock_days: u32,
     #[serde(default)]
@@ -252,7 +262,20 @@ fn parse_job(
         crate::time::parse_duration(v.as_deref().unwrap_or(default)).map_err(|e| format!("key `{key}`: {e}"))
     };
     let source = crate::source::parse(j.source, resolve).map_err(|e| format!("key `job[{i}].source`: {e}"))?;
-    for (k, pattern) in j.exclude.iter().enumerate() {
+    let mut exclude = j.exclude;
+    if let Some(file) = &j.exclude_from {
+        let file = resolve(file);
+        let text = std::fs::read_to_string(&file)
+            .map_err(|e| format!("key `job[{i}].exclude_from`: cannot read {}: {e}", file.display()))?;
+        let lines = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#'));
+        exclude.extend(lines.map(String::from));
+    }
+    for (k, name) in j.exclude_if_present.iter().enumerate() {
+        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+            return Err(format!("key `job[{i}].exclude_if_present[{k}]`: `{name}` must be a plain file name"));
+        }
+    }
+    for (k, pattern) in exclude.iter().enumerate() {
         if let Err(e) = globset::Glob::new(pattern) {
             return Err(format!("key `job[{i}].exclude[{k}]`: bad glob `{pattern}`: {e}"));
         }
@@ -288,7 +311,9 @@ fn parse_job(
     Ok(Job {
         name: j.name,
         source,
-        exclude: j.exclude,
+        exclude,
+        exclude_if_present: j.exclude_if_present,
+        exclude_caches: j.exclude_caches,
         lock_days: j.lock_days,
         keep,
         schedule,

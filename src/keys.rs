@@ -113,12 +113,18 @@ pub fn parse_recipient(s: &str) -> Result<age::x25519::Recipient> {
     age::x25519::Recipient::from_str(s.trim()).map_err(|e| anyhow!("not an age recipient: {e}"))
 }
 
-/// Creates a new age identity file (0600) and returns its public recipient.
-pub fn keygen(path: &Path) -> Result<String> {
+/// A new age identity, as an identity file's text, and its public recipient.
+pub fn new_identity() -> (String, String) {
     let identity = age::x25519::Identity::generate();
     let recipient = identity.to_public().to_string();
     let now = chrono_like_now();
     let text = format!("# created: {now}\n# public key: {recipient}\n{}\n", identity.to_string().expose_secret());
+    (text, recipient)
+}
+
+/// Creates a new age identity file (0600) and returns its public recipient.
+pub fn keygen(path: &Path) -> Result<String> {
+    let (text, recipient) = new_identity();
     fsutil::write_new_private(path, text.as_bytes())
         .with_context(|| format!("cannot write identity {}", path.display()))?;
     Ok(recipient)

@@ -12,7 +12,12 @@ use crate::progress::bytes;
 #[derive(clap::Args)]
 pub struct Args {
     /// Job name from the config.
-    job: String,
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    job: Option<String>,
+    /// Back up every job, one after the other; the exit code is the worst outcome's (1 if
+    /// any failed, else 3 if any could not read some paths).
+    #[arg(long)]
+    all: bool,
     /// Do not draw a progress line, even on a terminal.
     #[arg(long)]
     no_progress: bool,
@@ -24,17 +29,50 @@ pub struct Args {
 
 pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
     let cfg = Config::load(config)?;
-    let job = cfg.job(&a.job)?;
-    if a.dry_run {
-        return dry_run(&cfg, job);
+    let jobs: Vec<&crate::config::Job> = match &a.job {
+        Some(name) => vec![cfg.job(name)?],
+        None => cfg.jobs.iter().collect(),
+    };
+    if jobs.is_empty() {
+        anyhow::bail!("{} defines no [[job]]", config.display());
     }
+    let mut worst = Worst::Success;
+    for job in jobs {
+        let result = if a.dry_run { dry_run(&cfg, job) } else { one(&cfg, job, &a) };
+        worst = worst.max(match result {
+            Ok(code) if code == ExitCode::SUCCESS => Worst::Success,
+            Ok(_) => Worst::Partial,
+            Err(e) if a.all => {
+                eprintln!("error: job {}: {e:#}", job.name);
+                Worst::Failed
+            }
+            Err(e) => return Err(e),
+        });
+    }
+    Ok(match worst {
+        Worst::Success => ExitCode::SUCCESS,
+        Worst::Partial => ExitCode::from(EXIT_PARTIAL),
+        Worst::Failed => ExitCode::FAILURE,
+    })
+}
+
+/// The outcomes of `--all`, in the order the exit code takes the worst of.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Worst {
+    Success,
+    Partial,
+    Failed,
+}
+
+/// One job's backup and its summary.
+fn one(cfg: &Config, job: &crate::config::Job, a: &Args) -> Result<ExitCode> {
     let opts = crate::backup::Options {
         progress: !a.no_progress,
         trigger: crate::catalog::Trigger::Manual,
         scheduled_for: None,
         stop: None,
     };
-    let s = crate::backup::run(&cfg, job, &opts)?;
+    let s = crate::backup::run(cfg, job, &opts)?;
     let st = &s.stats;
     println!("snapshot {} of job {} complete", s.snapshot_id, job.name);
     println!(

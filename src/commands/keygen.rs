@@ -7,12 +7,20 @@ use anyhow::Result;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Where to write the identity (created with mode 0600; never overwritten).
+    /// Where to write the identity (created with mode 0600; never overwritten). `-`
+    /// prints it to standard output instead, and the recipient to standard error (as
+    /// age-keygen does), for piping it straight to offline storage.
     #[arg(long, short)]
     output: PathBuf,
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
+    if a.output.as_os_str() == "-" {
+        let (text, recipient) = crate::keys::new_identity();
+        print!("{text}");
+        eprintln!("public key: {recipient}");
+        return Ok(ExitCode::SUCCESS);
+    }
     let recipient = crate::keys::keygen(&a.output)?;
     eprintln!("wrote identity {} (keep it offline; it is the only key that can restore)", a.output.display());
     println!("{recipient}");

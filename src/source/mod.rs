@@ -85,6 +85,10 @@ pub fn findable(program: &str) -> bool {
 pub struct JobContext<'a> {
     pub name: &'a str,
     pub exclude: &'a [String],
+    /// Directories holding one of these names are left out whole.
+    pub exclude_if_present: &'a [String],
+    /// Directories with a valid CACHEDIR.TAG are left out whole.
+    pub exclude_caches: bool,
     /// The environment its children (a command source) get.
     pub env: &'a crate::process::ChildEnv,
     pub state: crate::state_dir::StateDir<'a>,

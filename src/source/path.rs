@@ -62,7 +62,8 @@ impl Source for PathSource {
                 job.name
             );
         }
-        Ok(Prepared::tree(self.root.clone(), Excludes::new(job.exclude)?))
+        let excludes = Excludes::new(job.exclude)?.with_markers(job.exclude_if_present, job.exclude_caches);
+        Ok(Prepared::tree(self.root.clone(), excludes))
     }
 }
 
@@ -116,7 +117,14 @@ impl Opener {
 pub struct Excludes {
     by_name: GlobSet,
     by_path: GlobSet,
+    /// A directory holding one of these names is left out whole (`exclude_if_present`).
+    markers: Vec<Vec<u8>>,
+    /// A directory with a valid `CACHEDIR.TAG` is left out whole (`exclude_caches`).
+    caches: bool,
 }
+
+/// The first bytes of a valid `CACHEDIR.TAG` (<https://bford.info/cachedir/>).
+const CACHEDIR_SIGNATURE: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55";
 
 impl Excludes {
     pub fn new(patterns: &[String]) -> Result<Excludes> {
@@ -134,7 +142,33 @@ impl Excludes {
                 by_name.add(glob)
             };
         }
-        Ok(Excludes { by_name: by_name.build()?, by_path: by_path.build()? })
+        Ok(Excludes { by_name: by_name.build()?, by_path: by_path.build()?, markers: Vec::new(), caches: false })
+    }
+
+    /// Also leaves out directories that hold one of `markers`, or (with `caches`) a valid
+    /// `CACHEDIR.TAG`.
+    pub fn with_markers(mut self, markers: &[String], caches: bool) -> Excludes {
+        self.markers = markers.iter().map(|m| m.as_bytes().to_vec()).collect();
+        self.caches = caches;
+        self
+    }
+
+    /// Why the directory `name` in `parent` is left out whole, if it is: looked at through
+    /// descriptors, never following a symlink.
+    fn marked(&self, parent: &OwnedFd, name: &[u8]) -> Option<String> {
+        if self.markers.is_empty() && !self.caches {
+            return None;
+        }
+        let dir = rustix::fs::openat(parent, name, DIR_FLAGS, Mode::empty()).ok()?;
+        let present = |m: &[u8]| rustix::fs::statat(&dir, m, AtFlags::SYMLINK_NOFOLLOW).is_ok();
+        if let Some(m) = self.markers.iter().find(|m| present(m)) {
+            return Some(format!("holds {}", String::from_utf8_lossy(m)));
+        }
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        let tag = rustix::fs::openat(&dir, "CACHEDIR.TAG", flags, Mode::empty()).ok().filter(|_| self.caches)?;
+        let mut head = [0u8; CACHEDIR_SIGNATURE.len()];
+        let n = rustix::io::read(&tag, &mut head).ok()?;
+        (head[..n] == *CACHEDIR_SIGNATURE).then(|| "is a cache directory (CACHEDIR.TAG)".to_string())
     }
 
     fn excluded(&self, rel: &Path, name: &std::ffi::OsStr) -> bool {
@@ -246,6 +280,9 @@ fn list_tree(
             };
             let mut entry = entry_from(&rel, &st);
             match FileType::from_raw_mode(st.st_mode) {
+                FileType::Directory if let Some(why) = excludes.marked(&dir, &name) => {
+                    tracing::info!(path = %rel.display(), "left out: the directory {why}");
+                }
                 FileType::Directory => {
                     entry.kind = Kind::Dir;
                     entry.size = 0;
