@@ -219,6 +219,7 @@ fn run_pipeline(
         exclude: &job.exclude,
         exclude_if_present: &job.exclude_if_present,
         exclude_caches: job.exclude_caches,
+        one_file_system: job.one_file_system,
         env: &job.env,
         state,
     };

@@ -106,6 +106,8 @@ pub struct Job {
     pub exclude_if_present: Vec<String>,
     /// Directories with a valid CACHEDIR.TAG are left out whole.
     pub exclude_caches: bool,
+    /// Mount points inside a path source are kept as empty directories, not entered.
+    pub one_file_system: bool,
     /// Every snapshot of the job, and everything it writes, is locked at least this long.
     pub lock_days: u32,
     /// How long the first snapshot of each day, week, month and year is kept.
@@ -206,6 +208,8 @@ struct RawJob {
     exclude_if_present: Vec<String>,
     #[serde(default)]
     exclude_caches: bool,
+    #[serde(default)]
+    one_file_system: bool,
     #[serde(default = "default_lock_days")]
     lock_days: u32,
     #[serde(default)]
@@ -314,6 +318,7 @@ fn parse_job(
         exclude,
         exclude_if_present: j.exclude_if_present,
         exclude_caches: j.exclude_caches,
+        one_file_system: j.one_file_system,
         lock_days: j.lock_days,
         keep,
         schedule,

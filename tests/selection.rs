@@ -84,3 +84,43 @@ fn keygen_to_stdout_prints_the_identity_and_writes_no_file() {
     assert!(identity.contains(recipient) && recipient.starts_with("age1"));
     assert!(!scratch.path("-").exists(), "a file named `-` was written");
 }
+
+/// A tmpfs mounted for a test, unmounted when dropped.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn one_file_system_keeps_a_mount_point_empty() {
+    let scratch = Scratch::new("onefs");
+    let src = scratch.path("src");
+    write(&src, "local.txt", b"on the source's file system");
+    let mnt = src.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mounted = Command::new("mount").args(["-t", "tmpfs", "coffer-test"]).arg(&mnt).output();
+    if !mounted.is_ok_and(|o| o.status.success()) {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
+        return;
+    }
+    let _mount = Mounted(mnt.clone());
+    write(&mnt, "inner/other.txt", b"on another file system");
+
+    let setup = Setup::with_extra("onefs", Target::Dir, &src, "one_file_system = true\n");
+    setup.backup();
+    let out = scratch.path("out");
+    assert!(setup.restore("latest", &out).status.success());
+    assert!(out.join("local.txt").is_file() && out.join("mnt").is_dir());
+    assert_eq!(std::fs::read_dir(out.join("mnt")).unwrap().count(), 0, "the mount point was entered");
+
+    // Without the option, the mounted file system is backed up like any directory.
+    let config = std::fs::read_to_string(&setup.config).unwrap();
+    std::fs::write(&setup.config, config.replace("one_file_system = true\n", "")).unwrap();
+    setup.backup();
+    let all = scratch.path("all");
+    assert!(setup.restore("latest", &all).status.success());
+    assert_eq!(std::fs::read(all.join("mnt/inner/other.txt")).unwrap(), b"on another file system");
+}

@@ -89,6 +89,8 @@ pub struct JobContext<'a> {
     pub exclude_if_present: &'a [String],
     /// Directories with a valid CACHEDIR.TAG are left out whole.
     pub exclude_caches: bool,
+    /// Mount points inside the tree are kept as empty directories, not entered.
+    pub one_file_system: bool,
     /// The environment its children (a command source) get.
     pub env: &'a crate::process::ChildEnv,
     pub state: crate::state_dir::StateDir<'a>,

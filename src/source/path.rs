@@ -62,7 +62,12 @@ impl Source for PathSource {
                 job.name
             );
         }
-        let excludes = Excludes::new(job.exclude)?.with_markers(job.exclude_if_present, job.exclude_caches);
+        let device = match job.one_file_system {
+            true => Some(std::os::unix::fs::MetadataExt::dev(&std::fs::metadata(&self.root)?)),
+            false => None,
+        };
+        let excludes =
+            Excludes::new(job.exclude)?.with_markers(job.exclude_if_present, job.exclude_caches).on_device(device);
         Ok(Prepared::tree(self.root.clone(), excludes))
     }
 }
@@ -121,6 +126,9 @@ pub struct Excludes {
     markers: Vec<Vec<u8>>,
     /// A directory with a valid `CACHEDIR.TAG` is left out whole (`exclude_caches`).
     caches: bool,
+    /// With `one_file_system`, the root's device: a directory on another one (a mount
+    /// point) is kept, empty, and not entered.
+    device: Option<u64>,
 }
 
 /// The first bytes of a valid `CACHEDIR.TAG` (<https://bford.info/cachedir/>).
@@ -142,7 +150,13 @@ impl Excludes {
                 by_name.add(glob)
             };
         }
-        Ok(Excludes { by_name: by_name.build()?, by_path: by_path.build()?, markers: Vec::new(), caches: false })
+        Ok(Excludes {
+            by_name: by_name.build()?,
+            by_path: by_path.build()?,
+            markers: Vec::new(),
+            caches: false,
+            device: None,
+        })
     }
 
     /// Also leaves out directories that hold one of `markers`, or (with `caches`) a valid
@@ -150,6 +164,12 @@ impl Excludes {
     pub fn with_markers(mut self, markers: &[String], caches: bool) -> Excludes {
         self.markers = markers.iter().map(|m| m.as_bytes().to_vec()).collect();
         self.caches = caches;
+        self
+    }
+
+    /// Stays on `device` (the root's): mount points are kept as empty directories.
+    pub fn on_device(mut self, device: Option<u64>) -> Excludes {
+        self.device = device;
         self
     }
 
@@ -287,7 +307,11 @@ fn list_tree(
                     entry.kind = Kind::Dir;
                     entry.size = 0;
                     batch.push(Found::Dir(entry));
-                    subdirs.push(Pending { parent: dir.clone(), name, rel, dev: st.st_dev, ino: st.st_ino });
+                    if excludes.device.is_some_and(|d| d != st.st_dev) {
+                        tracing::info!(path = %rel.display(), "not entered: another file system (one_file_system)");
+                    } else {
+                        subdirs.push(Pending { parent: dir.clone(), name, rel, dev: st.st_dev, ino: st.st_ino });
+                    }
                 }
                 FileType::RegularFile => {
                     let opener = Opener { dir: dir.clone(), name, dev: st.st_dev, ino: st.st_ino };
