@@ -93,7 +93,9 @@ struct Journald;
 
 impl Journald {
     fn prefix(level: &tracing::Level) -> &'static str {
-        if std::env::var_os("JOURNAL_STREAM").is_none() {
+        // Looked up once: every log line asks.
+        static TO_JOURNAL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        if !*TO_JOURNAL.get_or_init(|| std::env::var_os("JOURNAL_STREAM").is_some()) {
             return "";
         }
         match *level {

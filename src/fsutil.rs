@@ -63,8 +63,7 @@ pub fn secure_state_dir(dir: &Path) -> anyhow::Result<()> {
     if mode & 0o077 == 0 {
         return Ok(());
     }
-    // SAFETY: geteuid cannot fail.
-    let mine = m.uid() == unsafe { libc::geteuid() };
+    let mine = m.uid() == euid();
     let own = crate::state_dir::StateDir(dir).catalog().exists()
         || std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none());
     if mine && own {

@@ -99,7 +99,9 @@ fn state_dir(cfg: &Config, problems: &mut Vec<String>) {
         return;
     }
     for suffix in ["", "-wal", "-shm"] {
-        let file = Path::new(&format!("{}{suffix}", catalog.display())).to_path_buf();
+        let mut file = catalog.clone().into_os_string();
+        file.push(suffix);
+        let file = std::path::PathBuf::from(file);
         let access = rustix::fs::Access::READ_OK | rustix::fs::Access::WRITE_OK;
         if file.exists() && rustix::fs::access(&file, access).is_err() {
             problems.push(format!("permission denied: {} ({})", file.display(), owner_of(&file)));

@@ -69,6 +69,24 @@ pub struct Listed {
     pub last_modified_ns: i64,
 }
 
+/// A body's digests, computed once however often its request is retried: SHA-256 (the
+/// payload signature, and `x-amz-checksum-sha256`) and, for a body, MD5. A PUT carries
+/// both: AWS and moto refuse lock headers without a checksum, and Backblaze B2 and some
+/// MinIO versions take only `Content-MD5`.
+struct Digests {
+    sha256: [u8; 32],
+    md5: Option<[u8; 16]>,
+}
+
+impl Digests {
+    fn of(body: &Bytes) -> Digests {
+        Digests {
+            sha256: sha2::Sha256::digest(body).into(),
+            md5: (!body.is_empty()).then(|| <md5::Md5 as md5::Digest>::digest(body).into()),
+        }
+    }
+}
+
 /// An error with every cause under it (`connection refused`, the DNS or TLS failure),
 /// which the HTTP client's own message leaves out.
 fn causes(e: &(dyn std::error::Error + 'static)) -> String {
@@ -137,9 +155,7 @@ impl S3Client {
         }
     }
 
-    /// Signs a request; a body goes with its length, and on a PUT with
-    /// `x-amz-checksum-sha256` and `Content-MD5`: AWS and moto refuse lock headers without
-    /// a checksum, and Backblaze B2 and some MinIO versions take only `Content-MD5`. The
+    /// Signs a request; a body goes with its length, and a PUT with its `digests`. The
     /// SHA-256 digest also signs the payload.
     async fn request(
         &self,
@@ -147,8 +163,8 @@ impl S3Client {
         url: &str,
         headers: &[(&str, String)],
         body: &Bytes,
+        digests: &Digests,
     ) -> Result<Request<HttpRequestBody>> {
-        let sha256: Option<[u8; 32]> = (!body.is_empty()).then(|| sha2::Sha256::digest(body).into());
         let credential = self.credentials.get_credential().await.context("no S3 credentials")?;
         let mut builder = Request::builder().method(method.clone()).uri(url);
         for (k, v) in headers {
@@ -158,23 +174,24 @@ impl S3Client {
             // Also for an empty body: a PUT without a length is refused (411).
             builder = builder.header("content-length", body.len().to_string());
         }
-        if let (Some(digest), true) = (sha256, *method == Method::PUT) {
+        if let (Some(md5), true) = (digests.md5, *method == Method::PUT) {
             let b64 = |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(d);
-            builder = builder.header("x-amz-checksum-sha256", b64(&digest));
-            builder = builder.header("content-md5", b64(&<md5::Md5 as md5::Digest>::digest(body)));
+            builder = builder.header("x-amz-checksum-sha256", b64(&digests.sha256));
+            builder = builder.header("content-md5", b64(&md5));
         }
         let mut req = builder.body(HttpRequestBody::from(body.clone())).context("bad request")?;
-        let digest = sha256.unwrap_or_else(|| sha2::Sha256::digest(b"").into());
-        sign(&mut req, &credential, &self.region, &digest, chrono::Utc::now()).context("cannot sign the request")?;
+        sign(&mut req, &credential, &self.region, &digests.sha256, chrono::Utc::now())
+            .context("cannot sign the request")?;
         Ok(req)
     }
 
     /// Sends a signed request and reads the whole answer, retrying connection errors and
     /// transient answers with backoff under the run's budget.
     pub async fn send(&self, method: Method, url: &str, headers: &[(&str, String)], body: Bytes) -> Result<Answer> {
+        let digests = Digests::of(&body);
         let mut attempt = 0;
         loop {
-            let req = self.request(&method, url, headers, &body).await?;
+            let req = self.request(&method, url, headers, &body, &digests).await?;
             let failure = match self.client.execute(req).await {
                 Ok(resp) => {
                     let (parts, body) = resp.into_parts();
@@ -249,7 +266,7 @@ impl S3Client {
         let headers: Vec<(&str, String)> = etag.map(|e| ("if-match", format!("\"{e}\""))).into_iter().collect();
         let mut attempt = 0;
         loop {
-            let req = self.request(&Method::GET, &url, &headers, &Bytes::new()).await?;
+            let req = self.request(&Method::GET, &url, &headers, &Bytes::new(), &Digests::of(&Bytes::new())).await?;
             let failure = match self.client.execute(req).await {
                 Ok(resp) if resp.status().is_success() => {
                     let content_type =

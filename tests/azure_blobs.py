@@ -10,6 +10,8 @@ COFFER_TEST_AZURITE is its Blob endpoint, AZURITE_KEY its (public) key.
   azure_blobs.py dump CONTAINER PREFIX                one JSON line per blob: key (relative),
                                                       size, sha256, content type
   azure_blobs.py mkcontainer CONTAINER
+  azure_blobs.py put CONTAINER                        for each JSON string on stdin (one per line),
+                                                      a blob of that exact name holding its bytes
 """
 import hashlib
 import json
@@ -64,6 +66,10 @@ def main():
             put(container, key(prefix, i * 5), body, ctype)
             changed += len(body)
         print(json.dumps({"changed_bytes": changed}))
+    elif cmd == "put":
+        for line in sys.stdin:
+            name = json.loads(line)
+            put(container, name, name.encode(), "text/plain")
     elif cmd == "dump":
         prefix = sys.argv[3]
         for b in container.list_blobs(name_starts_with=prefix):

@@ -18,12 +18,15 @@ fn commands(setup: &Setup, out: &Path) -> Vec<Vec<String>> {
     let to = out.display().to_string();
     [
         vec!["snapshots", "--json"],
+        vec!["snapshots"],
         vec!["runs", "--json"],
         vec!["status", "--json"],
         vec!["verify"],
         vec!["verify", "--read-data", "--identity", &id, "--no-progress"],
         vec!["restore", "latest", "--job", "data", "--no-progress", "--identity", &id, "--to", &to],
         vec!["backup", "data", "--no-progress"],
+        vec!["backup", "data", "--dry-run"],
+        vec!["check-config"],
         vec!["prune"],
         vec!["init"],
     ]

@@ -124,3 +124,37 @@ fn one_file_system_keeps_a_mount_point_empty() {
     assert!(setup.restore("latest", &all).status.success());
     assert_eq!(std::fs::read(all.join("mnt/inner/other.txt")).unwrap(), b"on another file system");
 }
+
+#[test]
+fn markers_other_users_plant_cannot_hang_the_walk_or_be_borrowed_through_a_symlink() {
+    // Other users write in the tree: one makes CACHEDIR.TAG a FIFO (an open that blocks
+    // would hang the run), another links it to a valid tag elsewhere.
+    let scratch = Scratch::new("markers-hostile");
+    let src = scratch.path("src");
+    write(&src, "fifo/a.txt", b"kept");
+    write(&src, "linked/b.txt", b"kept too");
+    let fifo = src.join("fifo/CACHEDIR.TAG");
+    run_ok(Command::new("mkfifo").arg(&fifo));
+    let valid = scratch.path("elsewhere/CACHEDIR.TAG");
+    write(&scratch.0, "elsewhere/CACHEDIR.TAG", b"Signature: 8a477f597d28d172789f06886806bc55\n");
+    std::os::unix::fs::symlink(&valid, src.join("linked/CACHEDIR.TAG")).unwrap();
+
+    let setup = Setup::with_extra("markers-hostile", Target::Dir, &src, "exclude_caches = true\n");
+    let mut backup = setup.cmd(&["backup", "data", "--no-progress"]).spawn().unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = backup.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(30) {
+            let _ = backup.kill();
+            panic!("the walk hung on a FIFO named CACHEDIR.TAG");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success());
+    let to = scratch.path("out");
+    assert!(setup.restore("latest", &to).status.success());
+    assert_eq!(std::fs::read(to.join("fifo/a.txt")).unwrap(), b"kept");
+    assert_eq!(std::fs::read(to.join("linked/b.txt")).unwrap(), b"kept too", "a symlinked tag was honoured");
+}

@@ -677,15 +677,21 @@ fn azure_py(args: &[&str]) -> Vec<Value> {
     String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
-#[test]
-fn an_azure_container_is_backed_up_incrementally_and_restored_to_a_directory_and_a_container() {
-    let Ok(endpoint) = std::env::var("COFFER_TEST_AZURITE") else {
+/// Azurite's Blob endpoint, or `None` (a loud skip) outside the full suite.
+fn azurite() -> Option<String> {
+    let endpoint = std::env::var("COFFER_TEST_AZURITE").ok();
+    if endpoint.is_none() {
         if std::env::var("COFFER_TEST_S3").as_deref() == Ok("require") {
             panic!("the full suite needs Azurite: run `eval \"$(scripts/azurite.sh start)\"`");
         }
         eprintln!("SKIPPED: no Azurite (COFFER_TEST_AZURITE unset); run scripts/test.sh for the full suite");
-        return;
-    };
+    }
+    endpoint
+}
+
+#[test]
+fn an_azure_container_is_backed_up_incrementally_and_restored_to_a_directory_and_a_container() {
+    let Some(endpoint) = azurite() else { return };
     let stamp = now() % 1_000_000_000;
     let (src, back) = (format!("src-{stamp}"), format!("back-{stamp}"));
     azure_py(&["fill", &src, "data/", "200", "20"]);
@@ -734,4 +740,33 @@ fn an_azure_container_is_backed_up_incrementally_and_restored_to_a_directory_and
     assert_eq!(azure_py(&["dump", &back, "copy/"]), now_state, "the container restored differs from the source");
     assert!(now_state.iter().any(|o| o["content_type"] == "image/png"));
     assert!(!printed.contains(AZURITE_KEY), "the account key was printed");
+}
+
+#[test]
+fn a_blob_name_that_is_no_path_fails_the_azure_job_with_its_name() {
+    // Whoever can write the container can name a blob `a//b`. object_store's paths refuse
+    // it; the run must say which blob, and record no snapshot, not panic or skip silently.
+    let Some(endpoint) = azurite() else { return };
+    let container = format!("odd-{}", now() % 1_000_000_000);
+    azure_py(&["mkcontainer", &container]);
+    let names = ["data/ok.txt", "data/a//b"].map(|n| serde_json::to_string(n).unwrap()).join("\n");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/azure_blobs.py");
+    let mut put = Command::new("python3")
+        .arg(script)
+        .args(["put", &container])
+        .env("AZURITE_KEY", AZURITE_KEY)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut put.stdin.take().unwrap(), names.as_bytes()).unwrap();
+    assert!(put.wait().unwrap().success());
+
+    let source = format!(
+        "{{ azure = \"az://devstoreaccount1/{container}/data\", endpoint = \"{endpoint}\", access_key_env = \"COFFER_AZ_KEY\" }}"
+    );
+    let setup = Setup::with_source("azure-odd", Target::Dir, &source, "");
+    let out = setup.cmd(&["backup", "data", "--no-progress"]).env("COFFER_AZ_KEY", AZURITE_KEY).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("a//b"), "the blob is not named: {}", text(&out));
+    assert!(setup.snapshots().is_empty());
 }

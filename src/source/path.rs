@@ -184,8 +184,12 @@ impl Excludes {
         if let Some(m) = self.markers.iter().find(|m| present(m)) {
             return Some(format!("holds {}", String::from_utf8_lossy(m)));
         }
+        if !self.caches {
+            return None;
+        }
+        // Non-blocking: a FIFO planted under this name must not hang the walk.
         let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
-        let tag = rustix::fs::openat(&dir, "CACHEDIR.TAG", flags, Mode::empty()).ok().filter(|_| self.caches)?;
+        let tag = rustix::fs::openat(&dir, "CACHEDIR.TAG", flags, Mode::empty()).ok()?;
         let mut head = [0u8; CACHEDIR_SIGNATURE.len()];
         let n = rustix::io::read(&tag, &mut head).ok()?;
         (head[..n] == *CACHEDIR_SIGNATURE).then(|| "is a cache directory (CACHEDIR.TAG)".to_string())

@@ -80,6 +80,27 @@ impl object_store::CredentialProvider for NoCredentials {
 }
 
 impl S3 {
+    /// The bucket can lock: Object Lock enabled, and versioning with it (read only).
+    async fn lock_ready(&self, url: &str) -> Result<()> {
+        let config = self
+            .api
+            .lock_configuration()
+            .await
+            .with_context(|| format!("cannot read the Object Lock configuration of {url}"))?;
+        if !config.enabled {
+            bail!(
+                "target {url}: the bucket has Object Lock disabled, so coffer cannot make its backups write-once. \
+                 Create the bucket with Object Lock enabled (aws s3api create-bucket --object-lock-enabled-for-bucket), \
+                 or set `lock_mode = \"none\"` under [target] to store backups UNPROTECTED"
+            );
+        }
+        let versioning = self.api.versioning().await?;
+        if versioning != "Enabled" {
+            bail!("target {url}: bucket versioning is `{versioning}`; Object Lock needs it Enabled");
+        }
+        Ok(())
+    }
+
     /// `rest` is the URL after `s3://`. Credentials come from the environment
     /// (`AWS_ACCESS_KEY_ID`, …, or the instance's role), as the AWS tools find them.
     pub fn open(cfg: &TargetConfig, rest: &str, retry: Retry) -> Result<S3> {
@@ -159,21 +180,7 @@ impl Store for S3 {
     /// able to delete a locked version (a canary proves it).
     async fn check_immutability(&self, mode: LockMode, url: &str, allow_unprotected: bool) -> Result<Option<String>> {
         let api = &self.api;
-        let config = api
-            .lock_configuration()
-            .await
-            .with_context(|| format!("cannot read the Object Lock configuration of {url}"))?;
-        if !config.enabled {
-            bail!(
-                "target {url}: the bucket has Object Lock disabled, so coffer cannot make its backups write-once. \
-                 Create the bucket with Object Lock enabled (aws s3api create-bucket --object-lock-enabled-for-bucket), \
-                 or set `lock_mode = \"none\"` under [target] to store backups UNPROTECTED"
-            );
-        }
-        let versioning = api.versioning().await?;
-        if versioning != "Enabled" {
-            bail!("target {url}: bucket versioning is `{versioning}`; Object Lock needs it Enabled");
-        }
+        self.lock_ready(url).await?;
         // The canary: a tiny object with the shortest lock coffer uses (one day), which
         // these credentials must fail to delete. It stays until its lock expires (prune
         // removes it).
@@ -200,20 +207,9 @@ impl Store for S3 {
     }
 
     async fn check_lock_configuration(&self, mode: Option<LockMode>, url: &str) -> Result<()> {
-        let config = self.api.lock_configuration().await.with_context(|| format!("target {url}"))?;
-        match (mode, config.enabled) {
-            (Some(mode), false) => bail!(
-                "target {url}: the bucket has Object Lock disabled, but the config locks in {} mode",
-                mode.as_str()
-            ),
-            (Some(_), true) => {
-                let versioning = self.api.versioning().await?;
-                if versioning != "Enabled" {
-                    bail!("target {url}: bucket versioning is `{versioning}`; Object Lock needs it Enabled");
-                }
-                Ok(())
-            }
-            (None, _) => Ok(()),
+        match mode {
+            Some(_) => self.lock_ready(url).await,
+            None => Ok(()),
         }
     }
 
