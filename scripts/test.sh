@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite: installs (first time, as root) and starts the local S3 server
-# with Object Lock (Ceph RGW, scripts/s3-server.sh) and Azurite (the Azure Blob
-# emulator, scripts/azurite.sh); boto3, azure-storage-blob and prometheus_client (the
-# tests' independent S3 and Blob clients and metrics parser), moto (a second S3
-# implementation, started by its test), promtool (Debian's `prometheus`, for the
+# with Object Lock (Ceph RGW, scripts/s3-server.sh), a second S3 provider (LocalStack,
+# scripts/localstack.sh) and Azurite (the Azure Blob emulator, scripts/azurite.sh);
+# boto3, azure-storage-blob and prometheus_client (the tests' independent S3 and Blob
+# clients and metrics parser), moto (a third S3 implementation, started by its test), promtool (Debian's `prometheus`, for the
 # alert rules' unit tests), hadolint and kubernetes-validate (for deploy/); runs every
 # unit and integration test against them, and stops them again.
 set -euo pipefail
@@ -19,8 +19,10 @@ if [ -z "${AWS_ENDPOINT_URL:-}" ]; then
   started=1
 fi
 eval "$(scripts/azurite.sh start)"
+eval "$(scripts/localstack.sh start)"
 cleanup() {
   scripts/azurite.sh stop
+  scripts/localstack.sh stop
   [ "$started" = 1 ] && scripts/s3-server.sh stop || true
 }
 trap cleanup EXIT

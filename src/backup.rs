@@ -26,6 +26,7 @@ use tokio::task::JoinSet;
 
 use crate::ChunkId;
 use crate::catalog::{CachedFile, Catalog, RunReport, SnapshotRow, StoredPack, Trigger};
+use crate::catalog::{Copy, TargetId};
 use crate::chunker::{ChunkError, Chunker};
 use crate::config::{Config, Job};
 use crate::format::contents::Contents;
@@ -34,6 +35,7 @@ use crate::format::pack::{BlobEntry, FLAG_ZSTD, PackBuilder};
 use crate::format::snapshot::{self, EntryError, SnapshotRecord, SnapshotStats};
 use crate::keys::RepoSecret;
 use crate::progress::{Counters, ProgressLine};
+use crate::replicate::{Copied, Copier};
 use crate::retry::{GiveUp, Retry};
 use crate::run_outcome::RunOutcome;
 use crate::source::path::{self as path_source, Excludes, Found};
@@ -64,6 +66,7 @@ pub struct Interrupted;
 /// How a run ended.
 pub fn outcome(result: &Result<Summary>) -> RunOutcome {
     match result {
+        Ok(s) if s.targets.iter().any(|t| t.lagging.is_some()) => RunOutcome::Degraded,
         Ok(s) if s.errors.is_empty() => RunOutcome::Success,
         Ok(_) => RunOutcome::Partial,
         Err(e) if e.is::<Interrupted>() || matches!(e.downcast_ref(), Some(GiveUp::Stopped { .. })) => {
@@ -76,16 +79,53 @@ pub fn outcome(result: &Result<Summary>) -> RunOutcome {
 /// What a finished run reports to its caller.
 pub struct Summary {
     pub snapshot_id: String,
-    /// Until when the snapshot's objects are locked, where the target locks.
-    pub retain_until: Option<i64>,
-    /// COMPLIANCE, GOVERNANCE or UNPROTECTED.
-    pub protection: crate::target::Protection,
+    /// Each of the job's targets: how it protects the snapshot, or why it lags.
+    pub targets: Vec<TargetSummary>,
+    /// What was copied to targets that lagged (catch-up), from the others.
+    pub copied: crate::replicate::Copied,
     /// Until when the snapshot is kept, and which rule says so.
     pub kept_until: i64,
     pub because: String,
     pub stats: SnapshotStats,
     pub unchanged_files: u64,
     pub errors: Vec<EntryError>,
+}
+
+/// One target's part in a run.
+pub struct TargetSummary {
+    pub name: String,
+    /// COMPLIANCE, GOVERNANCE or UNPROTECTED.
+    pub protection: crate::target::Protection,
+    /// Until when the snapshot's objects are locked there, where the target locks.
+    pub locked_until: Option<i64>,
+    /// Why the target does not hold the snapshot (`None`: it does).
+    pub lagging: Option<String>,
+}
+
+/// The targets that stopped answering during a run, with why; the run goes on with the
+/// others, and the next run catches these up.
+#[derive(Default)]
+struct Down(Mutex<std::collections::BTreeMap<TargetId, String>>);
+
+impl Down {
+    fn mark(&self, target: &Target, why: &anyhow::Error) {
+        if let std::collections::btree_map::Entry::Vacant(e) = lock(&self.0).entry(target.id) {
+            tracing::warn!(target = %target.name, "target failed; the run goes on without it: {why:#}");
+            e.insert(format!("{why:#}"));
+        }
+    }
+
+    fn is_down(&self, id: TargetId) -> bool {
+        lock(&self.0).contains_key(&id)
+    }
+
+    fn ids(&self) -> HashSet<TargetId> {
+        lock(&self.0).keys().copied().collect()
+    }
+
+    fn why(&self, id: TargetId) -> Option<String> {
+        lock(&self.0).get(&id).cloned()
+    }
 }
 
 /// A chunk not stored before, on its way to a compressor.
@@ -122,8 +162,15 @@ pub fn retention_at(catalog: &Catalog, job: &Job, created: i64) -> Result<crate:
 /// Runs one backup of `job`.
 pub fn run(cfg: &Config, job: &Job, opts: &Options) -> Result<Summary> {
     let _lock = cfg.state().job_lock(&job.name)?;
-    let retry = Retry::new(cfg.target.retry_budget, opts.stop.clone());
-    let mut repo = crate::repo::Repo::open_with(cfg, retry.clone())?.host(cfg)?;
+    let retries = std::cell::RefCell::new(Vec::new());
+    let retry_for = |t: &crate::config::TargetConfig| {
+        let retry = Retry::new(t.retry_budget, opts.stop.clone());
+        retries.borrow_mut().push(retry.clone());
+        retry
+    };
+    let mut repo = crate::repo::Repo::open_with(cfg, retry_for)?.host(cfg)?;
+    let retries = retries.into_inner();
+    let retried = || retries.iter().map(Retry::retries).sum::<u64>();
     let run_id = repo.catalog.start_run(&job.name, opts.trigger, opts.scheduled_for)?;
     tracing::info!(job = %job.name, trigger = opts.trigger.as_str(), "backup started");
     let started = Instant::now();
@@ -136,9 +183,19 @@ pub fn run(cfg: &Config, job: &Job, opts: &Options) -> Result<Summary> {
     let error = match &result {
         Ok(s) if !s.errors.is_empty() => Some(format!("{} paths could not be read", s.errors.len())),
         // A run that rode out an outage says so, so that the outage is seen.
-        Ok(_) => {
-            retry.last_error().map(|e| format!("{} transient target failures retried; last: {e}", retry.retries()))
-        }
+        Ok(s) if s.targets.iter().any(|t| t.lagging.is_some()) => Some(
+            s.targets
+                .iter()
+                .filter_map(|t| {
+                    Some(format!("target `{}` does not hold the snapshot: {}", t.name, t.lagging.as_ref()?))
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+        Ok(_) => retries
+            .iter()
+            .find_map(Retry::last_error)
+            .map(|e| format!("{} transient target failures retried; last: {e}", retried())),
         Err(e) => Some(format!("{e:#}")),
     };
     let report = RunReport {
@@ -148,7 +205,7 @@ pub fn run(cfg: &Config, job: &Job, opts: &Options) -> Result<Summary> {
         bytes_new: Counters::get(&counters.bytes_new),
         bytes_uploaded: Counters::get(&counters.bytes_uploaded),
         duration_ms: started.elapsed().as_millis() as u64,
-        retries: retry.retries(),
+        retries: retried(),
         error: error.clone(),
     };
     // Record the outcome if the catalog still takes writes; a failed run's own error wins.
@@ -213,6 +270,19 @@ fn run_pipeline(
     let entries_path = cfg.state().scratch(&format!("entries-{}", job.name))?;
     let _cleanup = crate::fsutil::RemoveOnDrop(entries_path.clone());
 
+    // Targets that lag (down during an earlier run, or new) first get what they miss,
+    // copied from the others; one that fails now is left out of this run.
+    let targets: Vec<Target> = repo.targets.iter().filter(|t| job.targets.contains(&t.name)).cloned().collect();
+    let down = Down::default();
+    let mut copier = Copier { repo, skip: HashSet::new(), copied: Copied::default() };
+    for t in &targets {
+        copier.skip = down.ids();
+        if let Err(e) = copier.catch_up(t, &job.name) {
+            down.mark(t, &e.context(format!("catching up target `{}` failed", t.name)));
+        }
+    }
+    let copied = copier.copied;
+
     let state = cfg.state();
     let source = crate::source::JobContext {
         name: &job.name,
@@ -226,7 +296,8 @@ fn run_pipeline(
     let mut prepared = job.source.prepare(&source)?;
     let mut contents = prepared.contents.take();
     let pack_until = retain_until + crate::config::EXTENSION_SLACK_DAYS * DAY;
-    let (mut reader, uploaded) = store(cfg, job, repo, counters, stop, prepared, &entries_path, pack_until)?;
+    let pipeline = Pipeline { targets: &targets, down: &down, pack_until };
+    let (mut reader, uploaded) = store(cfg, job, repo, counters, stop, prepared, &entries_path, &pipeline)?;
     tracing::debug!(secs = started.elapsed().as_secs_f64(), "read and stored");
     if let Some(Contents::Command(c)) = &mut contents {
         c.bytes = reader.stats.bytes;
@@ -239,8 +310,22 @@ fn run_pipeline(
     stats.packs_uploaded = Counters::get(&counters.packs);
     stats.duration_ms = started.elapsed().as_millis() as u64;
 
-    // A snapshot is complete only when everything it needs is locked long enough.
-    stats.lock_extensions = extend_locks(repo, &reader.referenced, retain_until, &job.name)?;
+    // On each target, a snapshot is complete only when everything it needs is there and
+    // locked long enough: reused packs a target lacks are copied to it from another.
+    let mut needed = reader.referenced.clone();
+    needed.extend(&uploaded);
+    let mut copier = Copier { repo, skip: HashSet::new(), copied };
+    for t in targets.iter().filter(|t| !down.is_down(t.id)) {
+        copier.skip = down.ids();
+        let ready = copier
+            .packs(t, &needed, pack_until)
+            .and_then(|()| crate::replicate::extend_locks(repo, t, &needed, retain_until, &job.name));
+        match ready {
+            Ok(n) => stats.lock_extensions += n,
+            Err(e) => down.mark(t, &e),
+        }
+    }
+    let copied = copier.copied;
 
     let id = crate::hex::random(8);
     let record = SnapshotRecord {
@@ -258,23 +343,54 @@ fn run_pipeline(
         contents,
     };
     let key = crate::format::snapshot_key(&job.name, &id);
-    let object = snapshot::seal(&record, &key, &cfg.recipients, repo.secret())?;
-    let version = repo.runtime.block_on(repo.target.put_new(&key, Bytes::from(object), retain_until))?;
+    let object = Bytes::from(snapshot::seal(&record, &key, &cfg.recipients, repo.secret())?);
+    let mut copies: Vec<(TargetId, Copy)> = Vec::new();
+    for t in targets.iter().filter(|t| !down.is_down(t.id)) {
+        match repo.runtime.block_on(t.put_new(&key, object.clone(), retain_until)) {
+            Ok(version) => copies.push((t.id, Copy { version, lock: t.lock_until(retain_until) })),
+            Err(e) => down.mark(t, &e),
+        }
+    }
+    if copies.is_empty() {
+        bail!("no target stored the snapshot: {}", down_reasons(&targets, &down));
+    }
     tracing::debug!(secs = started.elapsed().as_secs_f64(), "snapshot record stored");
-    let lock_mode = repo.target.lock_until(retain_until).map(|l| l.mode.as_str().to_string());
-    let row = SnapshotRow::from_record(&record, version, lock_mode);
-    complete(&mut repo.catalog, &row, &reader, uploaded, &entries_path)?;
+    let row = SnapshotRow::from_record(&record);
+    complete(&mut repo.catalog, &row, &copies, &reader, uploaded, &entries_path)?;
     tracing::debug!(secs = started.elapsed().as_secs_f64(), "catalog updated");
+    let targets = targets
+        .iter()
+        .map(|t| TargetSummary {
+            name: t.name.clone(),
+            protection: t.protection(),
+            locked_until: t.lock_until(retain_until).map(|l| l.until),
+            lagging: down.why(t.id),
+        })
+        .collect();
     Ok(Summary {
         snapshot_id: id,
-        retain_until: repo.target.lock_until(retain_until).map(|l| l.until),
-        protection: repo.target.protection(),
+        targets,
+        copied,
         kept_until: retain_until,
         because: decision.because,
         stats,
         unchanged_files: Counters::get(&counters.unchanged),
         errors: reader.errors,
     })
+}
+
+/// "target `a`: why; target `b`: why", for the targets that failed.
+fn down_reasons(targets: &[Target], down: &Down) -> String {
+    let reasons = targets.iter().filter_map(|t| Some(format!("target `{}`: {}", t.name, down.why(t.id)?)));
+    reasons.collect::<Vec<_>>().join("; ")
+}
+
+/// Where the pipeline's packs go: the run's targets (less those that fail), locked until
+/// `pack_until`.
+struct Pipeline<'a> {
+    targets: &'a [Target],
+    down: &'a Down,
+    pack_until: i64,
 }
 
 /// Reads the source through the pipeline (reader → compressors → packer → uploader)
@@ -289,7 +405,7 @@ fn store(
     stop: Option<Arc<AtomicBool>>,
     prepared: Prepared,
     entries_path: &Path,
-    pack_until: i64,
+    pipeline: &Pipeline,
 ) -> Result<(ReadOutput, HashSet<i64>)> {
     let Prepared { input, errors: source_errors, command, .. } = prepared;
     let abort = Arc::new(AtomicBool::new(false));
@@ -335,15 +451,7 @@ fn store(
 
     let middle = Middle::start(cfg, workers, chunk_rx, pack_tx)?;
 
-    let upload = repo.runtime.block_on(upload_loop(
-        &mut pack_rx,
-        &repo.target,
-        &mut repo.catalog,
-        counters,
-        &pending,
-        pack_until,
-        cfg.target.upload_concurrency,
-    ));
+    let upload = repo.runtime.block_on(upload_loop(&mut pack_rx, pipeline, &mut repo.catalog, counters, &pending));
     if upload.is_err() {
         abort.store(true, Ordering::Relaxed);
     }
@@ -414,6 +522,7 @@ impl Middle {
 fn complete(
     catalog: &mut Catalog,
     row: &SnapshotRow,
+    copies: &[(TargetId, Copy)],
     reader: &ReadOutput,
     uploaded: HashSet<i64>,
     entries_path: &Path,
@@ -442,37 +551,8 @@ fn complete(
         Err(err) => Some(Err(anyhow!(err))),
     });
     let counts = Some((paths.files.len() as u64, paths.fresh));
-    catalog.complete_snapshot(row, &packs, cache, |p| paths.files.contains(&path_hash(p)), counts)?;
+    catalog.complete_snapshot(row, copies, &packs, cache, |p| paths.files.contains(&path_hash(p)), counts)?;
     Ok(())
-}
-
-/// Extends the locks of older packs this snapshot reuses that would expire before it
-/// may, to `retain_until` plus the slack (so that the next days' snapshots need none);
-/// and the lock of `coffer.repo`, which every restore needs. Returns the number of
-/// extension requests; a refused one fails the run.
-fn extend_locks(repo: &Repo, packs: &HashSet<i64>, retain_until: i64, job: &str) -> Result<u64> {
-    let until = retain_until + crate::config::EXTENSION_SLACK_DAYS * DAY;
-    let Some(lock) = repo.target.lock_until(until) else { return Ok(0) };
-    let short = repo.catalog.packs_locked_before(packs, retain_until)?;
-    for (id, hash, version) in &short {
-        let key = crate::format::pack_key(hash);
-        if let Err(e) = repo.runtime.block_on(repo.target.extend_lock(&key, version.as_deref(), until)) {
-            let _ = repo.catalog.event("lock-refused", Some(job), &format!("pack {hash}: {e:#}"));
-            return Err(e.context(format!("cannot extend the lock of {key}; the snapshot is not complete")));
-        }
-        repo.catalog.set_pack_lock(*id, lock, job, hash)?;
-    }
-    let mut requests = short.len() as u64;
-    if repo.row.record_lock.is_none_or(|l| l.until < retain_until) {
-        let key = crate::format::REPO_KEY;
-        if let Err(e) = repo.runtime.block_on(repo.target.extend_lock(key, repo.row.record_version.as_deref(), until)) {
-            let _ = repo.catalog.event("lock-refused", Some(job), &format!("{key}: {e:#}"));
-            return Err(e.context(format!("cannot extend the lock of {key}; the snapshot is not complete")));
-        }
-        repo.catalog.set_repo_lock(lock, job)?;
-        requests += 1;
-    }
-    Ok(requests)
 }
 
 /// Chunks this run sent for storage, until the reader's view of the catalog shows them.
@@ -959,17 +1039,24 @@ fn pack_loop(
     Ok(())
 }
 
-/// Uploads packs a few at a time and records each in the catalog once acknowledged.
-/// Returns the catalog ids of the packs it stored.
+/// Uploads packs a few at a time, each to every target still answering (each target
+/// with its own limit of concurrent puts), and records each pack in the catalog once
+/// acknowledged, with the copies that were. A target that fails is left out from then
+/// on; a pack no target stored fails the run. Returns the catalog ids of the packs stored.
 async fn upload_loop(
     rx: &mut tokio::sync::mpsc::Receiver<SealedPack>,
-    target: &Target,
+    pipeline: &Pipeline<'_>,
     catalog: &mut Catalog,
     counters: &Counters,
     pending: &Mutex<InFlight>,
-    pack_until: i64,
-    concurrency: usize,
 ) -> Result<HashSet<i64>> {
+    let limits: Vec<(Target, Arc<tokio::sync::Semaphore>)> = pipeline
+        .targets
+        .iter()
+        .map(|t| (t.clone(), Arc::new(tokio::sync::Semaphore::new(t.upload_concurrency))))
+        .collect();
+    let concurrency = pipeline.targets.iter().map(|t| t.upload_concurrency).max().unwrap_or(1);
+    let pack_until = pipeline.pack_until;
     let mut in_flight = JoinSet::new();
     let mut stored = HashSet::new();
     let mut open = true;
@@ -977,25 +1064,38 @@ async fn upload_loop(
         tokio::select! {
             pack = rx.recv(), if open && in_flight.len() < concurrency => match pack {
                 Some(p) => {
-                    let target = target.clone();
+                    let live: Vec<_> =
+                        limits.iter().filter(|(t, _)| !pipeline.down.is_down(t.id)).cloned().collect();
                     in_flight.spawn(async move {
                         let key = crate::format::pack_key(&p.hash);
-                        let version = target.put_new(&key, p.ciphertext.clone(), pack_until).await?;
-                        Ok::<_, anyhow::Error>((p, version))
+                        let puts = live.into_iter().map(|(target, limit)| {
+                            let (key, body) = (key.clone(), p.ciphertext.clone());
+                            async move {
+                                let _permit = limit.acquire_owned().await;
+                                let result = target.put_new(&key, body, pack_until).await;
+                                (target, result)
+                            }
+                        });
+                        let results = futures::future::join_all(puts).await;
+                        (p, results)
                     });
                 }
                 None => open = false,
             },
             Some(done) = in_flight.join_next() => {
-                let (pack, version) = done.map_err(|e| anyhow!("upload task failed: {e}"))??;
+                let (pack, results) = done.map_err(|e| anyhow!("upload task failed: {e}"))?;
+                let mut copies = Vec::new();
+                for (target, result) in results {
+                    match result {
+                        Ok(version) => copies.push((target.id, Copy { version, lock: target.lock_until(pack_until) })),
+                        Err(e) => pipeline.down.mark(&target, &e),
+                    }
+                }
+                if copies.is_empty() {
+                    bail!("no target stored pack {}: {}", pack.hash, down_reasons(pipeline.targets, pipeline.down));
+                }
                 let size = pack.ciphertext.len() as u64;
-                let id = catalog.add_pack(&StoredPack {
-                    hash: &pack.hash,
-                    version: version.as_deref(),
-                    size,
-                    blobs: &pack.blobs,
-                    lock: target.lock_until(pack_until),
-                })?;
+                let id = catalog.add_pack(&StoredPack { hash: &pack.hash, size, blobs: &pack.blobs, copies: &copies })?;
                 stored.insert(id);
                 let mut p = lock(pending);
                 p.generation += 1;

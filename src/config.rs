@@ -35,7 +35,8 @@ pub struct Config {
     pub repo_secret_file: PathBuf,
     pub compression_level: i32,
     pub pack_size: u64,
-    pub target: TargetConfig,
+    /// Where backups go: one `[target]`, or several `[[target]]`, each with its name.
+    pub targets: Vec<TargetConfig>,
     pub jobs: Vec<Job>,
     pub prune: PruneConfig,
     pub daemon: DaemonConfig,
@@ -82,6 +83,8 @@ impl Default for PruneConfig {
 
 #[derive(Debug, Clone)]
 pub struct TargetConfig {
+    /// How commands and the catalog name the target (`default` for a single `[target]`).
+    pub name: String,
     pub url: String,
     pub endpoint: Option<String>,
     pub region: Option<String>,
@@ -95,7 +98,15 @@ pub struct TargetConfig {
     /// Credentials come from the instance's or container's role (EC2, ECS, EKS) when no
     /// variable holds them; without this, missing credentials fail at once.
     pub instance_role: bool,
+    /// The variables holding this target's key id and secret key; `None`: the standard
+    /// AWS variables (or the role).
+    pub credential_env: Option<(String, String)>,
+    /// The variables holding prune's credentials for this target.
+    pub prune: PruneConfig,
 }
+
+/// The name of a single `[target]`.
+pub const DEFAULT_TARGET: &str = "default";
 
 #[derive(Debug, Clone)]
 pub struct Job {
@@ -123,6 +134,8 @@ pub struct Job {
     pub hooks: Hooks,
     /// What the job's command source and hooks get in their environment.
     pub env: crate::process::ChildEnv,
+    /// The names of the targets the job writes to (every target unless it names some).
+    pub targets: Vec<String>,
 }
 
 /// Commands run after a job (argv, no shell), with `COFFER_JOB`, `COFFER_OUTCOME`,
@@ -154,7 +167,8 @@ struct RawConfig {
     compression_level: i32,
     #[serde(default)]
     pack_size_mib: Option<u64>,
-    target: RawTarget,
+    /// One table (`[target]`) or an array of them (`[[target]]`).
+    target: toml::Value,
     #[serde(default, rename = "job")]
     jobs: Vec<RawJob>,
     #[serde(default)]
@@ -183,6 +197,7 @@ struct RawHttp {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTarget {
+    name: Option<String>,
     url: String,
     endpoint: Option<String>,
     region: Option<String>,
@@ -193,6 +208,10 @@ struct RawTarget {
     retry_budget: Option<String>,
     #[serde(default)]
     instance_role: bool,
+    access_key_id_env: Option<String>,
+    secret_access_key_env: Option<String>,
+    prune_access_key_id_env: Option<String>,
+    prune_secret_access_key_env: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -226,6 +245,7 @@ struct RawJob {
     env: std::collections::BTreeMap<String, String>,
     #[serde(default)]
     env_passthrough: Vec<String>,
+    targets: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -259,7 +279,7 @@ fn parse_job(
     i: usize,
     j: RawJob,
     resolve: &dyn Fn(&Path) -> PathBuf,
-    prune: &PruneConfig,
+    credential_vars: &[&str],
     target_names: &[&str],
 ) -> Result<Job, String> {
     let duration = |key: &str, v: &Option<String>, default: &str| {
@@ -310,8 +330,23 @@ fn parse_job(
         on_failure: j.on_failure,
         timeout: duration(&format!("job[{i}].hook_timeout"), &j.hook_timeout, "60s")?,
     };
-    let env = child_env(j.env, j.env_passthrough, &*source, prune, target_names)
+    let env = child_env(j.env, j.env_passthrough, &*source, credential_vars)
         .map_err(|e| format!("key `job[{i}].env`: {e}"))?;
+    let targets = match j.targets {
+        None => target_names.iter().map(|n| n.to_string()).collect(),
+        Some(named) if named.is_empty() => return Err(format!("key `job[{i}].targets`: names no target")),
+        Some(named) => {
+            for (k, name) in named.iter().enumerate() {
+                if !target_names.contains(&name.as_str()) {
+                    return Err(format!(
+                        "key `job[{i}].targets[{k}]`: no target named `{name}` (targets: {})",
+                        target_names.join(", ")
+                    ));
+                }
+            }
+            named
+        }
+    };
     Ok(Job {
         name: j.name,
         source,
@@ -327,6 +362,7 @@ fn parse_job(
         grace: duration(&format!("job[{i}].grace"), &j.grace, "1h")?,
         hooks,
         env,
+        targets,
     })
 }
 
@@ -335,17 +371,55 @@ fn duration(key: &str, v: &Option<String>, default: &str) -> Result<Duration, St
     crate::time::parse_duration(v.as_deref().unwrap_or(default)).map_err(|e| format!("key `{key}`: {e}"))
 }
 
-/// `[target]`.
-fn parse_target(t: RawTarget) -> Result<TargetConfig, String> {
+/// `[target]`, or every `[[target]]` (each named, the names unique).
+fn parse_targets(value: toml::Value, prune: &PruneConfig) -> Result<Vec<TargetConfig>, String> {
+    let tables = match value {
+        toml::Value::Table(t) => vec![("target".to_string(), t)],
+        toml::Value::Array(list) if list.is_empty() => return Err("key `target`: names no target".into()),
+        toml::Value::Array(list) => list
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| match v {
+                toml::Value::Table(t) => Ok((format!("target[{i}]"), t)),
+                _ => Err(format!("key `target[{i}]`: expected a table")),
+            })
+            .collect::<Result<_, _>>()?,
+        _ => return Err("key `target`: expected a table `[target]` or tables `[[target]]`".into()),
+    };
+    let several = tables.len() > 1;
+    let mut targets: Vec<TargetConfig> = Vec::new();
+    for (key, table) in tables {
+        let raw = RawTarget::deserialize(table).map_err(|e| format!("key `{key}`: {}", e.message()))?;
+        let target = parse_target(&key, raw, prune, several)?;
+        if targets.iter().any(|t| t.name == target.name) {
+            return Err(format!("key `{key}.name`: target `{}` is defined twice", target.name));
+        }
+        targets.push(target);
+    }
+    Ok(targets)
+}
+
+/// One target table; `key` names it in errors.
+fn parse_target(key: &str, t: RawTarget, prune: &PruneConfig, several: bool) -> Result<TargetConfig, String> {
+    let name = match t.name {
+        Some(name) if valid_job_name(&name) => name,
+        Some(name) => {
+            return Err(format!(
+                "key `{key}.name`: `{name}` is not a valid target name (letters, digits, `.`, `_`, `-`; at most 64)"
+            ));
+        }
+        None if several => return Err(format!("key `{key}.name`: each of several targets needs a name")),
+        None => DEFAULT_TARGET.to_string(),
+    };
     let scheme = t.url.split_once("://").map(|(s, _)| s);
     if !scheme.is_some_and(|s| crate::target::SCHEMES.contains(&s)) {
         return Err(format!(
-            "key `target.url`: expected `file:///absolute/path` or `s3://bucket/prefix`, found `{}`",
+            "key `{key}.url`: expected `file:///absolute/path` or `s3://bucket/prefix`, found `{}`",
             t.url
         ));
     }
     if !(1..=64).contains(&t.upload_concurrency) {
-        return Err("key `target.upload_concurrency`: expected 1 to 64".into());
+        return Err(format!("key `{key}.upload_concurrency`: expected 1 to 64"));
     }
     let lock_mode = match t.lock_mode.as_str() {
         "compliance" => Some(LockMode::Compliance),
@@ -353,18 +427,35 @@ fn parse_target(t: RawTarget) -> Result<TargetConfig, String> {
         "none" => None,
         other => {
             return Err(format!(
-                "key `target.lock_mode`: expected \"compliance\", \"governance\" or \"none\", found \"{other}\""
+                "key `{key}.lock_mode`: expected \"compliance\", \"governance\" or \"none\", found \"{other}\""
             ));
         }
     };
+    let credential_env = match (t.access_key_id_env, t.secret_access_key_env) {
+        (Some(id), Some(secret)) => Some((id, secret)),
+        (None, None) => None,
+        _ => {
+            return Err(format!(
+                "key `{key}`: `access_key_id_env` and `secret_access_key_env` go together (the names of the \
+                 variables holding this target's keys)"
+            ));
+        }
+    };
+    let prune = PruneConfig {
+        access_key_id_env: t.prune_access_key_id_env.unwrap_or_else(|| prune.access_key_id_env.clone()),
+        secret_access_key_env: t.prune_secret_access_key_env.unwrap_or_else(|| prune.secret_access_key_env.clone()),
+    };
     Ok(TargetConfig {
-        retry_budget: duration("target.retry_budget", &t.retry_budget, "15m")?,
+        retry_budget: duration(&format!("{key}.retry_budget"), &t.retry_budget, "15m")?,
+        name,
         url: t.url,
         endpoint: t.endpoint,
         region: t.region,
         upload_concurrency: t.upload_concurrency,
         lock_mode,
         instance_role: t.instance_role,
+        credential_env,
+        prune,
     })
 }
 
@@ -415,11 +506,9 @@ fn child_env(
     set: std::collections::BTreeMap<String, String>,
     passthrough: Vec<String>,
     source: &dyn crate::source::Source,
-    prune: &PruneConfig,
-    target_names: &[&str],
+    credential_vars: &[&str],
 ) -> Result<crate::process::ChildEnv, String> {
-    let mut forbidden: Vec<&str> = target_names.to_vec();
-    forbidden.extend([prune.access_key_id_env.as_str(), prune.secret_access_key_env.as_str()]);
+    let mut forbidden: Vec<&str> = credential_vars.to_vec();
     forbidden.extend(source.secret_vars());
     let valid = |n: &str| !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
     for name in set.keys().chain(&passthrough) {
@@ -440,6 +529,20 @@ fn child_env(
         }
     }
     Ok(crate::process::ChildEnv { set: set.into_iter().collect(), passthrough })
+}
+
+/// Every variable that holds credentials of coffer's targets (the standard AWS ones,
+/// each target's named ones, and prune's): no child ever gets them.
+pub fn credential_vars(targets: &[TargetConfig]) -> Vec<String> {
+    let mut vars: Vec<String> =
+        ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"].map(String::from).to_vec();
+    for t in targets {
+        vars.extend(t.credential_env.iter().flat_map(|(id, secret)| [id.clone(), secret.clone()]));
+        vars.extend([t.prune.access_key_id_env.clone(), t.prune.secret_access_key_env.clone()]);
+    }
+    vars.sort();
+    vars.dedup();
+    vars
 }
 
 /// Where the daemon serves `/metrics` unless the config says otherwise.
@@ -477,9 +580,11 @@ impl Config {
             }
         };
 
-        let target = parse_target(raw.target).map_err(err)?;
+        let targets = parse_targets(raw.target, &raw.prune).map_err(err)?;
         let daemon = parse_daemon(raw.daemon).map_err(err)?;
-        let t_names = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"];
+        let credential_vars = credential_vars(&targets);
+        let credential_vars: Vec<&str> = credential_vars.iter().map(String::as_str).collect();
+        let target_names: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
         let http = parse_http(raw.http, &resolve).map_err(err)?;
 
         let mut names = BTreeSet::new();
@@ -494,7 +599,7 @@ impl Config {
             if !names.insert(j.name.clone()) {
                 return Err(err(format!("key `job[{i}].name`: job `{}` is defined twice", j.name)));
             }
-            jobs.push(parse_job(i, j, &resolve, &raw.prune, &t_names).map_err(err)?);
+            jobs.push(parse_job(i, j, &resolve, &credential_vars, &target_names).map_err(err)?);
         }
 
         Ok(Config {
@@ -504,7 +609,7 @@ impl Config {
             repo_secret_file: resolve(&raw.repo_secret_file),
             compression_level: raw.compression_level,
             pack_size,
-            target,
+            targets,
             jobs,
             prune: raw.prune,
             daemon,
@@ -520,6 +625,19 @@ impl Config {
                 self.file.display(),
                 if known.is_empty() { "none".to_string() } else { known.join(", ") }
             )
+        })
+    }
+
+    /// The targets `job` writes to, in config order.
+    pub fn targets_of(&self, job: &Job) -> Vec<&TargetConfig> {
+        self.targets.iter().filter(|t| job.targets.contains(&t.name)).collect()
+    }
+
+    /// The target named `name`, or an error listing the names.
+    pub fn target(&self, name: &str) -> anyhow::Result<&TargetConfig> {
+        self.targets.iter().find(|t| t.name == name).ok_or_else(|| {
+            let known: Vec<&str> = self.targets.iter().map(|t| t.name.as_str()).collect();
+            anyhow::anyhow!("no target `{name}` in {} (targets: {})", self.file.display(), known.join(", "))
         })
     }
 
@@ -606,19 +724,54 @@ mod tests {
     }
 
     #[test]
+    fn several_targets_each_have_a_name_and_their_own_credentials() {
+        let head =
+            format!("state_dir = \"state\"\nrecipients = [\"{RECIPIENT}\"]\nrepo_secret_file = \"repo.secret\"\n");
+        let two = format!(
+            "{head}[[target]]\nname = \"ceph\"\nurl = \"s3://a/p\"\naccess_key_id_env = \"CEPH_ID\"\n\
+             secret_access_key_env = \"CEPH_SECRET\"\nupload_concurrency = 4\n\
+             [[target]]\nname = \"aws-eu\"\nurl = \"s3://b\"\nlock_mode = \"governance\"\n"
+        );
+        let job = |extra: &str| format!("{two}[[job]]\nname = \"a\"\nsource = {{ path = \"/x\" }}\n{extra}");
+        let c = parse(&job("")).unwrap();
+        let names: Vec<&str> = c.targets.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["ceph", "aws-eu"]);
+        assert_eq!(c.targets[0].credential_env, Some(("CEPH_ID".into(), "CEPH_SECRET".into())));
+        assert_eq!((c.targets[0].upload_concurrency, c.targets[1].lock_mode), (4, Some(LockMode::Governance)));
+        assert_eq!(c.jobs[0].targets, ["ceph", "aws-eu"], "a job goes to every target unless it names some");
+        let c = parse(&job("targets = [\"aws-eu\"]\n")).unwrap();
+        assert_eq!(c.targets_of(&c.jobs[0]).len(), 1);
+        // A single [target] is `default`.
+        assert_eq!(parse(&minimal("")).unwrap().targets[0].name, DEFAULT_TARGET);
+
+        let err = |text: String| parse(&text).unwrap_err().to_string();
+        assert!(err(job("targets = [\"b2\"]\n")).contains("no target named `b2` (targets: ceph, aws-eu)"));
+        assert!(err(job("targets = []\n")).contains("names no target"));
+        assert!(err(job("env_passthrough = [\"CEPH_SECRET\"]\n")).contains("holds credentials of coffer's"));
+        let unnamed = two.replace("name = \"aws-eu\"\n", "");
+        assert!(err(unnamed).contains("key `target[1].name`: each of several targets needs a name"));
+        let twice = two.replace("aws-eu", "ceph");
+        assert!(err(twice).contains("target `ceph` is defined twice"));
+        let half = two.replace("secret_access_key_env = \"CEPH_SECRET\"\n", "");
+        assert!(err(half).contains("go together"));
+        let typo = two.replace("upload_concurrency", "upload_concurency");
+        assert!(err(typo).contains("key `target[0]`: unknown field `upload_concurency`"));
+    }
+
+    #[test]
     fn the_example_config_is_valid() {
         let text = include_str!("../config/coffer.example.toml");
         let c = parse(text).unwrap();
         assert_eq!(c.jobs[0].exclude.len(), 3);
-        assert_eq!(c.target.endpoint.as_deref(), Some("https://s3.eu-central-2.wasabisys.com"));
-        assert_eq!(c.target.lock_mode, Some(LockMode::Compliance));
+        assert_eq!(c.targets[0].endpoint.as_deref(), Some("https://s3.eu-central-2.wasabisys.com"));
+        assert_eq!(c.targets[0].lock_mode, Some(LockMode::Compliance));
         assert_eq!(c.jobs[0].lock_days, 30);
         assert_eq!(c.jobs[0].keep.monthly, Some(Span::Months(13)));
         assert_eq!(c.jobs[0].schedule.as_ref().unwrap().text, "15 2 * * *");
         assert_eq!(c.jobs[0].jitter, Duration::from_secs(600));
         assert_eq!(c.daemon.zone, Zone::parse("Europe/Berlin").unwrap());
         assert_eq!(c.http.listen, Some(DEFAULT_LISTEN.parse().unwrap()));
-        assert_eq!(c.target.retry_budget, Duration::from_secs(900));
+        assert_eq!(c.targets[0].retry_budget, Duration::from_secs(900));
     }
 
     #[test]

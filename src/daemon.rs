@@ -354,8 +354,9 @@ impl Scheduler {
     fn reload(&mut self) {
         let old = self.shared.config();
         let checked = Config::load(&self.shared.config_file).map_err(anyhow::Error::from).and_then(|new| {
-            if new.state_dir != old.state_dir || new.target.url != old.target.url {
-                bail!("state_dir and target.url cannot change while the daemon runs; restart it");
+            let urls = |c: &Config| c.targets.iter().map(|t| (t.name.clone(), t.url.clone())).collect::<Vec<_>>();
+            if new.state_dir != old.state_dir || urls(&new) != urls(&old) {
+                bail!("state_dir and the targets cannot change while the daemon runs; restart it");
             }
             let token = read_token(&new)?;
             let problems = crate::preflight::check(&new);

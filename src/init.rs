@@ -4,7 +4,7 @@
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 
-use crate::catalog::{Catalog, RepoRow};
+use crate::catalog::{Catalog, Copy, NewTarget, RepoRow, TargetId};
 use crate::chunker::ChunkerParams;
 use crate::config::Config;
 use crate::format::REPO_KEY;
@@ -13,11 +13,17 @@ use crate::keys::RepoSecret;
 use crate::target::{Protection, Target};
 
 pub enum Outcome {
-    Created { repo_id: String, protection: Protection },
-    AlreadyInitialised { repo_id: String },
+    /// Made, with how each target protects what coffer writes.
+    Created {
+        repo_id: String,
+        targets: Vec<(String, Protection)>,
+    },
+    AlreadyInitialised {
+        repo_id: String,
+    },
 }
 
-/// All or nothing: the target is checked before anything is made here, so a refused
+/// All or nothing: every target is checked before anything is made here, so a refused
 /// init leaves the state directory as it found it. Once the repository record may have
 /// been uploaded, what was made stays, and `init` run again finishes the job.
 pub fn run(cfg: &Config, allow_unprotected: bool) -> Result<Outcome> {
@@ -25,17 +31,25 @@ pub fn run(cfg: &Config, allow_unprotected: bool) -> Result<Outcome> {
     if catalog_path.exists() {
         let catalog = Catalog::open_existing(cfg)?;
         if let Some(repo) = catalog.repo()? {
-            crate::catalog::ensure_same_target(&repo, cfg)?;
+            for known in catalog.targets()? {
+                if let Ok(t) = cfg.target(&known.name) {
+                    crate::catalog::ensure_same_url(&known, cfg, &t.url)?;
+                }
+            }
             return Ok(Outcome::AlreadyInitialised { repo_id: repo.repo_id });
         }
     }
     if cfg.repo_secret_file.exists() {
         RepoSecret::load(&cfg.repo_secret_file)?;
     }
-    let target = Target::open(&cfg.target)?;
     let runtime = crate::target::runtime()?;
-    // The bucket must protect what coffer writes, against coffer's own credentials too.
-    let unprotected = runtime.block_on(target.check_immutability(allow_unprotected))?;
+    let mut checked = Vec::new();
+    for t in &cfg.targets {
+        let target = Target::open(t, TargetId::NONE)?;
+        // The bucket must protect what coffer writes, against coffer's own credentials too.
+        let unprotected = runtime.block_on(target.check_immutability(allow_unprotected))?;
+        checked.push((target, unprotected));
+    }
 
     cfg.state().create()?;
     let catalog = Catalog::open(&catalog_path)?;
@@ -65,31 +79,50 @@ pub fn run(cfg: &Config, allow_unprotected: bool) -> Result<Outcome> {
             record
         }
     };
+    let mut stored = Vec::new();
+    for (target, _) in &checked {
+        stored.push(put_record(&runtime, target, &record, record_until)?);
+    }
+    // Only once every target holds the record does the catalog say so, in one
+    // transaction: an init stopped before then is finished by the next.
+    let targets: Vec<NewTarget> = checked
+        .iter()
+        .zip(stored)
+        .map(|((t, unprotected), record)| NewTarget {
+            name: &t.name,
+            url: &t.url,
+            record,
+            unprotected: unprotected.as_deref(),
+        })
+        .collect();
+    catalog.set_repo(&RepoRow { repo_id: record.id.clone(), chunker: record.chunker }, &targets)?;
+    for (target, unprotected) in &checked {
+        if let Some(why) = unprotected {
+            catalog.event("unprotected", None, &format!("target `{}`: {why}", target.name))?;
+        }
+    }
+    let urls: Vec<&str> = cfg.targets.iter().map(|t| t.url.as_str()).collect();
+    catalog.event("init", None, &format!("repository {} on {}", record.id, urls.join(", ")))?;
+    let _ = std::fs::remove_file(&pending);
+    let targets = checked.iter().map(|(t, _)| (t.name.clone(), t.protection())).collect();
+    Ok(Outcome::Created { repo_id: record.id, targets })
+}
+
+/// Stores the repository record on a target, or finds it there from an init that
+/// stopped before the catalog heard of it; another repository's record is refused.
+fn put_record(runtime: &tokio::runtime::Runtime, target: &Target, record: &RepoRecord, until: i64) -> Result<Copy> {
     let version = if runtime.block_on(target.exists(REPO_KEY))? {
         let (stored, version) = runtime.block_on(target.get_with_version(REPO_KEY, None))?;
         if stored != record.encode() {
             bail!(
                 "target {} already holds a coffer repository ({REPO_KEY}); coffer never overwrites it. \
                  Choose another bucket prefix, or rebuild this host's catalog from it with the identity",
-                cfg.target.url
+                target.url
             );
         }
         version
     } else {
-        runtime.block_on(target.put_new(REPO_KEY, Bytes::from(record.encode()), record_until))?
+        runtime.block_on(target.put_new(REPO_KEY, Bytes::from(record.encode()), until))?
     };
-    catalog.set_repo(&RepoRow {
-        repo_id: record.id.clone(),
-        target_url: cfg.target.url.clone(),
-        record_version: version,
-        chunker: record.chunker,
-        record_lock: target.lock_until(record_until),
-        unprotected: unprotected.clone(),
-    })?;
-    if let Some(why) = &unprotected {
-        catalog.event("unprotected", None, why)?;
-    }
-    catalog.event("init", None, &format!("repository {} on {}", record.id, cfg.target.url))?;
-    let _ = std::fs::remove_file(&pending);
-    Ok(Outcome::Created { repo_id: record.id, protection: target.protection() })
+    Ok(Copy { version, lock: target.lock_until(until) })
 }

@@ -27,6 +27,7 @@ pub mod process;
 pub mod progress;
 pub mod prune;
 pub mod recover;
+pub mod replicate;
 pub mod repo;
 pub mod restore;
 pub mod retention;

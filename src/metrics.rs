@@ -100,7 +100,11 @@ fn job_metrics(m: &mut Exposition, cfg: &Config, catalog: &Catalog, live: &Live)
         })
         .collect();
     let last = |r: &JobRow, f: fn(&RunRow) -> f64| one(r.totals.last_run.as_ref().map(f));
-    let families: [Family; 18] = [
+    let on_targets = |r: &JobRow, f: fn(&crate::status::JobOnTarget) -> Option<f64>| -> Samples {
+        let targets = r.status.map(|j| j.targets.as_slice()).unwrap_or_default();
+        targets.iter().filter_map(|t| Some((format!(",target=\"{}\"", escape(&t.target)), f(t)?))).collect()
+    };
+    let families: [Family; 21] = [
         ("coffer_job_last_success_timestamp_seconds", "gauge", "When a run of the job last read every path.", &|r| {
             one(r.totals.last_success_at.map(|t| t as f64))
         }),
@@ -161,6 +165,21 @@ fn job_metrics(m: &mut Exposition, cfg: &Config, catalog: &Catalog, live: &Live)
             one(r.status.map(|j| j.gaps.len() as f64))
         }),
         ("coffer_job_running", "gauge", "1 while the job runs.", &|r| one(Some(f64::from(u8::from(r.running))))),
+        ("coffer_job_target_snapshots", "gauge", "Live snapshots of the job each target holds.", &|r| {
+            on_targets(r, |t| Some(t.live_snapshots as f64))
+        }),
+        (
+            "coffer_job_target_lag_snapshots",
+            "gauge",
+            "The job's newest snapshots a target lacks (the next backup copies them to it).",
+            &|r| on_targets(r, |t| Some(t.lag as f64)),
+        ),
+        (
+            "coffer_job_target_protected_until_timestamp_seconds",
+            "gauge",
+            "Every live snapshot of the job that the target holds is fully locked there until then.",
+            &|r| on_targets(r, |t| t.protected_until.map(|u| u as f64)),
+        ),
     ];
     for (name, kind, help, samples) in families {
         m.family(name, kind, help);

@@ -27,7 +27,7 @@ pub fn check(cfg: &Config) -> Vec<String> {
         problems.push(format!("{e:#}"));
     }
     problems.extend(identities(cfg));
-    problems.extend(crate::target::missing_credentials(&cfg.target));
+    problems.extend(cfg.targets.iter().filter_map(crate::target::missing_credentials));
     for job in &cfg.jobs {
         let mut found = job.source.check();
         for hook in [&job.hooks.on_success, &job.hooks.on_failure].into_iter().flatten() {
@@ -40,24 +40,40 @@ pub fn check(cfg: &Config) -> Vec<String> {
     problems
 }
 
-/// With `--remote`: the target answers, holds this repository, and locks as configured.
+/// With `--remote`: each target answers, holds this repository (once a backup caught it
+/// up, for a target new to the config), and locks as configured.
 pub fn check_remote(cfg: &Config) -> Vec<String> {
     let repo = match crate::repo::Repo::open(cfg) {
         Ok(r) => r,
         Err(e) => return vec![format!("{e:#}")],
     };
-    let url = &cfg.target.url;
-    match repo.runtime.block_on(repo.target.exists(crate::format::REPO_KEY)) {
-        Ok(true) => {}
-        Ok(false) => {
-            return vec![format!("target {url} holds no {}: wrong bucket or prefix?", crate::format::REPO_KEY)];
+    let records = match repo.catalog.targets() {
+        Ok(r) => r,
+        Err(e) => return vec![format!("{e:#}")],
+    };
+    let mut problems = Vec::new();
+    for target in &repo.targets {
+        let (name, url) = (&target.name, &target.url);
+        let expected = records.iter().any(|r| r.id == target.id && r.record.is_some());
+        match repo.runtime.block_on(target.exists(crate::format::REPO_KEY)) {
+            Ok(false) if expected => {
+                problems.push(format!(
+                    "target {name} ({url}) holds no {}: wrong bucket or prefix?",
+                    crate::format::REPO_KEY
+                ));
+                continue;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                problems.push(format!("target {name} ({url}): {e:#}"));
+                continue;
+            }
         }
-        Err(e) => return vec![format!("target {url}: {e:#}")],
+        if let Err(e) = repo.runtime.block_on(target.check_lock_configuration()) {
+            problems.push(format!("target {name}: {e:#}"));
+        }
     }
-    match repo.runtime.block_on(repo.target.check_lock_configuration()) {
-        Ok(()) => Vec::new(),
-        Err(e) => vec![format!("{e:#}")],
-    }
+    problems
 }
 
 /// The state directory and the catalog in it: present, the running user's, private,

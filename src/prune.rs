@@ -14,11 +14,15 @@ use crate::target::Target;
 
 pub struct Options {
     pub yes: bool,
+    /// Only this target (else every one, in turn).
+    pub target: Option<String>,
 }
 
 /// One object version prune would delete (or did).
 #[derive(Debug, Clone)]
 pub struct Candidate {
+    /// The target's name.
+    pub target: String,
     pub key: String,
     pub version: Option<String>,
     pub size: u64,
@@ -36,8 +40,8 @@ pub enum What {
 pub struct Summary {
     pub forgotten: Vec<String>,
     pub candidates: Vec<Candidate>,
-    /// Candidates the server still holds under lock (left alone), with until when.
-    pub still_locked: Vec<(String, i64)>,
+    /// Candidates the server still holds under lock (left alone): target, key, until when.
+    pub still_locked: Vec<(String, String, i64)>,
     pub deleted: usize,
     pub deleted_bytes: u64,
 }
@@ -49,71 +53,82 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Summary> {
         .iter()
         .map(|j| cfg.state().job_lock(&j.name).map_err(|e| e.context("prune runs only while no backup does")))
         .collect::<Result<Vec<_>>>()?;
-    let crate::repo::Repo { catalog, target, runtime, .. } = crate::repo::Repo::open(cfg)?;
+    let repo = crate::repo::Repo::open(cfg)?;
     let now = crate::time::now_secs();
-
-    let mut summary = Summary { forgotten: catalog.forget_expired(now)?, ..Default::default() };
-    for p in catalog.prunable_packs(now)? {
-        let key = crate::format::pack_key(&p.hash);
-        summary.candidates.push(Candidate {
-            key,
-            version: p.version,
-            size: p.size,
-            what: What::Pack { id: p.id, hash: p.hash },
-        });
-    }
-    for (id, job, version) in catalog.prunable_snapshots(now)? {
-        let key = crate::format::snapshot_key(&job, &id);
-        summary.candidates.push(Candidate { key, version, size: 0, what: What::Snapshot { id } });
-    }
-
-    // On S3: the privileged credentials, the canaries, and the server's word on each lock.
-    let privileged = privileged(cfg, &target, opts.yes)?;
-    let target = privileged.unwrap_or(target);
-    if target.lists_versions() {
-        for v in runtime.block_on(target.list("canary/"))? {
-            if !v.delete_marker {
-                summary.candidates.push(Candidate {
-                    key: v.key,
-                    version: v.version_id,
-                    size: v.size,
-                    what: What::Canary,
-                });
-            }
-        }
-        let mut unlocked = Vec::new();
-        for c in std::mem::take(&mut summary.candidates) {
-            match runtime.block_on(target.lock_of(&c.key, c.version.as_deref()))? {
-                Some(lock) if lock.until > now => summary.still_locked.push((c.key.clone(), lock.until)),
-                _ => unlocked.push(c),
-            }
-        }
-        summary.candidates = unlocked;
-    }
-    if !opts.yes {
-        return Ok(summary);
-    }
-    for c in &summary.candidates {
-        runtime.block_on(target.delete(&c.key, c.version.as_deref()))?;
-        match &c.what {
-            What::Pack { id, hash } => catalog.remove_pack(*id, hash)?,
-            What::Snapshot { id } => catalog.remove_snapshot(id)?,
-            What::Canary => catalog.event("pruned", None, &c.key)?,
-        }
-        summary.deleted += 1;
-        summary.deleted_bytes += c.size;
+    let mut summary = Summary { forgotten: repo.catalog.forget_expired(now)?, ..Default::default() };
+    for target in repo.selected(opts.target.as_deref())? {
+        prune_target(cfg, &repo, target, opts.yes, now, &mut summary)
+            .with_context(|| format!("target `{}`", target.name))?;
     }
     Ok(summary)
 }
 
+/// Prunes one target: what no live snapshot needs there and whose lock there has ended.
+fn prune_target(
+    cfg: &Config,
+    repo: &crate::repo::Repo,
+    target: &Target,
+    yes: bool,
+    now: i64,
+    summary: &mut Summary,
+) -> Result<()> {
+    let (catalog, runtime) = (&repo.catalog, &repo.runtime);
+    let name = &target.name;
+    let mut candidates = Vec::new();
+    for p in catalog.prunable_packs(target.id, now)? {
+        let key = crate::format::pack_key(&p.hash);
+        let what = What::Pack { id: p.id, hash: p.hash };
+        candidates.push(Candidate { target: name.clone(), key, version: p.version, size: p.size, what });
+    }
+    for (id, job, version) in catalog.prunable_snapshots(target.id, now)? {
+        let key = crate::format::snapshot_key(&job, &id);
+        candidates.push(Candidate { target: name.clone(), key, version, size: 0, what: What::Snapshot { id } });
+    }
+
+    // On S3: the privileged credentials, the canaries, and the server's word on each lock.
+    let privileged = privileged(cfg.target(name)?, target, yes)?;
+    let target = privileged.as_ref().unwrap_or(target);
+    if target.lists_versions() {
+        for v in runtime.block_on(target.list("canary/"))? {
+            if !v.delete_marker {
+                let (key, version, size) = (v.key, v.version_id, v.size);
+                candidates.push(Candidate { target: name.clone(), key, version, size, what: What::Canary });
+            }
+        }
+        let mut unlocked = Vec::new();
+        for c in candidates {
+            match runtime.block_on(target.lock_of(&c.key, c.version.as_deref()))? {
+                Some(lock) if lock.until > now => summary.still_locked.push((name.clone(), c.key.clone(), lock.until)),
+                _ => unlocked.push(c),
+            }
+        }
+        candidates = unlocked;
+    }
+    if yes {
+        for c in &candidates {
+            runtime.block_on(target.delete(&c.key, c.version.as_deref()))?;
+            match &c.what {
+                What::Pack { id, hash } => catalog.remove_pack(target.id, *id, hash)?,
+                What::Snapshot { id } => catalog.remove_snapshot(target.id, id)?,
+                What::Canary => catalog.event("pruned", None, &format!("{} from target `{name}`", c.key))?,
+            }
+            summary.deleted += 1;
+            summary.deleted_bytes += c.size;
+        }
+    }
+    summary.candidates.extend(candidates);
+    Ok(())
+}
+
 /// The target with the prune credentials, on S3 (required to delete where it locks;
 /// used to look when present).
-fn privileged(cfg: &Config, target: &Target, deleting: bool) -> Result<Option<Target>> {
+fn privileged(cfg: &crate::config::TargetConfig, target: &Target, deleting: bool) -> Result<Option<Target>> {
     let (id_env, secret_env) = (&cfg.prune.access_key_id_env, &cfg.prune.secret_access_key_env);
     match (std::env::var(id_env), std::env::var(secret_env)) {
         (Ok(id), Ok(secret)) => target.privileged(id, secret),
         _ if deleting && target.locks() => Err(anyhow!(
-            "prune deletes with the privileged credentials named in [prune], which the daemon never holds: \
+            "prune deletes with the privileged credentials named in [prune] (or the target's \
+             `prune_access_key_id_env`), which the daemon never holds: \
              set ${id_env} and ${secret_env}"
         )),
         _ => Ok(None),

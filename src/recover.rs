@@ -22,7 +22,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use crate::ChunkId;
-use crate::catalog::{Catalog, RepoRow, SnapshotRow, StoredPack};
+use crate::catalog::{Catalog, Copy, RepoRow, SnapshotRow, StoredPack};
 use crate::config::Config;
 use crate::format::entry::{ChunkedStream, EntryReader, Kind};
 use crate::format::entry_check::{Refused, TreeCheck};
@@ -36,6 +36,9 @@ use crate::target::Target;
 
 pub struct Options {
     pub identity: PathBuf,
+    /// The target to rebuild from (else the first); `verify --target` then learns what
+    /// the others hold.
+    pub target: Option<String>,
     /// Draw a progress line on a terminal.
     pub progress: bool,
 }
@@ -44,6 +47,8 @@ pub struct Options {
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
     pub repo_id: String,
+    /// The target the catalog was rebuilt from.
+    pub target: String,
     /// Recovered snapshots: (job, id), oldest first.
     pub snapshots: Vec<(String, String)>,
     pub packs: usize,
@@ -76,20 +81,32 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
     cfg.state().create()?;
     let _lock = cfg.state().recover_lock()?;
     let identity = Arc::new(Identity::load(&opts.identity)?);
-    let target = Target::open(&cfg.target)?;
+    let target_cfg = match &opts.target {
+        Some(name) => cfg.target(name)?,
+        None => &cfg.targets[0],
+    };
     let runtime = crate::target::runtime()?;
     let partial = cfg.state().recovering_catalog();
     let mut catalog = Catalog::open(&partial)?;
     catalog.begin_recovery()?;
+    // A resumed recovery finds the target it began with.
+    let id = match catalog.target_named(&target_cfg.name)? {
+        Some(known) => {
+            crate::catalog::ensure_same_url(&known, cfg, &target_cfg.url)?;
+            known.id
+        }
+        None => catalog.add_target(&target_cfg.name, &target_cfg.url)?,
+    };
+    let target = Target::open(target_cfg, id)?;
 
-    tracing::info!(target = %cfg.target.url, "listing every object version");
+    tracing::info!(target = %target.name, url = %target.url, "listing every object version");
     let inventory = runtime.block_on(Inventory::read(&target))?;
     let mut r = Recovery {
         target: &target,
         runtime: &runtime,
         identity: &identity,
         inventory: &inventory,
-        report: Report::default(),
+        report: Report { target: target.name.clone(), ..Default::default() },
         genuine: HashMap::new(),
     };
     // The repository record first: its secret authenticates everything else. Then the
@@ -132,17 +149,11 @@ impl Recovery<'_> {
         let (repo, repo_version, secret) = open_repo(self.runtime, self.target, self.inventory, self.identity)?;
         self.genuine.insert(REPO_KEY.to_string(), repo_version.clone());
         self.report.repo_id = repo.id.clone();
-        keep_secret(cfg, &secret)?;
+        keep_secret(cfg, &self.target.url, &secret)?;
         if catalog.repo()?.is_none() {
-            let record_lock = self.runtime.block_on(self.target.lock_of(REPO_KEY, repo_version.as_deref()))?;
-            catalog.set_repo(&RepoRow {
-                repo_id: repo.id.clone(),
-                target_url: cfg.target.url.clone(),
-                record_version: repo_version,
-                chunker: repo.chunker,
-                record_lock,
-                unprotected: None,
-            })?;
+            let lock = self.runtime.block_on(self.target.lock_of(REPO_KEY, repo_version.as_deref()))?;
+            catalog.set_repo(&RepoRow { repo_id: repo.id.clone(), chunker: repo.chunker }, &[])?;
+            catalog.set_repo_record(self.target.id, &Copy { version: repo_version, lock })?;
         }
         Ok(secret)
     }
@@ -210,7 +221,7 @@ impl Recovery<'_> {
             if catalog.has_pack(&id)? {
                 self.report.packs_resumed += 1;
                 // Which version was recorded matters for the findings.
-                let version = catalog.pack_version(&id)?;
+                let version = catalog.pack_version(self.target.id, &id)?;
                 self.genuine.insert(key, version);
             } else {
                 todo.push((key, id));
@@ -275,7 +286,8 @@ impl Recovery<'_> {
                     }
                 }
                 let lock = target.lock_of(&key, v.id.as_deref()).await?;
-                let stored = StoredPack { hash: &id, version: v.id.as_deref(), size, blobs: &blobs, lock };
+                let copies = [(target.id, Copy { version: v.id.clone(), lock })];
+                let stored = StoredPack { hash: &id, size, blobs: &blobs, copies: &copies };
                 catalog.add_recovered_pack(&stored, &tree)?;
                 tracing::debug!("recorded {key}");
                 self.genuine.insert(key, v.id);
@@ -307,8 +319,15 @@ impl Recovery<'_> {
             }
             self.report.findings.extend(crate::inventory::unsafe_entries(key, refused));
             let lock = self.runtime.block_on(self.target.lock_of(key, version.as_deref()))?;
-            let row = SnapshotRow::from_record(record, version.clone(), lock.map(|l| l.mode.as_str().to_string()));
-            catalog.complete_snapshot(&row, &packs, std::iter::empty(), |_| true, None)?;
+            let copies = [(self.target.id, Copy { version: version.clone(), lock })];
+            catalog.complete_snapshot(
+                &SnapshotRow::from_record(record),
+                &copies,
+                &packs,
+                std::iter::empty(),
+                |_| true,
+                None,
+            )?;
             self.report.snapshots.push((record.job.clone(), record.id.clone()));
         }
         Ok(())
@@ -363,7 +382,7 @@ fn open_repo(
 
 /// Writes the recovered repository secret where the config expects it, so that backups
 /// can go on; an existing file must hold the same secret.
-fn keep_secret(cfg: &Config, secret: &RepoSecret) -> Result<()> {
+fn keep_secret(cfg: &Config, url: &str, secret: &RepoSecret) -> Result<()> {
     let path = &cfg.repo_secret_file;
     if path.exists() {
         let existing = RepoSecret::load(path)?;
@@ -372,7 +391,7 @@ fn keep_secret(cfg: &Config, secret: &RepoSecret) -> Result<()> {
                 "{} holds the secret of another repository than the one on {}; move it away so that recover \
                  can write this repository's",
                 path.display(),
-                cfg.target.url
+                url
             );
         }
         return Ok(());

@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, anyhow, bail};
 
 use crate::catalog::{Catalog, RepoRow, SnapshotRow};
 use crate::config::Config;
@@ -23,13 +23,14 @@ use crate::keys::{Identity, RepoSecret};
 use crate::retry::Retry;
 use crate::target::Target;
 
-/// The catalog, the target it describes, and the one runtime target calls run on; with
+/// The catalog, the targets it describes, and the one runtime target calls run on; with
 /// what `Role` holds.
 pub struct Repo<Role = Bare> {
     pub catalog: Catalog,
-    /// The catalog's repository row: chunker parameters, the record's version and lock.
+    /// The catalog's repository row: its id and chunker parameters.
     pub row: RepoRow,
-    pub target: Target,
+    /// Every configured target, in config order.
+    pub targets: Vec<Target>,
     pub runtime: tokio::runtime::Runtime,
     role: Role,
 }
@@ -42,24 +43,49 @@ pub struct Host {
     secret: RepoSecret,
 }
 
-/// A restorer: the identity, and the secret it opened.
+/// A restorer: the identity, the secret it opened, and the target it reads from.
 pub struct Restorer {
     identity: Arc<Identity>,
     secret: RepoSecret,
+    source: usize,
 }
 
 impl Repo<Bare> {
-    /// Opens the state directory's catalog and the target it belongs to; target calls
+    /// Opens the state directory's catalog and the targets it belongs to; target calls
     /// ride out brief failures.
     pub fn open(cfg: &Config) -> Result<Repo<Bare>> {
-        Repo::open_with(cfg, Retry::brief())
+        Repo::open_with(cfg, |_| Retry::brief())
     }
 
-    /// As [`Repo::open`], with target calls retried under `retry` (a backup run's budget).
-    pub fn open_with(cfg: &Config, retry: Retry) -> Result<Repo<Bare>> {
+    /// As [`Repo::open`], with each target's calls retried under `retry(target)` (a
+    /// backup run's budget). A target new to the config joins the catalog, holding
+    /// nothing yet: backups catch it up.
+    pub fn open_with(cfg: &Config, retry: impl Fn(&crate::config::TargetConfig) -> Retry) -> Result<Repo<Bare>> {
         let (catalog, row) = Catalog::open_repo(cfg)?;
-        let target = Target::open_with(&cfg.target, retry)?;
-        Ok(Repo { catalog, row, target, runtime: crate::target::runtime()?, role: Bare })
+        let known = catalog.targets()?;
+        let mut targets = Vec::new();
+        for t in &cfg.targets {
+            let id = match known.iter().find(|k| k.name == t.name) {
+                Some(k) => {
+                    crate::catalog::ensure_same_url(k, cfg, &t.url)?;
+                    k.id
+                }
+                None => {
+                    if let Some(k) = known.iter().find(|k| k.url == t.url) {
+                        bail!(
+                            "target `{}` has the URL of target `{}`, which the catalog in {} knows by that name; \
+                             keep its name",
+                            t.name,
+                            k.name,
+                            cfg.state_dir.display()
+                        );
+                    }
+                    catalog.add_target(&t.name, &t.url)?
+                }
+            };
+            targets.push(Target::open_with(t, id, retry(t))?);
+        }
+        Ok(Repo { catalog, row, targets, runtime: crate::target::runtime()?, role: Bare })
     }
 
     /// Takes the repository secret from its file: the backup host's handle.
@@ -68,17 +94,68 @@ impl Repo<Bare> {
         Ok(self.with_role(Host { secret }))
     }
 
-    /// Opens the repository record (the recorded version) with the identity.
-    pub fn unlock(self, identity: Arc<Identity>) -> Result<Repo<Restorer>> {
-        let bytes = self.runtime.block_on(self.target.get(REPO_KEY, self.row.record_version.as_deref()))?;
-        let (_, secret) = RepoRecord::open(&bytes, &identity)?;
-        Ok(self.with_role(Restorer { identity, secret }))
+    /// Opens the repository record with the identity, from the target named `wanted`, or
+    /// else from the first target (in config order) that holds `snapshot` (when given)
+    /// and answers. Everything the handle reads then comes from that target.
+    pub fn unlock(
+        self,
+        identity: Arc<Identity>,
+        wanted: Option<&str>,
+        snapshot: Option<&SnapshotRow>,
+    ) -> Result<Repo<Restorer>> {
+        let holders = match snapshot {
+            Some(s) => self.catalog.snapshot_holders(&s.id)?.into_iter().map(|(t, _)| t).collect(),
+            None => self.targets.iter().map(|t| t.id).collect::<Vec<_>>(),
+        };
+        let records = self.catalog.targets()?;
+        let mut failures = Vec::new();
+        for (i, target) in self.targets.iter().enumerate() {
+            if wanted.is_some_and(|w| w != target.name) {
+                continue;
+            }
+            let record = records.iter().find(|r| r.id == target.id).and_then(|r| r.record.clone());
+            let (Some(record), true) = (record, holders.contains(&target.id)) else {
+                let what = snapshot.map_or("the repository".to_string(), |s| format!("snapshot {}", s.id));
+                failures.push(format!("target `{}` does not hold {what} yet", target.name));
+                continue;
+            };
+            match self.runtime.block_on(target.get(REPO_KEY, record.version.as_deref())) {
+                Ok(bytes) => {
+                    let (_, secret) = RepoRecord::open(&bytes, &identity)?;
+                    return Ok(self.with_role(Restorer { identity, secret, source: i }));
+                }
+                Err(e) => failures.push(format!("target `{}`: {e:#}", target.name)),
+            }
+        }
+        match (wanted, failures.is_empty()) {
+            (Some(w), true) => Err(anyhow!("no target `{w}` in the config")),
+            _ => Err(anyhow!("no target could be read: {}", failures.join("; "))),
+        }
     }
 }
 
 impl<Role> Repo<Role> {
     fn with_role<R>(self, role: R) -> Repo<R> {
-        Repo { catalog: self.catalog, row: self.row, target: self.target, runtime: self.runtime, role }
+        Repo { catalog: self.catalog, row: self.row, targets: self.targets, runtime: self.runtime, role }
+    }
+
+    /// The target named `name`, or the first one.
+    pub fn target(&self, name: Option<&str>) -> Result<&Target> {
+        match name {
+            None => Ok(&self.targets[0]),
+            Some(name) => self.targets.iter().find(|t| t.name == name).ok_or_else(|| {
+                let known: Vec<&str> = self.targets.iter().map(|t| t.name.as_str()).collect();
+                anyhow!("no target `{name}` (targets: {})", known.join(", "))
+            }),
+        }
+    }
+
+    /// The targets named (`Some`), or all of them.
+    pub fn selected(&self, name: Option<&str>) -> Result<Vec<&Target>> {
+        match name {
+            None => Ok(self.targets.iter().collect()),
+            Some(_) => Ok(vec![self.target(name)?]),
+        }
     }
 }
 
@@ -97,10 +174,26 @@ impl Repo<Restorer> {
         &self.role.secret
     }
 
-    /// A snapshot's record, by the version the catalog recorded, opened and checked.
+    /// Reads from `self.targets[index]` from now on (verify checks each target in turn).
+    pub fn read_from(&mut self, index: usize) {
+        self.role.source = index;
+    }
+
+    /// The target this handle reads from.
+    pub fn source(&self) -> &Target {
+        &self.targets[self.role.source]
+    }
+
+    /// A snapshot's record, by the version the catalog recorded on the source target,
+    /// opened and checked.
     pub fn snapshot_record(&self, snap: &SnapshotRow) -> Result<SnapshotRecord> {
         let key = snapshot_key(&snap.job, &snap.id);
-        let object = self.runtime.block_on(self.target.get(&key, snap.record_version.as_deref()))?;
+        let source = self.source();
+        let holders = self.catalog.snapshot_holders(&snap.id)?;
+        let Some((_, copy)) = holders.iter().find(|(t, _)| *t == source.id) else {
+            bail!("target `{}` does not hold snapshot {} yet", source.name, snap.id);
+        };
+        let object = self.runtime.block_on(source.get(&key, copy.version.as_deref()))?;
         snapshot::open(&object, &key, self.secret(), self.identity()).with_context(|| format!("snapshot record {key}"))
     }
 }

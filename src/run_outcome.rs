@@ -14,6 +14,9 @@ pub enum RunOutcome {
     Success,
     /// A complete snapshot, with paths that could not be read (exit 3).
     Partial,
+    /// A complete snapshot on some of the job's targets, not all (exit 5): the next run
+    /// catches the others up.
+    Degraded,
     /// No snapshot.
     Failed,
     /// Stopped at a checkpoint by a shutdown; the next run resumes.
@@ -24,13 +27,14 @@ pub enum RunOutcome {
 
 impl RunOutcome {
     /// The outcomes of runs that ended, as the metrics list them.
-    pub const ENDED: [RunOutcome; 4] =
-        [RunOutcome::Success, RunOutcome::Partial, RunOutcome::Failed, RunOutcome::Interrupted];
+    pub const ENDED: [RunOutcome; 5] =
+        [RunOutcome::Success, RunOutcome::Partial, RunOutcome::Degraded, RunOutcome::Failed, RunOutcome::Interrupted];
 
-    const ALL: [RunOutcome; 6] = [
+    const ALL: [RunOutcome; 7] = [
         RunOutcome::Running,
         RunOutcome::Success,
         RunOutcome::Partial,
+        RunOutcome::Degraded,
         RunOutcome::Failed,
         RunOutcome::Interrupted,
         RunOutcome::Skipped,
@@ -41,6 +45,7 @@ impl RunOutcome {
             RunOutcome::Running => "running",
             RunOutcome::Success => "success",
             RunOutcome::Partial => "partial",
+            RunOutcome::Degraded => "degraded",
             RunOutcome::Failed => "failed",
             RunOutcome::Interrupted => "interrupted",
             RunOutcome::Skipped => "skipped",

@@ -7,16 +7,21 @@
 //! check trusts the locks the catalog recorded when the server acknowledged them;
 //! `--remote` asks the server for the lock of every needed object version (or a sample).
 //!
+//! With several targets, each is judged on its own: the snapshots it holds, its horizon
+//! and gaps, and its **lag** (how many of a job's newest snapshots it misses). A job's
+//! horizon counts each snapshot's best-locked copy.
+//!
 //! Exit codes (Nagios): 0 OK; 1 WARNING (an unprotected or GOVERNANCE target, a job with
-//! no live snapshot); 2 CRITICAL (a protection gap, or a lock the server cannot confirm);
-//! 3 UNKNOWN (the check itself failed: no catalog, target unreachable, ...).
+//! no live snapshot, a target behind by two snapshots); 2 CRITICAL (a protection gap, a
+//! lock the server cannot confirm, a target behind by three or more); 3 UNKNOWN (the
+//! check itself failed: no catalog, target unreachable, ...).
 
 use std::collections::{HashMap, HashSet};
 
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::catalog::{Catalog, PackLock, SnapshotRow};
+use crate::catalog::{Catalog, SnapshotRow};
 use crate::config::Config;
 use crate::inventory::{Finding, Inventory, Layout};
 use crate::target::{Protection, Target};
@@ -41,17 +46,18 @@ impl Level {
 pub struct Report {
     pub status: Level,
     pub checked_at: i64,
-    pub target: TargetStatus,
+    pub targets: Vec<TargetStatus>,
     pub jobs: Vec<JobStatus>,
     /// Every reason the status is not OK, one sentence each.
     pub problems: Vec<String>,
     /// With `--remote` on a versioned target: what on the target coffer did not write
     /// (delete markers, overwrites, unknown keys, forged snapshot records).
-    pub tampering: Vec<Finding>,
+    pub tampering: Vec<crate::verify::Found>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct TargetStatus {
+    pub name: String,
     pub url: String,
     pub protection: Protection,
     /// Locks read from the server (`--remote`) rather than from the catalog.
@@ -66,19 +72,37 @@ pub struct JobStatus {
     pub live_snapshots: usize,
     pub newest_snapshot: Option<String>,
     pub newest_age_secs: Option<i64>,
-    /// The earliest date to which every live snapshot is fully locked (None: nothing
-    /// locked, or no live snapshot).
+    /// The earliest date to which every live snapshot is fully locked on at least one
+    /// target (None: nothing locked, or no live snapshot).
     pub protected_until: Option<i64>,
     pub gaps: Vec<Gap>,
     /// The job's schedule, when it has one.
     pub schedule: Option<String>,
     /// The fire time by which the next snapshot was due (with grace), when it has passed.
     pub overdue_since: Option<i64>,
+    /// The job on each of its targets.
+    pub targets: Vec<JobOnTarget>,
 }
 
-/// A live snapshot that needs an object locked less long than the snapshot is kept.
+/// A job's snapshots on one of its targets.
+#[derive(Debug, Serialize)]
+pub struct JobOnTarget {
+    pub target: String,
+    /// Live snapshots this target holds.
+    pub live_snapshots: usize,
+    pub newest_snapshot: Option<String>,
+    /// The earliest date to which every live snapshot it holds is fully locked there.
+    pub protected_until: Option<i64>,
+    /// How many of the job's snapshots, newer than the newest it holds, it lacks (the
+    /// next backup copies them to it).
+    pub lag: usize,
+}
+
+/// A live snapshot that needs an object locked less long than the snapshot is kept, on
+/// one target.
 #[derive(Debug, Serialize)]
 pub struct Gap {
+    pub target: String,
     pub snapshot: String,
     pub retain_until: Option<i64>,
     /// Object keys locked too briefly (or not at all), with their lock end.
@@ -113,42 +137,49 @@ impl Findings {
 
 /// Where the lock of each object comes from: the catalog, or the server (`--remote`).
 struct Locks<'a> {
-    /// Only with `--remote`.
-    runtime: Option<tokio::runtime::Runtime>,
-    /// The target, when its locks are read from the server.
-    target: Option<&'a Target>,
+    runtime: &'a tokio::runtime::Runtime,
+    /// Whether locks are read from the server (`--remote`).
+    remote: bool,
     /// Packs to ask the server about (all, or the `--sample`); records are always asked.
     remote_packs: Option<HashSet<i64>>,
+    /// Lock ends read from the server, by target, key and version.
     asked: HashMap<String, Option<i64>>,
     /// Locks the server reports lower than recorded.
-    lowered: Vec<Finding>,
+    lowered: Vec<crate::verify::Found>,
 }
 
 impl Locks<'_> {
-    /// The lock end of one object version: from the server where it is asked, else as
-    /// recorded. `None`: not locked (or the server could not tell).
+    /// The lock end of one object version on `target`: from the server where it is
+    /// asked, else as recorded. `None`: not locked (or the server could not tell).
     fn until(
         &mut self,
+        target: &Target,
         key: &str,
         version: Option<&str>,
         recorded: Option<i64>,
         pack: Option<i64>,
         f: &mut Findings,
     ) -> Option<i64> {
-        let (Some(target), Some(runtime)) = (self.target, &self.runtime) else { return recorded };
+        if !self.remote || !target.locks() {
+            return recorded;
+        }
         if let (Some(id), Some(chosen)) = (pack, &self.remote_packs)
             && !chosen.contains(&id)
         {
             return recorded;
         }
-        let id = format!("{key}@{}", version.unwrap_or(""));
+        let id = Self::id(target, key, version);
         if let Some(known) = self.asked.get(&id) {
             return *known;
         }
-        let until = match runtime.block_on(target.lock_of(key, version)) {
+        let until = match self.runtime.block_on(target.lock_of(key, version)) {
             Ok(r) => r.map(|r| r.until),
             Err(e) => {
-                f.raise(Level::Critical, format!("cannot read the lock of {key} from the server: {e:#}"));
+                let name = &target.name;
+                f.raise(
+                    Level::Critical,
+                    format!("target {name}: cannot read the lock of {key} from the server: {e:#}"),
+                );
                 None
             }
         };
@@ -156,132 +187,171 @@ impl Locks<'_> {
             && server < recorded
         {
             let finding = Finding::LowerLock { key: key.to_string(), recorded, server };
-            f.raise(Level::Critical, format!("tampering: {finding}"));
-            self.lowered.push(finding);
+            f.raise(Level::Critical, format!("tampering on target {}: {finding}", target.name));
+            self.lowered.push(crate::verify::Found { target: target.name.clone(), finding });
         }
         self.asked.insert(id, until);
         until
     }
+
+    fn id(target: &Target, key: &str, version: Option<&str>) -> String {
+        format!("{}:{key}@{}", target.name, version.unwrap_or(""))
+    }
+
+    fn was_asked(&self, target: &Target, key: &str, version: Option<&str>) -> bool {
+        self.asked.contains_key(&Self::id(target, key, version))
+    }
 }
 
 pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
-    let crate::repo::Repo { catalog, row: repo, target, runtime, .. } = crate::repo::Repo::open(cfg)?;
+    let repo = crate::repo::Repo::open(cfg)?;
+    let catalog = &repo.catalog;
     let now = crate::time::now_secs();
     let mut f = Findings::default();
-    let protection = target.protection();
-    let locked = target.locks();
-    match protection {
-        Protection::Unprotected => f.raise(
-            Level::Warning,
-            format!(
-                "target {} is UNPROTECTED: nothing stops its credentials from deleting the backups",
-                cfg.target.url
+    let records = catalog.targets()?;
+    for target in &repo.targets {
+        let name = &target.name;
+        match target.protection() {
+            Protection::Unprotected => f.raise(
+                Level::Warning,
+                format!(
+                    "target {name} ({}) is UNPROTECTED: nothing stops its credentials from deleting the backups",
+                    target.url
+                ),
             ),
-        ),
-        Protection::Governance => f.raise(
-            Level::Warning,
-            "locks are in GOVERNANCE mode: users with s3:BypassGovernanceRetention can remove them".into(),
-        ),
-        Protection::Compliance => {}
+            Protection::Governance => f.raise(
+                Level::Warning,
+                format!(
+                    "target {name}: locks are in GOVERNANCE mode: users with s3:BypassGovernanceRetention can remove them"
+                ),
+            ),
+            Protection::Compliance => {}
+        }
+        if let Some(why) = records.iter().find(|r| r.id == target.id).and_then(|r| r.unprotected.as_ref()) {
+            f.raise(Level::Warning, format!("target {name}: init was told to accept an unprotected target: {why}"));
+        }
     }
-    if let Some(why) = &repo.unprotected {
-        f.raise(Level::Warning, format!("init was told to accept an unprotected target: {why}"));
-    }
-    if opts.remote && !locked {
-        f.raise(Level::Warning, "--remote: the target keeps no locks to read".into());
+    if opts.remote && !repo.targets.iter().any(Target::locks) {
+        f.raise(Level::Warning, "--remote: no target keeps locks to read".into());
     }
 
-    let live = live_snapshots(cfg, &catalog, now)?;
+    let live = live_snapshots(cfg, catalog, now)?;
     let mut locks = Locks {
-        runtime: opts.remote.then_some(runtime),
-        target: (opts.remote && target.locks()).then_some(&target),
+        runtime: &repo.runtime,
+        remote: opts.remote,
         remote_packs: opts.sample.filter(|_| opts.remote).map(|n| sample_packs(&live, n)),
         asked: HashMap::new(),
         lowered: Vec::new(),
     };
     let mut jobs = Vec::new();
     for (job, snaps) in &live {
-        jobs.push(job_status(cfg, job, snaps, now, locked, &catalog, &mut locks, &mut f)?);
+        jobs.push(job_status(cfg, &repo, job, snaps, now, &mut locks, &mut f)?);
     }
-    // Every restore needs the repository record: it must outlive every live snapshot.
-    let longest_needed = live.iter().flat_map(|(_, v)| v.iter().map(|(s, _)| s.retain_until.unwrap_or(i64::MAX))).max();
-    if locked {
-        let recorded = repo.record_lock.map(|l| l.until);
-        let until = locks.until(crate::format::REPO_KEY, repo.record_version.as_deref(), recorded, None, &mut f);
-        if let Some(needed) = longest_needed
-            && until.is_none_or(|u| u < needed)
-        {
-            f.raise(
-                Level::Critical,
-                format!(
-                    "{} is locked until {}, before the last live snapshot expires",
-                    crate::format::REPO_KEY,
-                    until.map(crate::time::format_utc).unwrap_or_else(|| "never".into())
-                ),
-            );
-        }
+    let mut targets = Vec::new();
+    for target in &repo.targets {
+        repo_record_lock(&repo, target, &live, &mut locks, &mut f)?;
+        targets.push(TargetStatus {
+            name: target.name.clone(),
+            url: target.url.clone(),
+            protection: target.protection(),
+            remote_checked: opts.remote && target.locks(),
+            objects_checked: locks.asked.keys().filter(|k| k.starts_with(&format!("{}:", target.name))).count(),
+        });
     }
     let mut tampering = std::mem::take(&mut locks.lowered);
-    if let (Some(runtime), true) = (&locks.runtime, locked) {
-        tampering.extend(tamper_findings(cfg, &catalog, &target, runtime, &mut f)?);
+    if opts.remote {
+        for target in repo.targets.iter().filter(|t| t.locks()) {
+            let found = tamper_findings(cfg, catalog, target, &repo.runtime, &mut f)?;
+            tampering
+                .extend(found.into_iter().map(|finding| crate::verify::Found { target: target.name.clone(), finding }));
+        }
     }
-    Ok(Report {
-        tampering,
-        status: f.level,
-        checked_at: now,
-        target: TargetStatus {
-            url: cfg.target.url.clone(),
-            protection,
-            remote_checked: locks.target.is_some(),
-            objects_checked: locks.asked.len(),
-        },
-        jobs,
-        problems: f.problems,
-    })
+    Ok(Report { tampering, status: f.level, checked_at: now, targets, jobs, problems: f.problems })
 }
 
-/// A job's live snapshots, oldest first, each with the packs it needs.
-type Live<'a> = Vec<(&'a crate::config::Job, Vec<(SnapshotRow, Vec<PackLock>)>)>;
+/// Every restore needs the repository record: on each target, it must outlive every
+/// live snapshot the target holds.
+fn repo_record_lock(
+    repo: &crate::repo::Repo,
+    target: &Target,
+    live: &Live,
+    locks: &mut Locks,
+    f: &mut Findings,
+) -> Result<()> {
+    if !target.locks() {
+        return Ok(());
+    }
+    let held = |s: &&Held| s.copies.iter().any(|(t, _)| *t == target.id);
+    let longest_needed =
+        live.iter().flat_map(|(_, v)| v.iter().filter(held).map(|h| h.row.retain_until.unwrap_or(i64::MAX))).max();
+    let Some(needed) = longest_needed else { return Ok(()) };
+    let record = repo.catalog.repo_record(target.id)?;
+    let recorded = record.as_ref().and_then(|r| r.lock.map(|l| l.until));
+    let version = record.as_ref().and_then(|r| r.version.clone());
+    let until = locks.until(target, crate::format::REPO_KEY, version.as_deref(), recorded, None, f);
+    if until.is_none_or(|u| u < needed) {
+        f.raise(
+            Level::Critical,
+            format!(
+                "target {}: {} is locked until {}, before the last live snapshot expires",
+                target.name,
+                crate::format::REPO_KEY,
+                until.map(crate::time::format_utc).unwrap_or_else(|| "never".into())
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// A live snapshot: its row, the targets holding its record, and the packs it needs.
+struct Held {
+    row: SnapshotRow,
+    copies: Vec<(crate::catalog::TargetId, crate::catalog::Copy)>,
+    packs: Vec<i64>,
+}
+
+/// A job's live snapshots, oldest first.
+type Live<'a> = Vec<(&'a crate::config::Job, Vec<Held>)>;
 
 /// The live snapshots of every job: complete, and not past their retain-until.
 fn live_snapshots<'a>(cfg: &'a Config, catalog: &Catalog, now: i64) -> Result<Live<'a>> {
     let mut live = Vec::new();
     for job in &cfg.jobs {
-        let mut with_packs = Vec::new();
-        for s in catalog.snapshots(Some(&job.name))? {
-            if s.state == crate::catalog::SnapshotState::Complete && s.retain_until.is_none_or(|u| u > now) {
-                let packs = catalog.snapshot_packs(&s.id)?;
-                with_packs.push((s, packs));
+        let mut held = Vec::new();
+        for row in catalog.snapshots(Some(&job.name))? {
+            if row.state == crate::catalog::SnapshotState::Complete && row.retain_until.is_none_or(|u| u > now) {
+                let copies = catalog.snapshot_holders(&row.id)?;
+                let packs = catalog.snapshot_packs(crate::catalog::TargetId::NONE, &row.id)?;
+                held.push(Held { row, copies, packs: packs.into_iter().map(|p| p.id).collect() });
             }
         }
-        live.push((job, with_packs));
+        live.push((job, held));
     }
     Ok(live)
 }
 
 /// `n` of the packs live snapshots need, chosen at random (`--remote --sample N`).
 fn sample_packs(live: &Live, n: usize) -> HashSet<i64> {
-    let all: HashSet<i64> = live.iter().flat_map(|(_, v)| v.iter().flat_map(|(_, p)| p.iter().map(|p| p.id))).collect();
+    let all: HashSet<i64> = live.iter().flat_map(|(_, v)| v.iter().flat_map(|h| h.packs.iter().copied())).collect();
     let mut all: Vec<i64> = all.into_iter().collect();
     shuffle(&mut all);
     all.truncate(n);
     all.into_iter().collect()
 }
 
-/// One job's line: its newest snapshot and age, whether it is overdue, how long all it
-/// needs is locked, and the snapshots that need an object locked too briefly (a gap).
-#[allow(clippy::too_many_arguments)]
+/// One job's line: its newest snapshot and age, whether it is overdue, and on each of
+/// its targets how long all it holds is locked, the snapshots that need an object locked
+/// too briefly there (a gap), and how far the target lags.
 fn job_status(
     cfg: &Config,
+    repo: &crate::repo::Repo,
     job: &crate::config::Job,
-    snaps: &[(SnapshotRow, Vec<PackLock>)],
+    snaps: &[Held],
     now: i64,
-    locked: bool,
-    catalog: &Catalog,
     locks: &mut Locks,
     f: &mut Findings,
 ) -> Result<JobStatus> {
-    let newest = snaps.last().map(|(s, _)| s);
+    let newest = snaps.last().map(|h| &h.row);
     let mut status = JobStatus {
         name: job.name.clone(),
         live_snapshots: snaps.len(),
@@ -291,62 +361,124 @@ fn job_status(
         gaps: Vec::new(),
         schedule: job.schedule.as_ref().map(|s| s.text.clone()),
         overdue_since: None,
+        targets: Vec::new(),
     };
     match newest {
         None => f.raise(Level::Warning, format!("job {}: no live snapshot", job.name)),
         Some(newest) => status.overdue_since = freshness(cfg, job, newest.created_at, now, f),
     }
-    let mut horizon: Option<Option<i64>> = None;
-    for (snap, packs) in snaps {
-        let needed = snap.retain_until.unwrap_or(i64::MAX);
-        let record_key = crate::format::snapshot_key(&snap.job, &snap.id);
-        let record_lock = snap.lock_mode.as_ref().and(snap.retain_until);
-        let mut objects =
-            vec![(record_key.clone(), locks.until(&record_key, snap.record_version.as_deref(), record_lock, None, f))];
-        for p in packs {
-            let key = crate::format::pack_key(&p.hash);
-            let until = locks.until(&key, p.version.as_deref(), p.lock.map(|l| l.until), Some(p.id), f);
-            if locks.target.is_some()
-                && locks.asked.contains_key(&format!("{key}@{}", p.version.as_deref().unwrap_or("")))
-            {
-                catalog.confirm_pack(p.id)?;
-            }
-            objects.push((key, until));
+    // Each snapshot's best-locked copy, over the targets that hold it.
+    let mut best: Vec<Option<i64>> = vec![None; snaps.len()];
+    for target in repo.targets.iter().filter(|t| job.targets.contains(&t.name)) {
+        let mut on = JobOnTarget {
+            target: target.name.clone(),
+            live_snapshots: 0,
+            newest_snapshot: None,
+            protected_until: None,
+            lag: 0,
+        };
+        let mut horizon: Option<Option<i64>> = None;
+        for (i, held) in snaps.iter().enumerate() {
+            let Some((_, copy)) = held.copies.iter().find(|(t, _)| *t == target.id) else {
+                on.lag += 1;
+                continue;
+            };
+            (on.live_snapshots, on.newest_snapshot, on.lag) = (on.live_snapshots + 1, Some(held.row.id.clone()), 0);
+            let fully = snapshot_lock(repo, target, held, copy, locks, &mut status, f)?;
+            best[i] = best[i].max(fully);
+            horizon = Some(match horizon {
+                None => fully,
+                Some(h) => h.zip(fully).map(|(a, b)| a.min(b)),
+            });
         }
-        // Fully locked until the earliest lock end among everything it needs.
-        let fully: Option<i64> = objects.iter().map(|(_, u)| *u).try_fold(i64::MAX, |acc, u| u.map(|u| acc.min(u)));
-        horizon = Some(match horizon {
-            None => fully,
-            Some(h) => h.zip(fully).map(|(a, b)| a.min(b)),
-        });
-        let short: Vec<GapObject> = objects
-            .into_iter()
-            .filter(|(_, u)| u.is_none_or(|u| u < needed))
-            .map(|(key, locked_until)| GapObject { key, locked_until })
-            .collect();
-        if locked && !short.is_empty() {
-            let list: Vec<String> = short
-                .iter()
-                .map(|o| {
-                    let until = o.locked_until.map(crate::time::format_utc).unwrap_or_else(|| "never".into());
-                    format!("{} locked until {until}", o.key)
-                })
-                .collect();
-            f.raise(
-                Level::Critical,
-                format!(
-                    "job {}: snapshot {} (kept until {}) has a protection gap: {}",
-                    job.name,
-                    snap.id,
-                    snap.retain_until.map(crate::time::format_utc).unwrap_or_else(|| "forever".into()),
-                    list.join(", ")
-                ),
-            );
-            status.gaps.push(Gap { snapshot: snap.id.clone(), retain_until: snap.retain_until, objects: short });
-        }
+        on.protected_until = if target.locks() { horizon.flatten() } else { None };
+        lag_level(job, &on, f);
+        status.targets.push(on);
     }
-    status.protected_until = if locked { horizon.flatten() } else { None };
+    let locked = repo.targets.iter().any(|t| t.locks() && job.targets.contains(&t.name));
+    status.protected_until = match locked && !best.is_empty() {
+        true => best.into_iter().try_fold(i64::MAX, |acc, u| u.map(|u| acc.min(u))),
+        false => None,
+    };
     Ok(status)
+}
+
+/// Raises a target that misses the job's newest snapshots: two is WARNING, three or
+/// more CRITICAL (one is the degraded run the next one repairs).
+fn lag_level(job: &crate::config::Job, on: &JobOnTarget, f: &mut Findings) {
+    let level = match on.lag {
+        0 | 1 => return,
+        2 => Level::Warning,
+        _ => Level::Critical,
+    };
+    f.raise(
+        level,
+        format!(
+            "job {}: target {} lags: it lacks the {} newest snapshots (the next backup copies them to it)",
+            job.name, on.target, on.lag
+        ),
+    );
+}
+
+/// How long one snapshot is fully locked on one target (the earliest lock end among its
+/// record and every pack it needs), noting a gap where that is before its retain-until.
+fn snapshot_lock(
+    repo: &crate::repo::Repo,
+    target: &Target,
+    held: &Held,
+    copy: &crate::catalog::Copy,
+    locks: &mut Locks,
+    status: &mut JobStatus,
+    f: &mut Findings,
+) -> Result<Option<i64>> {
+    let snap = &held.row;
+    let needed = snap.retain_until.unwrap_or(i64::MAX);
+    let record_key = crate::format::snapshot_key(&snap.job, &snap.id);
+    let recorded = copy.lock.map(|l| l.until);
+    let mut objects =
+        vec![(record_key.clone(), locks.until(target, &record_key, copy.version.as_deref(), recorded, None, f))];
+    for p in repo.catalog.snapshot_packs(target.id, &snap.id)? {
+        let key = crate::format::pack_key(&p.hash);
+        let until = locks.until(target, &key, p.version.as_deref(), p.lock.map(|l| l.until), Some(p.id), f);
+        if locks.remote && locks.was_asked(target, &key, p.version.as_deref()) {
+            repo.catalog.confirm_pack(target.id, p.id)?;
+        }
+        objects.push((key, until));
+    }
+    let fully: Option<i64> = objects.iter().map(|(_, u)| *u).try_fold(i64::MAX, |acc, u| u.map(|u| acc.min(u)));
+    let short: Vec<GapObject> = objects
+        .into_iter()
+        .filter(|(_, u)| u.is_none_or(|u| u < needed))
+        .map(|(key, locked_until)| GapObject { key, locked_until })
+        .collect();
+    if target.locks() && !short.is_empty() {
+        let list: Vec<String> = short
+            .iter()
+            .map(|o| {
+                let until = o.locked_until.map(crate::time::format_utc).unwrap_or_else(|| "never".into());
+                format!("{} locked until {until}", o.key)
+            })
+            .collect();
+        f.raise(
+            Level::Critical,
+            format!(
+                "job {}: snapshot {} (kept until {}) has a protection gap on target {}: {}",
+                snap.job,
+                snap.id,
+                snap.retain_until.map(crate::time::format_utc).unwrap_or_else(|| "forever".into()),
+                target.name,
+                list.join(", ")
+            ),
+        );
+        let gap = Gap {
+            target: target.name.clone(),
+            snapshot: snap.id.clone(),
+            retain_until: snap.retain_until,
+            objects: short,
+        };
+        status.gaps.push(gap);
+    }
+    Ok(fully)
 }
 
 /// Lists every object version and compares it with the catalog: each recorded key must
@@ -361,7 +493,7 @@ fn tamper_findings(
     f: &mut Findings,
 ) -> Result<Vec<Finding>> {
     let inventory = runtime.block_on(Inventory::read(target))?;
-    let recorded = catalog.recorded_objects()?;
+    let recorded = catalog.recorded_objects(target.id)?;
     let secret = crate::keys::RepoSecret::load(&cfg.repo_secret_file);
     let mut found = Vec::new();
     let mut duplicates = 0;

@@ -16,7 +16,7 @@ use anyhow::Result;
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::catalog::{Catalog, RepoRow};
+use crate::catalog::{Catalog, Copy, TargetId};
 use crate::config::Config;
 use crate::format::snapshot::{self, SnapshotRecord};
 use crate::format::{REPO_KEY, pack};
@@ -27,6 +27,8 @@ use crate::repo::{Repo, Restorer};
 use crate::target::Target;
 
 pub struct Options {
+    /// Only this target (else every one, in turn).
+    pub target: Option<String>,
     /// Download and re-hash data (needs `identity`).
     pub read_data: Option<Arc<Identity>>,
     /// With `read_data`: the fraction of packs to read, chosen at random.
@@ -35,15 +37,41 @@ pub struct Options {
     pub progress: bool,
 }
 
+/// What verify found, over every target it checked.
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
+    /// The targets checked, by name.
+    pub targets: Vec<String>,
     pub objects_checked: usize,
+    /// Objects found on a target that the catalog did not know it held (after
+    /// `recover` from another target), now recorded.
+    pub learned: usize,
     pub packs_read: usize,
     pub chunks_verified: u64,
     pub bytes_read: u64,
-    pub findings: Vec<Finding>,
+    pub findings: Vec<Found>,
     /// Snapshots (job/id) that need an object with a finding.
     pub snapshots_affected: BTreeSet<String>,
+}
+
+/// A finding, and the target it is on.
+#[derive(Debug, Serialize)]
+pub struct Found {
+    pub target: String,
+    #[serde(flatten)]
+    pub finding: Finding,
+}
+
+/// What verify found on one target.
+#[derive(Default)]
+struct Checked {
+    objects_checked: usize,
+    learned: usize,
+    packs_read: usize,
+    chunks_verified: u64,
+    bytes_read: u64,
+    findings: Vec<Finding>,
+    snapshots_affected: BTreeSet<String>,
 }
 
 /// An object version the catalog says the target holds.
@@ -63,35 +91,33 @@ const CONCURRENT_CHECKS: usize = 8;
 
 pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
     let repo = Repo::open(cfg)?;
-    let needed = needed_objects(&repo.catalog, &repo.row)?;
-    let mut report = Report { objects_checked: needed.len(), ..Default::default() };
-    tracing::info!(objects = needed.len(), "checking every recorded object version on the target");
-    let missing = check_presence(&repo.runtime, &repo.target, &needed, &mut report)?;
-
+    let selected: Vec<usize> = {
+        let names: Vec<&str> = repo.selected(opts.target.as_deref())?.iter().map(|t| t.name.as_str()).collect();
+        (0..repo.targets.len()).filter(|&i| names.contains(&repo.targets[i].name.as_str())).collect()
+    };
+    let mut report = Report::default();
     let catalog = match &opts.read_data {
         Some(identity) => {
-            let repo = repo.unlock(identity.clone())?;
-            let data = Data { repo: &repo };
-            // What is missing or of the wrong size was reported above; the rest must read back.
-            let records = data.records(&needed, &missing, &mut report)?;
-            data.packs(&needed, &missing, opts, &mut report)?;
-            data.file_lists(&records, &mut report)?;
+            let mut repo = repo.unlock(identity.clone(), opts.target.as_deref(), None)?;
+            for i in selected {
+                repo.read_from(i);
+                let checked = check_target(&repo, &repo.targets[i], Some(&Data { repo: &repo }), opts)?;
+                merge(&mut report, &repo.targets[i].name, checked);
+            }
             repo.catalog
         }
-        None => repo.catalog,
-    };
-    // A pack that is missing or damaged no longer counts as storing its chunks: the next
-    // backup stores them again.
-    for f in &report.findings {
-        if let (Finding::Unreadable { why, .. }, crate::inventory::Layout::Pack(hash)) =
-            (f, crate::inventory::layout(f.key()))
-        {
-            catalog.mark_damaged(&hash, why)?;
+        None => {
+            for i in selected {
+                let checked = check_target(&repo, &repo.targets[i], None, opts)?;
+                merge(&mut report, &repo.targets[i].name, checked);
+            }
+            repo.catalog
         }
-    }
+    };
     let detail = format!(
-        "{} objects, {} packs read, {} findings",
+        "{} objects on {} targets, {} packs read, {} findings",
         report.objects_checked,
+        report.targets.len(),
         report.packs_read,
         report.findings.len()
     );
@@ -99,31 +125,126 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
     Ok(report)
 }
 
-/// Every object version the catalog says the target holds: the repository record, each
-/// complete snapshot's record, and every pack, with the snapshots that need each.
-fn needed_objects(catalog: &Catalog, repo: &RepoRow) -> Result<Vec<Needed>> {
-    let snapshots: Vec<_> =
-        catalog.snapshots(None)?.into_iter().filter(|s| s.state == crate::catalog::SnapshotState::Complete).collect();
-    let mut needed = vec![Needed {
-        key: REPO_KEY.into(),
-        version: repo.record_version.clone(),
-        size: None,
-        locked_until: repo.record_lock.map(|l| l.until),
-        snapshots: snapshots.iter().map(|s| format!("{}/{}", s.job, s.id)).collect(),
-        pack: None,
-    }];
-    for s in &snapshots {
+/// Adds one target's findings to the report.
+fn merge(report: &mut Report, target: &str, c: Checked) {
+    report.targets.push(target.to_string());
+    report.objects_checked += c.objects_checked;
+    report.learned += c.learned;
+    report.packs_read += c.packs_read;
+    report.chunks_verified += c.chunks_verified;
+    report.bytes_read += c.bytes_read;
+    report.snapshots_affected.extend(c.snapshots_affected);
+    report.findings.extend(c.findings.into_iter().map(|finding| Found { target: target.to_string(), finding }));
+}
+
+/// Checks what the catalog records on one target (with `data`, reading it back).
+fn check_target<R>(repo: &Repo<R>, target: &Target, data: Option<&Data>, opts: &Options) -> Result<Checked> {
+    let learned = learn(repo, target)?;
+    let needed = needed_objects(&repo.catalog, target.id)?;
+    let mut report = Checked { objects_checked: needed.len(), learned, ..Default::default() };
+    tracing::info!(target = %target.name, objects = needed.len(), "checking every recorded object version");
+    let missing = check_presence(&repo.runtime, target, &needed, &mut report)?;
+    if let Some(data) = data {
+        // What is missing or of the wrong size was reported above; the rest must read back.
+        let records = data.records(&needed, &missing, &mut report)?;
+        data.packs(&needed, &missing, opts, &mut report)?;
+        data.file_lists(&records, &mut report)?;
+    }
+    // A pack that is missing or damaged no longer counts as storing its chunks: the next
+    // backup stores them again.
+    for f in &report.findings {
+        if let (Finding::Unreadable { why, .. }, crate::inventory::Layout::Pack(hash)) =
+            (f, crate::inventory::layout(f.key()))
+        {
+            repo.catalog.mark_damaged(&hash, &format!("on target `{}`: {why}", target.name))?;
+        }
+    }
+    Ok(report)
+}
+
+/// Records what `target` holds of this repository that the catalog does not know it
+/// holds: after `recover` rebuilt the catalog from another target, or a copy whose
+/// catalog write a crash lost. Each key's oldest version is the one coffer wrote (as
+/// `recover` judges); a pack must have the size recorded for it, the repository record
+/// this repository's id. What is learned is then checked like everything recorded, and
+/// read back with `--read-data` (a pack proves itself by its hash, a record by its MAC).
+fn learn<R>(repo: &Repo<R>, target: &Target) -> Result<usize> {
+    let catalog = &repo.catalog;
+    let known: HashMap<String, Option<String>> = catalog.recorded_objects(target.id)?;
+    let inventory = repo.runtime.block_on(crate::inventory::Inventory::read(target))?;
+    let mut learned = 0;
+    for (key, versions) in &inventory.keys {
+        let Some(oldest) = versions.versions.first() else { continue };
+        if known.contains_key(key) {
+            continue;
+        }
+        let lock = || repo.runtime.block_on(target.lock_of(key, oldest.id.as_deref()));
+        match crate::inventory::layout(key) {
+            crate::inventory::Layout::Pack(hash) => {
+                let Some(id) = catalog.pack_id(&hash)? else { continue };
+                if catalog.pack_size(id)? != oldest.size {
+                    continue;
+                }
+                catalog.add_pack_copy(target.id, id, &Copy { version: oldest.id.clone(), lock: lock()? })?;
+            }
+            crate::inventory::Layout::Snapshot { id, .. } => {
+                if !catalog.has_snapshot(&id)? {
+                    continue;
+                }
+                catalog.add_snapshot_copy(target.id, &id, &Copy { version: oldest.id.clone(), lock: lock()? })?;
+            }
+            crate::inventory::Layout::Repo => {
+                let bytes = repo.runtime.block_on(target.get(key, oldest.id.as_deref()))?;
+                match crate::format::repo::RepoRecord::decode(&bytes) {
+                    Ok(r) if r.id == repo.row.repo_id => {}
+                    _ => continue,
+                }
+                catalog.set_repo_record(target.id, &Copy { version: oldest.id.clone(), lock: lock()? })?;
+            }
+            _ => continue,
+        }
+        learned += 1;
+    }
+    if learned > 0 {
+        tracing::info!(target = %target.name, objects = learned, "recorded what the target holds");
+    }
+    Ok(learned)
+}
+
+/// Every object version the catalog says `target` holds: the repository record, the
+/// record of each complete snapshot there, and every pack there, with the snapshots that
+/// need each.
+fn needed_objects(catalog: &Catalog, target: TargetId) -> Result<Vec<Needed>> {
+    let mut snapshots = Vec::new();
+    for s in catalog.snapshots(None)? {
+        let held = catalog.snapshot_holders(&s.id)?.into_iter().find(|(t, _)| *t == target);
+        if let (crate::catalog::SnapshotState::Complete, Some((_, copy))) = (s.state, held) {
+            snapshots.push((s, copy));
+        }
+    }
+    let mut needed = Vec::new();
+    if let Some(record) = catalog.repo_record(target)? {
+        needed.push(Needed {
+            key: REPO_KEY.into(),
+            version: record.version,
+            size: None,
+            locked_until: record.lock.map(|l| l.until),
+            snapshots: snapshots.iter().map(|(s, _)| format!("{}/{}", s.job, s.id)).collect(),
+            pack: None,
+        });
+    }
+    for (s, copy) in &snapshots {
         needed.push(Needed {
             key: crate::format::snapshot_key(&s.job, &s.id),
-            version: s.record_version.clone(),
+            version: copy.version.clone(),
             size: None,
-            locked_until: s.lock_mode.as_ref().and(s.retain_until),
+            locked_until: copy.lock.map(|l| l.until),
             snapshots: vec![format!("{}/{}", s.job, s.id)],
             pack: None,
         });
     }
-    let jobs: HashMap<String, String> = snapshots.iter().map(|s| (s.id.clone(), s.job.clone())).collect();
-    for (p, size, ids) in catalog.packs_with_snapshots()? {
+    let jobs: HashMap<String, String> = snapshots.iter().map(|(s, _)| (s.id.clone(), s.job.clone())).collect();
+    for (p, size, ids) in catalog.packs_with_snapshots(target)? {
         needed.push(Needed {
             key: crate::format::pack_key(&p.hash),
             version: p.version,
@@ -142,7 +263,7 @@ fn check_presence(
     runtime: &tokio::runtime::Runtime,
     target: &Target,
     needed: &[Needed],
-    report: &mut Report,
+    report: &mut Checked,
 ) -> Result<HashSet<String>> {
     let checked: Vec<Result<Vec<Finding>>> = runtime.block_on(
         futures::stream::iter(needed.iter().map(|n| check_object(target, n)))
@@ -171,11 +292,11 @@ impl Data<'_> {
         &self,
         needed: &'n [Needed],
         missing: &HashSet<String>,
-        report: &mut Report,
+        report: &mut Checked,
     ) -> Result<Vec<(&'n Needed, SnapshotRecord)>> {
         let mut records = Vec::new();
         for n in needed.iter().filter(|n| n.pack.is_none() && n.key != REPO_KEY && !missing.contains(&n.key)) {
-            let object = self.repo.runtime.block_on(self.repo.target.get(&n.key, n.version.as_deref()))?;
+            let object = self.repo.runtime.block_on(self.repo.source().get(&n.key, n.version.as_deref()))?;
             match snapshot::open(&object, &n.key, self.repo.secret(), self.repo.identity()) {
                 Ok(record) => records.push((n, record)),
                 Err(e) => note(report, n, vec![unreadable(n, e.to_string())]),
@@ -186,7 +307,7 @@ impl Data<'_> {
 
     /// Reads the packs (or a random `subset` of them): content hash, decryption, the
     /// trailer against the catalog, and every chunk re-hashed.
-    fn packs(&self, needed: &[Needed], missing: &HashSet<String>, opts: &Options, report: &mut Report) -> Result<()> {
+    fn packs(&self, needed: &[Needed], missing: &HashSet<String>, opts: &Options, report: &mut Checked) -> Result<()> {
         let mut packs: Vec<&Needed> = needed.iter().filter(|n| n.pack.is_some()).collect();
         crate::status::shuffle(&mut packs);
         let take = (packs.len() as f64 * opts.subset).ceil() as usize;
@@ -199,7 +320,7 @@ impl Data<'_> {
             if missing.contains(&n.key) {
                 continue;
             }
-            let ct = self.repo.runtime.block_on(self.repo.target.get(&n.key, n.version.as_deref()))?;
+            let ct = self.repo.runtime.block_on(self.repo.source().get(&n.key, n.version.as_deref()))?;
             report.bytes_read += ct.len() as u64;
             Counters::add(&counters.bytes_read, ct.len() as u64);
             report.packs_read += 1;
@@ -229,7 +350,7 @@ impl Data<'_> {
     /// Reads each snapshot's file list whole and checks it against the restore's rules:
     /// a record that authenticates may still be forged by the secret's holder. A list
     /// stored in a pack already found damaged is that pack's finding.
-    fn file_lists(&self, records: &[(&Needed, SnapshotRecord)], report: &mut Report) -> Result<()> {
+    fn file_lists(&self, records: &[(&Needed, SnapshotRecord)], report: &mut Checked) -> Result<()> {
         let catalog = &self.repo.catalog;
         let damaged: HashSet<String> = report.findings.iter().map(|f| f.key().to_string()).collect();
         let mut chunks = crate::restore::tree::ChunkReader::new(self.repo);
@@ -237,13 +358,15 @@ impl Data<'_> {
             let packs: Vec<String> = record
                 .tree
                 .iter()
-                .filter_map(|id| catalog.chunk_location(id).ok().flatten())
+                .filter_map(|id| catalog.chunk_location(self.repo.source().id, id).ok().flatten())
                 .map(|l| crate::format::pack_key(&l.pack_hash))
                 .collect();
             if packs.iter().any(|k| damaged.contains(k)) {
                 continue;
             }
-            let size = |id: &crate::ChunkId| catalog.chunk_location(id).ok().flatten().map(|l| u64::from(l.raw_length));
+            let size = |id: &crate::ChunkId| {
+                catalog.chunk_location(self.repo.source().id, id).ok().flatten().map(|l| u64::from(l.raw_length))
+            };
             match crate::restore::tree::check_list(chunks.stream(&record.tree), size) {
                 Ok(list) => {
                     note(report, n, crate::inventory::unsafe_entries(&n.key, list.refused));
@@ -273,7 +396,7 @@ fn version(n: &Needed) -> String {
     n.version.clone().unwrap_or_default()
 }
 
-fn note(report: &mut Report, n: &Needed, findings: Vec<Finding>) {
+fn note(report: &mut Checked, n: &Needed, findings: Vec<Finding>) {
     if !findings.is_empty() {
         report.snapshots_affected.extend(n.snapshots.iter().cloned());
     }

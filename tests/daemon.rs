@@ -115,39 +115,6 @@ fn daemon_setup(name: &str, target: Target, src: &Path, daemon_extra: &str) -> S
     Setup::with_extra(name, target, src, daemon_extra)
 }
 
-/// A second gateway of the test S3 cluster that a test may stop (stopped when dropped).
-struct Gateway {
-    name: String,
-    port: u16,
-}
-
-impl Gateway {
-    fn start(name: &str, port: u16) -> Gateway {
-        let g = Gateway { name: name.to_string(), port };
-        g.start_again();
-        g
-    }
-
-    fn script(&self, args: &[&str]) {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/s3-server.sh");
-        run_ok(Command::new("bash").arg(script).args(args));
-    }
-
-    fn start_again(&self) {
-        self.script(&["gateway-start", &self.name, &self.port.to_string()]);
-    }
-
-    fn stop(&self) {
-        self.script(&["gateway-stop", &self.name]);
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 fn small_source(scratch: &Scratch) -> PathBuf {
     let src = scratch.path("src");
     std::fs::create_dir_all(&src).unwrap();
@@ -372,7 +339,7 @@ fn an_s3_outage_fails_the_run_cleanly_and_a_later_run_completes() {
         .collect();
     let claimed: Vec<(String, String)> = {
         let c = setup.catalog();
-        let mut st = c.prepare("SELECT hash, version FROM packs").unwrap();
+        let mut st = c.prepare("SELECT p.hash, c.version FROM packs p JOIN pack_copies c ON c.pack = p.id").unwrap();
         st.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(|r| r.unwrap()).collect()
     };
     for (hash, version) in &claimed {

@@ -84,7 +84,7 @@ fn forge(setup: &Setup, job: &str, stream: &[F]) -> String {
     };
     let key = coffer::format::snapshot_key(job, &id);
     let sealed = snapshot::seal(&record, &key, &cfg.recipients, &secret).unwrap();
-    let target = Target::open(&cfg.target).unwrap();
+    let target = Target::open(&cfg.targets[0], coffer::catalog::TargetId::NONE).unwrap();
     let rt = coffer::target::runtime().unwrap();
     rt.block_on(target.put_new(&coffer::format::pack_key(&coffer::format::pack_id(&ct)), ct.into(), now + 86_400))
         .unwrap();

@@ -158,16 +158,22 @@ fn status(setup: &Setup, args: &[&str]) -> (i32, serde_json::Value) {
 fn assert_status_shape(v: &serde_json::Value) {
     assert!(["OK", "WARNING", "CRITICAL"].contains(&v["status"].as_str().unwrap()));
     assert!(v["checked_at"].is_i64());
-    assert!(v["target"]["url"].is_string() && v["target"]["protection"].is_string());
-    assert!(v["target"]["remote_checked"].is_boolean() && v["target"]["objects_checked"].is_u64());
+    for t in v["targets"].as_array().unwrap() {
+        assert!(t["name"].is_string() && t["url"].is_string() && t["protection"].is_string());
+        assert!(t["remote_checked"].is_boolean() && t["objects_checked"].is_u64());
+    }
     assert!(v["problems"].as_array().unwrap().iter().all(|p| p.is_string()));
-    assert!(v["tampering"].as_array().unwrap().iter().all(|f| f["kind"].is_string() && f["key"].is_string()));
+    let tampering = v["tampering"].as_array().unwrap();
+    assert!(tampering.iter().all(|f| f["target"].is_string() && f["kind"].is_string() && f["key"].is_string()));
     for j in v["jobs"].as_array().unwrap() {
         assert!(j["name"].is_string() && j["live_snapshots"].is_u64());
         assert!(j["protected_until"].is_i64() || j["protected_until"].is_null());
         for g in j["gaps"].as_array().unwrap() {
-            assert!(g["snapshot"].is_string());
+            assert!(g["target"].is_string() && g["snapshot"].is_string());
             assert!(g["objects"].as_array().unwrap().iter().all(|o| o["key"].is_string()));
+        }
+        for t in j["targets"].as_array().unwrap() {
+            assert!(t["target"].is_string() && t["live_snapshots"].is_u64() && t["lag"].is_u64());
         }
     }
 }
@@ -188,7 +194,7 @@ fn status_reports_health_and_finds_a_shortened_lock_on_the_server() {
     assert_eq!((code, v["status"].as_str().unwrap()), (0, "OK"), "{v}");
     let (code, v) = status(&healthy, &["--remote"]);
     assert_eq!(code, 0, "{v}");
-    assert!(v["target"]["objects_checked"].as_u64().unwrap() >= 3, "{v}");
+    assert!(v["targets"][0]["objects_checked"].as_u64().unwrap() >= 3, "{v}");
     assert!(v["jobs"][0]["protected_until"].as_i64().unwrap() >= v["checked_at"].as_i64().unwrap() + 2 * 86_400 - 60);
 
     // GOVERNANCE (a warning in itself); shorten one pack's lock with bypass.
@@ -232,7 +238,7 @@ fn status_calls_a_directory_target_unprotected() {
     let (code, v) = status(&setup, &[]);
     assert_status_shape(&v);
     assert_eq!(code, 1, "{v}");
-    assert_eq!(v["target"]["protection"], "UNPROTECTED");
+    assert_eq!(v["targets"][0]["protection"], "UNPROTECTED");
     assert!(v["problems"].to_string().contains("no live snapshot"));
     setup.backup();
     let (code, v) = status(&setup, &[]);

@@ -34,7 +34,12 @@ fn expire(setup: &Setup, first: &str, second: &str) -> Vec<String> {
         st.query_map([second], |r| r.get(0)).unwrap().map(|r| r.unwrap()).collect()
     };
     for h in &only_first {
-        c.execute("UPDATE packs SET retain_until = strftime('%s','now') - 10 WHERE hash = ?1", [h]).unwrap();
+        c.execute(
+            "UPDATE pack_copies SET retain_until = strftime('%s','now') - 10
+             WHERE pack = (SELECT id FROM packs WHERE hash = ?1)",
+            [h],
+        )
+        .unwrap();
     }
     assert!(!only_first.is_empty());
     only_first

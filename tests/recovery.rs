@@ -202,7 +202,7 @@ fn recover_rebuilds_a_catalog_that_everything_works_with() {
     let mut after: Vec<Value> =
         serde_json::from_slice(&run_ok(&mut coffer(&config, &["snapshots", "--json"])).stdout).unwrap();
     after.sort_by_key(|s| s["id"].as_str().unwrap().to_string());
-    for field in ["id", "created_at", "files", "bytes", "bytes_new", "record_version", "retain_until", "lock_mode"] {
+    for field in ["id", "created_at", "files", "bytes", "bytes_new", "retain_until", "targets"] {
         let a: Vec<&Value> = before.iter().map(|s| &s[field]).collect();
         let b: Vec<&Value> = after.iter().map(|s| &s[field]).collect();
         assert_eq!(a, b, "field {field}");
@@ -324,7 +324,9 @@ fn verify_finds_a_recorded_version_missing_on_s3() {
 
     let (hash, version): (String, String) = setup
         .catalog()
-        .query_row("SELECT hash, version FROM packs LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row("SELECT p.hash, c.version FROM packs p JOIN pack_copies c ON c.pack = p.id LIMIT 1", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
         .unwrap();
     let key = format!("packs/{}/{hash}", &hash[..2]);
     setup.s3_inspect("remove", &[&key, &version]);

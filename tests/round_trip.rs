@@ -120,7 +120,7 @@ fn tree_round_trips_through_s3() {
     setup.backup();
     // Every pack was recorded with the version id the server returned.
     let unversioned: i64 =
-        setup.catalog().query_row("SELECT count(*) FROM packs WHERE version IS NULL", [], |r| r.get(0)).unwrap();
+        setup.catalog().query_row("SELECT count(*) FROM pack_copies WHERE version IS NULL", [], |r| r.get(0)).unwrap();
     assert_eq!(unversioned, 0);
     let out = scratch.path("restore");
     setup.assert_restores(&src, &out);

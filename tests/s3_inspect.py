@@ -9,6 +9,7 @@
   s3_inspect.py shorten BUCKET PREFIX KEY SECONDS
                                         sets the GOVERNANCE lock of KEY (relative to PREFIX) to
                                         end in SECONDS, bypassing governance (a made protection gap)
+  s3_inspect.py mkbucket BUCKET PREFIX   creates BUCKET with Object Lock enabled (and so versioning)
   s3_inspect.py remove BUCKET PREFIX KEY VERSION
                                         deletes one GOVERNANCE-locked version, bypassing governance
                                         (an object lost on the server)
@@ -39,7 +40,9 @@ def versions(s3, bucket, prefix):
 def main():
     cmd, bucket, prefix = sys.argv[1:4]
     s3 = client()
-    if cmd == "locks":
+    if cmd == "mkbucket":
+        s3.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+    elif cmd == "locks":
         for v, marker in versions(s3, bucket, prefix):
             row = {"key": v["Key"], "version": v["VersionId"], "delete_marker": marker, "mode": None, "until": None}
             if not marker:

@@ -319,14 +319,15 @@ fn an_init_interrupted_after_the_upload_finishes_on_the_next_run() {
     // The state an init killed between the upload and the catalog write leaves behind.
     let record = std::fs::read(setup.dir.path("target/coffer.repo")).unwrap();
     std::fs::write(setup.dir.path("state/coffer.repo.pending"), &record).unwrap();
-    setup.catalog().execute("DELETE FROM repo", []).unwrap();
+    setup.catalog().execute_batch("DELETE FROM targets; DELETE FROM repo").unwrap();
     let again = setup.ok(&["init"]);
     assert!(text(&again).contains("initialised repository"), "{}", text(&again));
     assert!(!setup.dir.path("state/coffer.repo.pending").exists());
     setup.backup();
     assert!(setup.restore("latest", &scratch.path("out")).status.success());
     // A foreign record (no matching pending copy) is never adopted or overwritten.
-    setup.catalog().execute("DELETE FROM repo", []).unwrap();
+    let forget = "DELETE FROM snapshot_copies; DELETE FROM pack_copies; DELETE FROM targets; DELETE FROM repo";
+    setup.catalog().execute_batch(forget).unwrap();
     assert_clean_failure(&setup.run(&["init"]), "already holds a coffer repository");
     assert_eq!(std::fs::read(setup.dir.path("target/coffer.repo")).unwrap(), record);
 }

@@ -10,6 +10,7 @@ mod recovery;
 mod repo;
 mod runs;
 mod snapshots;
+mod targets;
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -26,9 +27,10 @@ use crate::target::{LockMode, Retention};
 
 pub use file_cache::CachedFile;
 pub use packs::{ChunkLoc, PackLock, PackRow, StoredPack};
-pub use repo::{RepoRow, ensure_same_target};
+pub use repo::{NewTarget, RepoRow};
 pub use runs::{JobTotals, RunReport, RunRow, Trigger};
 pub use snapshots::{SnapshotRow, SnapshotState};
+pub use targets::{Copy, TargetId, TargetRow, ensure_same_url};
 
 /// Stores an enum with `as_str` and `parse` as its text in a column. The catalog is
 /// input too: a text the enum does not know is an error, not a guess.
@@ -59,6 +61,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0004_contents.sql"),
     include_str!("../../migrations/0005_damaged.sql"),
     include_str!("../../migrations/0006_damaged_index.sql"),
+    include_str!("../../migrations/0007_targets.sql"),
 ];
 
 pub struct Catalog {
@@ -126,14 +129,12 @@ impl Catalog {
         Catalog::open(&path)
     }
 
-    /// The catalog and repository of an initialised state directory that belongs to the
-    /// configured target.
+    /// The catalog and repository of an initialised state directory.
     pub fn open_repo(cfg: &crate::config::Config) -> Result<(Catalog, RepoRow)> {
         let catalog = Catalog::open_existing(cfg)?;
         let repo = catalog.repo()?.with_context(|| {
             format!("the catalog in {} has no repository; run `coffer init` first", cfg.state_dir.display())
         })?;
-        ensure_same_target(&repo, cfg)?;
         Ok((catalog, repo))
     }
 
@@ -205,28 +206,78 @@ mod tests {
     }
 
     #[test]
+    fn a_single_target_catalog_becomes_the_default_target_with_every_version_and_lock() {
+        let dir = std::env::temp_dir().join(format!("coffer-cat-{}", crate::hex::random(6)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("catalog.sqlite");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..6] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 6).unwrap();
+            conn.execute_batch(
+                "INSERT INTO repo (id, repo_id, target_url, record_version, chunk_min, chunk_avg, chunk_max, created_at,
+                                   record_lock_mode, record_retain_until) VALUES (1, 'r', 's3://b/p', 'rv', 1, 2, 4, 5,
+                                   'COMPLIANCE', 100);
+                 INSERT INTO packs (id, hash, version, size, uploaded_at, lock_mode, retain_until)
+                     VALUES (7, 'ab', 'pv', 10, 6, 'COMPLIANCE', 200);
+                 INSERT INTO snapshots (seq, id, job, host, created_at, state, record_version, source, files, bytes,
+                                        bytes_new, bytes_uploaded, errors, retain_until, lock_mode)
+                     VALUES (1, 's1', 'j', 'h', 7, 'complete', 'sv', 'path /x', 1, 1, 1, 1, 0, 300, 'COMPLIANCE');
+                 INSERT INTO runs (job, started_at, outcome) VALUES ('j', 1, 'success');",
+            )
+            .unwrap();
+        }
+        let cat = Catalog::open(&path).unwrap();
+        let targets = cat.targets().unwrap();
+        assert_eq!(targets.len(), 1);
+        let t = &targets[0];
+        assert_eq!((t.name.as_str(), t.url.as_str()), ("default", "s3://b/p"));
+        let record = t.record.clone().unwrap();
+        assert_eq!((record.version.as_deref(), record.lock.map(|l| l.until)), (Some("rv"), Some(100)));
+        let pack = cat.pack_copy(t.id, 7).unwrap().unwrap();
+        assert_eq!((pack.version.as_deref(), pack.lock.map(|l| l.until)), (Some("pv"), Some(200)));
+        let (held_by, copy) = cat.snapshot_holders("s1").unwrap().remove(0);
+        assert_eq!((held_by, copy.version.as_deref()), (t.id, Some("sv")));
+        assert_eq!(copy.lock.map(|l| (l.mode, l.until)), Some((LockMode::Compliance, 300)));
+        assert_eq!(cat.runs(Some("j"), 10).unwrap().len(), 1, "the run history survives");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
     fn packs_and_chunks_survive_reopen() {
         let (mut cat, path) = temp_catalog();
         let blobs = [blob(1), blob(2)];
-        let id = cat
-            .add_pack(&StoredPack { hash: "ab12", version: Some("v1"), size: 100, blobs: &blobs, lock: None })
-            .unwrap();
+        let (a, b) = (cat.add_target("a", "file:///a").unwrap(), cat.add_target("b", "file:///b").unwrap());
+        let copies = [(a, Copy { version: Some("v1".into()), lock: None })];
+        let id = cat.add_pack(&StoredPack { hash: "ab12", size: 100, blobs: &blobs, copies: &copies }).unwrap();
         drop(cat);
         let cat = Catalog::open(&path).unwrap();
         assert_eq!(cat.chunk_pack(&ChunkId([2; 32])).unwrap(), Some(id));
         assert_eq!(cat.chunk_pack(&ChunkId([3; 32])).unwrap(), None);
-        let loc = cat.chunk_location(&ChunkId([2; 32])).unwrap().unwrap();
+        let loc = cat.chunk_location(a, &ChunkId([2; 32])).unwrap().unwrap();
         assert_eq!((loc.pack_hash.as_str(), loc.pack_version.as_deref(), loc.offset), ("ab12", Some("v1"), 20));
+        // Another target's copy has its own version; one without a copy has none.
+        assert_eq!(cat.chunk_location(b, &ChunkId([2; 32])).unwrap().unwrap().pack_version, None);
+        cat.add_pack_copy(b, id, &Copy { version: Some("v2".into()), lock: None }).unwrap();
+        assert_eq!(cat.chunk_location(b, &ChunkId([2; 32])).unwrap().unwrap().pack_version.as_deref(), Some("v2"));
+        assert_eq!(cat.pack_holders(id).unwrap().len(), 2);
+        // Pruned from one target, the pack stays for the other; from both, it goes.
+        cat.remove_pack(a, id, "ab12").unwrap();
+        assert_eq!(cat.chunk_pack(&ChunkId([2; 32])).unwrap(), Some(id));
+        cat.remove_pack(b, id, "ab12").unwrap();
+        assert_eq!(cat.chunk_pack(&ChunkId([2; 32])).unwrap(), None);
     }
 
     #[test]
     fn a_failed_pack_transaction_leaves_no_chunk() {
         let (mut cat, _) = temp_catalog();
         let blobs = [blob(1)];
-        cat.add_pack(&StoredPack { hash: "same", version: None, size: 1, blobs: &blobs, lock: None }).unwrap();
+        cat.add_pack(&StoredPack { hash: "same", size: 1, blobs: &blobs, copies: &[] }).unwrap();
         // Same hash again violates UNIQUE: the whole transaction must roll back.
         let other = [blob(9)];
-        assert!(cat.add_pack(&StoredPack { hash: "same", version: None, size: 1, blobs: &other, lock: None }).is_err());
+        assert!(cat.add_pack(&StoredPack { hash: "same", size: 1, blobs: &other, copies: &[] }).is_err());
         assert_eq!(cat.chunk_pack(&ChunkId([9; 32])).unwrap(), None);
     }
 
@@ -247,7 +298,6 @@ mod tests {
             host: "h".into(),
             created_at: 1,
             state: SnapshotState::Complete,
-            record_version: None,
             source: "path /x".into(),
             files: 1,
             bytes: 1,
@@ -255,17 +305,16 @@ mod tests {
             bytes_uploaded: 0,
             errors: 0,
             retain_until: None,
-            lock_mode: None,
             contents: None,
         };
-        cat.complete_snapshot(&snap("s1"), &HashSet::new(), vec![Ok((b"a".to_vec(), f.clone()))], |_| true, None)
+        cat.complete_snapshot(&snap("s1"), &[], &HashSet::new(), vec![Ok((b"a".to_vec(), f.clone()))], |_| true, None)
             .unwrap();
         assert_eq!(cat.cached_file("j", b"a").unwrap(), Some(f.clone()));
         // `a` unchanged (no row given, kept), `b` new; then `a` gone.
-        cat.complete_snapshot(&snap("s2"), &HashSet::new(), vec![Ok((b"b".to_vec(), f.clone()))], |_| true, None)
+        cat.complete_snapshot(&snap("s2"), &[], &HashSet::new(), vec![Ok((b"b".to_vec(), f.clone()))], |_| true, None)
             .unwrap();
         assert_eq!(cat.cached_file("j", b"a").unwrap(), Some(f.clone()));
-        cat.complete_snapshot(&snap("s3"), &HashSet::new(), std::iter::empty(), |p| p == b"b", None).unwrap();
+        cat.complete_snapshot(&snap("s3"), &[], &HashSet::new(), std::iter::empty(), |p| p == b"b", None).unwrap();
         assert_eq!(cat.cached_file("j", b"a").unwrap(), None);
         assert_eq!(cat.cached_file("j", b"b").unwrap(), Some(f.clone()));
         assert_eq!(cat.find_snapshot("j", "latest").unwrap().id, "s3");

@@ -25,7 +25,7 @@ impl ChunkLoc {
     }
 }
 
-/// A stored pack and the lock the catalog recorded for it.
+/// A pack as one target stores it, and the lock the catalog recorded for it there.
 #[derive(Debug, Clone)]
 pub struct PackLock {
     pub id: i64,
@@ -34,7 +34,7 @@ pub struct PackLock {
     pub lock: Option<Retention>,
 }
 
-/// A stored pack: catalog row id, content hash, version id, size.
+/// A pack stored on a target: catalog row id, content hash, version id there, size.
 #[derive(Debug, Clone)]
 pub struct PackRow {
     pub id: i64,
@@ -43,32 +43,26 @@ pub struct PackRow {
     pub size: u64,
 }
 
-/// A pack the server has acknowledged.
+/// A pack the targets in `copies` have acknowledged.
 pub struct StoredPack<'a> {
     pub hash: &'a str,
-    pub version: Option<&'a str>,
     pub size: u64,
     pub blobs: &'a [BlobEntry],
-    /// The lock it was written with, where the target locks.
-    pub lock: Option<Retention>,
+    /// Each target that stored it, with its version id and the lock it was written with.
+    pub copies: &'a [(TargetId, Copy)],
 }
 
-/// An audit row, on the connection or inside the caller's transaction.
-/// Inserts a pack row and its chunks (a chunk already stored elsewhere keeps its first
-/// location). Returns the pack's row id.
+/// Inserts a pack row, its copies and its chunks (a chunk already stored elsewhere keeps
+/// its first location). Returns the pack's row id.
 pub(super) fn insert_pack(tx: &rusqlite::Transaction, pack: &StoredPack) -> Result<i64> {
     tx.execute(
-        "INSERT INTO packs (hash, version, size, uploaded_at, lock_mode, retain_until) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![
-            pack.hash,
-            pack.version,
-            pack.size,
-            crate::time::now_secs(),
-            pack.lock.map(|l| l.mode.as_str()),
-            pack.lock.map(|l| l.until)
-        ],
+        "INSERT INTO packs (hash, size, uploaded_at) VALUES (?1, ?2, ?3)",
+        params![pack.hash, pack.size, crate::time::now_secs()],
     )?;
     let pack_id = tx.last_insert_rowid();
+    for (target, copy) in pack.copies {
+        super::targets::insert_pack_copy(tx, *target, pack_id, copy)?;
+    }
     let mut st = tx.prepare_cached(
         // A chunk stored again because its pack was found damaged moves to the new pack.
         "INSERT INTO chunks (id, pack, offset, length, raw_length, flags) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -142,15 +136,17 @@ impl Catalog {
         out
     }
 
-    pub fn chunk_location(&self, id: &ChunkId) -> Result<Option<ChunkLoc>> {
+    /// Where a chunk is, with its pack's version id on `target`.
+    pub fn chunk_location(&self, target: TargetId, id: &ChunkId) -> Result<Option<ChunkLoc>> {
         // Scalar subqueries, not a JOIN: SQLite 3.54 re-prepares this JOIN at every step
         // (measured: 3x slower), and a restore asks once per chunk.
         let mut st = self.conn.prepare_cached(
-            "SELECT (SELECT hash FROM packs WHERE id = c.pack), (SELECT version FROM packs WHERE id = c.pack),
+            "SELECT (SELECT hash FROM packs WHERE id = c.pack),
+                    (SELECT version FROM pack_copies WHERE target = ?2 AND pack = c.pack),
                     c.offset, c.length, c.raw_length, c.flags
              FROM chunks c WHERE c.id = ?1",
         )?;
-        let row = st.query_row([&id.0[..]], |r| {
+        let row = st.query_row(params![&id.0[..], target], |r| {
             let hash: Option<String> = r.get(0)?;
             Ok(hash.map(|pack_hash| -> rusqlite::Result<ChunkLoc> {
                 Ok(ChunkLoc {
@@ -180,21 +176,42 @@ impl Catalog {
         Ok(st.exists([hash])?)
     }
 
-    /// The version id recorded for a pack.
-    pub fn pack_version(&self, hash: &str) -> Result<Option<String>> {
-        let mut st = self.conn.prepare_cached("SELECT version FROM packs WHERE hash = ?1")?;
-        Ok(st.query_row([hash], |r| r.get(0)).optional()?.flatten())
+    /// The version id recorded for a pack on `target`.
+    pub fn pack_version(&self, target: TargetId, hash: &str) -> Result<Option<String>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT c.version FROM pack_copies c JOIN packs p ON p.id = c.pack WHERE c.target = ?1 AND p.hash = ?2",
+        )?;
+        Ok(st.query_row(params![target, hash], |r| r.get(0)).optional()?.flatten())
     }
 
-    /// Every pack with the snapshots that need it: (pack, version, size, lock, snapshot ids).
-    pub fn packs_with_snapshots(&self) -> Result<Vec<(PackLock, u64, Vec<String>)>> {
+    /// The hash of a pack row.
+    pub fn pack_hash(&self, id: i64) -> Result<String> {
+        let mut st = self.conn.prepare_cached("SELECT hash FROM packs WHERE id = ?1")?;
+        Ok(st.query_row([id], |r| r.get(0))?)
+    }
+
+    /// The size of a pack row.
+    pub fn pack_size(&self, id: i64) -> Result<u64> {
+        let mut st = self.conn.prepare_cached("SELECT size FROM packs WHERE id = ?1")?;
+        Ok(st.query_row([id], |r| r.get(0))?)
+    }
+
+    /// The pack row id of a hash.
+    pub fn pack_id(&self, hash: &str) -> Result<Option<i64>> {
+        let mut st = self.conn.prepare_cached("SELECT id FROM packs WHERE hash = ?1")?;
+        Ok(st.query_row([hash], |r| r.get(0)).optional()?)
+    }
+
+    /// Every pack stored on `target`, with the snapshots that need it: (pack, size,
+    /// snapshot ids).
+    pub fn packs_with_snapshots(&self, target: TargetId) -> Result<Vec<(PackLock, u64, Vec<String>)>> {
         let mut st = self.conn.prepare(
-            "SELECT p.id, p.hash, p.version, p.lock_mode, p.retain_until, p.size,
+            "SELECT p.id, p.hash, c.version, c.lock_mode, c.retain_until, p.size,
                     (SELECT group_concat(s.id, ' ') FROM snapshot_packs sp JOIN snapshots s ON s.seq = sp.snapshot
                      WHERE sp.pack = p.id AND s.state = 'complete')
-             FROM packs p ORDER BY p.id",
+             FROM pack_copies c JOIN packs p ON p.id = c.pack WHERE c.target = ?1 ORDER BY p.id",
         )?;
-        let rows = st.query_map([], |r| {
+        let rows = st.query_map([target], |r| {
             let lock =
                 PackLock { id: r.get(0)?, hash: r.get(1)?, version: r.get(2)?, lock: lock_from(r.get(3)?, r.get(4)?) };
             let snaps: Option<String> = r.get(6)?;
@@ -221,21 +238,26 @@ impl Catalog {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Every object the catalog records, by key, with its version id.
-    pub fn recorded_objects(&self) -> Result<std::collections::HashMap<String, Option<String>>> {
+    /// Every object the catalog records on `target`, by key, with its version id there.
+    pub fn recorded_objects(&self, target: TargetId) -> Result<std::collections::HashMap<String, Option<String>>> {
         let mut out = std::collections::HashMap::new();
-        let mut st = self.conn.prepare("SELECT hash, version FROM packs")?;
-        for row in st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?)))? {
+        let mut st = self
+            .conn
+            .prepare("SELECT p.hash, c.version FROM pack_copies c JOIN packs p ON p.id = c.pack WHERE c.target = ?1")?;
+        for row in st.query_map([target], |r| Ok((r.get::<_, String>(0)?, r.get(1)?)))? {
             let (hash, version) = row?;
             out.insert(crate::format::pack_key(&hash), version);
         }
-        let mut st = self.conn.prepare("SELECT job, id, record_version FROM snapshots")?;
-        for row in st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?)))? {
+        let mut st = self.conn.prepare(
+            "SELECT s.job, s.id, c.record_version FROM snapshot_copies c JOIN snapshots s ON s.seq = c.snapshot
+             WHERE c.target = ?1",
+        )?;
+        for row in st.query_map([target], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?)))? {
             let (job, id, version) = row?;
             out.insert(crate::format::snapshot_key(&job, &id), version);
         }
-        if let Some(repo) = self.repo()? {
-            out.insert(crate::format::REPO_KEY.to_string(), repo.record_version);
+        if let Some(record) = self.repo_record(target)? {
+            out.insert(crate::format::REPO_KEY.to_string(), record.version);
         }
         Ok(out)
     }

@@ -63,60 +63,60 @@ impl Catalog {
         Ok(())
     }
 
-    /// Of the given packs, those whose lock (as the catalog knows it) ends before `until`.
-    pub fn packs_locked_before(&self, ids: &HashSet<i64>, until: i64) -> Result<Vec<(i64, String, Option<String>)>> {
+    /// Of the given packs, those whose lock on `target` (as the catalog knows it) ends
+    /// before `until`: (id, hash, version there).
+    pub fn packs_locked_before(
+        &self,
+        target: TargetId,
+        ids: &HashSet<i64>,
+        until: i64,
+    ) -> Result<Vec<(i64, String, Option<String>)>> {
         let mut st = self.conn.prepare_cached(
-            "SELECT id, hash, version FROM packs WHERE id = ?1 AND (retain_until IS NULL OR retain_until < ?2)",
+            "SELECT p.id, p.hash, c.version FROM pack_copies c JOIN packs p ON p.id = c.pack
+             WHERE c.target = ?1 AND c.pack = ?2 AND (c.retain_until IS NULL OR c.retain_until < ?3)",
         )?;
         let mut out = Vec::new();
         for id in ids {
-            if let Some(row) = st.query_row(params![id, until], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional()? {
-                out.push(row);
-            }
+            let row = st.query_row(params![target, id, until], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional()?;
+            out.extend(row);
         }
         Ok(out)
     }
 
-    /// Records a pack's new lock, as the server acknowledged it, with an audit event.
-    pub fn set_pack_lock(&self, id: i64, lock: Retention, job: &str, hash: &str) -> Result<()> {
+    /// Records a pack's new lock on `target`, as the server acknowledged it, with an
+    /// audit event.
+    pub fn set_pack_lock(&self, target: TargetId, id: i64, lock: Retention, job: &str, hash: &str) -> Result<()> {
         let tx = self.conn.unchecked_transaction()?;
         tx.execute(
-            "UPDATE packs SET lock_mode = ?2, retain_until = ?3, confirmed_at = ?4 WHERE id = ?1",
-            params![id, lock.mode.as_str(), lock.until, crate::time::now_secs()],
+            "UPDATE pack_copies SET lock_mode = ?3, retain_until = ?4, confirmed_at = ?5 WHERE target = ?1 AND pack = ?2",
+            params![target, id, lock.mode.as_str(), lock.until, crate::time::now_secs()],
         )?;
         lock_event(&tx, job, &format!("pack {hash}"), lock)?;
         tx.commit()?;
         Ok(())
     }
 
-    /// Every pack a snapshot needs, with the lock the catalog knows for it.
-    pub fn snapshot_packs(&self, snapshot_id: &str) -> Result<Vec<PackLock>> {
+    /// Every pack a snapshot needs, with its copy on `target` (no version and no lock
+    /// where the target holds none).
+    pub fn snapshot_packs(&self, target: TargetId, snapshot_id: &str) -> Result<Vec<PackLock>> {
         let mut st = self.conn.prepare_cached(
-            "SELECT p.id, p.hash, p.version, p.lock_mode, p.retain_until FROM snapshot_packs sp
+            "SELECT p.id, p.hash, c.version, c.lock_mode, c.retain_until FROM snapshot_packs sp
              JOIN snapshots s ON s.seq = sp.snapshot JOIN packs p ON p.id = sp.pack
-             WHERE s.id = ?1 ORDER BY p.id",
+             LEFT JOIN pack_copies c ON c.pack = p.id AND c.target = ?1
+             WHERE s.id = ?2 ORDER BY p.id",
         )?;
-        let rows = st.query_map([snapshot_id], |r| {
+        let rows = st.query_map(params![target, snapshot_id], |r| {
             Ok(PackLock { id: r.get(0)?, hash: r.get(1)?, version: r.get(2)?, lock: lock_from(r.get(3)?, r.get(4)?) })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Notes that the server confirmed a pack's lock now.
-    pub fn confirm_pack(&self, id: i64) -> Result<()> {
-        self.conn.execute("UPDATE packs SET confirmed_at = ?2 WHERE id = ?1", params![id, crate::time::now_secs()])?;
-        Ok(())
-    }
-
-    /// Records the new lock of `coffer.repo`, with an audit event.
-    pub fn set_repo_lock(&self, lock: Retention, job: &str) -> Result<()> {
-        let tx = self.conn.unchecked_transaction()?;
-        tx.execute(
-            "UPDATE repo SET record_lock_mode = ?1, record_retain_until = ?2 WHERE id = 1",
-            params![lock.mode.as_str(), lock.until],
+    /// Notes that `target` confirmed a pack's lock now.
+    pub fn confirm_pack(&self, target: TargetId, id: i64) -> Result<()> {
+        self.conn.execute(
+            "UPDATE pack_copies SET confirmed_at = ?3 WHERE target = ?1 AND pack = ?2",
+            params![target, id, crate::time::now_secs()],
         )?;
-        lock_event(&tx, job, crate::format::REPO_KEY, lock)?;
-        tx.commit()?;
         Ok(())
     }
 }

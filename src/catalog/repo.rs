@@ -1,75 +1,52 @@
-//! The repository this state directory serves: its record's version and lock.
+//! The repository this state directory serves: its id and chunker parameters (what
+//! each target holds of it is in `targets.rs`).
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use rusqlite::{OptionalExtension, params};
 
 use super::*;
 
+/// A target `init` (or `recover`) stored the repository record on.
+pub struct NewTarget<'a> {
+    pub name: &'a str,
+    pub url: &'a str,
+    pub record: Copy,
+    /// Why init accepted it although it does not protect its objects, if it did.
+    pub unprotected: Option<&'a str>,
+}
+
 #[derive(Debug, Clone)]
 pub struct RepoRow {
     pub repo_id: String,
-    pub target_url: String,
-    pub record_version: Option<String>,
     pub chunker: ChunkerParams,
-    /// The lock `coffer.repo` was written with.
-    pub record_lock: Option<Retention>,
-    /// Why init accepted a target that does not protect its objects, if it did.
-    pub unprotected: Option<String>,
-}
-
-/// One state directory serves one target: refuse a config that names another.
-pub fn ensure_same_target(repo: &RepoRow, cfg: &crate::config::Config) -> Result<()> {
-    if repo.target_url != cfg.target.url {
-        bail!(
-            "state directory {} belongs to target {}, but the config names {}; use one state_dir per target",
-            cfg.state_dir.display(),
-            repo.target_url,
-            cfg.target.url
-        );
-    }
-    Ok(())
 }
 
 impl Catalog {
     pub fn repo(&self) -> Result<Option<RepoRow>> {
         Ok(self
             .conn
-            .query_row(
-                "SELECT repo_id, target_url, record_version, chunk_min, chunk_avg, chunk_max, record_lock_mode,
-                        record_retain_until, unprotected FROM repo WHERE id = 1",
-                [],
-                |r| {
-                    Ok(RepoRow {
-                        repo_id: r.get(0)?,
-                        target_url: r.get(1)?,
-                        record_version: r.get(2)?,
-                        chunker: ChunkerParams { min: r.get(3)?, avg: r.get(4)?, max: r.get(5)? },
-                        record_lock: lock_from(r.get(6)?, r.get(7)?),
-                        unprotected: r.get(8)?,
-                    })
-                },
-            )
+            .query_row("SELECT repo_id, chunk_min, chunk_avg, chunk_max FROM repo WHERE id = 1", [], |r| {
+                Ok(RepoRow {
+                    repo_id: r.get(0)?,
+                    chunker: ChunkerParams { min: r.get(1)?, avg: r.get(2)?, max: r.get(3)? },
+                })
+            })
             .optional()?)
     }
 
-    pub fn set_repo(&self, row: &RepoRow) -> Result<()> {
-        self.conn.execute(
-            "INSERT INTO repo (id, repo_id, target_url, record_version, chunk_min, chunk_avg, chunk_max, created_at,
-                               record_lock_mode, record_retain_until, unprotected)
-             VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            params![
-                row.repo_id,
-                row.target_url,
-                row.record_version,
-                row.chunker.min,
-                row.chunker.avg,
-                row.chunker.max,
-                crate::time::now_secs(),
-                row.record_lock.map(|l| l.mode.as_str()),
-                row.record_lock.map(|l| l.until),
-                row.unprotected
-            ],
+    /// Records the repository, and the targets that hold its record, in one transaction
+    /// (`init`: after every target acknowledged the record).
+    pub fn set_repo(&self, row: &RepoRow, targets: &[NewTarget]) -> Result<()> {
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute(
+            "INSERT INTO repo (id, repo_id, chunk_min, chunk_avg, chunk_max, created_at) VALUES (1, ?1, ?2, ?3, ?4, ?5)",
+            params![row.repo_id, row.chunker.min, row.chunker.avg, row.chunker.max, crate::time::now_secs()],
         )?;
+        for t in targets {
+            let id = super::targets::insert_target(&tx, t.name, t.url)?;
+            super::targets::update_repo_record(&tx, id, &t.record, t.unprotected)?;
+        }
+        tx.commit()?;
         Ok(())
     }
 }

@@ -38,7 +38,6 @@ pub struct SnapshotRow {
     pub host: String,
     pub created_at: i64,
     pub state: SnapshotState,
-    pub record_version: Option<String>,
     pub source: String,
     pub files: u64,
     pub bytes: u64,
@@ -46,27 +45,19 @@ pub struct SnapshotRow {
     pub bytes_uploaded: u64,
     pub errors: u64,
     pub retain_until: Option<i64>,
-    /// The lock mode of the snapshot record (locked until `retain_until`), if any.
-    pub lock_mode: Option<String>,
     /// What the source contained beyond its files (git refs, a command's output).
     pub contents: Option<crate::format::contents::Contents>,
 }
 
 impl SnapshotRow {
-    /// The row of a snapshot whose record is stored as `record_version`, locked in
-    /// `lock_mode` (until its retain-until) where the target locks.
-    pub fn from_record(
-        r: &crate::format::snapshot::SnapshotRecord,
-        record_version: Option<String>,
-        lock_mode: Option<String>,
-    ) -> SnapshotRow {
+    /// The row of a snapshot, from its record.
+    pub fn from_record(r: &crate::format::snapshot::SnapshotRecord) -> SnapshotRow {
         SnapshotRow {
             id: r.id.clone(),
             job: r.job.clone(),
             host: r.host.clone(),
             created_at: r.created,
             state: SnapshotState::Complete,
-            record_version,
             source: r.source.clone(),
             files: r.stats.files,
             bytes: r.stats.bytes,
@@ -74,16 +65,14 @@ impl SnapshotRow {
             bytes_uploaded: r.stats.bytes_uploaded,
             errors: r.errors.len() as u64,
             retain_until: r.retain_until,
-            lock_mode,
             contents: r.contents.clone(),
         }
     }
 }
 
 impl Catalog {
-    /// Marks a snapshot complete: its row, the packs it needs, and the job's new file
-    /// cache, all in one transaction.
-    /// Records a complete snapshot, the packs it needs, and the job's file cache: `cache`
+    /// Records a complete snapshot, the targets that hold its record (`copies`), the packs
+    /// it needs, and the job's file cache, in one transaction: `cache`
     /// gives the files whose row changed (new, or read again), `current` says which paths
     /// the snapshot holds; rows of other paths go. A file reused unchanged keeps its row,
     /// so a run with no change writes almost nothing. `counts`, when given (files in the
@@ -92,6 +81,7 @@ impl Catalog {
     pub fn complete_snapshot(
         &mut self,
         snap: &SnapshotRow,
+        copies: &[(TargetId, Copy)],
         packs: &HashSet<i64>,
         cache: impl IntoIterator<Item = Result<(Vec<u8>, CachedFile)>>,
         current: impl Fn(&[u8]) -> bool,
@@ -99,15 +89,14 @@ impl Catalog {
     ) -> Result<i64> {
         let tx = self.conn.transaction()?;
         tx.execute(
-            "INSERT INTO snapshots (id, job, host, created_at, state, record_version, source, files, bytes,
-                                    bytes_new, bytes_uploaded, errors, retain_until, lock_mode, contents)
-             VALUES (?1, ?2, ?3, ?4, 'complete', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            "INSERT INTO snapshots (id, job, host, created_at, state, source, files, bytes,
+                                    bytes_new, bytes_uploaded, errors, retain_until, contents)
+             VALUES (?1, ?2, ?3, ?4, 'complete', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             params![
                 snap.id,
                 snap.job,
                 snap.host,
                 snap.created_at,
-                snap.record_version,
                 snap.source,
                 snap.files,
                 snap.bytes,
@@ -115,11 +104,13 @@ impl Catalog {
                 snap.bytes_uploaded,
                 snap.errors,
                 snap.retain_until,
-                snap.lock_mode,
                 snap.contents.as_ref().map(serde_json::to_string).transpose()?
             ],
         )?;
         let seq = tx.last_insert_rowid();
+        for (target, copy) in copies {
+            super::targets::insert_snapshot_copy(&tx, *target, &snap.id, copy)?;
+        }
         {
             let mut st = tx.prepare("INSERT INTO snapshot_packs (snapshot, pack) VALUES (?1, ?2)")?;
             for p in packs {
@@ -155,8 +146,8 @@ impl Catalog {
 
     pub fn snapshots(&self, job: Option<&str>) -> Result<Vec<SnapshotRow>> {
         let mut st = self.conn.prepare(
-            "SELECT id, job, host, created_at, state, record_version, source, files, bytes, bytes_new,
-                    bytes_uploaded, errors, retain_until, lock_mode, contents
+            "SELECT id, job, host, created_at, state, source, files, bytes, bytes_new,
+                    bytes_uploaded, errors, retain_until, contents
              FROM snapshots WHERE ?1 IS NULL OR job = ?1 ORDER BY seq",
         )?;
         let rows = st.query_map([job], |r| {
@@ -166,16 +157,14 @@ impl Catalog {
                 host: r.get(2)?,
                 created_at: r.get(3)?,
                 state: r.get(4)?,
-                record_version: r.get(5)?,
-                source: r.get(6)?,
-                files: r.get(7)?,
-                bytes: r.get(8)?,
-                bytes_new: r.get(9)?,
-                bytes_uploaded: r.get(10)?,
-                errors: r.get(11)?,
-                retain_until: r.get(12)?,
-                lock_mode: r.get(13)?,
-                contents: r.get::<_, Option<String>>(14)?.and_then(|j| serde_json::from_str(&j).ok()),
+                source: r.get(5)?,
+                files: r.get(6)?,
+                bytes: r.get(7)?,
+                bytes_new: r.get(8)?,
+                bytes_uploaded: r.get(9)?,
+                errors: r.get(10)?,
+                retain_until: r.get(11)?,
+                contents: r.get::<_, Option<String>>(12)?.and_then(|j| serde_json::from_str(&j).ok()),
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

@@ -5,9 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
-use super::EXIT_PARTIAL;
+use super::{EXIT_DEGRADED, EXIT_PARTIAL};
 use crate::config::Config;
 use crate::progress::bytes;
+use crate::run_outcome::RunOutcome;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -15,7 +16,7 @@ pub struct Args {
     #[arg(required_unless_present = "all", conflicts_with = "all")]
     job: Option<String>,
     /// Back up every job, one after the other; the exit code is the worst outcome's (1 if
-    /// any failed, else 3 if any could not read some paths).
+    /// any failed, else 5 if a target lags, else 3 if any could not read some paths).
     #[arg(long)]
     all: bool,
     /// Do not draw a progress line, even on a terminal.
@@ -41,6 +42,7 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
         let result = if a.dry_run { dry_run(&cfg, job) } else { one(&cfg, job, &a) };
         worst = worst.max(match result {
             Ok(code) if code == ExitCode::SUCCESS => Worst::Success,
+            Ok(code) if code == ExitCode::from(EXIT_DEGRADED) => Worst::Degraded,
             Ok(_) => Worst::Partial,
             Err(e) if a.all => {
                 eprintln!("error: job {}: {e:#}", job.name);
@@ -52,6 +54,7 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
     Ok(match worst {
         Worst::Success => ExitCode::SUCCESS,
         Worst::Partial => ExitCode::from(EXIT_PARTIAL),
+        Worst::Degraded => ExitCode::from(EXIT_DEGRADED),
         Worst::Failed => ExitCode::FAILURE,
     })
 }
@@ -61,6 +64,7 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
 enum Worst {
     Success,
     Partial,
+    Degraded,
     Failed,
 }
 
@@ -92,20 +96,31 @@ fn one(cfg: &Config, job: &crate::config::Job, a: &Args) -> Result<ExitCode> {
         st.duration_ms as f64 / 1000.0
     );
     println!(
-        "  kept until {}: {}; {}; {} lock extensions of reused packs",
+        "  kept until {}: {}; {} lock extensions of reused packs",
         crate::time::format_utc(s.kept_until),
         s.because,
-        locked(s.protection, s.retain_until),
         st.lock_extensions
     );
-    if s.errors.is_empty() {
-        return Ok(ExitCode::SUCCESS);
+    if s.copied.objects > 0 {
+        println!("  caught up lagging targets: {} objects, {} copied", s.copied.objects, bytes(s.copied.bytes));
     }
-    println!("  {} paths could not be read and are not in the snapshot:", s.errors.len());
-    for e in &s.errors {
-        println!("    {}: {}", e.path, e.error);
+    for t in &s.targets {
+        match &t.lagging {
+            None => println!("  target {}: stored, {}", t.name, locked(t.protection, t.locked_until)),
+            Some(why) => println!("  target {}: NOT stored (the next run catches it up): {why}", t.name),
+        }
     }
-    Ok(ExitCode::from(EXIT_PARTIAL))
+    if !s.errors.is_empty() {
+        println!("  {} paths could not be read and are not in the snapshot:", s.errors.len());
+        for e in &s.errors {
+            println!("    {}: {}", e.path, e.error);
+        }
+    }
+    Ok(match crate::backup::outcome(&Ok(s)) {
+        RunOutcome::Degraded => ExitCode::from(EXIT_DEGRADED),
+        RunOutcome::Partial => ExitCode::from(EXIT_PARTIAL),
+        _ => ExitCode::SUCCESS,
+    })
 }
 
 /// "locked (COMPLIANCE) until …", or why nothing is.
@@ -118,17 +133,18 @@ fn locked(protection: crate::target::Protection, until: Option<i64>) -> String {
 
 /// `--dry-run`: the retention decision a run now would make, from the catalog alone.
 fn dry_run(cfg: &Config, job: &crate::config::Job) -> Result<ExitCode> {
-    let catalog = crate::catalog::Catalog::open_repo(cfg)?.0;
-    let decision = crate::backup::retention_at(&catalog, job, crate::time::now_secs())?;
-    let target = crate::target::Target::open(&cfg.target)?;
-    let lock = target.lock_until(decision.retain_until).map(|l| l.until);
+    let repo = crate::repo::Repo::open(cfg)?;
+    let decision = crate::backup::retention_at(&repo.catalog, job, crate::time::now_secs())?;
     println!(
-        "a snapshot of job {} made now would be kept until {}: {}; {}",
+        "a snapshot of job {} made now would be kept until {}: {}",
         job.name,
         crate::time::format_utc(decision.retain_until),
         decision.because,
-        locked(target.protection(), lock)
     );
+    for target in repo.targets.iter().filter(|t| job.targets.contains(&t.name)) {
+        let lock = target.lock_until(decision.retain_until).map(|l| l.until);
+        println!("  target {}: {}", target.name, locked(target.protection(), lock));
+    }
     println!("(dry run: nothing was read or written)");
     Ok(ExitCode::SUCCESS)
 }

@@ -23,11 +23,11 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
     }
     if problems.is_empty() {
         println!(
-            "{}: {} jobs, state directory {}, target {}{}: no problem found",
+            "{}: {} jobs, state directory {}, targets {}{}: no problem found",
             config.display(),
             cfg.jobs.len(),
             cfg.state_dir.display(),
-            cfg.target.url,
+            cfg.targets.iter().map(|t| format!("{} ({})", t.name, t.url)).collect::<Vec<_>>().join(", "),
             if a.remote { " (answering)" } else { "" }
         );
         return Ok(ExitCode::SUCCESS);

@@ -19,18 +19,24 @@ pub struct Args {
 pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
     let cfg = Config::load(config)?;
     match crate::init::run(&cfg, a.allow_unprotected)? {
-        Outcome::Created { repo_id, protection } => {
-            println!("initialised repository {repo_id} on {}", cfg.target.url);
-            match protection {
-                Protection::Unprotected => println!(
-                    "note: this target is UNPROTECTED (no write-once retention): anyone with its \
-                     credentials can delete the backups. Use a bucket with Object Lock for real backups."
-                ),
-                mode => println!("every object will be written with a {mode} Object Lock"),
+        Outcome::Created { repo_id, targets } => {
+            println!("initialised repository {repo_id}");
+            for ((name, protection), t) in targets.iter().zip(&cfg.targets) {
+                match protection {
+                    Protection::Unprotected => println!(
+                        "target {name} ({}) is UNPROTECTED (no write-once retention): anyone with its \
+                         credentials can delete the backups. Use a bucket with Object Lock for real backups.",
+                        t.url
+                    ),
+                    mode => {
+                        println!("target {name} ({}): every object will be written with a {mode} Object Lock", t.url)
+                    }
+                }
             }
         }
         Outcome::AlreadyInitialised { repo_id } => {
-            println!("already initialised: repository {repo_id} on {}", cfg.target.url);
+            let urls: Vec<&str> = cfg.targets.iter().map(|t| t.url.as_str()).collect();
+            println!("already initialised: repository {repo_id} on {}", urls.join(", "));
         }
     }
     Ok(ExitCode::SUCCESS)

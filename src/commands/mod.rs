@@ -22,6 +22,9 @@ use anyhow::Result;
 
 /// Exit code of a backup that completed but could not read some paths.
 const EXIT_PARTIAL: u8 = 3;
+/// Exit code of a backup stored on some of its targets, not all (the next run catches
+/// the others up).
+const EXIT_DEGRADED: u8 = 5;
 /// Exit code of `recover` and `verify` when they found tampering or damage.
 const EXIT_FINDINGS: u8 = 4;
 

@@ -14,11 +14,14 @@ pub struct Args {
     /// Really delete.
     #[arg(long)]
     yes: bool,
+    /// Prune only this target (by its name in the config); else every target in turn.
+    #[arg(long, value_name = "NAME")]
+    target: Option<String>,
 }
 
 pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
     let cfg = Config::load(config)?;
-    let s = crate::prune::run(&cfg, &crate::prune::Options { yes: a.yes })?;
+    let s = crate::prune::run(&cfg, &crate::prune::Options { yes: a.yes, target: a.target })?;
     if !s.forgotten.is_empty() {
         println!("forgot {} snapshots past their retain-until: {}", s.forgotten.len(), s.forgotten.join(", "));
     }
@@ -31,10 +34,11 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
             What::Snapshot { .. } => "record of a forgotten snapshot",
             What::Canary => "init canary",
         };
-        println!("  {}  {}  {}  ({why})", c.key, c.version.as_deref().unwrap_or("-"), bytes(c.size));
+        let version = c.version.as_deref().unwrap_or("-");
+        println!("  {}: {}  {version}  {}  ({why})", c.target, c.key, bytes(c.size));
     }
-    for (key, until) in &s.still_locked {
-        println!("  still locked on the server until {}, left alone: {key}", crate::time::format_utc(*until));
+    for (target, key, until) in &s.still_locked {
+        println!("  {target}: still locked on the server until {}, left alone: {key}", crate::time::format_utc(*until));
     }
     Ok(ExitCode::SUCCESS)
 }

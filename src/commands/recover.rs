@@ -13,6 +13,10 @@ pub struct Args {
     /// The restorer's age identity file (mode 0600).
     #[arg(long, short, env = "COFFER_IDENTITY")]
     identity: PathBuf,
+    /// Rebuild from this target (by its name in the config; else the first). Then
+    /// `coffer verify --target NAME` records what each other target holds.
+    #[arg(long, value_name = "NAME")]
+    target: Option<String>,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -23,14 +27,19 @@ pub struct Args {
 
 pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
     let cfg = Config::load(config)?;
-    let r = crate::recover::run(&cfg, &crate::recover::Options { identity: a.identity, progress: !a.no_progress })?;
+    let r = crate::recover::run(
+        &cfg,
+        &crate::recover::Options { identity: a.identity, target: a.target, progress: !a.no_progress },
+    )?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
         println!(
-            "recovered repository {} from {}: {} snapshots, {} packs ({} already recorded by an earlier attempt)",
+            "recovered repository {} from target {} ({}): {} snapshots, {} packs ({} already recorded by an \
+             earlier attempt)",
             r.repo_id,
-            cfg.target.url,
+            r.target,
+            cfg.target(&r.target).map(|t| t.url.as_str()).unwrap_or("?"),
             r.snapshots.len(),
             r.packs,
             r.packs_resumed

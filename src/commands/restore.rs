@@ -32,6 +32,10 @@ pub struct Args {
     /// The restorer's age identity file (mode 0600).
     #[arg(long, short, env = "COFFER_IDENTITY")]
     identity: PathBuf,
+    /// Read from this target (by its name in the config); else from the first target,
+    /// in config order, that holds the snapshot and answers.
+    #[arg(long, value_name = "NAME")]
+    target: Option<String>,
     /// Restore into a non-empty directory, replacing whatever is in an entry's way (a
     /// file, a symlink or a directory tree), never following it.
     #[arg(long)]
@@ -64,17 +68,25 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
         to: dest,
         subpath: a.path,
         identity: a.identity,
+        target: a.target,
         overwrite: a.overwrite,
         progress: !a.no_progress,
     };
     let s = crate::restore::run(&cfg, &opts)?;
     match &opts.to {
         Destination::Bucket(_) => {
-            println!("restored snapshot {} to {shown}: {} objects ({})", s.snapshot_id, s.files, bytes(s.bytes))
+            println!(
+                "restored snapshot {} from target {} to {shown}: {} objects ({})",
+                s.snapshot_id,
+                s.target,
+                s.files,
+                bytes(s.bytes)
+            )
         }
         Destination::Dir(_) => println!(
-            "restored snapshot {} to {shown}: {} files ({}), {} dirs, {} symlinks",
+            "restored snapshot {} from target {} to {shown}: {} files ({}), {} dirs, {} symlinks",
             s.snapshot_id,
+            s.target,
             s.files,
             bytes(s.bytes),
             s.dirs,

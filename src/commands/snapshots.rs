@@ -19,14 +19,40 @@ pub struct Args {
     json: bool,
 }
 
+/// A snapshot, with the targets that hold its record.
+#[derive(serde::Serialize)]
+struct Listed {
+    #[serde(flatten)]
+    row: crate::catalog::SnapshotRow,
+    targets: Vec<Held>,
+}
+
+/// A snapshot's record on one target.
+#[derive(serde::Serialize)]
+struct Held {
+    target: String,
+    record_version: Option<String>,
+    lock_mode: Option<String>,
+}
+
 pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
     let cfg = Config::load(config)?;
-    let rows = Catalog::open_existing(&cfg)?.snapshots(a.job.as_deref())?;
+    let catalog = Catalog::open_existing(&cfg)?;
+    let names: std::collections::HashMap<_, _> = catalog.targets()?.into_iter().map(|t| (t.id, t.name)).collect();
+    let mut rows = Vec::new();
+    for row in catalog.snapshots(a.job.as_deref())? {
+        let targets = catalog.snapshot_holders(&row.id)?.into_iter().map(|(id, copy)| Held {
+            target: names.get(&id).cloned().unwrap_or_else(|| format!("#{}", id.0)),
+            record_version: copy.version,
+            lock_mode: copy.lock.map(|l| l.mode.as_str().to_string()),
+        });
+        rows.push(Listed { targets: targets.collect(), row });
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let widths = [-16, -20, -12, 8, 10, 10, 10, 6, -10, -12];
+    let widths = [-16, -20, -12, 8, 10, 10, 10, 6, -10, -12, -12];
     let header = [
         "ID",
         "TIME (UTC)",
@@ -38,11 +64,14 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
         "ERRORS",
         "KEEP UNTIL",
         "LOCKED UNTIL",
+        "TARGETS",
         "CONTENTS",
     ];
     let day = |t: Option<i64>| t.map(|t| crate::time::format_utc(t)[..10].to_string()).unwrap_or_else(|| "-".into());
     println!("{}", table_line(&header.map(String::from), &widths));
-    for s in &rows {
+    for Listed { row: s, targets } in &rows {
+        let locked = targets.iter().any(|t| t.lock_mode.is_some());
+        let held: Vec<&str> = targets.iter().map(|t| t.target.as_str()).collect();
         let cells = [
             s.id.clone(),
             crate::time::format_utc(s.created_at),
@@ -53,7 +82,8 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
             bytes(s.bytes_uploaded),
             s.errors.to_string(),
             day(s.retain_until),
-            day(s.retain_until.filter(|_| s.lock_mode.is_some())),
+            day(s.retain_until.filter(|_| locked)),
+            held.join(","),
             s.contents.as_ref().map(|c| c.summary()).unwrap_or_default(),
         ];
         println!("{}", table_line(&cells, &widths));

@@ -43,28 +43,45 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
         return Ok(ExitCode::from(report.status.exit_code()));
     }
-    let t = &report.target;
-    let source = if t.protection == Protection::Unprotected {
-        "no locks".to_string()
-    } else if t.remote_checked {
-        format!("locks read from the server ({} objects)", t.objects_checked)
-    } else {
-        "locks as recorded in the catalog".into()
-    };
-    println!("target {} {} ({source})", t.url, t.protection);
-    let widths = [-16, 5, -16, 8, -20, 4];
-    let header = ["JOB", "LIVE", "NEWEST", "AGE", "PROTECTED UNTIL", "GAPS"];
+    for t in &report.targets {
+        let source = if t.protection == Protection::Unprotected {
+            "no locks".to_string()
+        } else if t.remote_checked {
+            format!("locks read from the server ({} objects)", t.objects_checked)
+        } else {
+            "locks as recorded in the catalog".into()
+        };
+        println!("target {} {} {} ({source})", t.name, t.url, t.protection);
+    }
+    let widths = [-16, -12, 5, -16, 8, -20, 4, 4];
+    let header = ["JOB", "TARGET", "LIVE", "NEWEST", "AGE", "PROTECTED UNTIL", "GAPS", "LAG"];
     println!("{}", table_line(&header.map(String::from), &widths));
+    let day = |t: Option<i64>| t.map(crate::time::format_utc).unwrap_or_else(|| "-".into());
     for j in &report.jobs {
         let cells = [
             j.name.clone(),
+            "(all)".into(),
             j.live_snapshots.to_string(),
             j.newest_snapshot.clone().unwrap_or_else(|| "-".into()),
             j.newest_age_secs.map(age).unwrap_or_else(|| "-".into()),
-            j.protected_until.map(crate::time::format_utc).unwrap_or_else(|| "-".into()),
+            day(j.protected_until),
             j.gaps.len().to_string(),
+            "-".into(),
         ];
         println!("{}", table_line(&cells, &widths));
+        for on in j.targets.iter().filter(|_| j.targets.len() > 1) {
+            let cells = [
+                String::new(),
+                on.target.clone(),
+                on.live_snapshots.to_string(),
+                on.newest_snapshot.clone().unwrap_or_else(|| "-".into()),
+                String::new(),
+                day(on.protected_until),
+                j.gaps.iter().filter(|g| g.target == on.target).count().to_string(),
+                on.lag.to_string(),
+            ];
+            println!("{}", table_line(&cells, &widths));
+        }
     }
     println!(
         "status: {}",

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
-use super::{EXIT_FINDINGS, print_findings};
+use super::EXIT_FINDINGS;
 use crate::config::Config;
 use crate::progress::bytes;
 
@@ -20,6 +20,9 @@ pub struct Args {
     /// The restorer's age identity file (mode 0600).
     #[arg(long, short, env = "COFFER_IDENTITY")]
     identity: Option<PathBuf>,
+    /// Check only this target (by its name in the config); else every target in turn.
+    #[arg(long, value_name = "NAME")]
+    target: Option<String>,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -34,19 +37,33 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
         (true, Some(path)) => Some(std::sync::Arc::new(crate::keys::Identity::load(&path)?)),
         _ => None,
     };
-    let opts = crate::verify::Options { read_data, subset: a.subset.unwrap_or(1.0), progress: !a.no_progress };
+    let opts = crate::verify::Options {
+        target: a.target,
+        read_data,
+        subset: a.subset.unwrap_or(1.0),
+        progress: !a.no_progress,
+    };
     let r = crate::verify::run(&cfg, &opts)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
         println!(
-            "checked {} object versions; read {} packs ({}), verified {} chunks",
+            "checked {} object versions on {}; read {} packs ({}), verified {} chunks",
             r.objects_checked,
+            r.targets.join(", "),
             r.packs_read,
             bytes(r.bytes_read),
             r.chunks_verified
         );
-        print_findings(&r.findings);
+        if r.learned > 0 {
+            println!("recorded {} objects the targets hold that the catalog did not know of", r.learned);
+        }
+        if r.findings.is_empty() {
+            println!("no findings");
+        }
+        for f in &r.findings {
+            println!("  - {}: target {}: {}", f.finding.kind(), f.target, f.finding);
+        }
         if !r.snapshots_affected.is_empty() {
             let list: Vec<&str> = r.snapshots_affected.iter().map(String::as_str).collect();
             println!("snapshots affected: {}", list.join(", "));

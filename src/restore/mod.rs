@@ -50,6 +50,8 @@ pub struct Options {
     pub to: Destination,
     pub subpath: Option<String>,
     pub identity: PathBuf,
+    /// Read from this target (else the first that holds the snapshot and answers).
+    pub target: Option<String>,
     pub overwrite: bool,
     /// Draw a progress line on a terminal.
     pub progress: bool,
@@ -58,6 +60,8 @@ pub struct Options {
 #[derive(Default)]
 pub struct Summary {
     pub snapshot_id: String,
+    /// The target the snapshot was read from.
+    pub target: String,
     pub files: u64,
     pub dirs: u64,
     pub symlinks: u64,
@@ -82,9 +86,11 @@ fn writers() -> usize {
 pub fn run(cfg: &Config, opts: &Options) -> Result<Summary> {
     let repo = Repo::open(cfg)?;
     let snap = repo.catalog.find_snapshot(&opts.job, &opts.snapshot)?;
-    let repo = repo.unlock(Arc::new(Identity::load(&opts.identity)?))?;
+    let repo = repo.unlock(Arc::new(Identity::load(&opts.identity)?), opts.target.as_deref(), Some(&snap))?;
+    tracing::info!(target = %repo.source().name, snapshot = %snap.id, "restoring");
     let record = repo.snapshot_record(&snap)?;
-    let Repo { catalog, target, runtime, .. } = &repo;
+    let Repo { catalog, runtime, .. } = &repo;
+    let target = repo.source();
     let subpath = match &opts.subpath {
         Some(p) => {
             let p = p.trim_matches('/');
@@ -108,7 +114,7 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Summary> {
     }
 
     tracing::debug!("entry stream read");
-    let plan = catalog.reading(|c| Plan::make(&entries_path, subpath.as_deref(), c))?;
+    let plan = catalog.reading(|c| Plan::make(&entries_path, subpath.as_deref(), c, target.id))?;
     if let Some(sub) = &subpath
         && !plan.matched
     {
@@ -155,6 +161,7 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Summary> {
     refusals.append(&mut summary.failures);
     summary.failures = refusals;
     summary.snapshot_id = snap.id.clone();
+    summary.target = target.name.clone();
     summary.contents = snap.contents.clone();
     for (hash, why) in &summary.damaged_packs {
         catalog.mark_damaged(hash, why)?;

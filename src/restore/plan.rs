@@ -20,7 +20,7 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, TargetId};
 use crate::format::entry::{Entry, EntryReader, Kind};
 use crate::format::entry_check::{Refused, TreeCheck};
 
@@ -89,7 +89,8 @@ pub struct Plan {
 const REFUSALS_KEPT: usize = 1000;
 
 impl Plan {
-    pub fn make(entries_path: &Path, sub: Option<&[u8]>, catalog: &Catalog) -> Result<Plan> {
+    /// `target`: where the packs are read from (their version ids there).
+    pub fn make(entries_path: &Path, sub: Option<&[u8]>, catalog: &Catalog, target: TargetId) -> Result<Plan> {
         let mut plan = Plan::default();
         let mut check = TreeCheck::default();
         // Packs by first need in stream order, then chunk reads in stream order.
@@ -121,7 +122,7 @@ impl Plan {
             plan.bytes += entry.size;
             let first = reads.len();
             for id in &entry.chunks {
-                reads.push(catalog.chunk_location(id)?.map(|l| {
+                reads.push(catalog.chunk_location(target, id)?.map(|l| {
                     let pack = *pack_index.entry(l.pack_hash.clone()).or_insert_with(|| {
                         stream_packs.push((l.pack_hash, l.pack_version));
                         (stream_packs.len() - 1) as u32

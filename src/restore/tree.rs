@@ -27,12 +27,16 @@ impl<'a> ChunkReader<'a> {
 
     /// A chunk's plaintext, verified.
     pub fn chunk(&mut self, id: &ChunkId) -> Result<Vec<u8>> {
-        let loc = self.repo.catalog.chunk_location(id)?.ok_or_else(|| anyhow!("chunk {id} is not in the catalog"))?;
+        let loc = self
+            .repo
+            .catalog
+            .chunk_location(self.repo.source().id, id)?
+            .ok_or_else(|| anyhow!("chunk {id} is not in the catalog"))?;
         let key = crate::format::pack_key(&loc.pack_hash);
         let plain = match &self.last {
             Some((hash, plain)) if *hash == loc.pack_hash => plain.clone(),
             _ => {
-                let ct = self.repo.runtime.block_on(self.repo.target.get(&key, loc.pack_version.as_deref()))?;
+                let ct = self.repo.runtime.block_on(self.repo.source().get(&key, loc.pack_version.as_deref()))?;
                 let plain = match pack::open(&ct, &loc.pack_hash, self.repo.identity()) {
                     Ok(plain) => Arc::new(plain),
                     Err(e) => {

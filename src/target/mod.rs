@@ -28,6 +28,7 @@ use bytes::Bytes;
 
 pub use protection::{AlreadyExists, LockMode, ObjectVersion, Protection, Retention};
 
+use crate::catalog::TargetId;
 use crate::config::TargetConfig;
 use crate::retry::Retry;
 
@@ -92,8 +93,14 @@ trait Store: Send + Sync {
 #[derive(Clone)]
 pub struct Target {
     store: Arc<dyn Store>,
+    /// The configured name (`default` for a single `[target]`).
+    pub name: String,
+    /// Its row in the catalog, whose copies of each object it holds.
+    pub id: TargetId,
     /// The configured URL (no credentials are ever part of it).
     pub url: String,
+    /// How many puts a backup makes to it at once.
+    pub upload_concurrency: usize,
     /// The mode every object is written with, where the target locks.
     lock: Option<LockMode>,
     /// Whether listings show every version (a locked target, or one reached with prune's
@@ -102,13 +109,14 @@ pub struct Target {
 }
 
 impl Target {
-    /// The target for a one-off command: transient failures are retried briefly.
-    pub fn open(cfg: &TargetConfig) -> Result<Target> {
-        Target::open_with(cfg, Retry::brief())
+    /// The target for a one-off command, its catalog row `id`: transient failures are
+    /// retried briefly.
+    pub fn open(cfg: &TargetConfig, id: TargetId) -> Result<Target> {
+        Target::open_with(cfg, id, Retry::brief())
     }
 
     /// The target for a backup run: transient failures are retried under `retry`.
-    pub fn open_with(cfg: &TargetConfig, retry: Retry) -> Result<Target> {
+    pub fn open_with(cfg: &TargetConfig, id: TargetId, retry: Retry) -> Result<Target> {
         let (scheme, rest) = cfg.url.split_once("://").unwrap_or(("", ""));
         // One line per store kind, and its scheme in SCHEMES.
         let store: Arc<dyn Store> = match scheme {
@@ -117,7 +125,15 @@ impl Target {
             _ => bail!("target url `{}`: expected file:// or s3://", cfg.url),
         };
         let lock = if scheme == "file" { None } else { cfg.lock_mode };
-        Ok(Target { store, url: cfg.url.clone(), lock, versions: lock.is_some() })
+        Ok(Target {
+            store,
+            name: cfg.name.clone(),
+            id,
+            url: cfg.url.clone(),
+            upload_concurrency: cfg.upload_concurrency,
+            lock,
+            versions: lock.is_some(),
+        })
     }
 
     /// The same target reached with prune's credentials, which may delete versions and
@@ -125,7 +141,10 @@ impl Target {
     pub fn privileged(&self, key_id: String, secret_key: String) -> Result<Option<Target>> {
         Ok(self.store.with_credentials(key_id, secret_key)?.map(|store| Target {
             store,
+            name: self.name.clone(),
+            id: self.id,
             url: self.url.clone(),
+            upload_concurrency: self.upload_concurrency,
             lock: self.lock,
             versions: true,
         }))
@@ -235,6 +254,7 @@ mod tests {
 
     fn config(url: String) -> TargetConfig {
         TargetConfig {
+            name: "t".into(),
             url,
             endpoint: None,
             region: None,
@@ -242,13 +262,15 @@ mod tests {
             lock_mode: Some(LockMode::Compliance),
             retry_budget: std::time::Duration::from_secs(1),
             instance_role: false,
+            credential_env: None,
+            prune: Default::default(),
         }
     }
 
     #[tokio::test]
     async fn a_directory_target_writes_once_and_never_locks() {
         let dir = std::env::temp_dir().join(format!("coffer-target-{}", crate::hex::random(6)));
-        let target = Target::open(&config(format!("file://{}", dir.display()))).unwrap();
+        let target = Target::open(&config(format!("file://{}", dir.display())), TargetId(1)).unwrap();
         assert_eq!(target.protection(), Protection::Unprotected);
         assert_eq!(target.lock_until(5), None);
         target.put_new("packs/ab/one", Bytes::from_static(b"first"), 10).await.unwrap();
@@ -270,9 +292,9 @@ mod tests {
 
     #[test]
     fn an_unknown_scheme_is_named() {
-        let e = Target::open(&config("gs://bucket".into())).err().unwrap();
+        let e = Target::open(&config("gs://bucket".into()), TargetId(1)).err().unwrap();
         assert!(e.to_string().contains("expected file:// or s3://"), "{e}");
-        let e = Target::open(&config("file://relative".into())).err().unwrap();
+        let e = Target::open(&config("file://relative".into()), TargetId(1)).err().unwrap();
         assert!(e.to_string().contains("absolute path"), "{e}");
     }
 }

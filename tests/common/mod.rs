@@ -328,3 +328,36 @@ pub fn tool(name: &'static str, install: &str) -> Option<&'static str> {
     eprintln!("SKIPPED: {name} is not installed ({install})");
     None
 }
+
+/// A second gateway of the test S3 cluster that a test may stop (stopped when dropped).
+pub struct Gateway {
+    name: String,
+    port: u16,
+}
+
+impl Gateway {
+    pub fn start(name: &str, port: u16) -> Gateway {
+        let g = Gateway { name: name.to_string(), port };
+        g.start_again();
+        g
+    }
+
+    fn script(&self, args: &[&str]) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/s3-server.sh");
+        run_ok(Command::new("bash").arg(script).args(args));
+    }
+
+    pub fn start_again(&self) {
+        self.script(&["gateway-start", &self.name, &self.port.to_string()]);
+    }
+
+    pub fn stop(&self) {
+        self.script(&["gateway-stop", &self.name]);
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -55,6 +55,13 @@ const CREDENTIAL_SOURCES: [&[&str]; 4] = [
 /// the instance's role does.
 pub fn missing_credentials(cfg: &TargetConfig) -> Option<String> {
     let set = |vars: &&[&str]| vars.iter().all(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()));
+    if let Some((id, secret)) = &cfg.credential_env {
+        let named: &[&str] = &[id, secret];
+        return match set(&named) {
+            true => None,
+            false => Some(format!("no credentials for target `{}` ({}): set {id} and {secret}", cfg.name, cfg.url)),
+        };
+    }
     if cfg.instance_role || CREDENTIAL_SOURCES.iter().any(set) {
         return None;
     }
@@ -108,7 +115,14 @@ impl S3 {
         if bucket.is_empty() {
             bail!("target url `{}` names no bucket", cfg.url);
         }
-        let mut b = AmazonS3Builder::from_env();
+        let mut b = match &cfg.credential_env {
+            // Its own credentials, and nothing else from the AWS variables: they may
+            // belong to another provider.
+            Some((id, secret)) => AmazonS3Builder::new()
+                .with_access_key_id(std::env::var(id).unwrap_or_default())
+                .with_secret_access_key(std::env::var(secret).unwrap_or_default()),
+            None => AmazonS3Builder::from_env(),
+        };
         if let Some(missing) = missing_credentials(cfg) {
             // Instead of asking the instance metadata endpoint for half a minute.
             b = b.with_credentials(Arc::new(NoCredentials(missing)));
@@ -121,7 +135,10 @@ impl S3 {
         if let Some(region) = cfg.region.clone().or_else(|| std::env::var("AWS_REGION").ok()) {
             b = b.with_region(region);
         }
-        let endpoint = cfg.endpoint.clone().or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
+        let endpoint = match &cfg.credential_env {
+            None => cfg.endpoint.clone().or_else(|| std::env::var("AWS_ENDPOINT_URL").ok()),
+            Some(_) => cfg.endpoint.clone(),
+        };
         if let Some(ep) = &endpoint {
             b = b.with_endpoint(ep).with_allow_http(ep.starts_with("http://"));
         }
