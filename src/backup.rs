@@ -66,9 +66,7 @@ pub struct Interrupted;
 /// How a run ended.
 pub fn outcome(result: &Result<Summary>) -> RunOutcome {
     match result {
-        Ok(s) if s.targets.iter().any(|t| t.lagging.is_some()) => RunOutcome::Degraded,
-        Ok(s) if s.errors.is_empty() => RunOutcome::Success,
-        Ok(_) => RunOutcome::Partial,
+        Ok(s) => s.outcome(),
         Err(e) if e.is::<Interrupted>() || matches!(e.downcast_ref(), Some(GiveUp::Stopped { .. })) => {
             RunOutcome::Interrupted
         }
@@ -76,7 +74,8 @@ pub fn outcome(result: &Result<Summary>) -> RunOutcome {
     }
 }
 
-/// What a finished run reports to its caller.
+/// What a finished run reports to its caller (`backup --json` prints it).
+#[derive(serde::Serialize)]
 pub struct Summary {
     pub snapshot_id: String,
     /// Each of the job's targets: how it protects the snapshot, or why it lags.
@@ -91,7 +90,22 @@ pub struct Summary {
     pub errors: Vec<EntryError>,
 }
 
+impl Summary {
+    /// `degraded` when a target lacks the snapshot, else `partial` when paths could not be
+    /// read, else `success`.
+    pub fn outcome(&self) -> RunOutcome {
+        if self.targets.iter().any(|t| t.lagging.is_some()) {
+            RunOutcome::Degraded
+        } else if !self.errors.is_empty() {
+            RunOutcome::Partial
+        } else {
+            RunOutcome::Success
+        }
+    }
+}
+
 /// One target's part in a run.
+#[derive(serde::Serialize)]
 pub struct TargetSummary {
     pub name: String,
     /// COMPLIANCE, GOVERNANCE or UNPROTECTED.
@@ -175,8 +189,9 @@ pub fn run(cfg: &Config, job: &Job, opts: &Options) -> Result<Summary> {
     tracing::info!(job = %job.name, trigger = opts.trigger.as_str(), "backup started");
     let started = Instant::now();
     let counters = Arc::new(Counters::default());
+    let expected = repo.catalog.latest_complete(&job.name)?.map(|s| s.bytes);
     let result = {
-        let _progress = ProgressLine::start(counters.clone(), opts.progress, crate::progress::backup_line);
+        let _progress = ProgressLine::start(counters.clone(), opts.progress, crate::progress::backup_line(expected));
         contained(|| run_pipeline(cfg, job, &mut repo, &counters, opts.stop.clone()))
     };
     let outcome = outcome(&result);

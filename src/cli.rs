@@ -21,7 +21,7 @@ use crate::commands::Command;
                   tracked in a SQLite catalog in the state directory. `coffer daemon` runs the jobs on \
                   their schedules.",
     after_help = "Exit codes: 0 success, 1 error, 2 usage error, 3 backup completed but some paths could not be read, \
-                  4 recover or verify found tampering or damage.\n\
+                  4 recover or verify found tampering or damage, 5 backup stored on some targets, not all.\n\
                   `coffer status`: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (Nagios convention)."
 )]
 struct Cli {
@@ -31,12 +31,21 @@ struct Cli {
     /// More log output (-v info, -vv debug). The daemon logs at info by default.
     #[arg(long, short, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// No progress line and no summary on standard output: the exit code says how it
+    /// went, and errors still go to standard error. Data (--json, ls, dump, ...) is kept.
+    #[arg(long, short, global = true)]
+    quiet: bool,
     /// Log format: `human` (for terminals) or `json` (one object per line, for journald
     /// and log collectors).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The whole command line, for completions and the man page.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -48,6 +57,12 @@ enum LogFormat {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.log_format, cli.command.is_daemon());
+    if cli.quiet {
+        crate::progress::silence();
+        if cli.command.prints_summary() {
+            silence_stdout();
+        }
+    }
     match crate::commands::run(&cli.config, cli.command) {
         Ok(code) => code,
         Err(e) => {
@@ -136,5 +151,15 @@ impl std::io::Write for Prefixed {
 
     fn flush(&mut self) -> std::io::Result<()> {
         std::io::stderr().flush()
+    }
+}
+
+/// Points standard output at /dev/null (`--quiet`), so that no summary line is written.
+fn silence_stdout() {
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        let _ = std::io::stdout().flush();
+        // SAFETY: dup2 onto fd 1 with a descriptor this function owns; Rust's stdout
+        // handle writes to fd 1 whatever file it is.
+        unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 1) };
     }
 }

@@ -141,11 +141,17 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// Reads an identity file; one encrypted with a passphrase (`age -p`) is opened with
+    /// the passphrase from the file `COFFER_IDENTITY_PASSPHRASE_FILE` names (mode 0600),
+    /// or asked for on the terminal.
     pub fn load(path: &Path) -> Result<Self> {
         check_private(path)?;
-        fsutil::readable(path, "repository secret")?;
+        fsutil::readable(path, "identity")?;
         let text = std::fs::read(path).with_context(|| format!("cannot read identity {}", path.display()))?;
-        Self::parse(&text, path)
+        match is_age_file(&text) {
+            true => Self::parse(&decrypt_with_passphrase(&text, path)?, path),
+            false => Self::parse(&text, path),
+        }
     }
 
     /// Parses identity file text; `path` names it in messages.
@@ -168,6 +174,59 @@ impl Identity {
         reader.read_to_end(&mut out)?;
         Ok(out)
     }
+}
+
+/// Whether `text` is an age file (binary or armored) rather than an identity file.
+fn is_age_file(text: &[u8]) -> bool {
+    text.starts_with(b"age-encryption.org/") || text.starts_with(b"-----BEGIN AGE ENCRYPTED FILE-----")
+}
+
+/// The identity file inside a passphrase-encrypted one.
+fn decrypt_with_passphrase(text: &[u8], path: &Path) -> Result<Vec<u8>> {
+    let passphrase = passphrase(path)?;
+    let decryptor = age::Decryptor::new(age::armor::ArmoredReader::new(text))
+        .with_context(|| format!("identity {} is not a valid age file", path.display()))?;
+    let scrypt = age::scrypt::Identity::new(passphrase);
+    let mut reader = decryptor.decrypt(std::iter::once(&scrypt as &dyn age::Identity)).map_err(|e| match e {
+        age::DecryptError::DecryptionFailed | age::DecryptError::NoMatchingKeys => {
+            anyhow!("identity {}: wrong passphrase", path.display())
+        }
+        e => anyhow!("identity {}: {e}", path.display()),
+    })?;
+    let mut out = Vec::new();
+    reader.read_to_end(&mut out)?;
+    Ok(out)
+}
+
+/// The passphrase: the first line of the file COFFER_IDENTITY_PASSPHRASE_FILE names (a
+/// private file, so that no passphrase is in the environment or argv), else asked on
+/// the terminal without echo.
+fn passphrase(path: &Path) -> Result<age::secrecy::SecretString> {
+    if let Some(file) = std::env::var_os("COFFER_IDENTITY_PASSPHRASE_FILE") {
+        let file = Path::new(&file);
+        check_private(file)?;
+        let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+        return Ok(text.lines().next().unwrap_or_default().to_string().into());
+    }
+    let tty = std::fs::OpenOptions::new().read(true).write(true).open("/dev/tty").map_err(|_| {
+        anyhow!(
+            "identity {} is encrypted with a passphrase: run on a terminal, or name a 0600 file holding it in \
+             COFFER_IDENTITY_PASSPHRASE_FILE",
+            path.display()
+        )
+    })?;
+    let saved = rustix::termios::tcgetattr(&tty)?;
+    let mut quiet = saved.clone();
+    quiet.local_modes.remove(rustix::termios::LocalModes::ECHO);
+    rustix::termios::tcsetattr(&tty, rustix::termios::OptionalActions::Flush, &quiet)?;
+    let mut prompt = &tty;
+    let _ = write!(prompt, "passphrase for {}: ", path.display());
+    let mut line = String::new();
+    let read = std::io::BufRead::read_line(&mut std::io::BufReader::new(&tty), &mut line);
+    rustix::termios::tcsetattr(&tty, rustix::termios::OptionalActions::Flush, &saved)?;
+    let _ = writeln!(prompt);
+    read?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_string().into())
 }
 
 /// Encrypts `plaintext` as one age stream to every recipient.

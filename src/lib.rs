@@ -7,6 +7,7 @@
 //! backup host could).
 
 pub mod backup;
+pub mod browse;
 pub mod catalog;
 pub mod chunker;
 pub mod cli;

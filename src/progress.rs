@@ -49,7 +49,7 @@ impl ProgressLine {
         render: impl Fn(&Counters, f64) -> String + Send + 'static,
     ) -> ProgressLine {
         let stop = Arc::new(AtomicBool::new(false));
-        let thread = (enabled && std::io::stderr().is_terminal()).then(|| {
+        let thread = (enabled && !QUIET.load(Relaxed) && std::io::stderr().is_terminal()).then(|| {
             let stop = stop.clone();
             std::thread::spawn(move || {
                 let t0 = Instant::now();
@@ -80,32 +80,61 @@ impl Drop for ProgressLine {
     }
 }
 
-/// The backup's line: files, bytes read and their rate, new, uploaded, packs.
-pub fn backup_line(c: &Counters, secs: f64) -> String {
-    format!(
-        "{} files, read {}, new {}, uploaded {} in {} packs",
-        Counters::get(&c.files),
-        with_rate(Counters::get(&c.bytes_read), secs),
-        bytes(Counters::get(&c.bytes_new)),
-        bytes(Counters::get(&c.bytes_uploaded)),
-        Counters::get(&c.packs)
-    )
+/// The backup's line: files, bytes read and their rate, new, uploaded, packs; with the
+/// size of the job's previous snapshot (`expected`), how far along it likely is and the
+/// time left (an estimate: the source may have grown or shrunk since).
+pub fn backup_line(expected: Option<u64>) -> impl Fn(&Counters, f64) -> String + Send + 'static {
+    move |c, secs| {
+        // Files are counted when done; a stream (a command's output) only when it ends,
+        // so its bytes read stand in until then.
+        let done = Counters::get(&c.bytes).max(Counters::get(&c.bytes_read));
+        let estimate = match expected.filter(|&e| e > 0) {
+            Some(total) => format!(
+                " ~{:.0}% of {}{},",
+                (done as f64 * 100.0 / total as f64).min(99.0),
+                bytes(total),
+                left(done, total, secs)
+            ),
+            None => String::new(),
+        };
+        format!(
+            "{} files,{estimate} read {}, new {}, uploaded {} in {} packs",
+            Counters::get(&c.files),
+            with_rate(Counters::get(&c.bytes_read), secs),
+            bytes(Counters::get(&c.bytes_new)),
+            bytes(Counters::get(&c.bytes_uploaded)),
+            Counters::get(&c.packs)
+        )
+    }
+}
+
+/// `, 12s left` at the rate so far (nothing before the first byte).
+fn left(done: u64, total: u64, secs: f64) -> String {
+    match done {
+        0 => String::new(),
+        _ => format!(", {}s left", ((total.saturating_sub(done)) as f64 * secs / done as f64).round()),
+    }
+}
+
+/// Set by `--quiet`: no progress line is drawn.
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+/// `--quiet`: no progress line from now on.
+pub fn silence() {
+    QUIET.store(true, Relaxed);
 }
 
 /// The restore's line: files and bytes written of the totals, the rate, and the time left.
 pub fn restore_line(files: u64, total: u64) -> impl Fn(&Counters, f64) -> String + Send + 'static {
     move |c, secs| {
         let done = Counters::get(&c.bytes);
-        let left = match done {
-            0 => String::new(),
-            _ => format!(", {}s left", ((total.saturating_sub(done)) as f64 * secs / done as f64).round()),
-        };
         format!(
-            "restored {} of {files} files, {} of {} ({:.0}%){left}",
+            "restored {} of {files} files, {} of {} ({:.0}%){}",
             Counters::get(&c.files),
             with_rate(done, secs),
             bytes(total),
-            done as f64 * 100.0 / total.max(1) as f64
+            done as f64 * 100.0 / total.max(1) as f64,
+            left(done, total, secs)
         )
     }
 }
@@ -137,6 +166,14 @@ pub fn bytes(n: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn backup_line_estimates_from_the_previous_snapshot() {
+        let c = super::Counters::default();
+        super::Counters::add(&c.bytes, 25 << 20);
+        assert!(super::backup_line(Some(100 << 20))(&c, 5.0).contains("~25% of 100.0 MiB, 15s left"));
+        assert!(!super::backup_line(None)(&c, 5.0).contains('%'));
+    }
+
     #[test]
     fn human_bytes() {
         assert_eq!(super::bytes(5), "5 B");

@@ -19,7 +19,7 @@ pub struct Options {
 }
 
 /// One object version prune would delete (or did).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Candidate {
     /// The target's name.
     pub target: String,
@@ -29,14 +29,15 @@ pub struct Candidate {
     pub what: What,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
 pub enum What {
     Pack { id: i64, hash: String },
     Snapshot { id: String },
     Canary,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize)]
 pub struct Summary {
     pub forgotten: Vec<String>,
     pub candidates: Vec<Candidate>,

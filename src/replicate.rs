@@ -17,7 +17,7 @@ use crate::repo::{Host, Repo};
 use crate::target::{AlreadyExists, Target};
 
 /// What was copied to a target.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
 pub struct Copied {
     pub objects: u64,
     pub bytes: u64,

@@ -181,7 +181,7 @@ fn restore_a_subpath_and_overwrite() {
 
     let missing = restore_path("nope", &scratch.path("o2"), &[]);
     assert_eq!(missing.status.code(), Some(1));
-    assert!(text(&missing).contains("no path `nope`"), "{}", text(&missing));
+    assert!(text(&missing).contains("matches --path `nope`"), "{}", text(&missing));
     let escape = restore_path("../etc", &scratch.path("o3"), &[]);
     assert_eq!(escape.status.code(), Some(1));
 }

@@ -26,6 +26,9 @@ pub struct Args {
     /// keeper it would be), and until when it would be locked.
     #[arg(long)]
     dry_run: bool,
+    /// Print the summary as one JSON object (one line per job with --all).
+    #[arg(long)]
+    pub(super) json: bool,
 }
 
 pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
@@ -39,7 +42,7 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
     }
     let mut worst = Worst::Success;
     for job in jobs {
-        let result = if a.dry_run { dry_run(&cfg, job) } else { one(&cfg, job, &a) };
+        let result = if a.dry_run { dry_run(&cfg, job, a.json) } else { one(&cfg, job, &a) };
         worst = worst.max(match result {
             Ok(code) if code == ExitCode::SUCCESS => Worst::Success,
             Ok(code) if code == ExitCode::from(EXIT_DEGRADED) => Worst::Degraded,
@@ -77,6 +80,15 @@ fn one(cfg: &Config, job: &crate::config::Job, a: &Args) -> Result<ExitCode> {
         stop: None,
     };
     let s = crate::backup::run(cfg, job, &opts)?;
+    let code = match s.outcome() {
+        RunOutcome::Degraded => ExitCode::from(EXIT_DEGRADED),
+        RunOutcome::Partial => ExitCode::from(EXIT_PARTIAL),
+        _ => ExitCode::SUCCESS,
+    };
+    if a.json {
+        println!("{}", serde_json::json!({ "job": job.name, "outcome": s.outcome().as_str(), "summary": &s }));
+        return Ok(code);
+    }
     let st = &s.stats;
     println!("snapshot {} of job {} complete", s.snapshot_id, job.name);
     println!(
@@ -116,11 +128,7 @@ fn one(cfg: &Config, job: &crate::config::Job, a: &Args) -> Result<ExitCode> {
             println!("    {}: {}", e.path, e.error);
         }
     }
-    Ok(match crate::backup::outcome(&Ok(s)) {
-        RunOutcome::Degraded => ExitCode::from(EXIT_DEGRADED),
-        RunOutcome::Partial => ExitCode::from(EXIT_PARTIAL),
-        _ => ExitCode::SUCCESS,
-    })
+    Ok(code)
 }
 
 /// "locked (COMPLIANCE) until …", or why nothing is.
@@ -132,16 +140,31 @@ fn locked(protection: crate::target::Protection, until: Option<i64>) -> String {
 }
 
 /// `--dry-run`: the retention decision a run now would make, from the catalog alone.
-fn dry_run(cfg: &Config, job: &crate::config::Job) -> Result<ExitCode> {
+fn dry_run(cfg: &Config, job: &crate::config::Job, json: bool) -> Result<ExitCode> {
     let repo = crate::repo::Repo::open(cfg)?;
     let decision = crate::backup::retention_at(&repo.catalog, job, crate::time::now_secs())?;
+    let targets = repo.targets.iter().filter(|t| job.targets.contains(&t.name));
+    if json {
+        let targets: Vec<_> = targets
+            .map(|t| {
+                let locked_until = t.lock_until(decision.retain_until).map(|l| l.until);
+                serde_json::json!({ "name": t.name, "protection": t.protection(), "locked_until": locked_until })
+            })
+            .collect();
+        let (kept_until, because) = (decision.retain_until, &decision.because);
+        println!(
+            "{}",
+            serde_json::json!({ "job": job.name, "kept_until": kept_until, "because": because, "targets": targets })
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     println!(
         "a snapshot of job {} made now would be kept until {}: {}",
         job.name,
         crate::time::format_utc(decision.retain_until),
         decision.because,
     );
-    for target in repo.targets.iter().filter(|t| job.targets.contains(&t.name)) {
+    for target in targets {
         let lock = target.lock_until(decision.retain_until).map(|l| l.until);
         println!("  target {}: {}", target.name, locked(target.protection(), lock));
     }

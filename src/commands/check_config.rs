@@ -13,6 +13,9 @@ pub struct Args {
     /// versioning on where the config locks.
     #[arg(long)]
     remote: bool,
+    /// Print `{"ok": …, "problems": […]}`.
+    #[arg(long)]
+    pub(super) json: bool,
 }
 
 pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
@@ -20,6 +23,11 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
     let mut problems = crate::preflight::check(&cfg);
     if a.remote && problems.is_empty() {
         problems.extend(crate::preflight::check_remote(&cfg));
+    }
+    let code = if problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+    if a.json {
+        println!("{}", serde_json::json!({ "ok": problems.is_empty(), "problems": problems }));
+        return Ok(code);
     }
     if problems.is_empty() {
         println!(

@@ -14,11 +14,34 @@ pub struct Args {
     /// Go on even if the canary could be deleted (recorded, and repeated by every status report).
     #[arg(long)]
     allow_unprotected: bool,
+    /// Print what was made as one JSON object.
+    #[arg(long)]
+    pub(super) json: bool,
 }
 
 pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
     let cfg = Config::load(config)?;
-    match crate::init::run(&cfg, a.allow_unprotected)? {
+    let outcome = crate::init::run(&cfg, a.allow_unprotected)?;
+    if a.json {
+        let urls = cfg.targets.iter().map(|t| (t.name.as_str(), t.url.as_str()));
+        let json = match &outcome {
+            Outcome::Created { repo_id, targets } => {
+                let targets: Vec<_> = targets
+                    .iter()
+                    .zip(urls)
+                    .map(|((name, protection), (_, url))| serde_json::json!({ "name": name, "url": url, "protection": protection }))
+                    .collect();
+                serde_json::json!({ "repo_id": repo_id, "created": true, "targets": targets })
+            }
+            Outcome::AlreadyInitialised { repo_id } => {
+                let targets: Vec<_> = urls.map(|(name, url)| serde_json::json!({ "name": name, "url": url })).collect();
+                serde_json::json!({ "repo_id": repo_id, "created": false, "targets": targets })
+            }
+        };
+        println!("{json}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    match outcome {
         Outcome::Created { repo_id, targets } => {
             println!("initialised repository {repo_id}");
             for ((name, protection), t) in targets.iter().zip(&cfg.targets) {

@@ -12,16 +12,27 @@ pub struct Args {
     /// age-keygen does), for piping it straight to offline storage.
     #[arg(long, short)]
     output: PathBuf,
+    /// Print `{"recipient": …, "identity_file": …}` (with `-o -`, the identity stays
+    /// alone on standard output and the JSON goes to standard error).
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
     if a.output.as_os_str() == "-" {
         let (text, recipient) = crate::keys::new_identity();
         print!("{text}");
-        eprintln!("public key: {recipient}");
+        match a.json {
+            true => eprintln!("{}", serde_json::json!({ "recipient": recipient, "identity_file": null })),
+            false => eprintln!("public key: {recipient}"),
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let recipient = crate::keys::keygen(&a.output)?;
+    if a.json {
+        println!("{}", serde_json::json!({ "recipient": recipient, "identity_file": a.output }));
+        return Ok(ExitCode::SUCCESS);
+    }
     eprintln!("wrote identity {} (keep it offline; it is the only key that can restore)", a.output.display());
     println!("{recipient}");
     Ok(ExitCode::SUCCESS)

@@ -4,9 +4,14 @@
 
 mod backup;
 mod check_config;
+mod completions;
 mod daemon;
+mod diff;
+mod dump;
+mod find;
 mod init;
 mod keygen;
+mod ls;
 mod prune;
 mod recover;
 mod restore;
@@ -80,12 +85,78 @@ pub enum Command {
     /// complete, with their owner (as root), mode and times. Exits 1 if any entry could
     /// not be restored.
     Restore(restore::Args),
+    /// List what a snapshot holds (everything under PATH), without restoring it. Needs
+    /// the identity: the file list is encrypted to it.
+    Ls(ls::Args),
+    /// Find paths matching a glob across snapshots, newest first.
+    Find(find::Args),
+    /// What changed between two snapshots: added, removed, modified (content) and
+    /// metadata-only changes, with sizes.
+    Diff(diff::Args),
+    /// Write a file of a snapshot to stdout, or a directory as a tar stream, every chunk
+    /// verified as a restore verifies it; entries a restore refuses are left out of the
+    /// tar and named.
+    Dump(dump::Args),
+    /// Print a shell completion script (`coffer completions bash >
+    /// /etc/bash_completion.d/coffer`).
+    Completions(completions::Args),
+    /// Print the man page, or a command's (`coffer man restore | man -l -`).
+    Man(completions::ManArgs),
+}
+
+/// How the browsing commands read a snapshot.
+#[derive(clap::Args)]
+pub struct Reading {
+    /// The job (needed for `latest`; else snapshot ids are looked up in every job).
+    #[arg(long)]
+    job: Option<String>,
+    /// The restorer's age identity file (mode 0600).
+    #[arg(long, short, env = "COFFER_IDENTITY")]
+    identity: std::path::PathBuf,
+    /// Read from this target (by its name in the config); else from the first that
+    /// holds the snapshot.
+    #[arg(long, value_name = "NAME")]
+    target: Option<String>,
+    /// One JSON object per line.
+    #[arg(long)]
+    json: bool,
+}
+
+impl Reading {
+    /// The unlocked repository and the snapshot `selector` names.
+    fn open(&self, config: &Path, selector: &str) -> Result<(crate::browse::Browser, crate::catalog::SnapshotRow)> {
+        let cfg = crate::config::Config::load(config)?;
+        let browser = crate::browse::Browser::open(&cfg, &self.identity, self.target.as_deref())?;
+        let snap = browser.snapshot(self.job.as_deref(), selector)?;
+        Ok((browser, snap))
+    }
 }
 
 impl Command {
     /// The daemon logs at info, with timestamps: its log is the record of what it did.
     pub fn is_daemon(&self) -> bool {
         matches!(self, Command::Daemon)
+    }
+
+    /// Whether standard output is a summary for people, which `--quiet` silences (the
+    /// exit code says how it went; errors still go to standard error). Output that is
+    /// data (`--json`, ls, find, diff, dump, keygen's recipient, completions, man) is
+    /// kept.
+    pub fn prints_summary(&self) -> bool {
+        match self {
+            Command::Backup(a) => !a.json,
+            Command::Init(a) => !a.json,
+            Command::Restore(a) => !a.json,
+            Command::Prune(a) => !a.json,
+            Command::Verify(a) => !a.json,
+            Command::Recover(a) => !a.json,
+            Command::Snapshots(a) => !a.json,
+            Command::Runs(a) => !a.json,
+            Command::Status(a) => !a.json,
+            Command::CheckConfig(a) => !a.json,
+            Command::Daemon => true,
+            _ => false,
+        }
     }
 }
 
@@ -104,6 +175,12 @@ pub fn run(config: &Path, command: Command) -> Result<ExitCode> {
         Command::Verify(a) => verify::run(config, a),
         Command::Recover(a) => recover::run(config, a),
         Command::Restore(a) => restore::run(config, a),
+        Command::Ls(a) => ls::run(config, a),
+        Command::Find(a) => find::run(config, a),
+        Command::Diff(a) => diff::run(config, a),
+        Command::Dump(a) => dump::run(config, a),
+        Command::Completions(a) => completions::run(a),
+        Command::Man(a) => completions::man(a),
     }
 }
 

@@ -17,11 +17,18 @@ pub struct Args {
     /// Prune only this target (by its name in the config); else every target in turn.
     #[arg(long, value_name = "NAME")]
     target: Option<String>,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    pub(super) json: bool,
 }
 
 pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
     let cfg = Config::load(config)?;
     let s = crate::prune::run(&cfg, &crate::prune::Options { yes: a.yes, target: a.target })?;
+    if a.json {
+        println!("{}", serde_json::to_string(&s)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     if !s.forgotten.is_empty() {
         println!("forgot {} snapshots past their retain-until: {}", s.forgotten.len(), s.forgotten.join(", "));
     }

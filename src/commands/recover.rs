@@ -19,7 +19,7 @@ pub struct Args {
     target: Option<String>,
     /// Print JSON instead of text.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
     /// Do not draw a progress line, even on a terminal.
     #[arg(long)]
     no_progress: bool,

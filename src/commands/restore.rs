@@ -26,9 +26,19 @@ pub struct Args {
     /// credentials), keys and content types preserved. Staged in the state directory first.
     #[arg(long, conflicts_with = "to")]
     to_bucket: Option<String>,
-    /// Restore only this file or directory (relative to the snapshot's root).
+    /// Restore only this file or directory (and what is under it); repeatable. With or
+    /// without the source root's path in front (`/srv/www/a` and `a` are the same for a
+    /// job backing up /srv/www).
     #[arg(long)]
-    path: Option<String>,
+    path: Vec<String>,
+    /// Restore only entries matching this glob (`*.html`, `docs/**`), and what is under
+    /// a matching directory; repeatable.
+    #[arg(long)]
+    include: Vec<String>,
+    /// Leave out entries matching this glob, and what is under a matching directory;
+    /// repeatable.
+    #[arg(long)]
+    exclude: Vec<String>,
     /// The restorer's age identity file (mode 0600).
     #[arg(long, short, env = "COFFER_IDENTITY")]
     identity: PathBuf,
@@ -46,6 +56,9 @@ pub struct Args {
     /// For a git source: also make a working clone beside each restored bare repository.
     #[arg(long)]
     checkout: bool,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    pub(super) json: bool,
 }
 
 pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
@@ -66,14 +79,20 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
         job: a.job,
         snapshot: a.snapshot,
         to: dest,
-        subpath: a.path,
+        paths: a.path,
+        include: a.include,
+        exclude: a.exclude,
         identity: a.identity,
         target: a.target,
         overwrite: a.overwrite,
         progress: !a.no_progress,
     };
     let s = crate::restore::run(&cfg, &opts)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&s)?);
+    }
     match &opts.to {
+        _ if a.json => {}
         Destination::Bucket(_) => {
             println!(
                 "restored snapshot {} from target {} to {shown}: {} objects ({})",
@@ -98,7 +117,9 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
             Some(Contents::Git { repos }) => {
                 let Destination::Dir(to) = &opts.to else { bail!("--checkout needs --to") };
                 for work in crate::source::git::checkout(to, repos)? {
-                    println!("checked out {}", work.display());
+                    if !a.json {
+                        println!("checked out {}", work.display());
+                    }
                 }
             }
             _ => bail!("--checkout: snapshot {} is not of a git source", s.snapshot_id),
@@ -106,6 +127,9 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
     }
     if s.failures.is_empty() {
         return Ok(ExitCode::SUCCESS);
+    }
+    if a.json {
+        return Ok(ExitCode::FAILURE);
     }
     eprintln!("error: {} files could not be restored:", s.failures.len());
     for f in &s.failures {

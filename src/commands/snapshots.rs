@@ -16,7 +16,7 @@ pub struct Args {
     job: Option<String>,
     /// Print JSON instead of a table.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
 }
 
 /// A snapshot, with the targets that hold its record.

@@ -22,7 +22,7 @@ pub struct Args {
     sample: Option<usize>,
     /// Print JSON (the shape is documented in the README).
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
 }
 
 pub fn run(config: &Path, a: Args) -> Result<ExitCode> {

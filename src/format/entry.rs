@@ -206,7 +206,7 @@ enum PathRepr {
     Hex { hex: String },
 }
 
-mod raw_path {
+pub(crate) mod raw_path {
     use super::PathRepr;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -226,7 +226,7 @@ mod raw_path {
     }
 }
 
-mod opt_raw_path {
+pub(crate) mod opt_raw_path {
     use serde::{Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(p: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {

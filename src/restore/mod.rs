@@ -34,7 +34,7 @@ use crate::progress::{Counters, ProgressLine};
 
 use dest::{Dest, Meta};
 use packs::Packs;
-use plan::{Plan, Selected, select};
+use plan::{Plan, Selected, Selection};
 use write::{FileTask, Job, Pool};
 
 /// Where a restore writes.
@@ -48,7 +48,11 @@ pub struct Options {
     pub job: String,
     pub snapshot: String,
     pub to: Destination,
-    pub subpath: Option<String>,
+    /// `--path`s, as typed (with or without the source root).
+    pub paths: Vec<String>,
+    /// `--include` and `--exclude` globs.
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
     pub identity: PathBuf,
     /// Read from this target (else the first that holds the snapshot and answers).
     pub target: Option<String>,
@@ -57,7 +61,7 @@ pub struct Options {
     pub progress: bool,
 }
 
-#[derive(Default)]
+#[derive(Default, serde::Serialize)]
 pub struct Summary {
     pub snapshot_id: String,
     /// The target the snapshot was read from.
@@ -91,16 +95,18 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Summary> {
     let record = repo.snapshot_record(&snap)?;
     let Repo { catalog, runtime, .. } = &repo;
     let target = repo.source();
-    let subpath = match &opts.subpath {
-        Some(p) => {
-            let p = p.trim_matches('/');
-            if !safe_relative(p.as_bytes()) {
-                bail!("--path `{p}` must be a relative path inside the snapshot, without `..`");
-            }
-            Some(p.as_bytes().to_vec())
+    let mut paths = Vec::new();
+    for typed in &opts.paths {
+        let p = crate::browse::inside(&snap.source, typed);
+        if !p.is_empty() && !safe_relative(&p) {
+            bail!("--path `{typed}` must be a path inside the snapshot, without `..`");
         }
-        None => None,
+        paths.extend(Some(p).filter(|p| !p.is_empty()));
+    }
+    let globs = |typed: &[String]| -> Vec<String> {
+        typed.iter().map(|g| String::from_utf8_lossy(&crate::browse::inside(&snap.source, g)).into_owned()).collect()
     };
+    let selection = Selection::new(paths, &globs(&opts.include), &globs(&opts.exclude))?;
 
     // The entry stream goes to a private file: it can be larger than memory.
     let entries_path = cfg.state().scratch(&format!("restore-{}", snap.id))?;
@@ -114,11 +120,11 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Summary> {
     }
 
     tracing::debug!("entry stream read");
-    let plan = catalog.reading(|c| Plan::make(&entries_path, subpath.as_deref(), c, target.id))?;
-    if let Some(sub) = &subpath
-        && !plan.matched
-    {
-        bail!("no path `{}` in snapshot {}", String::from_utf8_lossy(sub), record.id);
+    let plan = catalog.reading(|c| Plan::make(&entries_path, &selection, c, target.id))?;
+    if selection.narrows() && !plan.matched {
+        let asked = [("path", &opts.paths), ("include", &opts.include), ("exclude", &opts.exclude)];
+        let asked = asked.iter().flat_map(|(flag, v)| v.iter().map(move |x| format!("--{flag} `{x}`")));
+        bail!("no entry of snapshot {} matches {}", record.id, asked.collect::<Vec<_>>().join(" "));
     }
     tracing::debug!(packs = plan.packs.len(), chunks = plan.locs.len(), "planned");
     let mut refusals = Vec::new();
@@ -152,7 +158,7 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Summary> {
     );
     let packs = Packs::start(target.clone(), repo.identity().clone(), runtime.handle().clone(), plan.packs.clone());
     let secret = repo.secret().clone();
-    let walk = Walk { entries_path: &entries_path, plan: &plan, sub: subpath.as_deref(), packs, secret, counters };
+    let walk = Walk { entries_path: &entries_path, plan: &plan, selection: &selection, packs, secret, counters };
     let mut summary = match &opts.to {
         Destination::Dir(to) => walk.write_tree(to, opts.overwrite)?,
         Destination::Bucket(bucket) => walk.upload(bucket, runtime)?,
@@ -175,7 +181,7 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Summary> {
 struct Walk<'a> {
     entries_path: &'a Path,
     plan: &'a Plan,
-    sub: Option<&'a [u8]>,
+    selection: &'a Selection,
     packs: Packs,
     secret: RepoSecret,
     counters: Arc<Counters>,
@@ -184,16 +190,14 @@ struct Walk<'a> {
 impl<'a> Walk<'a> {
     /// The entries to restore, in stream order, with how each is selected.
     fn entries(&self) -> Result<impl Iterator<Item = Result<(Entry, Selected)>> + 'a> {
-        let (plan, sub) = (self.plan, self.sub);
+        let (plan, selection) = (self.plan, self.selection);
         let reader = EntryReader::new(BufReader::new(File::open(self.entries_path)?))?;
         Ok(reader.enumerate().filter_map(move |(i, entry)| match entry {
             Err(e) => Some(Err(e.into())),
             Ok(_) if plan.refused_at.contains(&(i as u64)) => None,
-            Ok(e) => match select(&e.path, sub) {
-                Selected::No => None,
-                Selected::Ancestor if e.kind != Kind::Dir => None,
-                s => Some(Ok((e, s))),
-            },
+            Ok(e) if selection.selects(&e.path) => Some(Ok((e, Selected::Yes))),
+            Ok(e) if e.kind == Kind::Dir && plan.ancestors.contains(&e.path) => Some(Ok((e, Selected::Ancestor))),
+            Ok(_) => None,
         }))
     }
 

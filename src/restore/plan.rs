@@ -20,6 +20,8 @@ use std::path::Path;
 
 use anyhow::Result;
 
+use std::os::unix::ffi::OsStrExt;
+
 use crate::catalog::{Catalog, TargetId};
 use crate::format::entry::{Entry, EntryReader, Kind};
 use crate::format::entry_check::{Refused, TreeCheck};
@@ -37,22 +39,53 @@ pub struct Loc {
 /// How an entry relates to `--path`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Selected {
-    /// Restored (everything, without `--path`).
+    /// Restored.
     Yes,
-    /// A directory above the selected path: created, and given its metadata.
+    /// A directory above a selected entry: created, and given its metadata.
     Ancestor,
-    No,
 }
 
-pub fn select(path: &[u8], sub: Option<&[u8]>) -> Selected {
-    let Some(sub) = sub else { return Selected::Yes };
-    let below = |a: &[u8], b: &[u8]| a.len() > b.len() && a.starts_with(b) && a[b.len()] == b'/';
-    if path == sub || below(path, sub) {
-        Selected::Yes
-    } else if below(sub, path) {
-        Selected::Ancestor
-    } else {
-        Selected::No
+/// What a restore restores: everything, or the entries under `--path`s, matching
+/// `--include` globs (and what is under a match) and not `--exclude` ones (nor under a
+/// match). Directories above a selected entry are created too ([`Selected::Ancestor`]).
+#[derive(Default)]
+pub struct Selection {
+    paths: Vec<Vec<u8>>,
+    include: Option<globset::GlobSet>,
+    exclude: Option<globset::GlobSet>,
+}
+
+impl Selection {
+    /// `paths` are relative to the snapshot's root; globs too.
+    pub fn new(paths: Vec<Vec<u8>>, include: &[String], exclude: &[String]) -> Result<Selection> {
+        let set = |globs: &[String], what: &str| -> Result<Option<globset::GlobSet>> {
+            if globs.is_empty() {
+                return Ok(None);
+            }
+            let mut b = globset::GlobSetBuilder::new();
+            for g in globs {
+                b.add(globset::Glob::new(g).map_err(|e| anyhow::anyhow!("--{what} `{g}`: {e}"))?);
+            }
+            Ok(Some(b.build()?))
+        };
+        Ok(Selection { paths, include: set(include, "include")?, exclude: set(exclude, "exclude")? })
+    }
+
+    /// Whether anything narrows the restore.
+    pub fn narrows(&self) -> bool {
+        !self.paths.is_empty() || self.include.is_some() || self.exclude.is_some()
+    }
+
+    /// Whether the entry at `path` is restored (its ancestors aside).
+    pub fn selects(&self, path: &[u8]) -> bool {
+        let at_or_below = |sub: &[u8]| path == sub || (path.starts_with(sub) && path.get(sub.len()) == Some(&b'/'));
+        let prefixes = || {
+            let ends = path.iter().enumerate().filter(|(_, b)| **b == b'/').map(|(i, _)| i).chain([path.len()]);
+            ends.map(|i| Path::new(std::ffi::OsStr::from_bytes(&path[..i])))
+        };
+        (self.paths.is_empty() || self.paths.iter().any(|p| at_or_below(p)))
+            && self.include.as_ref().is_none_or(|g| prefixes().any(|p| g.is_match(p)))
+            && self.exclude.as_ref().is_none_or(|g| !prefixes().any(|p| g.is_match(p)))
     }
 }
 
@@ -81,8 +114,10 @@ pub struct Plan {
     pub refused: Refused,
     /// Bytes to restore (for progress).
     pub bytes: u64,
-    /// Whether anything matched `--path`.
+    /// Whether anything matched the selection.
     pub matched: bool,
+    /// With a selection: the directories above a selected entry, created too.
+    pub ancestors: HashSet<Vec<u8>>,
 }
 
 /// Most refusals kept by name; a forged stream may hold millions.
@@ -90,7 +125,7 @@ const REFUSALS_KEPT: usize = 1000;
 
 impl Plan {
     /// `target`: where the packs are read from (their version ids there).
-    pub fn make(entries_path: &Path, sub: Option<&[u8]>, catalog: &Catalog, target: TargetId) -> Result<Plan> {
+    pub fn make(entries_path: &Path, selection: &Selection, catalog: &Catalog, target: TargetId) -> Result<Plan> {
         let mut plan = Plan::default();
         let mut check = TreeCheck::default();
         // Packs by first need in stream order, then chunk reads in stream order.
@@ -112,10 +147,19 @@ impl Plan {
                 plan.refused.add(&entry.path, why, REFUSALS_KEPT);
                 continue;
             }
-            if select(&entry.path, sub) != Selected::Yes {
+            if !selection.selects(&entry.path) {
                 continue;
             }
             plan.matched = true;
+            if selection.narrows() {
+                let mut parent = entry.path.as_slice();
+                while let Some(cut) = parent.iter().rposition(|&b| b == b'/') {
+                    parent = &parent[..cut];
+                    if !plan.ancestors.insert(parent.to_vec()) {
+                        break;
+                    }
+                }
+            }
             if entry.kind != Kind::File {
                 continue;
             }
@@ -172,13 +216,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn path_selection() {
-        assert_eq!(select(b"a/b", None), Selected::Yes);
-        assert_eq!(select(b"a/b", Some(b"a/b")), Selected::Yes);
-        assert_eq!(select(b"a/b/c", Some(b"a/b")), Selected::Yes);
-        assert_eq!(select(b"a", Some(b"a/b")), Selected::Ancestor);
-        assert_eq!(select(b"a/bc", Some(b"a/b")), Selected::No);
-        assert_eq!(select(b"a/", Some(b"a/b")), Selected::No);
-        assert_eq!(select(b"b", Some(b"a/b")), Selected::No);
+    fn paths_and_globs_select() {
+        let all = Selection::default();
+        assert!(all.selects(b"a/b") && !all.narrows());
+        let path = Selection::new(vec![b"a/b".to_vec(), b"c".to_vec()], &[], &[]).unwrap();
+        assert!(path.selects(b"a/b") && path.selects(b"a/b/c") && path.selects(b"c/d"));
+        assert!(!path.selects(b"a") && !path.selects(b"a/bc") && !path.selects(b"b"));
+        let include = Selection::new(vec![], &["*.html".into(), "docs".into()], &[]).unwrap();
+        assert!(include.selects(b"www/index.html") && include.selects(b"docs/a/b.txt"));
+        assert!(!include.selects(b"www/app.js") && !include.selects(b"www"));
+        let exclude = Selection::new(vec![b"www".to_vec()], &[], &["**/cache".into()]).unwrap();
+        assert!(exclude.selects(b"www/a.js") && !exclude.selects(b"www/x/cache/1.bin"));
+        assert!(Selection::new(vec![], &["a[".into()], &[]).is_err());
     }
 }

@@ -274,6 +274,12 @@ impl Rng {
 /// Everything a user would compare after a restore: kind, mode, mtime, link target,
 /// and a content hash, keyed by relative path.
 pub fn snapshot_tree(root: &Path) -> BTreeMap<PathBuf, String> {
+    described_tree(root, true)
+}
+
+/// Each entry under `root` by relative path: kind, mode, link target, content hash, and
+/// (`with_mtime`) modification time.
+pub fn described_tree(root: &Path, with_mtime: bool) -> BTreeMap<PathBuf, String> {
     let mut out = BTreeMap::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
@@ -282,20 +288,29 @@ pub fn snapshot_tree(root: &Path) -> BTreeMap<PathBuf, String> {
             let m = std::fs::symlink_metadata(&p).unwrap();
             let rel = p.strip_prefix(root).unwrap().to_path_buf();
             let mode = m.permissions().mode() & 0o7777;
-            let mtime = (m.mtime(), m.mtime_nsec());
+            let mtime = if with_mtime { format!(" {:?}", (m.mtime(), m.mtime_nsec())) } else { String::new() };
             let desc = if m.file_type().is_symlink() {
                 format!("link -> {}", std::fs::read_link(&p).unwrap().display())
             } else if m.is_dir() {
                 stack.push(p.clone());
-                format!("dir {mode:o} {mtime:?}")
+                format!("dir {mode:o}{mtime}")
             } else {
                 let hash = blake3::hash(&std::fs::read(&p).unwrap());
-                format!("file {mode:o} {mtime:?} {} {}", m.len(), hash)
+                format!("file {mode:o}{mtime} {} {}", m.len(), hash)
             };
             out.insert(rel, desc);
         }
     }
     out
+}
+
+/// Runs `cmd` with `input` on its standard input; its output.
+pub fn piped(cmd: &mut Command, input: &[u8]) -> Output {
+    use std::process::Stdio;
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), input).unwrap();
+    drop(child.stdin.take());
+    child.wait_with_output().unwrap()
 }
 
 /// Asserts two trees are identical, naming the first difference.

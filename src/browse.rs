@@ -1,0 +1,385 @@
+//! Looking inside snapshots without restoring them: `ls`, `find`, `diff` and `dump`.
+//!
+//! A snapshot's file list is encrypted to the recipients, so each needs the restorer's
+//! identity, as a restore does. Each snapshot is read from the target the handle was
+//! unlocked on when that target holds it, else from the first target holding it. What a
+//! snapshot says is input: paths are shown with control characters and bytes that are
+//! not UTF-8 escaped (a forged name cannot drive the terminal), `dump` verifies every
+//! chunk as a restore does, and its tar stream holds only entries a restore accepts.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Result, anyhow, bail};
+use serde::Serialize;
+
+use crate::ChunkId;
+use crate::catalog::{SnapshotRow, SnapshotState};
+use crate::config::Config;
+use crate::format::entry::{Entry, EntryReader, Kind};
+use crate::format::entry_check::TreeCheck;
+use crate::keys::Identity;
+use crate::repo::{Repo, Restorer};
+use crate::restore::tree::ChunkReader;
+
+/// The unlocked repository, for reading snapshots' file lists and files.
+pub struct Browser {
+    repo: Repo<Restorer>,
+    /// The target named with `--target`, if one was.
+    wanted: Option<String>,
+}
+
+/// An entry as `ls` and `find` show it.
+#[derive(Serialize)]
+pub struct Shown<'a> {
+    #[serde(with = "crate::format::entry::raw_path")]
+    pub path: &'a [u8],
+    pub kind: Kind,
+    pub size: u64,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime_ns: i64,
+    #[serde(with = "crate::format::entry::opt_raw_path", skip_serializing_if = "Option::is_none")]
+    pub target: Option<Vec<u8>>,
+}
+
+impl<'a> From<&'a Entry> for Shown<'a> {
+    fn from(e: &'a Entry) -> Self {
+        Shown {
+            path: &e.path,
+            kind: e.kind,
+            size: e.size,
+            mode: e.mode,
+            uid: e.uid,
+            gid: e.gid,
+            mtime_ns: e.mtime_ns,
+            target: e.target.clone(),
+        }
+    }
+}
+
+impl Browser {
+    /// Opens the repository with the identity, from the target named `target` or the
+    /// first that answers.
+    pub fn open(cfg: &Config, identity: &Path, target: Option<&str>) -> Result<Browser> {
+        let identity = Arc::new(Identity::load(identity)?);
+        let repo = Repo::open(cfg)?.unlock(identity, target, None)?;
+        Ok(Browser { repo, wanted: target.map(str::to_string) })
+    }
+
+    /// `latest` (of `job`), a full snapshot id, or a unique prefix of one; within `job`
+    /// when given, else among every job's snapshots.
+    pub fn snapshot(&self, job: Option<&str>, selector: &str) -> Result<SnapshotRow> {
+        if let Some(job) = job {
+            return self.repo.catalog.find_snapshot(job, selector);
+        }
+        if selector == "latest" {
+            bail!("`latest` needs --job JOB");
+        }
+        let found: Vec<SnapshotRow> =
+            self.repo.catalog.snapshots(None)?.into_iter().filter(|s| s.id.starts_with(selector)).collect();
+        match found.len() {
+            1 => Ok(found.into_iter().next().expect("one")),
+            0 => bail!("no snapshot `{selector}` (see `coffer snapshots`)"),
+            n => bail!("snapshot prefix `{selector}` is ambiguous: {n} snapshots match"),
+        }
+    }
+
+    /// The complete snapshots of `job` (or of every job), newest first.
+    pub fn snapshots(&self, job: Option<&str>) -> Result<Vec<SnapshotRow>> {
+        let mut all = self.repo.catalog.snapshots(job)?;
+        all.retain(|s| s.state == SnapshotState::Complete);
+        all.reverse();
+        Ok(all)
+    }
+
+    /// Reads from a target that holds `snap` (the one named, or the unlocked one, or the
+    /// first holder).
+    fn read_from_holder(&mut self, snap: &SnapshotRow) -> Result<()> {
+        if self.wanted.is_some() {
+            return Ok(());
+        }
+        let holders: Vec<_> = self.repo.catalog.snapshot_holders(&snap.id)?.into_iter().map(|(t, _)| t).collect();
+        if holders.contains(&self.repo.source().id) {
+            return Ok(());
+        }
+        let index = self.repo.targets.iter().position(|t| holders.contains(&t.id));
+        let index = index.ok_or_else(|| anyhow!("no configured target holds snapshot {}", snap.id))?;
+        self.repo.read_from(index);
+        Ok(())
+    }
+
+    /// Calls `f` with each entry of the snapshot, in stream order, until it returns false.
+    pub fn entries(&mut self, snap: &SnapshotRow, mut f: impl FnMut(&Entry) -> Result<bool>) -> Result<()> {
+        self.read_from_holder(snap)?;
+        let record = self.repo.snapshot_record(snap)?;
+        let mut chunks = ChunkReader::new(&self.repo);
+        let reader = EntryReader::new(chunks.stream(&record.tree))?;
+        for entry in reader {
+            let entry = entry.map_err(|e| anyhow!("the snapshot's file list cannot be read: {e}"))?;
+            if !f(&entry)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every entry of the snapshot, in stream order (for diff: held in memory).
+    pub fn all_entries(&mut self, snap: &SnapshotRow) -> Result<Vec<Entry>> {
+        let mut all = Vec::new();
+        self.entries(snap, |e| {
+            all.push(e.clone());
+            Ok(true)
+        })?;
+        Ok(all)
+    }
+
+    /// The entry at `path` in the snapshot.
+    pub fn entry(&mut self, snap: &SnapshotRow, path: &[u8]) -> Result<Entry> {
+        let mut found = None;
+        self.entries(snap, |e| {
+            if e.path == path {
+                found = Some(e.clone());
+            }
+            Ok(found.is_none())
+        })?;
+        found.ok_or_else(|| anyhow!("no path `{}` in snapshot {}", printable(path), snap.id))
+    }
+
+    /// Writes a file's bytes to `out`, each chunk verified; fails when the chunks do not
+    /// add up to the size the entry claims. Returns the bytes written.
+    pub fn copy_file(&self, e: &Entry, out: &mut dyn Write) -> Result<u64> {
+        let mut chunks = ChunkReader::new(&self.repo);
+        let mut written = 0u64;
+        for id in &e.chunks {
+            let data = chunks.chunk(id)?;
+            written += data.len() as u64;
+            if written > e.size {
+                break;
+            }
+            out.write_all(&data)?;
+        }
+        if written != e.size {
+            bail!("{}: its chunks do not add up to its size of {} bytes", printable(&e.path), e.size);
+        }
+        Ok(written)
+    }
+
+    /// The plaintext size of a file's chunks, as the catalog records them (`None`: a chunk
+    /// is in no pack it knows).
+    fn stored_size(&self, chunks: &[ChunkId]) -> Result<Option<u64>> {
+        let target = self.repo.source().id;
+        let mut total = 0;
+        for id in chunks {
+            match self.repo.catalog.chunk_location(target, id)? {
+                Some(loc) => total += u64::from(loc.raw_length),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(total))
+    }
+
+    /// Writes the directory `dir` (`b""`: the whole snapshot) and everything under it as
+    /// a tar stream. Entries a restore refuses, and files whose chunks do not add up to
+    /// their size, are left out and returned as messages.
+    pub fn tar(&mut self, snap: &SnapshotRow, dir: &[u8], out: impl Write) -> Result<Vec<String>> {
+        let mut entries = Vec::new();
+        let mut check = TreeCheck::default();
+        let mut skipped = Vec::new();
+        self.entries(snap, |e| {
+            let inside = dir.is_empty() || e.path == dir || e.path.starts_with(&[dir, b"/"].concat());
+            match check.check(e) {
+                Ok(()) if inside => entries.push(e.clone()),
+                Ok(()) => {}
+                Err(why) if inside => skipped.push(format!("{}: refused: {why}", printable(&e.path))),
+                Err(_) => {}
+            }
+            Ok(true)
+        })?;
+        let mut tar = tar::Builder::new(out);
+        tar.mode(tar::HeaderMode::Complete);
+        for e in &entries {
+            let path = std::ffi::OsStr::from_bytes(&e.path);
+            let mut header = tar::Header::new_gnu();
+            header.set_mode(e.mode & 0o7777);
+            header.set_uid(u64::from(e.uid));
+            header.set_gid(u64::from(e.gid));
+            header.set_mtime(e.mtime_ns.div_euclid(1_000_000_000).max(0) as u64);
+            match e.kind {
+                Kind::Dir => {
+                    header.set_entry_type(tar::EntryType::Directory);
+                    header.set_size(0);
+                    tar.append_data(&mut header, path, std::io::empty())?;
+                }
+                Kind::Symlink => {
+                    header.set_entry_type(tar::EntryType::Symlink);
+                    header.set_size(0);
+                    let target = std::ffi::OsStr::from_bytes(e.target.as_deref().unwrap_or_default());
+                    tar.append_link(&mut header, path, target)?;
+                }
+                Kind::File => {
+                    if self.stored_size(&e.chunks)? != Some(e.size) {
+                        skipped.push(format!("{}: its chunks do not add up to its size", printable(&e.path)));
+                        continue;
+                    }
+                    header.set_entry_type(tar::EntryType::Regular);
+                    header.set_size(e.size);
+                    let mut chunks = ChunkReader::new(&self.repo);
+                    let fetch = |id: &ChunkId| chunks.chunk(id).map_err(|e| std::io::Error::other(format!("{e:#}")));
+                    let data = crate::format::entry::ChunkedStream::new(e.chunks.iter().copied(), fetch);
+                    tar.append_data(&mut header, path, data)?;
+                }
+            }
+        }
+        tar.into_inner()?.flush()?;
+        Ok(skipped)
+    }
+}
+
+/// How one path differs between two snapshots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Change {
+    Added,
+    Removed,
+    /// Other content (a file's bytes, a symlink's target) or another kind.
+    Modified,
+    /// The same content; mode, owner or modification time changed.
+    Metadata,
+}
+
+/// One difference, with the sizes before and after.
+#[derive(Debug, Serialize)]
+pub struct Difference {
+    #[serde(with = "crate::format::entry::raw_path")]
+    pub path: Vec<u8>,
+    pub change: Change,
+    pub kind: Kind,
+    pub size_before: Option<u64>,
+    pub size_after: Option<u64>,
+}
+
+/// What changed from `before` to `after`, by path (bytewise order).
+pub fn diff(before: Vec<Entry>, after: Vec<Entry>) -> Vec<Difference> {
+    let mut old: HashMap<Vec<u8>, Entry> = before.into_iter().map(|e| (e.path.clone(), e)).collect();
+    let mut out = Vec::new();
+    for e in after {
+        let change = match old.remove(&e.path) {
+            None => Some((Change::Added, None)),
+            Some(o) if o.kind != e.kind || o.chunks != e.chunks || o.target != e.target || o.size != e.size => {
+                Some((Change::Modified, Some(o.size)))
+            }
+            Some(o) if (o.mode, o.uid, o.gid, o.mtime_ns) != (e.mode, e.uid, e.gid, e.mtime_ns) => {
+                Some((Change::Metadata, Some(o.size)))
+            }
+            Some(_) => None,
+        };
+        if let Some((change, size_before)) = change {
+            out.push(Difference { path: e.path, change, kind: e.kind, size_before, size_after: Some(e.size) });
+        }
+    }
+    out.extend(old.into_values().map(|o| Difference {
+        path: o.path,
+        change: Change::Removed,
+        kind: o.kind,
+        size_before: Some(o.size),
+        size_after: None,
+    }));
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    out
+}
+
+/// A path as a terminal may show it: control characters, backslashes and bytes that are
+/// not UTF-8 escaped (`\x1b`), so that a forged name cannot drive the terminal.
+pub fn printable(path: &[u8]) -> String {
+    let mut out = String::new();
+    for chunk in path.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                c if c.is_control() => out.extend(c.escape_default()),
+                c => out.push(c),
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
+/// A path the user typed, as a path inside a snapshot of `source`: without leading or
+/// trailing `/`, and without the source root's own path when it starts with it (so that
+/// `/srv/www/index.html` and `index.html` both name a file of `path /srv/www`).
+pub fn inside(source: &str, typed: &str) -> Vec<u8> {
+    let root = source.strip_prefix("path ").map(|r| r.trim_end_matches('/')).filter(|r| r.starts_with('/'));
+    let typed = match root.and_then(|r| typed.strip_prefix(r)) {
+        Some(rest) if rest.is_empty() || rest.starts_with('/') => rest,
+        _ => typed,
+    };
+    typed.trim_matches('/').as_bytes().to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &str, kind: Kind, size: u64, chunk: u8, mode: u32) -> Entry {
+        let mut e = Entry::synthetic(path.as_bytes().to_vec(), kind, mode, 7);
+        e.size = size;
+        e.chunks = if kind == Kind::File { vec![ChunkId([chunk; 32])] } else { Vec::new() };
+        e
+    }
+
+    #[test]
+    fn diff_names_each_kind_of_change() {
+        let before = vec![
+            entry("d", Kind::Dir, 0, 0, 0o755),
+            entry("d/same", Kind::File, 5, 1, 0o644),
+            entry("d/edited", Kind::File, 5, 2, 0o644),
+            entry("d/chmod", Kind::File, 5, 3, 0o644),
+            entry("gone", Kind::File, 9, 4, 0o644),
+        ];
+        let after = vec![
+            entry("d", Kind::Dir, 0, 0, 0o755),
+            entry("d/same", Kind::File, 5, 1, 0o644),
+            entry("d/edited", Kind::File, 6, 5, 0o644),
+            entry("d/chmod", Kind::File, 5, 3, 0o600),
+            entry("new", Kind::File, 3, 6, 0o644),
+        ];
+        let found: Vec<(String, Change, Option<u64>, Option<u64>)> = diff(before, after)
+            .into_iter()
+            .map(|d| (String::from_utf8(d.path).unwrap(), d.change, d.size_before, d.size_after))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("d/chmod".into(), Change::Metadata, Some(5), Some(5)),
+                ("d/edited".into(), Change::Modified, Some(5), Some(6)),
+                ("gone".into(), Change::Removed, Some(9), None),
+                ("new".into(), Change::Added, None, Some(3)),
+            ]
+        );
+    }
+
+    #[test]
+    fn hostile_names_cannot_drive_a_terminal() {
+        assert_eq!(printable(b"a/b c.txt"), "a/b c.txt");
+        assert_eq!(printable(b"x\x1b[2Jy"), "x\\u{1b}[2Jy");
+        assert_eq!(printable(b"nl\nz\\"), "nl\\nz\\\\");
+        assert_eq!(printable(b"\xff\xfeok"), "\\xff\\xfeok");
+    }
+
+    #[test]
+    fn typed_paths_are_read_with_or_without_the_source_root() {
+        assert_eq!(inside("path /srv/www", "/srv/www/a/index.html"), b"a/index.html");
+        assert_eq!(inside("path /srv/www", "a/index.html/"), b"a/index.html");
+        assert_eq!(inside("path /srv/www", "/srv/www"), b"");
+        assert_eq!(inside("path /srv/www", "/srv/wwwx/a"), b"srv/wwwx/a");
+        assert_eq!(inside("command pg_dump", "/dump.sql"), b"dump.sql");
+    }
+}
