@@ -14,7 +14,7 @@ use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{BufReader, BufWriter};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
@@ -560,6 +560,7 @@ fn complete(
                 inode: e.ino,
                 chunks: e.chunks,
                 content_type: e.content_type,
+                xattrs: Some(e.xattrs),
             },
         ))),
         Ok(_) => None,
@@ -695,9 +696,13 @@ impl Reader {
         let file = File::create(entries_path).with_context(|| format!("cannot write {}", entries_path.display()))?;
         let mut writer = EntryWriter::new(BufWriter::new(file))?;
         match input {
-            Input::Tree { root, excludes } => {
+            Input::Tree { roots } => {
                 let t0 = Instant::now();
-                self.walk(&root, &excludes, &mut writer)?;
+                let mut made = HashSet::new();
+                for root in &roots {
+                    self.dirs_above(root, &mut made, &mut writer)?;
+                    self.walk(&root.path, &root.under, &root.excludes, &mut writer)?;
+                }
                 tracing::debug!(secs = t0.elapsed().as_secs_f64(), "walked");
             }
             Input::Stream { name, data } => {
@@ -783,9 +788,9 @@ impl Reader {
             (e.ino, e.size) = (etag_fingerprint(meta.etag.as_deref()), meta.size);
             self.counters.set_current(key);
             let hash = path_hash(&e.path);
-            if let Some((chunks, content_type)) = self.unchanged(&e, hash, crate::source::bucket::unchanged)? {
-                e.chunks = chunks;
-                e.content_type = content_type;
+            if let Some(cached) = self.unchanged(&e, hash, crate::source::bucket::unchanged)? {
+                e.chunks = cached.chunks;
+                e.content_type = cached.content_type;
                 Counters::add(&self.counters.unchanged, 1);
             } else {
                 let opened = runtime.block_on(bucket.open_object(meta));
@@ -814,11 +819,45 @@ impl Reader {
         Ok(())
     }
 
-    /// Walks a directory tree into the entry stream.
-    fn walk<W: std::io::Write>(&mut self, root: &Path, excludes: &Excludes, writer: &mut EntryWriter<W>) -> Result<()> {
+    /// The directories a tree is stored under (`etc` for `/etc`; `var`, `var/lib` and
+    /// `var/lib/pg` for `/var/lib/pg`), each once, with the metadata of the directory it
+    /// names, so that a restore recreates the layout.
+    fn dirs_above<W: std::io::Write>(
+        &mut self,
+        root: &path_source::TreeRoot,
+        made: &mut HashSet<PathBuf>,
+        writer: &mut EntryWriter<W>,
+    ) -> Result<()> {
+        let mut stored = PathBuf::new();
+        for part in root.under.iter() {
+            stored.push(part);
+            if !made.insert(stored.clone()) {
+                continue;
+            }
+            let real = Path::new("/").join(&stored);
+            let meta = std::fs::metadata(&real).with_context(|| format!("cannot stat {}", real.display()))?;
+            let mut e = Entry::synthetic(stored.as_os_str().as_bytes().to_vec(), Kind::Dir, 0, 0);
+            use std::os::unix::fs::MetadataExt;
+            (e.mode, e.uid, e.gid) = (meta.mode() & 0o7777, meta.uid(), meta.gid());
+            e.mtime_ns = meta.mtime() * 1_000_000_000 + meta.mtime_nsec();
+            self.stats.dirs += 1;
+            writer.write(&e).context("cannot write the entry stream")?;
+        }
+        Ok(())
+    }
+
+    /// Walks a directory tree into the entry stream, its entries named `under/…`.
+    fn walk<W: std::io::Write>(
+        &mut self,
+        root: &Path,
+        under: &Path,
+        excludes: &Excludes,
+        writer: &mut EntryWriter<W>,
+    ) -> Result<()> {
         let mut problems = Vec::new();
         path_source::walk(
             root,
+            under,
             excludes,
             |found| {
                 let entry = match found {
@@ -860,12 +899,34 @@ impl Reader {
         }
         self.counters.set_current(&String::from_utf8_lossy(&e.path));
         let hash = path_hash(&e.path);
-        if let Some((chunks, _)) = self.unchanged(&e, hash, path_source::unchanged)? {
-            e.chunks = chunks;
+        if let Some(cached) = self.unchanged(&e, hash, path_source::unchanged)? {
+            e.chunks = cached.chunks;
+            // Attributes change the file's ctime: unchanged, it has the cached ones.
+            e.xattrs = match cached.xattrs {
+                Some(x) => x,
+                // A row from before attributes were kept: read them, and rewrite the row.
+                None => {
+                    self.paths.reused.remove(&hash);
+                    opener.xattrs().unwrap_or_else(|err| {
+                        let rel = Path::new(OsStr::from_bytes(&e.path));
+                        self.problem(rel, format!("cannot read extended attributes: {err}"));
+                        Vec::new()
+                    })
+                }
+            };
             Counters::add(&self.counters.unchanged, 1);
         } else {
             let mut chunks = Vec::new();
-            let result = opener.open().map_err(ChunkError::Read).and_then(|f| self.chunk_into(f, &mut chunks, false));
+            let mut xattrs = Ok(Vec::new());
+            let result = opener.open().map_err(ChunkError::Read).and_then(|f| {
+                xattrs = crate::xattr::of_fd(&f);
+                self.chunk_into(f, &mut chunks, false)
+            });
+            match xattrs {
+                Ok(x) => e.xattrs = x,
+                Err(err) => self
+                    .problem(Path::new(OsStr::from_bytes(&e.path)), format!("cannot read extended attributes: {err}")),
+            }
             match result {
                 Ok(n) => {
                     e.size = n;
@@ -890,7 +951,7 @@ impl Reader {
         e: &Entry,
         hash: u128,
         same: impl Fn(&CachedFile, &Entry) -> bool,
-    ) -> Result<Option<(Vec<ChunkId>, Option<String>)>> {
+    ) -> Result<Option<CachedFile>> {
         self.paths.no_row = false;
         self.view.renew(&self.catalog, &self.pending)?;
         let Some(c) = self.catalog.cached_file(&self.job, &e.path)? else {
@@ -926,7 +987,7 @@ impl Reader {
         }
         self.paths.reused.insert(hash);
         self.referenced.extend(packs);
-        Ok(Some((c.chunks, c.content_type)))
+        Ok(Some(c))
     }
 
     /// Chunks `input` (file data, or the entry stream when `entries`), appending chunk ids.

@@ -248,7 +248,7 @@ pub enum Change {
     Removed,
     /// Other content (a file's bytes, a symlink's target) or another kind.
     Modified,
-    /// The same content; mode, owner or modification time changed.
+    /// The same content; mode, owner, modification time or extended attributes changed.
     Metadata,
 }
 
@@ -273,7 +273,9 @@ pub fn diff(before: Vec<Entry>, after: Vec<Entry>) -> Vec<Difference> {
             Some(o) if o.kind != e.kind || o.chunks != e.chunks || o.target != e.target || o.size != e.size => {
                 Some((Change::Modified, Some(o.size)))
             }
-            Some(o) if (o.mode, o.uid, o.gid, o.mtime_ns) != (e.mode, e.uid, e.gid, e.mtime_ns) => {
+            Some(o)
+                if (o.mode, o.uid, o.gid, o.mtime_ns, &o.xattrs) != (e.mode, e.uid, e.gid, e.mtime_ns, &e.xattrs) =>
+            {
                 Some((Change::Metadata, Some(o.size)))
             }
             Some(_) => None,
@@ -343,6 +345,7 @@ mod tests {
             entry("d/edited", Kind::File, 5, 2, 0o644),
             entry("d/chmod", Kind::File, 5, 3, 0o644),
             entry("gone", Kind::File, 9, 4, 0o644),
+            entry("tagged", Kind::File, 1, 7, 0o644),
         ];
         let after = vec![
             entry("d", Kind::Dir, 0, 0, 0o755),
@@ -350,6 +353,11 @@ mod tests {
             entry("d/edited", Kind::File, 6, 5, 0o644),
             entry("d/chmod", Kind::File, 5, 3, 0o600),
             entry("new", Kind::File, 3, 6, 0o644),
+            {
+                let mut e = entry("tagged", Kind::File, 1, 7, 0o644);
+                e.xattrs = vec![crate::format::entry::Xattr { name: b"user.tag".to_vec(), value: b"x".to_vec() }];
+                e
+            },
         ];
         let found: Vec<(String, Change, Option<u64>, Option<u64>)> = diff(before, after)
             .into_iter()
@@ -362,6 +370,7 @@ mod tests {
                 ("d/edited".into(), Change::Modified, Some(5), Some(6)),
                 ("gone".into(), Change::Removed, Some(9), None),
                 ("new".into(), Change::Added, None, Some(3)),
+                ("tagged".into(), Change::Metadata, Some(1), Some(1)),
             ]
         );
     }

@@ -42,6 +42,7 @@ pub mod status;
 pub mod target;
 pub mod time;
 pub mod verify;
+pub mod xattr;
 
 pub use format::ChunkId;
 

@@ -158,3 +158,107 @@ fn markers_other_users_plant_cannot_hang_the_walk_or_be_borrowed_through_a_symli
     assert_eq!(std::fs::read(to.join("fifo/a.txt")).unwrap(), b"kept");
     assert_eq!(std::fs::read(to.join("linked/b.txt")).unwrap(), b"kept too", "a symlinked tag was honoured");
 }
+
+/// Extended attributes (`user.*`, `security.*`, a POSIX ACL) on a file system that has
+/// them (a tmpfs, as root), set and read back with Python's os.*xattr, not coffer's code.
+#[test]
+fn extended_attributes_and_acls_round_trip() {
+    let scratch = Scratch::new("xattr");
+    let src = scratch.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let mounted = Command::new("mount").args(["-t", "tmpfs", "coffer-xattr"]).arg(&src).output();
+    if !mounted.is_ok_and(|o| o.status.success()) {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
+        return;
+    }
+    let _mount = Mounted(src.clone());
+    std::fs::create_dir_all(src.join("docs")).unwrap();
+    std::fs::write(src.join("docs/plan.txt"), "plans").unwrap();
+    std::fs::write(src.join("plain.txt"), "no attributes").unwrap();
+    // An ACL granting uid 65534 read: version 2, then (tag, perm, id) entries.
+    let set = r#"
+import os, struct, sys
+root = sys.argv[1]
+f = os.path.join(root, "docs/plan.txt")
+os.setxattr(f, "user.comment", b"written by alice")
+os.setxattr(f, "user.binary", bytes(range(256)))
+os.setxattr(f, "security.coffer", b"label")
+os.setxattr(os.path.join(root, "docs"), "user.project", b"apollo")
+acl = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", t, p, i) for t, p, i in
+    [(1, 6, 0xFFFFFFFF), (2, 4, 65534), (4, 4, 0xFFFFFFFF), (0x10, 4, 0xFFFFFFFF), (0x20, 0, 0xFFFFFFFF)])
+os.setxattr(f, "system.posix_acl_access", acl)
+"#;
+    run_ok(Command::new("python3").args(["-c", set]).arg(&src));
+    let dump = r#"
+import os, sys, json
+root = sys.argv[1]
+out = {}
+for rel in ["docs", "docs/plan.txt", "plain.txt"]:
+    p = os.path.join(root, rel)
+    out[rel] = {n: os.getxattr(p, n).hex() for n in sorted(os.listxattr(p))}
+print(json.dumps(out, sort_keys=True))
+"#;
+    let attrs =
+        |root: &Path| String::from_utf8(run_ok(Command::new("python3").args(["-c", dump]).arg(root)).stdout).unwrap();
+    let before = attrs(&src);
+    assert!(before.contains("system.posix_acl_access") && before.contains("security.coffer"), "{before}");
+
+    let setup = Setup::new("xattr", Target::Dir, &src);
+    setup.backup();
+    let out = scratch.path("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let mounted = Command::new("mount").args(["-t", "tmpfs", "coffer-xattr-out"]).arg(&out).output().unwrap();
+    assert!(mounted.status.success());
+    let _out_mount = Mounted(out.clone());
+    assert!(setup.restore("latest", &out.join("r")).status.success());
+    assert_eq!(attrs(&out.join("r")), before, "extended attributes differ after the restore");
+    // A second run with nothing changed keeps them (the fast path reads no file), also
+    // for cache rows written before attributes were kept (NULL: read, and rewritten).
+    setup.catalog().execute("UPDATE file_cache SET xattrs = NULL", []).unwrap();
+    setup.backup();
+    let unknown: i64 =
+        setup.catalog().query_row("SELECT count(*) FROM file_cache WHERE xattrs IS NULL", [], |r| r.get(0)).unwrap();
+    assert_eq!(unknown, 0, "the rows were not rewritten with the attributes");
+    let second = setup.snapshots()[1]["id"].as_str().unwrap().to_string();
+    let restored = scratch.path("out2");
+    std::fs::create_dir_all(&restored).unwrap();
+    let mounted = Command::new("mount").args(["-t", "tmpfs", "coffer-xattr-out2"]).arg(&restored).output().unwrap();
+    assert!(mounted.status.success());
+    let _out2 = Mounted(restored.clone());
+    assert!(setup.restore(&second, &restored.join("r")).status.success());
+    assert_eq!(attrs(&restored.join("r")), before);
+}
+
+/// A job with several paths: each tree is stored under its own path, with the
+/// directories above it, and restores to the same layout; a second run reads nothing.
+#[test]
+fn several_paths_in_one_job_restore_to_the_same_layout() {
+    let scratch = Scratch::new("paths");
+    let (etc, srv) = (scratch.path("host/etc"), scratch.path("data/srv/www"));
+    for (dir, file) in [(&etc, "hosts"), (&srv, "index.html")] {
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join(file), file).unwrap();
+        std::fs::write(dir.join("sub/deeper.txt"), "deeper").unwrap();
+    }
+    let source = format!("{{ path = [\"{}\", \"{}\"] }}", srv.display(), etc.display());
+    let setup = Setup::with_source("paths", Target::Dir, &source, "");
+    setup.backup();
+    let out = scratch.path("out");
+    assert!(setup.restore("latest", &out).status.success());
+    let inside = |p: &Path| out.join(p.strip_prefix("/").unwrap());
+    assert_same_tree(&etc, &inside(&etc));
+    assert_same_tree(&srv, &inside(&srv));
+    // The directories above each tree carry their own metadata.
+    let mode = |p: &Path| std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions());
+    assert_eq!(mode(&inside(&scratch.path("data/srv"))), mode(&scratch.path("data/srv")));
+    let again = setup.ok(&["backup", "data", "--no-progress", "--json"]);
+    let summary: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(summary["summary"]["stats"]["bytes_read"], 0, "{summary}");
+    assert_eq!(summary["summary"]["unchanged_files"], 4, "{summary}");
+    // Nested trees are refused by name.
+    let nested = format!("{{ path = [\"{}\", \"{}\"] }}", etc.display(), etc.join("sub").display());
+    let cfg = std::fs::read_to_string(&setup.config).unwrap().replace(&source, &nested);
+    std::fs::write(&setup.config, cfg).unwrap();
+    let refused = setup.run(&["check-config"]);
+    assert!(text(&refused).contains("is inside"), "{}", text(&refused));
+}

@@ -13,12 +13,15 @@ pub struct CachedFile {
     pub inode: u64,
     pub chunks: Vec<ChunkId>,
     pub content_type: Option<String>,
+    /// Its extended attributes; `None` where the row does not say (read them again).
+    pub xattrs: Option<Vec<crate::format::entry::Xattr>>,
 }
 
 impl Catalog {
     pub fn cached_file(&self, job: &str, path: &[u8]) -> Result<Option<CachedFile>> {
         let mut st = self.conn.prepare_cached(
-            "SELECT size, mtime_ns, ctime_ns, inode, chunks, content_type FROM file_cache WHERE job = ?1 AND path = ?2",
+            "SELECT size, mtime_ns, ctime_ns, inode, chunks, content_type, xattrs FROM file_cache
+             WHERE job = ?1 AND path = ?2",
         )?;
         Ok(st
             .query_row(params![job, path], |r| {
@@ -30,6 +33,8 @@ impl Catalog {
                     inode: r.get(3)?,
                     chunks: blob.chunks_exact(32).map(|c| ChunkId(c.try_into().unwrap_or([0; 32]))).collect(),
                     content_type: r.get(5)?,
+                    // A value that does not parse is as good as none: read them again.
+                    xattrs: r.get::<_, Option<String>>(6)?.and_then(|j| serde_json::from_str(&j).ok()),
                 })
             })
             .optional()?)

@@ -62,6 +62,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0005_damaged.sql"),
     include_str!("../../migrations/0006_damaged_index.sql"),
     include_str!("../../migrations/0007_targets.sql"),
+    include_str!("../../migrations/0008_xattrs.sql"),
 ];
 
 pub struct Catalog {
@@ -291,6 +292,7 @@ mod tests {
             inode: 4,
             chunks: vec![ChunkId([7; 32])],
             content_type: None,
+            xattrs: Some(vec![crate::format::entry::Xattr { name: b"user.a".to_vec(), value: vec![0, 255] }]),
         };
         let snap = |id: &str| SnapshotRow {
             id: id.into(),

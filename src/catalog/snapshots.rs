@@ -131,13 +131,25 @@ impl Catalog {
                 st.execute(params![snap.job, path])?;
             }
             let mut st = tx.prepare(
-                "INSERT OR REPLACE INTO file_cache (job, path, size, mtime_ns, ctime_ns, inode, chunks, content_type)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT OR REPLACE INTO file_cache (job, path, size, mtime_ns, ctime_ns, inode, chunks, content_type,
+                                                    xattrs)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?;
             for item in cache {
                 let (path, f) = item?;
                 let ids: Vec<u8> = f.chunks.iter().flat_map(|c| c.0).collect();
-                st.execute(params![snap.job, path, f.size, f.mtime_ns, f.ctime_ns, f.inode, ids, f.content_type])?;
+                let xattrs = f.xattrs.as_ref().map(serde_json::to_string).transpose()?;
+                st.execute(params![
+                    snap.job,
+                    path,
+                    f.size,
+                    f.mtime_ns,
+                    f.ctime_ns,
+                    f.inode,
+                    ids,
+                    f.content_type,
+                    xattrs
+                ])?;
             }
         }
         tx.commit()?;

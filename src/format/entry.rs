@@ -52,6 +52,19 @@ pub struct Entry {
     /// a file path): `restore --to-bucket` writes it back under this key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// Extended attributes of a file or directory (`user.*`, `security.*`, POSIX ACLs as
+    /// `system.posix_acl_*`), sorted by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub xattrs: Vec<Xattr>,
+}
+
+/// One extended attribute: its name, and its value (hex: values are bytes, ACLs binary).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Xattr {
+    #[serde(with = "raw_path")]
+    pub name: Vec<u8>,
+    #[serde(with = "hex_bytes")]
+    pub value: Vec<u8>,
 }
 
 impl Entry {
@@ -74,6 +87,7 @@ impl Entry {
             chunks: Vec::new(),
             content_type: None,
             key: None,
+            xattrs: Vec::new(),
         }
     }
 }
@@ -226,6 +240,19 @@ pub(crate) mod raw_path {
     }
 }
 
+mod hex_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&crate::hex::encode(v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        crate::hex::decode(&text).ok_or_else(|| serde::de::Error::custom("an xattr value is not hex"))
+    }
+}
+
 pub(crate) mod opt_raw_path {
     use serde::{Deserializer, Serializer};
 
@@ -259,6 +286,7 @@ mod tests {
             target: None,
             content_type: None,
             key: None,
+            xattrs: Vec::new(),
             chunks: vec![ChunkId([9; 32])],
         }
     }

@@ -150,6 +150,7 @@ mod samples {
             target: None,
             content_type: None,
             key: None,
+            xattrs: Vec::new(),
             chunks: vec![],
         };
         let mut w = EntryWriter::new(Vec::new()).unwrap();

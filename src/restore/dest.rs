@@ -30,17 +30,18 @@ use rustix::io::Errno;
 use crate::format::entry::Entry;
 
 /// What an entry gets once it is complete.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Meta {
     pub uid: u32,
     pub gid: u32,
     pub mode: u32,
     pub mtime_ns: i64,
+    pub xattrs: Vec<crate::format::entry::Xattr>,
 }
 
 impl From<&Entry> for Meta {
     fn from(e: &Entry) -> Meta {
-        Meta { uid: e.uid, gid: e.gid, mode: e.mode & 0o7777, mtime_ns: e.mtime_ns }
+        Meta { uid: e.uid, gid: e.gid, mode: e.mode & 0o7777, mtime_ns: e.mtime_ns, xattrs: e.xattrs.clone() }
     }
 }
 
@@ -208,12 +209,14 @@ impl Dest {
         let _ = rustix::fs::syncfs(&self.root);
     }
 
-    /// Owner first (chown clears setuid/setgid), then mode, then times.
+    /// Owner first (chown clears setuid/setgid), then mode, then extended attributes
+    /// (an ACL after the mode it refines), then times.
     fn set_meta(&self, fd: BorrowedFd, meta: &Meta) -> io::Result<()> {
         if self.chown {
             rustix::fs::fchown(fd, Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)))?;
         }
         rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode))?;
+        crate::xattr::apply(fd, &meta.xattrs)?;
         Ok(rustix::fs::futimens(fd, &meta.times())?)
     }
 
@@ -356,7 +359,7 @@ mod tests {
         d
     }
 
-    const META: Meta = Meta { uid: 0, gid: 0, mode: 0o640, mtime_ns: 1_700_000_000_123_456_789 };
+    const META: Meta = Meta { uid: 0, gid: 0, mode: 0o640, mtime_ns: 1_700_000_000_123_456_789, xattrs: Vec::new() };
 
     #[test]
     fn no_symlink_is_ever_followed() {

@@ -108,16 +108,23 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    /// A directory tree and nothing else.
+    /// A directory tree, at the snapshot's root, and nothing else.
     pub fn tree(root: PathBuf, excludes: path::Excludes) -> Prepared {
-        Prepared { input: Input::Tree { root, excludes }, contents: None, errors: Vec::new(), command: None }
+        Prepared::trees(vec![path::TreeRoot { path: root, under: PathBuf::new(), excludes }])
+    }
+
+    /// Directory trees, each under its own name, and nothing else.
+    pub fn trees(roots: Vec<path::TreeRoot>) -> Prepared {
+        Prepared { input: Input::Tree { roots }, contents: None, errors: Vec::new(), command: None }
     }
 }
 
 /// What the backup reads, in one of three shapes.
+// One Input per run: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Input {
-    /// A directory tree (a path source, or a job's git mirrors).
-    Tree { root: PathBuf, excludes: path::Excludes },
+    /// Directory trees (a path source's, or a job's git mirrors).
+    Tree { roots: Vec<path::TreeRoot> },
     /// One file whose bytes come from a stream (a command's stdout).
     Stream { name: String, data: std::process::ChildStdout },
     /// A bucket's objects, listed, each streamed unless unchanged.

@@ -15,7 +15,7 @@
 
 use std::ffi::OsStr;
 use std::fs::File;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,48 +28,88 @@ use crate::catalog::CachedFile;
 use crate::format::entry::{Entry, Kind};
 use crate::source::{JobContext, Prepared, Resolve, Source};
 
-pub const KIND: super::Kind = super::Kind { key: "path", form: "`{ path = \"/dir\" }`", parse };
+pub const KIND: super::Kind =
+    super::Kind { key: "path", form: "`{ path = \"/dir\" }` or `{ path = [\"/etc\", \"/srv\"] }`", parse };
 
-/// `source = { path = "/dir" }`.
+/// `source = { path = "/dir" }`: the tree is the snapshot. Or several, `{ path = ["/etc",
+/// "/srv"] }`: each is stored under its own path (`etc/…`, `srv/…`, with the directories
+/// above it), and restores to the same layout under `--to`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PathSource {
-    pub root: PathBuf,
+    pub roots: Vec<PathBuf>,
 }
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Raw {
-    path: PathBuf,
+    path: OneOrMany,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(PathBuf),
+    Many(Vec<PathBuf>),
 }
 
 fn parse(table: toml::Table, resolve: &Resolve<'_>) -> Result<Arc<dyn Source>, String> {
     let raw: Raw = super::table(table, "path")?;
-    Ok(Arc::new(PathSource { root: resolve(&raw.path) }))
+    let mut roots: Vec<PathBuf> = match raw.path {
+        OneOrMany::One(p) => vec![resolve(&p)],
+        OneOrMany::Many(list) if list.is_empty() => return Err("`path` names no directory".into()),
+        OneOrMany::Many(list) => list.iter().map(|p| resolve(p)).collect(),
+    };
+    roots.sort();
+    for pair in roots.windows(2) {
+        if pair[1].starts_with(&pair[0]) {
+            return Err(format!("`{}` is inside `{}`: name each tree once", pair[1].display(), pair[0].display()));
+        }
+    }
+    Ok(Arc::new(PathSource { roots }))
 }
 
 impl std::fmt::Display for PathSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "path {}", self.root.display())
+        let roots: Vec<String> = self.roots.iter().map(|r| r.display().to_string()).collect();
+        write!(f, "path {}", roots.join(" "))
     }
 }
 
 impl Source for PathSource {
     fn prepare(&self, job: &JobContext) -> Result<Prepared> {
-        if !self.root.is_dir() {
-            anyhow::bail!(
-                "source directory {} of job `{}` does not exist or is not a directory",
-                self.root.display(),
-                job.name
-            );
+        let several = self.roots.len() > 1;
+        let mut trees = Vec::new();
+        for root in &self.roots {
+            if !root.is_dir() {
+                anyhow::bail!(
+                    "source directory {} of job `{}` does not exist or is not a directory",
+                    root.display(),
+                    job.name
+                );
+            }
+            let device = match job.one_file_system {
+                true => Some(std::os::unix::fs::MetadataExt::dev(&std::fs::metadata(root)?)),
+                false => None,
+            };
+            let excludes =
+                Excludes::new(job.exclude)?.with_markers(job.exclude_if_present, job.exclude_caches).on_device(device);
+            // One tree is the snapshot; several are each stored under their own path.
+            let under = match several {
+                true => root.strip_prefix("/").unwrap_or(root).to_path_buf(),
+                false => PathBuf::new(),
+            };
+            trees.push(TreeRoot { path: root.clone(), under, excludes });
         }
-        let device = match job.one_file_system {
-            true => Some(std::os::unix::fs::MetadataExt::dev(&std::fs::metadata(&self.root)?)),
-            false => None,
-        };
-        let excludes =
-            Excludes::new(job.exclude)?.with_markers(job.exclude_if_present, job.exclude_caches).on_device(device);
-        Ok(Prepared::tree(self.root.clone(), excludes))
+        Ok(Prepared::trees(trees))
     }
+}
+
+/// A directory tree to walk, and the path its contents are stored under (empty: at the
+/// snapshot's root).
+pub struct TreeRoot {
+    pub path: PathBuf,
+    pub under: PathBuf,
+    pub excludes: Excludes,
 }
 
 /// The fast path's test for a file: the same size, mtime, ctime and inode as cached.
@@ -94,6 +134,12 @@ pub struct Opener {
 }
 
 impl Opener {
+    /// The file's extended attributes, without opening it (for a file the backup does
+    /// not read again, whose attributes the catalog does not hold).
+    pub fn xattrs(&self) -> std::io::Result<Vec<crate::format::entry::Xattr>> {
+        crate::xattr::at(self.dir.as_fd(), &self.name)
+    }
+
     /// Opens the file relative to its directory without following a symlink, and only
     /// if it is still the regular file the walk saw.
     pub fn open(&self) -> std::io::Result<File> {
@@ -219,8 +265,11 @@ const DIR_FLAGS: OFlags = OFlags::RDONLY.union(OFlags::DIRECTORY).union(OFlags::
 /// The listing and `lstat`s run on a thread of their own, a few directories ahead of
 /// `visit`: a run with no change spends about as long in the catalog as in the
 /// kernel, and the two then overlap. If `visit` fails, the walk stops.
+/// Walks `root`, naming each entry `under/` its path in the tree (excludes still match
+/// paths within the tree).
 pub fn walk(
     root: &Path,
+    under: &Path,
     excludes: &Excludes,
     mut visit: impl FnMut(Found) -> Result<()>,
     problem: impl FnMut(&Path, String) + Send,
@@ -235,7 +284,7 @@ pub fn walk(
     std::thread::scope(|scope| {
         std::thread::Builder::new()
             .name("walk".into())
-            .spawn_scoped(scope, move || list_tree(root_fd, excludes, tx, problem))
+            .spawn_scoped(scope, move || list_tree(root_fd, under, excludes, tx, problem))
             .context("cannot start the walk thread")?;
         for batch in rx {
             for found in batch {
@@ -250,6 +299,7 @@ pub fn walk(
 /// order. Ends when the tree is done or the receiver is gone.
 fn list_tree(
     root_fd: OwnedFd,
+    under: &Path,
     excludes: &Excludes,
     tx: std::sync::mpsc::SyncSender<Vec<Found>>,
     mut problem: impl FnMut(&Path, String),
@@ -267,7 +317,7 @@ fn list_tree(
                 match open_dir(&p) {
                     Ok(fd) => (Arc::new(fd), p.rel),
                     Err(e) => {
-                        problem(&p.rel, format!("cannot list directory: {e}"));
+                        problem(&under.join(&p.rel), format!("cannot list directory: {e}"));
                         continue;
                     }
                 }
@@ -284,7 +334,7 @@ fn list_tree(
             Ok(())
         });
         if let Err(e) = listed {
-            problem(&rel_dir, format!("cannot list directory: {}", std::io::Error::from(e)));
+            problem(&under.join(&rel_dir), format!("cannot list directory: {}", std::io::Error::from(e)));
             continue;
         }
         names.sort();
@@ -298,21 +348,26 @@ fn list_tree(
             let st = match rustix::fs::statat(&*dir, name.as_slice(), AtFlags::SYMLINK_NOFOLLOW) {
                 Ok(st) => st,
                 Err(e) => {
-                    problem(&rel, format!("cannot stat: {}", std::io::Error::from(e)));
+                    problem(&under.join(&rel), format!("cannot stat: {}", std::io::Error::from(e)));
                     continue;
                 }
             };
-            let mut entry = entry_from(&rel, &st);
+            let stored = under.join(&rel);
+            let mut entry = entry_from(&stored, &st);
             match FileType::from_raw_mode(st.st_mode) {
                 FileType::Directory if let Some(why) = excludes.marked(&dir, &name) => {
-                    tracing::info!(path = %rel.display(), "left out: the directory {why}");
+                    tracing::info!(path = %stored.display(), "left out: the directory {why}");
                 }
                 FileType::Directory => {
                     entry.kind = Kind::Dir;
                     entry.size = 0;
+                    match crate::xattr::at(dir.as_fd(), &name) {
+                        Ok(x) => entry.xattrs = x,
+                        Err(e) => problem(&stored, format!("cannot read extended attributes: {e}")),
+                    }
                     batch.push(Found::Dir(entry));
                     if excludes.device.is_some_and(|d| d != st.st_dev) {
-                        tracing::info!(path = %rel.display(), "not entered: another file system (one_file_system)");
+                        tracing::info!(path = %stored.display(), "not entered: another file system (one_file_system)");
                     } else {
                         subdirs.push(Pending { parent: dir.clone(), name, rel, dev: st.st_dev, ino: st.st_ino });
                     }
@@ -327,9 +382,9 @@ fn list_tree(
                         entry.target = Some(t.into_bytes());
                         batch.push(Found::Symlink(entry));
                     }
-                    Err(e) => problem(&rel, format!("cannot read link: {}", std::io::Error::from(e))),
+                    Err(e) => problem(&stored, format!("cannot read link: {}", std::io::Error::from(e))),
                 },
-                _ => tracing::warn!(path = %rel.display(), "skipping special file (socket, FIFO or device)"),
+                _ => tracing::warn!(path = %stored.display(), "skipping special file (socket, FIFO or device)"),
             }
             if batch.len() == BATCH && tx.send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH))).is_err() {
                 return;
@@ -373,6 +428,7 @@ fn entry_from(rel: &Path, st: &rustix::fs::Stat) -> Entry {
         content_type: None,
         key: None,
         chunks: Vec::new(),
+        xattrs: Vec::new(),
     }
 }
 
@@ -394,6 +450,7 @@ mod tests {
         let mut seen = Vec::new();
         walk(
             &root,
+            Path::new(""),
             &ex,
             |f| {
                 let (kind, e) = match f {
