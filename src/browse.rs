@@ -184,7 +184,7 @@ impl Browser {
     }
 
     /// Writes the directory `dir` (`b""`: the whole snapshot) and everything under it as
-    /// a tar stream. Entries a restore refuses, and files whose chunks do not add up to
+    /// a tar stream, extended attributes in PAX headers. Entries a restore refuses, and files whose chunks do not add up to
     /// their size, are left out and returned as messages.
     pub fn tar(&mut self, snap: &SnapshotRow, dir: &[u8], out: impl Write) -> Result<Vec<String>> {
         let mut entries = Vec::new();
@@ -209,6 +209,13 @@ impl Browser {
             header.set_uid(u64::from(e.uid));
             header.set_gid(u64::from(e.gid));
             header.set_mtime(e.mtime_ns.div_euclid(1_000_000_000).max(0) as u64);
+            // Extended attributes as GNU tar and bsdtar read them (`tar --xattrs`).
+            let xattrs: Vec<(String, &[u8])> = e
+                .xattrs
+                .iter()
+                .filter_map(|x| Some((format!("SCHILY.xattr.{}", std::str::from_utf8(&x.name).ok()?), &x.value[..])))
+                .collect();
+            tar.append_pax_extensions(xattrs.iter().map(|(k, v)| (k.as_str(), *v)))?;
             match e.kind {
                 Kind::Dir => {
                     header.set_entry_type(tar::EntryType::Directory);

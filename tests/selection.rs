@@ -227,6 +227,18 @@ print(json.dumps(out, sort_keys=True))
     let _out2 = Mounted(restored.clone());
     assert!(setup.restore(&second, &restored.join("r")).status.success());
     assert_eq!(attrs(&restored.join("r")), before);
+    // `dump` carries them in the tar stream, as GNU tar reads them back.
+    let mut dump = setup.cmd(&["dump", "latest", "--job", "data", "docs", "--identity"]);
+    let tarball = run_ok(dump.arg(&setup.identity)).stdout;
+    std::fs::create_dir_all(restored.join("t")).unwrap();
+    let untar = piped(
+        Command::new("tar").args(["--xattrs", "--xattrs-include=user.*", "-xpf", "-", "-C"]).arg(restored.join("t")),
+        &tarball,
+    );
+    assert!(untar.status.success(), "{}", text(&untar));
+    let get = "import os, sys; print(os.getxattr(sys.argv[1], 'user.comment').decode())";
+    let comment = run_ok(Command::new("python3").args(["-c", get]).arg(restored.join("t/docs/plan.txt")));
+    assert_eq!(text(&comment).trim(), "written by alice");
 }
 
 /// A job with several paths: each tree is stored under its own path, with the
