@@ -285,18 +285,11 @@ fn run_pipeline(
     let entries_path = cfg.state().scratch(&format!("entries-{}", job.name))?;
     let _cleanup = crate::fsutil::RemoveOnDrop(entries_path.clone());
 
-    // Targets that lag (down during an earlier run, or new) first get what they miss,
-    // copied from the others; one that fails now is left out of this run.
-    let targets: Vec<Target> = repo.targets.iter().filter(|t| job.targets.contains(&t.name)).cloned().collect();
-    let down = Down::default();
-    let mut copier = Copier { repo, skip: HashSet::new(), copied: Copied::default() };
-    for t in &targets {
-        copier.skip = down.ids();
-        if let Err(e) = copier.catch_up(t, &job.name) {
-            down.mark(t, &e.context(format!("catching up target `{}` failed", t.name)));
-        }
-    }
-    let copied = copier.copied;
+    let fleet = Fleet {
+        targets: repo.targets.iter().filter(|t| job.targets.contains(&t.name)).cloned().collect(),
+        down: Down::default(),
+    };
+    let mut copied = fleet.catch_up(repo, &job.name);
 
     let state = cfg.state();
     let source = crate::source::JobContext {
@@ -311,7 +304,7 @@ fn run_pipeline(
     let mut prepared = job.source.prepare(&source)?;
     let mut contents = prepared.contents.take();
     let pack_until = retain_until + crate::config::EXTENSION_SLACK_DAYS * DAY;
-    let pipeline = Pipeline { targets: &targets, down: &down, pack_until };
+    let pipeline = Pipeline { targets: &fleet.targets, down: &fleet.down, pack_until };
     let (mut reader, uploaded) = store(cfg, job, repo, counters, stop, prepared, &entries_path, &pipeline)?;
     tracing::debug!(secs = started.elapsed().as_secs_f64(), "read and stored");
     if let Some(Contents::Command(c)) = &mut contents {
@@ -325,22 +318,9 @@ fn run_pipeline(
     stats.packs_uploaded = Counters::get(&counters.packs);
     stats.duration_ms = started.elapsed().as_millis() as u64;
 
-    // On each target, a snapshot is complete only when everything it needs is there and
-    // locked long enough: reused packs a target lacks are copied to it from another.
     let mut needed = reader.referenced.clone();
     needed.extend(&uploaded);
-    let mut copier = Copier { repo, skip: HashSet::new(), copied };
-    for t in targets.iter().filter(|t| !down.is_down(t.id)) {
-        copier.skip = down.ids();
-        let ready = copier
-            .packs(t, &needed, pack_until)
-            .and_then(|()| crate::replicate::extend_locks(repo, t, &needed, retain_until, &job.name));
-        match ready {
-            Ok(n) => stats.lock_extensions += n,
-            Err(e) => down.mark(t, &e),
-        }
-    }
-    let copied = copier.copied;
+    stats.lock_extensions += fleet.make_ready(repo, &needed, (pack_until, retain_until), &job.name, &mut copied);
 
     let id = crate::hex::random(8);
     let record = SnapshotRecord {
@@ -359,32 +339,14 @@ fn run_pipeline(
     };
     let key = crate::format::snapshot_key(&job.name, &id);
     let object = Bytes::from(snapshot::seal(&record, &key, &cfg.recipients, repo.secret())?);
-    let mut copies: Vec<(TargetId, Copy)> = Vec::new();
-    for t in targets.iter().filter(|t| !down.is_down(t.id)) {
-        match repo.runtime.block_on(t.put_new(&key, object.clone(), retain_until)) {
-            Ok(version) => copies.push((t.id, Copy { version, lock: t.lock_until(retain_until) })),
-            Err(e) => down.mark(t, &e),
-        }
-    }
-    if copies.is_empty() {
-        bail!("no target stored the snapshot: {}", down_reasons(&targets, &down));
-    }
+    let copies = fleet.put_record(repo, &key, object, retain_until)?;
     tracing::debug!(secs = started.elapsed().as_secs_f64(), "snapshot record stored");
     let row = SnapshotRow::from_record(&record);
     complete(&mut repo.catalog, &row, &copies, &reader, uploaded, &entries_path)?;
     tracing::debug!(secs = started.elapsed().as_secs_f64(), "catalog updated");
-    let targets = targets
-        .iter()
-        .map(|t| TargetSummary {
-            name: t.name.clone(),
-            protection: t.protection(),
-            locked_until: t.lock_until(retain_until).map(|l| l.until),
-            lagging: down.why(t.id),
-        })
-        .collect();
     Ok(Summary {
         snapshot_id: id,
-        targets,
+        targets: fleet.summaries(retain_until),
         copied,
         kept_until: retain_until,
         because: decision.because,
@@ -392,6 +354,80 @@ fn run_pipeline(
         unchanged_files: Counters::get(&counters.unchanged),
         errors: reader.errors,
     })
+}
+
+/// A run's targets, and those that stopped answering during it.
+struct Fleet {
+    targets: Vec<Target>,
+    down: Down,
+}
+
+impl Fleet {
+    /// Targets that lag (down during an earlier run, or new) first get what they miss,
+    /// copied from the others; one that fails now is left out of this run.
+    fn catch_up(&self, repo: &Repo, job: &str) -> Copied {
+        let mut copier = Copier { repo, skip: HashSet::new(), copied: Copied::default() };
+        for t in &self.targets {
+            copier.skip = self.down.ids();
+            if let Err(e) = copier.catch_up(t, job) {
+                self.down.mark(t, &e.context(format!("catching up target `{}` failed", t.name)));
+            }
+        }
+        copier.copied
+    }
+
+    /// The targets still answering.
+    fn up(&self) -> impl Iterator<Item = &Target> {
+        self.targets.iter().filter(|t| !self.down.is_down(t.id))
+    }
+
+    /// On each target, a snapshot is complete only when everything it needs is there and
+    /// locked long enough: reused packs a target lacks are copied to it from another
+    /// (locked until `until.0`), and short locks extended (for `until.1`). Returns the
+    /// number of lock extensions.
+    fn make_ready(&self, repo: &Repo, needed: &HashSet<i64>, until: (i64, i64), job: &str, copied: &mut Copied) -> u64 {
+        let (pack_until, retain_until) = until;
+        let mut copier = Copier { repo, skip: HashSet::new(), copied: *copied };
+        let mut extensions = 0;
+        for t in self.up() {
+            copier.skip = self.down.ids();
+            let ready = copier
+                .packs(t, needed, pack_until)
+                .and_then(|()| crate::replicate::extend_locks(repo, t, needed, retain_until, job));
+            match ready {
+                Ok(n) => extensions += n,
+                Err(e) => self.down.mark(t, &e),
+            }
+        }
+        *copied = copier.copied;
+        extensions
+    }
+
+    /// Puts the sealed snapshot record on each target still answering; its copies, or
+    /// an error when no target stored it.
+    fn put_record(&self, repo: &Repo, key: &str, object: Bytes, retain_until: i64) -> Result<Vec<(TargetId, Copy)>> {
+        let mut copies = Vec::new();
+        for t in self.up() {
+            match repo.runtime.block_on(t.put_new(key, object.clone(), retain_until)) {
+                Ok(version) => copies.push((t.id, Copy { version, lock: t.lock_until(retain_until) })),
+                Err(e) => self.down.mark(t, &e),
+            }
+        }
+        if copies.is_empty() {
+            bail!("no target stored the snapshot: {}", down_reasons(&self.targets, &self.down));
+        }
+        Ok(copies)
+    }
+
+    fn summaries(&self, retain_until: i64) -> Vec<TargetSummary> {
+        let summary = |t: &Target| TargetSummary {
+            name: t.name.clone(),
+            protection: t.protection(),
+            locked_until: t.lock_until(retain_until).map(|l| l.until),
+            lagging: self.down.why(t.id),
+        };
+        self.targets.iter().map(summary).collect()
+    }
 }
 
 /// "target `a`: why; target `b`: why", for the targets that failed.

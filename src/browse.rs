@@ -209,12 +209,14 @@ impl Browser {
             header.set_uid(u64::from(e.uid));
             header.set_gid(u64::from(e.gid));
             header.set_mtime(e.mtime_ns.div_euclid(1_000_000_000).max(0) as u64);
-            // Extended attributes as GNU tar and bsdtar read them (`tar --xattrs`).
-            let xattrs: Vec<(String, &[u8])> = e
-                .xattrs
-                .iter()
-                .filter_map(|x| Some((format!("SCHILY.xattr.{}", std::str::from_utf8(&x.name).ok()?), &x.value[..])))
-                .collect();
+            let (xattrs, unfit) = pax_xattrs(&e.xattrs);
+            for name in unfit {
+                skipped.push(format!(
+                    "{}: extended attribute {} cannot be a tar header",
+                    printable(&e.path),
+                    printable(name)
+                ));
+            }
             tar.append_pax_extensions(xattrs.iter().map(|(k, v)| (k.as_str(), *v)))?;
             match e.kind {
                 Kind::Dir => {
@@ -245,6 +247,27 @@ impl Browser {
         tar.into_inner()?.flush()?;
         Ok(skipped)
     }
+}
+
+/// A PAX record: its key, and its value.
+type PaxRecord<'a> = (String, &'a [u8]);
+
+/// Extended attributes as PAX records, as GNU tar and bsdtar read them (`tar --xattrs`),
+/// and the names that cannot be one. A record is `key=value`: a name holding `=`, a
+/// newline or bytes that are not UTF-8 (which a forged snapshot may carry) would be read
+/// back as another name, so it is left out, not mangled.
+fn pax_xattrs(xattrs: &[crate::format::entry::Xattr]) -> (Vec<PaxRecord<'_>>, Vec<&[u8]>) {
+    let mut records = Vec::new();
+    let mut unfit = Vec::new();
+    for x in xattrs {
+        match std::str::from_utf8(&x.name) {
+            Ok(name) if !name.is_empty() && !name.contains(['=', '\n', '\0']) => {
+                records.push((format!("SCHILY.xattr.{name}"), &x.value[..]))
+            }
+            _ => unfit.push(&x.name[..]),
+        }
+    }
+    (records, unfit)
 }
 
 /// How one path differs between two snapshots.
@@ -380,6 +403,15 @@ mod tests {
                 ("tagged".into(), Change::Metadata, Some(1), Some(1)),
             ]
         );
+    }
+
+    #[test]
+    fn attribute_names_that_would_forge_a_tar_record_are_left_out() {
+        let x = |name: &[u8]| crate::format::entry::Xattr { name: name.to_vec(), value: b"v".to_vec() };
+        let attrs = [x(b"user.ok"), x(b"user.a=path"), x(b"user.b\npath=../../etc"), x(b"user.\xff"), x(b"")];
+        let (records, unfit) = pax_xattrs(&attrs);
+        assert_eq!(records, [("SCHILY.xattr.user.ok".to_string(), &b"v"[..])]);
+        assert_eq!(unfit.len(), 4);
     }
 
     #[test]
