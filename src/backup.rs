@@ -1127,7 +1127,7 @@ fn compress_loop(rx: &Mutex<Receiver<Vec<NewChunk>>>, tx: &SyncSender<Vec<Blob>>
 fn pack_loop(
     rx: Receiver<Vec<Blob>>,
     tx: tokio::sync::mpsc::Sender<SealedPack>,
-    recipients: &[age::x25519::Recipient],
+    recipients: &[crate::keys::Recipient],
     pack_size: usize,
 ) -> Result<()> {
     let seal = |builder: PackBuilder| -> Result<SealedPack> {

@@ -56,6 +56,8 @@ enum LogFormat {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // SAFETY: coffer is still one thread: nothing has started another yet.
+    unsafe { crate::env::seal() };
     init_logging(cli.verbose, cli.log_format, cli.command.is_daemon());
     if cli.quiet {
         crate::progress::silence();
@@ -82,7 +84,7 @@ pub fn main() -> ExitCode {
 /// Logs go to stderr. Commands log warnings; the daemon, whose log is the record of what
 /// it did, logs at info with timestamps.
 fn init_logging(verbose: u8, format: LogFormat, daemon: bool) {
-    let level = match (verbose, std::env::var("COFFER_LOG").ok().as_deref()) {
+    let level = match (verbose, crate::env::var("COFFER_LOG").ok().as_deref()) {
         (_, Some("debug")) | (2.., _) => tracing::Level::DEBUG,
         (_, Some("info")) | (1, _) => tracing::Level::INFO,
         _ if daemon => tracing::Level::INFO,
@@ -110,7 +112,7 @@ impl Journald {
     fn prefix(level: &tracing::Level) -> &'static str {
         // Looked up once: every log line asks.
         static TO_JOURNAL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        if !*TO_JOURNAL.get_or_init(|| std::env::var_os("JOURNAL_STREAM").is_some()) {
+        if !*TO_JOURNAL.get_or_init(|| crate::env::var_os("JOURNAL_STREAM").is_some()) {
             return "";
         }
         match *level {

@@ -31,7 +31,7 @@ pub struct Config {
     /// The file this was read from (for messages).
     pub file: PathBuf,
     pub state_dir: PathBuf,
-    pub recipients: Vec<age::x25519::Recipient>,
+    pub recipients: Vec<crate::keys::Recipient>,
     pub repo_secret_file: PathBuf,
     pub compression_level: i32,
     pub pack_size: u64,
@@ -476,8 +476,9 @@ fn parse_daemon(d: RawDaemon) -> Result<DaemonConfig, String> {
     })
 }
 
-/// The age recipients every pack is encrypted to: public keys only.
-fn parse_recipients(raw: &[String]) -> Result<Vec<age::x25519::Recipient>, String> {
+/// The recipients every object is encrypted to: public keys only (age, ssh-ed25519, or
+/// an age plugin's).
+fn parse_recipients(raw: &[String]) -> Result<Vec<crate::keys::Recipient>, String> {
     if raw.is_empty() {
         return Err("key `recipients`: expected at least one age public key (age1…); \
                     create one with `coffer keygen`"
@@ -491,8 +492,7 @@ fn parse_recipients(raw: &[String]) -> Result<Vec<age::x25519::Recipient>, Strin
                  public recipients (age1…). Keep the identity offline."
             ));
         }
-        let parsed = keys::parse_recipient(r)
-            .map_err(|_| format!("key `recipients[{i}]`: `{r}` is not an age public key (expected age1…)"))?;
+        let parsed = keys::parse_recipient(r).map_err(|e| format!("key `recipients[{i}]`: `{r}`: {e:#}"))?;
         recipients.push(parsed);
     }
     Ok(recipients)

@@ -10,7 +10,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::str::FromStr;
 
-use age::secrecy::ExposeSecret;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use age::secrecy::{ExposeSecret, SecretString};
 use anyhow::{Context, Result, anyhow, bail};
 
 use crate::fsutil;
@@ -109,8 +112,84 @@ pub fn check_private(path: &Path) -> Result<()> {
     Ok(())
 }
 
-pub fn parse_recipient(s: &str) -> Result<age::x25519::Recipient> {
-    age::x25519::Recipient::from_str(s.trim()).map_err(|e| anyhow!("not an age recipient: {e}"))
+/// A public key backups are encrypted to: an age key (`age1…`), an `ssh-ed25519` public
+/// key, or an age plugin's recipient (`age1NAME1…`), which the plugin's program
+/// `age-plugin-NAME`, found on PATH, wraps each object's key to (a hardware token's, say).
+#[derive(Clone)]
+pub enum Recipient {
+    X25519(age::x25519::Recipient),
+    SshEd25519(age::ssh::Recipient),
+    Plugin(age::plugin::Recipient),
+}
+
+impl FromStr for Recipient {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let s = s.trim();
+        if s.starts_with("ssh-") {
+            return match age::ssh::Recipient::from_str(s) {
+                Ok(r @ age::ssh::Recipient::SshEd25519(..)) => Ok(Recipient::SshEd25519(r)),
+                // The rsa crate's decryption is open to a timing attack (RUSTSEC-2023-0071):
+                // coffer never gets as far as an RSA key, so it never runs that code.
+                Ok(age::ssh::Recipient::SshRsa(..)) => bail!("ssh-rsa keys are not accepted; use an ssh-ed25519 key"),
+                Err(e) => bail!("not an ssh public key ({e:?})"),
+            };
+        }
+        if let Ok(r) = age::x25519::Recipient::from_str(s) {
+            return Ok(Recipient::X25519(r));
+        }
+        age::plugin::Recipient::from_str(s)
+            .map(Recipient::Plugin)
+            .map_err(|e| anyhow!("not an age recipient (age1…, age1PLUGIN1… or ssh-ed25519 …): {e}"))
+    }
+}
+
+impl std::fmt::Display for Recipient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Recipient::X25519(r) => r.fmt(f),
+            Recipient::SshEd25519(r) => r.fmt(f),
+            Recipient::Plugin(r) => r.fmt(f),
+        }
+    }
+}
+
+impl std::fmt::Debug for Recipient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+impl PartialEq for Recipient {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_string() == other.to_string()
+    }
+}
+
+pub fn parse_recipient(s: &str) -> Result<Recipient> {
+    s.parse()
+}
+
+/// The age plugins `recipients` need, each found on PATH, or which one is missing.
+pub fn plugins_for(recipients: &[Recipient]) -> Result<Vec<age::plugin::RecipientPluginV1<Prompts>>> {
+    let plugged: Vec<age::plugin::Recipient> = recipients
+        .iter()
+        .filter_map(|r| match r {
+            Recipient::Plugin(p) => Some(p.clone()),
+            _ => None,
+        })
+        .collect();
+    let mut names: Vec<&str> = plugged.iter().map(|p| p.plugin()).collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+        .into_iter()
+        .map(|name| {
+            age::plugin::RecipientPluginV1::new(name, &plugged, &[], Prompts::unattended())
+                .map_err(|e| anyhow!("recipient needs an age plugin: {e}"))
+        })
+        .collect()
 }
 
 /// A new age identity, as an identity file's text, and its public recipient.
@@ -134,23 +213,28 @@ fn chrono_like_now() -> String {
     crate::time::format_utc(crate::time::now_secs())
 }
 
-/// The restorer's identity, read from its (private) file.
+/// The restorer's identity, read from its (private) file: age identities (`age-keygen`,
+/// `coffer keygen`), age plugin identities (`AGE-PLUGIN-…`, a hardware token's, say), or
+/// an ssh-ed25519 private key; the first two possibly encrypted with `age -p`, the last
+/// with its own passphrase.
 pub struct Identity {
     identities: Vec<Box<dyn age::Identity + Send + Sync>>,
     pub path: std::path::PathBuf,
 }
 
 impl Identity {
-    /// Reads an identity file; one encrypted with a passphrase (`age -p`) is opened with
-    /// the passphrase from the file `COFFER_IDENTITY_PASSPHRASE_FILE` names (mode 0600),
-    /// or asked for on the terminal.
+    /// Reads an identity file. A passphrase is taken from the file
+    /// `COFFER_IDENTITY_PASSPHRASE_FILE` names (mode 0600), or asked on the terminal.
     pub fn load(path: &Path) -> Result<Self> {
         check_private(path)?;
         fsutil::readable(path, "identity")?;
         let text = std::fs::read(path).with_context(|| format!("cannot read identity {}", path.display()))?;
-        match is_age_file(&text) {
-            true => Self::parse(&decrypt_with_passphrase(&text, path)?, path),
-            false => Self::parse(&text, path),
+        if is_age_file(&text) {
+            Self::parse(&decrypt_with_passphrase(&text, path)?, path)
+        } else if text.starts_with(b"-----BEGIN OPENSSH PRIVATE KEY-----") {
+            Ok(Identity { identities: vec![Box::new(ssh_identity(&text, path)?)], path: path.to_path_buf() })
+        } else {
+            Self::parse(&text, path)
         }
     }
 
@@ -158,8 +242,10 @@ impl Identity {
     pub fn parse(text: &[u8], path: &Path) -> Result<Self> {
         let file = age::IdentityFile::from_buffer(text)
             .with_context(|| format!("identity {} is not an age identity file", path.display()))?;
-        let identities =
-            file.into_identities().map_err(|e| anyhow!("identity {} is not usable: {e}", path.display()))?;
+        let identities = file
+            .with_callbacks(Prompts::interactive())
+            .into_identities()
+            .map_err(|e| anyhow!("identity {} is not usable: {e}", path.display()))?;
         if identities.is_empty() {
             bail!("identity file {} holds no age identity", path.display());
         }
@@ -181,9 +267,34 @@ fn is_age_file(text: &[u8]) -> bool {
     text.starts_with(b"age-encryption.org/") || text.starts_with(b"-----BEGIN AGE ENCRYPTED FILE-----")
 }
 
+/// An OpenSSH ed25519 private key, its passphrase asked once here rather than for every
+/// object it opens.
+fn ssh_identity(text: &[u8], path: &Path) -> Result<age::ssh::Identity> {
+    let parsed = age::ssh::Identity::from_buffer(text, Some(path.display().to_string()))
+        .map_err(|e| anyhow!("identity {} is not an OpenSSH private key: {e}", path.display()))?;
+    // The public half is in the clear, so the kind is known before any passphrase.
+    match age::ssh::Recipient::try_from(parsed.clone()) {
+        Ok(age::ssh::Recipient::SshEd25519(..)) => {}
+        Ok(age::ssh::Recipient::SshRsa(..)) => {
+            bail!("identity {}: ssh-rsa keys are not accepted; use an ssh-ed25519 key", path.display())
+        }
+        Err(e) => bail!("identity {}: this kind of ssh key is not supported ({e:?})", path.display()),
+    }
+    match parsed {
+        age::ssh::Identity::Encrypted(key) => {
+            let passphrase = secret(&format!("passphrase for {}", path.display()))
+                .with_context(|| format!("identity {} is encrypted with a passphrase", path.display()))?;
+            let key = key.decrypt(passphrase).map_err(|_| anyhow!("identity {}: wrong passphrase", path.display()))?;
+            Ok(age::ssh::Identity::Unencrypted(key))
+        }
+        unencrypted => Ok(unencrypted),
+    }
+}
+
 /// The identity file inside a passphrase-encrypted one.
 fn decrypt_with_passphrase(text: &[u8], path: &Path) -> Result<Vec<u8>> {
-    let passphrase = passphrase(path)?;
+    let passphrase = secret(&format!("passphrase for {}", path.display()))
+        .with_context(|| format!("identity {} is encrypted with a passphrase", path.display()))?;
     let decryptor = age::Decryptor::new(age::armor::ArmoredReader::new(text))
         .with_context(|| format!("identity {} is not a valid age file", path.display()))?;
     let scrypt = age::scrypt::Identity::new(passphrase);
@@ -198,40 +309,108 @@ fn decrypt_with_passphrase(text: &[u8], path: &Path) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// The passphrase: the first line of the file COFFER_IDENTITY_PASSPHRASE_FILE names (a
-/// private file, so that no passphrase is in the environment or argv), else asked on
-/// the terminal without echo.
-fn passphrase(path: &Path) -> Result<age::secrecy::SecretString> {
-    if let Some(file) = std::env::var_os("COFFER_IDENTITY_PASSPHRASE_FILE") {
+/// A secret the person restoring gives: the first line of the file
+/// COFFER_IDENTITY_PASSPHRASE_FILE names (a private file, so that no secret is in the
+/// environment or argv), else typed on the terminal without echo.
+fn secret(prompt: &str) -> Result<SecretString> {
+    if let Some(file) = crate::env::var_os("COFFER_IDENTITY_PASSPHRASE_FILE") {
         let file = Path::new(&file);
         check_private(file)?;
         let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
         return Ok(text.lines().next().unwrap_or_default().to_string().into());
     }
+    Ok(ask(prompt, false)?.into())
+}
+
+/// Asks on the terminal, echoing the answer or not.
+fn ask(prompt: &str, echo: bool) -> Result<String> {
     let tty = std::fs::OpenOptions::new().read(true).write(true).open("/dev/tty").map_err(|_| {
-        anyhow!(
-            "identity {} is encrypted with a passphrase: run on a terminal, or name a 0600 file holding it in \
-             COFFER_IDENTITY_PASSPHRASE_FILE",
-            path.display()
-        )
+        anyhow!("no terminal to ask for it on: run on one, or name a 0600 file holding it in COFFER_IDENTITY_PASSPHRASE_FILE")
     })?;
     let saved = rustix::termios::tcgetattr(&tty)?;
-    let mut quiet = saved.clone();
-    quiet.local_modes.remove(rustix::termios::LocalModes::ECHO);
-    rustix::termios::tcsetattr(&tty, rustix::termios::OptionalActions::Flush, &quiet)?;
-    let mut prompt = &tty;
-    let _ = write!(prompt, "passphrase for {}: ", path.display());
+    if !echo {
+        let mut quiet = saved.clone();
+        quiet.local_modes.remove(rustix::termios::LocalModes::ECHO);
+        rustix::termios::tcsetattr(&tty, rustix::termios::OptionalActions::Flush, &quiet)?;
+    }
+    let mut prompter = &tty;
+    let _ = write!(prompter, "{prompt}: ");
     let mut line = String::new();
     let read = std::io::BufRead::read_line(&mut std::io::BufReader::new(&tty), &mut line);
     rustix::termios::tcsetattr(&tty, rustix::termios::OptionalActions::Flush, &saved)?;
-    let _ = writeln!(prompt);
+    if !echo {
+        let _ = writeln!(prompter);
+    }
     read?;
-    Ok(line.trim_end_matches(['\n', '\r']).to_string().into())
+    Ok(line.trim_end_matches(['\n', '\r']).to_string())
 }
 
-/// Encrypts `plaintext` as one age stream to every recipient.
-pub fn encrypt(recipients: &[age::x25519::Recipient], plaintext: &[u8]) -> Result<Vec<u8>> {
-    let encryptor = age::Encryptor::with_recipients(recipients.iter().map(|r| r as &dyn age::Recipient))
+/// How an identity or an age plugin reaches the person restoring: messages ("touch your
+/// token") on stderr, and a passphrase or PIN as [`secret`] gets it, asked once per run
+/// however many objects the plugin opens. On the backup host ([`Prompts::unattended`])
+/// nothing is asked and messages go to the log.
+#[derive(Clone)]
+pub struct Prompts {
+    interactive: bool,
+    answers: Arc<Mutex<HashMap<String, SecretString>>>,
+}
+
+impl Prompts {
+    pub fn unattended() -> Self {
+        Prompts { interactive: false, answers: Default::default() }
+    }
+
+    pub fn interactive() -> Self {
+        Prompts { interactive: true, answers: Default::default() }
+    }
+}
+
+impl age::Callbacks for Prompts {
+    fn display_message(&self, message: &str) {
+        match self.interactive {
+            true => eprintln!("{}", crate::browse::printable(message.as_bytes())),
+            false => tracing::info!("age plugin: {}", crate::browse::printable(message.as_bytes())),
+        }
+    }
+
+    fn confirm(&self, message: &str, yes: &str, no: Option<&str>) -> Option<bool> {
+        if !self.interactive {
+            return None;
+        }
+        let no = no.unwrap_or("no");
+        let prompt = format!("{} [{} / {}]", crate::browse::printable(message.as_bytes()), yes, no);
+        let answer = ask(&prompt, true).ok()?;
+        Some(answer.trim().eq_ignore_ascii_case(yes))
+    }
+
+    fn request_public_string(&self, description: &str) -> Option<String> {
+        self.interactive.then(|| ask(&crate::browse::printable(description.as_bytes()), true).ok()).flatten()
+    }
+
+    fn request_passphrase(&self, description: &str) -> Option<SecretString> {
+        if !self.interactive {
+            return None;
+        }
+        let mut answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(known) = answers.get(description) {
+            return Some(known.clone());
+        }
+        let answer = secret(&crate::browse::printable(description.as_bytes())).ok()?;
+        answers.insert(description.to_string(), answer.clone());
+        Some(answer)
+    }
+}
+
+/// Encrypts `plaintext` as one age stream to every recipient. A plugin's recipients
+/// start its program once per call.
+pub fn encrypt(recipients: &[Recipient], plaintext: &[u8]) -> Result<Vec<u8>> {
+    let plugins = plugins_for(recipients)?;
+    let native = recipients.iter().filter_map(|r| match r {
+        Recipient::X25519(r) => Some(r as &dyn age::Recipient),
+        Recipient::SshEd25519(r) => Some(r as &dyn age::Recipient),
+        Recipient::Plugin(_) => None,
+    });
+    let encryptor = age::Encryptor::with_recipients(native.chain(plugins.iter().map(|p| p as &dyn age::Recipient)))
         .map_err(|e| anyhow!("cannot encrypt: {e}"))?;
     let mut out = Vec::with_capacity(plaintext.len() + 512);
     let mut writer = encryptor.wrap_output(&mut out)?;

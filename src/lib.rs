@@ -14,6 +14,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod daemon;
+pub mod env;
 pub mod format;
 pub mod fsutil;
 pub mod hex;

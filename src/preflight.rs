@@ -27,6 +27,9 @@ pub fn check(cfg: &Config) -> Vec<String> {
         problems.push(format!("{e:#}"));
     }
     problems.extend(identities(cfg));
+    if let Err(e) = crate::keys::plugins_for(&cfg.recipients) {
+        problems.push(format!("{e:#}"));
+    }
     problems.extend(cfg.targets.iter().filter_map(crate::target::missing_credentials));
     for job in &cfg.jobs {
         let mut found = job.source.check();
@@ -133,7 +136,7 @@ fn state_dir(cfg: &Config, problems: &mut Vec<String>) {
 /// directory: the identity belongs offline, with the restorer, never on the backup host.
 fn identities(cfg: &Config) -> Vec<String> {
     let mut found = Vec::new();
-    if std::env::var_os("COFFER_IDENTITY").is_some() {
+    if crate::env::var_os("COFFER_IDENTITY").is_some() {
         found.push("COFFER_IDENTITY is set: the identity belongs offline, not on the backup host".to_string());
     }
     let dirs = [cfg.file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")), &cfg.state_dir];

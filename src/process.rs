@@ -36,7 +36,7 @@ impl ChildEnv {
     pub fn apply(&self, cmd: &mut Command, extra: &[(&str, &str)]) {
         cmd.env_clear();
         for name in INHERITED.iter().copied().chain(self.passthrough.iter().map(String::as_str)) {
-            if let Some(v) = std::env::var_os(name) {
+            if let Some(v) = crate::env::var_os(name) {
                 cmd.env(name, v);
             }
         }

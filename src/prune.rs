@@ -125,7 +125,7 @@ fn prune_target(
 /// used to look when present).
 fn privileged(cfg: &crate::config::TargetConfig, target: &Target, deleting: bool) -> Result<Option<Target>> {
     let (id_env, secret_env) = (&cfg.prune.access_key_id_env, &cfg.prune.secret_access_key_env);
-    match (std::env::var(id_env), std::env::var(secret_env)) {
+    match (crate::env::var(id_env), crate::env::var(secret_env)) {
         (Ok(id), Ok(secret)) => target.privileged(id, secret),
         _ if deleting && target.locks() => Err(anyhow!(
             "prune deletes with the privileged credentials named in [prune] (or the target's \

@@ -26,7 +26,7 @@ pub struct RepoRecord {
 impl RepoRecord {
     pub fn new(
         secret: &RepoSecret,
-        recipients: &[age::x25519::Recipient],
+        recipients: &[crate::keys::Recipient],
         chunker: ChunkerParams,
     ) -> anyhow::Result<Self> {
         Ok(RepoRecord {

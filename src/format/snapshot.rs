@@ -70,7 +70,7 @@ pub struct EntryError {
 pub fn seal(
     record: &SnapshotRecord,
     key: &str,
-    recipients: &[age::x25519::Recipient],
+    recipients: &[crate::keys::Recipient],
     secret: &RepoSecret,
 ) -> anyhow::Result<Vec<u8>> {
     let json = serde_json::to_vec(record)?;

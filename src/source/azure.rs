@@ -77,7 +77,7 @@ impl Source for AzureSource {
         let (account, container, prefix) = split(url).map_err(|e| anyhow!("{e}"))?;
         let mut b = match &self.access_key_env {
             Some(var) => MicrosoftAzureBuilder::new().with_access_key(env_var(url, var)?),
-            None => MicrosoftAzureBuilder::from_env(),
+            None => crate::env::azure_builder(),
         };
         b = b.with_account(account).with_container_name(container);
         if let Some(ep) = &self.endpoint {

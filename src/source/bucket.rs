@@ -120,7 +120,7 @@ pub struct Object {
 
 /// The value of the environment variable `name`, which a bucket source's config names.
 pub fn env_var(url: &str, name: &str) -> Result<String> {
-    std::env::var(name).map_err(|_| anyhow!("bucket source {url}: environment variable {name} is not set"))
+    crate::env::var(name).map_err(|_| anyhow!("bucket source {url}: environment variable {name} is not set"))
 }
 
 /// An opened bucket (under its prefix).
@@ -152,7 +152,7 @@ impl Bucket {
             (Some(id_var), Some(secret_var)) => AmazonS3Builder::new()
                 .with_access_key_id(env_var(url, id_var)?)
                 .with_secret_access_key(env_var(url, secret_var)?),
-            _ => AmazonS3Builder::from_env(),
+            _ => crate::env::s3_builder(),
         };
         let region = src.region.clone().unwrap_or_else(|| "us-east-1".into());
         b = b.with_bucket_name(bucket).with_region(&region);

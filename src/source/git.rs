@@ -174,13 +174,13 @@ const ASKPASS_PASSWORD: &str = "COFFER_GIT_PASSWORD";
 /// When git runs coffer as its `GIT_ASKPASS`: answers the prompt (git's only argument)
 /// with the password from the environment, and says so. `None` otherwise.
 pub fn askpass() -> Option<std::process::ExitCode> {
-    std::env::var_os(ASKPASS)?;
+    crate::env::var_os(ASKPASS)?;
     let prompt = std::env::args().nth(1).unwrap_or_default();
     if !prompt.starts_with("Password") {
         // The user name is in the URL; anything else is a question coffer cannot answer.
         return Some(std::process::ExitCode::FAILURE);
     }
-    let password = std::env::var(ASKPASS_PASSWORD).unwrap_or_default();
+    let password = crate::env::var(ASKPASS_PASSWORD).unwrap_or_default();
     println!("{password}");
     Some(std::process::ExitCode::SUCCESS)
 }
@@ -304,7 +304,7 @@ fn local<I: AsRef<OsStr>>(dir: &Path, args: impl IntoIterator<Item = I>) -> Resu
 /// What git gets of coffer's environment: the common variables, git's own `GIT_*`
 /// settings and an ssh agent; never coffer's credentials.
 fn clean_env(c: &mut Command) {
-    let own = std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()).filter(|k| k.starts_with("GIT_"));
+    let own = crate::env::with_prefix("GIT_").into_iter().map(|(k, _)| k);
     let env =
         crate::process::ChildEnv { set: Vec::new(), passthrough: own.chain(["SSH_AUTH_SOCK".to_string()]).collect() };
     env.apply(c, &[("GIT_TERMINAL_PROMPT", "0")]);
@@ -337,7 +337,7 @@ fn git(src: &GitSource, url: &str, dir: Option<&Path>, args: &[&str]) -> GitComm
         .stdin(Stdio::null());
     clean_env(&mut c);
     let password = match &src.password_env {
-        Some(var) => std::env::var(var).ok(),
+        Some(var) => crate::env::var(var).ok(),
         None => password(url).map(str::to_string),
     };
     if let (Some(password), Ok(me)) = (password, std::env::current_exe()) {

@@ -66,7 +66,7 @@ pub trait Source: fmt::Display + fmt::Debug + Send + Sync {
 /// "environment variable V (the source's credentials) is not set", for each unset `vars`.
 pub fn unset_vars(vars: &[&str]) -> Vec<String> {
     vars.iter()
-        .filter(|v| std::env::var_os(v).is_none_or(|x| x.is_empty()))
+        .filter(|v| crate::env::var_os(v).is_none_or(|x| x.is_empty()))
         .map(|v| format!("environment variable {v} (the source's credentials) is not set"))
         .collect()
 }
@@ -78,7 +78,7 @@ pub fn findable(program: &str) -> bool {
     if program.contains('/') {
         return executable(Path::new(program));
     }
-    std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|d| executable(&d.join(program))))
+    crate::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|d| executable(&d.join(program))))
 }
 
 /// What a source needs to know about the job that backs it up.

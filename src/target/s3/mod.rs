@@ -54,7 +54,7 @@ const CREDENTIAL_SOURCES: [&[&str]; 4] = [
 /// Why the target has no credentials, unless some variables hold them or the config says
 /// the instance's role does.
 pub fn missing_credentials(cfg: &TargetConfig) -> Option<String> {
-    let set = |vars: &&[&str]| vars.iter().all(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()));
+    let set = |vars: &&[&str]| vars.iter().all(|v| crate::env::var_os(v).is_some_and(|x| !x.is_empty()));
     if let Some((id, secret)) = &cfg.credential_env {
         let named: &[&str] = &[id, secret];
         return match set(&named) {
@@ -119,9 +119,9 @@ impl S3 {
             // Its own credentials, and nothing else from the AWS variables: they may
             // belong to another provider.
             Some((id, secret)) => AmazonS3Builder::new()
-                .with_access_key_id(std::env::var(id).unwrap_or_default())
-                .with_secret_access_key(std::env::var(secret).unwrap_or_default()),
-            None => AmazonS3Builder::from_env(),
+                .with_access_key_id(crate::env::var(id).unwrap_or_default())
+                .with_secret_access_key(crate::env::var(secret).unwrap_or_default()),
+            None => crate::env::s3_builder(),
         };
         if let Some(missing) = missing_credentials(cfg) {
             // Instead of asking the instance metadata endpoint for half a minute.
@@ -132,11 +132,11 @@ impl S3 {
             retry_timeout: retry.budget(),
             ..Default::default()
         });
-        if let Some(region) = cfg.region.clone().or_else(|| std::env::var("AWS_REGION").ok()) {
+        if let Some(region) = cfg.region.clone().or_else(|| crate::env::var("AWS_REGION").ok()) {
             b = b.with_region(region);
         }
         let endpoint = match &cfg.credential_env {
-            None => cfg.endpoint.clone().or_else(|| std::env::var("AWS_ENDPOINT_URL").ok()),
+            None => cfg.endpoint.clone().or_else(|| crate::env::var("AWS_ENDPOINT_URL").ok()),
             Some(_) => cfg.endpoint.clone(),
         };
         if let Some(ep) = &endpoint {
