@@ -143,6 +143,11 @@ fn generate(root: &Path, total_mib: u64) {
 
 /// Bytes and files of a tree.
 fn size_of(root: &Path) -> (u64, u64) {
+    if let Ok(m) = root.metadata()
+        && m.is_file()
+    {
+        return (m.len(), 1);
+    }
     let (mut bytes, mut files) = (0, 0);
     let mut stack = vec![root.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -163,6 +168,8 @@ fn size_of(root: &Path) -> (u64, u64) {
 #[derive(Default)]
 struct Results {
     rows: Vec<(&'static str, Vec<Run>)>,
+    /// What each tool stored after its first backup, in bytes (the same every round).
+    stored: Vec<(&'static str, u64)>,
 }
 
 impl Results {
@@ -170,6 +177,12 @@ impl Results {
         match self.rows.iter_mut().find(|(n, _)| *n == name) {
             Some((_, runs)) => runs.push(run),
             None => self.rows.push((name, vec![run])),
+        }
+    }
+
+    fn stored(&mut self, name: &'static str, path: &Path) {
+        if !self.stored.iter().any(|(n, _)| *n == name) {
+            self.stored.push((name, size_of(path).0));
         }
     }
 
@@ -209,12 +222,15 @@ fn round(r: &mut Results, data: &Path, work: &Path, round: usize, zstd: bool) {
 
     r.add("coffer backup", measure(&mut coffer(COFFER, &cfg, &["backup", "bench", "--no-progress"]), &[data]));
     r.add("restic backup", measure(restic(&rw, &["backup", "--quiet"]).arg(data), &[data]));
+    r.stored("coffer", &work.join("coffer/repo"));
+    r.stored("restic", &rw.join("repo"));
     if zstd {
         let out = work.join("tar.zst");
         r.add(
             "tar | zstd -3 -T2",
             measure(&mut sh("tar -C \"$1\" -cf - . | zstd -3 -T2 -q -o \"$2\" -f", &[data, &out]), &[data]),
         );
+        r.stored("tar | zstd -3", &out);
         let _ = std::fs::remove_file(out);
     }
     r.add("coffer no-change", measure(&mut coffer(COFFER, &cfg, &["backup", "bench", "--no-progress"]), &[data]));
@@ -238,6 +254,7 @@ fn round(r: &mut Results, data: &Path, work: &Path, round: usize, zstd: bool) {
         let bw = work.join("baseline");
         let (cfg, id) = coffer_setup(&bin, data, &bw);
         r.add("baseline backup", measure(&mut coffer(&bin, &cfg, &["backup", "bench", "--no-progress"]), &[data]));
+        r.stored("baseline", &bw.join("repo"));
         r.add("baseline no-change", measure(&mut coffer(&bin, &cfg, &["backup", "bench", "--no-progress"]), &[data]));
         r.add("baseline restore", measure(&mut coffer_restore(&bin, &cfg, &id, &to("baseline")), &[&bw]));
     }
@@ -281,6 +298,9 @@ fn report(name: &str, r: &Results, bytes: u64, files: u64) {
             mb / wall,
             mb / cpu.max(1e-9)
         );
+    }
+    for (tool, bytes) in &r.stored {
+        println!("stored by {tool:<16} {:>9.1} MB  ({:.3} of the data)", *bytes as f64 / 1e6, *bytes as f64 / mb / 1e6);
     }
     let stat = |row: &str, f: fn(&Run) -> f64| -> Option<(f64, f64)> {
         let v: Vec<f64> = r.runs(row)?.iter().map(f).collect();

@@ -465,6 +465,8 @@ fn store(
     let (pack_tx, mut pack_rx) = tokio::sync::mpsc::channel::<SealedPack>(1);
 
     let pending = Arc::new(Mutex::new(InFlight::default()));
+    let buffers = Arc::new(crate::buffers::Buffers::for_chunks());
+    let pack_buffers = Arc::new(crate::buffers::Buffers::for_packs(cfg.pack_size as usize));
     // Reader: its own catalog connection (WAL lets it read while the uploader writes).
     let reader = {
         let reader_catalog = Catalog::open(&cfg.state().catalog())?;
@@ -479,6 +481,7 @@ fn store(
             paths: Paths::default(),
             referenced: HashSet::new(),
             chunk_tx,
+            buffers: buffers.clone(),
             batch: Batch::default(),
             counters: counters.clone(),
             errors: source_errors,
@@ -500,9 +503,16 @@ fn store(
         })?
     };
 
-    let middle = Middle::start(cfg, workers, chunk_rx, pack_tx)?;
+    let middle = Middle::start(cfg, workers, chunk_rx, pack_tx, buffers, pack_buffers.clone())?;
 
-    let upload = repo.runtime.block_on(upload_loop(&mut pack_rx, pipeline, &mut repo.catalog, counters, &pending));
+    let upload = repo.runtime.block_on(upload_loop(
+        &mut pack_rx,
+        pipeline,
+        &mut repo.catalog,
+        counters,
+        &pending,
+        &pack_buffers,
+    ));
     if upload.is_err() {
         abort.store(true, Ordering::Relaxed);
     }
@@ -540,14 +550,17 @@ impl Middle {
         workers: usize,
         chunk_rx: Receiver<Vec<NewChunk>>,
         pack_tx: tokio::sync::mpsc::Sender<SealedPack>,
+        buffers: Arc<crate::buffers::Buffers>,
+        pack_buffers: Arc<crate::buffers::Buffers>,
     ) -> Result<Middle> {
         let (blob_tx, blob_rx) = sync_channel::<Vec<Blob>>(2 * workers);
         let chunk_rx = Arc::new(Mutex::new(chunk_rx));
         let mut compressors = Vec::new();
         for i in 0..workers {
-            let (rx, tx, level) = (chunk_rx.clone(), blob_tx.clone(), cfg.compression_level);
+            let (rx, tx, level, buffers) = (chunk_rx.clone(), blob_tx.clone(), cfg.compression_level, buffers.clone());
             let name = format!("compress-{i}");
-            compressors.push(std::thread::Builder::new().name(name).spawn(move || compress_loop(&rx, &tx, level))?);
+            compressors
+                .push(std::thread::Builder::new().name(name).spawn(move || compress_loop(&rx, &tx, level, &buffers))?);
         }
         // Only the compressors hold the chunk queue (this one is dropped on return): when
         // they stop, the reader's sends fail instead of blocking.
@@ -555,7 +568,7 @@ impl Middle {
         let (recipients, pack_size) = (cfg.recipients.clone(), cfg.pack_size as usize);
         let packer = std::thread::Builder::new()
             .name("packer".into())
-            .spawn(move || pack_loop(blob_rx, pack_tx, &recipients, pack_size))?;
+            .spawn(move || pack_loop(blob_rx, pack_tx, &recipients, pack_size, &buffers, &pack_buffers))?;
         Ok(Middle { compressors, packer })
     }
 
@@ -714,6 +727,8 @@ struct Reader {
     /// Stored packs (catalog row ids) this snapshot uses.
     referenced: HashSet<i64>,
     chunk_tx: SyncSender<Vec<NewChunk>>,
+    /// Where new chunks' buffers come from (the packer gives them back).
+    buffers: Arc<crate::buffers::Buffers>,
     /// New chunks not yet handed to the compressors: small files are one chunk each, and
     /// handing each over alone costs more in wake-ups than compressing it.
     batch: Batch,
@@ -1042,6 +1057,7 @@ impl Reader {
             referenced,
             catalog,
             chunk_tx,
+            buffers,
             batch,
             counters,
             stop,
@@ -1067,7 +1083,7 @@ impl Reader {
             }
             lock(pending).chunks.insert(id, None);
             Counters::add(&counters.bytes_new, data.len() as u64);
-            batch.push(NewChunk { id, data: data.to_vec() }, chunk_tx)
+            batch.push(NewChunk { id, data: buffers.copy_of(data) }, chunk_tx)
         })
     }
 }
@@ -1101,7 +1117,12 @@ impl Batch {
     }
 }
 
-fn compress_loop(rx: &Mutex<Receiver<Vec<NewChunk>>>, tx: &SyncSender<Vec<Blob>>, level: i32) -> Result<()> {
+fn compress_loop(
+    rx: &Mutex<Receiver<Vec<NewChunk>>>,
+    tx: &SyncSender<Vec<Blob>>,
+    level: i32,
+    buffers: &crate::buffers::Buffers,
+) -> Result<()> {
     let mut zstd = zstd::bulk::Compressor::new(level)?;
     loop {
         let chunks = match rx.lock().map_err(|_| anyhow!("chunk queue poisoned"))?.recv() {
@@ -1111,10 +1132,13 @@ fn compress_loop(rx: &Mutex<Receiver<Vec<NewChunk>>>, tx: &SyncSender<Vec<Blob>>
         let mut blobs = Vec::with_capacity(chunks.len());
         for chunk in chunks {
             let raw_length = chunk.data.len() as u32;
-            let compressed = zstd.compress(&chunk.data)?;
+            let mut compressed = buffers.empty(zstd::zstd_safe::compress_bound(chunk.data.len()));
+            zstd.compress_to_buffer(&chunk.data, &mut compressed)?;
             blobs.push(if compressed.len() < chunk.data.len() {
+                buffers.give_back(chunk.data);
                 Blob { id: chunk.id, stored: compressed, raw_length, flags: FLAG_ZSTD }
             } else {
+                buffers.give_back(compressed);
                 Blob { id: chunk.id, stored: chunk.data, raw_length, flags: 0 }
             });
         }
@@ -1129,24 +1153,33 @@ fn pack_loop(
     tx: tokio::sync::mpsc::Sender<SealedPack>,
     recipients: &[crate::keys::Recipient],
     pack_size: usize,
+    buffers: &crate::buffers::Buffers,
+    pack_buffers: &crate::buffers::Buffers,
 ) -> Result<()> {
-    let seal = |builder: PackBuilder| -> Result<SealedPack> {
+    // A pack's plaintext buffer serves the next pack once sealed, and the uploader gives
+    // ciphertext buffers back: a fresh one would be a fresh mapping, every page faulted
+    // in again.
+    let seal = |builder: PackBuilder| -> Result<(SealedPack, Vec<u8>)> {
         let (plain, blobs) = builder.finish();
-        let ciphertext = crate::keys::encrypt(recipients, &plain)?;
-        Ok(SealedPack { hash: crate::format::pack_id(&ciphertext), ciphertext: Bytes::from(ciphertext), blobs })
+        let mut ciphertext = pack_buffers.empty(plain.len() + (64 << 10));
+        crate::keys::encrypt_into(recipients, &plain, &mut ciphertext)?;
+        let hash = crate::format::pack_id(&ciphertext);
+        Ok((SealedPack { hash, ciphertext: Bytes::from(ciphertext), blobs }, plain))
     };
-    let mut builder = PackBuilder::with_capacity(pack_size + pack_size / 4);
+    let mut builder = PackBuilder::with_buffer(Vec::with_capacity(pack_size + pack_size / 4));
     for blob in rx.into_iter().flatten() {
         builder.add(blob.id, &blob.stored, blob.raw_length, blob.flags);
+        buffers.give_back(blob.stored);
         if builder.len() >= pack_size {
-            let full = std::mem::replace(&mut builder, PackBuilder::with_capacity(pack_size + pack_size / 4));
-            if tx.blocking_send(seal(full)?).is_err() {
+            let (sealed, plain) = seal(std::mem::take(&mut builder))?;
+            builder = PackBuilder::with_buffer(plain);
+            if tx.blocking_send(sealed).is_err() {
                 return Ok(()); // the uploader stopped; it reports why
             }
         }
     }
     if !builder.is_empty() {
-        let _ = tx.blocking_send(seal(builder)?);
+        let _ = tx.blocking_send(seal(builder)?.0);
     }
     Ok(())
 }
@@ -1161,6 +1194,7 @@ async fn upload_loop(
     catalog: &mut Catalog,
     counters: &Counters,
     pending: &Mutex<InFlight>,
+    pack_buffers: &crate::buffers::Buffers,
 ) -> Result<HashSet<i64>> {
     let limits: Vec<(Target, Arc<tokio::sync::Semaphore>)> = pipeline
         .targets
@@ -1220,6 +1254,9 @@ async fn upload_loop(
                 drop(p);
                 Counters::add(&counters.bytes_uploaded, size);
                 Counters::add(&counters.packs, 1);
+                if let Ok(buffer) = pack.ciphertext.try_into_mut() {
+                    pack_buffers.give_back(buffer.into());
+                }
             }
         }
     }

@@ -258,7 +258,7 @@ struct RawKeep {
 }
 
 fn default_level() -> i32 {
-    3
+    2
 }
 fn default_concurrency() -> usize {
     2

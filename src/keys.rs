@@ -404,6 +404,13 @@ impl age::Callbacks for Prompts {
 /// Encrypts `plaintext` as one age stream to every recipient. A plugin's recipients
 /// start its program once per call.
 pub fn encrypt(recipients: &[Recipient], plaintext: &[u8]) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(plaintext.len() + 512);
+    encrypt_into(recipients, plaintext, &mut out)?;
+    Ok(out)
+}
+
+/// [`encrypt`], appending to `out`.
+pub fn encrypt_into(recipients: &[Recipient], plaintext: &[u8], out: &mut Vec<u8>) -> Result<()> {
     let plugins = plugins_for(recipients)?;
     let native = recipients.iter().filter_map(|r| match r {
         Recipient::X25519(r) => Some(r as &dyn age::Recipient),
@@ -412,11 +419,10 @@ pub fn encrypt(recipients: &[Recipient], plaintext: &[u8]) -> Result<Vec<u8>> {
     });
     let encryptor = age::Encryptor::with_recipients(native.chain(plugins.iter().map(|p| p as &dyn age::Recipient)))
         .map_err(|e| anyhow!("cannot encrypt: {e}"))?;
-    let mut out = Vec::with_capacity(plaintext.len() + 512);
-    let mut writer = encryptor.wrap_output(&mut out)?;
+    let mut writer = encryptor.wrap_output(out)?;
     writer.write_all(plaintext)?;
     writer.finish()?;
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]

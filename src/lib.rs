@@ -8,6 +8,7 @@
 
 pub mod backup;
 pub mod browse;
+pub mod buffers;
 pub mod catalog;
 pub mod chunker;
 pub mod cli;

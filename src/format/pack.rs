@@ -30,8 +30,10 @@ pub struct PackBuilder {
 }
 
 impl PackBuilder {
-    pub fn with_capacity(bytes: usize) -> Self {
-        PackBuilder { data: Vec::with_capacity(bytes), blobs: Vec::new() }
+    /// A builder writing into `buffer` (emptied first), to reuse its memory.
+    pub fn with_buffer(mut buffer: Vec<u8>) -> Self {
+        buffer.clear();
+        PackBuilder { data: buffer, blobs: Vec::new() }
     }
 
     pub fn add(&mut self, id: ChunkId, stored: &[u8], raw_length: u32, flags: u8) {
