@@ -184,8 +184,9 @@ impl Browser {
     }
 
     /// Writes the directory `dir` (`b""`: the whole snapshot) and everything under it as
-    /// a tar stream, extended attributes in PAX headers. Entries a restore refuses, and files whose chunks do not add up to
-    /// their size, are left out and returned as messages.
+    /// a tar stream, extended attributes in PAX headers. Entries a restore refuses, and
+    /// files whose chunks do not add up to their size, are left out and returned as
+    /// messages.
     pub fn tar(&mut self, snap: &SnapshotRow, dir: &[u8], out: impl Write) -> Result<Vec<String>> {
         let mut entries = Vec::new();
         let mut check = TreeCheck::default();
@@ -203,6 +204,12 @@ impl Browser {
         let mut tar = tar::Builder::new(out);
         tar.mode(tar::HeaderMode::Complete);
         for e in &entries {
+            // Checked before any header: a PAX record written for an entry then left out
+            // would describe the next one.
+            if e.kind == Kind::File && self.stored_size(&e.chunks)? != Some(e.size) {
+                skipped.push(format!("{}: its chunks do not add up to its size", printable(&e.path)));
+                continue;
+            }
             let path = std::ffi::OsStr::from_bytes(&e.path);
             let mut header = tar::Header::new_gnu();
             header.set_mode(e.mode & 0o7777);
@@ -231,10 +238,6 @@ impl Browser {
                     tar.append_link(&mut header, path, target)?;
                 }
                 Kind::File => {
-                    if self.stored_size(&e.chunks)? != Some(e.size) {
-                        skipped.push(format!("{}: its chunks do not add up to its size", printable(&e.path)));
-                        continue;
-                    }
                     header.set_entry_type(tar::EntryType::Regular);
                     header.set_size(e.size);
                     let mut chunks = ChunkReader::new(&self.repo);

@@ -28,6 +28,8 @@ enum F<'a> {
     Dir(&'a [u8], u32),
     File(&'a [u8], &'a [u8], u32),
     Link(&'a [u8], &'a [u8]),
+    /// A file that claims `size` bytes and carries extended attributes (name, value).
+    Tagged(&'a [u8], &'a [u8], u64, Vec<(&'a [u8], &'a [u8])>),
 }
 
 fn root() -> bool {
@@ -47,6 +49,7 @@ fn forge(setup: &Setup, job: &str, stream: &[F]) -> String {
         let (path, kind, mode) = match f {
             F::Dir(p, m) => (*p, Kind::Dir, *m),
             F::File(p, _, m) => (*p, Kind::File, *m),
+            F::Tagged(p, ..) => (*p, Kind::File, 0o644),
             F::Link(p, _) => (*p, Kind::Symlink, 0o777),
         };
         let mut e = Entry::synthetic(path.to_vec(), kind, mode, now * 1_000_000_000);
@@ -58,6 +61,15 @@ fn forge(setup: &Setup, job: &str, stream: &[F]) -> String {
                 (e.size, e.chunks) = (data.len() as u64, vec![id]);
             }
             F::Link(_, target) => e.target = Some(target.to_vec()),
+            F::Tagged(_, data, size, xattrs) => {
+                let id = secret.chunk_id(data);
+                pack.add(id, data, data.len() as u32, 0);
+                (e.size, e.chunks) = (*size, vec![id]);
+                e.xattrs = xattrs
+                    .iter()
+                    .map(|(n, v)| coffer::format::entry::Xattr { name: n.to_vec(), value: v.to_vec() })
+                    .collect();
+            }
             _ => {}
         }
         w.write(&e).unwrap();
@@ -472,4 +484,65 @@ fn forged_bucket_snapshots_upload_only_their_good_files() {
         uploaded.sort();
         assert_eq!(uploaded, want, "{name}: the objects uploaded");
     }
+}
+
+/// Extended attributes are snapshot bytes too. A forged file whose chunks fall short
+/// carries one: `dump` leaves it out, and its attribute is not written ahead of the next
+/// entry (a PAX record describes the entry after it). A name no file system allows (NUL
+/// inside) fails its own file, in `dump` and in `restore`; the others restore with theirs.
+#[test]
+fn forged_extended_attributes_stay_with_their_own_file() {
+    let empty = common::Scratch::new("forged-xattr-src");
+    let setup = Setup::new("forged-xattr", common::Target::Dir, &empty.0);
+    let id = forge(
+        &setup,
+        "data",
+        &[
+            F::Dir(b"d", 0o755),
+            F::Tagged(b"d/short", b"abcd", 10, vec![(b"user.evil", b"1")]),
+            F::File(b"d/next", b"next", 0o644),
+            F::Tagged(b"d/nul", b"x", 1, vec![(b"user.a\0b", b"v")]),
+            F::Tagged(b"d/tagged", b"ok", 2, vec![(b"user.ok", b"yes")]),
+        ],
+    );
+    let victim = victim_config(&setup);
+    let mut rec = Command::new(BIN);
+    rec.arg("--config").arg(&victim).args(["recover", "--no-progress", "--identity"]).arg(&setup.identity);
+    rec.output().unwrap();
+
+    let tar = setup.dir.path("d.tar");
+    let mut c = Command::new(BIN);
+    c.arg("--config").arg(&victim).args(["dump", &id, "d", "--job", "data", "--identity"]).arg(&setup.identity);
+    let out = c.output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("d/short: its chunks do not add up"), "{}", text(&out));
+    std::fs::write(&tar, &out.stdout).unwrap();
+    let listing = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sys, tarfile\n\
+             for m in tarfile.open(sys.argv[1]).getmembers():\n\
+             \x20   xs = sorted(k for k in m.pax_headers if k.startswith('SCHILY.xattr.'))\n\
+             \x20   print(m.name, ' '.join(xs))",
+        )
+        .arg(&tar)
+        .output()
+        .unwrap();
+    let listing = text(&listing);
+    let line =
+        |name: &str| listing.lines().find(|l| l.split(' ').next() == Some(name)).map(str::trim).map(String::from);
+    assert_eq!(line("d/next").as_deref(), Some("d/next"), "d/next carries no attribute: {listing}");
+    assert_eq!(line("d/tagged").as_deref(), Some("d/tagged SCHILY.xattr.user.ok"), "{listing}");
+    assert_eq!(line("d/short"), None, "{listing}");
+    assert!(!listing.contains("user.evil"), "{listing}");
+
+    let to = setup.dir.path("restored");
+    let mut c = Command::new(BIN);
+    c.arg("--config").arg(&victim).args(["restore", &id, "--job", "data", "--no-progress", "--to"]).arg(&to);
+    let out = c.arg("--identity").arg(&setup.identity).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("d/nul"), "{}", text(&out));
+    assert!(!to.join("d/nul").exists() && !to.join("d/short").exists(), "{}", text(&out));
+    assert_eq!(std::fs::read(to.join("d/next")).unwrap(), b"next");
+    assert_eq!(std::fs::read(to.join("d/tagged")).unwrap(), b"ok");
 }
