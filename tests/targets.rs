@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -300,4 +301,66 @@ impl Two {
             ls_endpoint: self.ls_endpoint.clone(),
         }
     }
+}
+
+/// Catch-up copies what one target holds onto another, so those bytes are input too: a
+/// pack whose content no longer matches its hash, or a snapshot record whose MAC fails,
+/// on the only target holding it, is named and never copied; the lagging target gets
+/// nothing it could not verify. (Two `file://` targets: no server needed.)
+#[test]
+fn catch_up_copies_nothing_that_fails_its_check() {
+    catch_up_from_damaged("packs", "its content does not match its hash");
+    catch_up_from_damaged("snapshots", "MAC mismatch");
+}
+
+/// Every object under `dir` on the first target damaged, then a second target joins:
+/// the run names `why`, ends degraded, and the second target holds no damaged bytes.
+fn catch_up_from_damaged(dir: &str, why: &str) {
+    let name = format!("catchup-{dir}");
+    let src = common::Scratch::new(&format!("{name}-src"));
+    std::fs::write(src.path("a.txt"), "first").unwrap();
+    let setup = common::Setup::new(&name, common::Target::Dir, &src.0);
+    setup.backup();
+    let first = Path::new(setup.target_url.strip_prefix("file://").unwrap()).to_path_buf();
+    let damaged = objects(&first.join(dir));
+    assert!(!damaged.is_empty(), "nothing under {}", first.join(dir).display());
+    for p in &damaged {
+        let mut b = std::fs::read(p).unwrap();
+        let last = b.len() - 1;
+        b[last] ^= 1;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(p, b).unwrap();
+    }
+    let second = setup.dir.path("second");
+    let config = std::fs::read_to_string(&setup.config).unwrap().replace(
+        "[target]\n",
+        &format!(
+            "[[target]]\nname = \"second\"\nurl = \"file://{}\"\n[[target]]\nname = \"default\"\n",
+            second.display()
+        ),
+    );
+    std::fs::write(&setup.config, config).unwrap();
+    let out = setup.run(&["backup", "data", "--no-progress"]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(5), "{dir}: {said}");
+    assert!(said.contains("target second: NOT stored") && said.contains(why), "{dir}: {said}");
+    let bad: Vec<Vec<u8>> = damaged.iter().map(|d| std::fs::read(d).unwrap()).collect();
+    for p in objects(&second) {
+        assert!(!bad.contains(&std::fs::read(&p).unwrap()), "{dir}: {} was copied", p.display());
+    }
+}
+
+/// Every file under `root`.
+fn objects(root: &Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            match e.file_type().unwrap().is_dir() {
+                true => stack.push(e.path()),
+                false => found.push(e.path()),
+            }
+        }
+    }
+    found
 }
