@@ -110,7 +110,8 @@ pub struct Reading {
     /// The job (needed for `latest`; else snapshot ids are looked up in every job).
     #[arg(long)]
     job: Option<String>,
-    /// The restorer's age identity file (mode 0600).
+    /// The restorer's identity file (mode 0600): an age identity, an age plugin's, or an
+    /// ssh-ed25519 private key.
     #[arg(long, short, env = "COFFER_IDENTITY")]
     identity: std::path::PathBuf,
     /// Read from this target (by its name in the config); else from the first that

@@ -10,7 +10,8 @@ use crate::config::Config;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The restorer's age identity file (mode 0600).
+    /// The restorer's identity file (mode 0600): an age identity, an age plugin's, or an
+    /// ssh-ed25519 private key.
     #[arg(long, short, env = "COFFER_IDENTITY")]
     identity: PathBuf,
     /// Rebuild from this target (by its name in the config; else the first). Then

@@ -39,7 +39,8 @@ pub struct Args {
     /// repeatable.
     #[arg(long)]
     exclude: Vec<String>,
-    /// The restorer's age identity file (mode 0600).
+    /// The restorer's identity file (mode 0600): an age identity, an age plugin's, or an
+    /// ssh-ed25519 private key.
     #[arg(long, short, env = "COFFER_IDENTITY")]
     identity: PathBuf,
     /// Read from this target (by its name in the config); else from the first target,

@@ -17,7 +17,8 @@ pub struct Args {
     /// With --read-data: the share of packs to read, chosen at random (e.g. `10%`).
     #[arg(long, requires = "read_data", value_parser = parse_percent)]
     subset: Option<f64>,
-    /// The restorer's age identity file (mode 0600).
+    /// The restorer's identity file (mode 0600): an age identity, an age plugin's, or an
+    /// ssh-ed25519 private key.
     #[arg(long, short, env = "COFFER_IDENTITY")]
     identity: Option<PathBuf>,
     /// Check only this target (by its name in the config); else every target in turn.
