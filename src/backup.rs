@@ -82,6 +82,8 @@ pub struct Summary {
     pub targets: Vec<TargetSummary>,
     /// What was copied to targets that lagged (catch-up), from the others.
     pub copied: crate::replicate::Copied,
+    /// Older snapshots a lagging target still lacks: no target holds them intact.
+    pub not_copied: Vec<String>,
     /// Until when the snapshot is kept, and which rule says so.
     pub kept_until: i64,
     pub because: String,
@@ -129,6 +131,12 @@ impl Down {
         }
     }
 
+    /// A target that is not this repository any more: an error, not an outage.
+    fn refuse(&self, target: &Target, why: String) {
+        tracing::error!(target = %target.name, "target refused; the run goes on without it: {why}");
+        lock(&self.0).insert(target.id, why);
+    }
+
     fn is_down(&self, id: TargetId) -> bool {
         lock(&self.0).contains_key(&id)
     }
@@ -173,16 +181,24 @@ pub fn retention_at(catalog: &Catalog, job: &Job, created: i64) -> Result<crate:
     Ok(crate::retention::decide(created, job.lock_days, &job.keep, previous))
 }
 
-/// Runs one backup of `job`.
+/// Runs one backup of `job`. Whatever stops it, from its first step on, is a recorded
+/// run: a failure before the run could start (the job's lock, the catalog, a target, the
+/// repository secret) too, logged at ERROR and told to the `on_failure` hook.
 pub fn run(cfg: &Config, job: &Job, opts: &Options) -> Result<Summary> {
-    let _lock = cfg.state().job_lock(&job.name)?;
     let retries = std::cell::RefCell::new(Vec::new());
     let retry_for = |t: &crate::config::TargetConfig| {
         let retry = Retry::new(t.retry_budget, opts.stop.clone());
         retries.borrow_mut().push(retry.clone());
         retry
     };
-    let mut repo = crate::repo::Repo::open_with(cfg, retry_for)?.host(cfg)?;
+    let begun = cfg
+        .state()
+        .job_lock(&job.name)
+        .and_then(|lock| Ok((lock, crate::repo::Repo::open_with(cfg, retry_for)?.host(cfg)?)));
+    let (_lock, mut repo) = match begun {
+        Ok(begun) => begun,
+        Err(e) => return Err(failed_to_start(cfg, job, opts, e)),
+    };
     let retries = retries.into_inner();
     let retried = || retries.iter().map(Retry::retries).sum::<u64>();
     let run_id = repo.catalog.start_run(&job.name, opts.trigger, opts.scheduled_for)?;
@@ -207,6 +223,7 @@ pub fn run(cfg: &Config, job: &Job, opts: &Options) -> Result<Summary> {
                 .collect::<Vec<_>>()
                 .join("; "),
         ),
+        Ok(s) if !s.not_copied.is_empty() => Some(s.not_copied.join("; ")),
         Ok(_) => retries
             .iter()
             .find_map(Retry::last_error)
@@ -222,6 +239,7 @@ pub fn run(cfg: &Config, job: &Job, opts: &Options) -> Result<Summary> {
         duration_ms: started.elapsed().as_millis() as u64,
         retries: retried(),
         error: error.clone(),
+        findings: 0,
     };
     // Record the outcome if the catalog still takes writes; a failed run's own error wins.
     let recorded = repo.catalog.finish_run(run_id, &report);
@@ -249,6 +267,30 @@ pub fn run(cfg: &Config, job: &Job, opts: &Options) -> Result<Summary> {
         recorded?;
     }
     result
+}
+
+/// A run that could not start: recorded as failed where the catalog can be opened (else
+/// the log line is its record, and `/metrics` shows the catalog down), logged at ERROR,
+/// told to the hook. Returns the error.
+fn failed_to_start(cfg: &Config, job: &Job, opts: &Options, e: anyhow::Error) -> anyhow::Error {
+    // Another process running this job is a skip: its run is the one that counts.
+    if e.is::<crate::fsutil::Held>() {
+        tracing::warn!(job = %job.name, "skipped: {e:#}");
+        let when = opts.scheduled_for.unwrap_or_else(crate::time::now_secs);
+        if let Err(why) = Catalog::open_existing(cfg).and_then(|c| c.record_skip(&job.name, when, &format!("{e:#}"))) {
+            tracing::error!(job = %job.name, "the skip cannot be recorded in the catalog: {why:#}");
+        }
+        return e;
+    }
+    let error = format!("the run could not start: {e:#}");
+    tracing::error!(job = %job.name, outcome = "failed", "backup finished: {error}");
+    let recorded =
+        Catalog::open_existing(cfg).and_then(|c| c.record_failure(&job.name, opts.trigger, opts.scheduled_for, &error));
+    if let Err(why) = recorded {
+        tracing::error!(job = %job.name, "the failed run cannot be recorded in the catalog: {why:#}");
+    }
+    crate::hooks::after_run(job, RunOutcome::Failed, None, Some(&error));
+    e
 }
 
 /// Runs `f`, turning a panic into an error: a bug met in one run ends it as `failed`,
@@ -289,7 +331,12 @@ fn run_pipeline(
         targets: repo.targets.iter().filter(|t| job.targets.contains(&t.name)).cloned().collect(),
         down: Down::default(),
     };
-    let mut copied = fleet.catch_up(repo, &job.name);
+    fleet.probe(repo)?;
+    // Snapshots are encrypted to the config's recipients: they must be the repository's.
+    if let Some(why) = crate::keyring::drift(cfg, &repo.catalog)? {
+        bail!(why);
+    }
+    let (mut copied, not_copied) = fleet.catch_up(repo, &job.name);
 
     let state = cfg.state();
     let source = crate::source::JobContext {
@@ -304,7 +351,8 @@ fn run_pipeline(
     let mut prepared = job.source.prepare(&source)?;
     let mut contents = prepared.contents.take();
     let pack_until = retain_until + crate::config::EXTENSION_SLACK_DAYS * DAY;
-    let pipeline = Pipeline { targets: &fleet.targets, down: &fleet.down, pack_until };
+    let keyset = repo.catalog.current_keyset()?.map_or(0, |s| s.seq);
+    let pipeline = Pipeline { targets: &fleet.targets, down: &fleet.down, pack_until, keyset };
     let (mut reader, uploaded) = store(cfg, job, repo, counters, stop, prepared, &entries_path, &pipeline)?;
     tracing::debug!(secs = started.elapsed().as_secs_f64(), "read and stored");
     if let Some(Contents::Command(c)) = &mut contents {
@@ -336,6 +384,7 @@ fn run_pipeline(
         errors: reader.errors.clone(),
         retain_until: Some(retain_until),
         contents,
+        keyset: Some(keyset),
     };
     let key = crate::format::snapshot_key(&job.name, &id);
     let object = Bytes::from(snapshot::seal(&record, &key, &cfg.recipients, repo.secret())?);
@@ -348,6 +397,7 @@ fn run_pipeline(
         snapshot_id: id,
         targets: fleet.summaries(retain_until),
         copied,
+        not_copied,
         kept_until: retain_until,
         because: decision.because,
         stats,
@@ -362,18 +412,72 @@ struct Fleet {
     down: Down,
 }
 
+use crate::pin::DEADLINE as PROBE_DEADLINE;
+
 impl Fleet {
-    /// Targets that lag (down during an earlier run, or new) first get what they miss,
-    /// copied from the others; one that fails now is left out of this run.
-    fn catch_up(&self, repo: &Repo, job: &str) -> Copied {
-        let mut copier = Copier { repo, skip: HashSet::new(), copied: Copied::default() };
+    /// Before anything is written, every target must answer within [`PROBE_DEADLINE`],
+    /// and each that the catalog says holds the repository record must still hold the
+    /// pinned one: one bounded read per target and run. A target that does not answer in
+    /// time, holds nothing (an unmounted disk, a wrong bucket or prefix) or holds another
+    /// record is named and left out of the run; with none left, the run fails. A catalog
+    /// made before records were pinned pins what the targets hold, if they agree.
+    fn probe(&self, repo: &mut Repo) -> Result<()> {
+        let records = repo.catalog.targets()?;
+        let mut read = Vec::new();
         for t in &self.targets {
-            copier.skip = self.down.ids();
-            if let Err(e) = copier.catch_up(t, job) {
-                self.down.mark(t, &e.context(format!("catching up target `{}` failed", t.name)));
+            // A target new here is only asked whether it answers: catch-up gives it the record.
+            let held = records.iter().find(|r| r.id == t.id).and_then(|r| r.record.clone());
+            let version = held.as_ref().and_then(|c| c.version.as_deref());
+            let ask = async {
+                match &held {
+                    Some(_) => crate::pin::read(t, version).await.map(Some),
+                    None => t.size_of(crate::format::REPO_KEY, None).await.map(|_| None),
+                }
+            };
+            match repo.runtime.block_on(async { tokio::time::timeout(PROBE_DEADLINE, ask).await }) {
+                Ok(Ok(Some(bytes))) => read.push((t, bytes)),
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => self.down.mark(t, &e.context("cannot read the repository record")),
+                Err(_) => self.down.mark(t, &anyhow!("it did not answer within {PROBE_DEADLINE:?}")),
             }
         }
-        copier.copied
+        let pin = match repo.row.pin.clone() {
+            Some(pin) => pin,
+            None => pin_on_first_use(repo, &read)?,
+        };
+        // A catalog made before key sets learns set 0 from the record.
+        if let Some((_, Some(record))) = read.iter().find(|(_, b)| b.as_deref().is_some_and(|b| pin.holds(b))) {
+            crate::keyring::learn_first_set(&repo.catalog, record)?;
+        }
+        for (t, bytes) in read {
+            if let Some(why) = crate::pin::refusal(t, pin.judge(bytes.as_deref())) {
+                repo.catalog.event("target-refused", None, &why)?;
+                self.down.refuse(t, why);
+            }
+        }
+        if self.up().next().is_none() {
+            bail!("no target of the job can be written to: {}", down_reasons(&self.targets, &self.down));
+        }
+        Ok(())
+    }
+
+    /// Targets that lag (down during an earlier run, or new) first get what they miss,
+    /// copied from the others; one that fails now is left out of this run.
+    /// Returns what was copied, and the lagging snapshots no target holds intact.
+    fn catch_up(&self, repo: &Repo, job: &str) -> (Copied, Vec<String>) {
+        let mut copier = Copier { repo, skip: HashSet::new(), copied: Copied::default() };
+        let mut skipped = Vec::new();
+        for t in &self.targets {
+            if self.down.is_down(t.id) {
+                continue;
+            }
+            copier.skip = self.down.ids();
+            match copier.catch_up(t, job) {
+                Ok(not_copied) => skipped.extend(not_copied),
+                Err(e) => self.down.mark(t, &e.context(format!("catching up target `{}` failed", t.name))),
+            }
+        }
+        (copier.copied, skipped)
     }
 
     /// The targets still answering.
@@ -430,6 +534,28 @@ impl Fleet {
     }
 }
 
+/// Pins the repository record of a catalog made before records were pinned: what the
+/// targets that answered hold, if they all hold the same record.
+fn pin_on_first_use(repo: &mut Repo, read: &[(&Target, Option<Bytes>)]) -> Result<crate::pin::Pin> {
+    let held: Vec<(&Target, &Bytes)> = read.iter().filter_map(|(t, b)| Some((*t, b.as_ref()?))).collect();
+    let Some((_, first)) = held.first() else {
+        bail!("no target holds the repository record ({}), so coffer cannot pin it", crate::format::REPO_KEY);
+    };
+    if let Some((other, _)) = held.iter().find(|(_, b)| b != first) {
+        bail!(
+            "the targets hold different repository records (target `{}` and target `{}`); coffer pins none and \
+             writes nowhere until they agree: see `coffer verify`",
+            held[0].0.name,
+            other.name
+        );
+    }
+    let pin = crate::pin::Pin::of(first, repo.secret());
+    repo.catalog.set_pin(&pin)?;
+    tracing::info!(fingerprint = %pin.fingerprint, "repository record pinned; keep the fingerprint beside the identity");
+    repo.row.pin = Some(pin.clone());
+    Ok(pin)
+}
+
 /// "target `a`: why; target `b`: why", for the targets that failed.
 fn down_reasons(targets: &[Target], down: &Down) -> String {
     let reasons = targets.iter().filter_map(|t| Some(format!("target `{}`: {}", t.name, down.why(t.id)?)));
@@ -442,6 +568,8 @@ struct Pipeline<'a> {
     targets: &'a [Target],
     down: &'a Down,
     pack_until: i64,
+    /// The key set packs are encrypted to (the config's recipients).
+    keyset: u32,
 }
 
 /// Reads the source through the pipeline (reader → compressors → packer → uploader)
@@ -503,7 +631,7 @@ fn store(
         })?
     };
 
-    let middle = Middle::start(cfg, workers, chunk_rx, pack_tx, buffers, pack_buffers.clone())?;
+    let middle = Middle::start(cfg, pipeline.keyset, workers, chunk_rx, pack_tx, buffers, pack_buffers.clone())?;
 
     let upload = repo.runtime.block_on(upload_loop(
         &mut pack_rx,
@@ -545,8 +673,10 @@ struct Middle {
 }
 
 impl Middle {
+    #[allow(clippy::too_many_arguments)]
     fn start(
         cfg: &Config,
+        keyset: u32,
         workers: usize,
         chunk_rx: Receiver<Vec<NewChunk>>,
         pack_tx: tokio::sync::mpsc::Sender<SealedPack>,
@@ -568,7 +698,7 @@ impl Middle {
         let (recipients, pack_size) = (cfg.recipients.clone(), cfg.pack_size as usize);
         let packer = std::thread::Builder::new()
             .name("packer".into())
-            .spawn(move || pack_loop(blob_rx, pack_tx, &recipients, pack_size, &buffers, &pack_buffers))?;
+            .spawn(move || pack_loop(blob_rx, pack_tx, (&recipients, keyset), pack_size, &buffers, &pack_buffers))?;
         Ok(Middle { compressors, packer })
     }
 
@@ -837,7 +967,7 @@ impl Reader {
             let mut e = Entry::synthetic(path.as_bytes().to_vec(), Kind::File, 0o644, mtime_ns);
             e.key = escaped.map(|_| key.clone());
             (e.ino, e.size) = (etag_fingerprint(meta.etag.as_deref()), meta.size);
-            self.counters.set_current(key);
+            self.counters.set_current(key.as_bytes());
             let hash = path_hash(&e.path);
             if let Some(cached) = self.unchanged(&e, hash, crate::source::bucket::unchanged)? {
                 e.chunks = cached.chunks;
@@ -948,7 +1078,7 @@ impl Reader {
         if self.stop.load(Ordering::Relaxed) {
             return Err(Interrupted.into());
         }
-        self.counters.set_current(&String::from_utf8_lossy(&e.path));
+        self.counters.set_current(&e.path);
         let hash = path_hash(&e.path);
         if let Some(cached) = self.unchanged(&e, hash, path_source::unchanged)? {
             e.chunks = cached.chunks;
@@ -1151,7 +1281,7 @@ fn compress_loop(
 fn pack_loop(
     rx: Receiver<Vec<Blob>>,
     tx: tokio::sync::mpsc::Sender<SealedPack>,
-    recipients: &[crate::keys::Recipient],
+    (recipients, keyset): (&[crate::keys::Recipient], u32),
     pack_size: usize,
     buffers: &crate::buffers::Buffers,
     pack_buffers: &crate::buffers::Buffers,
@@ -1160,7 +1290,7 @@ fn pack_loop(
     // ciphertext buffers back: a fresh one would be a fresh mapping, every page faulted
     // in again.
     let seal = |builder: PackBuilder| -> Result<(SealedPack, Vec<u8>)> {
-        let (plain, blobs) = builder.finish();
+        let (plain, blobs) = builder.finish(keyset);
         let mut ciphertext = pack_buffers.empty(plain.len() + (64 << 10));
         crate::keys::encrypt_into(recipients, &plain, &mut ciphertext)?;
         let hash = crate::format::pack_id(&ciphertext);
@@ -1241,7 +1371,8 @@ async fn upload_loop(
                     bail!("no target stored pack {}: {}", pack.hash, down_reasons(pipeline.targets, pipeline.down));
                 }
                 let size = pack.ciphertext.len() as u64;
-                let id = catalog.add_pack(&StoredPack { hash: &pack.hash, size, blobs: &pack.blobs, copies: &copies })?;
+                let record = StoredPack { hash: &pack.hash, size, keyset: pipeline.keyset, blobs: &pack.blobs, copies: &copies };
+                let id = catalog.add_pack(&record)?;
                 stored.insert(id);
                 let mut p = lock(pending);
                 p.generation += 1;

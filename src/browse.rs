@@ -7,7 +7,8 @@
 //! not UTF-8 escaped (a forged name cannot drive the terminal), `dump` verifies every
 //! chunk as a restore does, and its tar stream holds only entries a restore accepts.
 
-use std::collections::HashMap;
+use crate::escape::printable;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -30,6 +31,8 @@ pub struct Browser {
     repo: Repo<Restorer>,
     /// The target named with `--target`, if one was.
     wanted: Option<String>,
+    /// The packs the snapshot last read was made with (where its chunks are read).
+    made_with: HashSet<i64>,
 }
 
 /// An entry as `ls` and `find` show it.
@@ -68,7 +71,7 @@ impl Browser {
     pub fn open(cfg: &Config, identity: &Path, target: Option<&str>) -> Result<Browser> {
         let identity = Arc::new(Identity::load(identity)?);
         let repo = Repo::open(cfg)?.unlock(identity, target, None)?;
-        Ok(Browser { repo, wanted: target.map(str::to_string) })
+        Ok(Browser { repo, wanted: target.map(str::to_string), made_with: HashSet::new() })
     }
 
     /// `latest` (of `job`), a full snapshot id, or a unique prefix of one; within `job`
@@ -100,6 +103,7 @@ impl Browser {
     /// Reads from a target that holds `snap` (the one named, or the unlocked one, or the
     /// first holder).
     fn read_from_holder(&mut self, snap: &SnapshotRow) -> Result<()> {
+        self.made_with = self.repo.catalog.snapshot_pack_ids(&snap.id)?;
         if self.wanted.is_some() {
             return Ok(());
         }
@@ -117,8 +121,8 @@ impl Browser {
     pub fn entries(&mut self, snap: &SnapshotRow, mut f: impl FnMut(&Entry) -> Result<bool>) -> Result<()> {
         self.read_from_holder(snap)?;
         let record = self.repo.snapshot_record(snap)?;
-        let mut chunks = ChunkReader::new(&self.repo);
-        let reader = EntryReader::new(chunks.stream(&record.tree))?;
+        let mut chunks = ChunkReader::new(&self.repo, Some(&self.made_with));
+        let reader = EntryReader::with_limits(chunks.stream(&record.tree), &self.repo.limits)?;
         for entry in reader {
             let entry = entry.map_err(|e| anyhow!("the snapshot's file list cannot be read: {e}"))?;
             if !f(&entry)? {
@@ -153,7 +157,7 @@ impl Browser {
     /// Writes a file's bytes to `out`, each chunk verified; fails when the chunks do not
     /// add up to the size the entry claims. Returns the bytes written.
     pub fn copy_file(&self, e: &Entry, out: &mut dyn Write) -> Result<u64> {
-        let mut chunks = ChunkReader::new(&self.repo);
+        let mut chunks = ChunkReader::new(&self.repo, Some(&self.made_with));
         let mut written = 0u64;
         for id in &e.chunks {
             let data = chunks.chunk(id)?;
@@ -175,7 +179,7 @@ impl Browser {
         let target = self.repo.source().id;
         let mut total = 0;
         for id in chunks {
-            match self.repo.catalog.chunk_location(target, id)? {
+            match self.repo.catalog.chunk_location(target, id, Some(&self.made_with))? {
                 Some(loc) => total += u64::from(loc.raw_length),
                 None => return Ok(None),
             }
@@ -240,15 +244,56 @@ impl Browser {
                 Kind::File => {
                     header.set_entry_type(tar::EntryType::Regular);
                     header.set_size(e.size);
-                    let mut chunks = ChunkReader::new(&self.repo);
+                    let mut chunks = ChunkReader::new(&self.repo, Some(&self.made_with));
                     let fetch = |id: &ChunkId| chunks.chunk(id).map_err(|e| std::io::Error::other(format!("{e:#}")));
                     let data = crate::format::entry::ChunkedStream::new(e.chunks.iter().copied(), fetch);
-                    tar.append_data(&mut header, path, data)?;
+                    tar.append_data(&mut header, path, Exactly::new(data, e.size, &e.path))?;
                 }
             }
         }
         tar.into_inner()?.flush()?;
         Ok(skipped)
+    }
+}
+
+/// A file's bytes for a tar member: exactly the size its header announced, or an error
+/// that ends the stream. A tar reader takes whatever follows a member's announced size
+/// as the next header, so a single byte too many or too few would let a forged snapshot
+/// write members of its choice (devices, setuid files, `../` names) into the stream.
+struct Exactly<R> {
+    inner: R,
+    left: u64,
+    path: String,
+}
+
+impl<R: std::io::Read> Exactly<R> {
+    fn new(inner: R, size: u64, path: &[u8]) -> Self {
+        Exactly { inner, left: size, path: printable(path) }
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for Exactly<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if self.left == 0 {
+            let mut probe = [0u8; 1];
+            return match self.inner.read(&mut probe)? {
+                0 => Ok(0),
+                _ => Err(std::io::Error::other(format!("{}: its data is longer than its size", self.path))),
+            };
+        }
+        let want = buf.len().min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(std::io::Error::other(format!(
+                "{}: its data ends {} bytes short of its size",
+                self.path, self.left
+            )));
+        }
+        self.left -= n as u64;
+        Ok(n)
     }
 }
 
@@ -328,25 +373,6 @@ pub fn diff(before: Vec<Entry>, after: Vec<Entry>) -> Vec<Difference> {
     out
 }
 
-/// A path as a terminal may show it: control characters, backslashes and bytes that are
-/// not UTF-8 escaped (`\x1b`), so that a forged name cannot drive the terminal.
-pub fn printable(path: &[u8]) -> String {
-    let mut out = String::new();
-    for chunk in path.utf8_chunks() {
-        for c in chunk.valid().chars() {
-            match c {
-                '\\' => out.push_str("\\\\"),
-                c if c.is_control() => out.extend(c.escape_default()),
-                c => out.push(c),
-            }
-        }
-        for b in chunk.invalid() {
-            out.push_str(&format!("\\x{b:02x}"));
-        }
-    }
-    out
-}
-
 /// A path the user typed, as a path inside a snapshot of `source`: without leading or
 /// trailing `/`, and without the source root's own path when it starts with it (so that
 /// `/srv/www/index.html` and `index.html` both name a file of `path /srv/www`).
@@ -409,20 +435,25 @@ mod tests {
     }
 
     #[test]
+    fn a_tar_member_gets_exactly_its_size() {
+        use std::io::Read;
+        let read = |data: &[u8], size| {
+            let mut out = Vec::new();
+            Exactly::new(data, size, b"f").read_to_end(&mut out).map(|_| out)
+        };
+        assert_eq!(read(b"abc", 3).unwrap(), b"abc");
+        assert!(read(b"abcd", 3).unwrap_err().to_string().contains("longer than its size"));
+        assert!(read(b"ab", 3).unwrap_err().to_string().contains("1 bytes short"));
+        assert!(read(b"", 0).unwrap().is_empty());
+    }
+
+    #[test]
     fn attribute_names_that_would_forge_a_tar_record_are_left_out() {
         let x = |name: &[u8]| crate::format::entry::Xattr { name: name.to_vec(), value: b"v".to_vec() };
         let attrs = [x(b"user.ok"), x(b"user.a=path"), x(b"user.b\npath=../../etc"), x(b"user.\xff"), x(b"")];
         let (records, unfit) = pax_xattrs(&attrs);
         assert_eq!(records, [("SCHILY.xattr.user.ok".to_string(), &b"v"[..])]);
         assert_eq!(unfit.len(), 4);
-    }
-
-    #[test]
-    fn hostile_names_cannot_drive_a_terminal() {
-        assert_eq!(printable(b"a/b c.txt"), "a/b c.txt");
-        assert_eq!(printable(b"x\x1b[2Jy"), "x\\u{1b}[2Jy");
-        assert_eq!(printable(b"nl\nz\\"), "nl\\nz\\\\");
-        assert_eq!(printable(b"\xff\xfeok"), "\\xff\\xfeok");
     }
 
     #[test]

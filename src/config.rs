@@ -41,6 +41,20 @@ pub struct Config {
     pub prune: PruneConfig,
     pub daemon: DaemonConfig,
     pub http: HttpConfig,
+    /// How much of a snapshot's file list a restorer accepts (`[restore]`).
+    pub limits: crate::format::entry::Limits,
+    /// The daemon's scrub (`[scrub]`), when it has a schedule.
+    pub scrub: Option<ScrubConfig>,
+}
+
+/// `[scrub]`: the daemon re-reads what the targets hold, without the identity.
+#[derive(Debug, Clone)]
+pub struct ScrubConfig {
+    pub schedule: crate::schedule::Schedule,
+    /// Bytes of packs read per day at most (bandwidth, and the provider's egress).
+    pub read_per_day: u64,
+    /// Every pack is read at least once in this long, the budget permitting.
+    pub period: Duration,
 }
 
 /// How `coffer daemon` runs its jobs.
@@ -103,6 +117,9 @@ pub struct TargetConfig {
     pub credential_env: Option<(String, String)>,
     /// The variables holding prune's credentials for this target.
     pub prune: PruneConfig,
+    /// No object is locked, nor a lock extended, further than this many days ahead
+    /// (`max_lock_days`; by default what the jobs' `lock_days` and `keep` need).
+    pub max_lock_days: u32,
 }
 
 /// The name of a single `[target]`.
@@ -155,6 +172,76 @@ pub struct ConfigError {
     pub message: String,
 }
 
+/// `[scrub]`: a schedule, and how much it may read.
+fn parse_scrub(raw: RawScrub) -> Result<ScrubConfig, String> {
+    let schedule = crate::schedule::Schedule::parse(&raw.schedule).map_err(|e| format!("key `scrub.schedule`: {e}"))?;
+    let read_per_day = parse_size(raw.read_per_day.as_deref().unwrap_or("2GiB"))
+        .map_err(|e| format!("key `scrub.read_per_day`: {e}"))?;
+    let period = duration("scrub.period", &raw.period, "30d")?;
+    if period.is_zero() {
+        return Err("key `scrub.period`: expected a duration of at least a second".into());
+    }
+    Ok(ScrubConfig { schedule, read_per_day, period })
+}
+
+/// `2GiB`, `500 MiB`, `1TB`, `4096`: a number of bytes, with a binary or decimal unit.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n.parse().map_err(|_| format!("`{text}`: expected a size like `2GiB`"))?;
+    let unit = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        other => return Err(format!("`{text}`: unknown unit `{other}` (B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)")),
+    };
+    n.checked_mul(unit).filter(|&b| b > 0).ok_or_else(|| format!("`{text}`: expected a size above 0"))
+}
+
+/// `[restore]`: each bound at least 1 (MiB or KiB), the defaults where unset.
+fn parse_limits(raw: RawRestore) -> Result<crate::format::entry::Limits, String> {
+    let mut limits = crate::format::entry::Limits::default();
+    let positive = |key: &str, v: u64, max: u64| match (1..=max).contains(&v) {
+        true => Ok(v),
+        false => Err(format!("key `restore.{key}`: expected 1 to {max}, found {v}")),
+    };
+    if let Some(m) = raw.max_file_list_mib {
+        limits.file_list = positive("max_file_list_mib", m, 1 << 30)? << 20;
+    }
+    if let Some(k) = raw.max_xattr_kib {
+        limits.xattrs = positive("max_xattr_kib", k, 1 << 20)? << 10;
+    }
+    Ok(limits)
+}
+
+/// The furthest any object is locked ahead by these jobs, in days, and which job needs it:
+/// a snapshot is kept (and locked) the longest of its `lock_days` and the spans of the
+/// periods it keeps (a month counted as 31 days), and new packs and extended locks last
+/// the extension slack longer; plus a day for clocks.
+fn lock_days_needed(jobs: &[Job]) -> (u32, String) {
+    let span_days = |s: crate::retention::Span| match s {
+        crate::retention::Span::Days(d) => d,
+        crate::retention::Span::Months(m) => m * 31,
+    };
+    let mut most = (30 + EXTENSION_SLACK_DAYS as u32 + 1, "the repository record's default lock".to_string());
+    for job in jobs {
+        let k = &job.keep;
+        let longest = [k.daily, k.weekly, k.monthly, k.yearly].into_iter().flatten().map(span_days).max().unwrap_or(0);
+        let days = job.lock_days.max(longest) + EXTENSION_SLACK_DAYS as u32 + 1;
+        if days > most.0 {
+            most = (days, format!("job `{}`: lock_days and keep, plus {EXTENSION_SLACK_DAYS} days of slack", job.name));
+        }
+    }
+    most
+}
+
 // ---- the file as written -------------------------------------------------------------
 
 #[derive(Deserialize)]
@@ -167,6 +254,8 @@ struct RawConfig {
     compression_level: i32,
     #[serde(default)]
     pack_size_mib: Option<u64>,
+    #[serde(default)]
+    max_lock_days: Option<u32>,
     /// One table (`[target]`) or an array of them (`[[target]]`).
     target: toml::Value,
     #[serde(default, rename = "job")]
@@ -177,6 +266,26 @@ struct RawConfig {
     daemon: RawDaemon,
     #[serde(default)]
     http: RawHttp,
+    #[serde(default)]
+    restore: RawRestore,
+    #[serde(default)]
+    scrub: Option<RawScrub>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScrub {
+    schedule: String,
+    read_per_day: Option<String>,
+    period: Option<String>,
+}
+
+/// `[restore]`: bounds on what a snapshot's file list may make a restorer read.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRestore {
+    max_file_list_mib: Option<u64>,
+    max_xattr_kib: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -456,6 +565,8 @@ fn parse_target(key: &str, t: RawTarget, prune: &PruneConfig, several: bool) -> 
         instance_role: t.instance_role,
         credential_env,
         prune,
+        // Set from the jobs once they are read (`max_lock_days`).
+        max_lock_days: 0,
     })
 }
 
@@ -586,6 +697,8 @@ impl Config {
         let credential_vars: Vec<&str> = credential_vars.iter().map(String::as_str).collect();
         let target_names: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
         let http = parse_http(raw.http, &resolve).map_err(err)?;
+        let limits = parse_limits(raw.restore).map_err(err)?;
+        let scrub = raw.scrub.map(parse_scrub).transpose().map_err(err)?;
 
         let mut names = BTreeSet::new();
         let mut jobs = Vec::new();
@@ -602,6 +715,21 @@ impl Config {
             jobs.push(parse_job(i, j, &resolve, &credential_vars, &target_names).map_err(err)?);
         }
 
+        let needed = lock_days_needed(&jobs);
+        let max_lock_days = match raw.max_lock_days {
+            None => needed.0,
+            Some(n) if n >= needed.0 && n <= 36_500 * 2 => n,
+            Some(n) => {
+                return Err(err(format!(
+                    "key `max_lock_days`: {n} is {}; the jobs need {} days ({})",
+                    if n < needed.0 { "too short" } else { "out of range" },
+                    needed.0,
+                    needed.1
+                )));
+            }
+        };
+        let targets = targets.into_iter().map(|t| TargetConfig { max_lock_days, ..t }).collect();
+
         Ok(Config {
             file: file.to_path_buf(),
             state_dir: resolve(&raw.state_dir),
@@ -614,6 +742,8 @@ impl Config {
             prune: raw.prune,
             daemon,
             http,
+            limits,
+            scrub,
         })
     }
 
@@ -824,6 +954,35 @@ mod tests {
         let open = minimal("[http]\nlisten = \"0.0.0.0:9477\"\ntoken_file = \"t\"\n");
         assert_eq!(parse(&open).unwrap().http.token_file, Some(PathBuf::from("/etc/coffer/t")));
         assert_eq!(parse(&minimal("[http]\nlisten = \"off\"\n")).unwrap().http.listen, None);
+    }
+
+    #[test]
+    fn sizes_are_read_with_their_units() {
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("500 MB"), Ok(500_000_000));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("2 parsecs").unwrap_err().contains("unknown unit"));
+        assert!(parse_size("0GiB").is_err() && parse_size("GiB").is_err());
+        let text = minimal("").replacen("[target]", "[scrub]\nschedule = \"0 4 * * *\"\n[target]", 1);
+        let scrub = parse(&text).unwrap().scrub.unwrap();
+        assert_eq!((scrub.read_per_day, scrub.period.as_secs()), (2 << 30, 30 * 86_400));
+        let bad =
+            minimal("").replacen("[target]", "[scrub]\nschedule = \"0 4 * * *\"\nread_per_day = \"lots\"\n[target]", 1);
+        assert!(parse(&bad).unwrap_err().to_string().contains("scrub.read_per_day"));
+    }
+
+    #[test]
+    fn the_lock_horizon_is_what_the_jobs_need_or_more() {
+        let job = "[[job]]\nname = \"a\"\nsource = { path = \"x\" }\nlock_days = 30\n\
+                   keep = { daily = \"7d\", yearly = \"7y\" }\n";
+        let c = parse(&minimal(job)).unwrap();
+        // 7 years of months at 31 days, the slack, a day.
+        assert_eq!(c.targets[0].max_lock_days, 84 * 31 + 7 + 1);
+        let text = minimal(job).replacen("[target]", "max_lock_days = 100\n[target]", 1);
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains("max_lock_days") && e.contains("too short") && e.contains("job `a`"), "{e}");
+        let text = minimal(job).replacen("[target]", "max_lock_days = 3000\n[target]", 1);
+        assert_eq!(parse(&text).unwrap().targets[0].max_lock_days, 3000);
     }
 
     #[test]

@@ -56,6 +56,7 @@ pub fn run(config_file: &Path) -> Result<ExitCode> {
         reloads: AtomicU64::new(0),
         failed_reloads: AtomicU64::new(0),
         last_reload_ok: AtomicBool::new(true),
+        last_reload_error: Mutex::new(None),
         preflight: Mutex::new(Vec::new()),
         stop: Arc::new(AtomicBool::new(false)),
     });
@@ -87,6 +88,8 @@ struct Shared {
     reloads: AtomicU64,
     failed_reloads: AtomicU64,
     last_reload_ok: AtomicBool,
+    /// Why the last reload was refused (the old config stays in force), until one is taken.
+    last_reload_error: Mutex<Option<String>>,
     /// What the last preflight found (at start: nothing, or the daemon would not run; a
     /// reload refused for a problem keeps it here).
     preflight: Mutex<Vec<String>>,
@@ -118,11 +121,20 @@ impl crate::http::Handler for Shared {
         let age = crate::time::now_secs() - self.last_tick.load(Ordering::Relaxed);
         let ok = age < HEALTH_STALE_SECS && !self.stop.load(Ordering::Relaxed);
         let running = lock(&self.running).clone();
+        let refused = lock(&self.last_reload_error).clone();
+        // A refused reload leaves the daemon running its old config: degraded, not down
+        // (a liveness probe must not restart it into the config it refused).
+        let status = match (ok, &refused) {
+            (false, _) => "unhealthy",
+            (true, Some(_)) => "degraded",
+            (true, None) => "ok",
+        };
         let body = serde_json::json!({
-            "status": if ok { "ok" } else { "unhealthy" },
+            "status": status,
             "scheduler_last_tick_secs_ago": age,
             "running": running,
             "preflight": lock(&self.preflight).clone(),
+            "last_reload_error": refused,
         });
         (ok, format!("{body}\n"))
     }
@@ -141,8 +153,8 @@ impl crate::http::Handler for Shared {
 fn read_token(cfg: &Config) -> Result<Option<String>> {
     let Some(path) = &cfg.http.token_file else { return Ok(None) };
     crate::keys::check_private(path)?;
-    let token = std::fs::read_to_string(path).with_context(|| format!("cannot read token file {}", path.display()))?;
-    let token = token.trim().to_string();
+    let token = crate::fsutil::read_small(path, "token file", crate::keys::MAX_KEY_FILE)?;
+    let token = String::from_utf8_lossy(&token).trim().to_string();
     if token.len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
         bail!("token file {}: expected one token of at least 16 characters, no spaces", path.display());
     }
@@ -234,21 +246,17 @@ impl Scheduler {
     fn plan(&mut self, cfg: &Config, previous: &HashMap<String, String>) {
         let now = crate::time::now_secs();
         let mut slots = HashMap::new();
-        for job in &cfg.jobs {
-            let Some(schedule) = &job.schedule else { continue };
-            let kept = previous
-                .get(&job.name)
-                .filter(|text| **text == schedule.text)
-                .and_then(|_| self.slots.remove(&job.name));
+        for (name, schedule, jitter) in scheduled(cfg) {
+            let kept = previous.get(name).filter(|text| **text == schedule.text).and_then(|_| self.slots.remove(name));
             let slot = kept.or_else(|| {
                 let fire = schedule.next_after(now, cfg.daemon.zone)?;
-                Some(Slot { fire, due_ms: with_jitter(fire, job.jitter) })
+                Some(Slot { fire, due_ms: with_jitter(fire, jitter) })
             });
             match slot {
                 Some(s) => {
-                    slots.insert(job.name.clone(), s);
+                    slots.insert(name.to_string(), s);
                 }
-                None => tracing::warn!(job = %job.name, schedule = %schedule.text, "the schedule never fires again"),
+                None => tracing::warn!(job = %name, schedule = %schedule.text, "the schedule never fires again"),
             }
         }
         self.slots = slots;
@@ -268,8 +276,7 @@ impl Scheduler {
         let now_ms = now_millis();
         let due: Vec<String> = self.slots.iter().filter(|(_, s)| s.due_ms <= now_ms).map(|(j, _)| j.clone()).collect();
         for name in due {
-            let Some(job) = cfg.jobs.iter().find(|j| j.name == name) else { continue };
-            let Some(schedule) = &job.schedule else { continue };
+            let Some((_, schedule, jitter)) = scheduled(&cfg).find(|(n, ..)| *n == name) else { continue };
             let fire = self.slots[&name].fire;
             let busy = if lock(&self.shared.running).contains(&name) {
                 Some("the previous run was still going")
@@ -296,7 +303,7 @@ impl Scheduler {
             let after = fire.max(now_ms / 1000);
             match schedule.next_after(after, cfg.daemon.zone) {
                 Some(next) => {
-                    self.slots.insert(name, Slot { fire: next, due_ms: with_jitter(next, job.jitter) });
+                    self.slots.insert(name, Slot { fire: next, due_ms: with_jitter(next, jitter) });
                 }
                 None => {
                     self.slots.remove(&name);
@@ -311,21 +318,29 @@ impl Scheduler {
         let cfg = self.shared.config();
         while lock(&self.shared.running).len() < cfg.daemon.max_concurrent_jobs {
             let Some(q) = self.queue.pop_front() else { break };
-            let Some(job) = cfg.jobs.iter().find(|j| j.name == q.job).cloned() else { continue };
+            let job = cfg.jobs.iter().find(|j| j.name == q.job).cloned();
+            if job.is_none() && q.job != crate::scrub::JOB {
+                continue;
+            }
             lock(&self.shared.running).push(q.job.clone());
             let (cfg, done, stop) = (cfg.clone(), self.done_tx.clone(), self.shared.stop.clone());
             let finished = Finished { job: q.job.clone(), done };
+            let (name, trigger, scheduled_for) = (q.job.clone(), q.trigger, q.scheduled_for);
             let spawned = std::thread::Builder::new().name(format!("job-{}", q.job)).spawn(move || {
                 let _finished = finished;
-                let opts = crate::backup::Options {
-                    progress: false,
-                    trigger: q.trigger,
-                    scheduled_for: q.scheduled_for,
-                    stop: Some(stop),
+                // The run's outcome and error are in the run history and the log.
+                let ended = match job {
+                    Some(job) => {
+                        let opts = crate::backup::Options { progress: false, trigger, scheduled_for, stop: Some(stop) };
+                        crate::backup::run(&cfg, &job, &opts).map(drop)
+                    }
+                    None => {
+                        let opts = crate::scrub::Options { trigger, scheduled_for, stop: Some(stop) };
+                        crate::scrub::run(&cfg, &opts).map(drop)
+                    }
                 };
-                if let Err(e) = crate::backup::run(&cfg, &job, &opts) {
-                    // The run's outcome and error are in the run history and the log.
-                    tracing::debug!(job = %job.name, "run ended: {e:#}");
+                if let Err(e) = ended {
+                    tracing::debug!(job = %name, "run ended: {e:#}");
                 }
             });
             if let Err(e) = spawned {
@@ -372,18 +387,20 @@ impl Scheduler {
                     tracing::warn!("http.listen changed: it takes effect when the daemon restarts");
                 }
                 let previous: HashMap<String, String> =
-                    old.jobs.iter().filter_map(|j| Some((j.name.clone(), j.schedule.as_ref()?.text.clone()))).collect();
+                    scheduled(&old).map(|(name, schedule, _)| (name.to_string(), schedule.text.clone())).collect();
                 *self.shared.token.write().unwrap_or_else(|p| p.into_inner()) = token;
                 let new = Arc::new(new);
                 *self.shared.cfg.write().unwrap_or_else(|p| p.into_inner()) = new.clone();
                 self.plan(&new, &previous);
                 self.shared.reloads.fetch_add(1, Ordering::Relaxed);
                 self.shared.last_reload_ok.store(true, Ordering::Relaxed);
+                *lock(&self.shared.last_reload_error) = None;
                 tracing::info!(jobs = new.jobs.len(), "configuration reloaded");
             }
             Err(e) => {
                 self.shared.failed_reloads.fetch_add(1, Ordering::Relaxed);
                 self.shared.last_reload_ok.store(false, Ordering::Relaxed);
+                *lock(&self.shared.last_reload_error) = Some(format!("{e:#}"));
                 tracing::error!("configuration not reloaded, the old one stays in force: {e:#}");
             }
         }
@@ -437,6 +454,13 @@ impl Drop for Finished {
 fn second_signal() -> ExitCode {
     tracing::warn!("second signal: exiting at once (the next start resumes)");
     ExitCode::FAILURE
+}
+
+/// Everything the scheduler fires: each job with a schedule, and the scrub; by name, with
+/// its schedule and jitter.
+fn scheduled(cfg: &Config) -> impl Iterator<Item = (&str, &crate::schedule::Schedule, Duration)> {
+    let jobs = cfg.jobs.iter().filter_map(|j| Some((j.name.as_str(), j.schedule.as_ref()?, j.jitter)));
+    jobs.chain(cfg.scrub.iter().map(|s| (crate::scrub::JOB, &s.schedule, Duration::ZERO)))
 }
 
 /// The moment a firing is due: its fire time plus a random delay up to `jitter`.

@@ -7,6 +7,15 @@
 //! decrypts. So once the command line is read, while coffer is still one thread, [`seal`]
 //! copies the whole environment into memory and leaves in the process only what any
 //! child may see ([`kept`]). coffer reads its variables here, never from the process.
+//!
+//! A child could still read the environment coffer started with where the kernel shows
+//! it, `/proc/<coffer's pid>/environ`: so [`seal`] also overwrites that block in place,
+//! and makes the process non-dumpable (its `/proc` files become root's, and no process
+//! of the same user may trace it). Children then start with no ambient capabilities
+//! and `no_new_privs`: under `AmbientCapabilities=CAP_DAC_READ_SEARCH` a hook does not
+//! inherit the right to read every file, nor gain privileges through a setuid program.
+//! PATH keeps only absolute entries, so that no program (an age plugin the age crate
+//! looks up by name) is taken from the current directory.
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
@@ -58,11 +67,57 @@ pub fn kept(name: &OsStr) -> bool {
 /// No other thread may exist: changing the environment races with any thread reading it.
 pub unsafe fn seal() {
     let all: BTreeMap<OsString, OsString> = std::env::vars_os().collect();
-    for name in all.keys().filter(|n| !kept(n)) {
-        // SAFETY: the caller promises a single thread.
-        unsafe { std::env::remove_var(name) };
+    for (name, value) in &all {
+        // SAFETY: the caller promises a single thread. Kept variables are set again, so
+        // that the process's copies live on the heap and the block the process started
+        // with can be overwritten.
+        match kept(name) {
+            true if name == "PATH" => unsafe { std::env::set_var(name, absolute_path_entries(value)) },
+            true => unsafe { std::env::set_var(name, value) },
+            false => unsafe { std::env::remove_var(name) },
+        }
     }
     let _ = SEALED.set(all);
+    wipe_initial_environment();
+    seal_children();
+}
+
+/// PATH without empty or relative entries (which name the current directory).
+fn absolute_path_entries(path: &OsStr) -> OsString {
+    let kept: Vec<std::path::PathBuf> = std::env::split_paths(path).filter(|p| p.is_absolute()).collect();
+    std::env::join_paths(kept).unwrap_or_default()
+}
+
+/// Overwrites the environment block the kernel shows as `/proc/self/environ` (between
+/// `env_start` and `env_end` of `/proc/self/stat`), once nothing points into it.
+fn wipe_initial_environment() {
+    let Some((start, end)) = std::fs::read_to_string("/proc/self/stat").ok().and_then(|stat| {
+        // Fields after the command name, which is in parentheses and may hold spaces;
+        // env_start and env_end are fields 50 and 51.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        Some((fields.get(47)?.parse::<usize>().ok()?, fields.get(48)?.parse::<usize>().ok()?))
+    }) else {
+        return;
+    };
+    if start == 0 || end <= start {
+        return;
+    }
+    // SAFETY: [start, end) is this process's own environment block on its initial stack,
+    // mapped writable. After `seal` set every kept variable again, neither `environ` nor
+    // anything else in the process refers to it.
+    unsafe { std::ptr::write_bytes(start as *mut u8, 0, end - start) };
+}
+
+/// What every child inherits from now on: no ambient capabilities, no new privileges;
+/// and the process itself is not dumpable (its `/proc` files are root's).
+fn seal_children() {
+    // SAFETY: prctl with these options takes integer arguments only.
+    unsafe {
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+        libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+    }
 }
 
 /// A variable coffer started with (the process's own, if never sealed: tests).
@@ -131,5 +186,10 @@ mod tests {
         for name in ["PATH", "LC_ALL", "TZ", "HTTPS_PROXY"] {
             assert!(kept(OsStr::new(name)), "{name}");
         }
+    }
+
+    #[test]
+    fn path_keeps_absolute_entries_only() {
+        assert_eq!(absolute_path_entries(OsStr::new(":/usr/bin:.:bin::/bin:")), OsStr::new("/usr/bin:/bin"));
     }
 }

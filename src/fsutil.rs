@@ -105,24 +105,58 @@ impl LockFile {
         Ok(LockFile { _file: file })
     }
 
-    /// Takes the lock; when another process holds it, the error is `held_by`'s sentence.
+    /// Takes the lock; when another process holds it, the error is [`Held`], with
+    /// `held_by`'s sentence.
     pub fn take(path: &Path, held_by: impl FnOnce() -> String) -> anyhow::Result<LockFile> {
         LockFile::try_lock(path).map_err(|e| match e.kind() {
-            io::ErrorKind::WouldBlock => anyhow::anyhow!(held_by()),
+            io::ErrorKind::WouldBlock => anyhow::Error::new(Held(held_by())),
             _ => io_error(e, path).context("cannot take the lock"),
         })
     }
 }
 
-/// A file the running user must read; otherwise says whose it is.
+/// A lock another process holds.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Held(pub String);
+
+/// A file the running user must read; otherwise says whose it is. Opened without
+/// blocking, so that a FIFO put in its place cannot hang coffer.
 pub fn readable(path: &Path, what: &str) -> anyhow::Result<()> {
-    match std::fs::File::open(path) {
-        Ok(_) => Ok(()),
+    open_nonblocking(path, what).map(drop)
+}
+
+fn open_nonblocking(path: &Path, what: &str) -> anyhow::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let opened = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(path);
+    match opened {
+        Ok(f) => Ok(f),
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
             anyhow::bail!("permission denied: {what} {} ({})", path.display(), owner_of(path))
         }
         Err(e) => anyhow::bail!("{what} {}: {e}", path.display()),
     }
+}
+
+/// The bytes of a small file coffer is given (a key, a passphrase, a token): a regular
+/// file of at most `max` bytes, opened without blocking (a FIFO or a device in its
+/// place is refused, not waited on) and never read past its bound.
+pub fn read_small(path: &Path, what: &str, max: u64) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = open_nonblocking(path, what)?;
+    let meta = file.metadata().map_err(|e| io_error(e, path))?;
+    if !meta.is_file() {
+        anyhow::bail!("{what} {} is not a regular file", path.display());
+    }
+    if meta.len() > max {
+        anyhow::bail!("{what} {} has {} bytes; such a file has at most {max}", path.display(), meta.len());
+    }
+    let mut out = Vec::new();
+    file.take(max + 1).read_to_end(&mut out).map_err(|e| io_error(e, path))?;
+    if out.len() as u64 > max {
+        anyhow::bail!("{what} {} grew past {max} bytes while it was read", path.display());
+    }
+    Ok(out)
 }
 
 /// "owned by uid 0, mode 600; coffer runs as uid 990", or, when `path` cannot be

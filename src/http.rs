@@ -205,13 +205,19 @@ async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<String>> {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
         buf.extend_from_slice(&chunk[..n]);
-        if buf.windows(4).any(|w| w == b"\r\n\r\n") {
-            return Ok(Some(String::from_utf8_lossy(&buf).into_owned()));
-        }
-        if buf.len() > MAX_HEAD {
-            return Ok(None);
+        match head_len(&buf) {
+            Some(len) if len <= MAX_HEAD => return Ok(Some(String::from_utf8_lossy(&buf[..len]).into_owned())),
+            Some(_) => return Ok(None),
+            None if buf.len() >= MAX_HEAD => return Ok(None),
+            None => {}
         }
     }
+}
+
+/// The length of a request head (through its blank line) at the start of `buf`, once
+/// it is all there. Its bound counts the whole head, wherever a read happened to end.
+fn head_len(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|at| at + 4)
 }
 
 struct Request {
@@ -288,6 +294,41 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_head_is_bounded_whole() {
+        let line = |n: usize| format!("X-Pad: {}\r\n", "a".repeat(n));
+        let head = |pad: usize| format!("GET /metrics HTTP/1.1\r\n{}\r\n", line(pad)).into_bytes();
+        let exact = MAX_HEAD - head(0).len();
+        assert_eq!(head_len(&head(exact)), Some(MAX_HEAD));
+        // One more byte in the last header line is over the bound, even when it arrives
+        // in the same read as the blank line.
+        assert_eq!(head_len(&head(exact + 1)), Some(MAX_HEAD + 1));
+        assert_eq!(head_len(b"GET / HTTP/1.1\r\n"), None);
+    }
+
+    #[tokio::test]
+    async fn a_head_one_line_over_the_bound_is_refused() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        for (extra, accepted) in [(0, true), (1, false), (700, false)] {
+            let head = {
+                let base = "GET /metrics HTTP/1.1\r\nX-Pad: \r\n\r\n".len();
+                format!("GET /metrics HTTP/1.1\r\nX-Pad: {}\r\n\r\n", "a".repeat(MAX_HEAD - base + extra))
+            };
+            let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (mut server, _) = listener.accept().await.unwrap();
+            // Sent in pieces that end past the bound together with the blank line.
+            let bytes = head.into_bytes();
+            let (first, rest) = bytes.split_at(MAX_HEAD - 600);
+            client.write_all(first).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            client.write_all(rest).await.unwrap();
+            let got = read_head(&mut server).await.unwrap();
+            assert_eq!(got.is_some(), accepted, "{extra} bytes over");
+        }
+    }
 
     #[test]
     fn request_heads_are_parsed_strictly() {

@@ -16,10 +16,13 @@ pub enum Outcome {
     /// Made, with how each target protects what coffer writes.
     Created {
         repo_id: String,
+        /// What the restorer keeps beside the identity ([`crate::pin`]).
+        fingerprint: String,
         targets: Vec<(String, Protection)>,
     },
     AlreadyInitialised {
         repo_id: String,
+        fingerprint: Option<String>,
     },
 }
 
@@ -36,7 +39,10 @@ pub fn run(cfg: &Config, allow_unprotected: bool) -> Result<Outcome> {
                     crate::catalog::ensure_same_url(&known, cfg, &t.url)?;
                 }
             }
-            return Ok(Outcome::AlreadyInitialised { repo_id: repo.repo_id });
+            return Ok(Outcome::AlreadyInitialised {
+                repo_id: repo.repo_id,
+                fingerprint: repo.pin.map(|p| p.fingerprint),
+            });
         }
     }
     if cfg.repo_secret_file.exists() {
@@ -95,34 +101,46 @@ pub fn run(cfg: &Config, allow_unprotected: bool) -> Result<Outcome> {
             unprotected: unprotected.as_deref(),
         })
         .collect();
-    catalog.set_repo(&RepoRow { repo_id: record.id.clone(), chunker: record.chunker }, &targets)?;
+    let pin = crate::pin::Pin::of(&record.encode(), &secret);
+    let row = RepoRow { repo_id: record.id.clone(), chunker: record.chunker, pin: Some(pin.clone()) };
+    catalog.set_repo(&row, &targets)?;
+    // (An init finishing an interrupted one may find set 0 there already.)
+    if catalog.current_keyset()?.is_none() {
+        catalog.add_keyset(&crate::keyring::first_set(&cfg.recipients, record.created), &[])?;
+    }
     for (target, unprotected) in &checked {
         if let Some(why) = unprotected {
             catalog.event("unprotected", None, &format!("target `{}`: {why}", target.name))?;
         }
     }
     let urls: Vec<&str> = cfg.targets.iter().map(|t| t.url.as_str()).collect();
-    catalog.event("init", None, &format!("repository {} on {}", record.id, urls.join(", ")))?;
+    let detail = format!("repository {} on {}, fingerprint {}", record.id, urls.join(", "), pin.fingerprint);
+    catalog.event("init", None, &detail)?;
     let _ = std::fs::remove_file(&pending);
     let targets = checked.iter().map(|(t, _)| (t.name.clone(), t.protection())).collect();
-    Ok(Outcome::Created { repo_id: record.id, targets })
+    Ok(Outcome::Created { repo_id: record.id, fingerprint: pin.fingerprint, targets })
 }
 
 /// Stores the repository record on a target, or finds it there from an init that
 /// stopped before the catalog heard of it; another repository's record is refused.
 fn put_record(runtime: &tokio::runtime::Runtime, target: &Target, record: &RepoRecord, until: i64) -> Result<Copy> {
-    let version = if runtime.block_on(target.exists(REPO_KEY))? {
-        let (stored, version) = runtime.block_on(target.get_with_version(REPO_KEY, None))?;
-        if stored != record.encode() {
+    let bytes = record.encode();
+    let version = if let Some(size) = runtime.block_on(target.size_of(REPO_KEY, None))? {
+        // Compared by size first: a target's object is read only if it could be ours.
+        let stored = match size == bytes.len() as u64 {
+            true => Some(runtime.block_on(target.get_with_version(REPO_KEY, None, size))?),
+            false => None,
+        };
+        let Some((_, version)) = stored.filter(|(stored, _)| *stored == bytes) else {
             bail!(
                 "target {} already holds a coffer repository ({REPO_KEY}); coffer never overwrites it. \
                  Choose another bucket prefix, or rebuild this host's catalog from it with the identity",
                 target.url
             );
-        }
+        };
         version
     } else {
-        runtime.block_on(target.put_new(REPO_KEY, Bytes::from(record.encode()), until))?
+        runtime.block_on(target.put_new(REPO_KEY, Bytes::from(bytes), until))?
     };
     Ok(Copy { version, lock: target.lock_until(until) })
 }

@@ -41,6 +41,7 @@ pub enum Layout {
     Repo,
     Pack(String),
     Snapshot { job: String, id: String },
+    KeySet(u32),
     Canary,
     Unknown,
 }
@@ -55,6 +56,7 @@ pub fn layout(key: &str) -> Layout {
             Layout::Snapshot { job: job.to_string(), id: id.to_string() }
         }
         ["canary", id] if hex(id, 16) => Layout::Canary,
+        ["keys", _] => crate::format::keyset::seq_of(key).map_or(Layout::Unknown, Layout::KeySet),
         _ => Layout::Unknown,
     }
 }
@@ -70,9 +72,33 @@ impl Inventory {
     /// Lists every version and delete marker (S3 with Object Lock), or every object
     /// (a target without versions).
     pub async fn read(target: &Target) -> Result<Inventory> {
+        Self::listed(target, "", |_| true).await
+    }
+
+    /// The repository record and the key-set records alone (a directory lists by
+    /// folder, not by key prefix: there the record is looked up).
+    pub async fn read_repository(target: &Target) -> Result<Inventory> {
+        let repo = crate::format::REPO_KEY;
+        let mut inventory = match target.lists_versions() {
+            true => Self::listed(target, repo, |k| k == repo).await?,
+            false => {
+                let mut keys = BTreeMap::new();
+                if let Some(size) = target.size_of(repo, None).await? {
+                    let version = Version { id: None, size, etag: None, last_modified: 0 };
+                    keys.insert(repo.to_string(), KeyVersions { versions: vec![version], delete_markers: Vec::new() });
+                }
+                Inventory { keys, versioned: false }
+            }
+        };
+        let sets = Self::listed(target, "keys/", |k| matches!(layout(k), Layout::KeySet(_))).await?;
+        inventory.keys.extend(sets.keys);
+        Ok(inventory)
+    }
+
+    async fn listed(target: &Target, sub: &str, keep: impl Fn(&str) -> bool) -> Result<Inventory> {
         let mut keys: BTreeMap<String, KeyVersions> = BTreeMap::new();
         let versioned = target.lists_versions();
-        for v in target.list("").await? {
+        for v in target.list(sub).await?.into_iter().filter(|v| keep(&v.key)) {
             let entry = keys.entry(v.key).or_default();
             match (v.delete_marker, v.version_id) {
                 (true, Some(id)) => entry.delete_markers.push((id, v.last_modified)),
@@ -140,14 +166,26 @@ pub enum Finding {
     Overwrite { key: String, version: String, at: i64, size: u64 },
     /// A key outside coffer's layout.
     UnknownKey { key: String },
-    /// A snapshot record that fails its MAC or does not decode: forged or damaged.
+    /// A snapshot or key-set record that fails its MAC or does not decode: forged or
+    /// damaged.
     ForgedRecord { key: String, version: String, why: String },
+    /// The repository record is not the one pinned at init: replaced, or another
+    /// repository's.
+    Replaced { key: String, why: String },
     /// A snapshot record whose claimed creation time is far from when the server got it.
     Backdated { key: String, created: i64, stored: i64 },
     /// A lock that ends earlier on the server than the catalog recorded.
     LowerLock { key: String, recorded: i64, server: i64 },
     /// A needed object version that is missing, corrupt, or cannot be read.
     Unreadable { key: String, version: String, why: String },
+    /// A lock reaching past `max_lock_days`: only someone holding the daemon's (or the
+    /// account's) credentials sets one (a lock bomb: the object cannot be deleted until then).
+    LockBeyond { key: String, version: String, server: i64 },
+    /// A legal hold: the object cannot be deleted until someone lifts it.
+    LegalHold { key: String, version: String },
+    /// A bucket setting that puts coffer's objects at risk (versioning suspended, a
+    /// lifecycle rule over its prefix, a default retention longer than any of coffer's).
+    BucketSetting { setting: String, why: String },
     /// An entry of an authentic snapshot record (its MAC holds) that a restore refuses:
     /// it would escape the destination or write through the snapshot's own symlinks.
     /// Only a forger holding the repository secret writes such a stream.
@@ -168,10 +206,14 @@ impl Finding {
             | Finding::Overwrite { key, .. }
             | Finding::UnknownKey { key }
             | Finding::ForgedRecord { key, .. }
+            | Finding::Replaced { key, .. }
             | Finding::Backdated { key, .. }
             | Finding::LowerLock { key, .. }
             | Finding::Unreadable { key, .. }
+            | Finding::LockBeyond { key, .. }
+            | Finding::LegalHold { key, .. }
             | Finding::UnsafeEntry { key, .. } => key,
+            Finding::BucketSetting { setting, .. } => setting,
         }
     }
 
@@ -181,26 +223,42 @@ impl Finding {
             Finding::Overwrite { .. } => "overwrite",
             Finding::UnknownKey { .. } => "unknown-key",
             Finding::ForgedRecord { .. } => "forged-record",
+            Finding::Replaced { .. } => "replaced",
             Finding::Backdated { .. } => "backdated",
             Finding::LowerLock { .. } => "lower-lock",
             Finding::Unreadable { .. } => "unreadable",
             Finding::UnsafeEntry { .. } => "unsafe-entry",
+            Finding::LockBeyond { .. } => "lock-beyond",
+            Finding::LegalHold { .. } => "legal-hold",
+            Finding::BucketSetting { .. } => "bucket-setting",
         }
     }
 }
 
+/// As text, a finding is escaped whole: its key comes from a listing, its reasons from
+/// forged records (`--json` keeps them exact).
 impl std::fmt::Display for Finding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&crate::escape::printable(self.text().as_bytes()))
+    }
+}
+
+impl Finding {
+    fn text(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let f = &mut out;
         let t = crate::time::format_utc;
-        match self {
+        let _ = match self {
             Finding::DeleteMarker { key, at, .. } => write!(f, "{key}: delete marker placed at {}", t(*at)),
             Finding::Overwrite { key, version, at, size } => {
                 write!(f, "{key}: overwritten at {} by version {version} ({size} bytes)", t(*at))
             }
             Finding::UnknownKey { key } => write!(f, "{key}: not an object coffer writes"),
             Finding::ForgedRecord { key, version, why } => {
-                write!(f, "{key}: snapshot record version {version} rejected: {why}")
+                write!(f, "{key}: record version {version} rejected: {why}")
             }
+            Finding::Replaced { key, why } => write!(f, "{key}: {why}"),
             Finding::Backdated { key, created, stored } => {
                 write!(f, "{key}: the record claims {} but the server received it at {}", t(*created), t(*stored))
             }
@@ -212,7 +270,18 @@ impl std::fmt::Display for Finding {
             Finding::UnsafeEntry { key, path, refusal, why } => {
                 write!(f, "{key}: entry `{path}` ({refusal}): {why}; a restore refuses it")
             }
-        }
+            Finding::LockBeyond { key, version, server } => write!(
+                f,
+                "{key} (version {version}): locked until {}, past max_lock_days: a lock bomb (it cannot be deleted \
+                 until then)",
+                t(*server)
+            ),
+            Finding::LegalHold { key, version } => {
+                write!(f, "{key} (version {version}): under a legal hold (it cannot be deleted until it is lifted)")
+            }
+            Finding::BucketSetting { setting, why } => write!(f, "{setting}: {why}"),
+        };
+        out
     }
 }
 
@@ -275,6 +344,8 @@ mod tests {
         assert_eq!(layout("snapshots/docs/0123"), Layout::Snapshot { job: "docs".into(), id: "0123".into() });
         assert_eq!(layout("snapshots/docs"), Layout::Unknown);
         assert_eq!(layout("canary/0123456789abcdef"), Layout::Canary);
+        assert_eq!(layout("keys/000003"), Layout::KeySet(3));
+        assert_eq!(layout("keys/3"), Layout::Unknown);
         assert_eq!(layout("ransom-note.txt"), Layout::Unknown);
     }
 

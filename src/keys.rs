@@ -20,6 +20,10 @@ use crate::fsutil;
 
 pub const SECRET_LEN: usize = 32;
 
+/// The largest key file coffer reads (identities, passphrases, the repository secret):
+/// far more than any holds.
+pub const MAX_KEY_FILE: u64 = 1 << 20;
+
 /// The repository secret and the keys derived from it, one per purpose.
 #[derive(Clone)]
 pub struct RepoSecret {
@@ -78,9 +82,8 @@ impl RepoSecret {
     /// Loads the secret from its file (hex), refusing a file others can read.
     pub fn load(path: &Path) -> Result<Self> {
         check_private(path)?;
-        fsutil::readable(path, "repository secret")?;
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read repository secret {}", path.display()))?;
+        let text = fsutil::read_small(path, "repository secret", MAX_KEY_FILE)?;
+        let text = String::from_utf8_lossy(&text);
         let bytes = crate::hex::decode(text.trim())
             .filter(|b| b.len() == SECRET_LEN)
             .ok_or_else(|| anyhow!("repository secret {} is not 64 hex digits", path.display()))?;
@@ -171,6 +174,20 @@ pub fn parse_recipient(s: &str) -> Result<Recipient> {
     s.parse()
 }
 
+impl Recipient {
+    /// A short, stable name for the key: 32 hex digits of the blake3 hash of its text.
+    /// Key sets record recipients by it ([`crate::format::keyset`]).
+    pub fn fingerprint(&self) -> String {
+        fingerprint_of(&self.to_string())
+    }
+}
+
+/// The fingerprint of a recipient written as text (as `coffer.repo` lists them).
+pub fn fingerprint_of(recipient: &str) -> String {
+    let canonical = parse_recipient(recipient).map(|r| r.to_string()).unwrap_or_else(|_| recipient.trim().to_string());
+    crate::hex::encode(&blake3::hash(canonical.as_bytes()).as_bytes()[..16])
+}
+
 /// The age plugins `recipients` need, each found on PATH, or which one is missing.
 pub fn plugins_for(recipients: &[Recipient]) -> Result<Vec<age::plugin::RecipientPluginV1<Prompts>>> {
     let plugged: Vec<age::plugin::Recipient> = recipients
@@ -227,8 +244,7 @@ impl Identity {
     /// `COFFER_IDENTITY_PASSPHRASE_FILE` names (mode 0600), or asked on the terminal.
     pub fn load(path: &Path) -> Result<Self> {
         check_private(path)?;
-        fsutil::readable(path, "identity")?;
-        let text = std::fs::read(path).with_context(|| format!("cannot read identity {}", path.display()))?;
+        let text = fsutil::read_small(path, "identity", MAX_KEY_FILE)?;
         if is_age_file(&text) {
             Self::parse(&decrypt_with_passphrase(&text, path)?, path)
         } else if text.starts_with(b"-----BEGIN OPENSSH PRIVATE KEY-----") {
@@ -316,7 +332,8 @@ fn secret(prompt: &str) -> Result<SecretString> {
     if let Some(file) = crate::env::var_os("COFFER_IDENTITY_PASSPHRASE_FILE") {
         let file = Path::new(&file);
         check_private(file)?;
-        let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+        let text = fsutil::read_small(file, "passphrase file", MAX_KEY_FILE)?;
+        let text = String::from_utf8(text).map_err(|_| anyhow!("passphrase file {} is not UTF-8", file.display()))?;
         return Ok(text.lines().next().unwrap_or_default().to_string().into());
     }
     Ok(ask(prompt, false)?.into())
@@ -368,8 +385,8 @@ impl Prompts {
 impl age::Callbacks for Prompts {
     fn display_message(&self, message: &str) {
         match self.interactive {
-            true => eprintln!("{}", crate::browse::printable(message.as_bytes())),
-            false => tracing::info!("age plugin: {}", crate::browse::printable(message.as_bytes())),
+            true => eprintln!("{}", crate::escape::printable(message.as_bytes())),
+            false => tracing::info!("age plugin: {}", crate::escape::printable(message.as_bytes())),
         }
     }
 
@@ -378,13 +395,13 @@ impl age::Callbacks for Prompts {
             return None;
         }
         let no = no.unwrap_or("no");
-        let prompt = format!("{} [{} / {}]", crate::browse::printable(message.as_bytes()), yes, no);
+        let prompt = format!("{} [{} / {}]", crate::escape::printable(message.as_bytes()), yes, no);
         let answer = ask(&prompt, true).ok()?;
         Some(answer.trim().eq_ignore_ascii_case(yes))
     }
 
     fn request_public_string(&self, description: &str) -> Option<String> {
-        self.interactive.then(|| ask(&crate::browse::printable(description.as_bytes()), true).ok()).flatten()
+        self.interactive.then(|| ask(&crate::escape::printable(description.as_bytes()), true).ok()).flatten()
     }
 
     fn request_passphrase(&self, description: &str) -> Option<SecretString> {
@@ -395,7 +412,7 @@ impl age::Callbacks for Prompts {
         if let Some(known) = answers.get(description) {
             return Some(known.clone());
         }
-        let answer = secret(&crate::browse::printable(description.as_bytes())).ok()?;
+        let answer = secret(&crate::escape::printable(description.as_bytes())).ok()?;
         answers.insert(description.to_string(), answer.clone());
         Some(answer)
     }

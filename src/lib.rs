@@ -6,7 +6,9 @@
 //! restore tests forge snapshots with the repository secret, as an attacker holding the
 //! backup host could).
 
+pub mod audit;
 pub mod backup;
+pub mod bounded;
 pub mod browse;
 pub mod buffers;
 pub mod catalog;
@@ -16,6 +18,7 @@ pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod env;
+pub mod escape;
 pub mod format;
 pub mod fsutil;
 pub mod hex;
@@ -23,8 +26,10 @@ pub mod hooks;
 pub mod http;
 pub mod init;
 pub mod inventory;
+pub mod keyring;
 pub mod keys;
 pub mod metrics;
+pub mod pin;
 pub mod preflight;
 pub mod process;
 pub mod progress;
@@ -38,6 +43,7 @@ pub mod retry;
 pub mod run_outcome;
 pub mod s3;
 pub mod schedule;
+pub mod scrub;
 pub mod source;
 pub mod state_dir;
 pub mod status;

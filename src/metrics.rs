@@ -57,10 +57,53 @@ pub fn render(cfg: &Config, live: &Live) -> String {
     let catalog = Catalog::open_existing(cfg);
     m.family("coffer_catalog_up", "gauge", "Whether the catalog could be read for this scrape.");
     m.sample("coffer_catalog_up", &[], f64::from(u8::from(catalog.is_ok())));
-    if let Ok(catalog) = catalog {
-        job_metrics(&mut m, cfg, &catalog, live);
+    let status = catalog.as_ref().ok().map(|_| crate::status::run(cfg, &crate::status::Options::local()));
+    m.family("coffer_status", "gauge", "The retention status check: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.");
+    let level = match &status {
+        Some(Ok(report)) => report.status.exit_code(),
+        _ => crate::status::UNKNOWN,
+    };
+    m.sample("coffer_status", &[], f64::from(level));
+    if let (Ok(catalog), Some(status)) = (&catalog, &status) {
+        job_metrics(&mut m, cfg, catalog, status.as_ref().ok(), live);
+    }
+    if let (Ok(catalog), Some(scrub)) = (&catalog, &cfg.scrub) {
+        scrub_metrics(&mut m, cfg, scrub, catalog, live);
     }
     m.out
+}
+
+/// The scrub's: when it last ran and what it found, what it read, how far behind its
+/// period each target is, and how many of its fire times passed without a completed one.
+fn scrub_metrics(m: &mut Exposition, cfg: &Config, scrub: &crate::config::ScrubConfig, catalog: &Catalog, live: &Live) {
+    let Ok(totals) = catalog.job_totals(crate::scrub::JOB) else { return };
+    let now = crate::time::now_secs();
+    // Declared before the first scrub too, with no sample until there is one.
+    m.family("coffer_scrub_last_run_timestamp_seconds", "gauge", "When the last scrub ended.");
+    if let Some(last) = &totals.last_run {
+        m.sample("coffer_scrub_last_run_timestamp_seconds", &[], last.ended_at.unwrap_or(last.started_at) as f64);
+    }
+    m.family("coffer_scrub_last_run_findings", "gauge", "What the last scrub found wrong (see `coffer runs @scrub`).");
+    if let Some(last) = &totals.last_run {
+        m.sample("coffer_scrub_last_run_findings", &[], last.findings as f64);
+    }
+    m.family("coffer_scrub_read_bytes_total", "counter", "Bytes of packs the scrub read back.");
+    m.sample("coffer_scrub_read_bytes_total", &[], totals.bytes_read as f64);
+    m.family("coffer_scrub_failures_total", "counter", "Scrubs that could not check a target.");
+    m.sample("coffer_scrub_failures_total", &[], totals.failures as f64);
+    // From the last scrub that checked every target (or the daemon's start), with an
+    // hour's grace for the scrub itself to run.
+    let since = totals.last_success_at.unwrap_or(live.started_at);
+    let missed = crate::status::missed(&scrub.schedule, cfg.daemon.zone, 3600, since, now);
+    m.family("coffer_scrub_missed_fire_times", "gauge", "Scrub fire times past with no scrub completed since.");
+    m.sample("coffer_scrub_missed_fire_times", &[], f64::from(missed));
+    m.family("coffer_scrub_packs_behind", "gauge", "Packs on a target the scrub has not read within its period.");
+    let period = scrub.period.as_secs() as i64;
+    for t in catalog.targets().unwrap_or_default() {
+        if let Ok(n) = catalog.packs_unscrubbed_since(t.id, now - period) {
+            m.sample("coffer_scrub_packs_behind", &[("target", &t.name)], n as f64);
+        }
+    }
 }
 
 /// What one job's samples are read from.
@@ -68,6 +111,8 @@ struct JobRow<'a> {
     name: &'a str,
     totals: JobTotals,
     status: Option<&'a JobStatus>,
+    /// Fire times past (with grace) since the newest snapshot, or since the first run.
+    missed: Option<u32>,
     running: bool,
 }
 
@@ -81,20 +126,28 @@ fn one(v: Option<f64>) -> Samples {
     v.map(|v| vec![(String::new(), v)]).unwrap_or_default()
 }
 
-fn job_metrics(m: &mut Exposition, cfg: &Config, catalog: &Catalog, live: &Live) {
-    let status = crate::status::run(cfg, &crate::status::Options { remote: false, sample: None });
-    if let Ok(report) = &status {
-        m.family("coffer_status", "gauge", "The retention status check: 0 OK, 1 WARNING, 2 CRITICAL.");
-        m.sample("coffer_status", &[], f64::from(report.status.exit_code()));
-    }
+fn job_metrics(
+    m: &mut Exposition,
+    cfg: &Config,
+    catalog: &Catalog,
+    status: Option<&crate::status::Report>,
+    live: &Live,
+) {
+    let now = crate::time::now_secs();
     let rows: Vec<JobRow> = cfg
         .jobs
         .iter()
         .filter_map(|job| {
+            let status = status.and_then(|r| r.jobs.iter().find(|j| j.name == job.name));
+            // A job that never ran counts its fire times from the daemon's start.
+            let missed = status
+                .and_then(|j| j.missed_fire_times)
+                .or_else(|| status.and(crate::status::missed_fire_times(cfg, job, live.started_at, now)));
             Some(JobRow {
                 name: &job.name,
                 totals: catalog.job_totals(&job.name).ok()?,
-                status: status.as_ref().ok().and_then(|r| r.jobs.iter().find(|j| j.name == job.name)),
+                status,
+                missed,
                 running: live.running.contains(&job.name),
             })
         })
@@ -156,10 +209,16 @@ fn job_metrics(m: &mut Exposition, cfg: &Config, catalog: &Catalog, live: &Live)
             one(r.status.map(|j| j.live_snapshots as f64))
         }),
         (
-            "coffer_job_protected_until_timestamp_seconds",
+            "coffer_job_newest_snapshot_protected_until_timestamp_seconds",
             "gauge",
-            "Every live snapshot is fully locked until then.",
-            &|r| one(r.status.and_then(|j| j.protected_until).map(|t| t as f64)),
+            "Until when the job's newest snapshot is fully locked on its best target.",
+            &|r| one(r.status.and_then(|j| j.newest_protected_until).map(|t| t as f64)),
+        ),
+        (
+            "coffer_job_missed_fire_times",
+            "gauge",
+            "Fire times past (with grace) with no newer snapshot: 0 in steady state.",
+            &|r| one(r.missed.map(f64::from)),
         ),
         ("coffer_job_protection_gaps", "gauge", "Live snapshots needing an object locked too briefly.", &|r| {
             one(r.status.map(|j| j.gaps.len() as f64))
@@ -173,12 +232,6 @@ fn job_metrics(m: &mut Exposition, cfg: &Config, catalog: &Catalog, live: &Live)
             "gauge",
             "The job's newest snapshots a target lacks (the next backup copies them to it).",
             &|r| on_targets(r, |t| Some(t.lag as f64)),
-        ),
-        (
-            "coffer_job_target_protected_until_timestamp_seconds",
-            "gauge",
-            "Every live snapshot of the job that the target holds is fully locked there until then.",
-            &|r| on_targets(r, |t| t.protected_until.map(|u| u as f64)),
         ),
     ];
     for (name, kind, help, samples) in families {

@@ -30,6 +30,14 @@ pub fn check(cfg: &Config) -> Vec<String> {
     if let Err(e) = crate::keys::plugins_for(&cfg.recipients) {
         problems.push(format!("{e:#}"));
     }
+    // The recipients must be the repository's keys (once there is a repository here;
+    // a catalog that cannot be opened is the state directory's problem, named above).
+    if cfg.state().catalog().exists()
+        && let Some(why) =
+            crate::catalog::Catalog::open_existing(cfg).and_then(|c| crate::keyring::drift(cfg, &c)).ok().flatten()
+    {
+        problems.push(why);
+    }
     problems.extend(cfg.targets.iter().filter_map(crate::target::missing_credentials));
     for job in &cfg.jobs {
         let mut found = job.source.check();

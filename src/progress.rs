@@ -27,10 +27,11 @@ impl Counters {
         counter.load(Relaxed)
     }
 
-    pub fn set_current(&self, path: &str) {
+    /// The path being worked on, escaped (a name may hold a terminal's control codes).
+    pub fn set_current(&self, path: &[u8]) {
         if let Ok(mut c) = self.current.try_lock() {
             c.clear();
-            c.push_str(path);
+            crate::escape::printable_into(&mut c, path);
         }
     }
 }

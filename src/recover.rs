@@ -22,13 +22,13 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use crate::ChunkId;
-use crate::catalog::{Catalog, Copy, RepoRow, SnapshotRow, StoredPack};
+use crate::catalog::{Catalog, Copy, KeySetRow, RepoRow, SnapshotRow, StoredPack, TargetId};
 use crate::config::Config;
 use crate::format::entry::{ChunkedStream, EntryReader, Kind};
 use crate::format::entry_check::{Refused, TreeCheck};
 use crate::format::repo::RepoRecord;
 use crate::format::snapshot::{self, SnapshotRecord};
-use crate::format::{REPO_KEY, pack};
+use crate::format::{MAX_REPO_RECORD, MAX_SNAPSHOT_RECORD, REPO_KEY, pack};
 use crate::inventory::{Finding, Inventory, Layout};
 use crate::keys::{Identity, RepoSecret};
 use crate::progress::{Counters, ProgressLine};
@@ -39,6 +39,8 @@ pub struct Options {
     /// The target to rebuild from (else the first); `verify --target` then learns what
     /// the others hold.
     pub target: Option<String>,
+    /// The repository fingerprint `init` printed, which the record must have.
+    pub expect_fingerprint: Option<String>,
     /// Draw a progress line on a terminal.
     pub progress: bool,
 }
@@ -47,6 +49,9 @@ pub struct Options {
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
     pub repo_id: String,
+    /// The repository's fingerprint ([`crate::pin`]), and how it was checked.
+    pub fingerprint: String,
+    pub fingerprint_check: String,
     /// The target the catalog was rebuilt from.
     pub target: String,
     /// Recovered snapshots: (job, id), oldest first.
@@ -58,6 +63,9 @@ pub struct Report {
     pub duplicates: usize,
     /// Tampering and damage, in key order.
     pub findings: Vec<Finding>,
+    /// Authentic snapshot records and packs encrypted to keys the identity is not one
+    /// of (written before its key was added): recover with an older key to include them.
+    pub other_keys: Vec<String>,
 }
 
 impl Report {
@@ -86,6 +94,12 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
         None => &cfg.targets[0],
     };
     let runtime = crate::target::runtime()?;
+    tracing::info!(target = %target_cfg.name, url = %target_cfg.url, "listing every object version");
+    let inventory = runtime.block_on(Inventory::read(&Target::open(target_cfg, TargetId::NONE)?))?;
+    // Which repository this is, before anything is written here (the secret included).
+    let opened = open_repo(&runtime, &Target::open(target_cfg, TargetId::NONE)?, &inventory, &identity)?;
+    let checked = check_fingerprint(cfg, &runtime, &identity, &target_cfg.name, &opened, opts)?;
+
     let partial = cfg.state().recovering_catalog();
     let mut catalog = Catalog::open(&partial)?;
     catalog.begin_recovery()?;
@@ -98,9 +112,6 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
         None => catalog.add_target(&target_cfg.name, &target_cfg.url)?,
     };
     let target = Target::open(target_cfg, id)?;
-
-    tracing::info!(target = %target.name, url = %target.url, "listing every object version");
-    let inventory = runtime.block_on(Inventory::read(&target))?;
     let mut r = Recovery {
         target: &target,
         runtime: &runtime,
@@ -108,14 +119,17 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
         inventory: &inventory,
         report: Report { target: target.name.clone(), ..Default::default() },
         genuine: HashMap::new(),
+        pack_ceiling: 0,
+        limits: cfg.limits,
     };
     // The repository record first: its secret authenticates everything else. Then the
     // snapshot records (small), so that each pack knows which chunks to keep; then the
     // packs; then the snapshots, each with the packs its file list needs.
-    let secret = r.repository(cfg, &catalog)?;
+    r.report.fingerprint_check = checked;
+    let secret = r.repository(cfg, &catalog, opened)?;
     let records = r.snapshot_records(&secret)?;
-    r.packs(&mut catalog, &records, &secret, opts.progress)?;
-    r.snapshots(&mut catalog, &records)?;
+    r.packs(&mut catalog, &records, opts.progress)?;
+    r.snapshots(&mut catalog, &records, &secret)?;
     catalog.forget_expired(crate::time::now_secs())?;
     let report = r.judge_the_rest();
 
@@ -136,6 +150,10 @@ struct Recovery<'a> {
     report: Report,
     /// The version of each key that proved itself.
     genuine: HashMap<String, Option<String>>,
+    /// The most bytes a pack of this repository can have (a larger answer is refused).
+    pack_ceiling: u64,
+    /// How much of a snapshot's file list is read.
+    limits: crate::format::entry::Limits,
 }
 
 /// A snapshot record that proved itself: its key, version, content, and when the server
@@ -143,19 +161,70 @@ struct Recovery<'a> {
 type Proven = (String, Option<String>, SnapshotRecord, i64);
 
 impl Recovery<'_> {
-    /// Opens the repository record with the identity, keeps its secret, and records the
-    /// repository (unless a resumed recovery already did).
-    fn repository(&mut self, cfg: &Config, catalog: &Catalog) -> Result<RepoSecret> {
-        let (repo, repo_version, secret) = open_repo(self.runtime, self.target, self.inventory, self.identity)?;
+    /// Keeps the opened repository's secret and records the repository (unless a
+    /// resumed recovery did).
+    fn repository(&mut self, cfg: &Config, catalog: &Catalog, opened: Opened) -> Result<RepoSecret> {
+        let Opened { record: repo, version: repo_version, secret, pin, sets } = opened;
         self.genuine.insert(REPO_KEY.to_string(), repo_version.clone());
         self.report.repo_id = repo.id.clone();
+        self.report.fingerprint = pin.fingerprint.clone();
+        self.pack_ceiling = pack::max_stored(cfg.pack_size, repo.chunker.max);
         keep_secret(cfg, &self.target.url, &secret)?;
         if catalog.repo()?.is_none() {
             let lock = self.runtime.block_on(self.target.lock_of(REPO_KEY, repo_version.as_deref()))?;
-            catalog.set_repo(&RepoRow { repo_id: repo.id.clone(), chunker: repo.chunker }, &[])?;
+            catalog.set_repo(&RepoRow { repo_id: repo.id.clone(), chunker: repo.chunker, pin: Some(pin) }, &[])?;
             catalog.set_repo_record(self.target.id, &Copy { version: repo_version, lock })?;
         }
+        if catalog.current_keyset()?.is_none() {
+            let recipients = repo.recipients.iter().map(|r| crate::keys::fingerprint_of(r)).collect();
+            catalog.add_keyset(&KeySetRow { seq: 0, created_at: repo.created, recipients, record_hash: None }, &[])?;
+        }
+        self.key_sets(catalog, &repo.id, &secret, sets)?;
         Ok(secret)
+    }
+
+    /// Records every key-set record that proves itself under the secret, in order; one
+    /// that does not is a forgery (a finding), and so is a gap in the chain.
+    fn key_sets(
+        &mut self,
+        catalog: &Catalog,
+        repo_id: &str,
+        secret: &RepoSecret,
+        mut sets: Vec<(u32, Option<String>, Vec<u8>)>,
+    ) -> Result<()> {
+        sets.sort_by_key(|(seq, ..)| *seq);
+        let known: Vec<u32> = catalog.keysets()?.iter().map(|s| s.seq).collect();
+        for (seq, version, bytes) in sets {
+            let key = crate::format::keyset::key(seq);
+            let proven =
+                crate::format::keyset::KeySet::verify(&bytes, secret).map_err(|e| e.to_string()).and_then(|s| {
+                    match s.seq == seq && s.repo == repo_id {
+                        true => Ok(s),
+                        false => Err("it is stored under another set's key, or is another repository's".into()),
+                    }
+                });
+            match proven {
+                Ok(set) if !known.contains(&seq) => {
+                    let lock = self.runtime.block_on(self.target.lock_of(&key, version.as_deref()))?;
+                    let row = KeySetRow {
+                        seq,
+                        created_at: set.created,
+                        recipients: set.recipients.into_iter().collect(),
+                        record_hash: Some(blake3::hash(&bytes).to_hex().to_string()),
+                    };
+                    catalog.add_keyset(&row, &[(self.target.id, Copy { version: version.clone(), lock })])?;
+                    self.genuine.insert(key, version);
+                }
+                Ok(_) => {
+                    self.genuine.insert(key, version);
+                }
+                Err(why) => {
+                    let version = version.unwrap_or_default();
+                    self.report.findings.push(Finding::ForgedRecord { key, version, why });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Every snapshot record's oldest version that proves itself, in creation order.
@@ -167,7 +236,7 @@ impl Recovery<'_> {
             }
             let (mut accepted, mut rejected) = (None, Vec::new());
             for v in &versions.versions {
-                let object = self.runtime.block_on(self.target.get(key, v.id.as_deref()))?;
+                let object = self.runtime.block_on(self.target.get(key, v.id.as_deref(), MAX_SNAPSHOT_RECORD))?;
                 match snapshot::open(&object, key, secret, self.identity) {
                     Ok(record) => {
                         if let Some(f) =
@@ -177,6 +246,13 @@ impl Recovery<'_> {
                         }
                         accepted = Some(v.id.clone());
                         records.push((key.clone(), v.id.clone(), record, v.last_modified));
+                        break;
+                    }
+                    // Authentic, encrypted to keys this identity is not one of (made
+                    // before it was added): another key recovers it.
+                    Err(e) if !e.is_damage() => {
+                        self.report.other_keys.push(key.clone());
+                        accepted = Some(v.id.clone());
                         break;
                     }
                     Err(e) => rejected.push(Finding::ForgedRecord {
@@ -204,7 +280,7 @@ impl Recovery<'_> {
     /// Every pack, read once: checked against its name, its trailer recorded, and the
     /// chunks of the snapshots' file lists kept (verified). Packs a resumed recovery
     /// already recorded are not read again.
-    fn packs(&mut self, catalog: &mut Catalog, records: &[Proven], secret: &RepoSecret, progress: bool) -> Result<()> {
+    fn packs(&mut self, catalog: &mut Catalog, records: &[Proven], progress: bool) -> Result<()> {
         let tree_chunks: HashSet<ChunkId> = records.iter().flat_map(|(_, _, r, _)| r.tree.iter().copied()).collect();
         let packs: Vec<(String, String)> = self
             .inventory
@@ -232,6 +308,7 @@ impl Recovery<'_> {
         Counters::add(&counters.packs, self.report.packs_resumed as u64);
         let _progress = ProgressLine::start(counters.clone(), progress, crate::progress::packs_line(total));
         let (runtime, target, identity, inventory) = (self.runtime, self.target, self.identity, self.inventory);
+        let ceiling = self.pack_ceiling;
         runtime.block_on(async {
             let reads = futures::stream::iter(todo.into_iter().map(|(key, id)| {
                 let (target, identity) = (target.clone(), identity.clone());
@@ -242,9 +319,11 @@ impl Recovery<'_> {
                     // which can resume; a version that fails its hash is a finding.
                     let mut last_error = String::from("no version");
                     for v in versions {
-                        let ct = target.get(&key, v.id.as_deref()).await?;
+                        let ct = target.get(&key, v.id.as_deref(), ceiling).await?;
                         match pack::open(&ct, &id, &identity) {
-                            Ok(plain) => return anyhow::Ok((key, id, Ok((v, ct.len() as u64, plain)))),
+                            Ok(plain) => return anyhow::Ok((key, id, Ok(Ok((v, ct.len() as u64, plain))))),
+                            // The pack coffer wrote, for keys this identity is not one of.
+                            Err(e) if !e.is_damage() => return Ok((key, id, Ok(Err(v.id)))),
                             Err(e) => last_error = e.to_string(),
                         }
                     }
@@ -256,16 +335,21 @@ impl Recovery<'_> {
                 let (key, id, read) = joined.map_err(|e| anyhow!("a pack reader failed: {e}"))??;
                 Counters::add(&counters.packs, 1);
                 let (v, size, plain) = match read {
-                    Ok(ok) => {
+                    Ok(Ok(ok)) => {
                         Counters::add(&counters.bytes_read, ok.1);
                         ok
+                    }
+                    Ok(Err(version)) => {
+                        self.report.other_keys.push(key.clone());
+                        self.genuine.insert(key, version);
+                        continue;
                     }
                     Err(why) => {
                         self.report.findings.push(Finding::Unreadable { key, version: String::new(), why });
                         continue;
                     }
                 };
-                let blobs = match pack::read_trailer(&plain) {
+                let (blobs, keyset) = match pack::read_table(&plain) {
                     Ok(b) => b,
                     Err(e) => {
                         let why = format!("pack trailer: {e}");
@@ -280,14 +364,15 @@ impl Recovery<'_> {
                 };
                 let mut tree = Vec::new();
                 for b in blobs.iter().filter(|b| tree_chunks.contains(&b.id)) {
-                    // A chunk that fails here is missed by its snapshot, which reports it.
-                    if let Ok(data) = pack::verified_blob(&plain, b, secret) {
-                        tree.push((b.id, data));
+                    // Kept as stored, verified when read: a chunk that fails then is
+                    // missed by its snapshot, which reports it.
+                    if let Ok(stored) = pack::blob_bytes(&plain, b.offset, b.length) {
+                        tree.push((b, stored));
                     }
                 }
                 let lock = target.lock_of(&key, v.id.as_deref()).await?;
                 let copies = [(target.id, Copy { version: v.id.clone(), lock })];
-                let stored = StoredPack { hash: &id, size, blobs: &blobs, copies: &copies };
+                let stored = StoredPack { hash: &id, size, keyset, blobs: &blobs, copies: &copies };
                 catalog.add_recovered_pack(&stored, &tree)?;
                 tracing::debug!("recorded {key}");
                 self.genuine.insert(key, v.id);
@@ -299,13 +384,13 @@ impl Recovery<'_> {
     }
 
     /// The snapshots, oldest first: each one's file list says which packs it needs.
-    fn snapshots(&mut self, catalog: &mut Catalog, records: &[Proven]) -> Result<()> {
+    fn snapshots(&mut self, catalog: &mut Catalog, records: &[Proven], secret: &RepoSecret) -> Result<()> {
         for (key, version, record, _) in records {
             if catalog.has_snapshot(&record.id)? {
                 self.report.snapshots.push((record.job.clone(), record.id.clone()));
                 continue;
             }
-            let (packs, missing, refused) = match needed_packs(catalog, record) {
+            let (packs, missing, refused) = match needed_packs(catalog, record, secret, &self.limits) {
                 Ok(found) => found,
                 Err(e) => {
                     let why = format!("the snapshot's file list cannot be read: {e:#}");
@@ -358,22 +443,95 @@ impl Recovery<'_> {
     }
 }
 
-/// The oldest version of `coffer.repo` that decodes and that the identity opens.
+/// The record recovered from must be the repository the restorer means: the one whose
+/// fingerprint they kept, or else the one every other configured target that answers
+/// holds too. A storage-only attacker can replace the record on one target (with a
+/// secret of their choice, encrypted to the public recipients): choosing between
+/// disagreeing targets is left to the restorer. Returns how it was checked.
+fn check_fingerprint(
+    cfg: &Config,
+    runtime: &tokio::runtime::Runtime,
+    identity: &Identity,
+    from: &str,
+    opened: &Opened,
+    opts: &Options,
+) -> Result<String> {
+    let mine = &opened.pin.fingerprint;
+    if let Some(expected) = &opts.expect_fingerprint {
+        let expected = crate::pin::normalize(expected)?;
+        if *mine != expected {
+            bail!(
+                "target `{from}` holds a repository whose fingerprint is {mine}, not the {expected} expected: its \
+                 {REPO_KEY} was replaced, or this is another repository; nothing was recovered"
+            );
+        }
+        return Ok("the fingerprint expected".into());
+    }
+    let mut agree = vec![from.to_string()];
+    let mut differ = Vec::new();
+    for t in cfg.targets.iter().filter(|t| t.name != from) {
+        let other = Target::open(t, TargetId::NONE).and_then(|other| {
+            let inventory = runtime.block_on(Inventory::read_repository(&other))?;
+            open_repo(runtime, &other, &inventory, identity)
+        });
+        match other {
+            Ok(o) if o.pin.fingerprint == *mine => agree.push(t.name.clone()),
+            Ok(o) => differ.push(format!("target `{}` holds {}", t.name, o.pin.fingerprint)),
+            Err(e) => tracing::warn!(target = %t.name, "cannot compare this target's {REPO_KEY}: {e:#}"),
+        }
+    }
+    if !differ.is_empty() {
+        bail!(
+            "the targets disagree on which repository this is: target `{from}` holds {mine}; {}. One of them was \
+             replaced: run recover again with --expect-fingerprint and the fingerprint `coffer init` printed",
+            differ.join("; ")
+        );
+    }
+    Ok(match agree.len() {
+        1 => "only this target could be read: compare the fingerprint with the one `coffer init` printed".into(),
+        _ => format!("every target that answered holds it ({})", agree.join(", ")),
+    })
+}
+
+/// A repository record the identity opened (directly, or through a key set added
+/// later): its version, its secret, its pin, and the key-set records the target holds.
+struct Opened {
+    record: RepoRecord,
+    version: Option<String>,
+    secret: RepoSecret,
+    pin: crate::pin::Pin,
+    /// Each `keys/<seq>` object: its set number, version (the oldest) and bytes.
+    sets: Vec<(u32, Option<String>, Vec<u8>)>,
+}
+
+/// The oldest version of `coffer.repo` that decodes and that the identity opens, or
+/// whose secret a key set the identity opens holds.
 fn open_repo(
     runtime: &tokio::runtime::Runtime,
     target: &Target,
     inventory: &Inventory,
     identity: &Identity,
-) -> Result<(RepoRecord, Option<String>, RepoSecret)> {
+) -> Result<Opened> {
     let versions = inventory.keys.get(REPO_KEY).map(|k| k.versions.as_slice()).unwrap_or_default();
     if versions.is_empty() {
         bail!("target {} holds no repository record ({REPO_KEY}): nothing to recover", target.url);
     }
+    let mut sets = Vec::new();
+    for (key, held) in &inventory.keys {
+        if let (Layout::KeySet(seq), Some(v)) = (crate::inventory::layout(key), held.versions.first()) {
+            let bytes = runtime.block_on(target.get(key, v.id.as_deref(), MAX_REPO_RECORD))?;
+            sets.push((seq, v.id.clone(), bytes.to_vec()));
+        }
+    }
     let mut reasons = Vec::new();
     for v in versions {
-        let bytes = runtime.block_on(target.get(REPO_KEY, v.id.as_deref()))?;
-        match RepoRecord::open(&bytes, identity) {
-            Ok((record, secret)) => return Ok((record, v.id.clone(), secret)),
+        let bytes = runtime.block_on(target.get(REPO_KEY, v.id.as_deref(), MAX_REPO_RECORD))?;
+        let objects = || Ok(sets.iter().map(|(seq, _, b)| (*seq, b.clone())).collect());
+        match crate::keyring::open_secret(&bytes, identity, objects) {
+            Ok((record, secret)) => {
+                let pin = crate::pin::Pin::of(&bytes, &secret);
+                return Ok(Opened { record, version: v.id.clone(), secret, pin, sets });
+            }
             Err(e) => reasons.push(format!("version {}: {e:#}", v.id.as_deref().unwrap_or("-"))),
         }
     }
@@ -407,19 +565,35 @@ fn keep_secret(cfg: &Config, url: &str, secret: &RepoSecret) -> Result<()> {
 /// would refuse (the first ones, and how many).
 type Needed = (HashSet<i64>, usize, Refused);
 
-fn needed_packs(catalog: &Catalog, record: &SnapshotRecord) -> Result<Needed> {
+fn needed_packs(
+    catalog: &Catalog,
+    record: &SnapshotRecord,
+    secret: &RepoSecret,
+    limits: &crate::format::entry::Limits,
+) -> Result<Needed> {
     let mut packs = HashSet::new();
     let mut missing = 0;
     let (mut check, mut refused) = (TreeCheck::default(), Refused::default());
+    // Where a chunk is in several packs, the one the snapshot was made with is one its
+    // keys can read: a pack of its key set, or of a set holding all of its keys.
+    let sets: HashMap<u32, std::collections::BTreeSet<String>> =
+        catalog.keysets()?.into_iter().map(|s| (s.seq, s.recipients)).collect();
+    let own = sets.get(&record.keyset.unwrap_or(0)).cloned().unwrap_or_default();
+    let locate = |id: &ChunkId| -> Result<Option<i64>> {
+        let found = catalog.chunk_packs(id)?;
+        let readable = found.iter().find(|(_, k)| sets.get(k).is_some_and(|r| r.is_superset(&own)));
+        Ok(readable.or(found.first()).map(|(p, _)| *p))
+    };
     for id in &record.tree {
-        packs.insert(catalog.chunk_pack(id)?.ok_or_else(|| anyhow!("chunk {id} is in no readable pack"))?);
+        packs.insert(locate(id)?.ok_or_else(|| anyhow!("chunk {id} is in no readable pack"))?);
     }
     let fetch = |id: &ChunkId| {
-        let data = catalog.recovered_tree_chunk(id).map_err(std::io::Error::other)?;
-        data.ok_or_else(|| std::io::Error::other(format!("chunk {id} is in no readable pack")))
+        let kept = catalog.recovered_blob(id).map_err(std::io::Error::other)?;
+        let (blob, stored) = kept.ok_or_else(|| std::io::Error::other(format!("chunk {id} is in no readable pack")))?;
+        pack::verified_blob(&stored, &blob, secret).map_err(std::io::Error::other)
     };
     let stream = ChunkedStream::new(record.tree.iter().copied(), fetch);
-    for entry in EntryReader::new(BufReader::new(stream))? {
+    for entry in EntryReader::with_limits(BufReader::new(crate::format::entry::Capped::new(stream, limits)), limits)? {
         let entry = entry?;
         if let Err(why) = check.check(&entry) {
             refused.add(&entry.path, why, crate::restore::tree::REFUSALS_NAMED);
@@ -428,7 +602,7 @@ fn needed_packs(catalog: &Catalog, record: &SnapshotRecord) -> Result<Needed> {
             continue;
         }
         for id in &entry.chunks {
-            match catalog.chunk_pack(id)? {
+            match locate(id)? {
                 Some(p) => {
                     packs.insert(p);
                 }

@@ -12,13 +12,12 @@
 
 use std::sync::Arc;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 
 use crate::catalog::{Catalog, RepoRow, SnapshotRow};
 use crate::config::Config;
-use crate::format::repo::RepoRecord;
 use crate::format::snapshot::{self, SnapshotRecord};
-use crate::format::{REPO_KEY, snapshot_key};
+use crate::format::{MAX_REPO_RECORD, MAX_SNAPSHOT_RECORD, REPO_KEY, snapshot_key};
 use crate::keys::{Identity, RepoSecret};
 use crate::retry::Retry;
 use crate::target::Target;
@@ -32,6 +31,13 @@ pub struct Repo<Role = Bare> {
     /// Every configured target, in config order.
     pub targets: Vec<Target>,
     pub runtime: tokio::runtime::Runtime,
+    /// Where the config keeps the repository secret (a restorer that has it checks the
+    /// record against it).
+    secret_file: std::path::PathBuf,
+    /// How much of a snapshot's file list is read (`[restore]`).
+    pub limits: crate::format::entry::Limits,
+    /// The config's recipients, to name keys by (fingerprints are what the catalog has).
+    pub recipients: Vec<crate::keys::Recipient>,
     role: Role,
 }
 
@@ -85,7 +91,10 @@ impl Repo<Bare> {
             };
             targets.push(Target::open_with(t, id, retry(t))?);
         }
-        Ok(Repo { catalog, row, targets, runtime: crate::target::runtime()?, role: Bare })
+        let secret_file = cfg.repo_secret_file.clone();
+        let (limits, recipients) = (cfg.limits, cfg.recipients.clone());
+        let runtime = crate::target::runtime()?;
+        Ok(Repo { catalog, row, targets, runtime, secret_file, limits, recipients, role: Bare })
     }
 
     /// Takes the repository secret from its file: the backup host's handle.
@@ -98,7 +107,7 @@ impl Repo<Bare> {
     /// else from the first target (in config order) that holds `snapshot` (when given)
     /// and answers. Everything the handle reads then comes from that target.
     pub fn unlock(
-        self,
+        mut self,
         identity: Arc<Identity>,
         wanted: Option<&str>,
         snapshot: Option<&SnapshotRow>,
@@ -119,13 +128,29 @@ impl Repo<Bare> {
                 failures.push(format!("target `{}` does not hold {what} yet", target.name));
                 continue;
             };
-            match self.runtime.block_on(target.get(REPO_KEY, record.version.as_deref())) {
-                Ok(bytes) => {
-                    let (_, secret) = RepoRecord::open(&bytes, &identity)?;
-                    return Ok(self.with_role(Restorer { identity, secret, source: i }));
+            let found = self.runtime.block_on(crate::pin::read(target, record.version.as_deref()));
+            let bytes = match (found, &self.row.pin) {
+                (Ok(bytes), Some(pin)) => match crate::pin::refusal(target, pin.judge(bytes.as_deref())) {
+                    Some(why) => {
+                        failures.push(why);
+                        continue;
+                    }
+                    None => bytes.unwrap_or_default(),
+                },
+                (Ok(Some(bytes)), None) => bytes,
+                (Ok(None), None) => {
+                    failures.push(format!("target `{}` holds no {REPO_KEY}", target.name));
+                    continue;
                 }
-                Err(e) => failures.push(format!("target `{}`: {e:#}", target.name)),
-            }
+                (Err(e), _) => {
+                    failures.push(format!("target `{}`: {e:#}", target.name));
+                    continue;
+                }
+            };
+            let sets = || self.keyset_records(target);
+            let (_, secret) = crate::keyring::open_secret(&bytes, &identity, sets)?;
+            self.check_secret(&bytes, &secret)?;
+            return Ok(self.with_role(Restorer { identity, secret, source: i }));
         }
         match (wanted, failures.is_empty()) {
             (Some(w), true) => Err(anyhow!("no target `{w}` in the config")),
@@ -134,9 +159,61 @@ impl Repo<Bare> {
     }
 }
 
+impl Repo<Bare> {
+    /// Every key-set record `target` holds (by recorded version), for an identity that
+    /// `coffer.repo` does not list.
+    fn keyset_records(&self, target: &Target) -> Result<Vec<(u32, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for set in self.catalog.keysets()?.into_iter().filter(|s| s.seq > 0) {
+            let held = self.catalog.keyset_holders(set.seq)?;
+            let Some((_, copy)) = held.iter().find(|(t, _)| *t == target.id) else { continue };
+            let key = crate::format::keyset::key(set.seq);
+            let bytes = self.runtime.block_on(target.get(&key, copy.version.as_deref(), MAX_REPO_RECORD))?;
+            // A record that is not the one recorded is not opened.
+            if set.record_hash.as_deref() == Some(blake3::hash(&bytes).to_hex().as_str()) {
+                out.push((set.seq, bytes.to_vec()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// A restorer that holds the repository secret too (restoring on the backup host)
+    /// refuses a record that opens to another secret; a catalog made before records were
+    /// pinned pins the one the identity opened.
+    fn check_secret(&mut self, record: &[u8], secret: &RepoSecret) -> Result<()> {
+        // A secret this user cannot read (another user's backup host) is no evidence.
+        if let Ok(kept) = RepoSecret::load(&self.secret_file)
+            && kept.bytes() != secret.bytes()
+        {
+            bail!(
+                "the repository record opens to another secret than the one in {}: it was replaced; nothing is \
+                 read with it",
+                self.secret_file.display()
+            );
+        }
+        let pin = crate::pin::Pin::of(record, secret);
+        match &self.row.pin {
+            None => {
+                self.catalog.set_pin(&pin)?;
+                self.row.pin = Some(pin);
+            }
+            // A key set opened another secret than the repository's: forged.
+            Some(pinned) if pinned.fingerprint != pin.fingerprint => bail!(
+                "the repository secret this identity opened is not the repository's (fingerprint {} against the \
+                 pinned {}): a key set was forged; nothing is read with it",
+                pin.fingerprint,
+                pinned.fingerprint
+            ),
+            Some(_) => {}
+        }
+        Ok(())
+    }
+}
+
 impl<Role> Repo<Role> {
     fn with_role<R>(self, role: R) -> Repo<R> {
-        Repo { catalog: self.catalog, row: self.row, targets: self.targets, runtime: self.runtime, role }
+        let Repo { catalog, row, targets, runtime, secret_file, limits, recipients, .. } = self;
+        Repo { catalog, row, targets, runtime, secret_file, limits, recipients, role }
     }
 
     /// The target named `name`, or the first one.
@@ -193,7 +270,25 @@ impl Repo<Restorer> {
         let Some((_, copy)) = holders.iter().find(|(t, _)| *t == source.id) else {
             bail!("target `{}` does not hold snapshot {} yet", source.name, snap.id);
         };
-        let object = self.runtime.block_on(source.get(&key, copy.version.as_deref()))?;
-        snapshot::open(&object, &key, self.secret(), self.identity()).with_context(|| format!("snapshot record {key}"))
+        let object = self.runtime.block_on(source.get(&key, copy.version.as_deref(), MAX_SNAPSHOT_RECORD))?;
+        snapshot::open(&object, &key, self.secret(), self.identity()).map_err(|e| {
+            let readers = match e.is_damage() {
+                true => String::new(),
+                false => self.readers(&snap.id).map(|r| format!("; it can be restored with: {r}")).unwrap_or_default(),
+            };
+            anyhow!("snapshot record {key}: {e}{readers}")
+        })
+    }
+}
+
+impl<Role> Repo<Role> {
+    /// The keys that can restore a snapshot, by fingerprint and, where the config has
+    /// it, recipient.
+    pub fn readers(&self, snapshot: &str) -> Result<String> {
+        let named = |fp: String| match self.recipients.iter().find(|r| r.fingerprint() == fp) {
+            Some(r) => format!("{fp} ({r})"),
+            None => fp,
+        };
+        Ok(self.catalog.snapshot_readers(snapshot)?.into_iter().map(named).collect::<Vec<_>>().join(", "))
     }
 }

@@ -107,6 +107,10 @@ fn transient(status: StatusCode) -> bool {
     status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::REQUEST_TIMEOUT
 }
 
+/// The most bytes coffer reads of an answer to a signed request: a listing page of a
+/// thousand keys is well under a MiB.
+pub const MAX_ANSWER: u64 = 16 << 20;
+
 /// Parts of a multipart upload (S3's minimum is 5 MiB, but the last).
 pub const PART_SIZE: usize = 8 << 20;
 
@@ -185,23 +189,32 @@ impl S3Client {
         Ok(req)
     }
 
-    /// Sends a signed request and reads the whole answer, retrying connection errors and
-    /// transient answers with backoff under the run's budget.
+    /// Sends a signed request and reads the whole answer (at most [`MAX_ANSWER`] bytes),
+    /// retrying connection errors and transient answers with backoff under the run's
+    /// budget.
     pub async fn send(&self, method: Method, url: &str, headers: &[(&str, String)], body: Bytes) -> Result<Answer> {
         let digests = Digests::of(&body);
         let mut attempt = 0;
         loop {
             let req = self.request(&method, url, headers, &body, &digests).await?;
-            let failure = match self.client.execute(req).await {
+            let failure = match self.execute(req, body.len()).await {
                 Ok(resp) => {
                     let (parts, body) = resp.into_parts();
-                    match body.bytes().await {
+                    let announced = parts.headers.get("content-length").and_then(|v| v.to_str().ok()?.parse().ok());
+                    let what = format!("{method} {}", self.describe(url));
+                    let read = crate::bounded::collect(body.bytes_stream(), announced, MAX_ANSWER, &what);
+                    // At the slowest rate coffer accepts, a whole answer takes this long.
+                    let allowed = ANSWER_TIMEOUT + Duration::from_secs(MAX_ANSWER / SLOWEST_UPLOAD as u64);
+                    let read = tokio::time::timeout(allowed, read)
+                        .await
+                        .unwrap_or_else(|_| Err(anyhow!("{what}: the answer did not arrive within {allowed:?}")));
+                    match read {
                         Ok(bytes) if !transient(parts.status) => {
                             let (status, headers) = (parts.status, parts.headers);
                             return Ok(Answer { status, headers, body: bytes, retried: attempt > 0 });
                         }
                         Ok(bytes) => format!("HTTP {} {}", parts.status, error_code(&bytes)),
-                        Err(e) => format!("reading the answer: {e}"),
+                        Err(e) => format!("reading the answer: {e:#}"),
                     }
                 }
                 Err(e) => causes(&e),
@@ -209,6 +222,17 @@ impl S3Client {
             attempt += 1;
             let what = format!("{method} {} at {}: {failure}", self.describe(url), self.endpoint());
             self.retry.wait(attempt, &what).await?;
+        }
+    }
+
+    /// Sends a request, allowing the server [`ANSWER_TIMEOUT`] to answer with its head,
+    /// plus the time the body takes at [`SLOWEST_UPLOAD`] bytes a second: a server that
+    /// never answers is found out in a minute, not after the whole retry budget.
+    async fn execute(&self, req: Request<HttpRequestBody>, body_len: usize) -> Result<HttpResponse, HttpError> {
+        let allowed = ANSWER_TIMEOUT + Duration::from_secs((body_len / SLOWEST_UPLOAD) as u64);
+        match tokio::time::timeout(allowed, self.client.execute(req)).await {
+            Ok(answer) => answer,
+            Err(e) => Err(HttpError::new(HttpErrorKind::Timeout, e)),
         }
     }
 
@@ -227,10 +251,18 @@ impl S3Client {
     /// Every object under the prefix, by exact key (ListObjectsV2, keys URL-encoded on
     /// the wire so that any byte a key holds survives the XML).
     pub async fn list_objects(&self) -> Result<Vec<Listed>> {
+        self.list_under("").await
+    }
+
+    /// Every current object under the prefix followed by `sub`, by exact key: as many as
+    /// a listing may keep ([`crate::bounded::Listing`]).
+    pub async fn list_under(&self, sub: &str) -> Result<Vec<Listed>> {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
+        let mut listing = crate::bounded::Listing::default();
         loop {
-            let mut query = format!("list-type=2&encoding-type=url&prefix={}", encode_query(&self.prefix));
+            let prefix = format!("{}{sub}", self.prefix);
+            let mut query = format!("list-type=2&encoding-type=url&prefix={}", encode_query(&prefix));
             if let Some(t) = &token {
                 query.push_str(&format!("&continuation-token={}", encode_query(t)));
             }
@@ -245,10 +277,14 @@ impl S3Client {
                 let Some(key) = key.strip_prefix(&self.prefix) else { continue };
                 let last_modified_ns = crate::time::parse_utc(&o.last_modified).unwrap_or(0) * 1_000_000_000;
                 let etag = o.e_tag.map(|e| e.trim_matches('"').to_string());
+                listing.keep(key.len() + etag.as_ref().map_or(0, String::len), "ListObjectsV2")?;
                 out.push(Listed { key: key.to_string(), size: o.size, etag, last_modified_ns });
             }
             match (page.is_truncated, page.next_continuation_token) {
-                (true, Some(t)) => token = Some(t),
+                (true, Some(t)) => {
+                    listing.next_page(&t, "ListObjectsV2")?;
+                    token = Some(t)
+                }
                 _ => break,
             }
         }
@@ -267,7 +303,7 @@ impl S3Client {
         let mut attempt = 0;
         loop {
             let req = self.request(&Method::GET, &url, &headers, &Bytes::new(), &Digests::of(&Bytes::new())).await?;
-            let failure = match self.client.execute(req).await {
+            let failure = match self.execute(req, 0).await {
                 Ok(resp) if resp.status().is_success() => {
                     let content_type =
                         resp.headers().get("content-type").and_then(|v| v.to_str().ok()).map(str::to_string);
@@ -279,7 +315,9 @@ impl S3Client {
                 }
                 Ok(resp) => {
                     let status = resp.status();
-                    let body = resp.into_body().bytes().await.unwrap_or_default();
+                    let body = crate::bounded::collect(resp.into_body().bytes_stream(), None, 64 << 10, "an error")
+                        .await
+                        .unwrap_or_default();
                     if !transient(status) {
                         return Err(s3_error("GetObject", key, status, &body));
                     }
@@ -420,17 +458,26 @@ struct ExactPaths(
     >,
 );
 
-/// How long a server has to answer a request with its head.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a server has to answer a request with its head (after its body was sent).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The slowest upload coffer waits for: bytes a second (a 16 MiB pack: 2 minutes more).
+const SLOWEST_UPLOAD: usize = 128 << 10;
+
+/// How long a connection may take to open.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl ExactPaths {
     fn new() -> Result<ExactPaths> {
+        let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        http.enforce_http(false);
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .try_with_platform_verifier()
             .context("cannot load the platform's TLS certificate verifier")?
             .https_or_http()
             .enable_http1()
-            .build();
+            .wrap_connector(http);
         let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(https);
         Ok(ExactPaths(client))
     }
@@ -440,13 +487,10 @@ impl ExactPaths {
 impl HttpService for ExactPaths {
     async fn call(&self, req: HttpRequest) -> Result<HttpResponse, HttpError> {
         use http_body_util::BodyExt;
-        let answer = tokio::time::timeout(ANSWER_TIMEOUT, self.0.request(req))
-            .await
-            .map_err(|e| HttpError::new(HttpErrorKind::Timeout, e))?
-            .map_err(|e| {
-                let kind = if e.is_connect() { HttpErrorKind::Connect } else { HttpErrorKind::Request };
-                HttpError::new(kind, e)
-            })?;
+        let answer = self.0.request(req).await.map_err(|e| {
+            let kind = if e.is_connect() { HttpErrorKind::Connect } else { HttpErrorKind::Request };
+            HttpError::new(kind, e)
+        })?;
         let (parts, body) = answer.into_parts();
         let body = body.map_err(|e| HttpError::new(HttpErrorKind::Decode, e));
         Ok(HttpResponse::from_parts(parts, HttpResponseBody::new(body)))
@@ -570,21 +614,23 @@ fn xml_escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
+/// The `<Code>` of an S3 error answer, escaped and cut short (the server may be hostile).
 fn error_code(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
-    text.split("<Code>").nth(1).and_then(|t| t.split('<').next()).unwrap_or("").to_string()
+    let code = text.split("<Code>").nth(1).and_then(|t| t.split('<').next()).unwrap_or("");
+    crate::escape::quote(code.as_bytes(), 64)
 }
 
 pub fn s3_error(op: &str, key: &str, status: StatusCode, body: &[u8]) -> anyhow::Error {
     let text = String::from_utf8_lossy(body);
-    let code = text.split("<Code>").nth(1).and_then(|s| s.split("</Code>").next()).unwrap_or("");
     let message = text.split("<Message>").nth(1).and_then(|s| s.split("</Message>").next()).unwrap_or("");
-    anyhow!("{op} {key}: HTTP {status} {code} {message}")
+    let (key, message) = (crate::escape::quote(key.as_bytes(), 300), crate::escape::quote(message.as_bytes(), 300));
+    anyhow!("{op} {key}: HTTP {status} {} {message}", error_code(body))
 }
 
 pub fn parse_xml<T: serde::de::DeserializeOwned>(body: &[u8], op: &str) -> Result<T> {
     quick_xml::de::from_reader(body)
-        .with_context(|| format!("{op}: unexpected answer {}", String::from_utf8_lossy(body)))
+        .with_context(|| format!("{op}: unexpected answer {}", crate::escape::quote(body, 200)))
 }
 
 #[derive(Deserialize)]

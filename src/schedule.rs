@@ -37,6 +37,39 @@ impl Zone {
     }
 }
 
+/// A crontab weekday field in the numbering of the `cron` crate: crontab counts Sunday
+/// as 0 (or 7) and Monday as 1, the crate Sunday as 1 and Saturday as 7. Numbers, ranges
+/// and steps are mapped value by value; names (`Mon-Fri`) and `*` mean the same to both.
+fn crontab_weekdays(field: &str) -> Result<String, String> {
+    if field.chars().any(|c| c.is_ascii_alphabetic()) {
+        return Ok(field.to_string());
+    }
+    let bad = || format!("weekday field `{field}`: expected 0-7 (0 and 7 are Sunday), ranges, lists and steps");
+    let mut days = std::collections::BTreeSet::new();
+    for item in field.split(',') {
+        let (range, step) = match item.split_once('/') {
+            Some((r, s)) => (r, s.parse::<u32>().ok().filter(|&s| s > 0).ok_or_else(bad)?),
+            None => (item, 1),
+        };
+        let (from, to) = match range {
+            "*" => (0, 6),
+            r => match r.split_once('-') {
+                Some((a, b)) => (a.parse::<u32>().map_err(|_| bad())?, b.parse::<u32>().map_err(|_| bad())?),
+                None if step == 1 => {
+                    let n = r.parse::<u32>().map_err(|_| bad())?;
+                    (n, n)
+                }
+                None => (r.parse::<u32>().map_err(|_| bad())?, 7),
+            },
+        };
+        if from > to || to > 7 {
+            return Err(bad());
+        }
+        days.extend((from..=to).step_by(step as usize).map(|d| d % 7 + 1));
+    }
+    Ok(days.iter().map(u32::to_string).collect::<Vec<_>>().join(","))
+}
+
 /// How many upcoming wall-clock times are mapped to instants to find the next one; more
 /// than a skipped DST hour can reorder.
 const LOOKAHEAD: usize = 8;
@@ -45,7 +78,11 @@ impl Schedule {
     pub fn parse(text: &str) -> Result<Schedule, String> {
         let fields = text.split_whitespace().count();
         let expr = match fields {
-            5 => format!("0 {}", text.trim()),
+            5 => {
+                let mut parts: Vec<String> = text.split_whitespace().map(str::to_string).collect();
+                parts[4] = crontab_weekdays(&parts[4])?;
+                format!("0 {}", parts.join(" "))
+            }
             6 | 7 => text.trim().to_string(),
             n => {
                 return Err(format!(
@@ -128,6 +165,27 @@ mod tests {
             ["2026-11-23T00:00:02Z", "2026-11-23T00:00:04Z"]
         );
         assert_eq!(fires("0 0 3 * * Mon", "UTC", "2026-11-23T04:00:00Z", 1), ["2026-11-30T03:00:00Z"]);
+    }
+
+    #[test]
+    fn crontab_weekdays_count_sunday_as_0_or_7() {
+        // 2026-11-23 is a Monday.
+        let from = "2026-11-23T00:00:00Z";
+        assert_eq!(fires("15 3 * * 0", "UTC", from, 1), ["2026-11-29T03:15:00Z"]);
+        assert_eq!(fires("15 3 * * 7", "UTC", from, 1), ["2026-11-29T03:15:00Z"]);
+        assert_eq!(fires("15 3 * * 1", "UTC", from, 1), ["2026-11-23T03:15:00Z"]);
+        assert_eq!(
+            fires("0 4 * * 1-5", "UTC", "2026-11-27T12:00:00Z", 2),
+            ["2026-11-30T04:00:00Z", "2026-12-01T04:00:00Z"],
+            "Friday afternoon: next Monday, then Tuesday"
+        );
+        assert_eq!(
+            fires("0 4 * * 5-7", "UTC", from, 3),
+            ["2026-11-27T04:00:00Z", "2026-11-28T04:00:00Z", "2026-11-29T04:00:00Z"]
+        );
+        assert_eq!(fires("0 4 * * */3", "UTC", from, 2), ["2026-11-25T04:00:00Z", "2026-11-28T04:00:00Z"]);
+        assert_eq!(fires("0 4 * * Sun", "UTC", from, 1), ["2026-11-29T04:00:00Z"]);
+        assert!(Schedule::parse("0 4 * * 8").unwrap_err().contains("weekday field"));
     }
 
     #[test]

@@ -80,6 +80,12 @@ pub struct JobStatus {
     pub schedule: Option<String>,
     /// The fire time by which the next snapshot was due (with grace), when it has passed.
     pub overdue_since: Option<i64>,
+    /// Fire times (each past its grace) since the newest live snapshot, or since the
+    /// job's first run when it has none: 0 in steady state (scheduled jobs only).
+    pub missed_fire_times: Option<u32>,
+    /// Until when the newest snapshot is fully locked on its best target: how long
+    /// the latest backup stays protected if no other comes.
+    pub newest_protected_until: Option<i64>,
     /// The job on each of its targets.
     pub targets: Vec<JobOnTarget>,
 }
@@ -120,6 +126,16 @@ pub struct Options {
     /// With `remote`: check only this many packs, chosen at random.
     pub sample: Option<usize>,
 }
+
+impl Options {
+    /// The check from the catalog alone (what `/metrics` shows).
+    pub fn local() -> Options {
+        Options { remote: false, sample: None }
+    }
+}
+
+/// The status when the check itself failed (no catalog, bad config): Nagios's UNKNOWN.
+pub const UNKNOWN: u8 = 3;
 
 /// Why the status is not OK, collected as the check goes.
 #[derive(Default)]
@@ -183,10 +199,17 @@ impl Locks<'_> {
                 None
             }
         };
+        let mut found = Vec::new();
         if let (Some(server), Some(recorded)) = (until, recorded)
             && server < recorded
         {
-            let finding = Finding::LowerLock { key: key.to_string(), recorded, server };
+            found.push(Finding::LowerLock { key: key.to_string(), recorded, server });
+        }
+        match self.runtime.block_on(crate::audit::object(target, key, version, until)) {
+            Ok(more) => found.extend(more),
+            Err(e) => f.raise(Level::Critical, format!("target {}: {e:#}", target.name)),
+        }
+        for finding in found {
             f.raise(Level::Critical, format!("tampering on target {}: {finding}", target.name));
             self.lowered.push(crate::verify::Found { target: target.name.clone(), finding });
         }
@@ -261,7 +284,12 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
     let mut tampering = std::mem::take(&mut locks.lowered);
     if opts.remote {
         for target in repo.targets.iter().filter(|t| t.locks()) {
-            let found = tamper_findings(cfg, catalog, target, &repo.runtime, &mut f)?;
+            let mut found = tamper_findings(cfg, catalog, target, &repo.runtime, &mut f)?;
+            let settings = repo.runtime.block_on(crate::audit::settings(target))?;
+            for finding in &settings {
+                f.raise(Level::Critical, format!("target {}: {finding}", target.name));
+            }
+            found.extend(settings);
             tampering
                 .extend(found.into_iter().map(|finding| crate::verify::Found { target: target.name.clone(), finding }));
         }
@@ -285,20 +313,28 @@ fn repo_record_lock(
     let longest_needed =
         live.iter().flat_map(|(_, v)| v.iter().filter(held).map(|h| h.row.retain_until.unwrap_or(i64::MAX))).max();
     let Some(needed) = longest_needed else { return Ok(()) };
-    let record = repo.catalog.repo_record(target.id)?;
-    let recorded = record.as_ref().and_then(|r| r.lock.map(|l| l.until));
-    let version = record.as_ref().and_then(|r| r.version.clone());
-    let until = locks.until(target, crate::format::REPO_KEY, version.as_deref(), recorded, None, f);
-    if until.is_none_or(|u| u < needed) {
-        f.raise(
-            Level::Critical,
-            format!(
-                "target {}: {} is locked until {}, before the last live snapshot expires",
-                target.name,
-                crate::format::REPO_KEY,
-                until.map(crate::time::format_utc).unwrap_or_else(|| "never".into())
-            ),
-        );
+    // The repository record, and each key-set record there (restores with its keys need it).
+    let mut records = vec![(crate::format::REPO_KEY.to_string(), repo.catalog.repo_record(target.id)?)];
+    for set in repo.catalog.keysets()?.into_iter().filter(|s| s.seq > 0) {
+        // One the target lacks yet is copied to it by the next backup.
+        if let Some((_, copy)) = repo.catalog.keyset_holders(set.seq)?.into_iter().find(|(t, _)| *t == target.id) {
+            records.push((crate::format::keyset::key(set.seq), Some(copy)));
+        }
+    }
+    for (key, record) in records {
+        let recorded = record.as_ref().and_then(|r| r.lock.map(|l| l.until));
+        let version = record.as_ref().and_then(|r| r.version.clone());
+        let until = locks.until(target, &key, version.as_deref(), recorded, None, f);
+        if until.is_none_or(|u| u < needed) {
+            f.raise(
+                Level::Critical,
+                format!(
+                    "target {}: {key} is locked until {}, before the last live snapshot expires",
+                    target.name,
+                    until.map(crate::time::format_utc).unwrap_or_else(|| "never".into())
+                ),
+            );
+        }
     }
     Ok(())
 }
@@ -361,12 +397,21 @@ fn job_status(
         gaps: Vec::new(),
         schedule: job.schedule.as_ref().map(|s| s.text.clone()),
         overdue_since: None,
+        missed_fire_times: None,
+        newest_protected_until: None,
         targets: Vec::new(),
     };
-    match newest {
-        None => f.raise(Level::Warning, format!("job {}: no live snapshot", job.name)),
-        Some(newest) => status.overdue_since = freshness(cfg, job, newest.created_at, now, f),
-    }
+    let since = match newest {
+        None => {
+            f.raise(Level::Warning, format!("job {}: no live snapshot", job.name));
+            repo.catalog.job_totals(&job.name)?.first_run_at
+        }
+        Some(newest) => {
+            status.overdue_since = freshness(cfg, job, newest.created_at, now, f);
+            Some(newest.created_at)
+        }
+    };
+    status.missed_fire_times = since.and_then(|since| missed_fire_times(cfg, job, since, now));
     // Each snapshot's best-locked copy, over the targets that hold it.
     let mut best: Vec<Option<i64>> = vec![None; snaps.len()];
     for target in repo.targets.iter().filter(|t| job.targets.contains(&t.name)) {
@@ -396,6 +441,7 @@ fn job_status(
         status.targets.push(on);
     }
     let locked = repo.targets.iter().any(|t| t.locks() && job.targets.contains(&t.name));
+    status.newest_protected_until = best.last().copied().flatten().filter(|_| locked);
     status.protected_until = match locked && !best.is_empty() {
         true => best.into_iter().try_fold(i64::MAX, |acc, u| u.map(|u| acc.min(u))),
         false => None,
@@ -509,10 +555,16 @@ fn tamper_findings(
             None => oldest.and_then(|v| v.id.clone()),
         };
         found.extend(inventory.findings_for(key, genuine.as_deref(), &mut duplicates));
-        if let (None, Layout::Snapshot { .. }, Some(oldest)) = (recorded.get(key), &layout, oldest) {
-            let object = runtime.block_on(target.get(key, oldest.id.as_deref()))?;
+        let record = matches!(layout, Layout::Snapshot { .. } | Layout::KeySet(_));
+        if let (None, true, Some(oldest)) = (recorded.get(key), record, oldest) {
+            let object = runtime.block_on(target.get(key, oldest.id.as_deref(), crate::format::MAX_SNAPSHOT_RECORD))?;
+            let authentic = |secret: &crate::keys::RepoSecret| match layout {
+                Layout::KeySet(seq) => crate::format::keyset::KeySet::verify(&object, secret)
+                    .and_then(|s| if s.seq == seq { Ok(()) } else { Err(crate::format::DecodeError::Mac) }),
+                _ => crate::format::snapshot::verify_mac(&object, key, secret),
+            };
             match &secret {
-                Ok(secret) => match crate::format::snapshot::verify_mac(&object, key, secret) {
+                Ok(secret) => match authentic(secret) {
                     Ok(()) => f.raise(
                         Level::Warning,
                         format!(
@@ -563,6 +615,37 @@ fn freshness(cfg: &Config, job: &crate::config::Job, newest: i64, now: i64, f: &
         ),
     );
     Some(first + slack)
+}
+
+/// The most missed fire times counted (a job scheduled every minute and stopped for
+/// months needs no exact count).
+const MISSED_COUNTED: u32 = 1000;
+
+/// How many of a scheduled job's fire times after `since` are past, each with its
+/// `grace` and `jitter`: the job's own measure of staleness (0 in steady state, 1 while
+/// a run is late, 2 when one was missed outright). `None` for a job without a schedule.
+pub fn missed_fire_times(cfg: &Config, job: &crate::config::Job, since: i64, now: i64) -> Option<u32> {
+    let schedule = job.schedule.as_ref()?;
+    let slack = (job.grace + job.jitter).as_secs() as i64;
+    Some(missed(schedule, cfg.daemon.zone, slack, since, now))
+}
+
+/// How many fire times of `schedule` after `since` are past by `slack` at `now`.
+pub fn missed(
+    schedule: &crate::schedule::Schedule,
+    zone: crate::schedule::Zone,
+    slack: i64,
+    since: i64,
+    now: i64,
+) -> u32 {
+    let (mut missed, mut after) = (0, since);
+    while missed < MISSED_COUNTED {
+        match schedule.next_after(after, zone) {
+            Some(fire) if fire + slack < now => (missed, after) = (missed + 1, fire),
+            _ => break,
+        }
+    }
+    missed
 }
 
 /// Fisher-Yates with the OS random source (for `--sample` and `verify --subset`).

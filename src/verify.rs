@@ -47,6 +47,9 @@ pub struct Report {
     /// `recover` from another target), now recorded.
     pub learned: usize,
     pub packs_read: usize,
+    /// Packs read that are encrypted to keys the identity is not one of (written
+    /// before it was added): not checked past their content hash.
+    pub packs_for_other_keys: usize,
     pub chunks_verified: u64,
     pub bytes_read: u64,
     pub findings: Vec<Found>,
@@ -68,6 +71,7 @@ struct Checked {
     objects_checked: usize,
     learned: usize,
     packs_read: usize,
+    other_keys: usize,
     chunks_verified: u64,
     bytes_read: u64,
     findings: Vec<Finding>,
@@ -84,6 +88,9 @@ struct Needed {
     snapshots: Vec<String>,
     /// The pack's catalog row, for packs.
     pack: Option<i64>,
+    /// The blake3 hash its bytes must have, where it is checked without the identity:
+    /// the repository record's pinned hash.
+    hash: Option<String>,
 }
 
 /// Objects checked at once.
@@ -131,6 +138,7 @@ fn merge(report: &mut Report, target: &str, c: Checked) {
     report.objects_checked += c.objects_checked;
     report.learned += c.learned;
     report.packs_read += c.packs_read;
+    report.packs_for_other_keys += c.other_keys;
     report.chunks_verified += c.chunks_verified;
     report.bytes_read += c.bytes_read;
     report.snapshots_affected.extend(c.snapshots_affected);
@@ -139,9 +147,9 @@ fn merge(report: &mut Report, target: &str, c: Checked) {
 
 /// Checks what the catalog records on one target (with `data`, reading it back).
 fn check_target<R>(repo: &Repo<R>, target: &Target, data: Option<&Data>, opts: &Options) -> Result<Checked> {
-    let learned = learn(repo, target)?;
+    let (learned, foreign) = learn(repo, target)?;
     let needed = needed_objects(&repo.catalog, target.id)?;
-    let mut report = Checked { objects_checked: needed.len(), learned, ..Default::default() };
+    let mut report = Checked { objects_checked: needed.len(), learned, findings: foreign, ..Default::default() };
     tracing::info!(target = %target.name, objects = needed.len(), "checking every recorded object version");
     let missing = check_presence(&repo.runtime, target, &needed, &mut report)?;
     if let Some(data) = data {
@@ -168,11 +176,12 @@ fn check_target<R>(repo: &Repo<R>, target: &Target, data: Option<&Data>, opts: &
 /// `recover` judges); a pack must have the size recorded for it, the repository record
 /// this repository's id. What is learned is then checked like everything recorded, and
 /// read back with `--read-data` (a pack proves itself by its hash, a record by its MAC).
-fn learn<R>(repo: &Repo<R>, target: &Target) -> Result<usize> {
+fn learn<R>(repo: &Repo<R>, target: &Target) -> Result<(usize, Vec<Finding>)> {
     let catalog = &repo.catalog;
     let known: HashMap<String, Option<String>> = catalog.recorded_objects(target.id)?;
     let inventory = repo.runtime.block_on(crate::inventory::Inventory::read(target))?;
     let mut learned = 0;
+    let mut foreign = Vec::new();
     for (key, versions) in &inventory.keys {
         let Some(oldest) = versions.versions.first() else { continue };
         if known.contains_key(key) {
@@ -193,11 +202,29 @@ fn learn<R>(repo: &Repo<R>, target: &Target) -> Result<usize> {
                 }
                 catalog.add_snapshot_copy(target.id, &id, &Copy { version: oldest.id.clone(), lock: lock()? })?;
             }
+            crate::inventory::Layout::KeySet(seq) => {
+                let known = catalog.keysets()?.into_iter().find(|s| s.seq == seq).and_then(|s| s.record_hash);
+                let Some(hash) = known else { continue };
+                let bytes =
+                    repo.runtime.block_on(target.get(key, oldest.id.as_deref(), crate::format::MAX_REPO_RECORD))?;
+                if blake3::hash(&bytes).to_hex().as_str() != hash {
+                    continue;
+                }
+                catalog.add_keyset_copy(target.id, seq, &Copy { version: oldest.id.clone(), lock: lock()? })?;
+            }
             crate::inventory::Layout::Repo => {
-                let bytes = repo.runtime.block_on(target.get(key, oldest.id.as_deref()))?;
-                match crate::format::repo::RepoRecord::decode(&bytes) {
-                    Ok(r) if r.id == repo.row.repo_id => {}
-                    _ => continue,
+                let bytes =
+                    repo.runtime.block_on(target.get(key, oldest.id.as_deref(), crate::format::MAX_REPO_RECORD))?;
+                let ours = match &repo.row.pin {
+                    Some(pin) => pin.holds(&bytes),
+                    None => crate::format::repo::RepoRecord::decode(&bytes).is_ok_and(|r| r.id == repo.row.repo_id),
+                };
+                if !ours {
+                    let why = "not the repository record pinned at init: nothing from this target is recorded \
+                               until it holds this repository's"
+                        .into();
+                    foreign.push(Finding::Replaced { key: key.clone(), why });
+                    continue;
                 }
                 catalog.set_repo_record(target.id, &Copy { version: oldest.id.clone(), lock: lock()? })?;
             }
@@ -208,7 +235,7 @@ fn learn<R>(repo: &Repo<R>, target: &Target) -> Result<usize> {
     if learned > 0 {
         tracing::info!(target = %target.name, objects = learned, "recorded what the target holds");
     }
-    Ok(learned)
+    Ok((learned, foreign))
 }
 
 /// Every object version the catalog says `target` holds: the repository record, the
@@ -223,6 +250,7 @@ fn needed_objects(catalog: &Catalog, target: TargetId) -> Result<Vec<Needed>> {
         }
     }
     let mut needed = Vec::new();
+    let pin_hash = catalog.repo()?.and_then(|r| r.pin).map(|p| p.record_hash);
     if let Some(record) = catalog.repo_record(target)? {
         needed.push(Needed {
             key: REPO_KEY.into(),
@@ -231,6 +259,21 @@ fn needed_objects(catalog: &Catalog, target: TargetId) -> Result<Vec<Needed>> {
             locked_until: record.lock.map(|l| l.until),
             snapshots: snapshots.iter().map(|(s, _)| format!("{}/{}", s.job, s.id)).collect(),
             pack: None,
+            hash: pin_hash,
+        });
+    }
+    for set in catalog.keysets()? {
+        let Some((_, copy)) = catalog.keyset_holders(set.seq)?.into_iter().find(|(t, _)| *t == target) else {
+            continue;
+        };
+        needed.push(Needed {
+            key: crate::format::keyset::key(set.seq),
+            version: copy.version,
+            size: None,
+            locked_until: copy.lock.map(|l| l.until),
+            snapshots: snapshots.iter().map(|(s, _)| format!("{}/{}", s.job, s.id)).collect(),
+            pack: None,
+            hash: set.record_hash,
         });
     }
     for (s, copy) in &snapshots {
@@ -241,6 +284,7 @@ fn needed_objects(catalog: &Catalog, target: TargetId) -> Result<Vec<Needed>> {
             locked_until: copy.lock.map(|l| l.until),
             snapshots: vec![format!("{}/{}", s.job, s.id)],
             pack: None,
+            hash: None,
         });
     }
     let jobs: HashMap<String, String> = snapshots.iter().map(|(s, _)| (s.id.clone(), s.job.clone())).collect();
@@ -252,6 +296,7 @@ fn needed_objects(catalog: &Catalog, target: TargetId) -> Result<Vec<Needed>> {
             locked_until: p.lock.map(|l| l.until),
             snapshots: ids.iter().map(|id| format!("{}/{id}", jobs.get(id).map_or("?", |j| j))).collect(),
             pack: Some(p.id),
+            hash: None,
         });
     }
     Ok(needed)
@@ -295,8 +340,14 @@ impl Data<'_> {
         report: &mut Checked,
     ) -> Result<Vec<(&'n Needed, SnapshotRecord)>> {
         let mut records = Vec::new();
-        for n in needed.iter().filter(|n| n.pack.is_none() && n.key != REPO_KEY && !missing.contains(&n.key)) {
-            let object = self.repo.runtime.block_on(self.repo.source().get(&n.key, n.version.as_deref()))?;
+        let is_record =
+            |n: &&Needed| matches!(crate::inventory::layout(&n.key), crate::inventory::Layout::Snapshot { .. });
+        for n in needed.iter().filter(is_record).filter(|n| !missing.contains(&n.key)) {
+            let object = self.repo.runtime.block_on(self.repo.source().get(
+                &n.key,
+                n.version.as_deref(),
+                crate::format::MAX_SNAPSHOT_RECORD,
+            ))?;
             match snapshot::open(&object, &n.key, self.repo.secret(), self.repo.identity()) {
                 Ok(record) => records.push((n, record)),
                 Err(e) => note(report, n, vec![unreadable(n, e.to_string())]),
@@ -320,7 +371,8 @@ impl Data<'_> {
             if missing.contains(&n.key) {
                 continue;
             }
-            let ct = self.repo.runtime.block_on(self.repo.source().get(&n.key, n.version.as_deref()))?;
+            let size = n.size.unwrap_or(crate::format::MAX_SNAPSHOT_RECORD);
+            let ct = self.repo.runtime.block_on(self.repo.source().get(&n.key, n.version.as_deref(), size))?;
             report.bytes_read += ct.len() as u64;
             Counters::add(&counters.bytes_read, ct.len() as u64);
             report.packs_read += 1;
@@ -341,6 +393,8 @@ impl Data<'_> {
             });
             match result {
                 Ok(()) => report.chunks_verified += blobs.len() as u64,
+                // Encrypted to keys this identity is not one of (a key added since): not damage.
+                Err(e) if !e.is_damage() => report.other_keys += 1,
                 Err(e) => note(report, n, vec![unreadable(n, e.to_string())]),
             }
         }
@@ -353,21 +407,19 @@ impl Data<'_> {
     fn file_lists(&self, records: &[(&Needed, SnapshotRecord)], report: &mut Checked) -> Result<()> {
         let catalog = &self.repo.catalog;
         let damaged: HashSet<String> = report.findings.iter().map(|f| f.key().to_string()).collect();
-        let mut chunks = crate::restore::tree::ChunkReader::new(self.repo);
         for (n, record) in records {
-            let packs: Vec<String> = record
-                .tree
-                .iter()
-                .filter_map(|id| catalog.chunk_location(self.repo.source().id, id).ok().flatten())
-                .map(|l| crate::format::pack_key(&l.pack_hash))
-                .collect();
+            let made_with = catalog.snapshot_pack_ids(&record.id)?;
+            let mut chunks = crate::restore::tree::ChunkReader::new(self.repo, Some(&made_with));
+            let locate = |id: &crate::ChunkId| {
+                catalog.chunk_location(self.repo.source().id, id, Some(&made_with)).ok().flatten()
+            };
+            let packs: Vec<String> =
+                record.tree.iter().filter_map(locate).map(|l| crate::format::pack_key(&l.pack_hash)).collect();
             if packs.iter().any(|k| damaged.contains(k)) {
                 continue;
             }
-            let size = |id: &crate::ChunkId| {
-                catalog.chunk_location(self.repo.source().id, id).ok().flatten().map(|l| u64::from(l.raw_length))
-            };
-            match crate::restore::tree::check_list(chunks.stream(&record.tree), size) {
+            let size = |id: &crate::ChunkId| locate(id).map(|l| u64::from(l.raw_length));
+            match crate::restore::tree::check_list(chunks.stream(&record.tree), &self.repo.limits, size) {
                 Ok(list) => {
                     note(report, n, crate::inventory::unsafe_entries(&n.key, list.refused));
                     if list.wrong_size_count > 0 {
@@ -412,7 +464,15 @@ async fn check_object(target: &Target, n: &Needed) -> Result<Vec<Finding>> {
             let why = format!("{size} bytes on the target, {} recorded", n.size.unwrap_or_default());
             return Ok(vec![unreadable(n, why)]);
         }
-        Some(_) => {}
+        Some(size) => {
+            if let Some(hash) = &n.hash {
+                let bytes = target.get(&n.key, n.version.as_deref(), size.min(crate::format::MAX_REPO_RECORD)).await?;
+                if blake3::hash(&bytes).to_hex().as_str() != hash {
+                    let why = "not the repository record pinned at init: replaced, or another repository's".into();
+                    return Ok(vec![Finding::Replaced { key: n.key.clone(), why }]);
+                }
+            }
+        }
     }
     let Some(recorded) = n.locked_until else { return Ok(Vec::new()) };
     Ok(match target.lock_of(&n.key, n.version.as_deref()).await? {

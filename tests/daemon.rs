@@ -363,7 +363,9 @@ fn metrics_parse_and_a_token_guards_the_endpoint() {
     let token_file = scratch.path("token");
     std::fs::write(&token_file, format!("{token}\n")).unwrap();
     std::fs::set_permissions(&token_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let extra = format!("schedule = \"*/2 * * * * *\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n");
+    let extra = format!(
+        "schedule = \"*/2 * * * * *\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[scrub]\nschedule = \"30 4 * * *\"\n"
+    );
     let setup = daemon_setup("metrics", Target::Dir, &src, &extra);
     let mut d = Daemon::start(&setup, "open");
     wait_for("two runs", Duration::from_secs(30), || {
@@ -500,6 +502,9 @@ fn sighup_reloads_a_valid_config_and_keeps_the_old_one_when_broken() {
     assert!(log.contains("configuration not reloaded") && log.contains("job[0].schedule"), "{log}");
     let (_, metrics) = http_get(port, "/metrics", None).unwrap();
     assert!(metrics.contains("coffer_config_last_reload_successful 0"), "the refused reload shows: {metrics}");
+    let (code, health) = http_get(port, "/health", None).unwrap();
+    assert_eq!(code, 200, "a refused reload keeps the daemon alive: {health}");
+    assert!(health.contains("\"degraded\"") && health.contains("job[0].schedule"), "{health}");
 
     // A config that parses but fails the preflight (an identity beside it) is refused
     // too, and /health says what the preflight found.
@@ -698,4 +703,62 @@ fn the_endpoint_holds_under_abuse() {
     eprintln!("with accept failing: {spent:.2} CPU seconds in 3 s");
     assert!(spent < 0.5, "the accept loop spun: {spent:.2} CPU seconds in 3 s");
     assert!(d.stop().success());
+}
+
+/// Whatever stops a scheduled run is a failed run: one that cannot even start (the
+/// repository secret made readable by others, so refused) is in the run history with
+/// its cause, logged at ERROR and counted in /metrics, with `coffer_status` still there;
+/// one whose target was swapped for an empty directory (an unmounted disk) fails before
+/// it writes anything there. Both recover when the cause is gone.
+#[test]
+fn every_failure_of_a_scheduled_run_is_recorded_logged_and_counted() {
+    use std::os::unix::fs::PermissionsExt;
+    let scratch = Scratch::new("failstart");
+    let src = small_source(&scratch);
+    let port = free_port();
+    let extra = format!("schedule = \"*/2 * * * * *\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n");
+    let setup = daemon_setup("failstart", Target::Dir, &src, &extra);
+    let mut d = Daemon::start(&setup, "daemon");
+    wait_for("a run", Duration::from_secs(30), || (successes(&setup, "data") > 0).then_some(()));
+
+    let secret = setup.dir.path("state/repo.secret");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let failed = wait_for("a failed run", Duration::from_secs(30), || {
+        let all = runs(&setup);
+        runs_of(&all, "data", Some("failed")).first().map(|r| r["error"].as_str().unwrap_or_default().to_string())
+    });
+    assert!(failed.contains("could not start") && failed.contains("repo.secret"), "{failed}");
+    let logged = d
+        .log_lines()
+        .into_iter()
+        .any(|l| l["level"] == "ERROR" && l["message"].as_str().is_some_and(|m| m.contains("repo.secret")));
+    assert!(logged, "no ERROR line names the cause:\n{}", d.log_text());
+    let (_, metrics) = http_get(port, "/metrics", None).unwrap();
+    assert!(metrics.contains("coffer_job_last_run_outcome{coffer_job=\"data\",outcome=\"failed\"} 1"), "{metrics}");
+    assert!(metrics.lines().any(|l| l.starts_with("coffer_status ")), "{metrics}");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let before = successes(&setup, "data");
+    wait_for("a success again", Duration::from_secs(30), || (successes(&setup, "data") > before).then_some(()));
+
+    // The target's disk "unmounted": an empty directory in its place.
+    let target = setup.dir.path("target");
+    let mounted = setup.dir.path("target.mounted");
+    std::fs::rename(&target, &mounted).unwrap();
+    std::fs::create_dir(&target).unwrap();
+    let failures = runs_of(&runs(&setup), "data", Some("failed")).len();
+    let failed = wait_for("a failed run on the empty target", Duration::from_secs(30), || {
+        let all = runs(&setup);
+        let f = runs_of(&all, "data", Some("failed"));
+        (f.len() > failures).then(|| f.last().unwrap()["error"].as_str().unwrap_or_default().to_string())
+    });
+    assert!(failed.contains("holds no coffer.repo") && failed.contains("mounted"), "{failed}");
+    let written: Vec<_> = std::fs::read_dir(&target).unwrap().collect();
+    assert!(written.is_empty(), "a run wrote to the empty target: {written:?}");
+    assert!(d.stop().success());
+    std::fs::remove_dir(&target).unwrap();
+    std::fs::rename(&mounted, &target).unwrap();
+    let out = setup.run(&["backup", "data", "--no-progress"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let verify = setup.run(&["verify"]);
+    assert!(verify.status.success(), "{}", text(&verify));
 }

@@ -30,6 +30,23 @@ enum F<'a> {
     Link(&'a [u8], &'a [u8]),
     /// A file that claims `size` bytes and carries extended attributes (name, value).
     Tagged(&'a [u8], &'a [u8], u64, Vec<(&'a [u8], &'a [u8])>),
+    /// A file of 0 bytes whose one chunk is `data`, stored raw in a pack of its own whose
+    /// table claims the chunk has 0 bytes.
+    Lying(&'a [u8], &'a [u8]),
+}
+
+/// Who forges, and where: with the repository secret (root on the backup host), or with
+/// a secret of their own (someone who can write to one target); onto target `target`.
+struct Forger {
+    secret: RepoSecret,
+    target: usize,
+}
+
+impl Forger {
+    fn host(setup: &Setup) -> Forger {
+        let cfg = Config::load(&setup.config).unwrap();
+        Forger { secret: RepoSecret::load(&cfg.repo_secret_file).unwrap(), target: 0 }
+    }
 }
 
 fn root() -> bool {
@@ -40,16 +57,22 @@ fn root() -> bool {
 /// Writes a snapshot of `job` holding `stream` to the setup's target, with the
 /// repository secret, as root on the backup host could. Returns its id.
 fn forge(setup: &Setup, job: &str, stream: &[F]) -> String {
+    forge_as(setup, &Forger::host(setup), job, stream)
+}
+
+/// [`forge`], by `forger`.
+fn forge_as(setup: &Setup, forger: &Forger, job: &str, stream: &[F]) -> String {
     let cfg = Config::load(&setup.config).unwrap();
-    let secret = RepoSecret::load(&cfg.repo_secret_file).unwrap();
+    let secret = &forger.secret;
     let mut pack = PackBuilder::default();
+    let mut lying = PackBuilder::default();
     let mut w = EntryWriter::new(Vec::new()).unwrap();
     let now = common::now();
     for f in stream {
         let (path, kind, mode) = match f {
             F::Dir(p, m) => (*p, Kind::Dir, *m),
             F::File(p, _, m) => (*p, Kind::File, *m),
-            F::Tagged(p, ..) => (*p, Kind::File, 0o644),
+            F::Tagged(p, ..) | F::Lying(p, _) => (*p, Kind::File, 0o644),
             F::Link(p, _) => (*p, Kind::Symlink, 0o777),
         };
         let mut e = Entry::synthetic(path.to_vec(), kind, mode, now * 1_000_000_000);
@@ -61,6 +84,11 @@ fn forge(setup: &Setup, job: &str, stream: &[F]) -> String {
                 (e.size, e.chunks) = (data.len() as u64, vec![id]);
             }
             F::Link(_, target) => e.target = Some(target.to_vec()),
+            F::Lying(_, data) => {
+                let id = secret.chunk_id(data);
+                lying.add(id, data, 0, 0);
+                (e.size, e.chunks) = (0, vec![id]);
+            }
             F::Tagged(_, data, size, xattrs) => {
                 let id = secret.chunk_id(data);
                 pack.add(id, data, data.len() as u32, 0);
@@ -77,7 +105,7 @@ fn forge(setup: &Setup, job: &str, stream: &[F]) -> String {
     let entries = w.into_inner();
     let tree = secret.chunk_id(&entries);
     pack.add(tree, &entries, entries.len() as u32, 0);
-    let (plain, _) = pack.finish();
+    let (plain, _) = pack.finish(0);
     let ct = coffer::keys::encrypt(&cfg.recipients, &plain).unwrap();
     let id = coffer::hex::random(8);
     let record = SnapshotRecord {
@@ -93,13 +121,20 @@ fn forge(setup: &Setup, job: &str, stream: &[F]) -> String {
         errors: vec![],
         retain_until: Some(now + 86_400),
         contents: None,
+        keyset: None,
     };
     let key = coffer::format::snapshot_key(job, &id);
-    let sealed = snapshot::seal(&record, &key, &cfg.recipients, &secret).unwrap();
-    let target = Target::open(&cfg.targets[0], coffer::catalog::TargetId::NONE).unwrap();
+    let sealed = snapshot::seal(&record, &key, &cfg.recipients, secret).unwrap();
+    let target = Target::open(&cfg.targets[forger.target], coffer::catalog::TargetId::NONE).unwrap();
     let rt = coffer::target::runtime().unwrap();
-    rt.block_on(target.put_new(&coffer::format::pack_key(&coffer::format::pack_id(&ct)), ct.into(), now + 86_400))
-        .unwrap();
+    let mut packs = vec![ct];
+    if !lying.is_empty() {
+        packs.push(coffer::keys::encrypt(&cfg.recipients, &lying.finish(0).0).unwrap());
+    }
+    for ct in packs {
+        let key = coffer::format::pack_key(&coffer::format::pack_id(&ct));
+        rt.block_on(target.put_new(&key, ct.into(), now + 86_400)).unwrap();
+    }
     rt.block_on(target.put_new(&key, sealed.into(), now + 86_400)).unwrap();
     id
 }
@@ -287,7 +322,7 @@ fn forged_snapshots_cannot_touch_anything_outside_the_restore_directory() {
     let report = text(&out);
     for (_, _, refused, _) in &cases {
         for p in refused {
-            let shown = String::from_utf8_lossy(p).into_owned();
+            let shown = coffer::escape::printable(p);
             assert!(report.contains(&shown), "recover does not name `{shown}`:\n{report}");
         }
     }
@@ -329,7 +364,7 @@ fn forged_snapshots_cannot_touch_anything_outside_the_restore_directory() {
                 "{name}: the restore does not say up front that it refuses entries: {said}"
             );
             for p in refused {
-                let shown = String::from_utf8_lossy(p).into_owned();
+                let shown = coffer::escape::printable(p);
                 assert!(said.contains(&format!("{shown}: refused")), "{name}: `{shown}` not named as refused: {said}");
             }
             assert_eq!(describe(&canary_dir), before, "{name} (overwrite {overwrite}) changed the canary");
@@ -459,7 +494,7 @@ fn forged_bucket_snapshots_upload_only_their_good_files() {
         let said = text(&r);
         assert_eq!(r.status.code(), Some(1), "{name}: {said}");
         for p in refused {
-            let shown = String::from_utf8_lossy(p).into_owned();
+            let shown = coffer::escape::printable(p);
             assert!(said.contains(&format!("{shown}: refused")), "{name}: `{shown}` not named: {said}");
         }
         assert_eq!(describe(&canary_dir), before, "{name} changed the canary");
@@ -545,4 +580,283 @@ fn forged_extended_attributes_stay_with_their_own_file() {
     assert!(!to.join("d/nul").exists() && !to.join("d/short").exists(), "{}", text(&out));
     assert_eq!(std::fs::read(to.join("d/next")).unwrap(), b"next");
     assert_eq!(std::fs::read(to.join("d/tagged")).unwrap(), b"ok");
+}
+
+/// Seven tar members of a forger's choice, as Python's tarfile writes them (without the
+/// end-of-archive blocks): a 0666 character device, a FIFO, a setuid-root file, `../`
+/// and absolute names, and a file written through a symlink.
+fn evil_tar_members() -> Vec<u8> {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import io, sys, tarfile\n\
+             buf = io.BytesIO()\n\
+             t = tarfile.open(fileobj=buf, mode='w', format=tarfile.GNU_FORMAT)\n\
+             def add(name, kind, mode=0o644, data=b'', link=''):\n\
+             \x20   ti = tarfile.TarInfo(name); ti.type = kind; ti.mode = mode; ti.size = len(data); ti.linkname = link\n\
+             \x20   ti.devmajor, ti.devminor = 1, 3\n\
+             \x20   t.addfile(ti, io.BytesIO(data) if data else None)\n\
+             add('d/evil-null', tarfile.CHRTYPE, 0o666)\n\
+             add('d/evil-fifo', tarfile.FIFOTYPE)\n\
+             add('d/evil-suid', tarfile.REGTYPE, 0o4755, b'#!/bin/sh\\nid\\n')\n\
+             add('../evil-escaped', tarfile.REGTYPE, 0o644, b'outside')\n\
+             add('/tmp/coffer-evil-absolute', tarfile.REGTYPE, 0o644, b'absolute')\n\
+             add('d/evil-link', tarfile.SYMTYPE, link='/tmp')\n\
+             add('d/evil-link/through', tarfile.REGTYPE, 0o644, b'through')\n\
+             t.close()\n\
+             sys.stdout.buffer.write(buf.getvalue().rstrip(b'\\0'))\n\
+             sys.stdout.buffer.write(b'\\0' * (-len(buf.getvalue().rstrip(b'\\0')) % 512))",
+        )
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    out.stdout
+}
+
+/// A forged pack table gives a chunk stored raw a length of 0. Trusted, `dump` would
+/// write a 0-byte tar member followed by the chunk's bytes, which tar readers take as
+/// further members: here a device, a FIFO, a setuid file, names outside the directory.
+/// The table is refused where it is read (`recover` names it), the file is left out of
+/// the stream, and the stream holds exactly the snapshot's own members, for Python's
+/// tarfile and for GNU tar, which extracts nothing else.
+#[test]
+fn a_lying_pack_table_adds_no_member_to_a_tar_stream() {
+    let empty = common::Scratch::new("lying-src");
+    let setup = Setup::new("lying", common::Target::Dir, &empty.0);
+    let payload = evil_tar_members();
+    assert!(payload.len() > 3000, "{} bytes", payload.len());
+    let id = forge(
+        &setup,
+        "data",
+        &[F::Dir(b"d", 0o755), F::Lying(b"d/empty", &payload), F::File(b"d/after", b"after", 0o644)],
+    );
+    let victim = victim_config(&setup);
+    let mut rec = Command::new(BIN);
+    rec.arg("--config").arg(&victim).args(["recover", "--no-progress", "--identity"]).arg(&setup.identity);
+    let rec = rec.output().unwrap();
+    assert_eq!(rec.status.code(), Some(4), "{}", text(&rec));
+    let claim = format!("stored raw with {} bytes but claims 0", payload.len());
+    assert!(text(&rec).contains(&claim), "recover names the lying table: {}", text(&rec));
+
+    let mut c = Command::new(BIN);
+    c.arg("--config").arg(&victim).args(["dump", &id, "d", "--job", "data", "--identity"]).arg(&setup.identity);
+    let out = c.output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("d/empty"), "d/empty is named: {}", text(&out));
+    let tar = setup.dir.path("d.tar");
+    std::fs::write(&tar, &out.stdout).unwrap();
+    let listing = Command::new("python3")
+        .arg("-c")
+        .arg("import sys, tarfile\nfor m in tarfile.open(sys.argv[1]).getmembers(): print(m.name, m.type, oct(m.mode))")
+        .arg(&tar)
+        .output()
+        .unwrap();
+    assert!(listing.status.success(), "{}", text(&listing));
+    let names: Vec<String> =
+        text(&listing).lines().filter_map(|l| l.split(' ').next()).map(String::from).collect::<Vec<_>>();
+    assert_eq!(names, ["d", "d/after"], "tarfile reads exactly the snapshot's members: {}", text(&listing));
+
+    // GNU tar, extracting as the restorer would.
+    let into = setup.dir.path("extracted");
+    std::fs::create_dir_all(&into).unwrap();
+    let x = Command::new("tar").arg("-xpf").arg(&tar).arg("-C").arg(&into).output().unwrap();
+    assert!(x.status.success(), "{}", text(&x));
+    let found: Vec<String> = common::snapshot_tree(&into).into_keys().map(|p| p.display().to_string()).collect();
+    assert_eq!(found, ["d", "d/after"], "GNU tar extracted exactly the snapshot's members");
+    assert!(!Path::new("/tmp/coffer-evil-absolute").exists() && !setup.dir.path("evil-escaped").exists());
+}
+
+/// Someone who can write to ONE target (a NAS share, one provider's account) replaces its
+/// `coffer.repo` with a record of the same id and recipients and a secret of their
+/// choosing (encrypting to public recipients needs no key), and adds a snapshot under
+/// that secret holding an `authorized_keys`. The record was pinned at init: the backup
+/// host refuses that target and still stores every run on the others; a newly added
+/// target is caught up from an honest one; verify and restore name the replacement;
+/// `recover` on a bare machine refuses to choose between disagreeing targets, and with
+/// the fingerprint `init` printed rebuilds from the honest one, which restores the
+/// source and nothing of the forger's.
+#[test]
+fn a_repository_record_replaced_on_one_target_poisons_nothing() {
+    let src = common::Scratch::new("poison-src");
+    std::fs::write(src.path("a.txt"), "the real data").unwrap();
+    let setup = Setup::new("poison", common::Target::Dir, &src.0);
+    let (a, b, c) = (setup.dir.path("target"), setup.dir.path("b"), setup.dir.path("c"));
+    let targets = |names: &[(&str, &Path)]| {
+        let text = std::fs::read_to_string(&setup.config).unwrap();
+        let job = text.find("[[job]]").unwrap();
+        let head = text[..job].split("[[target]]").next().unwrap().split("[target]").next().unwrap().to_string();
+        let list: String = names
+            .iter()
+            .map(|(n, p)| format!("[[target]]\nname = \"{n}\"\nurl = \"file://{}\"\n", p.display()))
+            .collect();
+        std::fs::write(&setup.config, format!("{head}{list}{}", &text[job..])).unwrap();
+    };
+    targets(&[("default", &a), ("second", &b)]);
+    setup.backup();
+    assert_eq!(std::fs::read(b.join("coffer.repo")).unwrap(), std::fs::read(a.join("coffer.repo")).unwrap());
+
+    // The attacker, on `second` alone.
+    let cfg = Config::load(&setup.config).unwrap();
+    let genuine = coffer::format::repo::RepoRecord::decode(&std::fs::read(a.join("coffer.repo")).unwrap()).unwrap();
+    let theirs = RepoSecret::from_bytes([0x66; 32]);
+    let mut forged = coffer::format::repo::RepoRecord::new(&theirs, &cfg.recipients, genuine.chunker).unwrap();
+    forged.id = genuine.id.clone();
+    std::fs::write(b.join("coffer.repo"), forged.encode()).unwrap();
+    forge_as(
+        &setup,
+        &Forger { secret: theirs, target: 1 },
+        "data",
+        &[F::Dir(b".ssh", 0o700), F::File(b".ssh/authorized_keys", b"ssh-ed25519 AAAA attacker", 0o600)],
+    );
+
+    // The host: `second` is refused and named, the run is stored on the others, and a new
+    // target gets the honest record.
+    targets(&[("default", &a), ("second", &b), ("third", &c)]);
+    let out = setup.run(&["backup", "data", "--no-progress"]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    assert!(text(&out).contains("target second: NOT stored"), "{}", text(&out));
+    assert!(text(&out).contains("holds another coffer.repo"), "{}", text(&out));
+    assert!(text(&out).contains("target third: stored"), "{}", text(&out));
+    assert_eq!(std::fs::read(c.join("coffer.repo")).unwrap(), std::fs::read(a.join("coffer.repo")).unwrap());
+
+    let verify = setup.run(&["verify", "--target", "second"]);
+    assert_eq!(verify.status.code(), Some(4), "{}", text(&verify));
+    assert!(text(&verify).contains("replaced"), "{}", text(&verify));
+    let out = setup.dir.path("from-second");
+    let first = setup.snapshots()[0]["id"].as_str().unwrap().to_string();
+    let mut r = setup.cmd(&["restore", &first, "--job", "data", "--target", "second", "--to"]);
+    let r = r.arg(&out).arg("--identity").arg(&setup.identity).output().unwrap();
+    assert!(!r.status.success() && text(&r).contains("another coffer.repo"), "{}", text(&r));
+
+    // A bare machine, and the fingerprint `init` printed (asked again here).
+    let init = setup.ok(&["init", "--json"]);
+    let fingerprint = serde_json::from_slice::<serde_json::Value>(&init.stdout).unwrap()["fingerprint"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(fingerprint.len(), 64, "{}", text(&init));
+    let victim = victim_config(&setup);
+    let recover = |extra: &[&str]| {
+        let mut c = Command::new(BIN);
+        c.arg("--config").arg(&victim).args(["recover", "--no-progress"]).args(extra);
+        c.arg("--identity").arg(&setup.identity).output().unwrap()
+    };
+    for from in ["second", "default"] {
+        let r = recover(&["--target", from]);
+        assert!(!r.status.success() && text(&r).contains("disagree"), "{from}: {}", text(&r));
+    }
+    let r = recover(&["--target", "second", "--expect-fingerprint", &fingerprint]);
+    assert!(!r.status.success() && text(&r).contains("not the"), "{}", text(&r));
+    assert!(!setup.dir.path("victim/repo.secret").exists(), "no secret was written from a refused record");
+    let r = recover(&["--target", "default", "--expect-fingerprint", &fingerprint.to_uppercase()]);
+    assert!(r.status.success(), "{}", text(&r));
+    assert!(text(&r).contains(&fingerprint), "{}", text(&r));
+    let to = setup.dir.path("restored");
+    let mut c = Command::new(BIN);
+    c.arg("--config").arg(&victim).args(["restore", "latest", "--job", "data", "--no-progress", "--to"]).arg(&to);
+    let out = c.arg("--identity").arg(&setup.identity).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    common::assert_same_tree(&src.0, &to);
+}
+
+/// A forged file list that expands thousands of times from its pack: a few hundred KiB
+/// stored, some 280 MB of entries once decompressed. `recover` keeps the stored bytes,
+/// not the expansion (its catalog stays small), and neither it nor a restore holds the
+/// list in memory; with `[restore] max_file_list_mib` the bound is named.
+#[test]
+fn an_expanding_file_list_neither_fills_memory_nor_the_disk() {
+    let empty = common::Scratch::new("bomb-src");
+    let setup = Setup::new("bomb", common::Target::Dir, &empty.0);
+    let cfg = Config::load(&setup.config).unwrap();
+    let secret = RepoSecret::load(&cfg.repo_secret_file).unwrap();
+    // 18 chunks of 16 MB: each the same entry line again and again (duplicates, which a
+    // restore refuses and counts), first a distinct directory, so that each chunk differs.
+    let now = common::now();
+    let mut pack = PackBuilder::default();
+    let mut tree = Vec::new();
+    let mut stream_bytes = 0u64;
+    let line = |e: &Entry| [serde_json::to_vec(e).unwrap(), b"\n".to_vec()].concat();
+    let dup = line(&Entry::synthetic(b"dup".to_vec(), Kind::Dir, 0o755, now * 1_000_000_000));
+    for n in 0..18 {
+        let mut chunk = Vec::new();
+        if n == 0 {
+            chunk = EntryWriter::new(Vec::new()).unwrap().into_inner();
+        }
+        chunk.extend(line(&Entry::synthetic(format!("dir{n:02}").into_bytes(), Kind::Dir, 0o755, now * 1_000_000_000)));
+        while chunk.len() < 16_000_000 {
+            chunk.extend_from_slice(&dup);
+        }
+        stream_bytes += chunk.len() as u64;
+        let id = secret.chunk_id(&chunk);
+        let stored = zstd::bulk::compress(&chunk, 3).unwrap();
+        pack.add(id, &stored, chunk.len() as u32, coffer::format::pack::FLAG_ZSTD);
+        tree.push(id);
+    }
+    let (plain, _) = pack.finish(0);
+    let ct = coffer::keys::encrypt(&cfg.recipients, &plain).unwrap();
+    let stored = ct.len() as u64;
+    let id = coffer::hex::random(8);
+    let record = SnapshotRecord {
+        format: snapshot::VERSION,
+        id: id.clone(),
+        job: "data".into(),
+        host: "forger".into(),
+        created: now,
+        created_ns: Some(now * 1_000_000_000),
+        source: "path /nowhere".into(),
+        tree,
+        stats: SnapshotStats::default(),
+        errors: vec![],
+        retain_until: Some(now + 86_400),
+        contents: None,
+        keyset: None,
+    };
+    let key = coffer::format::snapshot_key("data", &id);
+    let target = Target::open(&cfg.targets[0], coffer::catalog::TargetId::NONE).unwrap();
+    let rt = coffer::target::runtime().unwrap();
+    rt.block_on(target.put_new(&coffer::format::pack_key(&coffer::format::pack_id(&ct)), ct.into(), now + 86_400))
+        .unwrap();
+    let sealed = snapshot::seal(&record, &key, &cfg.recipients, &secret).unwrap();
+    rt.block_on(target.put_new(&key, sealed.into(), now + 86_400)).unwrap();
+    assert!(stream_bytes > 1000 * stored, "{stream_bytes} bytes of entries from {stored} stored");
+
+    let victim = victim_config(&setup);
+    let (rec, rss) = common::peak_rss(
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&victim)
+            .args(["recover", "--no-progress", "--identity"])
+            .arg(&setup.identity),
+    );
+    assert_eq!(rec.status.code(), Some(4), "{}", text(&rec));
+    assert!(text(&rec).contains("unsafe-entry") || text(&rec).contains("refuses"), "{}", text(&rec));
+    let catalog = std::fs::metadata(setup.dir.path("victim/catalog.sqlite")).unwrap().len();
+    eprintln!(
+        "recover of {stream_bytes} bytes of entries ({stored} stored): peak RSS {rss} KiB, catalog {catalog} bytes"
+    );
+    assert!(rss < 200 * 1024, "recover peak RSS {rss} KiB");
+    assert!(catalog < 4 * stored + (1 << 20), "the catalog holds {catalog} bytes for {stored} stored");
+
+    let to = setup.dir.path("restored");
+    let (out, rss) = common::peak_rss(
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&victim)
+            .args(["restore", &id, "--job", "data", "--no-progress", "--to"])
+            .arg(&to)
+            .arg("--identity")
+            .arg(&setup.identity),
+    );
+    eprintln!("restore: peak RSS {rss} KiB; {}", text(&out).lines().last().unwrap_or_default());
+    assert_eq!(out.status.code(), Some(1), "duplicates are refused: {}", text(&out));
+    assert!(rss < 200 * 1024, "restore peak RSS {rss} KiB");
+
+    // The bound, named.
+    let limited = std::fs::read_to_string(&victim).unwrap() + "[restore]\nmax_file_list_mib = 64\n";
+    std::fs::write(&victim, limited).unwrap();
+    let mut c = Command::new(BIN);
+    c.arg("--config").arg(&victim).args(["restore", &id, "--job", "data", "--no-progress", "--to"]);
+    let out = c.arg(setup.dir.path("limited")).arg("--identity").arg(&setup.identity).output().unwrap();
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("larger than 64 MiB (restore.max_file_list_mib)"), "{}", text(&out));
 }

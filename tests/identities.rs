@@ -246,3 +246,87 @@ fn an_ssh_ed25519_key_backs_up_and_restores() {
     let out = Command::new(BIN).arg("--config").arg(&config).arg("check-config").output().unwrap();
     assert!(!out.status.success() && text(&out).contains("ssh-rsa keys are not accepted"), "{}", text(&out));
 }
+
+/// An age plugin is looked up on PATH by the age crate. An empty or `.` entry names the
+/// current directory, where anyone may have left a program of the plugin's name: coffer
+/// keeps only absolute PATH entries, so the real plugin runs and the decoy never does.
+#[test]
+fn an_age_plugin_is_never_taken_from_the_current_directory() {
+    let scratch = Scratch::new("plugin-path");
+    let plugins = plugin_dir(&scratch);
+    let made = run_ok(&mut Command::new(plugins.join("age-plugin-coffertest")));
+    let recipient = text(&made).split("# recipient: ").nth(1).unwrap().lines().next().unwrap().to_string();
+    let src = source(&scratch);
+    let config = write_config(&scratch, &[&recipient], &src);
+    let cwd = scratch.path("cwd");
+    std::fs::create_dir_all(&cwd).unwrap();
+    let marker = scratch.path("decoy-ran");
+    let decoy = cwd.join("age-plugin-coffertest");
+    std::fs::write(&decoy, format!("#!/bin/sh\ntouch '{}'\nexit 1\n", marker.display())).unwrap();
+    std::fs::set_permissions(&decoy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let home = scratch.path("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let path = format!(":.:{}:{}", plugins.display(), std::env::var("PATH").unwrap());
+    for args in [&["init"][..], &["backup", "data", "--no-progress"]] {
+        let mut c = Command::new(BIN);
+        c.arg("--config").arg(&config).args(args).env("PATH", &path).env("HOME", &home).current_dir(&cwd);
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+    }
+    assert!(!marker.exists(), "the decoy in the current directory ran");
+}
+
+/// Key files are opened without blocking and read within a bound: a FIFO given as the
+/// identity or as the passphrase file is refused at once instead of hanging, and a
+/// 2 GiB identity file is refused without being read.
+#[test]
+fn a_fifo_or_a_huge_file_as_a_key_file_is_refused_at_once() {
+    let scratch = Scratch::new("keyfiles");
+    let src = source(&scratch);
+    std::fs::create_dir_all(scratch.path("offline")).unwrap();
+    let identity = scratch.path("offline/identity.txt");
+    let recipient = String::from_utf8(run_ok(Command::new(BIN).args(["keygen", "-o"]).arg(&identity)).stdout).unwrap();
+    let config = write_config(&scratch, &[&recipient], &src);
+    run_ok(Command::new(BIN).arg("--config").arg(&config).arg("init"));
+    run_ok(Command::new(BIN).arg("--config").arg(&config).args(["backup", "data", "--no-progress"]));
+
+    let fifo = scratch.path("offline/fifo");
+    run_ok(Command::new("mkfifo").arg("-m").arg("600").arg(&fifo));
+    let huge = scratch.path("offline/huge");
+    std::fs::File::create(&huge).unwrap().set_len(2 << 30).unwrap();
+    std::fs::set_permissions(&huge, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let within = |mut c: Command, why: &str| {
+        let mut child = c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                child.kill().unwrap();
+                panic!("{why}: still waiting after 15 s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(!out.status.success(), "{why}: {}", text(&out));
+        text(&out)
+    };
+    let said = within(restore_cmd(&config, &fifo, &scratch.path("a")), "a FIFO as the identity");
+    assert!(said.contains("is not a regular file"), "{said}");
+    let said = within(restore_cmd(&config, &huge, &scratch.path("b")), "a 2 GiB identity");
+    assert!(said.contains("has 2147483648 bytes"), "{said}");
+    // A passphrase-protected identity whose passphrase file is a FIFO.
+    let mut protected = Vec::new();
+    {
+        let plain = std::fs::read(&identity).unwrap();
+        let e = age::Encryptor::with_user_passphrase(age::secrecy::SecretString::from("pw".to_string()));
+        let mut w = e.wrap_output(&mut protected).unwrap();
+        w.write_all(&plain).unwrap();
+        w.finish().unwrap();
+    }
+    let protected_path = scratch.path("offline/protected.age");
+    std::fs::write(&protected_path, protected).unwrap();
+    std::fs::set_permissions(&protected_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut c = restore_cmd(&config, &protected_path, &scratch.path("c"));
+    c.env("COFFER_IDENTITY_PASSPHRASE_FILE", &fifo);
+    let said = within(c, "a FIFO as the passphrase file");
+    assert!(said.contains("is not a regular file"), "{said}");
+}

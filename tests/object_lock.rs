@@ -248,3 +248,53 @@ fn status_calls_a_directory_target_unprotected() {
     let (code, v) = status(&setup, &[]);
     assert_eq!((code, v["status"].as_str().unwrap()), (3, "UNKNOWN"));
 }
+
+/// What stolen daemon credentials can do without changing a byte: lock a pack for years
+/// (a lock bomb), put the repository record under a legal hold, add a lifecycle rule over
+/// coffer's prefix and a default retention of a century. `status --remote` names each,
+/// CRITICAL; and coffer itself never locks past `max_lock_days`.
+#[test]
+fn status_remote_finds_lock_bombs_legal_holds_and_bucket_rules() {
+    if !s3_available() {
+        return;
+    }
+    let scratch = Scratch::new("audit");
+    let src = one_file_source(&scratch, "a.bin", 4, 2);
+    let setup = Setup::with_extra("audit", Target::S3, &src, "lock_days = 2\n");
+    setup.backup();
+    let (code, v) = status(&setup, &["--remote"]);
+    assert_eq!(code, 0, "quiet before: {v}");
+    let pack = setup.pack_hashes().pop().unwrap();
+    let key = format!("packs/{}/{pack}", &pack[..2]);
+    setup.s3_inspect("bomb", &[&key, "800"]);
+    setup.s3_inspect("hold", &["coffer.repo"]);
+    setup.s3_inspect("rules", &[]);
+    let (code, v) = status(&setup, &["--remote"]);
+    assert_eq!((code, v["status"].as_str().unwrap()), (2, "CRITICAL"), "{v}");
+    let found: Vec<(String, String)> = v["tampering"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (f["kind"].as_str().unwrap().to_string(), f["key"].as_str().or(f["setting"].as_str()).unwrap().to_string())
+        })
+        .collect();
+    for expected in [
+        ("lock-beyond", key.as_str()),
+        ("legal-hold", "coffer.repo"),
+        ("bucket-setting", "lifecycle"),
+        ("bucket-setting", "default-retention"),
+    ] {
+        assert!(found.iter().any(|(k, what)| k == expected.0 && what == expected.1), "{expected:?} not in {found:?}");
+    }
+
+    // coffer's own bound: a lock past max_lock_days is refused before it is asked for.
+    let cfg = coffer::config::Config::load(&setup.config).unwrap();
+    let target = coffer::target::Target::open(&cfg.targets[0], coffer::catalog::TargetId::NONE).unwrap();
+    let rt = coffer::target::runtime().unwrap();
+    let far = common::now() + 400 * 86_400;
+    let e = rt.block_on(target.put_new("junk", bytes::Bytes::from_static(b"x"), far)).unwrap_err();
+    assert!(format!("{e:#}").contains("max_lock_days"), "{e:#}");
+    let e = rt.block_on(target.extend_lock(&key, None, far)).unwrap_err();
+    assert!(format!("{e:#}").contains("max_lock_days"), "{e:#}");
+}

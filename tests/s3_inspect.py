@@ -13,6 +13,12 @@
   s3_inspect.py remove BUCKET PREFIX KEY VERSION
                                         deletes one GOVERNANCE-locked version, bypassing governance
                                         (an object lost on the server)
+  s3_inspect.py bomb BUCKET PREFIX KEY DAYS
+                                        extends the lock of KEY's latest version to DAYS from now
+                                        (what stolen daemon credentials allow: a lock bomb)
+  s3_inspect.py hold BUCKET PREFIX KEY  puts KEY's latest version under a legal hold
+  s3_inspect.py rules BUCKET PREFIX     adds a lifecycle rule over PREFIX and a default retention
+                                        of 100 years to the bucket
 
 Credentials and endpoint come from the standard AWS environment variables.
 """
@@ -77,6 +83,25 @@ def main():
         s3.put_object_retention(Bucket=bucket, Key=key, BypassGovernanceRetention=True,
                                 Retention={"Mode": "GOVERNANCE", "RetainUntilDate": until})
         print(json.dumps({"key": key, "until": int(until.timestamp())}))
+    elif cmd == "bomb":
+        import datetime
+        key, days = prefix + sys.argv[4], int(sys.argv[5])
+        until = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=days)
+        mode = s3.get_object_retention(Bucket=bucket, Key=key)["Retention"]["Mode"]
+        s3.put_object_retention(Bucket=bucket, Key=key, Retention={"Mode": mode, "RetainUntilDate": until})
+        print(json.dumps({"key": key, "until": int(until.timestamp())}))
+    elif cmd == "hold":
+        key = prefix + sys.argv[4]
+        s3.put_object_legal_hold(Bucket=bucket, Key=key, LegalHold={"Status": "ON"})
+        print(json.dumps({"key": key}))
+    elif cmd == "rules":
+        s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": [{
+            "ID": "expire-old", "Status": "Enabled", "Filter": {"Prefix": prefix},
+            "NoncurrentVersionExpiration": {"NoncurrentDays": 1}}]})
+        s3.put_object_lock_configuration(Bucket=bucket, ObjectLockConfiguration={
+            "ObjectLockEnabled": "Enabled",
+            "Rule": {"DefaultRetention": {"Mode": "COMPLIANCE", "Years": 100}}})
+        print(json.dumps({"bucket": bucket}))
     elif cmd == "remove":
         key, version = prefix + sys.argv[4], sys.argv[5]
         s3.delete_object(Bucket=bucket, Key=key, VersionId=version, BypassGovernanceRetention=True)

@@ -667,6 +667,119 @@ fn children_never_see_coffers_credentials() {
     }
 }
 
+/// A child can look where the kernel keeps the environment coffer started with,
+/// `/proc/<coffer's pid>/environ`: it shows nothing of it. Run as a service user holding
+/// CAP_DAC_READ_SEARCH as an ambient capability (as `deploy/coffer.service` gives it),
+/// coffer reads a root-only file into the snapshot, and its hook, started with no ambient
+/// capabilities, cannot read that file.
+#[test]
+fn children_see_neither_coffers_first_environment_nor_its_capabilities() {
+    let scratch = Scratch::new("childproc");
+    let hook_out = scratch.path("hook.txt");
+    // (Through TOML: `\\0` reaches tr as `\0`.)
+    let peek = "tr '\\\\0' '\\\\n' < /proc/$PPID/environ 2>&1; true";
+    let job_extra = format!("on_success = [\"sh\", \"-c\", \"({peek}) > '{}'\"]\n", hook_out.display());
+    let source = format!("{{ command = [\"sh\", \"-c\", \"{peek}\"], file = \"peek.txt\" }}");
+    let setup = Setup::with_source("childproc", Target::Dir, &source, &job_extra);
+    let mut c = setup.cmd(&["backup", "data", "--no-progress"]);
+    c.env("AWS_SECRET_ACCESS_KEY", "TARGETSECRET").env("COFFER_PRUNE_SECRET_ACCESS_KEY", "PRUNESECRET");
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let restored = scratch.path("out");
+    assert!(setup.restore("latest", &restored).status.success());
+    let peeked = std::fs::read_to_string(restored.join("peek.txt")).unwrap();
+    let hooked = std::fs::read_to_string(&hook_out).unwrap();
+    for (who, seen) in [("the command source", &peeked), ("the hook", &hooked)] {
+        for secret in ["TARGETSECRET", "PRUNESECRET", "COFFER_PRUNE", "AWS_SECRET"] {
+            assert!(!seen.contains(secret), "{who} read {secret} in /proc/$PPID/environ:\n{seen}");
+        }
+    }
+
+    // A service user with CAP_DAC_READ_SEARCH in its ambient set.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: the capability half needs root (setpriv)");
+        return;
+    }
+    let dir = Scratch::new("childcaps");
+    let src = dir.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("open.txt"), "anyone").unwrap();
+    let hook_out = dir.path("hook/out.txt");
+    std::fs::create_dir_all(hook_out.parent().unwrap()).unwrap();
+    let job_extra = format!(
+        "on_success = [\"sh\", \"-c\", \"cat '{}' > '{}' 2>&1; true\"]\n",
+        src.join("root-only.txt").display(),
+        hook_out.display()
+    );
+    let setup = Setup::with_extra("childcaps", Target::Dir, &src, &job_extra);
+    run_ok(Command::new("chown").args(["-R", "65534:65534"]).arg(&dir.0).arg(&setup.dir.0));
+    std::fs::write(src.join("root-only.txt"), "root's eyes only").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(src.join("root-only.txt"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let service = |args: &[&str]| {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=+dac_read_search"]);
+        c.args(["--ambient-caps=+dac_read_search", BIN, "--config"]).arg(&setup.config).args(args);
+        c.env("AWS_SECRET_ACCESS_KEY", "TARGETSECRET").output().unwrap()
+    };
+    let out = service(&["backup", "data", "--no-progress"]);
+    assert!(out.status.success(), "coffer reads the root-only file with its capability: {}", text(&out));
+    let hooked = std::fs::read_to_string(&hook_out).unwrap();
+    assert!(!hooked.contains("root's eyes only") && hooked.contains("Permission denied"), "the hook read: {hooked}");
+    let restored = dir.path("restored");
+    let identity = setup.identity.to_str().unwrap();
+    let out = service(&["restore", "latest", "--job", "data", "--to", restored.to_str().unwrap(), "-i", identity]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(std::fs::read_to_string(restored.join("root-only.txt")).unwrap(), "root's eyes only");
+}
+
+/// A directory read as a bucket (`bucket = "file:///dir"`, for trying coffer out) keeps
+/// every file whatever its name holds (each holds its own name here, so that every
+/// object is found again after a restore), and follows no symlink: one pointing at a
+/// file outside is named and left out.
+#[test]
+fn a_directory_read_as_a_bucket_keeps_every_name_and_follows_no_symlink() {
+    let scratch = Scratch::new("dirbucket");
+    let bucket = scratch.path("bucket");
+    std::fs::create_dir_all(bucket.join("sub/dir")).unwrap();
+    let names = [
+        "50%.txt",
+        "a#b",
+        "q?x=1&y",
+        "with space",
+        "plus+sign",
+        "tilde~",
+        "ünïcödé.txt",
+        "ctl\u{1}char",
+        "new\nline",
+        "back\\slash",
+        "sub/dir/deep.txt",
+    ];
+    for name in names {
+        std::fs::write(bucket.join(name), name).unwrap();
+    }
+    std::fs::write(scratch.path("outside.txt"), "outside the bucket").unwrap();
+    std::os::unix::fs::symlink(scratch.path("outside.txt"), bucket.join("link")).unwrap();
+    let source = format!("{{ bucket = \"file://{}\" }}", bucket.display());
+    let setup = Setup::with_source("dirbucket", Target::Dir, &source, "");
+    let out = setup.run(&["backup", "data", "--no-progress"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(text(&out).contains("link: a symlink, not followed"), "{}", text(&out));
+    let restored = scratch.path("out");
+    let r = setup.restore("latest", &restored);
+    assert!(r.status.success(), "{}", text(&r));
+    let mut found: Vec<String> = common::snapshot_tree(&restored)
+        .into_keys()
+        .map(|p| restored.join(p))
+        .filter(|p| p.is_file())
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    found.sort();
+    let mut want: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    want.sort();
+    assert_eq!(found, want, "every object, and nothing from outside the bucket");
+}
+
 /// Azurite's development account key: public, documented by Microsoft.
 const AZURITE_KEY: &str = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 

@@ -306,16 +306,20 @@ impl Two {
 /// Catch-up copies what one target holds onto another, so those bytes are input too: a
 /// pack whose content no longer matches its hash, or a snapshot record whose MAC fails,
 /// on the only target holding it, is named and never copied; the lagging target gets
-/// nothing it could not verify. (Two `file://` targets: no server needed.)
+/// nothing it could not verify. A damaged pack the new snapshot reuses keeps the new
+/// target from holding it (degraded, exit 5); an old snapshot whose record is damaged
+/// is skipped and named, and the run's own snapshot still reaches the new target.
+/// (Two `file://` targets: no server needed.)
 #[test]
 fn catch_up_copies_nothing_that_fails_its_check() {
-    catch_up_from_damaged("packs", "its content does not match its hash");
-    catch_up_from_damaged("snapshots", "MAC mismatch");
+    catch_up_from_damaged("packs", "its content does not match its hash", 5, "target second: NOT stored");
+    catch_up_from_damaged("snapshots", "MAC mismatch", 0, "not copied to target `second`");
 }
 
 /// Every object under `dir` on the first target damaged, then a second target joins:
-/// the run names `why`, ends degraded, and the second target holds no damaged bytes.
-fn catch_up_from_damaged(dir: &str, why: &str) {
+/// the run names `why` and `what`, exits with `code`, and the second target holds no
+/// damaged bytes.
+fn catch_up_from_damaged(dir: &str, why: &str, code: i32, what: &str) {
     let name = format!("catchup-{dir}");
     let src = common::Scratch::new(&format!("{name}-src"));
     std::fs::write(src.path("a.txt"), "first").unwrap();
@@ -342,8 +346,8 @@ fn catch_up_from_damaged(dir: &str, why: &str) {
     std::fs::write(&setup.config, config).unwrap();
     let out = setup.run(&["backup", "data", "--no-progress"]);
     let said = text(&out);
-    assert_eq!(out.status.code(), Some(5), "{dir}: {said}");
-    assert!(said.contains("target second: NOT stored") && said.contains(why), "{dir}: {said}");
+    assert_eq!(out.status.code(), Some(code), "{dir}: {said}");
+    assert!(said.contains(what) && said.contains(why), "{dir}: {said}");
     let bad: Vec<Vec<u8>> = damaged.iter().map(|d| std::fs::read(d).unwrap()).collect();
     for p in objects(&second) {
         assert!(!bad.contains(&std::fs::read(&p).unwrap()), "{dir}: {} was copied", p.display());

@@ -5,6 +5,7 @@
 
 mod expiry;
 mod file_cache;
+mod keysets;
 mod packs;
 mod recovery;
 mod repo;
@@ -26,6 +27,7 @@ use crate::run_outcome::RunOutcome;
 use crate::target::{LockMode, Retention};
 
 pub use file_cache::CachedFile;
+pub use keysets::KeySetRow;
 pub use packs::{ChunkLoc, PackLock, PackRow, StoredPack};
 pub use repo::{NewTarget, RepoRow};
 pub use runs::{JobTotals, RunReport, RunRow, Trigger};
@@ -63,13 +65,17 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0006_damaged_index.sql"),
     include_str!("../../migrations/0007_targets.sql"),
     include_str!("../../migrations/0008_xattrs.sql"),
+    include_str!("../../migrations/0009_pin.sql"),
+    include_str!("../../migrations/0010_keysets.sql"),
+    include_str!("../../migrations/0011_scrub.sql"),
 ];
 
 pub struct Catalog {
     conn: Connection,
-    /// The packs found damaged, as of the last read transaction begun: the dedup lookup
-    /// skips them in memory instead of asking per chunk.
-    damaged: std::cell::RefCell<HashSet<i64>>,
+    /// The packs the dedup lookup skips, as of the last read transaction begun: found
+    /// damaged, or encrypted to a key set that lacks a key backups encrypt to now. Kept
+    /// in memory instead of asked per chunk (few or none in steady state).
+    skipped: std::cell::RefCell<HashSet<i64>>,
 }
 
 /// An audit row, on the connection or inside the caller's transaction.
@@ -106,9 +112,9 @@ impl Catalog {
         // looks up every file and chunk (memory-mapped pages are the page cache's, and
         // at most this much of the catalog counts in the process's RSS).
         conn.pragma_update(None, "mmap_size", 64 << 20).with_context(ctx)?;
-        let mut cat = Catalog { conn, damaged: Default::default() };
+        let mut cat = Catalog { conn, skipped: Default::default() };
         cat.migrate().with_context(ctx)?;
-        cat.load_damaged().with_context(ctx)?;
+        cat.load_skipped().with_context(ctx)?;
         Ok(cat)
     }
 
@@ -252,17 +258,21 @@ mod tests {
         let blobs = [blob(1), blob(2)];
         let (a, b) = (cat.add_target("a", "file:///a").unwrap(), cat.add_target("b", "file:///b").unwrap());
         let copies = [(a, Copy { version: Some("v1".into()), lock: None })];
-        let id = cat.add_pack(&StoredPack { hash: "ab12", size: 100, blobs: &blobs, copies: &copies }).unwrap();
+        let id =
+            cat.add_pack(&StoredPack { hash: "ab12", size: 100, keyset: 0, blobs: &blobs, copies: &copies }).unwrap();
         drop(cat);
         let cat = Catalog::open(&path).unwrap();
         assert_eq!(cat.chunk_pack(&ChunkId([2; 32])).unwrap(), Some(id));
         assert_eq!(cat.chunk_pack(&ChunkId([3; 32])).unwrap(), None);
-        let loc = cat.chunk_location(a, &ChunkId([2; 32])).unwrap().unwrap();
+        let loc = cat.chunk_location(a, &ChunkId([2; 32]), None).unwrap().unwrap();
         assert_eq!((loc.pack_hash.as_str(), loc.pack_version.as_deref(), loc.offset), ("ab12", Some("v1"), 20));
         // Another target's copy has its own version; one without a copy has none.
-        assert_eq!(cat.chunk_location(b, &ChunkId([2; 32])).unwrap().unwrap().pack_version, None);
+        assert_eq!(cat.chunk_location(b, &ChunkId([2; 32]), None).unwrap().unwrap().pack_version, None);
         cat.add_pack_copy(b, id, &Copy { version: Some("v2".into()), lock: None }).unwrap();
-        assert_eq!(cat.chunk_location(b, &ChunkId([2; 32])).unwrap().unwrap().pack_version.as_deref(), Some("v2"));
+        assert_eq!(
+            cat.chunk_location(b, &ChunkId([2; 32]), None).unwrap().unwrap().pack_version.as_deref(),
+            Some("v2")
+        );
         assert_eq!(cat.pack_holders(id).unwrap().len(), 2);
         // Pruned from one target, the pack stays for the other; from both, it goes.
         cat.remove_pack(a, id, "ab12").unwrap();
@@ -275,10 +285,10 @@ mod tests {
     fn a_failed_pack_transaction_leaves_no_chunk() {
         let (mut cat, _) = temp_catalog();
         let blobs = [blob(1)];
-        cat.add_pack(&StoredPack { hash: "same", size: 1, blobs: &blobs, copies: &[] }).unwrap();
+        cat.add_pack(&StoredPack { hash: "same", size: 1, keyset: 0, blobs: &blobs, copies: &[] }).unwrap();
         // Same hash again violates UNIQUE: the whole transaction must roll back.
         let other = [blob(9)];
-        assert!(cat.add_pack(&StoredPack { hash: "same", size: 1, blobs: &other, copies: &[] }).is_err());
+        assert!(cat.add_pack(&StoredPack { hash: "same", size: 1, keyset: 0, blobs: &other, copies: &[] }).is_err());
         assert_eq!(cat.chunk_pack(&ChunkId([9; 32])).unwrap(), None);
     }
 
@@ -308,6 +318,7 @@ mod tests {
             errors: 0,
             retain_until: None,
             contents: None,
+            keyset: 0,
         };
         cat.complete_snapshot(&snap("s1"), &[], &HashSet::new(), vec![Ok((b"a".to_vec(), f.clone()))], |_| true, None)
             .unwrap();

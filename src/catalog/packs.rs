@@ -11,6 +11,8 @@ use super::*;
 pub struct ChunkLoc {
     pub pack_hash: String,
     pub pack_version: Option<String>,
+    /// The pack's size as stored: the most a read of it may return.
+    pub pack_size: u64,
     pub offset: u64,
     pub length: u32,
     pub raw_length: u32,
@@ -47,6 +49,8 @@ pub struct PackRow {
 pub struct StoredPack<'a> {
     pub hash: &'a str,
     pub size: u64,
+    /// The key set it is encrypted to.
+    pub keyset: u32,
     pub blobs: &'a [BlobEntry],
     /// Each target that stored it, with its version id and the lock it was written with.
     pub copies: &'a [(TargetId, Copy)],
@@ -56,19 +60,17 @@ pub struct StoredPack<'a> {
 /// its first location). Returns the pack's row id.
 pub(super) fn insert_pack(tx: &rusqlite::Transaction, pack: &StoredPack) -> Result<i64> {
     tx.execute(
-        "INSERT INTO packs (hash, size, uploaded_at) VALUES (?1, ?2, ?3)",
-        params![pack.hash, pack.size, crate::time::now_secs()],
+        "INSERT INTO packs (hash, size, uploaded_at, keyset) VALUES (?1, ?2, ?3, ?4)",
+        params![pack.hash, pack.size, crate::time::now_secs(), pack.keyset],
     )?;
     let pack_id = tx.last_insert_rowid();
     for (target, copy) in pack.copies {
         super::targets::insert_pack_copy(tx, *target, pack_id, copy)?;
     }
     let mut st = tx.prepare_cached(
-        // A chunk stored again because its pack was found damaged moves to the new pack.
-        "INSERT INTO chunks (id, pack, offset, length, raw_length, flags) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-         ON CONFLICT (id) DO UPDATE SET pack = excluded.pack, offset = excluded.offset, length = excluded.length,
-           raw_length = excluded.raw_length, flags = excluded.flags
-         WHERE (SELECT damaged FROM packs WHERE id = chunks.pack) IS NOT NULL",
+        // A chunk stored again (its first pack damaged, or unreadable to a key added
+        // since) gets one more location; the others stay for the snapshots made with them.
+        "INSERT OR IGNORE INTO chunks (id, pack, offset, length, raw_length, flags) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
     for b in pack.blobs {
         st.execute(params![&b.id.0[..], pack_id, b.offset, b.length, b.raw_length, b.flags])?;
@@ -87,14 +89,40 @@ impl Catalog {
     /// list against the size it claims.
     pub fn chunk_pack_and_size(&self, id: &ChunkId) -> Result<Option<(i64, u64)>> {
         let mut st = self.conn.prepare_cached("SELECT pack, raw_length FROM chunks WHERE id = ?1")?;
-        let found: Option<(i64, u64)> = st.query_row([&id.0[..]], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
-        Ok(found.filter(|(pack, _)| !self.damaged.borrow().contains(pack)))
+        let skipped = self.skipped.borrow();
+        let mut rows = st.query([&id.0[..]])?;
+        while let Some(r) = rows.next()? {
+            let pack: i64 = r.get(0)?;
+            if !skipped.contains(&pack) {
+                return Ok(Some((pack, r.get(1)?)));
+            }
+        }
+        Ok(None)
     }
 
-    pub(super) fn load_damaged(&self) -> Result<()> {
+    /// Every pack holding a chunk, with the key set each is encrypted to.
+    pub fn chunk_packs(&self, id: &ChunkId) -> Result<Vec<(i64, u32)>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT c.pack, (SELECT keyset FROM packs WHERE id = c.pack) FROM chunks c WHERE c.id = ?1",
+        )?;
+        let rows = st.query_map([&id.0[..]], |r| Ok((r.get(0)?, r.get::<_, Option<u32>>(1)?.unwrap_or(0))))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The packs the dedup lookup skips: damaged ones, and those whose key set lacks a
+    /// key of the current one (after `coffer key add`, a new key must be able to read
+    /// every snapshot made from then on, so their chunks are stored again).
+    pub(super) fn load_skipped(&self) -> Result<()> {
         let mut st = self.conn.prepare_cached("SELECT id FROM packs WHERE damaged IS NOT NULL")?;
-        let ids = st.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<HashSet<i64>>>()?;
-        *self.damaged.borrow_mut() = ids;
+        let mut ids = st.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<HashSet<i64>>>()?;
+        if let Some(readable) = self.readable_keysets()? {
+            let mut st = self
+                .conn
+                .prepare_cached("SELECT id FROM packs WHERE keyset NOT IN (SELECT value FROM json_each(?1))")?;
+            let list = serde_json::to_string(&readable)?;
+            ids.extend(st.query_map([list], |r| r.get::<_, i64>(0))?.collect::<rusqlite::Result<Vec<i64>>>()?);
+        }
+        *self.skipped.borrow_mut() = ids;
         Ok(())
     }
 
@@ -106,7 +134,7 @@ impl Catalog {
             params![hash, why, crate::time::now_secs()],
         )?;
         if n > 0 {
-            self.load_damaged()?;
+            self.load_skipped()?;
             self.event(
                 "pack-damaged",
                 None,
@@ -119,7 +147,7 @@ impl Catalog {
     /// Begins a read transaction, for many lookups at the cost of one lock ([`Catalog::end_read`]).
     pub fn begin_read(&self) -> Result<()> {
         self.conn.execute_batch("BEGIN DEFERRED")?;
-        self.load_damaged()
+        self.load_skipped()
     }
 
     pub fn end_read(&self) -> Result<()> {
@@ -136,31 +164,59 @@ impl Catalog {
         out
     }
 
-    /// Where a chunk is, with its pack's version id on `target`.
-    pub fn chunk_location(&self, target: TargetId, id: &ChunkId) -> Result<Option<ChunkLoc>> {
+    /// Where a chunk is, with its pack's version id on `target`. Of several locations,
+    /// the first in `made_with` (the packs the snapshot read was made with) that is not
+    /// damaged; else one the dedup lookup would take; else one not damaged; else any.
+    pub fn chunk_location(
+        &self,
+        target: TargetId,
+        id: &ChunkId,
+        made_with: Option<&HashSet<i64>>,
+    ) -> Result<Option<ChunkLoc>> {
         // Scalar subqueries, not a JOIN: SQLite 3.54 re-prepares this JOIN at every step
         // (measured: 3x slower), and a restore asks once per chunk.
         let mut st = self.conn.prepare_cached(
             "SELECT (SELECT hash FROM packs WHERE id = c.pack),
                     (SELECT version FROM pack_copies WHERE target = ?2 AND pack = c.pack),
-                    c.offset, c.length, c.raw_length, c.flags
+                    c.offset, c.length, c.raw_length, c.flags, (SELECT size FROM packs WHERE id = c.pack),
+                    c.pack, (SELECT damaged IS NOT NULL FROM packs WHERE id = c.pack)
              FROM chunks c WHERE c.id = ?1",
         )?;
-        let row = st.query_row(params![&id.0[..], target], |r| {
+        let rows = st.query_map(params![&id.0[..], target], |r| {
             let hash: Option<String> = r.get(0)?;
-            Ok(hash.map(|pack_hash| -> rusqlite::Result<ChunkLoc> {
-                Ok(ChunkLoc {
-                    pack_hash,
-                    pack_version: r.get(1)?,
-                    offset: r.get(2)?,
-                    length: r.get(3)?,
-                    raw_length: r.get(4)?,
-                    flags: r.get(5)?,
-                })
-            }))
-        });
-        // A chunk whose pack row is gone is in no pack the catalog knows.
-        Ok(row.optional()?.flatten().transpose()?)
+            let (pack, damaged): (i64, Option<bool>) = (r.get(7)?, r.get(8)?);
+            // A chunk whose pack row is gone is in no pack the catalog knows.
+            let Some(pack_hash) = hash else { return Ok(None) };
+            let loc = ChunkLoc {
+                pack_hash,
+                pack_version: r.get(1)?,
+                pack_size: r.get(6)?,
+                offset: r.get(2)?,
+                length: r.get(3)?,
+                raw_length: r.get(4)?,
+                flags: r.get(5)?,
+            };
+            Ok(Some((pack, damaged.unwrap_or(false), loc)))
+        })?;
+        let found: Vec<(i64, bool, ChunkLoc)> = rows.filter_map(|r| r.transpose()).collect::<rusqlite::Result<_>>()?;
+        let skipped = self.skipped.borrow();
+        let rank =
+            |(pack, damaged, _): &(i64, bool, ChunkLoc)| match (made_with.is_some_and(|m| m.contains(pack)), damaged) {
+                (true, false) => 0,
+                (false, false) if !skipped.contains(pack) => 1,
+                (_, false) => 2,
+                (_, true) => 3,
+            };
+        Ok(found.into_iter().min_by_key(rank).map(|(_, _, loc)| loc))
+    }
+
+    /// The packs a snapshot was made with (its chunks' locations then).
+    pub fn snapshot_pack_ids(&self, snapshot: &str) -> Result<HashSet<i64>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT sp.pack FROM snapshot_packs sp JOIN snapshots s ON s.seq = sp.snapshot WHERE s.id = ?1",
+        )?;
+        let rows = st.query_map([snapshot], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// Records an acknowledged pack and its chunks in one transaction. Returns its row id.
@@ -259,6 +315,59 @@ impl Catalog {
         if let Some(record) = self.repo_record(target)? {
             out.insert(crate::format::REPO_KEY.to_string(), record.version);
         }
+        for set in self.keysets()? {
+            if let Some((_, copy)) = self.keyset_holders(set.seq)?.into_iter().find(|(t, _)| *t == target) {
+                out.insert(crate::format::keyset::key(set.seq), copy.version);
+            }
+        }
         Ok(out)
+    }
+
+    /// The packs on `target` the scrub reads next, least recently read first (never
+    /// read before all), as many as `budget` bytes allow (at least one): (row id, hash,
+    /// version there, size). Packs already found damaged are known and left out (their
+    /// chunks are stored again elsewhere).
+    pub fn packs_to_scrub(&self, target: TargetId, budget: u64) -> Result<Vec<PackRow>> {
+        let mut st = self.conn.prepare(
+            "SELECT p.id, p.hash, c.version, p.size FROM pack_copies c JOIN packs p ON p.id = c.pack
+             WHERE c.target = ?1 AND p.damaged IS NULL ORDER BY c.scrubbed_at IS NOT NULL, c.scrubbed_at, p.id",
+        )?;
+        let mut rows = st.query([target])?;
+        let (mut out, mut total) = (Vec::new(), 0u64);
+        while let Some(r) = rows.next()? {
+            let pack = PackRow { id: r.get(0)?, hash: r.get(1)?, version: r.get(2)?, size: r.get(3)? };
+            if !out.is_empty() && total + pack.size > budget {
+                break;
+            }
+            total += pack.size;
+            out.push(pack);
+        }
+        Ok(out)
+    }
+
+    /// Notes that the scrub read a pack from `target` and found it whole.
+    pub fn set_scrubbed(&self, target: TargetId, pack: i64) -> Result<()> {
+        self.conn.execute(
+            "UPDATE pack_copies SET scrubbed_at = ?3 WHERE target = ?1 AND pack = ?2",
+            params![target, pack, crate::time::now_secs()],
+        )?;
+        Ok(())
+    }
+
+    /// Packs on `target` not read by the scrub since `since` (behind its period).
+    pub fn packs_unscrubbed_since(&self, target: TargetId, since: i64) -> Result<u64> {
+        Ok(self.conn.query_row(
+            "SELECT count(*) FROM pack_copies c JOIN packs p ON p.id = c.pack
+             WHERE c.target = ?1 AND p.damaged IS NULL AND (c.scrubbed_at IS NULL OR c.scrubbed_at < ?2)",
+            params![target, since],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// The hashes of the packs found damaged.
+    pub fn damaged_packs(&self) -> Result<HashSet<String>> {
+        let mut st = self.conn.prepare_cached("SELECT hash FROM packs WHERE damaged IS NOT NULL")?;
+        let rows = st.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 }

@@ -9,33 +9,45 @@ use super::packs::insert_pack;
 use super::*;
 
 impl Catalog {
-    /// Scratch space for `coffer recover`: the decoded chunks of snapshot entry streams,
-    /// stored with the pack that held them, until the snapshots are rebuilt from them.
+    /// Scratch space for `coffer recover`: the blobs of snapshot entry streams as the
+    /// packs store them (compressed: a forged stream that expands a thousandfold takes
+    /// no more room here than in its pack), until the snapshots are rebuilt from them.
     pub fn begin_recovery(&self) -> Result<()> {
         self.conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS recovered_tree (id BLOB PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID",
+            "CREATE TABLE IF NOT EXISTS recovered_blobs (id BLOB PRIMARY KEY, raw_length INTEGER NOT NULL,
+                                                         flags INTEGER NOT NULL, stored BLOB NOT NULL) WITHOUT ROWID",
         )?;
         Ok(())
     }
 
-    /// Records a pack read back from the target, and the entry-stream chunks it held, in
-    /// one transaction.
-    pub fn add_recovered_pack(&mut self, pack: &StoredPack, tree: &[(ChunkId, Vec<u8>)]) -> Result<i64> {
+    /// Records a pack read back from the target, and the entry-stream blobs it held
+    /// (their table entries and stored bytes), in one transaction.
+    pub fn add_recovered_pack(&mut self, pack: &StoredPack, tree: &[(&BlobEntry, &[u8])]) -> Result<i64> {
         let tx = self.conn.transaction()?;
         let id = insert_pack(&tx, pack)?;
         {
-            let mut st = tx.prepare_cached("INSERT OR IGNORE INTO recovered_tree (id, data) VALUES (?1, ?2)")?;
-            for (chunk, data) in tree {
-                st.execute(params![&chunk.0[..], data])?;
+            let mut st = tx.prepare_cached(
+                "INSERT OR IGNORE INTO recovered_blobs (id, raw_length, flags, stored) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for (b, stored) in tree {
+                st.execute(params![&b.id.0[..], b.raw_length, b.flags, stored])?;
             }
         }
         tx.commit()?;
         Ok(id)
     }
 
-    pub fn recovered_tree_chunk(&self, id: &ChunkId) -> Result<Option<Vec<u8>>> {
-        let mut st = self.conn.prepare_cached("SELECT data FROM recovered_tree WHERE id = ?1")?;
-        Ok(st.query_row([&id.0[..]], |r| r.get(0)).optional()?)
+    /// An entry-stream blob a recovery kept: its table entry (offset 0 in the stored
+    /// bytes) and those bytes, to be verified by the caller.
+    pub fn recovered_blob(&self, id: &ChunkId) -> Result<Option<(BlobEntry, Vec<u8>)>> {
+        let mut st = self.conn.prepare_cached("SELECT raw_length, flags, stored FROM recovered_blobs WHERE id = ?1")?;
+        Ok(st
+            .query_row([&id.0[..]], |r| {
+                let stored: Vec<u8> = r.get(2)?;
+                let length = u32::try_from(stored.len()).unwrap_or(u32::MAX);
+                Ok((BlobEntry { id: *id, offset: 0, length, raw_length: r.get(0)?, flags: r.get(1)? }, stored))
+            })
+            .optional()?)
     }
 
     pub fn has_snapshot(&self, id: &str) -> Result<bool> {
@@ -51,8 +63,10 @@ impl Catalog {
         for f in findings {
             insert_event(&tx, "tamper", None, &f.to_string())?;
         }
-        tx.execute_batch("DROP TABLE IF EXISTS recovered_tree")?;
+        tx.execute_batch("DROP TABLE IF EXISTS recovered_tree; DROP TABLE IF EXISTS recovered_blobs")?;
         tx.commit()?;
+        // The scratch space may have been most of the file: give it back.
+        self.conn.execute_batch("VACUUM")?;
         Ok(())
     }
 

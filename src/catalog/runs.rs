@@ -17,6 +17,8 @@ pub struct RunReport {
     /// Transient target failures that were retried.
     pub retries: u64,
     pub error: Option<String>,
+    /// What a scrub found wrong (0 for backups).
+    pub findings: u64,
 }
 
 /// Why a run started.
@@ -57,6 +59,8 @@ pub struct RunRow {
     pub bytes_uploaded: u64,
     pub retries: u64,
     pub error: Option<String>,
+    /// What a scrub found wrong.
+    pub findings: u64,
 }
 
 /// A job's history summed up, for `/metrics`.
@@ -64,8 +68,10 @@ pub struct RunRow {
 pub struct JobTotals {
     /// When a run last ended `success` (every path read).
     pub last_success_at: Option<i64>,
-    /// When a run last ended with a snapshot (`success` or `partial`).
+    /// When a run last ended with a snapshot (`success`, `partial` or `degraded`).
     pub last_snapshot_at: Option<i64>,
+    /// When the job's first run started (skips aside).
+    pub first_run_at: Option<i64>,
     /// The newest finished run (not skipped).
     pub last_run: Option<RunRow>,
     pub runs: u64,
@@ -93,6 +99,7 @@ fn run_row(r: &rusqlite::Row) -> rusqlite::Result<RunRow> {
         bytes_uploaded: r.get(11)?,
         retries: r.get(12)?,
         error: r.get(13)?,
+        findings: r.get(14)?,
     })
 }
 
@@ -118,7 +125,8 @@ impl Catalog {
     pub fn finish_run(&self, id: i64, r: &RunReport) -> Result<()> {
         self.conn.execute(
             "UPDATE runs SET ended_at = ?2, outcome = ?3, snapshot = ?4, bytes_read = ?5, bytes_new = ?6,
-                             bytes_uploaded = ?7, duration_ms = ?8, retries = ?9, error = ?10 WHERE id = ?1",
+                             bytes_uploaded = ?7, duration_ms = ?8, retries = ?9, error = ?10, findings = ?11
+             WHERE id = ?1",
             params![
                 id,
                 crate::time::now_secs(),
@@ -129,8 +137,21 @@ impl Catalog {
                 r.bytes_uploaded,
                 r.duration_ms,
                 r.retries,
-                r.error
+                r.error,
+                r.findings
             ],
+        )?;
+        Ok(())
+    }
+
+    /// A run that failed before it could start (the job's lock, the target, the secret,
+    /// the preflight): recorded whole, without touching a run in progress elsewhere.
+    pub fn record_failure(&self, job: &str, trigger: Trigger, scheduled_for: Option<i64>, error: &str) -> Result<()> {
+        let now = crate::time::now_secs();
+        self.conn.execute(
+            "INSERT INTO runs (job, trigger, scheduled_for, started_at, ended_at, duration_ms, outcome, error)
+             VALUES (?1, ?2, ?3, ?4, ?4, 0, 'failed', ?5)",
+            params![job, trigger.as_str(), scheduled_for, now, error],
         )?;
         Ok(())
     }
@@ -150,7 +171,7 @@ impl Catalog {
     pub fn runs(&self, job: Option<&str>, limit: usize) -> Result<Vec<RunRow>> {
         let mut st = self.conn.prepare(
             "SELECT id, job, trigger, scheduled_for, started_at, ended_at, duration_ms, outcome, snapshot,
-                    bytes_read, bytes_new, bytes_uploaded, retries, error
+                    bytes_read, bytes_new, bytes_uploaded, retries, error, findings
              FROM runs WHERE ?1 IS NULL OR job = ?1 ORDER BY id DESC LIMIT ?2",
         )?;
         let rows = st.query_map(params![job, limit as i64], run_row)?;
@@ -176,11 +197,12 @@ impl Catalog {
     pub fn job_totals(&self, job: &str) -> Result<JobTotals> {
         let mut t = self.conn.query_row(
             "SELECT max(CASE WHEN outcome = 'success' THEN ended_at END),
-                    max(CASE WHEN outcome IN ('success', 'partial') THEN ended_at END),
+                    max(CASE WHEN outcome IN ('success', 'partial', 'degraded') THEN ended_at END),
                     count(CASE WHEN outcome NOT IN ('skipped', 'running') THEN 1 END),
                     count(CASE WHEN outcome = 'failed' THEN 1 END),
                     count(CASE WHEN outcome = 'skipped' THEN 1 END),
-                    coalesce(sum(retries), 0), coalesce(sum(bytes_read), 0), coalesce(sum(bytes_uploaded), 0)
+                    coalesce(sum(retries), 0), coalesce(sum(bytes_read), 0), coalesce(sum(bytes_uploaded), 0),
+                    min(CASE WHEN outcome != 'skipped' THEN started_at END)
              FROM runs WHERE job = ?1",
             [job],
             |r| {
@@ -193,6 +215,7 @@ impl Catalog {
                     retries: r.get(5)?,
                     bytes_read: r.get(6)?,
                     bytes_uploaded: r.get(7)?,
+                    first_run_at: r.get(8)?,
                     ..Default::default()
                 })
             },
@@ -201,7 +224,7 @@ impl Catalog {
             .conn
             .query_row(
                 "SELECT id, job, trigger, scheduled_for, started_at, ended_at, duration_ms, outcome, snapshot,
-                        bytes_read, bytes_new, bytes_uploaded, retries, error
+                        bytes_read, bytes_new, bytes_uploaded, retries, error, findings
                  FROM runs WHERE job = ?1 AND outcome NOT IN ('skipped', 'running') ORDER BY id DESC LIMIT 1",
                 [job],
                 run_row,

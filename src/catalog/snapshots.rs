@@ -47,6 +47,8 @@ pub struct SnapshotRow {
     pub retain_until: Option<i64>,
     /// What the source contained beyond its files (git refs, a command's output).
     pub contents: Option<crate::format::contents::Contents>,
+    /// The key set its record is encrypted to.
+    pub keyset: u32,
 }
 
 impl SnapshotRow {
@@ -66,6 +68,7 @@ impl SnapshotRow {
             errors: r.errors.len() as u64,
             retain_until: r.retain_until,
             contents: r.contents.clone(),
+            keyset: r.keyset.unwrap_or(0),
         }
     }
 }
@@ -90,8 +93,8 @@ impl Catalog {
         let tx = self.conn.transaction()?;
         tx.execute(
             "INSERT INTO snapshots (id, job, host, created_at, state, source, files, bytes,
-                                    bytes_new, bytes_uploaded, errors, retain_until, contents)
-             VALUES (?1, ?2, ?3, ?4, 'complete', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                                    bytes_new, bytes_uploaded, errors, retain_until, contents, keyset)
+             VALUES (?1, ?2, ?3, ?4, 'complete', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             params![
                 snap.id,
                 snap.job,
@@ -104,7 +107,8 @@ impl Catalog {
                 snap.bytes_uploaded,
                 snap.errors,
                 snap.retain_until,
-                snap.contents.as_ref().map(serde_json::to_string).transpose()?
+                snap.contents.as_ref().map(serde_json::to_string).transpose()?,
+                snap.keyset
             ],
         )?;
         let seq = tx.last_insert_rowid();
@@ -159,7 +163,7 @@ impl Catalog {
     pub fn snapshots(&self, job: Option<&str>) -> Result<Vec<SnapshotRow>> {
         let mut st = self.conn.prepare(
             "SELECT id, job, host, created_at, state, source, files, bytes, bytes_new,
-                    bytes_uploaded, errors, retain_until, contents
+                    bytes_uploaded, errors, retain_until, contents, keyset
              FROM snapshots WHERE ?1 IS NULL OR job = ?1 ORDER BY seq",
         )?;
         let rows = st.query_map([job], |r| {
@@ -177,6 +181,7 @@ impl Catalog {
                 errors: r.get(10)?,
                 retain_until: r.get(11)?,
                 contents: r.get::<_, Option<String>>(12)?.and_then(|j| serde_json::from_str(&j).ok()),
+                keyset: r.get(13)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

@@ -116,6 +116,9 @@ fn one(cfg: &Config, job: &crate::config::Job, a: &Args) -> Result<ExitCode> {
     if s.copied.objects > 0 {
         println!("  caught up lagging targets: {} objects, {} copied", s.copied.objects, bytes(s.copied.bytes));
     }
+    for why in &s.not_copied {
+        println!("  {why}");
+    }
     for t in &s.targets {
         match &t.lagging {
             None => println!("  target {}: stored, {}", t.name, locked(t.protection, t.locked_until)),

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use super::Reading;
-use crate::browse::{Change, diff, printable};
+use crate::browse::{Change, diff};
+use crate::escape::printable;
 use crate::progress::bytes;
 
 #[derive(clap::Args)]

@@ -8,7 +8,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 
 use super::Reading;
-use crate::browse::{Browser, Shown, printable};
+use crate::browse::{Browser, Shown};
+use crate::escape::printable;
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -25,25 +25,30 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
     if a.json {
         let urls = cfg.targets.iter().map(|t| (t.name.as_str(), t.url.as_str()));
         let json = match &outcome {
-            Outcome::Created { repo_id, targets } => {
+            Outcome::Created { repo_id, fingerprint, targets } => {
                 let targets: Vec<_> = targets
                     .iter()
                     .zip(urls)
                     .map(|((name, protection), (_, url))| serde_json::json!({ "name": name, "url": url, "protection": protection }))
                     .collect();
-                serde_json::json!({ "repo_id": repo_id, "created": true, "targets": targets })
+                serde_json::json!({ "repo_id": repo_id, "fingerprint": fingerprint, "created": true, "targets": targets })
             }
-            Outcome::AlreadyInitialised { repo_id } => {
+            Outcome::AlreadyInitialised { repo_id, fingerprint } => {
                 let targets: Vec<_> = urls.map(|(name, url)| serde_json::json!({ "name": name, "url": url })).collect();
-                serde_json::json!({ "repo_id": repo_id, "created": false, "targets": targets })
+                serde_json::json!({ "repo_id": repo_id, "fingerprint": fingerprint, "created": false, "targets": targets })
             }
         };
         println!("{json}");
         return Ok(ExitCode::SUCCESS);
     }
     match outcome {
-        Outcome::Created { repo_id, targets } => {
+        Outcome::Created { repo_id, fingerprint, targets } => {
             println!("initialised repository {repo_id}");
+            println!("repository fingerprint: {fingerprint}");
+            println!(
+                "  keep it beside the restorer's identity: `coffer recover --expect-fingerprint` checks that the \
+                 targets hold this repository, not one put in its place"
+            );
             for ((name, protection), t) in targets.iter().zip(&cfg.targets) {
                 match protection {
                     Protection::Unprotected => println!(
@@ -57,9 +62,12 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
                 }
             }
         }
-        Outcome::AlreadyInitialised { repo_id } => {
+        Outcome::AlreadyInitialised { repo_id, fingerprint } => {
             let urls: Vec<&str> = cfg.targets.iter().map(|t| t.url.as_str()).collect();
             println!("already initialised: repository {repo_id} on {}", urls.join(", "));
+            if let Some(fingerprint) = fingerprint {
+                println!("repository fingerprint: {fingerprint}");
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

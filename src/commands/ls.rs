@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use super::Reading;
-use crate::browse::{Shown, inside, printable};
+use crate::browse::{Shown, inside};
+use crate::escape::printable;
 use crate::format::entry::{Entry, Kind};
 
 #[derive(clap::Args)]

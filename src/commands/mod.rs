@@ -10,12 +10,14 @@ mod diff;
 mod dump;
 mod find;
 mod init;
+mod key;
 mod keygen;
 mod ls;
 mod prune;
 mod recover;
 mod restore;
 mod runs;
+mod scrub;
 mod snapshots;
 mod status;
 mod verify;
@@ -43,6 +45,9 @@ pub enum Command {
     Init(init::Args),
     /// Back up one job now.
     Backup(backup::Args),
+    /// The repository's keys: list them, add a recipient, remove one. The config's
+    /// `recipients` must be the repository's current keys (backups refuse otherwise).
+    Key(key::Args),
     /// Check the config and this host before a run: every job, the state directory's
     /// owner and mode, the repository secret readable by this user, no identity beside
     /// the config, credentials present, key files private. With --remote, the target too.
@@ -70,6 +75,12 @@ pub enum Command {
     /// file list for entries a restore would refuse (a forged snapshot). Exit 4 on any
     /// finding, naming the snapshots affected.
     Verify(verify::Args),
+    /// Check what the targets hold without the identity (what the daemon does on
+    /// `[scrub] schedule`): every recorded object version is listed there, nothing else
+    /// is, the bucket's settings put nothing at risk, and a rotating share of the packs
+    /// (`read_per_day`) read back matches its hash. A changed pack is marked damaged:
+    /// the next backup stores its chunks again. Exit 4 on any finding.
+    Scrub(scrub::Args),
     /// Rebuild the catalog from the target alone, into an empty state directory: every
     /// object version is listed, and for each key the version coffer wrote is used, so
     /// delete markers and overwrites change nothing. Writes the repository secret to
@@ -150,6 +161,7 @@ impl Command {
             Command::Restore(a) => !a.json,
             Command::Prune(a) => !a.json,
             Command::Verify(a) => !a.json,
+            Command::Scrub(a) => !a.json,
             Command::Recover(a) => !a.json,
             Command::Snapshots(a) => !a.json,
             Command::Runs(a) => !a.json,
@@ -167,6 +179,7 @@ pub fn run(config: &Path, command: Command) -> Result<ExitCode> {
         Command::Keygen(a) => keygen::run(a),
         Command::Init(a) => init::run(config, a),
         Command::Backup(a) => backup::run(config, a),
+        Command::Key(a) => key::run(config, a),
         Command::CheckConfig(a) => check_config::run(config, a),
         Command::Daemon => daemon::run(config),
         Command::Runs(a) => runs::run(config, a),
@@ -174,6 +187,7 @@ pub fn run(config: &Path, command: Command) -> Result<ExitCode> {
         Command::Status(a) => status::run(config, a),
         Command::Prune(a) => prune::run(config, a),
         Command::Verify(a) => verify::run(config, a),
+        Command::Scrub(a) => scrub::run(config, a),
         Command::Recover(a) => recover::run(config, a),
         Command::Restore(a) => restore::run(config, a),
         Command::Ls(a) => ls::run(config, a),

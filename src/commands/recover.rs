@@ -18,6 +18,11 @@ pub struct Args {
     /// `coffer verify --target NAME` records what each other target holds.
     #[arg(long, value_name = "NAME")]
     target: Option<String>,
+    /// The repository fingerprint `coffer init` printed (kept beside the identity): the
+    /// target's repository record must have it. Without it, every configured target
+    /// that answers must hold the same record.
+    #[arg(long, value_name = "HEX")]
+    expect_fingerprint: Option<String>,
     /// Print JSON instead of text.
     #[arg(long)]
     pub(super) json: bool,
@@ -30,7 +35,12 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
     let cfg = Config::load(config)?;
     let r = crate::recover::run(
         &cfg,
-        &crate::recover::Options { identity: a.identity, target: a.target, progress: !a.no_progress },
+        &crate::recover::Options {
+            identity: a.identity,
+            target: a.target,
+            expect_fingerprint: a.expect_fingerprint,
+            progress: !a.no_progress,
+        },
     )?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
@@ -45,8 +55,17 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
             r.packs,
             r.packs_resumed
         );
+        println!("repository fingerprint {} ({})", r.fingerprint, r.fingerprint_check);
         for (job, id) in &r.snapshots {
             println!("  snapshot {job}/{id}");
+        }
+        if !r.other_keys.is_empty() {
+            println!(
+                "{} objects are encrypted to keys this identity is not one of (made before it was added; recover \
+                 with an older key to include them): {}",
+                r.other_keys.len(),
+                r.other_keys.join(", ")
+            );
         }
         if r.duplicates > 0 {
             println!("{} identical duplicate versions (retried uploads) ignored", r.duplicates);

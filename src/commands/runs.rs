@@ -12,7 +12,7 @@ use crate::progress::bytes;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Only this job's runs.
+    /// Only this job's runs (`@scrub`: the scrub's).
     job: Option<String>,
     /// How many runs to show.
     #[arg(long, short = 'n', default_value_t = 20)]
@@ -24,7 +24,7 @@ pub struct Args {
 
 pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
     let cfg = Config::load(config)?;
-    if let Some(job) = &a.job {
+    if let Some(job) = a.job.as_deref().filter(|j| *j != crate::scrub::JOB) {
         cfg.job(job)?;
     }
     let rows = Catalog::open_existing(&cfg)?.runs(a.job.as_deref(), a.limit)?;

@@ -19,12 +19,21 @@ pub struct Args {
     pub(super) json: bool,
 }
 
-/// A snapshot, with the targets that hold its record.
+/// A snapshot, with the targets that hold its record and the keys that can restore it.
 #[derive(serde::Serialize)]
 struct Listed {
     #[serde(flatten)]
     row: crate::catalog::SnapshotRow,
     targets: Vec<Held>,
+    keys: Vec<Reader>,
+}
+
+/// A key that can restore a snapshot: its fingerprint, and the recipient as the config
+/// writes it, where the config has it.
+#[derive(serde::Serialize)]
+struct Reader {
+    fingerprint: String,
+    recipient: Option<String>,
 }
 
 /// A snapshot's record on one target.
@@ -46,13 +55,17 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
             record_version: copy.version,
             lock_mode: copy.lock.map(|l| l.mode.as_str().to_string()),
         });
-        rows.push(Listed { targets: targets.collect(), row });
+        let keys = catalog.snapshot_readers(&row.id)?.into_iter().map(|fingerprint| Reader {
+            recipient: cfg.recipients.iter().find(|r| r.fingerprint() == fingerprint).map(|r| r.to_string()),
+            fingerprint,
+        });
+        rows.push(Listed { targets: targets.collect(), keys: keys.collect(), row });
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let widths = [-16, -20, -12, 8, 10, 10, 10, 6, -10, -12, -12];
+    let widths = [-16, -20, -12, 8, 10, 10, 10, 6, -10, -12, -12, -17];
     let header = [
         "ID",
         "TIME (UTC)",
@@ -65,11 +78,12 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
         "KEEP UNTIL",
         "LOCKED UNTIL",
         "TARGETS",
+        "KEYS",
         "CONTENTS",
     ];
     let day = |t: Option<i64>| t.map(|t| crate::time::format_utc(t)[..10].to_string()).unwrap_or_else(|| "-".into());
     println!("{}", table_line(&header.map(String::from), &widths));
-    for Listed { row: s, targets } in &rows {
+    for Listed { row: s, targets, keys } in &rows {
         let locked = targets.iter().any(|t| t.lock_mode.is_some());
         let held: Vec<&str> = targets.iter().map(|t| t.target.as_str()).collect();
         let cells = [
@@ -84,6 +98,7 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
             day(s.retain_until),
             day(s.retain_until.filter(|_| locked)),
             held.join(","),
+            keys.iter().map(|k| &k.fingerprint[..8]).collect::<Vec<_>>().join(","),
             s.contents.as_ref().map(|c| c.summary()).unwrap_or_default(),
         ];
         println!("{}", table_line(&cells, &widths));

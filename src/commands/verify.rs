@@ -59,6 +59,13 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
         if r.learned > 0 {
             println!("recorded {} objects the targets hold that the catalog did not know of", r.learned);
         }
+        if r.packs_for_other_keys > 0 {
+            println!(
+                "{} packs are encrypted to keys this identity is not one of (written before it was added): \
+                 their content hashes hold; verify them with an older key (`coffer key list`)",
+                r.packs_for_other_keys
+            );
+        }
         if r.findings.is_empty() {
             println!("no findings");
         }

@@ -13,9 +13,55 @@ use super::{ChunkId, DecodeError, malformed};
 
 pub const HEADER: &str = "{\"coffer_entries\":1}";
 
-/// Longest line a decoder accepts (a file of 8 TiB in 512 KiB chunks has ~16 M ids; far
-/// beyond that a line is garbage).
-const MAX_LINE: u64 = 1 << 30;
+/// Longest line a decoder accepts: a file of 4 TiB in 1 MiB chunks has 4 M ids of 67
+/// bytes each; far beyond that a line is garbage (and memory a forger chose).
+const MAX_LINE: u64 = 256 << 20;
+
+/// How much of a snapshot's file list a reader accepts (`[restore]` in the config). A
+/// file list is compressed like any chunk, so a forged one can expand a thousandfold
+/// from the pack that holds it; these bounds are named when hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Bytes of the whole entry stream (`max_file_list_mib`).
+    pub file_list: u64,
+    /// Bytes of extended attributes (names and values) of one entry (`max_xattr_kib`).
+    pub xattrs: u64,
+}
+
+impl Default for Limits {
+    /// 16 GiB of file list (some 50 million files); 1 MiB of attributes per entry (Linux
+    /// caps a value at 64 KiB).
+    fn default() -> Self {
+        Limits { file_list: 16 << 30, xattrs: 1 << 20 }
+    }
+}
+
+/// A file list read through its bound: an error, naming the config key, once more than
+/// `limits.file_list` bytes come.
+pub struct Capped<R> {
+    inner: R,
+    left: u64,
+    limit: u64,
+}
+
+impl<R: Read> Capped<R> {
+    pub fn new(inner: R, limits: &Limits) -> Self {
+        Capped { inner, left: limits.file_list, limit: limits.file_list }
+    }
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.left = self.left.checked_sub(n as u64).ok_or_else(|| {
+            std::io::Error::other(format!(
+                "the snapshot's file list is larger than {} MiB (restore.max_file_list_mib)",
+                self.limit >> 20
+            ))
+        })?;
+        Ok(n)
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -120,16 +166,23 @@ pub struct EntryReader<R: BufRead> {
     line: Vec<u8>,
     /// Bytes of the stream consumed so far.
     offset: u64,
+    /// Bytes of extended attributes an entry may carry.
+    xattrs: u64,
 }
 
 impl<R: BufRead> EntryReader<R> {
-    pub fn new(mut input: R) -> Result<Self, DecodeError> {
+    pub fn new(input: R) -> Result<Self, DecodeError> {
+        Self::with_limits(input, &Limits::default())
+    }
+
+    /// A reader refusing entries with more extended attributes than `limits` allows.
+    pub fn with_limits(mut input: R, limits: &Limits) -> Result<Self, DecodeError> {
         let mut line = Vec::new();
         let n = read_line(&mut input, &mut line)?;
         if line != HEADER.as_bytes() {
             return Err(malformed("entry stream: missing or unknown header"));
         }
-        Ok(EntryReader { input, line, offset: n as u64 })
+        Ok(EntryReader { input, line, offset: n as u64, xattrs: limits.xattrs })
     }
 
     /// Where in the stream the next entry's line starts.
@@ -163,7 +216,17 @@ impl<R: BufRead> Iterator for EntryReader<R> {
             Ok(0) => None,
             Ok(n) => {
                 self.offset += n as u64;
-                Some(parse_line(&self.line))
+                Some(parse_line(&self.line).and_then(|e| {
+                    let bytes: u64 = e.xattrs.iter().map(|x| (x.name.len() + x.value.len()) as u64).sum();
+                    match bytes > self.xattrs {
+                        true => Err(malformed(format!(
+                            "entry stream: an entry carries {bytes} bytes of extended attributes, more than \
+                             the {} KiB allowed (restore.max_xattr_kib)",
+                            self.xattrs >> 10
+                        ))),
+                        false => Ok(e),
+                    }
+                }))
             }
             Err(e) => Some(Err(e)),
         }

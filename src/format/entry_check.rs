@@ -105,7 +105,7 @@ impl TreeCheck {
         }
         if let Some(cut) = e.path.iter().rposition(|&b| b == b'/') {
             let parent = &e.path[..cut];
-            let name = || String::from_utf8_lossy(parent).into_owned();
+            let name = || crate::escape::printable(parent);
             match self.seen.get(&self.id(parent)) {
                 Some(Kind::Dir) => {}
                 Some(Kind::Symlink) => return Err(Refusal::ThroughSymlink { link: name() }),

@@ -160,10 +160,10 @@ fn identity() -> Identity {
 #[test]
 fn pack_decoders_reject_malformed_packs() {
     let id = identity();
-    let plain = id.decrypt(&sample("pack-v1.age")).unwrap();
+    let plain = [id.decrypt(&sample("pack-v1.age")).unwrap(), id.decrypt(&sample("pack-v2.age")).unwrap()];
     // Cheap to decode and full of length fields: many rounds.
-    fuzz("pack plaintext", &[plain], 10, |p| {
-        if let Ok(table) = pack::read_trailer(p) {
+    fuzz("pack plaintext", &plain, 10, |p| {
+        if let Ok((table, _)) = pack::read_table(p) {
             for b in table {
                 if let Ok(stored) = pack::blob_bytes(p, b.offset, b.length) {
                     let _ = pack::unpack_blob(stored, b.raw_length, b.flags);
@@ -195,6 +195,18 @@ fn repository_record_decoder_rejects_malformed_records() {
         if let Ok(rec) = RepoRecord::decode(r) {
             let _ = rec.open_secret(&id);
         }
+    });
+}
+
+#[test]
+fn key_set_decoder_rejects_malformed_sets() {
+    let (id, secret) = (identity(), RepoSecret::from_bytes([7; 32]));
+    let object = sample("keyset-v1.bin");
+    fuzz("key set", std::slice::from_ref(&object), 1, |o| {
+        if o != object.as_slice() {
+            assert!(crate::format::keyset::KeySet::verify(o, &secret).is_err(), "a changed key set passed its MAC");
+        }
+        let _ = crate::format::keyset::KeySet::open(o, &id);
     });
 }
 

@@ -38,6 +38,10 @@ pub struct SnapshotRecord {
     /// What the source contained beyond its files (git refs, a command's output).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub contents: Option<crate::format::contents::Contents>,
+    /// The key set ([`super::keyset`]) this record and the packs written with it are
+    /// encrypted to (absent in records written before key sets: set 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyset: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -108,11 +108,12 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Summary> {
     };
     let selection = Selection::new(paths, &globs(&opts.include), &globs(&opts.exclude))?;
 
+    let made_with = catalog.snapshot_pack_ids(&snap.id)?;
     // The entry stream goes to a private file: it can be larger than memory.
     let entries_path = cfg.state().scratch(&format!("restore-{}", snap.id))?;
     let _cleanup = crate::fsutil::RemoveOnDrop(entries_path.clone());
     {
-        let mut reader = tree::ChunkReader::new(&repo);
+        let mut reader = tree::ChunkReader::new(&repo, Some(&made_with));
         let mut out = BufWriter::new(File::create_new(&entries_path)?);
         std::io::copy(&mut reader.stream(&record.tree), &mut out)
             .map_err(|e| anyhow!("the snapshot's file list cannot be read: {e}"))?;
@@ -120,7 +121,7 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Summary> {
     }
 
     tracing::debug!("entry stream read");
-    let plan = catalog.reading(|c| Plan::make(&entries_path, &selection, c, target.id))?;
+    let plan = catalog.reading(|c| Plan::make(&entries_path, &selection, c, (target.id, &made_with), &cfg.limits))?;
     if selection.narrows() && !plan.matched {
         let asked = [("path", &opts.paths), ("include", &opts.include), ("exclude", &opts.exclude)];
         let asked = asked.iter().flat_map(|(flag, v)| v.iter().map(move |x| format!("--{flag} `{x}`")));
@@ -172,10 +173,18 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Summary> {
     for (hash, why) in &summary.damaged_packs {
         catalog.mark_damaged(hash, why)?;
     }
+    // Packs encrypted to other keys than this identity (written before it was added):
+    // say which keys restore this snapshot.
+    if summary.failures.iter().any(|f| f.contains(OTHER_KEYS)) {
+        summary.failures.push(format!("snapshot {} can be restored whole with: {}", snap.id, repo.readers(&snap.id)?));
+    }
     let detail = format!("snapshot {} ({} failures, {} refused)", snap.id, summary.failures.len(), summary.refused);
     let _ = catalog.event("restore", Some(&opts.job), &detail);
     Ok(summary)
 }
+
+/// How a pack this identity cannot open is named (`packs.rs`).
+pub const OTHER_KEYS: &str = "this identity is not one of the keys the pack is encrypted to";
 
 /// The write pass over the entry stream, as planned.
 struct Walk<'a> {
@@ -187,18 +196,42 @@ struct Walk<'a> {
     counters: Arc<Counters>,
 }
 
+/// Where an entry's line is in the entries file.
+#[derive(Clone, Copy)]
+struct Line {
+    offset: u64,
+    len: u32,
+}
+
 impl<'a> Walk<'a> {
-    /// The entries to restore, in stream order, with how each is selected.
-    fn entries(&self) -> Result<impl Iterator<Item = Result<(Entry, Selected)>> + 'a> {
+    /// The entries to restore, in stream order, with how each is selected and where its
+    /// line is in the entries file.
+    fn entries(&self) -> Result<impl Iterator<Item = Result<(Entry, Selected, Line)>> + 'a> {
         let (plan, selection) = (self.plan, self.selection);
-        let reader = EntryReader::new(BufReader::new(File::open(self.entries_path)?))?;
-        Ok(reader.enumerate().filter_map(move |(i, entry)| match entry {
+        let mut reader = EntryReader::new(BufReader::new(File::open(self.entries_path)?))?;
+        let mut i = 0u64;
+        Ok(std::iter::from_fn(move || {
+            let offset = reader.offset();
+            let entry = reader.next()?;
+            let line = Line { offset, len: (reader.offset() - offset) as u32 };
+            i += 1;
+            Some((i - 1, entry, line))
+        })
+        .filter_map(move |(i, entry, line)| match entry {
             Err(e) => Some(Err(e.into())),
-            Ok(_) if plan.refused_at.contains(&(i as u64)) => None,
-            Ok(e) if selection.selects(&e.path) => Some(Ok((e, Selected::Yes))),
-            Ok(e) if e.kind == Kind::Dir && plan.ancestors.contains(&e.path) => Some(Ok((e, Selected::Ancestor))),
+            Ok(_) if plan.refused_at.contains(&i) => None,
+            Ok(e) if selection.selects(&e.path) => Some(Ok((e, Selected::Yes, line))),
+            Ok(e) if e.kind == Kind::Dir && plan.ancestors.contains(&e.path) => Some(Ok((e, Selected::Ancestor, line))),
             Ok(_) => None,
         }))
+    }
+
+    /// The entry whose line is at `line` in the entries file.
+    fn entry_at(&self, file: &File, line: Line) -> Result<Entry> {
+        use std::os::unix::fs::FileExt;
+        let mut text = vec![0; line.len as usize];
+        file.read_exact_at(&mut text, line.offset)?;
+        Ok(crate::format::entry::parse_line(text.strip_suffix(b"\n").unwrap_or(&text))?)
     }
 
     /// The selected files' entries, in the planned order, each with its chunk reads.
@@ -224,9 +257,11 @@ impl<'a> Walk<'a> {
         let dest = Arc::new(Dest::open(to, overwrite)?);
         let mut summary = Summary::default();
         let mut parents = Parents { dest: &dest, last: None };
-        let mut dirs: Vec<(Vec<u8>, Meta)> = Vec::new();
+        // Each directory's depth and line: its metadata (extended attributes, which a
+        // forged list can make large) stays on disk until the end.
+        let mut dirs: Vec<(u32, Line)> = Vec::new();
         for item in self.entries()? {
-            let (entry, selected) = item?;
+            let (entry, selected, line) = item?;
             if entry.kind != Kind::Dir {
                 continue;
             }
@@ -234,7 +269,7 @@ impl<'a> Walk<'a> {
             match parents.get(parent).and_then(|p| dest.make_dir(p.as_fd(), name)) {
                 Ok(()) => {
                     summary.dirs += u64::from(selected == Selected::Yes);
-                    dirs.push((entry.path.clone(), Meta::from(&entry)));
+                    dirs.push((entry.path.iter().filter(|&&b| b == b'/').count() as u32, line));
                 }
                 Err(e) => summary.failures.push(failure(&entry.path, "cannot create the directory", e)),
             }
@@ -251,7 +286,7 @@ impl<'a> Walk<'a> {
                     continue;
                 }
             };
-            self.counters.set_current(&String::from_utf8_lossy(&entry.path));
+            self.counters.set_current(&entry.path);
             let task = FileTask::new(parent, name, &entry);
             if reads.is_empty() {
                 pool.send(Job::Empty(task));
@@ -281,7 +316,7 @@ impl<'a> Walk<'a> {
         summary.failures.extend(done.failures);
 
         for item in self.entries()? {
-            let (entry, _) = item?;
+            let (entry, _, _) = item?;
             let Some(target) = entry.target.as_deref().filter(|_| entry.kind == Kind::Symlink) else { continue };
             let (parent, name) = split(&entry.path);
             match parents.get(parent).and_then(|p| dest.symlink(p.as_fd(), name, target, &Meta::from(&entry))) {
@@ -290,10 +325,12 @@ impl<'a> Walk<'a> {
             }
         }
         drop(parents);
-        dirs.sort_by_key(|(path, _)| std::cmp::Reverse(path.iter().filter(|&&b| b == b'/').count()));
-        for (path, meta) in &dirs {
-            if let Err(e) = dest.finish_dir(path, meta) {
-                summary.failures.push(failure(path, "cannot set the directory's owner, mode or times", e));
+        dirs.sort_by_key(|(depth, _)| std::cmp::Reverse(*depth));
+        let file = File::open(self.entries_path)?;
+        for (_, line) in dirs {
+            let entry = self.entry_at(&file, line)?;
+            if let Err(e) = dest.finish_dir(&entry.path, &Meta::from(&entry)) {
+                summary.failures.push(failure(&entry.path, "cannot set the directory's owner, mode or times", e));
             }
         }
         tracing::debug!(secs = started.elapsed().as_secs_f64(), "metadata set");
@@ -309,14 +346,14 @@ impl<'a> Walk<'a> {
     fn upload(mut self, bucket: &crate::source::bucket::Bucket, runtime: &tokio::runtime::Runtime) -> Result<Summary> {
         let mut summary = Summary::default();
         for item in self.entries()? {
-            let (entry, _) = item?;
+            let (entry, _, _) = item?;
             if entry.kind == Kind::Symlink {
                 summary.failures.push(format!("{}: a symlink, not an object: not uploaded", show(&entry.path)));
             }
         }
         for item in self.files()? {
             let (entry, reads) = item?;
-            self.counters.set_current(&show(&entry.path));
+            self.counters.set_current(&entry.path);
             match self.upload_one(bucket, runtime, &entry, reads) {
                 Ok(()) => {
                     summary.files += 1;
@@ -395,7 +432,7 @@ fn split(path: &[u8]) -> (&[u8], &[u8]) {
 }
 
 fn show(path: &[u8]) -> String {
-    String::from_utf8_lossy(path).into_owned()
+    crate::escape::printable(path)
 }
 
 fn failure(path: &[u8], what: &str, e: std::io::Error) -> String {

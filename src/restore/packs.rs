@@ -51,7 +51,7 @@ struct Fetch {
     identity: Arc<Identity>,
     runtime: tokio::runtime::Handle,
     /// Packs in order of first need: (hash, version). A pack's index is its position.
-    schedule: Vec<(String, Option<String>)>,
+    schedule: Vec<super::plan::PackRef>,
     state: Mutex<FetchState>,
     wake: Condvar,
 }
@@ -71,13 +71,18 @@ impl Fetch {
     /// Fetches a pack by version, checks its content hash, decrypts it.
     fn fetch(&self, i: usize) -> Plain {
         let error = |why: String, damaged| PackError { why, damaged };
-        let Some((hash, version)) = self.schedule.get(i) else { return Err(error("no such pack".into(), false)) };
+        let Some((hash, version, size)) = self.schedule.get(i) else {
+            return Err(error("no such pack".into(), false));
+        };
         let key = crate::format::pack_key(hash);
         let ct = self
             .runtime
-            .block_on(self.target.get(&key, version.as_deref()))
+            .block_on(self.target.get(&key, version.as_deref(), *size))
             .map_err(|e| error(format!("{e:#}"), false))?;
-        pack::open(&ct, hash, &self.identity).map(Arc::new).map_err(|e| error(e.to_string(), true))
+        pack::open(&ct, hash, &self.identity).map(Arc::new).map_err(|e| match e.is_damage() {
+            true => error(e.to_string(), true),
+            false => error(format!("{e}: {}", super::OTHER_KEYS), false),
+        })
     }
 
     fn worker(&self) {
@@ -108,7 +113,7 @@ impl Packs {
         target: Target,
         identity: Arc<Identity>,
         runtime: tokio::runtime::Handle,
-        schedule: Vec<(String, Option<String>)>,
+        schedule: Vec<super::plan::PackRef>,
     ) -> Packs {
         let shared = Arc::new(Fetch {
             target,
@@ -129,13 +134,13 @@ impl Packs {
 
     /// The packs found damaged so far: (hash, why).
     pub fn damaged(&self) -> Vec<(String, String)> {
-        let hash = |i: &u32| self.shared.schedule.get(*i as usize).map(|(h, _)| h.clone());
+        let hash = |i: &u32| self.shared.schedule.get(*i as usize).map(|(h, _, _)| h.clone());
         self.bad.iter().filter(|(_, e)| e.damaged).filter_map(|(i, e)| Some((hash(i)?, e.why.clone()))).collect()
     }
 
     /// The object key of pack `i`, for messages.
     pub fn key(&self, i: u32) -> String {
-        self.shared.schedule.get(i as usize).map_or_else(String::new, |(h, _)| crate::format::pack_key(h))
+        self.shared.schedule.get(i as usize).map_or_else(String::new, |(h, _, _)| crate::format::pack_key(h))
     }
 
     /// Pack `i`'s plaintext, verified; `next_use` is the position of its next use after

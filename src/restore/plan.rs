@@ -18,6 +18,10 @@ use std::fs::File;
 use std::io::BufReader;
 use std::path::Path;
 
+/// A pack a restore reads: its hash, its version on the source target, and its recorded
+/// size (the most the read may return).
+pub type PackRef = (String, Option<String>, u64);
+
 use anyhow::Result;
 
 use std::os::unix::ffi::OsStrExt;
@@ -102,7 +106,7 @@ pub struct FileRef {
 #[derive(Default)]
 pub struct Plan {
     /// Packs in order of first need: (hash, version). The index is the schedule position.
-    pub packs: Vec<(String, Option<String>)>,
+    pub packs: Vec<PackRef>,
     /// The selected files, in the order they are written.
     pub files: Vec<FileRef>,
     /// Every chunk read, file after file in that order: its location (`None`: in no pack
@@ -125,16 +129,22 @@ const REFUSALS_KEPT: usize = 1000;
 
 impl Plan {
     /// `target`: where the packs are read from (their version ids there).
-    pub fn make(entries_path: &Path, selection: &Selection, catalog: &Catalog, target: TargetId) -> Result<Plan> {
+    pub fn make(
+        entries_path: &Path,
+        selection: &Selection,
+        catalog: &Catalog,
+        (target, made_with): (TargetId, &std::collections::HashSet<i64>),
+        limits: &crate::format::entry::Limits,
+    ) -> Result<Plan> {
         let mut plan = Plan::default();
         let mut check = TreeCheck::default();
         // Packs by first need in stream order, then chunk reads in stream order.
-        let mut stream_packs: Vec<(String, Option<String>)> = Vec::new();
+        let mut stream_packs: Vec<PackRef> = Vec::new();
         let mut pack_index: HashMap<String, u32> = HashMap::new();
         let mut reads: Vec<Option<Loc>> = Vec::new();
         // (order key, file, its first read and count in `reads`)
         let mut files: Vec<(u32, FileRef, usize)> = Vec::new();
-        let mut entries = EntryReader::new(BufReader::new(File::open(entries_path)?))?;
+        let mut entries = EntryReader::with_limits(BufReader::new(File::open(entries_path)?), limits)?;
         let mut i = 0u64;
         loop {
             let offset = entries.offset();
@@ -166,9 +176,9 @@ impl Plan {
             plan.bytes += entry.size;
             let first = reads.len();
             for id in &entry.chunks {
-                reads.push(catalog.chunk_location(target, id)?.map(|l| {
+                reads.push(catalog.chunk_location(target, id, Some(made_with))?.map(|l| {
                     let pack = *pack_index.entry(l.pack_hash.clone()).or_insert_with(|| {
-                        stream_packs.push((l.pack_hash, l.pack_version));
+                        stream_packs.push((l.pack_hash, l.pack_version, l.pack_size));
                         (stream_packs.len() - 1) as u32
                     });
                     Loc { pack, offset: l.offset, length: l.length, raw_length: l.raw_length, flags: l.flags }

@@ -2,6 +2,7 @@
 //! catalog, its pack fetched by recorded version, checked against its content hash,
 //! decrypted, and the chunk verified against its keyed hash. Used by restore and verify.
 
+use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::sync::Arc;
 
@@ -18,11 +19,15 @@ use crate::repo::{Repo, Restorer};
 pub struct ChunkReader<'a> {
     repo: &'a Repo<Restorer>,
     last: Option<(String, Arc<Vec<u8>>)>,
+    /// The packs the snapshot being read was made with: where a chunk is stored more
+    /// than once, its location there is read (its key set's keys can read it).
+    made_with: Option<&'a HashSet<i64>>,
 }
 
 impl<'a> ChunkReader<'a> {
-    pub fn new(repo: &'a Repo<Restorer>) -> Self {
-        ChunkReader { repo, last: None }
+    /// Reads a snapshot's chunks from the packs it was made with (`made_with`), where known.
+    pub fn new(repo: &'a Repo<Restorer>, made_with: Option<&'a HashSet<i64>>) -> Self {
+        ChunkReader { repo, last: None, made_with }
     }
 
     /// A chunk's plaintext, verified.
@@ -30,18 +35,24 @@ impl<'a> ChunkReader<'a> {
         let loc = self
             .repo
             .catalog
-            .chunk_location(self.repo.source().id, id)?
+            .chunk_location(self.repo.source().id, id, self.made_with)?
             .ok_or_else(|| anyhow!("chunk {id} is not in the catalog"))?;
         let key = crate::format::pack_key(&loc.pack_hash);
         let plain = match &self.last {
             Some((hash, plain)) if *hash == loc.pack_hash => plain.clone(),
             _ => {
-                let ct = self.repo.runtime.block_on(self.repo.source().get(&key, loc.pack_version.as_deref()))?;
+                let ct = self.repo.runtime.block_on(self.repo.source().get(
+                    &key,
+                    loc.pack_version.as_deref(),
+                    loc.pack_size,
+                ))?;
                 let plain = match pack::open(&ct, &loc.pack_hash, self.repo.identity()) {
                     Ok(plain) => Arc::new(plain),
                     Err(e) => {
                         // Damaged, not unreachable: the next backup stores its chunks again.
-                        self.repo.catalog.mark_damaged(&loc.pack_hash, &e.to_string())?;
+                        if e.is_damage() {
+                            self.repo.catalog.mark_damaged(&loc.pack_hash, &e.to_string())?;
+                        }
                         return Err(anyhow!("{key}: {e}"));
                     }
                 };
@@ -54,8 +65,9 @@ impl<'a> ChunkReader<'a> {
 
     /// The entry stream made of `tree`'s chunks, read as it is consumed.
     pub fn stream<'r>(&'r mut self, tree: &'r [ChunkId]) -> impl BufRead + 'r {
+        let limits = self.repo.limits;
         let fetch = |id: &ChunkId| self.chunk(id).map_err(|e| std::io::Error::other(format!("{e:#}")));
-        BufReader::new(ChunkedStream::new(tree.iter().copied(), fetch))
+        BufReader::new(crate::format::entry::Capped::new(ChunkedStream::new(tree.iter().copied(), fetch), &limits))
     }
 }
 
@@ -75,10 +87,14 @@ pub struct ListCheck {
 /// Runs a whole entry stream through the restore's rules, and checks each file's size
 /// against its chunks' lengths (`chunk_size`: a chunk's plaintext length, `None` when it
 /// is in no pack the catalog knows).
-pub fn check_list(stream: impl BufRead, mut chunk_size: impl FnMut(&ChunkId) -> Option<u64>) -> Result<ListCheck> {
+pub fn check_list(
+    stream: impl BufRead,
+    limits: &crate::format::entry::Limits,
+    mut chunk_size: impl FnMut(&ChunkId) -> Option<u64>,
+) -> Result<ListCheck> {
     let mut check = TreeCheck::default();
     let mut out = ListCheck::default();
-    for entry in EntryReader::new(stream)? {
+    for entry in EntryReader::with_limits(stream, limits)? {
         let entry = entry?;
         if let Err(why) = check.check(&entry) {
             out.refused.add(&entry.path, why, REFUSALS_NAMED);
@@ -92,7 +108,7 @@ pub fn check_list(stream: impl BufRead, mut chunk_size: impl FnMut(&ChunkId) -> 
         {
             out.wrong_size_count += 1;
             if out.wrong_sizes.len() < REFUSALS_NAMED {
-                let path = String::from_utf8_lossy(&entry.path);
+                let path = crate::escape::printable(&entry.path);
                 out.wrong_sizes
                     .push(format!("file `{path}`: its chunks hold {total} bytes, its entry says {}", entry.size));
             }

@@ -248,7 +248,7 @@ impl Shared {
             if let Some(Ok(f)) = task.file.get() {
                 self.dest.discard(task.parent.as_fd(), f);
             }
-            let msg = format!("{}: {why}", String::from_utf8_lossy(&task.path));
+            let msg = format!("{}: {why}", crate::escape::printable(&task.path));
             tracing::error!("{msg}");
             self.done.lock().unwrap_or_else(|p| p.into_inner()).failures.push(msg);
         }

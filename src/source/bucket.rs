@@ -130,11 +130,15 @@ pub struct Bucket {
 }
 
 enum Store {
-    /// Through object_store: `file://` (for trying coffer out and for tests) and Azure.
-    /// Its keys are paths it accepts.
+    /// Through object_store: Azure, and writing back to `file://`. Its keys are paths it
+    /// accepts.
     Object(Arc<dyn ObjectStore>),
     /// S3, by exact key.
     S3(S3Client),
+    /// `file:///dir` read as a bucket (for trying coffer out): every regular file under
+    /// it is an object whose key is its path, whatever bytes of UTF-8 its name holds.
+    /// Symlinks are not followed, and files are opened without following one.
+    Dir { root: std::path::PathBuf, writer: Arc<dyn ObjectStore> },
 }
 
 impl Bucket {
@@ -143,8 +147,8 @@ impl Bucket {
     pub fn open(src: &BucketSource, url: &str) -> Result<Bucket> {
         if let Some(dir) = url.strip_prefix("file://") {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {dir}"))?;
-            let store = LocalFileSystem::new_with_prefix(dir).with_context(|| format!("cannot open {dir}"))?;
-            return Ok(Bucket::with_store(url, Arc::new(store)));
+            let writer = Arc::new(LocalFileSystem::new_with_prefix(dir).with_context(|| format!("cannot open {dir}"))?);
+            return Ok(Bucket { store: Store::Dir { root: dir.into(), writer }, url: url.to_string() });
         }
         let rest = url.strip_prefix("s3://").ok_or_else(|| anyhow!("`{url}`: expected s3:// or file://"))?;
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
@@ -173,10 +177,13 @@ impl Bucket {
     /// Lists the objects, for a backup to read.
     pub fn prepare(self) -> Result<Prepared> {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let objects = runtime.block_on(self.list())?;
+        let (objects, errors) = match &self.store {
+            Store::Dir { root, .. } => dir::list(root)?,
+            _ => (runtime.block_on(self.list())?, Vec::new()),
+        };
         let state = BucketState { url: self.url.clone(), objects: objects.len() as u64 };
         let input = Input::Objects { bucket: self, objects, runtime };
-        Ok(Prepared { input, contents: Some(Contents::Bucket(state)), errors: Vec::new(), command: None })
+        Ok(Prepared { input, contents: Some(Contents::Bucket(state)), errors, command: None })
     }
 
     /// Every object, sorted by key.
@@ -189,6 +196,7 @@ impl Bucket {
                 .into_iter()
                 .map(|o| Object { key: o.key, size: o.size, etag: o.etag, last_modified_ns: o.last_modified_ns })
                 .collect(),
+            Store::Dir { root, .. } => dir::list(root)?.0,
             Store::Object(store) => {
                 let mut all = Vec::new();
                 let mut listing = store.list(None);
@@ -213,6 +221,7 @@ impl Bucket {
     pub async fn open_object(&self, o: &Object) -> Result<(BoxStream<'static, Result<Bytes>>, Option<String>)> {
         let store = match &self.store {
             Store::S3(s3) => return s3.get_object(&o.key, o.etag.as_deref()).await,
+            Store::Dir { root, .. } => return Ok((dir::open(root, o)?, None)),
             Store::Object(store) => store,
         };
         let opts = GetOptions { if_match: o.etag.clone(), ..Default::default() };
@@ -230,7 +239,7 @@ impl Bucket {
     pub fn writer(&self, key: &str, content_type: Option<&str>) -> Result<Upload> {
         let store = match &self.store {
             Store::S3(s3) => return Ok(Upload::S3(Box::new(crate::s3::Upload::new(s3, key, content_type)))),
-            Store::Object(store) => store,
+            Store::Object(store) | Store::Dir { writer: store, .. } => store,
         };
         let path = ObjPath::parse(key).map_err(|e| anyhow!("cannot be a key in {}: {e}", self.url))?;
         if path.as_ref() != key {
@@ -241,6 +250,83 @@ impl Bucket {
             attributes.insert(Attribute::ContentType, AttributeValue::from(ct.to_string()));
         }
         Ok(Upload::Object(Box::new(BufWriter::new(store.clone(), path).with_attributes(attributes))))
+    }
+}
+
+/// A directory read as a bucket.
+mod dir {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    use std::path::Path;
+
+    use super::*;
+    use crate::format::snapshot::EntryError;
+
+    /// Every regular file under `root`, by key (its path), sorted; what is not a regular
+    /// file or a directory (a symlink, a FIFO), or whose name is not UTF-8, is named.
+    pub fn list(root: &Path) -> Result<(Vec<Object>, Vec<EntryError>)> {
+        let (mut objects, mut skipped) = (Vec::new(), Vec::new());
+        let mut listing = crate::bounded::Listing::default();
+        let mut stack = vec![String::new()];
+        while let Some(prefix) = stack.pop() {
+            let at = root.join(&prefix);
+            let entries = std::fs::read_dir(&at).with_context(|| format!("cannot list {}", at.display()))?;
+            for e in entries {
+                let e = e.with_context(|| format!("cannot list {}", at.display()))?;
+                let name = e.file_name();
+                let Ok(name) = std::str::from_utf8(name.as_bytes()) else {
+                    let path = crate::escape::printable(&[prefix.as_bytes(), name.as_bytes()].concat());
+                    skipped.push(EntryError { path, error: "the name is not UTF-8: not a bucket key".into() });
+                    continue;
+                };
+                let key = format!("{prefix}{name}");
+                let meta = e.metadata().with_context(|| format!("cannot look at {}", e.path().display()))?;
+                if meta.is_dir() {
+                    stack.push(format!("{key}/"));
+                } else if meta.is_file() {
+                    listing.keep(key.len(), "bucket listing")?;
+                    let last_modified_ns = meta.mtime().saturating_mul(1_000_000_000) + meta.mtime_nsec();
+                    objects.push(Object { key, size: meta.len(), etag: None, last_modified_ns });
+                } else {
+                    let what = if meta.is_symlink() { "a symlink, not followed" } else { "not a regular file" };
+                    skipped.push(EntryError { path: crate::escape::printable(key.as_bytes()), error: what.into() });
+                }
+            }
+        }
+        objects.sort_by(|a: &Object, b: &Object| a.key.as_bytes().cmp(b.key.as_bytes()));
+        Ok((objects, skipped))
+    }
+
+    /// Opens an object's file beneath `root` without following any symlink on the way
+    /// (one swapped in since the listing) or blocking on a FIFO, if it still is the file
+    /// listed (same size and modification time).
+    pub fn open(root: &Path, o: &Object) -> Result<BoxStream<'static, Result<Bytes>>> {
+        use rustix::fs::{Mode, OFlags, ResolveFlags};
+        let dir = rustix::fs::open(root, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+            .with_context(|| format!("cannot open {}", root.display()))?;
+        let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let beneath = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+        let fd = rustix::fs::openat2(&dir, o.key.as_str(), flags, Mode::empty(), beneath)
+            .with_context(|| format!("cannot open {}", root.join(&o.key).display()))?;
+        let file = std::fs::File::from(fd);
+        let meta = file.metadata()?;
+        let modified = meta.mtime().saturating_mul(1_000_000_000) + meta.mtime_nsec();
+        if !meta.is_file() || meta.len() != o.size || modified != o.last_modified_ns {
+            bail!("changed while it was being backed up");
+        }
+        let reads = futures::stream::unfold(Some(file), |file| async move {
+            let mut file = file?;
+            let mut buf = vec![0u8; 1 << 20];
+            match file.read(&mut buf) {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((Ok(Bytes::from(buf)), Some(file)))
+                }
+                Err(e) => Some((Err(anyhow!(e)), None)),
+            }
+        });
+        Ok(reads.boxed())
     }
 }
 

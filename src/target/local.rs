@@ -36,8 +36,8 @@ impl Store for Local {
         put_new(&self.store, key, body).await
     }
 
-    async fn get(&self, key: &str, version: Option<&str>) -> Result<(Bytes, Option<String>)> {
-        get(&self.store, key, version).await
+    async fn get(&self, key: &str, version: Option<&str>, max: u64) -> Result<(Bytes, Option<String>)> {
+        get(&self.store, key, version, max).await
     }
 
     async fn size_of(&self, key: &str, version: Option<&str>) -> Result<Option<u64>> {
@@ -66,6 +66,14 @@ impl Store for Local {
 
     async fn check_lock_configuration(&self, _mode: Option<LockMode>, _url: &str) -> Result<()> {
         Ok(())
+    }
+
+    async fn settings(&self) -> Result<Option<super::BucketSettings>> {
+        Ok(None)
+    }
+
+    async fn legal_hold(&self, _key: &str, _version: Option<&str>) -> Result<bool> {
+        Ok(false)
     }
 
     fn with_credentials(&self, _key_id: String, _secret_key: String) -> Result<Option<Arc<dyn Store>>> {

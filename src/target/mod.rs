@@ -26,7 +26,7 @@ use std::sync::Arc;
 use anyhow::{Result, anyhow, bail};
 use bytes::Bytes;
 
-pub use protection::{AlreadyExists, LockMode, ObjectVersion, Protection, Retention};
+pub use protection::{AlreadyExists, BucketSettings, LockMode, ObjectVersion, Protection, Retention};
 
 use crate::catalog::TargetId;
 use crate::config::TargetConfig;
@@ -59,8 +59,9 @@ trait Store: Send + Sync {
     /// versions.
     async fn put_new(&self, key: &str, body: Bytes, lock: Option<Retention>) -> Result<Option<String>>;
 
-    /// Reads an object version, with its version id.
-    async fn get(&self, key: &str, version: Option<&str>) -> Result<(Bytes, Option<String>)>;
+    /// Reads an object version of at most `max` bytes, with its version id; a larger one
+    /// is refused before it is read.
+    async fn get(&self, key: &str, version: Option<&str>, max: u64) -> Result<(Bytes, Option<String>)>;
 
     /// The size of an object version, or `None` when the store does not have it.
     async fn size_of(&self, key: &str, version: Option<&str>) -> Result<Option<u64>>;
@@ -85,6 +86,12 @@ trait Store: Send + Sync {
     /// Checks, reading only, that the store is set up to lock in `mode` (or not at all).
     async fn check_lock_configuration(&self, mode: Option<LockMode>, url: &str) -> Result<()>;
 
+    /// The bucket's settings the audit looks at (`None` for a kind without them).
+    async fn settings(&self) -> Result<Option<BucketSettings>>;
+
+    /// Whether an object version is under a legal hold.
+    async fn legal_hold(&self, key: &str, version: Option<&str>) -> Result<bool>;
+
     /// The same store, reached with other credentials (prune's); `None` where a store
     /// kind has no credentials.
     fn with_credentials(&self, key_id: String, secret_key: String) -> Result<Option<Arc<dyn Store>>>;
@@ -103,6 +110,8 @@ pub struct Target {
     pub upload_concurrency: usize,
     /// The mode every object is written with, where the target locks.
     lock: Option<LockMode>,
+    /// How far ahead a lock may reach, in days (`max_lock_days`).
+    max_lock_days: u32,
     /// Whether listings show every version (a locked target, or one reached with prune's
     /// credentials, which may read them); else only current objects.
     versions: bool,
@@ -132,6 +141,7 @@ impl Target {
             url: cfg.url.clone(),
             upload_concurrency: cfg.upload_concurrency,
             lock,
+            max_lock_days: cfg.max_lock_days,
             versions: lock.is_some(),
         })
     }
@@ -146,6 +156,7 @@ impl Target {
             url: self.url.clone(),
             upload_concurrency: self.upload_concurrency,
             lock: self.lock,
+            max_lock_days: self.max_lock_days,
             versions: true,
         }))
     }
@@ -173,19 +184,27 @@ impl Target {
     /// Writes a new object, locked until `retain_until` (unix seconds) where the target
     /// locks; returns its version id where the store keeps versions.
     pub async fn put_new(&self, key: &str, body: Bytes, retain_until: i64) -> Result<Option<String>> {
+        self.within_horizon(key, retain_until)?;
         self.store.put_new(key, body, self.lock_until(retain_until)).await.map_err(|e| {
             if e.is::<AlreadyExists>() { e } else { e.context(format!("upload of {key} to {} failed", self.url)) }
         })
     }
 
-    /// Reads an object, by exact version when one was recorded.
-    pub async fn get(&self, key: &str, version: Option<&str>) -> Result<Bytes> {
-        Ok(self.get_with_version(key, version).await?.0)
+    /// Reads an object, by exact version when one was recorded, of at most `max` bytes
+    /// (the ceiling for its kind: `format::MAX_REPO_RECORD`, a pack's recorded size…).
+    pub async fn get(&self, key: &str, version: Option<&str>, max: u64) -> Result<Bytes> {
+        Ok(self.get_with_version(key, version, max).await?.0)
     }
 
-    /// Reads an object version (the current one when `None`), with its version id.
-    pub async fn get_with_version(&self, key: &str, version: Option<&str>) -> Result<(Bytes, Option<String>)> {
-        self.store.get(key, version).await.map_err(|e| e.context(format!("cannot read {key} from {}", self.url)))
+    /// Reads an object version (the current one when `None`) of at most `max` bytes, with
+    /// its version id.
+    pub async fn get_with_version(
+        &self,
+        key: &str,
+        version: Option<&str>,
+        max: u64,
+    ) -> Result<(Bytes, Option<String>)> {
+        self.store.get(key, version, max).await.map_err(|e| e.context(format!("cannot read {key} from {}", self.url)))
     }
 
     /// The size of one object version, or `None` when the target does not have it.
@@ -215,10 +234,25 @@ impl Target {
     /// Extends an object version's lock to `until`, in the target's mode; nothing on a
     /// target that does not lock.
     pub async fn extend_lock(&self, key: &str, version: Option<&str>, until: i64) -> Result<()> {
+        self.within_horizon(key, until)?;
         match self.lock_until(until) {
             Some(lock) => self.store.set_lock(key, version, lock).await,
             None => Ok(()),
         }
+    }
+
+    /// A lock no further ahead than `max_lock_days`: a compliance lock cannot be taken
+    /// back, so one that long (by a bug, or a config that asks for decades) is refused.
+    fn within_horizon(&self, key: &str, until: i64) -> Result<()> {
+        let horizon = crate::time::now_secs() + i64::from(self.max_lock_days) * 86_400;
+        if self.lock.is_some() && until > horizon {
+            bail!(
+                "{key}: a lock until {} would reach past max_lock_days ({} days); coffer refuses it",
+                crate::time::format_utc(until),
+                self.max_lock_days
+            );
+        }
+        Ok(())
     }
 
     /// Deletes what prune found unneeded: the recorded version where listings show
@@ -230,6 +264,27 @@ impl Target {
             (false, _) => None,
         };
         self.store.delete(key, version).await.map_err(|e| e.context(format!("cannot delete {key} from {}", self.url)))
+    }
+
+    /// The bucket's settings the audit looks at, where the target locks.
+    pub async fn settings(&self) -> Result<Option<BucketSettings>> {
+        if !self.versions {
+            return Ok(None);
+        }
+        self.store.settings().await.map_err(|e| e.context(format!("the settings of {}", self.url)))
+    }
+
+    /// Whether an object version is under a legal hold (never on a target that does not lock).
+    pub async fn legal_hold(&self, key: &str, version: Option<&str>) -> Result<bool> {
+        if !self.versions {
+            return Ok(false);
+        }
+        self.store.legal_hold(key, version).await.map_err(|e| e.context(format!("the legal hold of {key}")))
+    }
+
+    /// How far ahead a lock may reach, in days.
+    pub fn max_lock_days(&self) -> u32 {
+        self.max_lock_days
     }
 
     /// Checks, reading only, that the store is set up as the config says it locks
@@ -264,6 +319,7 @@ mod tests {
             instance_role: false,
             credential_env: None,
             prune: Default::default(),
+            max_lock_days: 40,
         }
     }
 
@@ -276,7 +332,9 @@ mod tests {
         target.put_new("packs/ab/one", Bytes::from_static(b"first"), 10).await.unwrap();
         let again = target.put_new("packs/ab/one", Bytes::from_static(b"second"), 10).await.unwrap_err();
         assert!(again.is::<AlreadyExists>(), "{again:#}");
-        assert_eq!(&target.get("packs/ab/one", None).await.unwrap()[..], b"first");
+        assert_eq!(&target.get("packs/ab/one", None, 5).await.unwrap()[..], b"first");
+        let e = target.get("packs/ab/one", None, 4).await.unwrap_err();
+        assert!(format!("{e:#}").contains("announces 5 bytes, more than the 4"), "{e:#}");
         assert_eq!(target.size_of("packs/ab/one", None).await.unwrap(), Some(5));
         assert!(!target.exists("packs/ab/two").await.unwrap());
         let listed = target.list("packs").await.unwrap();

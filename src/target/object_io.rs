@@ -19,12 +19,25 @@ pub async fn put_new(store: &dyn ObjectStore, key: &str, body: Bytes) -> Result<
     }
 }
 
-/// Reads an object version through `object_store`, with its version id.
-pub async fn get(store: &dyn ObjectStore, key: &str, version: Option<&str>) -> Result<(Bytes, Option<String>)> {
+/// Reads an object version of at most `max` bytes through `object_store`, with its
+/// version id: the announced size is checked first, and a body is streamed, never
+/// buffered from what the server announces ([`crate::bounded`]).
+pub async fn get(
+    store: &dyn ObjectStore,
+    key: &str,
+    version: Option<&str>,
+    max: u64,
+) -> Result<(Bytes, Option<String>)> {
     let opts = GetOptions { version: version.map(str::to_string), ..Default::default() };
     let r = store.get_opts(&ObjPath::from(key), opts).await?;
     let version = r.meta.version.clone();
-    Ok((r.bytes().await?, version))
+    let size = r.meta.size;
+    let bytes = match r.payload {
+        // A file: read at once, once its size is known to be within bounds.
+        object_store::GetResultPayload::File(..) if size <= max => r.bytes().await?,
+        _ => crate::bounded::collect(r.into_stream(), Some(size), max, key).await?,
+    };
+    Ok((bytes, version))
 }
 
 /// The size of an object version through `object_store`, or `None` when it is missing.
@@ -37,21 +50,26 @@ pub async fn size_of(store: &dyn ObjectStore, key: &str, version: Option<&str>) 
     }
 }
 
-/// The current objects under `sub`, through `object_store`.
+/// The current objects under `sub`, through `object_store` (a directory): as many as a
+/// listing may keep ([`crate::bounded::Listing`]).
 pub async fn list_current(store: &dyn ObjectStore, sub: &str) -> Result<Vec<ObjectVersion>> {
     use futures::TryStreamExt;
     let prefix = (!sub.is_empty()).then(|| ObjPath::from(sub));
-    let metas: Vec<object_store::ObjectMeta> = store.list(prefix.as_ref()).try_collect().await?;
-    Ok(metas
-        .into_iter()
-        .map(|m| ObjectVersion {
-            key: m.location.to_string(),
+    let mut listing = crate::bounded::Listing::default();
+    let mut out = Vec::new();
+    let mut metas = store.list(prefix.as_ref());
+    while let Some(m) = metas.try_next().await? {
+        let key = m.location.to_string();
+        listing.keep(key.len() + m.e_tag.as_ref().map_or(0, String::len), "listing")?;
+        out.push(ObjectVersion {
+            key,
             version_id: m.version,
             is_latest: true,
             delete_marker: false,
             size: m.size,
             last_modified: m.last_modified.timestamp(),
             etag: m.e_tag,
-        })
-        .collect())
+        });
+    }
+    Ok(out)
 }

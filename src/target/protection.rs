@@ -89,3 +89,15 @@ pub struct ObjectVersion {
 pub struct AlreadyExists {
     pub key: String,
 }
+
+/// What a bucket is set to that bears on coffer's objects, for the audit
+/// (`status --remote`, the scrub).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BucketSettings {
+    /// `Enabled`, `Suspended`, or empty (never enabled).
+    pub versioning: String,
+    /// A default retention rule, described, and its period in days.
+    pub default_retention: Option<(String, Option<u32>)>,
+    /// Lifecycle rules over coffer's prefix, described.
+    pub lifecycle: Vec<String>,
+}

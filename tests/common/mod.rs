@@ -376,3 +376,24 @@ impl Drop for Gateway {
         self.stop();
     }
 }
+
+/// Runs `cmd` under GNU time: its output, and its peak resident set in KiB.
+pub fn peak_rss(cmd: &mut Command) -> (Output, u64) {
+    let report = std::env::temp_dir().join(format!("coffer-rss-{}-{}", std::process::id(), nanos()));
+    let mut timed = Command::new("/usr/bin/time");
+    timed.arg("-f").arg("%M").arg("-o").arg(&report).arg(cmd.get_program()).args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => timed.env(k, v),
+            None => timed.env_remove(k),
+        };
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        timed.current_dir(dir);
+    }
+    let out = timed.output().unwrap();
+    let kib = std::fs::read_to_string(&report).unwrap_or_default();
+    let _ = std::fs::remove_file(&report);
+    let kib = kib.lines().last().and_then(|l| l.trim().parse().ok()).unwrap_or_else(|| panic!("no RSS: {kib}"));
+    (out, kib)
+}

@@ -14,7 +14,7 @@ use object_store::path::Path as ObjPath;
 use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, ObjectStoreExt, RetryConfig};
 
-use super::object_io::{get, list_current, put_new, size_of};
+use super::object_io::{get, put_new, size_of};
 use super::{LockMode, ObjectVersion, Retention, Store};
 use crate::config::TargetConfig;
 use crate::retry::Retry;
@@ -162,8 +162,8 @@ impl Store for S3 {
         put_new(&*self.store, key, body).await
     }
 
-    async fn get(&self, key: &str, version: Option<&str>) -> Result<(Bytes, Option<String>)> {
-        get(&*self.store, key, version).await
+    async fn get(&self, key: &str, version: Option<&str>, max: u64) -> Result<(Bytes, Option<String>)> {
+        get(&*self.store, key, version, max).await
     }
 
     async fn size_of(&self, key: &str, version: Option<&str>) -> Result<Option<u64>> {
@@ -171,9 +171,11 @@ impl Store for S3 {
     }
 
     async fn list(&self, sub: &str, versions: bool) -> Result<Vec<ObjectVersion>> {
+        // Both listings through coffer's own signed requests, whose answers are bounded
+        // (object_store sizes a listing's buffer from the server's Content-Length).
         match versions {
             true => self.api.list_versions(sub).await,
-            false => list_current(&*self.store, sub).await,
+            false => self.api.list_current(sub).await,
         }
     }
 
@@ -228,6 +230,19 @@ impl Store for S3 {
             Some(_) => self.lock_ready(url).await,
             None => Ok(()),
         }
+    }
+
+    async fn settings(&self) -> Result<Option<super::BucketSettings>> {
+        let lock = self.api.lock_configuration().await?;
+        Ok(Some(super::BucketSettings {
+            versioning: self.api.versioning().await?,
+            default_retention: lock.default_rule.map(|r| (r, lock.default_days)),
+            lifecycle: self.api.lifecycle_rules().await?,
+        }))
+    }
+
+    async fn legal_hold(&self, key: &str, version: Option<&str>) -> Result<bool> {
+        self.api.legal_hold(key, version).await
     }
 
     fn with_credentials(&self, key_id: String, secret_key: String) -> Result<Option<Arc<dyn Store>>> {

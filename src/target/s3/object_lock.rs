@@ -27,6 +27,8 @@ pub struct LockConfig {
     pub enabled: bool,
     /// A default retention rule, if the bucket has one (coffer does not rely on it).
     pub default_rule: Option<String>,
+    /// That rule's period in days (years counted as 366).
+    pub default_days: Option<u32>,
 }
 
 /// Signs and sends Object Lock requests for one bucket and key prefix.
@@ -138,16 +140,62 @@ impl LockApi {
         let Answer { status, body: text, .. } = self.send(Method::GET, &url, &[], Bytes::new()).await?;
         if !status.is_success() {
             if String::from_utf8_lossy(&text).contains("ObjectLockConfigurationNotFound") {
-                return Ok(LockConfig { enabled: false, default_rule: None });
+                return Ok(LockConfig { enabled: false, default_rule: None, default_days: None });
             }
             return Err(s3_error("GetObjectLockConfiguration", "", status, &text));
         }
         let c: LockConfigXml = parse_xml(&text, "GetObjectLockConfiguration")?;
-        let default_rule = c.rule.and_then(|r| r.default_retention).map(|d| {
+        let retention = c.rule.and_then(|r| r.default_retention);
+        let default_days = retention.as_ref().and_then(|d| d.days.or(d.years.map(|y| y.saturating_mul(366))));
+        let default_rule = retention.map(|d| {
             let period = d.days.map(|n| format!("{n} days")).or(d.years.map(|n| format!("{n} years")));
             format!("{} {}", d.mode, period.unwrap_or_default())
         });
-        Ok(LockConfig { enabled: c.object_lock_enabled.as_deref() == Some("Enabled"), default_rule })
+        Ok(LockConfig { enabled: c.object_lock_enabled.as_deref() == Some("Enabled"), default_rule, default_days })
+    }
+
+    /// The bucket's lifecycle rules that apply to keys under coffer's prefix (a rule
+    /// without a prefix applies to all), each described; none when it has none.
+    pub async fn lifecycle_rules(&self) -> Result<Vec<String>> {
+        let url = format!("{}/?lifecycle=", self.s3.bucket_url());
+        let Answer { status, body: text, .. } = self.send(Method::GET, &url, &[], Bytes::new()).await?;
+        if !status.is_success() {
+            if String::from_utf8_lossy(&text).contains("NoSuchLifecycleConfiguration") {
+                return Ok(Vec::new());
+            }
+            return Err(s3_error("GetBucketLifecycleConfiguration", "", status, &text));
+        }
+        let c: LifecycleXml = parse_xml(&text, "GetBucketLifecycleConfiguration")?;
+        let ours = self.s3.prefix();
+        Ok(c.rules
+            .into_iter()
+            .filter(|r| r.status == "Enabled")
+            .filter_map(|r| {
+                let prefix = r.prefix().unwrap_or_default();
+                // It touches coffer's keys when either prefix starts the other.
+                (ours.starts_with(&prefix) || prefix.starts_with(ours)).then(|| {
+                    let id = r.id.clone().unwrap_or_default();
+                    crate::escape::quote(format!("rule `{id}` on prefix `{prefix}`").as_bytes(), 200)
+                })
+            })
+            .collect())
+    }
+
+    /// Whether an object version is under a legal hold.
+    pub async fn legal_hold(&self, key: &str, version: Option<&str>) -> Result<bool> {
+        let url = self.object_url(key, &version_query("legal-hold", version));
+        let Answer { status, body: text, .. } = self.send(Method::GET, &url, &[], Bytes::new()).await?;
+        if !status.is_success() {
+            // No hold ever set: AWS and Ceph answer 404 with their own codes for it.
+            let text = String::from_utf8_lossy(&text);
+            let none = ["NoSuchObjectLockConfiguration", "ObjectLockConfigurationNotFound", "NoSuchObjectLegalHold"];
+            if none.iter().any(|code| text.contains(code)) || text.contains("InvalidRequest") {
+                return Ok(false);
+            }
+            return Err(s3_error("GetObjectLegalHold", key, status, text.as_bytes()));
+        }
+        let hold: LegalHoldXml = parse_xml(&text, "GetObjectLegalHold")?;
+        Ok(hold.status.as_deref() == Some("ON"))
     }
 
     /// `Enabled`, `Suspended`, or empty when versioning was never turned on.
@@ -161,10 +209,30 @@ impl LockApi {
         Ok(v.status.unwrap_or_default())
     }
 
-    /// Every version and delete marker under `sub` (relative to coffer's prefix).
+    /// The current objects under `sub` (relative to coffer's prefix), for a target that
+    /// does not lock (ListObjectsV2).
+    pub async fn list_current(&self, sub: &str) -> Result<Vec<ObjectVersion>> {
+        let listed = self.s3.list_under(sub).await?;
+        Ok(listed
+            .into_iter()
+            .map(|o| ObjectVersion {
+                key: o.key,
+                version_id: None,
+                is_latest: true,
+                delete_marker: false,
+                size: o.size,
+                last_modified: o.last_modified_ns.div_euclid(1_000_000_000),
+                etag: o.etag,
+            })
+            .collect())
+    }
+
+    /// Every version and delete marker under `sub` (relative to coffer's prefix): as many
+    /// as a listing may keep ([`crate::bounded::Listing`]).
     pub async fn list_versions(&self, sub: &str) -> Result<Vec<ObjectVersion>> {
         let mut out = Vec::new();
         let mut marker: Option<(String, String)> = None;
+        let mut listing = crate::bounded::Listing::default();
         loop {
             let mut query = vec![("prefix", format!("{}{sub}", self.s3.prefix()))];
             if let Some((k, v)) = &marker {
@@ -181,6 +249,8 @@ impl LockApi {
             for (v, delete_marker) in
                 page.versions.iter().map(|v| (v, false)).chain(page.delete_markers.iter().map(|v| (v, true)))
             {
+                let kept = v.key.len() + v.version_id.len() + v.e_tag.as_ref().map_or(0, String::len);
+                listing.keep(kept, "ListObjectVersions")?;
                 out.push(ObjectVersion {
                     key: v.key.strip_prefix(self.s3.prefix()).unwrap_or(&v.key).to_string(),
                     version_id: Some(v.version_id.clone()),
@@ -192,7 +262,10 @@ impl LockApi {
                 });
             }
             match (page.is_truncated, page.next_key_marker, page.next_version_id_marker) {
-                (true, Some(k), Some(v)) => marker = Some((k, v)),
+                (true, Some(k), Some(v)) => {
+                    listing.next_page(&format!("{k}\n{v}"), "ListObjectVersions")?;
+                    marker = Some((k, v))
+                }
                 _ => break,
             }
         }
@@ -252,6 +325,52 @@ struct DefaultRetentionXml {
     mode: String,
     days: Option<u32>,
     years: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct LifecycleXml {
+    #[serde(default, rename = "Rule")]
+    rules: Vec<LifecycleRuleXml>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct LifecycleRuleXml {
+    #[serde(rename = "ID")]
+    id: Option<String>,
+    #[serde(default)]
+    status: String,
+    /// The old form: the prefix on the rule itself.
+    prefix: Option<String>,
+    filter: Option<LifecycleFilterXml>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct LifecycleFilterXml {
+    prefix: Option<String>,
+    and: Option<LifecycleAndXml>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct LifecycleAndXml {
+    prefix: Option<String>,
+}
+
+impl LifecycleRuleXml {
+    fn prefix(&self) -> Option<String> {
+        let filter = self.filter.as_ref();
+        let and = filter.and_then(|f| f.and.as_ref()).and_then(|a| a.prefix.clone());
+        self.prefix.clone().or(filter.and_then(|f| f.prefix.clone())).or(and)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct LegalHoldXml {
+    status: Option<String>,
 }
 
 #[derive(Deserialize)]
