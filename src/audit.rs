@@ -45,7 +45,7 @@ pub async fn object(
     server_until: Option<i64>,
 ) -> Result<Vec<Finding>> {
     let mut out = Vec::new();
-    let horizon = crate::time::now_secs() + i64::from(target.max_lock_days()) * 86_400;
+    let horizon = target.lock_horizon();
     let v = || version.unwrap_or_default().to_string();
     if let Some(server) = server_until.filter(|&u| u > horizon) {
         out.push(Finding::LockBeyond { key: key.to_string(), version: v(), server });

@@ -269,26 +269,23 @@ pub fn run(cfg: &Config, job: &Job, opts: &Options) -> Result<Summary> {
     result
 }
 
-/// A run that could not start: recorded as failed where the catalog can be opened (else
-/// the log line is its record, and `/metrics` shows the catalog down), logged at ERROR,
-/// told to the hook. Returns the error.
+/// A run that could not start: recorded as failed ([`Catalog::record_failure`]), logged
+/// at ERROR, told to the hook. Returns the error.
 fn failed_to_start(cfg: &Config, job: &Job, opts: &Options, e: anyhow::Error) -> anyhow::Error {
     // Another process running this job is a skip: its run is the one that counts.
     if e.is::<crate::fsutil::Held>() {
         tracing::warn!(job = %job.name, "skipped: {e:#}");
         let when = opts.scheduled_for.unwrap_or_else(crate::time::now_secs);
-        if let Err(why) = Catalog::open_existing(cfg).and_then(|c| c.record_skip(&job.name, when, &format!("{e:#}"))) {
+        if let Err(why) =
+            Catalog::open_existing(&cfg.state_dir).and_then(|c| c.record_skip(&job.name, when, &format!("{e:#}")))
+        {
             tracing::error!(job = %job.name, "the skip cannot be recorded in the catalog: {why:#}");
         }
         return e;
     }
     let error = format!("the run could not start: {e:#}");
     tracing::error!(job = %job.name, outcome = "failed", "backup finished: {error}");
-    let recorded =
-        Catalog::open_existing(cfg).and_then(|c| c.record_failure(&job.name, opts.trigger, opts.scheduled_for, &error));
-    if let Err(why) = recorded {
-        tracing::error!(job = %job.name, "the failed run cannot be recorded in the catalog: {why:#}");
-    }
+    Catalog::record_failure(&cfg.state_dir, &job.name, opts.trigger, opts.scheduled_for, &error);
     crate::hooks::after_run(job, RunOutcome::Failed, None, Some(&error));
     e
 }
@@ -412,10 +409,8 @@ struct Fleet {
     down: Down,
 }
 
-use crate::pin::DEADLINE as PROBE_DEADLINE;
-
 impl Fleet {
-    /// Before anything is written, every target must answer within [`PROBE_DEADLINE`],
+    /// Before anything is written, every target must answer within [`crate::pin::DEADLINE`],
     /// and each that the catalog says holds the repository record must still hold the
     /// pinned one: one bounded read per target and run. A target that does not answer in
     /// time, holds nothing (an unmounted disk, a wrong bucket or prefix) or holds another
@@ -434,11 +429,11 @@ impl Fleet {
                     None => t.size_of(crate::format::REPO_KEY, None).await.map(|_| None),
                 }
             };
-            match repo.runtime.block_on(async { tokio::time::timeout(PROBE_DEADLINE, ask).await }) {
+            match repo.runtime.block_on(async { tokio::time::timeout(crate::pin::DEADLINE, ask).await }) {
                 Ok(Ok(Some(bytes))) => read.push((t, bytes)),
                 Ok(Ok(None)) => {}
                 Ok(Err(e)) => self.down.mark(t, &e.context("cannot read the repository record")),
-                Err(_) => self.down.mark(t, &anyhow!("it did not answer within {PROBE_DEADLINE:?}")),
+                Err(_) => self.down.mark(t, &anyhow!("it did not answer within {:?}", crate::pin::DEADLINE)),
             }
         }
         let pin = match repo.row.pin.clone() {
@@ -673,7 +668,6 @@ struct Middle {
 }
 
 impl Middle {
-    #[allow(clippy::too_many_arguments)]
     fn start(
         cfg: &Config,
         keyset: u32,
@@ -698,7 +692,7 @@ impl Middle {
         let (recipients, pack_size) = (cfg.recipients.clone(), cfg.pack_size as usize);
         let packer = std::thread::Builder::new()
             .name("packer".into())
-            .spawn(move || pack_loop(blob_rx, pack_tx, (&recipients, keyset), pack_size, &buffers, &pack_buffers))?;
+            .spawn(move || pack_loop(blob_rx, pack_tx, &recipients, keyset, pack_size, &buffers, &pack_buffers))?;
         Ok(Middle { compressors, packer })
     }
 
@@ -1281,7 +1275,8 @@ fn compress_loop(
 fn pack_loop(
     rx: Receiver<Vec<Blob>>,
     tx: tokio::sync::mpsc::Sender<SealedPack>,
-    (recipients, keyset): (&[crate::keys::Recipient], u32),
+    recipients: &[crate::keys::Recipient],
+    keyset: u32,
     pack_size: usize,
     buffers: &crate::buffers::Buffers,
     pack_buffers: &crate::buffers::Buffers,

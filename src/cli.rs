@@ -65,7 +65,7 @@ pub fn main() -> ExitCode {
             silence_stdout();
         }
     }
-    match crate::commands::run(&cli.config, cli.command) {
+    match crate::commands::run(&cli.config, cli.command, command) {
         Ok(code) => code,
         Err(e) => {
             // Under `--log-format json` every line a collector reads is JSON, this one too.

@@ -40,7 +40,7 @@ pub fn run(config_file: &Path) -> Result<ExitCode> {
     if !problems.is_empty() {
         bail!("the daemon does not start; `coffer check-config` finds:\n  {}", problems.join("\n  "));
     }
-    Catalog::open_repo(&cfg)?;
+    Catalog::open_repo(&cfg.state_dir)?;
     let token = read_token(&cfg)?;
     let runtime = crate::target::runtime()?;
     let shared = Arc::new(Shared {
@@ -221,7 +221,7 @@ impl Scheduler {
     /// At start: one run for each job whose fire time passed while the daemon was down,
     /// whose last run a shutdown interrupted, or that never ran.
     fn catch_up(&mut self, cfg: &Config) -> Result<()> {
-        let catalog = Catalog::open_existing(cfg)?;
+        let catalog = Catalog::open_existing(&cfg.state_dir)?;
         let now = crate::time::now_secs();
         for job in cfg.jobs.iter().filter(|j| j.catch_up) {
             let Some(schedule) = &job.schedule else { continue };
@@ -288,7 +288,8 @@ impl Scheduler {
             match busy {
                 Some(why) => {
                     tracing::warn!(job = %name, fire = %crate::time::format_utc(fire), "skipped: {why}");
-                    if let Err(e) = Catalog::open_existing(&cfg).and_then(|c| c.record_skip(&name, fire, why)) {
+                    if let Err(e) = Catalog::open_existing(&cfg.state_dir).and_then(|c| c.record_skip(&name, fire, why))
+                    {
                         tracing::error!(job = %name, "cannot record the skip: {e:#}");
                     }
                 }

@@ -46,40 +46,6 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-/// Makes sure nobody else can read the state directory (the catalog names every file
-/// backed up; git mirrors and secrets may sit there): created 0700 if missing. An
-/// existing one of ours that others can enter loses those bits, if it is coffer's own
-/// (it holds a catalog, or nothing yet); any other is refused, so that a state_dir set to
-/// a shared directory is never chmod'ed.
-pub fn secure_state_dir(dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let m = match std::fs::metadata(dir) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return create_private_dir(dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()));
-        }
-        r => r.map_err(|e| anyhow::anyhow!("state directory {}: {e}", dir.display()))?,
-    };
-    let mode = m.mode() & 0o7777;
-    if mode & 0o077 == 0 {
-        return Ok(());
-    }
-    let mine = m.uid() == euid();
-    let own = crate::state_dir::StateDir(dir).catalog().exists()
-        || std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none());
-    if mine && own {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & 0o7700))
-            .map_err(|e| anyhow::anyhow!("cannot make state directory {} private: {e}", dir.display()))?;
-        tracing::warn!(dir = %dir.display(), "the state directory was {mode:o}: now {:o}, readable by its owner only", mode & 0o7700);
-        return Ok(());
-    }
-    anyhow::bail!(
-        "state directory {} is {mode:o}: others can read it, and it is not coffer's alone to change; \
-         run `chmod 700 {}` or choose a directory of its own",
-        dir.display(),
-        dir.display()
-    )
-}
-
 /// Creates a directory (and parents) with mode 0700.
 pub fn create_private_dir(path: &Path) -> io::Result<()> {
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path)

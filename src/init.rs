@@ -32,11 +32,11 @@ pub enum Outcome {
 pub fn run(cfg: &Config, allow_unprotected: bool) -> Result<Outcome> {
     let catalog_path = cfg.state().catalog();
     if catalog_path.exists() {
-        let catalog = Catalog::open_existing(cfg)?;
+        let catalog = Catalog::open_existing(&cfg.state_dir)?;
         if let Some(repo) = catalog.repo()? {
             for known in catalog.targets()? {
                 if let Ok(t) = cfg.target(&known.name) {
-                    crate::catalog::ensure_same_url(&known, cfg, &t.url)?;
+                    crate::catalog::ensure_same_url(&known, &cfg.state_dir, &t.url)?;
                 }
             }
             return Ok(Outcome::AlreadyInitialised {

@@ -156,6 +156,14 @@ impl Inventory {
     }
 }
 
+/// A finding, and the target it is on.
+#[derive(Debug, Serialize)]
+pub struct Found {
+    pub target: String,
+    #[serde(flatten)]
+    pub finding: Finding,
+}
+
 /// Something on the target that coffer did not put there, or that is not as recorded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]

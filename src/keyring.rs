@@ -101,7 +101,7 @@ pub struct Set {
 /// Every key set, oldest first, with each key's recipient (where the config has it) and
 /// how many live snapshots it can restore.
 pub fn list(cfg: &Config) -> Result<(Vec<Set>, usize)> {
-    let (catalog, _) = Catalog::open_repo(cfg)?;
+    let (catalog, _) = Catalog::open_repo(&cfg.state_dir)?;
     let sets = catalog.keysets()?;
     let live = live_readers(&catalog)?;
     let named = |fp: &str| cfg.recipients.iter().find(|r| r.fingerprint() == fp).map(|r| r.to_string());
@@ -130,7 +130,7 @@ fn live_readers(catalog: &Catalog) -> Result<Vec<(String, BTreeSet<String>)>> {
     let now = crate::time::now_secs();
     let mut out = Vec::new();
     for s in catalog.snapshots(None)? {
-        if s.state == crate::catalog::SnapshotState::Complete && s.retain_until.is_none_or(|u| u > now) {
+        if s.is_live(now) {
             out.push((format!("{}/{}", s.job, s.id), catalog.snapshot_readers(&s.id)?));
         }
     }
@@ -228,15 +228,21 @@ fn write(repo: &Repo<Host>, current: &KeySetRow, members: &[Recipient], unreadab
     let key = keyset::key(seq);
     let (mut copies, mut stored_on, mut not_stored) = (Vec::new(), Vec::new(), Vec::new());
     for target in &repo.targets {
-        if let Err(why) = crate::pin::confirm(repo, target) {
+        let Some(record) = repo.catalog.repo_record(target.id)? else {
+            not_stored.push(format!(
+                "target `{}` does not hold the repository record yet (the next backup copies it)",
+                target.name
+            ));
+            continue;
+        };
+        if let Err(why) = repo.runtime.block_on(crate::pin::confirm(target, pin, record.version.as_deref())) {
             not_stored.push(why);
             continue;
         }
         // Locked as long as the repository record there: every restore with a key of this
         // set needs it (and backups extend it with the record).
-        let record = repo.catalog.repo_record(target.id)?;
         let floor = crate::time::now_secs() + crate::config::EXTENSION_SLACK_DAYS * 86_400;
-        let until = record.and_then(|r| r.lock).map_or(floor, |l| l.until.max(floor));
+        let until = record.lock.map_or(floor, |l| l.until.max(floor));
         match repo.runtime.block_on(target.put_new(&key, Bytes::from(object.clone()), until)) {
             Ok(version) => {
                 copies.push((target.id, Copy { version, lock: target.lock_until(until) }));
@@ -256,53 +262,4 @@ fn write(repo: &Repo<Host>, current: &KeySetRow, members: &[Recipient], unreadab
     };
     repo.catalog.add_keyset(&row, &copies)?;
     Ok(Changed { seq, keys: set.recipients, stored_on, not_stored, unreadable })
-}
-
-/// Opens the repository secret with a restorer's `identity`: from `coffer.repo`
-/// (`record`), or else from the newest key set whose record the identity opens
-/// (`sets()`: each set's number and stored bytes, read only when the record does not
-/// open) and whose chain holds under that secret: every earlier set's MAC, each linked
-/// to the one before by its hash, the first to `coffer.repo`. A set forged later than a
-/// genuine one fails the chain; the caller checks the secret against the repository's
-/// pin too ([`crate::pin::Pin::of`] of `record` and the secret), which a set forged
-/// without the secret cannot pass.
-pub fn open_secret(
-    record: &[u8],
-    identity: &crate::keys::Identity,
-    sets: impl FnOnce() -> Result<Vec<(u32, Vec<u8>)>>,
-) -> Result<(crate::format::repo::RepoRecord, crate::keys::RepoSecret)> {
-    let first = match crate::format::repo::RepoRecord::open(record, identity) {
-        Ok(opened) => return Ok(opened),
-        Err(e) => e,
-    };
-    let decoded = crate::format::repo::RepoRecord::decode(record)?;
-    let mut sets = sets()?;
-    sets.sort_by_key(|(seq, _)| std::cmp::Reverse(*seq));
-    for (seq, object) in &sets {
-        if let Ok((set, secret)) = KeySet::open(object, identity)
-            && set.seq == *seq
-            && set.repo == decoded.id
-            && chain_holds(record, &sets, *seq, &secret)
-        {
-            return Ok((decoded, secret));
-        }
-    }
-    match sets.is_empty() {
-        true => Err(first),
-        false => Err(first.context(format!("nor does it open any of the {} key sets added since", sets.len()))),
-    }
-}
-
-/// Whether sets 1 to `upto` are all there, each authentic under `secret` and linked to
-/// the one before it by hash (set 1 to the repository record).
-fn chain_holds(record: &[u8], sets: &[(u32, Vec<u8>)], upto: u32, secret: &crate::keys::RepoSecret) -> bool {
-    let mut previous = blake3::hash(record);
-    for seq in 1..=upto {
-        let Some((_, object)) = sets.iter().find(|(s, _)| *s == seq) else { return false };
-        match KeySet::verify(object, secret) {
-            Ok(set) if set.seq == seq && set.previous == previous.to_hex().as_str() => previous = blake3::hash(object),
-            _ => return false,
-        }
-    }
-    true
 }

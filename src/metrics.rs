@@ -54,7 +54,7 @@ pub fn render(cfg: &Config, live: &Live) -> String {
     m.sample("process_start_time_seconds", &[], live.started_at as f64);
     process_metrics(&mut m);
 
-    let catalog = Catalog::open_existing(cfg);
+    let catalog = Catalog::open_existing(&cfg.state_dir);
     m.family("coffer_catalog_up", "gauge", "Whether the catalog could be read for this scrape.");
     m.sample("coffer_catalog_up", &[], f64::from(u8::from(catalog.is_ok())));
     let status = catalog.as_ref().ok().map(|_| crate::status::run(cfg, &crate::status::Options::local()));
@@ -120,10 +120,21 @@ struct JobRow<'a> {
 type Samples = Vec<(String, f64)>;
 
 /// A per-job family: name, type, help, and how its samples are read from a job.
-type Family<'a> = (&'a str, &'a str, &'a str, &'a dyn Fn(&JobRow) -> Samples);
+type Family = (&'static str, &'static str, &'static str, fn(&JobRow) -> Samples);
 
 fn one(v: Option<f64>) -> Samples {
     v.map(|v| vec![(String::new(), v)]).unwrap_or_default()
+}
+
+/// A figure of the job's last run, where it has one.
+fn last(r: &JobRow, f: fn(&RunRow) -> f64) -> Samples {
+    one(r.totals.last_run.as_ref().map(f))
+}
+
+/// A figure per target of the job (label `target`).
+fn on_targets(r: &JobRow, f: fn(&crate::status::JobOnTarget) -> f64) -> Samples {
+    let targets = r.status.map(|j| j.targets.as_slice()).unwrap_or_default();
+    targets.iter().map(|t| (format!(",target=\"{}\"", escape(&t.target)), f(t))).collect()
 }
 
 fn job_metrics(
@@ -133,9 +144,30 @@ fn job_metrics(
     status: Option<&crate::status::Report>,
     live: &Live,
 ) {
+    let rows = job_rows(cfg, catalog, status, live);
+    for (name, kind, help, samples) in JOB_FAMILIES {
+        m.family(name, kind, help);
+        for row in &rows {
+            for (extra, v) in samples(row) {
+                let _ = writeln!(m.out, "{name}{{{JOB_LABEL}=\"{}\"{extra}}} {}", escape(row.name), number(v));
+            }
+        }
+    }
+    m.family("coffer_job_next_run_timestamp_seconds", "gauge", "When the job fires next.");
+    for (job, at) in &live.next_runs {
+        m.sample("coffer_job_next_run_timestamp_seconds", &[(JOB_LABEL, job)], *at as f64);
+    }
+}
+
+/// Each configured job's figures, from the catalog and the status check.
+fn job_rows<'a>(
+    cfg: &'a Config,
+    catalog: &Catalog,
+    status: Option<&'a crate::status::Report>,
+    live: &Live,
+) -> Vec<JobRow<'a>> {
     let now = crate::time::now_secs();
-    let rows: Vec<JobRow> = cfg
-        .jobs
+    cfg.jobs
         .iter()
         .filter_map(|job| {
             let status = status.and_then(|r| r.jobs.iter().find(|j| j.name == job.name));
@@ -151,102 +183,82 @@ fn job_metrics(
                 running: live.running.contains(&job.name),
             })
         })
-        .collect();
-    let last = |r: &JobRow, f: fn(&RunRow) -> f64| one(r.totals.last_run.as_ref().map(f));
-    let on_targets = |r: &JobRow, f: fn(&crate::status::JobOnTarget) -> Option<f64>| -> Samples {
-        let targets = r.status.map(|j| j.targets.as_slice()).unwrap_or_default();
-        targets.iter().filter_map(|t| Some((format!(",target=\"{}\"", escape(&t.target)), f(t)?))).collect()
-    };
-    let families: [Family; 21] = [
-        ("coffer_job_last_success_timestamp_seconds", "gauge", "When a run of the job last read every path.", &|r| {
-            one(r.totals.last_success_at.map(|t| t as f64))
-        }),
-        (
-            "coffer_job_last_snapshot_timestamp_seconds",
-            "gauge",
-            "When the job last made a snapshot (every path read, or some not: partial).",
-            &|r| one(r.totals.last_snapshot_at.map(|t| t as f64)),
-        ),
-        ("coffer_job_last_run_timestamp_seconds", "gauge", "When the job's last run ended.", &|r| {
-            last(r, |l| l.ended_at.unwrap_or(l.started_at) as f64)
-        }),
-        ("coffer_job_last_run_duration_seconds", "gauge", "How long the job's last run took.", &|r| {
-            last(r, |l| l.duration_ms.unwrap_or(0) as f64 / 1000.0)
-        }),
-        ("coffer_job_last_run_outcome", "gauge", "1 for the outcome of the job's last run.", &|r| {
-            let Some(l) = &r.totals.last_run else { return Vec::new() };
-            RunOutcome::ENDED
-                .iter()
-                .map(|o| (format!(",outcome=\"{o}\""), f64::from(u8::from(l.outcome == *o))))
-                .collect()
-        }),
-        ("coffer_job_last_run_read_bytes", "gauge", "Bytes the last run read from the source.", &|r| {
-            last(r, |l| l.bytes_read as f64)
-        }),
-        ("coffer_job_last_run_uploaded_bytes", "gauge", "Bytes the last run uploaded.", &|r| {
-            last(r, |l| l.bytes_uploaded as f64)
-        }),
-        ("coffer_job_runs_total", "counter", "Runs started (not counting skips).", &|r| {
-            one(Some(r.totals.runs as f64))
-        }),
-        ("coffer_job_failures_total", "counter", "Runs that failed.", &|r| one(Some(r.totals.failures as f64))),
-        ("coffer_job_skipped_runs_total", "counter", "Fire times skipped because the job was still running.", &|r| {
-            one(Some(r.totals.skips as f64))
-        }),
-        ("coffer_job_target_retries_total", "counter", "Transient target failures retried.", &|r| {
-            one(Some(r.totals.retries as f64))
-        }),
-        ("coffer_job_read_bytes_total", "counter", "Bytes read from the source, all runs.", &|r| {
-            one(Some(r.totals.bytes_read as f64))
-        }),
-        ("coffer_job_uploaded_bytes_total", "counter", "Bytes uploaded to the target, all runs.", &|r| {
-            one(Some(r.totals.bytes_uploaded as f64))
-        }),
-        ("coffer_job_lock_extensions_total", "counter", "Object Lock extensions of reused objects.", &|r| {
-            one(Some(r.totals.lock_extensions as f64))
-        }),
-        ("coffer_job_snapshots", "gauge", "Live snapshots (not past their retain-until).", &|r| {
-            one(r.status.map(|j| j.live_snapshots as f64))
-        }),
-        (
-            "coffer_job_newest_snapshot_protected_until_timestamp_seconds",
-            "gauge",
-            "Until when the job's newest snapshot is fully locked on its best target.",
-            &|r| one(r.status.and_then(|j| j.newest_protected_until).map(|t| t as f64)),
-        ),
-        (
-            "coffer_job_missed_fire_times",
-            "gauge",
-            "Fire times past (with grace) with no newer snapshot: 0 in steady state.",
-            &|r| one(r.missed.map(f64::from)),
-        ),
-        ("coffer_job_protection_gaps", "gauge", "Live snapshots needing an object locked too briefly.", &|r| {
-            one(r.status.map(|j| j.gaps.len() as f64))
-        }),
-        ("coffer_job_running", "gauge", "1 while the job runs.", &|r| one(Some(f64::from(u8::from(r.running))))),
-        ("coffer_job_target_snapshots", "gauge", "Live snapshots of the job each target holds.", &|r| {
-            on_targets(r, |t| Some(t.live_snapshots as f64))
-        }),
-        (
-            "coffer_job_target_lag_snapshots",
-            "gauge",
-            "The job's newest snapshots a target lacks (the next backup copies them to it).",
-            &|r| on_targets(r, |t| Some(t.lag as f64)),
-        ),
-    ];
-    for (name, kind, help, samples) in families {
-        m.family(name, kind, help);
-        for row in &rows {
-            for (extra, v) in samples(row) {
-                let _ = writeln!(m.out, "{name}{{{JOB_LABEL}=\"{}\"{extra}}} {}", escape(row.name), number(v));
-            }
-        }
-    }
-    m.family("coffer_job_next_run_timestamp_seconds", "gauge", "When the job fires next.");
-    for (job, at) in &live.next_runs {
-        m.sample("coffer_job_next_run_timestamp_seconds", &[(JOB_LABEL, job)], *at as f64);
-    }
+        .collect()
 }
+
+/// The per-job families, in the order they are exposed.
+const JOB_FAMILIES: [Family; 21] = [
+    ("coffer_job_last_success_timestamp_seconds", "gauge", "When a run of the job last read every path.", |r| {
+        one(r.totals.last_success_at.map(|t| t as f64))
+    }),
+    (
+        "coffer_job_last_snapshot_timestamp_seconds",
+        "gauge",
+        "When the job last made a snapshot (every path read, or some not: partial).",
+        |r| one(r.totals.last_snapshot_at.map(|t| t as f64)),
+    ),
+    ("coffer_job_last_run_timestamp_seconds", "gauge", "When the job's last run ended.", |r| {
+        last(r, |l| l.ended_at.unwrap_or(l.started_at) as f64)
+    }),
+    ("coffer_job_last_run_duration_seconds", "gauge", "How long the job's last run took.", |r| {
+        last(r, |l| l.duration_ms.unwrap_or(0) as f64 / 1000.0)
+    }),
+    ("coffer_job_last_run_outcome", "gauge", "1 for the outcome of the job's last run.", |r| {
+        let Some(l) = &r.totals.last_run else { return Vec::new() };
+        RunOutcome::ENDED.iter().map(|o| (format!(",outcome=\"{o}\""), f64::from(u8::from(l.outcome == *o)))).collect()
+    }),
+    ("coffer_job_last_run_read_bytes", "gauge", "Bytes the last run read from the source.", |r| {
+        last(r, |l| l.bytes_read as f64)
+    }),
+    ("coffer_job_last_run_uploaded_bytes", "gauge", "Bytes the last run uploaded.", |r| {
+        last(r, |l| l.bytes_uploaded as f64)
+    }),
+    ("coffer_job_runs_total", "counter", "Runs started (not counting skips).", |r| one(Some(r.totals.runs as f64))),
+    ("coffer_job_failures_total", "counter", "Runs that failed.", |r| one(Some(r.totals.failures as f64))),
+    ("coffer_job_skipped_runs_total", "counter", "Fire times skipped because the job was still running.", |r| {
+        one(Some(r.totals.skips as f64))
+    }),
+    ("coffer_job_target_retries_total", "counter", "Transient target failures retried.", |r| {
+        one(Some(r.totals.retries as f64))
+    }),
+    ("coffer_job_read_bytes_total", "counter", "Bytes read from the source, all runs.", |r| {
+        one(Some(r.totals.bytes_read as f64))
+    }),
+    ("coffer_job_uploaded_bytes_total", "counter", "Bytes uploaded to the target, all runs.", |r| {
+        one(Some(r.totals.bytes_uploaded as f64))
+    }),
+    ("coffer_job_lock_extensions_total", "counter", "Object Lock extensions of reused objects.", |r| {
+        one(Some(r.totals.lock_extensions as f64))
+    }),
+    ("coffer_job_snapshots", "gauge", "Live snapshots (not past their retain-until).", |r| {
+        one(r.status.map(|j| j.live_snapshots as f64))
+    }),
+    (
+        "coffer_job_newest_snapshot_protected_until_timestamp_seconds",
+        "gauge",
+        "Until when the job's newest snapshot is fully locked on its best target.",
+        |r| one(r.status.and_then(|j| j.newest_protected_until).map(|t| t as f64)),
+    ),
+    (
+        "coffer_job_missed_fire_times",
+        "gauge",
+        "Fire times past (with grace) with no newer snapshot: 0 in steady state.",
+        |r| one(r.missed.map(f64::from)),
+    ),
+    ("coffer_job_protection_gaps", "gauge", "Live snapshots needing an object locked too briefly.", |r| {
+        one(r.status.map(|j| j.gaps.len() as f64))
+    }),
+    ("coffer_job_running", "gauge", "1 while the job runs.", |r| one(Some(f64::from(u8::from(r.running))))),
+    ("coffer_job_target_snapshots", "gauge", "Live snapshots of the job each target holds.", |r| {
+        on_targets(r, |t| t.live_snapshots as f64)
+    }),
+    (
+        "coffer_job_target_lag_snapshots",
+        "gauge",
+        "The job's newest snapshots a target lacks (the next backup copies them to it).",
+        |r| on_targets(r, |t| t.lag as f64),
+    ),
+];
 
 /// The standard process metrics, from /proc.
 fn process_metrics(m: &mut Exposition) {

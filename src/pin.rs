@@ -43,6 +43,15 @@ impl Pin {
     pub fn holds(&self, bytes: &[u8]) -> bool {
         blake3::hash(bytes).to_hex().as_str() == self.record_hash
     }
+
+    /// What `record` (`None`: no object) is, against the pin.
+    pub fn judge(&self, record: Option<&[u8]>) -> Verdict {
+        match record {
+            Some(bytes) if self.holds(bytes) => Verdict::Pinned,
+            Some(_) => Verdict::Other,
+            None => Verdict::Missing,
+        }
+    }
 }
 
 /// A fingerprint as a person types it: hex, any case, spaces, `-` and `:` ignored.
@@ -56,24 +65,13 @@ pub fn normalize(typed: &str) -> Result<String> {
 
 /// What a target holds where the pinned record should be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Found {
+pub enum Verdict {
     /// The pinned record.
     Pinned,
     /// Nothing: an unmounted disk, a wrong bucket or prefix, or a wiped target.
     Missing,
     /// Other bytes: another repository's record, or a forged one.
     Other,
-}
-
-impl Pin {
-    /// What `record` (`None`: no object) is, against the pin.
-    pub fn judge(&self, record: Option<&[u8]>) -> Found {
-        match record {
-            Some(bytes) if self.holds(bytes) => Found::Pinned,
-            Some(_) => Found::Other,
-            None => Found::Missing,
-        }
-    }
 }
 
 /// Reads `coffer.repo` (at `version`, where one was recorded) from `target`, bounded;
@@ -89,18 +87,10 @@ pub async fn read(target: &Target, version: Option<&str>) -> Result<Option<bytes
 /// it: one that does not answer is left out in seconds, not after its retry budget.
 pub const DEADLINE: std::time::Duration = std::time::Duration::from_secs(20);
 
-/// Whether `target` still holds the pinned record (read within [`DEADLINE`]), before
-/// a command writes to it; why not, where it does not.
-pub fn confirm<R>(repo: &crate::repo::Repo<R>, target: &Target) -> std::result::Result<(), String> {
-    let (Some(pin), Ok(Some(record))) = (&repo.row.pin, repo.catalog.repo_record(target.id)) else {
-        return Err(format!(
-            "target `{}` does not hold the repository record yet (the next backup copies it)",
-            target.name
-        ));
-    };
-    let read =
-        repo.runtime.block_on(async { tokio::time::timeout(DEADLINE, read(target, record.version.as_deref())).await });
-    match read {
+/// Whether `target` still holds the pinned record (its recorded `version`, read within
+/// [`DEADLINE`]), before a command writes to it; why not, where it does not.
+pub async fn confirm(target: &Target, pin: &Pin, version: Option<&str>) -> std::result::Result<(), String> {
+    match tokio::time::timeout(DEADLINE, read(target, version)).await {
         Ok(Ok(bytes)) => refusal(target, pin.judge(bytes.as_deref())).map_or(Ok(()), Err),
         Ok(Err(e)) => Err(format!("target `{}`: {e:#}", target.name)),
         Err(_) => Err(format!("target `{}` did not answer within {DEADLINE:?}", target.name)),
@@ -108,17 +98,17 @@ pub fn confirm<R>(repo: &crate::repo::Repo<R>, target: &Target) -> std::result::
 }
 
 /// Why a target is not this repository, as a run or a check reports it.
-pub fn refusal(target: &Target, found: Found) -> Option<String> {
+pub fn refusal(target: &Target, found: Verdict) -> Option<String> {
     match found {
-        Found::Pinned => None,
-        Found::Missing => Some(format!(
+        Verdict::Pinned => None,
+        Verdict::Missing => Some(format!(
             "target `{}` ({}) holds no {}, which it held: is its disk mounted, are its bucket and prefix right? \
              coffer writes nothing there until it is this repository again",
             target.name,
             target.url,
             crate::format::REPO_KEY
         )),
-        Found::Other => Some(format!(
+        Verdict::Other => Some(format!(
             "target `{}` ({}) holds another {} than the one this repository was made with (pinned at init): \
              it was replaced, or this is another repository's target; coffer neither writes there nor trusts it",
             target.name,

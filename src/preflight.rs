@@ -33,8 +33,10 @@ pub fn check(cfg: &Config) -> Vec<String> {
     // The recipients must be the repository's keys (once there is a repository here;
     // a catalog that cannot be opened is the state directory's problem, named above).
     if cfg.state().catalog().exists()
-        && let Some(why) =
-            crate::catalog::Catalog::open_existing(cfg).and_then(|c| crate::keyring::drift(cfg, &c)).ok().flatten()
+        && let Some(why) = crate::catalog::Catalog::open_existing(&cfg.state_dir)
+            .and_then(|c| crate::keyring::drift(cfg, &c))
+            .ok()
+            .flatten()
     {
         problems.push(why);
     }
@@ -134,7 +136,7 @@ fn state_dir(cfg: &Config, problems: &mut Vec<String>) {
             problems.push(format!("permission denied: {} ({})", file.display(), owner_of(&file)));
         }
     }
-    match crate::catalog::Catalog::open_repo(cfg) {
+    match crate::catalog::Catalog::open_repo(&cfg.state_dir) {
         Ok(_) => {}
         Err(e) => problems.push(format!("{e:#}")),
     }

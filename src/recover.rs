@@ -106,7 +106,7 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
     // A resumed recovery finds the target it began with.
     let id = match catalog.target_named(&target_cfg.name)? {
         Some(known) => {
-            crate::catalog::ensure_same_url(&known, cfg, &target_cfg.url)?;
+            crate::catalog::ensure_same_url(&known, &cfg.state_dir, &target_cfg.url)?;
             known.id
         }
         None => catalog.add_target(&target_cfg.name, &target_cfg.url)?,
@@ -164,7 +164,10 @@ impl Recovery<'_> {
     /// Keeps the opened repository's secret and records the repository (unless a
     /// resumed recovery did).
     fn repository(&mut self, cfg: &Config, catalog: &Catalog, opened: Opened) -> Result<RepoSecret> {
-        let Opened { record: repo, version: repo_version, secret, pin, sets } = opened;
+        let Opened { record: repo, version: repo_version, secret, pin, sets, unread } = opened;
+        for (key, version, why) in unread {
+            self.report.findings.push(Finding::Unreadable { key, version: version.unwrap_or_default(), why });
+        }
         self.genuine.insert(REPO_KEY.to_string(), repo_version.clone());
         self.report.repo_id = repo.id.clone();
         self.report.fingerprint = pin.fingerprint.clone();
@@ -502,7 +505,15 @@ struct Opened {
     pin: crate::pin::Pin,
     /// Each `keys/<seq>` object: its set number, version (the oldest) and bytes.
     sets: Vec<(u32, Option<String>, Vec<u8>)>,
+    /// Key-set objects not read (past [`MAX_KEY_SETS_READ`], too large, or failing):
+    /// their keys, versions, and why.
+    unread: Vec<(String, Option<String>, String)>,
 }
+
+/// The most bytes of key-set records recover reads from one target. A repository's are
+/// a few KiB each, one per `coffer key add` or `remove`; whoever writes to the target
+/// could plant them by the thousand, each as large as one may be.
+const MAX_KEY_SETS_READ: u64 = 16 << 20;
 
 /// The oldest version of `coffer.repo` that decodes and that the identity opens, or
 /// whose secret a key set the identity opens holds.
@@ -516,21 +527,38 @@ fn open_repo(
     if versions.is_empty() {
         bail!("target {} holds no repository record ({REPO_KEY}): nothing to recover", target.url);
     }
-    let mut sets = Vec::new();
+    // Lowest numbers first (the listing is in key order): the genuine chain starts at 1.
+    let (mut sets, mut unread, mut budget) = (Vec::new(), Vec::new(), MAX_KEY_SETS_READ);
     for (key, held) in &inventory.keys {
         if let (Layout::KeySet(seq), Some(v)) = (crate::inventory::layout(key), held.versions.first()) {
-            let bytes = runtime.block_on(target.get(key, v.id.as_deref(), MAX_REPO_RECORD))?;
-            sets.push((seq, v.id.clone(), bytes.to_vec()));
+            let why = match v.size {
+                n if n > MAX_REPO_RECORD => format!("not read: {n} bytes, more than a key set can have"),
+                n if n > budget => {
+                    format!(
+                        "not read: the key sets before it fill the {} MiB a repository's can",
+                        MAX_KEY_SETS_READ >> 20
+                    )
+                }
+                n => match runtime.block_on(target.get(key, v.id.as_deref(), n)) {
+                    Ok(bytes) => {
+                        budget -= bytes.len() as u64;
+                        sets.push((seq, v.id.clone(), bytes.to_vec()));
+                        continue;
+                    }
+                    Err(e) => format!("{e:#}"),
+                },
+            };
+            unread.push((key.clone(), v.id.clone(), why));
         }
     }
     let mut reasons = Vec::new();
     for v in versions {
         let bytes = runtime.block_on(target.get(REPO_KEY, v.id.as_deref(), MAX_REPO_RECORD))?;
         let objects = || Ok(sets.iter().map(|(seq, _, b)| (*seq, b.clone())).collect());
-        match crate::keyring::open_secret(&bytes, identity, objects) {
+        match crate::format::keyset::open_secret(&bytes, identity, objects) {
             Ok((record, secret)) => {
                 let pin = crate::pin::Pin::of(&bytes, &secret);
-                return Ok(Opened { record, version: v.id.clone(), secret, pin, sets });
+                return Ok(Opened { record, version: v.id.clone(), secret, pin, sets, unread });
             }
             Err(e) => reasons.push(format!("version {}: {e:#}", v.id.as_deref().unwrap_or("-"))),
         }

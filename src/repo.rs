@@ -67,13 +67,13 @@ impl Repo<Bare> {
     /// backup run's budget). A target new to the config joins the catalog, holding
     /// nothing yet: backups catch it up.
     pub fn open_with(cfg: &Config, retry: impl Fn(&crate::config::TargetConfig) -> Retry) -> Result<Repo<Bare>> {
-        let (catalog, row) = Catalog::open_repo(cfg)?;
+        let (catalog, row) = Catalog::open_repo(&cfg.state_dir)?;
         let known = catalog.targets()?;
         let mut targets = Vec::new();
         for t in &cfg.targets {
             let id = match known.iter().find(|k| k.name == t.name) {
                 Some(k) => {
-                    crate::catalog::ensure_same_url(k, cfg, &t.url)?;
+                    crate::catalog::ensure_same_url(k, &cfg.state_dir, &t.url)?;
                     k.id
                 }
                 None => {
@@ -148,7 +148,7 @@ impl Repo<Bare> {
                 }
             };
             let sets = || self.keyset_records(target);
-            let (_, secret) = crate::keyring::open_secret(&bytes, &identity, sets)?;
+            let (_, secret) = crate::format::keyset::open_secret(&bytes, &identity, sets)?;
             self.check_secret(&bytes, &secret)?;
             return Ok(self.with_role(Restorer { identity, secret, source: i }));
         }

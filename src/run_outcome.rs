@@ -63,8 +63,6 @@ impl fmt::Display for RunOutcome {
     }
 }
 
-crate::catalog::text_column!(RunOutcome, "run outcome");
-
 #[cfg(test)]
 mod tests {
     use super::*;

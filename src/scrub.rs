@@ -23,11 +23,10 @@ use serde::Serialize;
 
 use crate::catalog::{RunReport, Trigger};
 use crate::config::Config;
-use crate::inventory::{Finding, Inventory, Layout};
+use crate::inventory::{Finding, Found, Inventory, Layout};
 use crate::repo::Repo;
 use crate::run_outcome::RunOutcome;
 use crate::target::Target;
-use crate::verify::Found;
 
 /// The run history's name for the scrub: not a valid job name, so no job can have it.
 pub const JOB: &str = "@scrub";
@@ -61,9 +60,7 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
         Err(e) => {
             let error = format!("the scrub could not start: {e:#}");
             tracing::error!(outcome = "failed", "scrub finished: {error}");
-            if let Ok(c) = crate::catalog::Catalog::open_existing(cfg) {
-                let _ = c.record_failure(JOB, opts.trigger, opts.scheduled_for, &error);
-            }
+            crate::catalog::Catalog::record_failure(&cfg.state_dir, JOB, opts.trigger, opts.scheduled_for, &error);
             return Err(e);
         }
     };
@@ -74,7 +71,7 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
     let started = std::time::Instant::now();
     // A day's worth of reading per day since the last scrub (an hour at least, a week at most).
     let elapsed = last.map_or(86_400, |t| (crate::time::now_secs() - t).clamp(3600, 7 * 86_400));
-    let budget = (read_per_day as u128 * elapsed as u128 / 86_400) as u64;
+    let budget = u64::try_from(u128::from(read_per_day) * elapsed as u128 / 86_400).unwrap_or(u64::MAX);
     tracing::info!(budget, "scrub started");
     let mut report = Report::default();
     for target in &repo.targets {
@@ -140,16 +137,18 @@ fn scrub_target(
     let mut found = Vec::new();
     let mut duplicates = 0;
     let mut absent = std::collections::HashSet::new();
-    let damaged = repo.catalog.damaged_packs()?;
+    let sizes = repo.catalog.undamaged_pack_sizes()?;
     for (key, version) in &recorded {
         let held = inventory
             .keys
             .get(key)
             .and_then(|k| k.versions.iter().find(|v| !inventory.versioned || v.id.is_some() && v.id == *version));
         let size = match crate::inventory::layout(key) {
-            // A pack already found damaged is known (its chunks are stored again elsewhere).
-            Layout::Pack(hash) if damaged.contains(&hash) => continue,
-            Layout::Pack(hash) => repo.catalog.pack_id(&hash)?.map(|id| repo.catalog.pack_size(id)).transpose()?,
+            Layout::Pack(hash) => match sizes.get(&hash) {
+                Some(&size) => Some(size),
+                // A pack already found damaged is known (its chunks are stored again elsewhere).
+                None => continue,
+            },
             _ => None,
         };
         let why = match (held, size) {
@@ -167,7 +166,10 @@ fn scrub_target(
     found.extend(rt.block_on(crate::audit::settings(target))?);
     for pack in repo.catalog.packs_to_scrub(target.id, budget)? {
         let key = crate::format::pack_key(&pack.hash);
-        if stop.is_some_and(|s| s.load(Ordering::Relaxed)) || absent.contains(&key) {
+        if stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
+            break;
+        }
+        if absent.contains(&key) {
             continue;
         }
         let bytes = rt.block_on(target.get(&key, pack.version.as_deref(), pack.size))?;

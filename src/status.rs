@@ -52,7 +52,7 @@ pub struct Report {
     pub problems: Vec<String>,
     /// With `--remote` on a versioned target: what on the target coffer did not write
     /// (delete markers, overwrites, unknown keys, forged snapshot records).
-    pub tampering: Vec<crate::verify::Found>,
+    pub tampering: Vec<crate::inventory::Found>,
 }
 
 #[derive(Debug, Serialize)]
@@ -161,7 +161,7 @@ struct Locks<'a> {
     /// Lock ends read from the server, by target, key and version.
     asked: HashMap<String, Option<i64>>,
     /// Locks the server reports lower than recorded.
-    lowered: Vec<crate::verify::Found>,
+    lowered: Vec<crate::inventory::Found>,
 }
 
 impl Locks<'_> {
@@ -211,7 +211,7 @@ impl Locks<'_> {
         }
         for finding in found {
             f.raise(Level::Critical, format!("tampering on target {}: {finding}", target.name));
-            self.lowered.push(crate::verify::Found { target: target.name.clone(), finding });
+            self.lowered.push(crate::inventory::Found { target: target.name.clone(), finding });
         }
         self.asked.insert(id, until);
         until
@@ -290,8 +290,9 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
                 f.raise(Level::Critical, format!("target {}: {finding}", target.name));
             }
             found.extend(settings);
-            tampering
-                .extend(found.into_iter().map(|finding| crate::verify::Found { target: target.name.clone(), finding }));
+            tampering.extend(
+                found.into_iter().map(|finding| crate::inventory::Found { target: target.name.clone(), finding }),
+            );
         }
     }
     Ok(Report { tampering, status: f.level, checked_at: now, targets, jobs, problems: f.problems })
@@ -355,7 +356,7 @@ fn live_snapshots<'a>(cfg: &'a Config, catalog: &Catalog, now: i64) -> Result<Li
     for job in &cfg.jobs {
         let mut held = Vec::new();
         for row in catalog.snapshots(Some(&job.name))? {
-            if row.state == crate::catalog::SnapshotState::Complete && row.retain_until.is_none_or(|u| u > now) {
+            if row.is_live(now) {
                 let copies = catalog.snapshot_holders(&row.id)?;
                 let packs = catalog.snapshot_packs(crate::catalog::TargetId::NONE, &row.id)?;
                 held.push(Held { row, copies, packs: packs.into_iter().map(|p| p.id).collect() });

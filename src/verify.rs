@@ -20,7 +20,7 @@ use crate::catalog::{Catalog, Copy, TargetId};
 use crate::config::Config;
 use crate::format::snapshot::{self, SnapshotRecord};
 use crate::format::{REPO_KEY, pack};
-use crate::inventory::Finding;
+use crate::inventory::{Finding, Found};
 use crate::keys::Identity;
 use crate::progress::{Counters, ProgressLine};
 use crate::repo::{Repo, Restorer};
@@ -55,14 +55,6 @@ pub struct Report {
     pub findings: Vec<Found>,
     /// Snapshots (job/id) that need an object with a finding.
     pub snapshots_affected: BTreeSet<String>,
-}
-
-/// A finding, and the target it is on.
-#[derive(Debug, Serialize)]
-pub struct Found {
-    pub target: String,
-    #[serde(flatten)]
-    pub finding: Finding,
 }
 
 /// What verify found on one target.
@@ -220,8 +212,8 @@ fn learn<R>(repo: &Repo<R>, target: &Target) -> Result<(usize, Vec<Finding>)> {
                     None => crate::format::repo::RepoRecord::decode(&bytes).is_ok_and(|r| r.id == repo.row.repo_id),
                 };
                 if !ours {
-                    let why = "not the repository record pinned at init: nothing from this target is recorded \
-                               until it holds this repository's"
+                    let why = "not the repository record pinned at init: it is not recorded as this target's \
+                               copy, and no restore opens it"
                         .into();
                     foreign.push(Finding::Replaced { key: key.clone(), why });
                     continue;

@@ -277,23 +277,39 @@ fn timelines() -> String {
          # Hours count from Monday 2026-01-05 00:00 UTC. At every hour checked, every rule not listed is quiet.\n\
          rule_files: [alerts.yml]\nevaluation_interval: 5m\n\ntests:\n",
     );
-    let daily = "15 2 * * *";
+    out += &healthy(&rules);
+    out += &failing(&rules);
+    out += &outages(&rules);
+    out
+}
+
+const DAILY: &str = "15 2 * * *";
+
+/// Steady daily and weekly jobs: no alert at all.
+fn healthy(rules: &[String]) -> String {
+    let mut out = String::new();
 
     // 40 days of daily snapshots: no alert at all, ever (checked twice a day).
-    let mut t = Timeline::new(&[("home", daily)], 40);
+    let mut t = Timeline::new(&[("home", DAILY)], 40);
     t.play("home", |_| Some(Run::Success), None);
-    out += &t.test("40 days of daily snapshots: quiet", &rules, &quiet((1..40 * 24).step_by(25)));
+    out += &t.test("40 days of daily snapshots: quiet", rules, &quiet((1..40 * 24).step_by(25)));
 
     // A weekly job (Sundays 03:15) for five weeks: quiet.
     let mut t = Timeline::new(&[("weekly", "15 3 * * 0")], 35);
     t.play("weekly", |_| Some(Run::Success), None);
     // Its first snapshot is on day 6: until then it has none, and nothing is due yet.
-    out += &t.test("a weekly job: quiet", &rules, &quiet((1..35 * 24).step_by(25)));
+    out += &t.test("a weekly job: quiet", rules, &quiet((1..35 * 24).step_by(25)));
 
+    out
+}
+
+/// A job that fails, and one that never ran.
+fn failing(rules: &[String]) -> String {
+    let mut out = String::new();
     // A daily job whose runs fail from day 5 on. The first failed run (day 5, 02:25) is
     // a warning at once; two missed fire times (day 6, 03:15 with the grace) make it
     // stale by 03:35, and the status CRITICAL.
-    let mut t = Timeline::new(&[("db", daily)], 9);
+    let mut t = Timeline::new(&[("db", DAILY)], 9);
     t.play("db", |day| Some(if day < 5 { Run::Success } else { Run::Failed }), None);
     let failing = || {
         let summary = "coffer job db: the last run failed (see `coffer runs db`)".to_string();
@@ -311,7 +327,7 @@ fn timelines() -> String {
     );
     out += &t.test(
         "a job that fails from day 5",
-        &rules,
+        rules,
         &[
             (5 * 24 + 2, vec![]),
             (5 * 24 + 3, vec![failing()]),
@@ -323,11 +339,11 @@ fn timelines() -> String {
 
     // A job the daemon never ran: after its first fire time (02:15, with the grace until
     // 03:15) it alerts, a warning.
-    let mut t = Timeline::new(&[("new", daily)], 2);
+    let mut t = Timeline::new(&[("new", DAILY)], 2);
     t.play("new", |_| None, None);
     out += &t.test(
         "a job that never ran",
-        &rules,
+        rules,
         &[
             (2, vec![]),
             (3, vec![]),
@@ -342,9 +358,15 @@ fn timelines() -> String {
         ],
     );
 
+    out
+}
+
+/// A target down for a day, a stopped daemon, a partial run.
+fn outages(rules: &[String]) -> String {
+    let mut out = String::new();
     // Target b down for day 3 (its run is degraded): b lags one snapshot from 02:25, a
     // warning six hours on; the next day's run catches it up and the alert ends.
-    let mut t = Timeline::new(&[("home", daily)], 6);
+    let mut t = Timeline::new(&[("home", DAILY)], 6);
     t.play("home", |day| Some(if day == 3 { Run::DegradedWithoutB } else { Run::Success }), None);
     let lagging = (
         "CofferTargetLagging",
@@ -353,12 +375,12 @@ fn timelines() -> String {
     );
     out += &t.test(
         "a target down for a day",
-        &rules,
+        rules,
         &[(3 * 24 + 6, vec![]), (3 * 24 + 9, vec![lagging.clone()]), (4 * 24 + 1, vec![lagging]), (4 * 24 + 3, vec![])],
     );
 
     // The daemon stops on day 2 at 12:00: one alert, however many jobs it has.
-    let mut t = Timeline::new(&[("home", daily), ("db", daily)], 4);
+    let mut t = Timeline::new(&[("home", DAILY), ("db", DAILY)], 4);
     t.play("home", |_| Some(Run::Success), Some(2 * 24 + 12));
     t.play("db", |_| Some(Run::Success), Some(2 * 24 + 12));
     let down = (
@@ -368,13 +390,13 @@ fn timelines() -> String {
     );
     out += &t.test(
         "a stopped daemon",
-        &rules,
+        rules,
         &[(2 * 24 + 11, vec![]), (2 * 24 + 13, vec![down.clone()]), (3 * 24 + 12, vec![down])],
     );
 
     // Day 2's run is partial (paths unreadable): a warning an hour on, until a run reads
     // everything again.
-    let mut t = Timeline::new(&[("home", daily)], 4);
+    let mut t = Timeline::new(&[("home", DAILY)], 4);
     t.play("home", |day| Some(if day == 2 { Run::Partial } else { Run::Success }), None);
     let partial = (
         "CofferBackupPartial",
@@ -384,7 +406,7 @@ fn timelines() -> String {
     );
     out += &t.test(
         "a partial run",
-        &rules,
+        rules,
         &[(2 * 24 + 3, vec![]), (2 * 24 + 4, vec![partial.clone()]), (3 * 24 + 1, vec![partial]), (3 * 24 + 3, vec![])],
     );
     out

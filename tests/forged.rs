@@ -254,9 +254,17 @@ fn hostile_cases(p: &Canary) -> Vec<Case<'_>> {
                 F::File(existing, b"evil", 0o644),
                 F::File(b"a\0b", b"evil", 0o644),
                 F::File(b"x/./y", b"evil", 0o644),
+                F::File(b"../\x1b]0;owned\x07\x1b[2J", b"evil", 0o644),
                 F::File(b"good", b"good", 0o644),
             ],
-            vec![b"../escape", b"../../../../../../../../../tmp/coffer-escape", &existing, b"a\0b", b"x/./y"],
+            vec![
+                b"../escape",
+                b"../../../../../../../../../tmp/coffer-escape",
+                &existing,
+                b"a\0b",
+                b"x/./y",
+                b"../\x1b]0;owned\x07\x1b[2J",
+            ],
             vec![b"good"],
         ),
     ]
@@ -277,6 +285,29 @@ fn coffer(config: &Path, args: &[&str]) -> std::process::Output {
     Command::new(BIN).arg("--config").arg(config).args(args).output().unwrap()
 }
 
+/// What was in a restore directory before: symlinks out to the canary at the names the
+/// hostile snapshots use.
+fn plant_symlinks(to: &Path, p: &Canary) {
+    std::fs::create_dir_all(to).unwrap();
+    for (n, t) in [
+        ("a", &p.root[..]),
+        ("s", &p.file[..]),
+        ("d", &p.dir_tree[..]),
+        ("l", &p.nowhere[..]),
+        ("good", &p.existing[..]),
+        ("e", &p.dir_tree[..]),
+        ("o", &p.root[..]),
+        ("f", &p.existing[..]),
+    ] {
+        std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(t), to.join(n)).unwrap();
+    }
+}
+
+/// Whether a command printed a terminal escape or a bell raw.
+fn raw_control(o: &std::process::Output) -> bool {
+    [&o.stdout, &o.stderr].iter().any(|b| b.contains(&0x1b) || b.contains(&0x07))
+}
+
 #[test]
 fn forged_snapshots_cannot_touch_anything_outside_the_restore_directory() {
     if !root() {
@@ -287,7 +318,6 @@ fn forged_snapshots_cannot_touch_anything_outside_the_restore_directory() {
     let canary_dir = setup.dir.path("canary");
     canary(&canary_dir);
     let paths = Canary::at(&canary_dir);
-    let Canary { root: canary_root, existing, file, dir_tree, nowhere } = &paths;
     let long = vec![b'n'; 255];
     let long_dir = vec![b'd'; 255];
     let long_dir_file = [&long_dir[..], b"/inner"].concat();
@@ -327,6 +357,7 @@ fn forged_snapshots_cannot_touch_anything_outside_the_restore_directory() {
         }
     }
     assert!(report.contains("unsafe-entry"), "{report}");
+    assert!(!raw_control(&out), "recover printed a snapshot's name raw");
 
     let restore = |id: &str, to: &Path, overwrite: bool| {
         let mut c = Command::new(BIN);
@@ -341,24 +372,12 @@ fn forged_snapshots_cannot_touch_anything_outside_the_restore_directory() {
         for overwrite in [false, true] {
             let to = setup.dir.path(&format!("to-{id}-{overwrite}"));
             if overwrite {
-                // What was there before: symlinks out to the canary at the snapshot's names.
-                std::fs::create_dir_all(&to).unwrap();
-                for (n, t) in [
-                    ("a", &canary_root[..]),
-                    ("s", &file[..]),
-                    ("d", &dir_tree[..]),
-                    ("l", &nowhere[..]),
-                    ("good", &existing[..]),
-                    ("e", &dir_tree[..]),
-                    ("o", &canary_root[..]),
-                    ("f", &existing[..]),
-                ] {
-                    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(t), to.join(n)).unwrap();
-                }
+                plant_symlinks(&to, &paths);
             }
             let out = restore(id, &to, overwrite);
             let said = text(&out);
             assert_eq!(out.status.code(), Some(1), "{name} (overwrite {overwrite}): {said}");
+            assert!(!raw_control(&out), "{name}: the restore printed a snapshot's name raw");
             assert!(
                 said.contains("refuses"),
                 "{name}: the restore does not say up front that it refuses entries: {said}"
@@ -682,14 +701,11 @@ fn a_repository_record_replaced_on_one_target_poisons_nothing() {
     let setup = Setup::new("poison", common::Target::Dir, &src.0);
     let (a, b, c) = (setup.dir.path("target"), setup.dir.path("b"), setup.dir.path("c"));
     let targets = |names: &[(&str, &Path)]| {
-        let text = std::fs::read_to_string(&setup.config).unwrap();
-        let job = text.find("[[job]]").unwrap();
-        let head = text[..job].split("[[target]]").next().unwrap().split("[target]").next().unwrap().to_string();
         let list: String = names
             .iter()
             .map(|(n, p)| format!("[[target]]\nname = \"{n}\"\nurl = \"file://{}\"\n", p.display()))
             .collect();
-        std::fs::write(&setup.config, format!("{head}{list}{}", &text[job..])).unwrap();
+        setup.set_targets(&list);
     };
     targets(&[("default", &a), ("second", &b)]);
     setup.backup();

@@ -12,6 +12,8 @@ one of these ways:
 - `silent`: reads each request and never answers.
 - `endless`: every listing (ListObjectsV2 or ListObjectVersions) is truncated, with a
   new page of 1000 keys and a new continuation token, for ever.
+- `garbage`: every listing answers 200 with bytes that are not XML, terminal escapes
+  and invalid UTF-8 among them.
 """
 
 import itertools
@@ -88,6 +90,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def listing(self):
         page = next(PAGES)
+        if MODE == "garbage":
+            return self.answer(200, b"\x1b[2J\x1b]0;owned\x07<ListBucketResult><IsTruncated>\xff\x00maybe" * 64)
         if MODE != "endless":
             xml = '<?xml version="1.0"?><ListBucketResult><IsTruncated>false</IsTruncated></ListBucketResult>'
             return self.answer(200, xml.encode())

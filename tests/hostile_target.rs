@@ -42,9 +42,6 @@ impl Drop for Hostile {
 
 /// The setup's own `file://` target, then the hostile one (unlocked S3, its own keys).
 fn with_hostile_target(setup: &Setup, port: u16) {
-    let text = std::fs::read_to_string(&setup.config).unwrap();
-    let job = text.find("[[job]]").unwrap();
-    let head = text[..job].split("[[target]]").next().unwrap().split("[target]").next().unwrap();
     let targets = format!(
         "[[target]]\nname = \"default\"\nurl = \"{}\"\n\
          [[target]]\nname = \"evil\"\nurl = \"s3://evil/coffer\"\nendpoint = \"http://127.0.0.1:{port}\"\n\
@@ -52,7 +49,7 @@ fn with_hostile_target(setup: &Setup, port: u16) {
          secret_access_key_env = \"EVIL_SECRET\"\n",
         setup.target_url
     );
-    std::fs::write(&setup.config, format!("{head}{targets}{}", &text[job..])).unwrap();
+    setup.set_targets(&targets);
 }
 
 fn coffer(setup: &Setup, args: &[&str]) -> Command {
@@ -107,6 +104,21 @@ fn a_hostile_target_cannot_abort_stall_or_exhaust_coffer() {
     assert!(text(&out).contains("target `evil`") && text(&out).contains("listing goes on past"), "{}", text(&out));
     let runs: serde_json::Value = serde_json::from_slice(&setup.ok(&["runs", "@scrub", "--json"]).stdout).unwrap();
     assert_eq!(runs[0]["outcome"], "failed", "{runs}");
+    drop(evil);
+
+    // A listing of garbage (terminal escapes, invalid UTF-8): a clear error, and not one
+    // byte of the server's answer reaches the terminal raw.
+    let evil = Hostile::start("garbage", &setup.dir.0);
+    with_hostile_target(&setup, evil.port);
+    for args in [&["verify", "--target", "evil"][..], &["scrub"][..]] {
+        let out = coffer(&setup, args).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", text(&out));
+        assert!(text(&out).contains("target `evil`") || text(&out).contains("evil"), "{args:?}: {}", text(&out));
+        for raw in [&b"\x1b"[..], &b"\x07"[..], &b"\xff"[..]] {
+            let said = [out.stdout.as_slice(), out.stderr.as_slice()].concat();
+            assert!(!said.windows(raw.len()).any(|w| w == raw), "{args:?} printed a raw {raw:?}: {}", text(&out));
+        }
+    }
     drop(evil);
 
     // The honest target holds every run's snapshot and restores.

@@ -122,6 +122,16 @@ fn keys_round_trip(name: &str, target: Target) {
     assert_same_tree(&src, &out);
 }
 
+/// A `file://` setup backing up one small file: its scratch, source and setup.
+fn one_file_setup(name: &str) -> (Scratch, PathBuf, Setup) {
+    let scratch = Scratch::new(name);
+    let src = scratch.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a.txt"), "data").unwrap();
+    let setup = Setup::new(name, Target::Dir, &src);
+    (scratch, src, setup)
+}
+
 fn json_id(out: &Output) -> String {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     v["summary"]["snapshot_id"].as_str().unwrap().to_string()
@@ -145,11 +155,7 @@ fn keys_belong_to_the_repository_on_ceph() {
 /// names both and, told the fingerprint `init` printed, refuses the forged one.
 #[test]
 fn forged_or_malformed_key_sets_are_refused() {
-    let scratch = Scratch::new("keys-forged");
-    let src = scratch.path("src");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("a.txt"), "data").unwrap();
-    let setup = Setup::new("keys-forged", Target::Dir, &src);
+    let (_scratch, _src, setup) = one_file_setup("keys-forged");
     setup.backup();
     let init: Value = serde_json::from_slice(&setup.ok(&["init", "--json"]).stdout).unwrap();
     let fingerprint = init["fingerprint"].as_str().unwrap().to_string();
@@ -195,20 +201,9 @@ fn forged_or_malformed_key_sets_are_refused() {
 /// key recovers from that target alone.
 #[test]
 fn a_key_set_reaches_a_target_that_was_down_with_the_next_backup() {
-    let scratch = Scratch::new("keys-down");
-    let src = scratch.path("src");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("a.txt"), "data").unwrap();
-    let setup = Setup::new("keys-down", Target::Dir, &src);
+    let (_scratch, src, setup) = one_file_setup("keys-down");
     let second = setup.dir.path("second");
-    let config = std::fs::read_to_string(&setup.config).unwrap().replace(
-        "[target]\n",
-        &format!(
-            "[[target]]\nname = \"second\"\nurl = \"file://{}\"\n[[target]]\nname = \"default\"\n",
-            second.display()
-        ),
-    );
-    std::fs::write(&setup.config, config).unwrap();
+    setup.add_dir_target("second", &second);
     setup.backup();
     assert!(second.join("coffer.repo").is_file());
     let a_recipient = std::fs::read_to_string(&setup.identity).unwrap();
@@ -243,6 +238,36 @@ fn a_key_set_reaches_a_target_that_was_down_with_the_next_backup() {
     assert!(rec.status.success(), "{}", text(&rec));
     let out = setup.dir.path("restored");
     let r = restore_with(&setup, &bare, &newest, &b_identity, &out);
+    assert!(r.status.success(), "{}", text(&r));
+    assert_same_tree(&src, &out);
+}
+
+/// Whoever can write to the target can plant key-set records by the thousand, each as
+/// large as one may be. `recover` reads key sets within a budget, lowest numbers (the
+/// genuine chain) first: the flood neither fills the restorer's memory nor stops the
+/// recovery; what was not read is named.
+#[test]
+fn a_flood_of_key_sets_neither_fills_memory_nor_stops_recover() {
+    let (_scratch, src, setup) = one_file_setup("keys-flood");
+    setup.backup();
+    let keys = setup.dir.path("target/keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let junk = vec![b'k'; 200 << 10];
+    for seq in 1..=1100 {
+        std::fs::write(keys.join(format!("{seq:06}")), &junk).unwrap();
+    }
+
+    let bare = setup.dir.path("bare.toml");
+    std::fs::write(&bare, std::fs::read_to_string(&setup.config).unwrap().replace("\"state", "\"bare-state")).unwrap();
+    let mut rec = Command::new(BIN);
+    rec.arg("--config").arg(&bare).args(["recover", "--no-progress", "--identity"]).arg(&setup.identity);
+    let (rec, rss) = peak_rss(&mut rec);
+    eprintln!("recover beside 1100 planted key sets of 200 KiB: peak RSS {rss} KiB");
+    assert_eq!(rec.status.code(), Some(4), "{}", text(&rec));
+    assert!(text(&rec).contains("keys/000001") && text(&rec).contains("not read"), "{}", text(&rec));
+    assert!(rss < 200 * 1024, "recover peak RSS {rss} KiB");
+    let out = setup.dir.path("restored");
+    let r = restore_with(&setup, &bare, "latest", &setup.identity, &out);
     assert!(r.status.success(), "{}", text(&r));
     assert_same_tree(&src, &out);
 }

@@ -99,6 +99,38 @@ fn a_scrub_killed_at_any_moment_goes_on_where_it_stopped() {
     assert_eq!(read as usize, packs, "every pack was read by one scrub or another");
 }
 
+/// With a budget below a pack, each scrub reads one pack, the one read least recently
+/// (never read first): as many scrubs as packs read every pack once, and the next one
+/// reads the first again.
+#[test]
+fn each_scrub_reads_the_packs_read_least_recently() {
+    let (setup, _scratch) = setup("scrub-rotate", Target::Dir);
+    setup.backup();
+    let config = std::fs::read_to_string(&setup.config).unwrap();
+    let scrub = "[scrub]\nschedule = \"0 4 * * *\"\nread_per_day = \"1MiB\"\n";
+    std::fs::write(&setup.config, config.replacen("[target]", &format!("{scrub}[target]"), 1)).unwrap();
+    let packs = setup.pack_hashes().len();
+    let read_order = || -> Vec<String> {
+        let c = setup.catalog();
+        let mut st = c
+            .prepare(
+                "SELECT p.hash FROM pack_copies c JOIN packs p ON p.id = c.pack WHERE c.scrubbed_at IS NOT NULL
+                 ORDER BY c.scrubbed_at, p.id",
+            )
+            .unwrap();
+        st.query_map([], |r| r.get(0)).unwrap().map(|r| r.unwrap()).collect()
+    };
+    for n in 1..=packs {
+        setup.ok(&["scrub"]);
+        assert_eq!(read_order().len(), n, "scrub {n} of {packs} packs");
+        // scrubbed_at counts seconds: the next scrub must see this one as older.
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    let first = read_order()[0].clone();
+    setup.ok(&["scrub"]);
+    assert_eq!(read_order().last(), Some(&first), "the pack read longest ago is read again first");
+}
+
 /// The daemon scrubs on `[scrub] schedule`, within `read_per_day` (a pack a run here),
 /// and `/metrics` says when and what it found; on Ceph the listing is checked too.
 #[test]

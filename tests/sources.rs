@@ -617,6 +617,16 @@ fn object_keys_come_back_byte_for_byte() {
     assert_eq!(got, want, "the keys, bytes and content types written back differ");
 }
 
+/// Runs the backup `backup` (its environment set): what the command source wrote into
+/// the snapshot's `file`, and what the hook wrote to `hook_out`.
+fn what_children_saw(setup: &Setup, mut backup: Command, file: &str, hook_out: &Path) -> (String, String) {
+    let out = backup.output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let restored = setup.dir.path("out");
+    assert!(setup.restore("latest", &restored).status.success());
+    (std::fs::read_to_string(restored.join(file)).unwrap(), std::fs::read_to_string(hook_out).unwrap())
+}
+
 #[test]
 fn children_never_see_coffers_credentials() {
     let scratch = Scratch::new("childenv");
@@ -630,12 +640,7 @@ fn children_never_see_coffers_credentials() {
     c.env("AWS_ACCESS_KEY_ID", "TARGETKEYID").env("AWS_SECRET_ACCESS_KEY", "TARGETSECRET");
     c.env("COFFER_PRUNE_SECRET_ACCESS_KEY", "PRUNESECRET").env("SOME_OTHER_SECRET", "OTHERSECRET");
     c.env("PGPASSWORD", "passed-on");
-    let out = c.output().unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    let restored = scratch.path("out");
-    assert!(setup.restore("latest", &restored).status.success());
-    let dumped = std::fs::read_to_string(restored.join("env.txt")).unwrap();
-    let hooked = std::fs::read_to_string(&hook_out).unwrap();
+    let (dumped, hooked) = what_children_saw(&setup, c, "env.txt", &hook_out);
     for (who, env) in [("the command source", &dumped), ("the hook", &hooked)] {
         for secret in ["TARGETKEYID", "TARGETSECRET", "PRUNESECRET", "OTHERSECRET"] {
             assert!(!env.contains(secret), "{who} got {secret}:\n{env}");
@@ -683,12 +688,7 @@ fn children_see_neither_coffers_first_environment_nor_its_capabilities() {
     let setup = Setup::with_source("childproc", Target::Dir, &source, &job_extra);
     let mut c = setup.cmd(&["backup", "data", "--no-progress"]);
     c.env("AWS_SECRET_ACCESS_KEY", "TARGETSECRET").env("COFFER_PRUNE_SECRET_ACCESS_KEY", "PRUNESECRET");
-    let out = c.output().unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    let restored = scratch.path("out");
-    assert!(setup.restore("latest", &restored).status.success());
-    let peeked = std::fs::read_to_string(restored.join("peek.txt")).unwrap();
-    let hooked = std::fs::read_to_string(&hook_out).unwrap();
+    let (peeked, hooked) = what_children_saw(&setup, c, "peek.txt", &hook_out);
     for (who, seen) in [("the command source", &peeked), ("the hook", &hooked)] {
         for secret in ["TARGETSECRET", "PRUNESECRET", "COFFER_PRUNE", "AWS_SECRET"] {
             assert!(!seen.contains(secret), "{who} read {secret} in /proc/$PPID/environ:\n{seen}");

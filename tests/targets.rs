@@ -336,14 +336,7 @@ fn catch_up_from_damaged(dir: &str, why: &str, code: i32, what: &str) {
         std::fs::write(p, b).unwrap();
     }
     let second = setup.dir.path("second");
-    let config = std::fs::read_to_string(&setup.config).unwrap().replace(
-        "[target]\n",
-        &format!(
-            "[[target]]\nname = \"second\"\nurl = \"file://{}\"\n[[target]]\nname = \"default\"\n",
-            second.display()
-        ),
-    );
-    std::fs::write(&setup.config, config).unwrap();
+    setup.add_dir_target("second", &second);
     let out = setup.run(&["backup", "data", "--no-progress"]);
     let said = text(&out);
     assert_eq!(out.status.code(), Some(code), "{dir}: {said}");

@@ -101,7 +101,7 @@ impl Catalog {
     pub fn open(path: &Path) -> Result<Catalog> {
         let ctx = || format!("catalog {}", path.display());
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            crate::fsutil::secure_state_dir(dir)?;
+            crate::state_dir::StateDir(dir).secure()?;
         }
         let conn = Connection::open(path).with_context(ctx)?;
         conn.busy_timeout(std::time::Duration::from_secs(30)).with_context(ctx)?;
@@ -119,15 +119,15 @@ impl Catalog {
     }
 
     /// The catalog of an initialised state directory, with a hint when there is none.
-    pub fn open_existing(cfg: &crate::config::Config) -> Result<Catalog> {
-        let path = cfg.state().catalog();
+    pub fn open_existing(state_dir: &Path) -> Result<Catalog> {
+        let path = crate::state_dir::StateDir(state_dir).catalog();
         match std::fs::metadata(&path) {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                bail!("state directory {} holds no catalog; run `coffer init` first", cfg.state_dir.display())
+                bail!("state directory {} holds no catalog; run `coffer init` first", state_dir.display())
             }
             // Made by another user (`init` as root, the daemon as a service user): say so.
-            Err(e) => bail!("state directory {}: {e} ({})", cfg.state_dir.display(), owner_of(&cfg.state_dir)),
+            Err(e) => bail!("state directory {}: {e} ({})", state_dir.display(), owner_of(state_dir)),
         }
         let rw = rustix::fs::Access::READ_OK | rustix::fs::Access::WRITE_OK;
         if rustix::fs::access(&path, rw).is_err() {
@@ -137,10 +137,10 @@ impl Catalog {
     }
 
     /// The catalog and repository of an initialised state directory.
-    pub fn open_repo(cfg: &crate::config::Config) -> Result<(Catalog, RepoRow)> {
-        let catalog = Catalog::open_existing(cfg)?;
+    pub fn open_repo(state_dir: &Path) -> Result<(Catalog, RepoRow)> {
+        let catalog = Catalog::open_existing(state_dir)?;
         let repo = catalog.repo()?.with_context(|| {
-            format!("the catalog in {} has no repository; run `coffer init` first", cfg.state_dir.display())
+            format!("the catalog in {} has no repository; run `coffer init` first", state_dir.display())
         })?;
         Ok((catalog, repo))
     }

@@ -364,10 +364,11 @@ impl Catalog {
         )?)
     }
 
-    /// The hashes of the packs found damaged.
-    pub fn damaged_packs(&self) -> Result<HashSet<String>> {
-        let mut st = self.conn.prepare_cached("SELECT hash FROM packs WHERE damaged IS NOT NULL")?;
-        let rows = st.query_map([], |r| r.get(0))?;
+    /// The size of every pack not found damaged, by hash (one query, for the scrub's
+    /// pass over every recorded object).
+    pub fn undamaged_pack_sizes(&self) -> Result<std::collections::HashMap<String, u64>> {
+        let mut st = self.conn.prepare_cached("SELECT hash, size FROM packs WHERE damaged IS NULL")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 }

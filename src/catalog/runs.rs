@@ -5,6 +5,9 @@ use rusqlite::{OptionalExtension, params};
 
 use super::*;
 
+// Stored as its name (`RunOutcome::as_str`).
+super::text_column!(RunOutcome, "run outcome");
+
 /// What a finished run reports.
 #[derive(Debug, Clone)]
 pub struct RunReport {
@@ -144,16 +147,23 @@ impl Catalog {
         Ok(())
     }
 
-    /// A run that failed before it could start (the job's lock, the target, the secret,
-    /// the preflight): recorded whole, without touching a run in progress elsewhere.
-    pub fn record_failure(&self, job: &str, trigger: Trigger, scheduled_for: Option<i64>, error: &str) -> Result<()> {
+    /// A run that failed before it could start (the target, the secret, the catalog, the
+    /// preflight): recorded whole in the catalog of `state_dir`, without touching a run in
+    /// progress elsewhere, where that catalog opens; else logged at ERROR (the log line is
+    /// its record, and `/metrics` shows the catalog down).
+    pub fn record_failure(state_dir: &Path, job: &str, trigger: Trigger, scheduled_for: Option<i64>, error: &str) {
         let now = crate::time::now_secs();
-        self.conn.execute(
-            "INSERT INTO runs (job, trigger, scheduled_for, started_at, ended_at, duration_ms, outcome, error)
-             VALUES (?1, ?2, ?3, ?4, ?4, 0, 'failed', ?5)",
-            params![job, trigger.as_str(), scheduled_for, now, error],
-        )?;
-        Ok(())
+        let recorded = Catalog::open_existing(state_dir).and_then(|c| {
+            c.conn.execute(
+                "INSERT INTO runs (job, trigger, scheduled_for, started_at, ended_at, duration_ms, outcome, error)
+                 VALUES (?1, ?2, ?3, ?4, ?4, 0, 'failed', ?5)",
+                params![job, trigger.as_str(), scheduled_for, now, error],
+            )?;
+            Ok(())
+        });
+        if let Err(why) = recorded {
+            tracing::error!(job, "the failed run cannot be recorded in the catalog: {why:#}");
+        }
     }
 
     /// A fire time that came while the job was still running (or waiting to run).

@@ -52,6 +52,11 @@ pub struct SnapshotRow {
 }
 
 impl SnapshotRow {
+    /// Complete, and not past its retain-until at `now`: a snapshot restores count on.
+    pub fn is_live(&self, now: i64) -> bool {
+        self.state == SnapshotState::Complete && self.retain_until.is_none_or(|u| u > now)
+    }
+
     /// The row of a snapshot, from its record.
     pub fn from_record(r: &crate::format::snapshot::SnapshotRecord) -> SnapshotRow {
         SnapshotRow {

@@ -47,12 +47,12 @@ pub struct TargetRow {
 
 /// One state directory serves one repository, whose targets are known by name: refuse a
 /// config that gives a known name another URL.
-pub fn ensure_same_url(row: &TargetRow, cfg: &crate::config::Config, url: &str) -> Result<()> {
+pub fn ensure_same_url(row: &TargetRow, state_dir: &std::path::Path, url: &str) -> Result<()> {
     if row.url != url {
         bail!(
             "state directory {} holds target `{}` at {}, but the config names {}; use one state_dir per repository \
              (a new target needs a new name)",
-            cfg.state_dir.display(),
+            state_dir.display(),
             row.name,
             row.url,
             url

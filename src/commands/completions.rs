@@ -11,9 +11,8 @@ pub struct Args {
 }
 
 /// Prints the completion script for a shell (e.g. `coffer completions bash >
-/// /etc/bash_completion.d/coffer`).
-pub fn run(a: Args) -> Result<ExitCode> {
-    let mut cmd = crate::cli::command();
+/// /etc/bash_completion.d/coffer`) of `cmd`, the whole command line.
+pub fn run(a: Args, mut cmd: clap::Command) -> Result<ExitCode> {
     clap_complete::generate(a.shell, &mut cmd, "coffer", &mut std::io::stdout());
     Ok(ExitCode::SUCCESS)
 }
@@ -25,9 +24,8 @@ pub struct ManArgs {
     command: Option<String>,
 }
 
-/// Prints a man page, in roff (`coffer man | man -l -`).
-pub fn man(a: ManArgs) -> Result<ExitCode> {
-    let top = crate::cli::command();
+/// Prints a man page of `top`, the whole command line, in roff (`coffer man | man -l -`).
+pub fn man(a: ManArgs, top: clap::Command) -> Result<ExitCode> {
     let page = match &a.command {
         None => top,
         Some(name) => {

@@ -173,8 +173,9 @@ impl Command {
     }
 }
 
-/// Runs a command with the config file at `config` (each command loads it, or not).
-pub fn run(config: &Path, command: Command) -> Result<ExitCode> {
+/// Runs a command with the config file at `config` (each command loads it, or not);
+/// `whole` builds the whole command line, for completions and man pages.
+pub fn run(config: &Path, command: Command, whole: fn() -> clap::Command) -> Result<ExitCode> {
     match command {
         Command::Keygen(a) => keygen::run(a),
         Command::Init(a) => init::run(config, a),
@@ -194,8 +195,8 @@ pub fn run(config: &Path, command: Command) -> Result<ExitCode> {
         Command::Find(a) => find::run(config, a),
         Command::Diff(a) => diff::run(config, a),
         Command::Dump(a) => dump::run(config, a),
-        Command::Completions(a) => completions::run(a),
-        Command::Man(a) => completions::man(a),
+        Command::Completions(a) => completions::run(a, whole()),
+        Command::Man(a) => completions::man(a, whole()),
     }
 }
 

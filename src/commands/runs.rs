@@ -27,7 +27,7 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
     if let Some(job) = a.job.as_deref().filter(|j| *j != crate::scrub::JOB) {
         cfg.job(job)?;
     }
-    let rows = Catalog::open_existing(&cfg)?.runs(a.job.as_deref(), a.limit)?;
+    let rows = Catalog::open_existing(&cfg.state_dir)?.runs(a.job.as_deref(), a.limit)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);

@@ -46,7 +46,7 @@ struct Held {
 
 pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
     let cfg = Config::load(config)?;
-    let catalog = Catalog::open_existing(&cfg)?;
+    let catalog = Catalog::open_existing(&cfg.state_dir)?;
     let names: std::collections::HashMap<_, _> = catalog.targets()?.into_iter().map(|t| (t.id, t.name)).collect();
     let mut rows = Vec::new();
     for row in catalog.snapshots(a.job.as_deref())? {

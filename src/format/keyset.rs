@@ -14,6 +14,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::repo::RepoRecord;
 use super::{DecodeError, malformed};
 use crate::keys::{Identity, Recipient, RepoSecret, SECRET_LEN};
 
@@ -110,6 +111,55 @@ impl KeySet {
         Self::verify(object, &secret)?;
         Ok((set, secret))
     }
+}
+
+/// Opens the repository secret with a restorer's `identity`: from `coffer.repo`
+/// (`record`), or else from the newest key set whose record the identity opens
+/// (`sets()`: each set's number and stored bytes, read only when the record does not
+/// open) and whose chain holds under that secret: every earlier set's MAC, each linked
+/// to the one before by its hash, the first to `coffer.repo`. A set forged later than a
+/// genuine one fails the chain; the caller checks the secret against the repository's
+/// pin too ([`crate::pin::Pin::of`] of `record` and the secret), which a set forged
+/// without the secret cannot pass.
+pub fn open_secret(
+    record: &[u8],
+    identity: &Identity,
+    sets: impl FnOnce() -> anyhow::Result<Vec<(u32, Vec<u8>)>>,
+) -> anyhow::Result<(RepoRecord, RepoSecret)> {
+    let first = match RepoRecord::open(record, identity) {
+        Ok(opened) => return Ok(opened),
+        Err(e) => e,
+    };
+    let decoded = RepoRecord::decode(record)?;
+    let mut sets = sets()?;
+    sets.sort_by_key(|(seq, _)| std::cmp::Reverse(*seq));
+    for (seq, object) in &sets {
+        if let Ok((set, secret)) = KeySet::open(object, identity)
+            && set.seq == *seq
+            && set.repo == decoded.id
+            && chain_holds(record, &sets, *seq, &secret)
+        {
+            return Ok((decoded, secret));
+        }
+    }
+    match sets.is_empty() {
+        true => Err(first),
+        false => Err(first.context(format!("nor does it open any of the {} key sets added since", sets.len()))),
+    }
+}
+
+/// Whether sets 1 to `upto` are all there, each authentic under `secret` and linked to
+/// the one before it by hash (set 1 to the repository record).
+fn chain_holds(record: &[u8], sets: &[(u32, Vec<u8>)], upto: u32, secret: &RepoSecret) -> bool {
+    let mut previous = blake3::hash(record);
+    for seq in 1..=upto {
+        let Some((_, object)) = sets.iter().find(|(s, _)| *s == seq) else { return false };
+        match KeySet::verify(object, secret) {
+            Ok(set) if set.seq == seq && set.previous == previous.to_hex().as_str() => previous = blake3::hash(object),
+            _ => return false,
+        }
+    }
+    true
 }
 
 #[cfg(test)]

@@ -265,7 +265,7 @@ mod samples {
         assert!(KeySet::verify(&object, &RepoSecret::from_bytes([8; 32])).is_err());
         // The secret opens through the set when the record does not name the identity:
         // the chain from `coffer.repo` holds.
-        let (_, through) = crate::keyring::open_secret(&repo, &identity, || Ok(vec![(1, object.clone())])).unwrap();
+        let (_, through) = super::keyset::open_secret(&repo, &identity, || Ok(vec![(1, object.clone())])).unwrap();
         assert_eq!(through.bytes(), s.bytes());
     }
 

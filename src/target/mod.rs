@@ -244,8 +244,7 @@ impl Target {
     /// A lock no further ahead than `max_lock_days`: a compliance lock cannot be taken
     /// back, so one that long (by a bug, or a config that asks for decades) is refused.
     fn within_horizon(&self, key: &str, until: i64) -> Result<()> {
-        let horizon = crate::time::now_secs() + i64::from(self.max_lock_days) * 86_400;
-        if self.lock.is_some() && until > horizon {
+        if self.lock.is_some() && until > self.lock_horizon() {
             bail!(
                 "{key}: a lock until {} would reach past max_lock_days ({} days); coffer refuses it",
                 crate::time::format_utc(until),
@@ -285,6 +284,11 @@ impl Target {
     /// How far ahead a lock may reach, in days.
     pub fn max_lock_days(&self) -> u32 {
         self.max_lock_days
+    }
+
+    /// The latest time a lock may reach from now (`max_lock_days` ahead).
+    pub fn lock_horizon(&self) -> i64 {
+        crate::time::now_secs() + i64::from(self.max_lock_days) * 86_400
     }
 
     /// Checks, reading only, that the store is set up as the config says it locks

@@ -147,6 +147,23 @@ impl Setup {
         s
     }
 
+    /// Replaces the config's target table(s) with `tables` (`[[target]]` tables).
+    pub fn set_targets(&self, tables: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let job = text.find("[[job]]").unwrap();
+        let head = text[..job].split("[[target]]").next().unwrap().split("[target]").next().unwrap();
+        std::fs::write(&self.config, format!("{head}{tables}{}", &text[job..])).unwrap();
+    }
+
+    /// A `file://` target `name` at `dir`, then the setup's own target as `default`.
+    pub fn add_dir_target(&self, name: &str, dir: &Path) {
+        self.set_targets(&format!(
+            "[[target]]\nname = \"{name}\"\nurl = \"file://{}\"\n[[target]]\nname = \"default\"\nurl = \"{}\"\n",
+            dir.display(),
+            self.target_url
+        ));
+    }
+
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(BIN);
         c.arg("--config").arg(&self.config).args(args);
