@@ -8,7 +8,7 @@
 use anyhow::Result;
 
 use crate::inventory::Finding;
-use crate::target::Target;
+use crate::store::Target;
 
 /// The bucket's settings that put coffer's objects at risk.
 pub async fn settings(target: &Target) -> Result<Vec<Finding>> {

@@ -24,9 +24,9 @@ use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
 use tokio::task::JoinSet;
 
-use crate::ChunkId;
 use crate::catalog::{CachedFile, Catalog, RunReport, SnapshotRow, StoredPack, Trigger};
 use crate::catalog::{Copy, TargetId};
+use crate::chunk_id::ChunkId;
 use crate::chunker::{ChunkError, Chunker};
 use crate::config::{Config, Job};
 use crate::format::contents::Contents;
@@ -40,7 +40,7 @@ use crate::retry::{GiveUp, Retry};
 use crate::run_outcome::RunOutcome;
 use crate::source::path::{self as path_source, Excludes, Found};
 use crate::source::{Input, Prepared};
-use crate::target::Target;
+use crate::store::Target;
 
 /// Chunking of the entry stream (fixed: changing it would stop metadata dedup).
 const ENTRY_STREAM_CHUNKS: crate::chunker::ChunkerParams =
@@ -111,7 +111,7 @@ impl Summary {
 pub struct TargetSummary {
     pub name: String,
     /// COMPLIANCE, GOVERNANCE or UNPROTECTED.
-    pub protection: crate::target::Protection,
+    pub protection: crate::store::Protection,
     /// Until when the snapshot's objects are locked there, where the target locks.
     pub locked_until: Option<i64>,
     /// Why the target does not hold the snapshot (`None`: it does).
@@ -385,7 +385,7 @@ fn run_pipeline(
     };
     let key = crate::format::snapshot_key(&job.name, &id);
     let object = Bytes::from(snapshot::seal(&record, &key, &cfg.recipients, repo.secret())?);
-    let copies = fleet.put_record(repo, &key, object, retain_until)?;
+    let copies = fleet.put_record(&key, object, retain_until)?;
     tracing::debug!(secs = started.elapsed().as_secs_f64(), "snapshot record stored");
     let row = SnapshotRow::from_record(&record);
     complete(&mut repo.catalog, &row, &copies, &reader, uploaded, &entries_path)?;
@@ -429,7 +429,7 @@ impl Fleet {
                     None => t.size_of(crate::format::REPO_KEY, None).await.map(|_| None),
                 }
             };
-            match repo.runtime.block_on(async { tokio::time::timeout(crate::pin::DEADLINE, ask).await }) {
+            match crate::runtime::block_on(async { tokio::time::timeout(crate::pin::DEADLINE, ask).await }) {
                 Ok(Ok(Some(bytes))) => read.push((t, bytes)),
                 Ok(Ok(None)) => {}
                 Ok(Err(e)) => self.down.mark(t, &e.context("cannot read the repository record")),
@@ -504,10 +504,10 @@ impl Fleet {
 
     /// Puts the sealed snapshot record on each target still answering; its copies, or
     /// an error when no target stored it.
-    fn put_record(&self, repo: &Repo, key: &str, object: Bytes, retain_until: i64) -> Result<Vec<(TargetId, Copy)>> {
+    fn put_record(&self, key: &str, object: Bytes, retain_until: i64) -> Result<Vec<(TargetId, Copy)>> {
         let mut copies = Vec::new();
         for t in self.up() {
-            match repo.runtime.block_on(t.put_new(key, object.clone(), retain_until)) {
+            match crate::runtime::block_on(t.put_new(key, object.clone(), retain_until)) {
                 Ok(version) => copies.push((t.id, Copy { version, lock: t.lock_until(retain_until) })),
                 Err(e) => self.down.mark(t, &e),
             }
@@ -628,7 +628,7 @@ fn store(
 
     let middle = Middle::start(cfg, pipeline.keyset, workers, chunk_rx, pack_tx, buffers, pack_buffers.clone())?;
 
-    let upload = repo.runtime.block_on(upload_loop(
+    let upload = crate::runtime::block_on(upload_loop(
         &mut pack_rx,
         pipeline,
         &mut repo.catalog,
@@ -884,7 +884,7 @@ impl Reader {
                 let e = self.stream(name, data)?;
                 writer.write(&e).context("cannot write the entry stream")?;
             }
-            Input::Objects { bucket, objects, runtime } => self.objects(&bucket, &objects, &runtime, &mut writer)?,
+            Input::Objects { bucket, objects } => self.objects(&bucket, &objects, &mut writer)?,
         }
         let file = writer.into_inner().into_inner().map_err(|e| anyhow!("cannot write the entry stream: {e}"))?;
         drop(file);
@@ -929,7 +929,6 @@ impl Reader {
         &mut self,
         bucket: &crate::source::bucket::Bucket,
         objects: &[crate::source::bucket::Object],
-        runtime: &tokio::runtime::Runtime,
         writer: &mut EntryWriter<W>,
     ) -> Result<()> {
         use crate::source::bucket::{StreamReader, escaped_path, etag_fingerprint};
@@ -968,10 +967,10 @@ impl Reader {
                 e.content_type = cached.content_type;
                 Counters::add(&self.counters.unchanged, 1);
             } else {
-                let opened = runtime.block_on(bucket.open_object(meta));
+                let opened = crate::runtime::block_on(bucket.open_object(meta));
                 let result = opened.map_err(ChunkError::Sink).and_then(|(stream, content_type)| {
                     e.content_type = content_type;
-                    self.chunk_into(StreamReader::new(runtime, stream), &mut e.chunks, false)
+                    self.chunk_into(StreamReader::new(stream), &mut e.chunks, false)
                 });
                 match result {
                     Ok(n) => e.size = n,

@@ -17,8 +17,8 @@ use std::sync::Arc;
 use anyhow::{Result, anyhow, bail};
 use serde::Serialize;
 
-use crate::ChunkId;
 use crate::catalog::{SnapshotRow, SnapshotState};
+use crate::chunk_id::ChunkId;
 use crate::config::Config;
 use crate::format::entry::{Entry, EntryReader, Kind};
 use crate::format::entry_check::TreeCheck;
@@ -373,18 +373,6 @@ pub fn diff(before: Vec<Entry>, after: Vec<Entry>) -> Vec<Difference> {
     out
 }
 
-/// A path the user typed, as a path inside a snapshot of `source`: without leading or
-/// trailing `/`, and without the source root's own path when it starts with it (so that
-/// `/srv/www/index.html` and `index.html` both name a file of `path /srv/www`).
-pub fn inside(source: &str, typed: &str) -> Vec<u8> {
-    let root = source.strip_prefix("path ").map(|r| r.trim_end_matches('/')).filter(|r| r.starts_with('/'));
-    let typed = match root.and_then(|r| typed.strip_prefix(r)) {
-        Some(rest) if rest.is_empty() || rest.starts_with('/') => rest,
-        _ => typed,
-    };
-    typed.trim_matches('/').as_bytes().to_vec()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -454,14 +442,5 @@ mod tests {
         let (records, unfit) = pax_xattrs(&attrs);
         assert_eq!(records, [("SCHILY.xattr.user.ok".to_string(), &b"v"[..])]);
         assert_eq!(unfit.len(), 4);
-    }
-
-    #[test]
-    fn typed_paths_are_read_with_or_without_the_source_root() {
-        assert_eq!(inside("path /srv/www", "/srv/www/a/index.html"), b"a/index.html");
-        assert_eq!(inside("path /srv/www", "a/index.html/"), b"a/index.html");
-        assert_eq!(inside("path /srv/www", "/srv/www"), b"");
-        assert_eq!(inside("path /srv/www", "/srv/wwwx/a"), b"srv/wwwx/a");
-        assert_eq!(inside("command pg_dump", "/dump.sql"), b"dump.sql");
     }
 }

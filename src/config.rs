@@ -16,7 +16,8 @@ use serde::Deserialize;
 use crate::keys;
 use crate::retention::{Keep, Span};
 use crate::schedule::{Schedule, Zone};
-use crate::target::LockMode;
+use crate::store::config::parse_targets;
+pub use crate::store::config::{DEFAULT_TARGET, PruneConfig, TargetConfig, credential_vars};
 
 /// Days added to the lock of a new pack beyond the snapshot that writes it, so that later
 /// snapshots reusing it need fewer lock extensions.
@@ -76,54 +77,6 @@ pub struct HttpConfig {
     /// when `listen` is not a loopback address.
     pub token_file: Option<PathBuf>,
 }
-
-/// Where `coffer prune` finds its privileged credentials: the names of environment
-/// variables, never the secrets themselves. The daemon never has them.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PruneConfig {
-    pub access_key_id_env: String,
-    pub secret_access_key_env: String,
-}
-
-impl Default for PruneConfig {
-    fn default() -> Self {
-        PruneConfig {
-            access_key_id_env: "COFFER_PRUNE_ACCESS_KEY_ID".into(),
-            secret_access_key_env: "COFFER_PRUNE_SECRET_ACCESS_KEY".into(),
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct TargetConfig {
-    /// How commands and the catalog name the target (`default` for a single `[target]`).
-    pub name: String,
-    pub url: String,
-    pub endpoint: Option<String>,
-    pub region: Option<String>,
-    /// Concurrent uploads; each holds one pack in memory.
-    pub upload_concurrency: usize,
-    /// Object Lock mode for every object written to an S3 target (`None`: no lock).
-    pub lock_mode: Option<LockMode>,
-    /// How long one run keeps retrying a target that fails transiently (connection
-    /// refused or reset, timeouts, 5xx, SlowDown) before it gives up.
-    pub retry_budget: Duration,
-    /// Credentials come from the instance's or container's role (EC2, ECS, EKS) when no
-    /// variable holds them; without this, missing credentials fail at once.
-    pub instance_role: bool,
-    /// The variables holding this target's key id and secret key; `None`: the standard
-    /// AWS variables (or the role).
-    pub credential_env: Option<(String, String)>,
-    /// The variables holding prune's credentials for this target.
-    pub prune: PruneConfig,
-    /// No object is locked, nor a lock extended, further than this many days ahead
-    /// (`max_lock_days`; by default what the jobs' `lock_days` and `keep` need).
-    pub max_lock_days: u32,
-}
-
-/// The name of a single `[target]`.
-pub const DEFAULT_TARGET: &str = "default";
 
 #[derive(Debug, Clone)]
 pub struct Job {
@@ -305,26 +258,6 @@ struct RawHttp {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawTarget {
-    name: Option<String>,
-    url: String,
-    endpoint: Option<String>,
-    region: Option<String>,
-    #[serde(default = "default_concurrency")]
-    upload_concurrency: usize,
-    #[serde(default = "default_lock_mode")]
-    lock_mode: String,
-    retry_budget: Option<String>,
-    #[serde(default)]
-    instance_role: bool,
-    access_key_id_env: Option<String>,
-    secret_access_key_env: Option<String>,
-    prune_access_key_id_env: Option<String>,
-    prune_secret_access_key_env: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawJob {
     name: String,
     source: toml::Table,
@@ -368,12 +301,6 @@ struct RawKeep {
 
 fn default_level() -> i32 {
     2
-}
-fn default_concurrency() -> usize {
-    2
-}
-fn default_lock_mode() -> String {
-    "compliance".into()
 }
 fn default_lock_days() -> u32 {
     30
@@ -480,96 +407,6 @@ fn duration(key: &str, v: &Option<String>, default: &str) -> Result<Duration, St
     crate::time::parse_duration(v.as_deref().unwrap_or(default)).map_err(|e| format!("key `{key}`: {e}"))
 }
 
-/// `[target]`, or every `[[target]]` (each named, the names unique).
-fn parse_targets(value: toml::Value, prune: &PruneConfig) -> Result<Vec<TargetConfig>, String> {
-    let tables = match value {
-        toml::Value::Table(t) => vec![("target".to_string(), t)],
-        toml::Value::Array(list) if list.is_empty() => return Err("key `target`: names no target".into()),
-        toml::Value::Array(list) => list
-            .into_iter()
-            .enumerate()
-            .map(|(i, v)| match v {
-                toml::Value::Table(t) => Ok((format!("target[{i}]"), t)),
-                _ => Err(format!("key `target[{i}]`: expected a table")),
-            })
-            .collect::<Result<_, _>>()?,
-        _ => return Err("key `target`: expected a table `[target]` or tables `[[target]]`".into()),
-    };
-    let several = tables.len() > 1;
-    let mut targets: Vec<TargetConfig> = Vec::new();
-    for (key, table) in tables {
-        let raw = RawTarget::deserialize(table).map_err(|e| format!("key `{key}`: {}", e.message()))?;
-        let target = parse_target(&key, raw, prune, several)?;
-        if targets.iter().any(|t| t.name == target.name) {
-            return Err(format!("key `{key}.name`: target `{}` is defined twice", target.name));
-        }
-        targets.push(target);
-    }
-    Ok(targets)
-}
-
-/// One target table; `key` names it in errors.
-fn parse_target(key: &str, t: RawTarget, prune: &PruneConfig, several: bool) -> Result<TargetConfig, String> {
-    let name = match t.name {
-        Some(name) if valid_job_name(&name) => name,
-        Some(name) => {
-            return Err(format!(
-                "key `{key}.name`: `{name}` is not a valid target name (letters, digits, `.`, `_`, `-`; at most 64)"
-            ));
-        }
-        None if several => return Err(format!("key `{key}.name`: each of several targets needs a name")),
-        None => DEFAULT_TARGET.to_string(),
-    };
-    let scheme = t.url.split_once("://").map(|(s, _)| s);
-    if !scheme.is_some_and(|s| crate::target::SCHEMES.contains(&s)) {
-        return Err(format!(
-            "key `{key}.url`: expected `file:///absolute/path` or `s3://bucket/prefix`, found `{}`",
-            t.url
-        ));
-    }
-    if !(1..=64).contains(&t.upload_concurrency) {
-        return Err(format!("key `{key}.upload_concurrency`: expected 1 to 64"));
-    }
-    let lock_mode = match t.lock_mode.as_str() {
-        "compliance" => Some(LockMode::Compliance),
-        "governance" => Some(LockMode::Governance),
-        "none" => None,
-        other => {
-            return Err(format!(
-                "key `{key}.lock_mode`: expected \"compliance\", \"governance\" or \"none\", found \"{other}\""
-            ));
-        }
-    };
-    let credential_env = match (t.access_key_id_env, t.secret_access_key_env) {
-        (Some(id), Some(secret)) => Some((id, secret)),
-        (None, None) => None,
-        _ => {
-            return Err(format!(
-                "key `{key}`: `access_key_id_env` and `secret_access_key_env` go together (the names of the \
-                 variables holding this target's keys)"
-            ));
-        }
-    };
-    let prune = PruneConfig {
-        access_key_id_env: t.prune_access_key_id_env.unwrap_or_else(|| prune.access_key_id_env.clone()),
-        secret_access_key_env: t.prune_secret_access_key_env.unwrap_or_else(|| prune.secret_access_key_env.clone()),
-    };
-    Ok(TargetConfig {
-        retry_budget: duration(&format!("{key}.retry_budget"), &t.retry_budget, "15m")?,
-        name,
-        url: t.url,
-        endpoint: t.endpoint,
-        region: t.region,
-        upload_concurrency: t.upload_concurrency,
-        lock_mode,
-        instance_role: t.instance_role,
-        credential_env,
-        prune,
-        // Set from the jobs once they are read (`max_lock_days`).
-        max_lock_days: 0,
-    })
-}
-
 /// `[daemon]`.
 fn parse_daemon(d: RawDaemon) -> Result<DaemonConfig, String> {
     let zone = match &d.timezone {
@@ -640,20 +477,6 @@ fn child_env(
         }
     }
     Ok(crate::process::ChildEnv { set: set.into_iter().collect(), passthrough })
-}
-
-/// Every variable that holds credentials of coffer's targets (the standard AWS ones,
-/// each target's named ones, and prune's): no child ever gets them.
-pub fn credential_vars(targets: &[TargetConfig]) -> Vec<String> {
-    let mut vars: Vec<String> =
-        ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"].map(String::from).to_vec();
-    for t in targets {
-        vars.extend(t.credential_env.iter().flat_map(|(id, secret)| [id.clone(), secret.clone()]));
-        vars.extend([t.prune.access_key_id_env.clone(), t.prune.secret_access_key_env.clone()]);
-    }
-    vars.sort();
-    vars.dedup();
-    vars
 }
 
 /// Where the daemon serves `/metrics` unless the config says otherwise.
@@ -801,10 +624,7 @@ fn parse_http(raw: RawHttp, resolve: &dyn Fn(&Path) -> PathBuf) -> Result<HttpCo
 }
 
 pub fn valid_job_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-        && !name.starts_with('.')
+    crate::store::config::valid_name(name)
 }
 
 /// toml's own messages already carry line, column and the key; add the line itself.
@@ -823,6 +643,7 @@ fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::LockMode;
 
     const RECIPIENT: &str = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p";
 
@@ -866,7 +687,8 @@ mod tests {
         let c = parse(&job("")).unwrap();
         let names: Vec<&str> = c.targets.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(names, ["ceph", "aws-eu"]);
-        assert_eq!(c.targets[0].credential_env, Some(("CEPH_ID".into(), "CEPH_SECRET".into())));
+        let vars = c.targets[0].options.credential_vars();
+        assert_eq!(vars[..2], ["CEPH_ID", "CEPH_SECRET"], "the target's own credential variables");
         assert_eq!((c.targets[0].upload_concurrency, c.targets[1].lock_mode), (4, Some(LockMode::Governance)));
         assert_eq!(c.jobs[0].targets, ["ceph", "aws-eu"], "a job goes to every target unless it names some");
         let c = parse(&job("targets = [\"aws-eu\"]\n")).unwrap();
@@ -893,7 +715,8 @@ mod tests {
         let text = include_str!("../config/coffer.example.toml");
         let c = parse(text).unwrap();
         assert_eq!(c.jobs[0].exclude.len(), 3);
-        assert_eq!(c.targets[0].endpoint.as_deref(), Some("https://s3.eu-central-2.wasabisys.com"));
+        let options = format!("{:?}", c.targets[0].options);
+        assert!(options.contains("Some(\"https://s3.eu-central-2.wasabisys.com\")"), "{options}");
         assert_eq!(c.targets[0].lock_mode, Some(LockMode::Compliance));
         assert_eq!(c.jobs[0].lock_days, 30);
         assert_eq!(c.jobs[0].keep.monthly, Some(Span::Months(13)));

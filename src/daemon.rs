@@ -42,7 +42,6 @@ pub fn run(config_file: &Path) -> Result<ExitCode> {
     }
     Catalog::open_repo(&cfg.state_dir)?;
     let token = read_token(&cfg)?;
-    let runtime = crate::target::runtime()?;
     let shared = Arc::new(Shared {
         config_file: config_file.to_path_buf(),
         cfg: RwLock::new(Arc::new(cfg)),
@@ -60,7 +59,7 @@ pub fn run(config_file: &Path) -> Result<ExitCode> {
         preflight: Mutex::new(Vec::new()),
         stop: Arc::new(AtomicBool::new(false)),
     });
-    runtime.block_on(async {
+    crate::runtime::block_on(async {
         let listen = shared.config().http.listen;
         if let Some(addr) = listen {
             let listener = tokio::net::TcpListener::bind(addr)

@@ -10,7 +10,7 @@ use crate::config::Config;
 use crate::format::REPO_KEY;
 use crate::format::repo::RepoRecord;
 use crate::keys::RepoSecret;
-use crate::target::{Protection, Target};
+use crate::store::{Protection, Target};
 
 pub enum Outcome {
     /// Made, with how each target protects what coffer writes.
@@ -48,12 +48,11 @@ pub fn run(cfg: &Config, allow_unprotected: bool) -> Result<Outcome> {
     if cfg.repo_secret_file.exists() {
         RepoSecret::load(&cfg.repo_secret_file)?;
     }
-    let runtime = crate::target::runtime()?;
     let mut checked = Vec::new();
     for t in &cfg.targets {
         let target = Target::open(t, TargetId::NONE)?;
         // The bucket must protect what coffer writes, against coffer's own credentials too.
-        let unprotected = runtime.block_on(target.check_immutability(allow_unprotected))?;
+        let unprotected = crate::runtime::block_on(target.check_immutability(allow_unprotected))?;
         checked.push((target, unprotected));
     }
 
@@ -87,7 +86,7 @@ pub fn run(cfg: &Config, allow_unprotected: bool) -> Result<Outcome> {
     };
     let mut stored = Vec::new();
     for (target, _) in &checked {
-        stored.push(put_record(&runtime, target, &record, record_until)?);
+        stored.push(put_record(target, &record, record_until)?);
     }
     // Only once every target holds the record does the catalog say so, in one
     // transaction: an init stopped before then is finished by the next.
@@ -123,12 +122,12 @@ pub fn run(cfg: &Config, allow_unprotected: bool) -> Result<Outcome> {
 
 /// Stores the repository record on a target, or finds it there from an init that
 /// stopped before the catalog heard of it; another repository's record is refused.
-fn put_record(runtime: &tokio::runtime::Runtime, target: &Target, record: &RepoRecord, until: i64) -> Result<Copy> {
+fn put_record(target: &Target, record: &RepoRecord, until: i64) -> Result<Copy> {
     let bytes = record.encode();
-    let version = if let Some(size) = runtime.block_on(target.size_of(REPO_KEY, None))? {
+    let version = if let Some(size) = crate::runtime::block_on(target.size_of(REPO_KEY, None))? {
         // Compared by size first: a target's object is read only if it could be ours.
         let stored = match size == bytes.len() as u64 {
-            true => Some(runtime.block_on(target.get_with_version(REPO_KEY, None, size))?),
+            true => Some(crate::runtime::block_on(target.get_with_version(REPO_KEY, None, size))?),
             false => None,
         };
         let Some((_, version)) = stored.filter(|(stored, _)| *stored == bytes) else {
@@ -140,7 +139,7 @@ fn put_record(runtime: &tokio::runtime::Runtime, target: &Target, record: &RepoR
         };
         version
     } else {
-        runtime.block_on(target.put_new(REPO_KEY, Bytes::from(bytes), until))?
+        crate::runtime::block_on(target.put_new(REPO_KEY, Bytes::from(bytes), until))?
     };
     Ok(Copy { version, lock: target.lock_until(until) })
 }

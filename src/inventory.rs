@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::target::Target;
+use crate::store::Target;
 
 /// One stored version of a key.
 #[derive(Debug, Clone)]

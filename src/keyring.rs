@@ -235,7 +235,7 @@ fn write(repo: &Repo<Host>, current: &KeySetRow, members: &[Recipient], unreadab
             ));
             continue;
         };
-        if let Err(why) = repo.runtime.block_on(crate::pin::confirm(target, pin, record.version.as_deref())) {
+        if let Err(why) = crate::runtime::block_on(crate::pin::confirm(target, pin, record.version.as_deref())) {
             not_stored.push(why);
             continue;
         }
@@ -243,7 +243,7 @@ fn write(repo: &Repo<Host>, current: &KeySetRow, members: &[Recipient], unreadab
         // set needs it (and backups extend it with the record).
         let floor = crate::time::now_secs() + crate::config::EXTENSION_SLACK_DAYS * 86_400;
         let until = record.lock.map_or(floor, |l| l.until.max(floor));
-        match repo.runtime.block_on(target.put_new(&key, Bytes::from(object.clone()), until)) {
+        match crate::runtime::block_on(target.put_new(&key, Bytes::from(object.clone()), until)) {
             Ok(version) => {
                 copies.push((target.id, Copy { version, lock: target.lock_until(until) }));
                 stored_on.push(target.name.clone());

@@ -59,8 +59,8 @@ impl RepoSecret {
 
     /// A chunk's id: equal plaintexts get equal ids, but without the secret an id
     /// reveals nothing about the content.
-    pub fn chunk_id(&self, plaintext: &[u8]) -> crate::ChunkId {
-        crate::ChunkId(*blake3::keyed_hash(&self.chunk_key, plaintext).as_bytes())
+    pub fn chunk_id(&self, plaintext: &[u8]) -> crate::chunk_id::ChunkId {
+        crate::chunk_id::ChunkId(*blake3::keyed_hash(&self.chunk_key, plaintext).as_bytes())
     }
 
     /// Seeds the chunker's gear table, so cut points do not follow a public table.

@@ -12,6 +12,7 @@ pub mod bounded;
 pub mod browse;
 pub mod buffers;
 pub mod catalog;
+pub mod chunk_id;
 pub mod chunker;
 pub mod cli;
 pub mod commands;
@@ -41,18 +42,17 @@ pub mod restore;
 pub mod retention;
 pub mod retry;
 pub mod run_outcome;
+pub mod runtime;
 pub mod s3;
 pub mod schedule;
 pub mod scrub;
 pub mod source;
 pub mod state_dir;
 pub mod status;
-pub mod target;
+pub mod store;
 pub mod time;
 pub mod verify;
 pub mod xattr;
-
-pub use format::ChunkId;
 
 /// Unit tests run on an allocator that notes the largest request (the decoders' bound).
 #[cfg(test)]

@@ -17,7 +17,7 @@
 use anyhow::{Result, bail};
 
 use crate::keys::RepoSecret;
-use crate::target::Target;
+use crate::store::Target;
 
 /// The pinned repository record.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -40,7 +40,7 @@ pub fn check(cfg: &Config) -> Vec<String> {
     {
         problems.push(why);
     }
-    problems.extend(cfg.targets.iter().filter_map(crate::target::missing_credentials));
+    problems.extend(cfg.targets.iter().filter_map(|t| t.options.missing_credentials(&t.name, &t.url)));
     for job in &cfg.jobs {
         let mut found = job.source.check();
         for hook in [&job.hooks.on_success, &job.hooks.on_failure].into_iter().flatten() {
@@ -68,7 +68,7 @@ pub fn check_remote(cfg: &Config) -> Vec<String> {
     for target in &repo.targets {
         let (name, url) = (&target.name, &target.url);
         let expected = records.iter().any(|r| r.id == target.id && r.record.is_some());
-        match repo.runtime.block_on(target.exists(crate::format::REPO_KEY)) {
+        match crate::runtime::block_on(target.exists(crate::format::REPO_KEY)) {
             Ok(false) if expected => {
                 problems.push(format!(
                     "target {name} ({url}) holds no {}: wrong bucket or prefix?",
@@ -82,7 +82,7 @@ pub fn check_remote(cfg: &Config) -> Vec<String> {
                 continue;
             }
         }
-        if let Err(e) = repo.runtime.block_on(target.check_lock_configuration()) {
+        if let Err(e) = crate::runtime::block_on(target.check_lock_configuration()) {
             problems.push(format!("target {name}: {e:#}"));
         }
     }

@@ -10,7 +10,7 @@
 use anyhow::{Context, Result, anyhow};
 
 use crate::config::Config;
-use crate::target::Target;
+use crate::store::Target;
 
 pub struct Options {
     pub yes: bool,
@@ -73,7 +73,7 @@ fn prune_target(
     now: i64,
     summary: &mut Summary,
 ) -> Result<()> {
-    let (catalog, runtime) = (&repo.catalog, &repo.runtime);
+    let catalog = &repo.catalog;
     let name = &target.name;
     let mut candidates = Vec::new();
     for p in catalog.prunable_packs(target.id, now)? {
@@ -90,7 +90,7 @@ fn prune_target(
     let privileged = privileged(cfg.target(name)?, target, yes)?;
     let target = privileged.as_ref().unwrap_or(target);
     if target.lists_versions() {
-        for v in runtime.block_on(target.list("canary/"))? {
+        for v in crate::runtime::block_on(target.list("canary/"))? {
             if !v.delete_marker {
                 let (key, version, size) = (v.key, v.version_id, v.size);
                 candidates.push(Candidate { target: name.clone(), key, version, size, what: What::Canary });
@@ -98,7 +98,7 @@ fn prune_target(
         }
         let mut unlocked = Vec::new();
         for c in candidates {
-            match runtime.block_on(target.lock_of(&c.key, c.version.as_deref()))? {
+            match crate::runtime::block_on(target.lock_of(&c.key, c.version.as_deref()))? {
                 Some(lock) if lock.until > now => summary.still_locked.push((name.clone(), c.key.clone(), lock.until)),
                 _ => unlocked.push(c),
             }
@@ -107,7 +107,7 @@ fn prune_target(
     }
     if yes {
         for c in &candidates {
-            runtime.block_on(target.delete(&c.key, c.version.as_deref()))?;
+            crate::runtime::block_on(target.delete(&c.key, c.version.as_deref()))?;
             match &c.what {
                 What::Pack { id, hash } => catalog.remove_pack(target.id, *id, hash)?,
                 What::Snapshot { id } => catalog.remove_snapshot(target.id, id)?,
@@ -124,7 +124,9 @@ fn prune_target(
 /// The target with the prune credentials, on S3 (required to delete where it locks;
 /// used to look when present).
 fn privileged(cfg: &crate::config::TargetConfig, target: &Target, deleting: bool) -> Result<Option<Target>> {
-    let (id_env, secret_env) = (&cfg.prune.access_key_id_env, &cfg.prune.secret_access_key_env);
+    let Some((id_env, secret_env)) = cfg.options.prune_credentials() else {
+        return Ok(None);
+    };
     match (crate::env::var(id_env), crate::env::var(secret_env)) {
         (Ok(id), Ok(secret)) => target.privileged(id, secret),
         _ if deleting && target.locks() => Err(anyhow!(

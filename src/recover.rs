@@ -21,8 +21,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::ChunkId;
 use crate::catalog::{Catalog, Copy, KeySetRow, RepoRow, SnapshotRow, StoredPack, TargetId};
+use crate::chunk_id::ChunkId;
 use crate::config::Config;
 use crate::format::entry::{ChunkedStream, EntryReader, Kind};
 use crate::format::entry_check::{Refused, TreeCheck};
@@ -32,7 +32,7 @@ use crate::format::{MAX_REPO_RECORD, MAX_SNAPSHOT_RECORD, REPO_KEY, pack};
 use crate::inventory::{Finding, Inventory, Layout};
 use crate::keys::{Identity, RepoSecret};
 use crate::progress::{Counters, ProgressLine};
-use crate::target::Target;
+use crate::store::Target;
 
 pub struct Options {
     pub identity: PathBuf,
@@ -93,12 +93,11 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
         Some(name) => cfg.target(name)?,
         None => &cfg.targets[0],
     };
-    let runtime = crate::target::runtime()?;
     tracing::info!(target = %target_cfg.name, url = %target_cfg.url, "listing every object version");
-    let inventory = runtime.block_on(Inventory::read(&Target::open(target_cfg, TargetId::NONE)?))?;
+    let inventory = crate::runtime::block_on(Inventory::read(&Target::open(target_cfg, TargetId::NONE)?))?;
     // Which repository this is, before anything is written here (the secret included).
-    let opened = open_repo(&runtime, &Target::open(target_cfg, TargetId::NONE)?, &inventory, &identity)?;
-    let checked = check_fingerprint(cfg, &runtime, &identity, &target_cfg.name, &opened, opts)?;
+    let opened = open_repo(&Target::open(target_cfg, TargetId::NONE)?, &inventory, &identity)?;
+    let checked = check_fingerprint(cfg, &identity, &target_cfg.name, &opened, opts)?;
 
     let partial = cfg.state().recovering_catalog();
     let mut catalog = Catalog::open(&partial)?;
@@ -114,7 +113,6 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
     let target = Target::open(target_cfg, id)?;
     let mut r = Recovery {
         target: &target,
-        runtime: &runtime,
         identity: &identity,
         inventory: &inventory,
         report: Report { target: target.name.clone(), ..Default::default() },
@@ -144,7 +142,6 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
 /// One recovery under way: what the target holds, and what has been proven so far.
 struct Recovery<'a> {
     target: &'a Target,
-    runtime: &'a tokio::runtime::Runtime,
     identity: &'a Arc<Identity>,
     inventory: &'a Inventory,
     report: Report,
@@ -174,7 +171,7 @@ impl Recovery<'_> {
         self.pack_ceiling = pack::max_stored(cfg.pack_size, repo.chunker.max);
         keep_secret(cfg, &self.target.url, &secret)?;
         if catalog.repo()?.is_none() {
-            let lock = self.runtime.block_on(self.target.lock_of(REPO_KEY, repo_version.as_deref()))?;
+            let lock = crate::runtime::block_on(self.target.lock_of(REPO_KEY, repo_version.as_deref()))?;
             catalog.set_repo(&RepoRow { repo_id: repo.id.clone(), chunker: repo.chunker, pin: Some(pin) }, &[])?;
             catalog.set_repo_record(self.target.id, &Copy { version: repo_version, lock })?;
         }
@@ -208,7 +205,7 @@ impl Recovery<'_> {
                 });
             match proven {
                 Ok(set) if !known.contains(&seq) => {
-                    let lock = self.runtime.block_on(self.target.lock_of(&key, version.as_deref()))?;
+                    let lock = crate::runtime::block_on(self.target.lock_of(&key, version.as_deref()))?;
                     let row = KeySetRow {
                         seq,
                         created_at: set.created,
@@ -239,7 +236,7 @@ impl Recovery<'_> {
             }
             let (mut accepted, mut rejected) = (None, Vec::new());
             for v in &versions.versions {
-                let object = self.runtime.block_on(self.target.get(key, v.id.as_deref(), MAX_SNAPSHOT_RECORD))?;
+                let object = crate::runtime::block_on(self.target.get(key, v.id.as_deref(), MAX_SNAPSHOT_RECORD))?;
                 match snapshot::open(&object, key, secret, self.identity) {
                     Ok(record) => {
                         if let Some(f) =
@@ -310,9 +307,9 @@ impl Recovery<'_> {
         let counters = Arc::new(Counters::default());
         Counters::add(&counters.packs, self.report.packs_resumed as u64);
         let _progress = ProgressLine::start(counters.clone(), progress, crate::progress::packs_line(total));
-        let (runtime, target, identity, inventory) = (self.runtime, self.target, self.identity, self.inventory);
+        let (target, identity, inventory) = (self.target, self.identity, self.inventory);
         let ceiling = self.pack_ceiling;
-        runtime.block_on(async {
+        crate::runtime::block_on(async {
             let reads = futures::stream::iter(todo.into_iter().map(|(key, id)| {
                 let (target, identity) = (target.clone(), identity.clone());
                 let versions = inventory.keys[&key].versions.clone();
@@ -406,7 +403,7 @@ impl Recovery<'_> {
                 self.report.findings.push(Finding::Unreadable { key: key.clone(), version: String::new(), why });
             }
             self.report.findings.extend(crate::inventory::unsafe_entries(key, refused));
-            let lock = self.runtime.block_on(self.target.lock_of(key, version.as_deref()))?;
+            let lock = crate::runtime::block_on(self.target.lock_of(key, version.as_deref()))?;
             let copies = [(self.target.id, Copy { version: version.clone(), lock })];
             catalog.complete_snapshot(
                 &SnapshotRow::from_record(record),
@@ -451,14 +448,7 @@ impl Recovery<'_> {
 /// holds too. A storage-only attacker can replace the record on one target (with a
 /// secret of their choice, encrypted to the public recipients): choosing between
 /// disagreeing targets is left to the restorer. Returns how it was checked.
-fn check_fingerprint(
-    cfg: &Config,
-    runtime: &tokio::runtime::Runtime,
-    identity: &Identity,
-    from: &str,
-    opened: &Opened,
-    opts: &Options,
-) -> Result<String> {
+fn check_fingerprint(cfg: &Config, identity: &Identity, from: &str, opened: &Opened, opts: &Options) -> Result<String> {
     let mine = &opened.pin.fingerprint;
     if let Some(expected) = &opts.expect_fingerprint {
         let expected = crate::pin::normalize(expected)?;
@@ -474,8 +464,8 @@ fn check_fingerprint(
     let mut differ = Vec::new();
     for t in cfg.targets.iter().filter(|t| t.name != from) {
         let other = Target::open(t, TargetId::NONE).and_then(|other| {
-            let inventory = runtime.block_on(Inventory::read_repository(&other))?;
-            open_repo(runtime, &other, &inventory, identity)
+            let inventory = crate::runtime::block_on(Inventory::read_repository(&other))?;
+            open_repo(&other, &inventory, identity)
         });
         match other {
             Ok(o) if o.pin.fingerprint == *mine => agree.push(t.name.clone()),
@@ -517,12 +507,7 @@ const MAX_KEY_SETS_READ: u64 = 16 << 20;
 
 /// The oldest version of `coffer.repo` that decodes and that the identity opens, or
 /// whose secret a key set the identity opens holds.
-fn open_repo(
-    runtime: &tokio::runtime::Runtime,
-    target: &Target,
-    inventory: &Inventory,
-    identity: &Identity,
-) -> Result<Opened> {
+fn open_repo(target: &Target, inventory: &Inventory, identity: &Identity) -> Result<Opened> {
     let versions = inventory.keys.get(REPO_KEY).map(|k| k.versions.as_slice()).unwrap_or_default();
     if versions.is_empty() {
         bail!("target {} holds no repository record ({REPO_KEY}): nothing to recover", target.url);
@@ -539,7 +524,7 @@ fn open_repo(
                         MAX_KEY_SETS_READ >> 20
                     )
                 }
-                n => match runtime.block_on(target.get(key, v.id.as_deref(), n)) {
+                n => match crate::runtime::block_on(target.get(key, v.id.as_deref(), n)) {
                     Ok(bytes) => {
                         budget -= bytes.len() as u64;
                         sets.push((seq, v.id.clone(), bytes.to_vec()));
@@ -553,7 +538,7 @@ fn open_repo(
     }
     let mut reasons = Vec::new();
     for v in versions {
-        let bytes = runtime.block_on(target.get(REPO_KEY, v.id.as_deref(), MAX_REPO_RECORD))?;
+        let bytes = crate::runtime::block_on(target.get(REPO_KEY, v.id.as_deref(), MAX_REPO_RECORD))?;
         let objects = || Ok(sets.iter().map(|(seq, _, b)| (*seq, b.clone())).collect());
         match crate::format::keyset::open_secret(&bytes, identity, objects) {
             Ok((record, secret)) => {

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use crate::catalog::{Copy, TargetId};
 use crate::format::{MAX_REPO_RECORD, MAX_SNAPSHOT_RECORD, REPO_KEY, pack_key, snapshot_key};
 use crate::repo::{Host, Repo};
-use crate::target::{AlreadyExists, Target};
+use crate::store::{AlreadyExists, Target};
 
 /// What was copied to a target.
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]
@@ -167,7 +167,7 @@ impl Copier<'_> {
                 continue;
             }
             let Some(from) = self.repo.targets.iter().find(|t| t.id == *from_id) else { continue };
-            let bytes = match self.repo.runtime.block_on(from.get(key, held.version.as_deref(), max)) {
+            let bytes = match crate::runtime::block_on(from.get(key, held.version.as_deref(), max)) {
                 Ok(b) => b,
                 Err(e) => {
                     why.push(format!("target `{}`: {e:#}", from.name));
@@ -194,22 +194,21 @@ impl Copier<'_> {
     /// Puts `bytes` as a new object; where `key` is there already (an earlier copy
     /// stopped before the catalog heard of it), keeps it if it holds the same bytes.
     fn put_or_adopt(&self, to: &Target, key: &str, bytes: Bytes, until: i64) -> Result<Copy> {
-        let rt = &self.repo.runtime;
-        match rt.block_on(to.put_new(key, bytes.clone(), until)) {
+        match crate::runtime::block_on(to.put_new(key, bytes.clone(), until)) {
             Ok(version) => Ok(Copy { version, lock: to.lock_until(until) }),
             Err(e) if e.is::<AlreadyExists>() => {
                 let other = || anyhow!("{key} on target `{}` holds other bytes than the copy it should hold", to.name);
                 // Compared by size first: what is there is read only if it could be the copy.
-                if rt.block_on(to.size_of(key, None))? != Some(bytes.len() as u64) {
+                if crate::runtime::block_on(to.size_of(key, None))? != Some(bytes.len() as u64) {
                     return Err(other());
                 }
-                let (existing, version) = rt.block_on(to.get_with_version(key, None, bytes.len() as u64))?;
+                let (existing, version) = crate::runtime::block_on(to.get_with_version(key, None, bytes.len() as u64))?;
                 if existing != bytes {
                     return Err(other());
                 }
-                let lock = rt.block_on(to.lock_of(key, version.as_deref()))?;
+                let lock = crate::runtime::block_on(to.lock_of(key, version.as_deref()))?;
                 if to.locks() && lock.is_none_or(|l| l.until < until) {
-                    rt.block_on(to.extend_lock(key, version.as_deref(), until))?;
+                    crate::runtime::block_on(to.extend_lock(key, version.as_deref(), until))?;
                 }
                 Ok(Copy { version, lock: to.lock_until(until).or(lock) })
             }
@@ -246,14 +245,13 @@ pub fn extend_locks(repo: &Repo<Host>, to: &Target, packs: &HashSet<i64>, retain
     let short = repo.catalog.packs_locked_before(to.id, packs, retain_until)?;
     for (id, hash, version) in &short {
         let key = pack_key(hash);
-        repo.runtime.block_on(to.extend_lock(&key, version.as_deref(), until)).map_err(|e| refused(&key, e))?;
+        crate::runtime::block_on(to.extend_lock(&key, version.as_deref(), until)).map_err(|e| refused(&key, e))?;
         repo.catalog.set_pack_lock(to.id, *id, lock, job, hash)?;
     }
     let mut requests = short.len() as u64;
     let record = repo.catalog.repo_record(to.id)?;
     if let Some(record) = record.filter(|r| r.lock.is_none_or(|l| l.until < retain_until)) {
-        repo.runtime
-            .block_on(to.extend_lock(REPO_KEY, record.version.as_deref(), until))
+        crate::runtime::block_on(to.extend_lock(REPO_KEY, record.version.as_deref(), until))
             .map_err(|e| refused(REPO_KEY, e))?;
         repo.catalog.set_repo_lock(to.id, lock, job)?;
         requests += 1;
@@ -263,7 +261,7 @@ pub fn extend_locks(repo: &Repo<Host>, to: &Target, packs: &HashSet<i64>, retain
         let held = repo.catalog.keyset_holders(set.seq)?.into_iter().find(|(t, _)| *t == to.id);
         let Some((_, copy)) = held.filter(|(_, c)| c.lock.is_none_or(|l| l.until < retain_until)) else { continue };
         let key = crate::format::keyset::key(set.seq);
-        repo.runtime.block_on(to.extend_lock(&key, copy.version.as_deref(), until)).map_err(|e| refused(&key, e))?;
+        crate::runtime::block_on(to.extend_lock(&key, copy.version.as_deref(), until)).map_err(|e| refused(&key, e))?;
         repo.catalog.set_keyset_lock(to.id, set.seq, lock, job)?;
         requests += 1;
     }

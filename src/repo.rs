@@ -20,7 +20,7 @@ use crate::format::snapshot::{self, SnapshotRecord};
 use crate::format::{MAX_REPO_RECORD, MAX_SNAPSHOT_RECORD, REPO_KEY, snapshot_key};
 use crate::keys::{Identity, RepoSecret};
 use crate::retry::Retry;
-use crate::target::Target;
+use crate::store::Target;
 
 /// The catalog, the targets it describes, and the one runtime target calls run on; with
 /// what `Role` holds.
@@ -30,7 +30,6 @@ pub struct Repo<Role = Bare> {
     pub row: RepoRow,
     /// Every configured target, in config order.
     pub targets: Vec<Target>,
-    pub runtime: tokio::runtime::Runtime,
     /// Where the config keeps the repository secret (a restorer that has it checks the
     /// record against it).
     secret_file: std::path::PathBuf,
@@ -93,8 +92,7 @@ impl Repo<Bare> {
         }
         let secret_file = cfg.repo_secret_file.clone();
         let (limits, recipients) = (cfg.limits, cfg.recipients.clone());
-        let runtime = crate::target::runtime()?;
-        Ok(Repo { catalog, row, targets, runtime, secret_file, limits, recipients, role: Bare })
+        Ok(Repo { catalog, row, targets, secret_file, limits, recipients, role: Bare })
     }
 
     /// Takes the repository secret from its file: the backup host's handle.
@@ -128,7 +126,7 @@ impl Repo<Bare> {
                 failures.push(format!("target `{}` does not hold {what} yet", target.name));
                 continue;
             };
-            let found = self.runtime.block_on(crate::pin::read(target, record.version.as_deref()));
+            let found = crate::runtime::block_on(crate::pin::read(target, record.version.as_deref()));
             let bytes = match (found, &self.row.pin) {
                 (Ok(bytes), Some(pin)) => match crate::pin::refusal(target, pin.judge(bytes.as_deref())) {
                     Some(why) => {
@@ -168,7 +166,7 @@ impl Repo<Bare> {
             let held = self.catalog.keyset_holders(set.seq)?;
             let Some((_, copy)) = held.iter().find(|(t, _)| *t == target.id) else { continue };
             let key = crate::format::keyset::key(set.seq);
-            let bytes = self.runtime.block_on(target.get(&key, copy.version.as_deref(), MAX_REPO_RECORD))?;
+            let bytes = crate::runtime::block_on(target.get(&key, copy.version.as_deref(), MAX_REPO_RECORD))?;
             // A record that is not the one recorded is not opened.
             if set.record_hash.as_deref() == Some(blake3::hash(&bytes).to_hex().as_str()) {
                 out.push((set.seq, bytes.to_vec()));
@@ -212,8 +210,8 @@ impl Repo<Bare> {
 
 impl<Role> Repo<Role> {
     fn with_role<R>(self, role: R) -> Repo<R> {
-        let Repo { catalog, row, targets, runtime, secret_file, limits, recipients, .. } = self;
-        Repo { catalog, row, targets, runtime, secret_file, limits, recipients, role }
+        let Repo { catalog, row, targets, secret_file, limits, recipients, .. } = self;
+        Repo { catalog, row, targets, secret_file, limits, recipients, role }
     }
 
     /// The target named `name`, or the first one.
@@ -270,7 +268,7 @@ impl Repo<Restorer> {
         let Some((_, copy)) = holders.iter().find(|(t, _)| *t == source.id) else {
             bail!("target `{}` does not hold snapshot {} yet", source.name, snap.id);
         };
-        let object = self.runtime.block_on(source.get(&key, copy.version.as_deref(), MAX_SNAPSHOT_RECORD))?;
+        let object = crate::runtime::block_on(source.get(&key, copy.version.as_deref(), MAX_SNAPSHOT_RECORD))?;
         snapshot::open(&object, &key, self.secret(), self.identity()).map_err(|e| {
             let readers = match e.is_damage() {
                 true => String::new(),

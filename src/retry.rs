@@ -46,6 +46,12 @@ impl Retry {
         Retry::new(BRIEF_BUDGET, None)
     }
 
+    /// No retry at all: the first transient failure gives up (the calls a store kind
+    /// makes, which [`crate::store`] retries around the kind).
+    pub fn none() -> Retry {
+        Retry::new(Duration::ZERO, None)
+    }
+
     /// `stop`: when set, waiting ends at once (a daemon shutting down).
     pub fn new(budget: Duration, stop: Option<Arc<AtomicBool>>) -> Retry {
         Retry {

@@ -26,7 +26,7 @@ use crate::config::Config;
 use crate::inventory::{Finding, Found, Inventory, Layout};
 use crate::repo::Repo;
 use crate::run_outcome::RunOutcome;
-use crate::target::Target;
+use crate::store::Target;
 
 /// The run history's name for the scrub: not a valid job name, so no job can have it.
 pub const JOB: &str = "@scrub";
@@ -130,8 +130,7 @@ fn scrub_target(
     stop: Option<&AtomicBool>,
     report: &mut Report,
 ) -> Result<Vec<Finding>> {
-    let rt = &repo.runtime;
-    let inventory = rt.block_on(Inventory::read(target))?;
+    let inventory = crate::runtime::block_on(Inventory::read(target))?;
     report.objects_listed += inventory.keys.values().map(|k| k.versions.len()).sum::<usize>();
     let recorded = repo.catalog.recorded_objects(target.id)?;
     let mut found = Vec::new();
@@ -163,7 +162,7 @@ fn scrub_target(
         found.extend(inventory.findings_for(key, version.as_deref(), &mut duplicates));
     }
     found.extend(inventory.unknown_keys());
-    found.extend(rt.block_on(crate::audit::settings(target))?);
+    found.extend(crate::runtime::block_on(crate::audit::settings(target))?);
     for pack in repo.catalog.packs_to_scrub(target.id, budget)? {
         let key = crate::format::pack_key(&pack.hash);
         if stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
@@ -172,7 +171,7 @@ fn scrub_target(
         if absent.contains(&key) {
             continue;
         }
-        let bytes = rt.block_on(target.get(&key, pack.version.as_deref(), pack.size))?;
+        let bytes = crate::runtime::block_on(target.get(&key, pack.version.as_deref(), pack.size))?;
         report.packs_read += 1;
         report.bytes_read += bytes.len() as u64;
         if crate::format::pack_id(&bytes) != pack.hash {
@@ -181,8 +180,8 @@ fn scrub_target(
             found.push(Finding::Unreadable { key, version: pack.version.unwrap_or_default(), why });
             continue;
         }
-        let lock = rt.block_on(target.lock_of(&key, pack.version.as_deref()))?;
-        found.extend(rt.block_on(crate::audit::object(
+        let lock = crate::runtime::block_on(target.lock_of(&key, pack.version.as_deref()))?;
+        found.extend(crate::runtime::block_on(crate::audit::object(
             target,
             &key,
             pack.version.as_deref(),

@@ -24,7 +24,7 @@ use serde::Serialize;
 use crate::catalog::{Catalog, SnapshotRow};
 use crate::config::Config;
 use crate::inventory::{Finding, Inventory, Layout};
-use crate::target::{Protection, Target};
+use crate::store::{Protection, Target};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
@@ -152,8 +152,7 @@ impl Findings {
 }
 
 /// Where the lock of each object comes from: the catalog, or the server (`--remote`).
-struct Locks<'a> {
-    runtime: &'a tokio::runtime::Runtime,
+struct Locks {
     /// Whether locks are read from the server (`--remote`).
     remote: bool,
     /// Packs to ask the server about (all, or the `--sample`); records are always asked.
@@ -164,7 +163,7 @@ struct Locks<'a> {
     lowered: Vec<crate::inventory::Found>,
 }
 
-impl Locks<'_> {
+impl Locks {
     /// The lock end of one object version on `target`: from the server where it is
     /// asked, else as recorded. `None`: not locked (or the server could not tell).
     fn until(
@@ -188,7 +187,7 @@ impl Locks<'_> {
         if let Some(known) = self.asked.get(&id) {
             return *known;
         }
-        let until = match self.runtime.block_on(target.lock_of(key, version)) {
+        let until = match crate::runtime::block_on(target.lock_of(key, version)) {
             Ok(r) => r.map(|r| r.until),
             Err(e) => {
                 let name = &target.name;
@@ -205,7 +204,7 @@ impl Locks<'_> {
         {
             found.push(Finding::LowerLock { key: key.to_string(), recorded, server });
         }
-        match self.runtime.block_on(crate::audit::object(target, key, version, until)) {
+        match crate::runtime::block_on(crate::audit::object(target, key, version, until)) {
             Ok(more) => found.extend(more),
             Err(e) => f.raise(Level::Critical, format!("target {}: {e:#}", target.name)),
         }
@@ -260,7 +259,6 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
 
     let live = live_snapshots(cfg, catalog, now)?;
     let mut locks = Locks {
-        runtime: &repo.runtime,
         remote: opts.remote,
         remote_packs: opts.sample.filter(|_| opts.remote).map(|n| sample_packs(&live, n)),
         asked: HashMap::new(),
@@ -284,8 +282,8 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
     let mut tampering = std::mem::take(&mut locks.lowered);
     if opts.remote {
         for target in repo.targets.iter().filter(|t| t.locks()) {
-            let mut found = tamper_findings(cfg, catalog, target, &repo.runtime, &mut f)?;
-            let settings = repo.runtime.block_on(crate::audit::settings(target))?;
+            let mut found = tamper_findings(cfg, catalog, target, &mut f)?;
+            let settings = crate::runtime::block_on(crate::audit::settings(target))?;
             for finding in &settings {
                 f.raise(Level::Critical, format!("target {}: {finding}", target.name));
             }
@@ -532,14 +530,8 @@ fn snapshot_lock(
 /// have only its recorded version (identical retries aside) and no delete marker; keys
 /// the catalog does not know must be coffer's, and a snapshot record among them must
 /// carry a valid MAC. Every finding is CRITICAL.
-fn tamper_findings(
-    cfg: &Config,
-    catalog: &Catalog,
-    target: &Target,
-    runtime: &tokio::runtime::Runtime,
-    f: &mut Findings,
-) -> Result<Vec<Finding>> {
-    let inventory = runtime.block_on(Inventory::read(target))?;
+fn tamper_findings(cfg: &Config, catalog: &Catalog, target: &Target, f: &mut Findings) -> Result<Vec<Finding>> {
+    let inventory = crate::runtime::block_on(Inventory::read(target))?;
     let recorded = catalog.recorded_objects(target.id)?;
     let secret = crate::keys::RepoSecret::load(&cfg.repo_secret_file);
     let mut found = Vec::new();
@@ -558,7 +550,8 @@ fn tamper_findings(
         found.extend(inventory.findings_for(key, genuine.as_deref(), &mut duplicates));
         let record = matches!(layout, Layout::Snapshot { .. } | Layout::KeySet(_));
         if let (None, true, Some(oldest)) = (recorded.get(key), record, oldest) {
-            let object = runtime.block_on(target.get(key, oldest.id.as_deref(), crate::format::MAX_SNAPSHOT_RECORD))?;
+            let object =
+                crate::runtime::block_on(target.get(key, oldest.id.as_deref(), crate::format::MAX_SNAPSHOT_RECORD))?;
             let authentic = |secret: &crate::keys::RepoSecret| match layout {
                 Layout::KeySet(seq) => crate::format::keyset::KeySet::verify(&object, secret)
                     .and_then(|s| if s.seq == seq { Ok(()) } else { Err(crate::format::DecodeError::Mac) }),

@@ -24,7 +24,7 @@ use crate::inventory::{Finding, Found};
 use crate::keys::Identity;
 use crate::progress::{Counters, ProgressLine};
 use crate::repo::{Repo, Restorer};
-use crate::target::Target;
+use crate::store::Target;
 
 pub struct Options {
     /// Only this target (else every one, in turn).
@@ -143,7 +143,7 @@ fn check_target<R>(repo: &Repo<R>, target: &Target, data: Option<&Data>, opts: &
     let needed = needed_objects(&repo.catalog, target.id)?;
     let mut report = Checked { objects_checked: needed.len(), learned, findings: foreign, ..Default::default() };
     tracing::info!(target = %target.name, objects = needed.len(), "checking every recorded object version");
-    let missing = check_presence(&repo.runtime, target, &needed, &mut report)?;
+    let missing = check_presence(target, &needed, &mut report)?;
     if let Some(data) = data {
         // What is missing or of the wrong size was reported above; the rest must read back.
         let records = data.records(&needed, &missing, &mut report)?;
@@ -171,7 +171,7 @@ fn check_target<R>(repo: &Repo<R>, target: &Target, data: Option<&Data>, opts: &
 fn learn<R>(repo: &Repo<R>, target: &Target) -> Result<(usize, Vec<Finding>)> {
     let catalog = &repo.catalog;
     let known: HashMap<String, Option<String>> = catalog.recorded_objects(target.id)?;
-    let inventory = repo.runtime.block_on(crate::inventory::Inventory::read(target))?;
+    let inventory = crate::runtime::block_on(crate::inventory::Inventory::read(target))?;
     let mut learned = 0;
     let mut foreign = Vec::new();
     for (key, versions) in &inventory.keys {
@@ -179,7 +179,7 @@ fn learn<R>(repo: &Repo<R>, target: &Target) -> Result<(usize, Vec<Finding>)> {
         if known.contains_key(key) {
             continue;
         }
-        let lock = || repo.runtime.block_on(target.lock_of(key, oldest.id.as_deref()));
+        let lock = || crate::runtime::block_on(target.lock_of(key, oldest.id.as_deref()));
         match crate::inventory::layout(key) {
             crate::inventory::Layout::Pack(hash) => {
                 let Some(id) = catalog.pack_id(&hash)? else { continue };
@@ -198,7 +198,7 @@ fn learn<R>(repo: &Repo<R>, target: &Target) -> Result<(usize, Vec<Finding>)> {
                 let known = catalog.keysets()?.into_iter().find(|s| s.seq == seq).and_then(|s| s.record_hash);
                 let Some(hash) = known else { continue };
                 let bytes =
-                    repo.runtime.block_on(target.get(key, oldest.id.as_deref(), crate::format::MAX_REPO_RECORD))?;
+                    crate::runtime::block_on(target.get(key, oldest.id.as_deref(), crate::format::MAX_REPO_RECORD))?;
                 if blake3::hash(&bytes).to_hex().as_str() != hash {
                     continue;
                 }
@@ -206,7 +206,7 @@ fn learn<R>(repo: &Repo<R>, target: &Target) -> Result<(usize, Vec<Finding>)> {
             }
             crate::inventory::Layout::Repo => {
                 let bytes =
-                    repo.runtime.block_on(target.get(key, oldest.id.as_deref(), crate::format::MAX_REPO_RECORD))?;
+                    crate::runtime::block_on(target.get(key, oldest.id.as_deref(), crate::format::MAX_REPO_RECORD))?;
                 let ours = match &repo.row.pin {
                     Some(pin) => pin.holds(&bytes),
                     None => crate::format::repo::RepoRecord::decode(&bytes).is_ok_and(|r| r.id == repo.row.repo_id),
@@ -296,13 +296,8 @@ fn needed_objects(catalog: &Catalog, target: TargetId) -> Result<Vec<Needed>> {
 
 /// Checks every needed version's existence, size and lock; returns the keys that are
 /// missing or of the wrong size.
-fn check_presence(
-    runtime: &tokio::runtime::Runtime,
-    target: &Target,
-    needed: &[Needed],
-    report: &mut Checked,
-) -> Result<HashSet<String>> {
-    let checked: Vec<Result<Vec<Finding>>> = runtime.block_on(
+fn check_presence(target: &Target, needed: &[Needed], report: &mut Checked) -> Result<HashSet<String>> {
+    let checked: Vec<Result<Vec<Finding>>> = crate::runtime::block_on(
         futures::stream::iter(needed.iter().map(|n| check_object(target, n)))
             .buffered(CONCURRENT_CHECKS)
             .collect::<Vec<_>>(),
@@ -335,7 +330,7 @@ impl Data<'_> {
         let is_record =
             |n: &&Needed| matches!(crate::inventory::layout(&n.key), crate::inventory::Layout::Snapshot { .. });
         for n in needed.iter().filter(is_record).filter(|n| !missing.contains(&n.key)) {
-            let object = self.repo.runtime.block_on(self.repo.source().get(
+            let object = crate::runtime::block_on(self.repo.source().get(
                 &n.key,
                 n.version.as_deref(),
                 crate::format::MAX_SNAPSHOT_RECORD,
@@ -364,7 +359,7 @@ impl Data<'_> {
                 continue;
             }
             let size = n.size.unwrap_or(crate::format::MAX_SNAPSHOT_RECORD);
-            let ct = self.repo.runtime.block_on(self.repo.source().get(&n.key, n.version.as_deref(), size))?;
+            let ct = crate::runtime::block_on(self.repo.source().get(&n.key, n.version.as_deref(), size))?;
             report.bytes_read += ct.len() as u64;
             Counters::add(&counters.bytes_read, ct.len() as u64);
             report.packs_read += 1;
@@ -402,7 +397,7 @@ impl Data<'_> {
         for (n, record) in records {
             let made_with = catalog.snapshot_pack_ids(&record.id)?;
             let mut chunks = crate::restore::tree::ChunkReader::new(self.repo, Some(&made_with));
-            let locate = |id: &crate::ChunkId| {
+            let locate = |id: &crate::chunk_id::ChunkId| {
                 catalog.chunk_location(self.repo.source().id, id, Some(&made_with)).ok().flatten()
             };
             let packs: Vec<String> =
@@ -410,7 +405,7 @@ impl Data<'_> {
             if packs.iter().any(|k| damaged.contains(k)) {
                 continue;
             }
-            let size = |id: &crate::ChunkId| locate(id).map(|l| u64::from(l.raw_length));
+            let size = |id: &crate::chunk_id::ChunkId| locate(id).map(|l| u64::from(l.raw_length));
             match crate::restore::tree::check_list(chunks.stream(&record.tree), &self.repo.limits, size) {
                 Ok(list) => {
                     note(report, n, crate::inventory::unsafe_entries(&n.key, list.refused));

@@ -20,7 +20,7 @@ use coffer::format::entry::{Entry, EntryWriter, Kind};
 use coffer::format::pack::PackBuilder;
 use coffer::format::snapshot::{self, SnapshotRecord, SnapshotStats};
 use coffer::keys::RepoSecret;
-use coffer::target::Target;
+use coffer::store::Target;
 use common::{BIN, Setup, text};
 
 /// One entry of a forged stream.
@@ -126,16 +126,15 @@ fn forge_as(setup: &Setup, forger: &Forger, job: &str, stream: &[F]) -> String {
     let key = coffer::format::snapshot_key(job, &id);
     let sealed = snapshot::seal(&record, &key, &cfg.recipients, secret).unwrap();
     let target = Target::open(&cfg.targets[forger.target], coffer::catalog::TargetId::NONE).unwrap();
-    let rt = coffer::target::runtime().unwrap();
     let mut packs = vec![ct];
     if !lying.is_empty() {
         packs.push(coffer::keys::encrypt(&cfg.recipients, &lying.finish(0).0).unwrap());
     }
     for ct in packs {
         let key = coffer::format::pack_key(&coffer::format::pack_id(&ct));
-        rt.block_on(target.put_new(&key, ct.into(), now + 86_400)).unwrap();
+        coffer::runtime::block_on(target.put_new(&key, ct.into(), now + 86_400)).unwrap();
     }
-    rt.block_on(target.put_new(&key, sealed.into(), now + 86_400)).unwrap();
+    coffer::runtime::block_on(target.put_new(&key, sealed.into(), now + 86_400)).unwrap();
     id
 }
 
@@ -829,11 +828,14 @@ fn an_expanding_file_list_neither_fills_memory_nor_the_disk() {
     };
     let key = coffer::format::snapshot_key("data", &id);
     let target = Target::open(&cfg.targets[0], coffer::catalog::TargetId::NONE).unwrap();
-    let rt = coffer::target::runtime().unwrap();
-    rt.block_on(target.put_new(&coffer::format::pack_key(&coffer::format::pack_id(&ct)), ct.into(), now + 86_400))
-        .unwrap();
+    coffer::runtime::block_on(target.put_new(
+        &coffer::format::pack_key(&coffer::format::pack_id(&ct)),
+        ct.into(),
+        now + 86_400,
+    ))
+    .unwrap();
     let sealed = snapshot::seal(&record, &key, &cfg.recipients, &secret).unwrap();
-    rt.block_on(target.put_new(&key, sealed.into(), now + 86_400)).unwrap();
+    coffer::runtime::block_on(target.put_new(&key, sealed.into(), now + 86_400)).unwrap();
     assert!(stream_bytes > 1000 * stored, "{stream_bytes} bytes of entries from {stored} stored");
 
     let victim = victim_config(&setup);

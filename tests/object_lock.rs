@@ -290,11 +290,10 @@ fn status_remote_finds_lock_bombs_legal_holds_and_bucket_rules() {
 
     // coffer's own bound: a lock past max_lock_days is refused before it is asked for.
     let cfg = coffer::config::Config::load(&setup.config).unwrap();
-    let target = coffer::target::Target::open(&cfg.targets[0], coffer::catalog::TargetId::NONE).unwrap();
-    let rt = coffer::target::runtime().unwrap();
+    let target = coffer::store::Target::open(&cfg.targets[0], coffer::catalog::TargetId::NONE).unwrap();
     let far = common::now() + 400 * 86_400;
-    let e = rt.block_on(target.put_new("junk", bytes::Bytes::from_static(b"x"), far)).unwrap_err();
+    let e = coffer::runtime::block_on(target.put_new("junk", bytes::Bytes::from_static(b"x"), far)).unwrap_err();
     assert!(format!("{e:#}").contains("max_lock_days"), "{e:#}");
-    let e = rt.block_on(target.extend_lock(&key, None, far)).unwrap_err();
+    let e = coffer::runtime::block_on(target.extend_lock(&key, None, far)).unwrap_err();
     assert!(format!("{e:#}").contains("max_lock_days"), "{e:#}");
 }

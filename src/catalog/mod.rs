@@ -19,12 +19,12 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use rusqlite::{Connection, params};
 
-use crate::ChunkId;
+use crate::chunk_id::ChunkId;
 use crate::chunker::ChunkerParams;
 use crate::format::pack::BlobEntry;
 use crate::fsutil::owner_of;
 use crate::run_outcome::RunOutcome;
-use crate::target::{LockMode, Retention};
+use crate::store::{LockMode, Retention};
 
 pub use file_cache::CachedFile;
 pub use keysets::KeySetRow;

@@ -6,14 +6,7 @@ use rusqlite::{OptionalExtension, params};
 
 use super::*;
 
-/// A target's row id in the catalog.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TargetId(pub i64);
-
-impl TargetId {
-    /// A target not in a catalog (yet): what `init` and `check-config` check before one exists.
-    pub const NONE: TargetId = TargetId(0);
-}
+pub use crate::store::TargetId;
 
 impl rusqlite::types::ToSql for TargetId {
     fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {

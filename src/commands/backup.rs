@@ -135,7 +135,7 @@ fn one(cfg: &Config, job: &crate::config::Job, a: &Args) -> Result<ExitCode> {
 }
 
 /// "locked (COMPLIANCE) until …", or why nothing is.
-fn locked(protection: crate::target::Protection, until: Option<i64>) -> String {
+fn locked(protection: crate::store::Protection, until: Option<i64>) -> String {
     match until {
         Some(until) => format!("locked ({protection}) until {}", crate::time::format_utc(until)),
         None => format!("not locked (the target is {protection})"),

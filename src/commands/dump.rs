@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use anyhow::{Result, bail};
 
 use super::Reading;
-use crate::browse::inside;
 use crate::format::entry::Kind;
+use crate::restore::inside;
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -7,7 +7,7 @@ use anyhow::Result;
 
 use crate::config::Config;
 use crate::init::Outcome;
-use crate::target::Protection;
+use crate::store::Protection;
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -6,9 +6,10 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use super::Reading;
-use crate::browse::{Shown, inside};
+use crate::browse::Shown;
 use crate::escape::printable;
 use crate::format::entry::{Entry, Kind};
+use crate::restore::inside;
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -8,7 +8,7 @@ use anyhow::Result;
 
 use super::table_line;
 use crate::config::Config;
-use crate::target::Protection;
+use crate::store::Protection;
 
 #[derive(clap::Args)]
 pub struct Args {

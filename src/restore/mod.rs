@@ -93,18 +93,18 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Summary> {
     let repo = repo.unlock(Arc::new(Identity::load(&opts.identity)?), opts.target.as_deref(), Some(&snap))?;
     tracing::info!(target = %repo.source().name, snapshot = %snap.id, "restoring");
     let record = repo.snapshot_record(&snap)?;
-    let Repo { catalog, runtime, .. } = &repo;
+    let Repo { catalog, .. } = &repo;
     let target = repo.source();
     let mut paths = Vec::new();
     for typed in &opts.paths {
-        let p = crate::browse::inside(&snap.source, typed);
+        let p = inside(&snap.source, typed);
         if !p.is_empty() && !safe_relative(&p) {
             bail!("--path `{typed}` must be a path inside the snapshot, without `..`");
         }
         paths.extend(Some(p).filter(|p| !p.is_empty()));
     }
     let globs = |typed: &[String]| -> Vec<String> {
-        typed.iter().map(|g| String::from_utf8_lossy(&crate::browse::inside(&snap.source, g)).into_owned()).collect()
+        typed.iter().map(|g| String::from_utf8_lossy(&inside(&snap.source, g)).into_owned()).collect()
     };
     let selection = Selection::new(paths, &globs(&opts.include), &globs(&opts.exclude))?;
 
@@ -157,12 +157,12 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Summary> {
         opts.progress,
         crate::progress::restore_line(plan.files.len() as u64, plan.bytes),
     );
-    let packs = Packs::start(target.clone(), repo.identity().clone(), runtime.handle().clone(), plan.packs.clone());
+    let packs = Packs::start(target.clone(), repo.identity().clone(), plan.packs.clone());
     let secret = repo.secret().clone();
     let walk = Walk { entries_path: &entries_path, plan: &plan, selection: &selection, packs, secret, counters };
     let mut summary = match &opts.to {
         Destination::Dir(to) => walk.write_tree(to, opts.overwrite)?,
-        Destination::Bucket(bucket) => walk.upload(bucket, runtime)?,
+        Destination::Bucket(bucket) => walk.upload(bucket)?,
     };
     summary.refused = plan.refused.total;
     refusals.append(&mut summary.failures);
@@ -343,7 +343,7 @@ impl<'a> Walk<'a> {
     /// Into a bucket: each file entry becomes the object under its key, its bytes from
     /// the snapshot (never from a local file). Directories are implied by the keys; a
     /// symlink is not an object and is not uploaded.
-    fn upload(mut self, bucket: &crate::source::bucket::Bucket, runtime: &tokio::runtime::Runtime) -> Result<Summary> {
+    fn upload(mut self, bucket: &crate::source::bucket::Bucket) -> Result<Summary> {
         let mut summary = Summary::default();
         for item in self.entries()? {
             let (entry, _, _) = item?;
@@ -354,7 +354,7 @@ impl<'a> Walk<'a> {
         for item in self.files()? {
             let (entry, reads) = item?;
             self.counters.set_current(&entry.path);
-            match self.upload_one(bucket, runtime, &entry, reads) {
+            match self.upload_one(bucket, &entry, reads) {
                 Ok(()) => {
                     summary.files += 1;
                     summary.bytes += entry.size;
@@ -374,7 +374,6 @@ impl<'a> Walk<'a> {
     fn upload_one(
         &mut self,
         bucket: &crate::source::bucket::Bucket,
-        runtime: &tokio::runtime::Runtime,
         entry: &Entry,
         reads: std::ops::Range<usize>,
     ) -> Result<()> {
@@ -394,13 +393,13 @@ impl<'a> Walk<'a> {
             let data = crate::format::pack::verified_blob(&pack, &write::blob(*id, &loc), &self.secret)?;
             written += data.len() as u64;
             Counters::add(&self.counters.bytes, data.len() as u64);
-            runtime.block_on(upload.put(bytes::Bytes::from(data)))?;
+            crate::runtime::block_on(upload.put(bytes::Bytes::from(data)))?;
         }
         if written != entry.size {
-            runtime.block_on(upload.abort());
+            crate::runtime::block_on(upload.abort());
             bail!("restored {written} bytes but the snapshot recorded {}", entry.size);
         }
-        runtime.block_on(upload.finish())
+        crate::runtime::block_on(upload.finish())
     }
 }
 
@@ -439,4 +438,30 @@ fn failure(path: &[u8], what: &str, e: std::io::Error) -> String {
     let msg = format!("{}: {what}: {e}", show(path));
     tracing::error!("{msg}");
     msg
+}
+
+/// A path the user typed, as a path inside a snapshot of `source`: without leading or
+/// trailing `/`, and without the source root's own path when it starts with it (so that
+/// `/srv/www/index.html` and `index.html` both name a file of `path /srv/www`).
+pub fn inside(source: &str, typed: &str) -> Vec<u8> {
+    let root = source.strip_prefix("path ").map(|r| r.trim_end_matches('/')).filter(|r| r.starts_with('/'));
+    let typed = match root.and_then(|r| typed.strip_prefix(r)) {
+        Some(rest) if rest.is_empty() || rest.starts_with('/') => rest,
+        _ => typed,
+    };
+    typed.trim_matches('/').as_bytes().to_vec()
+}
+
+#[cfg(test)]
+mod inside_tests {
+    use super::*;
+
+    #[test]
+    fn typed_paths_are_read_with_or_without_the_source_root() {
+        assert_eq!(inside("path /srv/www", "/srv/www/a/index.html"), b"a/index.html");
+        assert_eq!(inside("path /srv/www", "a/index.html/"), b"a/index.html");
+        assert_eq!(inside("path /srv/www", "/srv/www"), b"");
+        assert_eq!(inside("path /srv/www", "/srv/wwwx/a"), b"srv/wwwx/a");
+        assert_eq!(inside("command pg_dump", "/dump.sql"), b"dump.sql");
+    }
 }

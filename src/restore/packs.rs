@@ -9,7 +9,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use crate::format::pack;
 use crate::keys::Identity;
-use crate::target::Target;
+use crate::store::Target;
 
 /// Decoded packs kept for chunks shared between files.
 const CACHE_BYTES: usize = 48 << 20;
@@ -49,7 +49,6 @@ pub struct Packs {
 struct Fetch {
     target: Target,
     identity: Arc<Identity>,
-    runtime: tokio::runtime::Handle,
     /// Packs in order of first need: (hash, version). A pack's index is its position.
     schedule: Vec<super::plan::PackRef>,
     state: Mutex<FetchState>,
@@ -75,9 +74,7 @@ impl Fetch {
             return Err(error("no such pack".into(), false));
         };
         let key = crate::format::pack_key(hash);
-        let ct = self
-            .runtime
-            .block_on(self.target.get(&key, version.as_deref(), *size))
+        let ct = crate::runtime::block_on(self.target.get(&key, version.as_deref(), *size))
             .map_err(|e| error(format!("{e:#}"), false))?;
         pack::open(&ct, hash, &self.identity).map(Arc::new).map_err(|e| match e.is_damage() {
             true => error(e.to_string(), true),
@@ -109,16 +106,10 @@ impl Fetch {
 }
 
 impl Packs {
-    pub fn start(
-        target: Target,
-        identity: Arc<Identity>,
-        runtime: tokio::runtime::Handle,
-        schedule: Vec<super::plan::PackRef>,
-    ) -> Packs {
+    pub fn start(target: Target, identity: Arc<Identity>, schedule: Vec<super::plan::PackRef>) -> Packs {
         let shared = Arc::new(Fetch {
             target,
             identity,
-            runtime,
             schedule,
             state: Mutex::new(FetchState::default()),
             wake: Condvar::new(),

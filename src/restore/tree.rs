@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{Result, anyhow};
 
-use crate::ChunkId;
+use crate::chunk_id::ChunkId;
 use crate::format::entry::{ChunkedStream, EntryReader};
 use crate::format::entry_check::{Refused, TreeCheck};
 use crate::format::pack;
@@ -41,11 +41,8 @@ impl<'a> ChunkReader<'a> {
         let plain = match &self.last {
             Some((hash, plain)) if *hash == loc.pack_hash => plain.clone(),
             _ => {
-                let ct = self.repo.runtime.block_on(self.repo.source().get(
-                    &key,
-                    loc.pack_version.as_deref(),
-                    loc.pack_size,
-                ))?;
+                let ct =
+                    crate::runtime::block_on(self.repo.source().get(&key, loc.pack_version.as_deref(), loc.pack_size))?;
                 let plain = match pack::open(&ct, &loc.pack_hash, self.repo.identity()) {
                     Ok(plain) => Arc::new(plain),
                     Err(e) => {

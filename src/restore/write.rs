@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
-use crate::ChunkId;
+use crate::chunk_id::ChunkId;
 use crate::format::pack::{self, BlobEntry};
 use crate::keys::RepoSecret;
 use crate::progress::Counters;

@@ -176,13 +176,12 @@ impl Bucket {
 
     /// Lists the objects, for a backup to read.
     pub fn prepare(self) -> Result<Prepared> {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let (objects, errors) = match &self.store {
             Store::Dir { root, .. } => dir::list(root)?,
-            _ => (runtime.block_on(self.list())?, Vec::new()),
+            _ => (crate::runtime::block_on(self.list())?, Vec::new()),
         };
         let state = BucketState { url: self.url.clone(), objects: objects.len() as u64 };
-        let input = Input::Objects { bucket: self, objects, runtime };
+        let input = Input::Objects { bucket: self, objects };
         Ok(Prepared { input, contents: Some(Contents::Bucket(state)), errors, command: None })
     }
 
@@ -397,22 +396,21 @@ pub fn etag_fingerprint(etag: Option<&str>) -> u64 {
 const STALL: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// A blocking reader over an object's byte stream, for the chunker.
-pub struct StreamReader<'a> {
-    runtime: &'a tokio::runtime::Runtime,
+pub struct StreamReader {
     stream: BoxStream<'static, Result<Bytes>>,
     buf: Bytes,
 }
 
-impl<'a> StreamReader<'a> {
-    pub fn new(runtime: &'a tokio::runtime::Runtime, stream: BoxStream<'static, Result<Bytes>>) -> Self {
-        StreamReader { runtime, stream, buf: Bytes::new() }
+impl StreamReader {
+    pub fn new(stream: BoxStream<'static, Result<Bytes>>) -> Self {
+        StreamReader { stream, buf: Bytes::new() }
     }
 }
 
-impl Read for StreamReader<'_> {
+impl Read for StreamReader {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
         while self.buf.is_empty() {
-            let next = self.runtime.block_on(async { tokio::time::timeout(STALL, self.stream.next()).await });
+            let next = crate::runtime::block_on(async { tokio::time::timeout(STALL, self.stream.next()).await });
             match next.map_err(|_| std::io::Error::other(format!("no data for {STALL:?}: the transfer stalled")))? {
                 Some(Ok(b)) => self.buf = b,
                 Some(Err(e)) => return Err(std::io::Error::other(format!("{e:#}"))),

@@ -128,7 +128,7 @@ pub enum Input {
     /// One file whose bytes come from a stream (a command's stdout).
     Stream { name: String, data: std::process::ChildStdout },
     /// A bucket's objects, listed, each streamed unless unchanged.
-    Objects { bucket: bucket::Bucket, objects: Vec<bucket::Object>, runtime: tokio::runtime::Runtime },
+    Objects { bucket: bucket::Bucket, objects: Vec<bucket::Object> },
 }
 
 /// Reads a `source = { … }` table: the one kind whose key it holds, strictly.

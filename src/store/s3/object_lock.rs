@@ -13,7 +13,7 @@ use http::{Method, StatusCode};
 use serde::Deserialize;
 
 use crate::s3::{Answer, S3Client, encode_query, parse_xml, s3_error};
-use crate::target::{AlreadyExists, LockMode, ObjectVersion, Retention};
+use crate::store::{AlreadyExists, LockMode, ObjectVersion, Retention};
 
 /// Which checksum a lock call carries, as the AWS SDKs say it: AWS and moto want this or
 /// `Content-MD5` beside the lock headers ([`S3Client`] sends both digests).

@@ -3,14 +3,31 @@
 
 use std::sync::Arc;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use object_store::ObjectStoreExt;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjPath;
 
+use super::config::NoOptions;
 use super::object_io::{get, list_current, put_new, size_of};
-use super::{LockMode, ObjectVersion, Retention, Store};
+use super::{Capabilities, Kind, LockMode, ObjectVersion, Retention, Store, Unsupported};
+
+pub const KIND: Kind = Kind {
+    scheme: "file",
+    example: "file:///absolute/path",
+    capabilities: Capabilities { versions: false, locks: false, create_only: true },
+    options: |key, table, _prune| {
+        super::config::read_options::<Empty>(key, table)?;
+        Ok(Arc::new(NoOptions))
+    },
+    open: |cfg, rest| Ok(Arc::new(Local::open(&cfg.url, rest)?)),
+};
+
+/// A `file://` target has no keys of its own.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Empty {}
 
 pub struct Local {
     store: LocalFileSystem,
@@ -53,7 +70,7 @@ impl Store for Local {
     }
 
     async fn set_lock(&self, key: &str, _version: Option<&str>, _lock: Retention) -> Result<()> {
-        Err(anyhow!("{key}: a file:// target cannot lock"))
+        Err(Unsupported { scheme: KIND.scheme, what: format!("a lock on {key}") }.into())
     }
 
     async fn delete(&self, key: &str, _version: Option<&str>) -> Result<()> {

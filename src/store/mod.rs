@@ -6,19 +6,23 @@
 //! (S3 Object Lock), every object is written locked, and locks are extended, never
 //! shortened.
 //!
-//! A store kind is one file implementing [`Store`] and one line in [`Target::open_with`]:
+//! A store kind is one file that implements [`Store`] and declares its [`Kind`] (scheme,
+//! capabilities, its own config keys and credentials), and one line in [`KINDS`]:
 //!
 //! | kind      | file       | protection                                        |
 //! |-----------|------------|---------------------------------------------------|
 //! | `file://` | `local.rs` | none: for trying coffer out                       |
 //! | `s3://`   | `s3/`      | Object Lock, COMPLIANCE or GOVERNANCE (or none)   |
 //!
-//! Beside them: `protection.rs`, the lock types every kind speaks in, and
-//! `object_io.rs`, the `object_store` reads and listings the kinds built on it share.
+//! Beside them: `config.rs`, the `[target]` keys every kind shares; `retrying.rs`, the
+//! one retry policy around every kind; `protection.rs`, the lock types every kind speaks
+//! in; `object_io.rs`, the `object_store` calls the kinds built on it share.
 
+pub mod config;
 mod local;
 mod object_io;
 mod protection;
+mod retrying;
 mod s3;
 
 use std::sync::Arc;
@@ -26,34 +30,74 @@ use std::sync::Arc;
 use anyhow::{Result, anyhow, bail};
 use bytes::Bytes;
 
+pub use config::TargetConfig;
 pub use protection::{AlreadyExists, BucketSettings, LockMode, ObjectVersion, Protection, Retention};
 
-use crate::catalog::TargetId;
-use crate::config::TargetConfig;
 use crate::retry::Retry;
 
-/// What is missing for the target's credentials, named by the variables that should
-/// hold them (nothing for a kind without credentials).
-pub fn missing_credentials(cfg: &TargetConfig) -> Option<String> {
-    match cfg.url.split_once("://").map(|(scheme, _)| scheme) {
-        Some("s3") => s3::missing_credentials(cfg),
-        _ => None,
-    }
+/// A target's row id in the catalog, which stores every copy by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TargetId(pub i64);
+
+impl TargetId {
+    /// A target not in a catalog (yet): what `init` and `check-config` check before one exists.
+    pub const NONE: TargetId = TargetId(0);
 }
 
-/// The URL schemes of the store kinds [`Target::open_with`] opens (the config checks them).
-pub const SCHEMES: &[&str] = &["file", "s3"];
+/// Every store kind coffer opens, by URL scheme: one line each.
+pub static KINDS: &[Kind] = &[local::KIND, s3::KIND];
 
-/// The async runtime target calls run on: two workers, as the machines coffer is built
-/// for have few cores and its I/O is a handful of requests at a time.
-pub fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+/// One kind of object store: how the config names it, what it can do, how it reads its
+/// own keys of a `[target]` table, and how it is opened.
+pub struct Kind {
+    /// The URL scheme (`s3` for `s3://`).
+    pub scheme: &'static str,
+    /// The URL's form, as errors show it.
+    pub example: &'static str,
+    pub capabilities: Capabilities,
+    /// Reads the kind's keys: what is left of the table `key` once the shared ones are
+    /// taken; `[prune]` gives prune's credential variables by default.
+    pub options:
+        fn(key: &str, table: toml::Table, prune: &config::PruneConfig) -> Result<Arc<dyn config::KindOptions>, String>,
+    /// Opens the store `cfg` names; `rest` is the URL after `scheme://`. A kind does not
+    /// retry: [`Target`] wraps every kind in the run's retry policy.
+    pub open: fn(cfg: &TargetConfig, rest: &str) -> Result<Arc<dyn Store>>,
+}
+
+/// What a kind of store can do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Keeps every version of an object, with an id for each.
+    pub versions: bool,
+    /// Locks objects (write-once retention) in the config's `lock_mode`.
+    pub locks: bool,
+    /// Refuses a write to a key that exists (coffer never overwrites).
+    pub create_only: bool,
+}
+
+/// A call the store kind cannot make (a lock on a directory): a bug in the caller, named.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: a {scheme}:// target cannot do this")]
+pub struct Unsupported {
+    pub scheme: &'static str,
+    pub what: String,
+}
+
+/// A failure worth retrying (a connection refused or reset, a timeout, a 5xx, SlowDown),
+/// as the kind that saw it judged: the error chain holds this marker.
+#[derive(Debug, thiserror::Error)]
+#[error("transient failure")]
+pub struct Transient;
+
+/// Marks `e` as worth retrying.
+pub fn transient(e: anyhow::Error) -> anyhow::Error {
+    e.context(Transient)
 }
 
 /// One kind of object store, as [`Target`] uses it. Keys are relative to the target's
 /// prefix; `version` is a version id the store returned, or `None` for the current one.
 #[async_trait::async_trait]
-trait Store: Send + Sync {
+pub trait Store: Send + Sync {
     /// Writes a new object, locked by `lock` where given; an existing key is refused
     /// with [`AlreadyExists`]. Returns the new version's id, where the store keeps
     /// versions.
@@ -126,14 +170,13 @@ impl Target {
 
     /// The target for a backup run: transient failures are retried under `retry`.
     pub fn open_with(cfg: &TargetConfig, id: TargetId, retry: Retry) -> Result<Target> {
-        let (scheme, rest) = cfg.url.split_once("://").unwrap_or(("", ""));
-        // One line per store kind, and its scheme in SCHEMES.
-        let store: Arc<dyn Store> = match scheme {
-            "file" => Arc::new(local::Local::open(&cfg.url, rest)?),
-            "s3" => Arc::new(s3::S3::open(cfg, rest, retry)?),
-            _ => bail!("target url `{}`: expected file:// or s3://", cfg.url),
+        let Some(kind) = config::kind_of(&cfg.url) else {
+            let forms: Vec<&str> = KINDS.iter().map(|k| k.example).collect();
+            bail!("target url `{}`: expected {}", cfg.url, forms.join(" or "));
         };
-        let lock = if scheme == "file" { None } else { cfg.lock_mode };
+        let rest = &cfg.url[kind.scheme.len() + 3..];
+        let store = retrying::Retrying::wrap((kind.open)(cfg, rest)?, retry);
+        let lock = if kind.capabilities.locks { cfg.lock_mode } else { None };
         Ok(Target {
             store,
             name: cfg.name.clone(),
@@ -315,15 +358,11 @@ mod tests {
         TargetConfig {
             name: "t".into(),
             url,
-            endpoint: None,
-            region: None,
             upload_concurrency: 1,
             lock_mode: Some(LockMode::Compliance),
             retry_budget: std::time::Duration::from_secs(1),
-            instance_role: false,
-            credential_env: None,
-            prune: Default::default(),
             max_lock_days: 40,
+            options: Arc::new(config::NoOptions),
         }
     }
 
@@ -355,7 +394,7 @@ mod tests {
     #[test]
     fn an_unknown_scheme_is_named() {
         let e = Target::open(&config("gs://bucket".into()), TargetId(1)).err().unwrap();
-        assert!(e.to_string().contains("expected file:// or s3://"), "{e}");
+        assert!(e.to_string().contains("expected file:///absolute/path or s3://bucket/prefix"), "{e}");
         let e = Target::open(&config("file://relative".into()), TargetId(1)).err().unwrap();
         assert!(e.to_string().contains("absolute path"), "{e}");
     }
