@@ -331,8 +331,14 @@ impl Scheduler {
                 // The run's outcome and error are in the run history and the log.
                 let ended = match job {
                     Some(job) => {
-                        let opts = crate::backup::Options { progress: false, trigger, scheduled_for, stop: Some(stop) };
-                        crate::backup::run(&cfg, &job, &opts).map(drop)
+                        let opts = crate::backup::Options {
+                            progress: false,
+                            trigger,
+                            scheduled_for,
+                            stop: Some(stop),
+                            observers: Vec::new(),
+                        };
+                        crate::backup::run(&cfg, &job, opts).map(drop)
                     }
                     None => {
                         let opts = crate::scrub::Options { trigger, scheduled_for, stop: Some(stop) };

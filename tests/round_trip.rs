@@ -291,3 +291,78 @@ fn the_first_snapshot_is_seen_to_be_the_yearly_keeper_before_it_binds() {
     assert!(table.contains("KEEP UNTIL") && table.contains("LOCKED UNTIL"), "{table}");
     assert!(table.lines().nth(1).is_some_and(|l| l.contains(&format!("{in_seven_years}-"))), "{table}");
 }
+
+/// What a per-file step added to a run sees ([`coffer::backup::Observer`]): each file's
+/// path and whether it was read, and the bytes of every file that was read.
+#[derive(Clone, Default)]
+struct Seen {
+    files: std::sync::Arc<std::sync::Mutex<Vec<(String, u64, bool)>>>,
+    bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl coffer::backup::Observer for Seen {
+    fn file(&mut self, entry: &coffer::format::entry::Entry, reused: bool) {
+        let path = String::from_utf8_lossy(&entry.path).into_owned();
+        self.files.lock().unwrap().push((path, entry.size, reused));
+    }
+
+    fn chunk(&mut self, data: &[u8]) {
+        self.bytes.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Seen {
+    fn run(cfg: &coffer::config::Config) -> Seen {
+        let seen = Seen::default();
+        let opts = coffer::backup::Options {
+            progress: false,
+            trigger: coffer::catalog::Trigger::Manual,
+            scheduled_for: None,
+            stop: None,
+            observers: vec![Box::new(seen.clone())],
+        };
+        coffer::backup::run(cfg, cfg.job("data").unwrap(), opts).unwrap();
+        seen
+    }
+
+    fn files(&self) -> Vec<(String, u64, bool)> {
+        let mut files = self.files.lock().unwrap().clone();
+        files.sort();
+        files
+    }
+
+    /// The bytes of the files that were read, as their sizes add up.
+    fn read_bytes(&self) -> u64 {
+        self.files().iter().filter(|f| !f.2).map(|f| f.1).sum()
+    }
+}
+
+#[test]
+fn an_observer_sees_every_file_and_the_bytes_read() {
+    let scratch = Scratch::new("observer");
+    let src = scratch.path("src");
+    std::fs::create_dir_all(src.join("d")).unwrap();
+    std::fs::write(src.join("a.txt"), b"alpha\n").unwrap();
+    std::fs::write(src.join("d/b.bin"), Rng(3).mixed(3 << 20)).unwrap();
+    std::fs::write(src.join("d/c.txt"), b"gamma\n").unwrap();
+    let setup = Setup::new("observer", Target::Dir, &src);
+    let cfg = coffer::config::Config::load(&setup.config).unwrap();
+
+    let first = Seen::run(&cfg);
+    let files = first.files();
+    let paths: Vec<&str> = files.iter().map(|f| f.0.as_str()).collect();
+    assert_eq!(paths, ["a.txt", "d/b.bin", "d/c.txt"], "every file, once");
+    assert!(files.iter().all(|f| !f.2), "a first run reads every file: {files:?}");
+    assert_eq!(first.bytes.load(std::sync::atomic::Ordering::Relaxed), (3 << 20) + 12);
+
+    // The second run: what is unchanged may be reused; what changed is read, and only
+    // what is read is shown as bytes.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    std::fs::write(src.join("d/c.txt"), b"gamma, changed\n").unwrap();
+    let second = Seen::run(&cfg);
+    let files = second.files();
+    assert_eq!(files.len(), 3, "{files:?}");
+    assert!(files.contains(&("d/c.txt".into(), 15, false)), "the changed file is read: {files:?}");
+    assert_eq!(second.bytes.load(std::sync::atomic::Ordering::Relaxed), second.read_bytes(), "{files:?}");
+    assert_eq!(setup.snapshots().len(), 2);
+}

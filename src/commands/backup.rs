@@ -78,8 +78,9 @@ fn one(cfg: &Config, job: &crate::config::Job, a: &Args) -> Result<ExitCode> {
         trigger: crate::catalog::Trigger::Manual,
         scheduled_for: None,
         stop: None,
+        observers: Vec::new(),
     };
-    let s = crate::backup::run(cfg, job, &opts)?;
+    let s = crate::backup::run(cfg, job, opts)?;
     let code = match s.outcome() {
         RunOutcome::Degraded => ExitCode::from(EXIT_DEGRADED),
         RunOutcome::Partial => ExitCode::from(EXIT_PARTIAL),
