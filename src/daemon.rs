@@ -22,9 +22,10 @@ use anyhow::{Context, Result, bail};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
-use crate::catalog::{Catalog, Trigger};
+use crate::catalog::{Catalog, RunStart, Trigger};
 use crate::config::Config;
 use crate::run_outcome::RunOutcome;
+use crate::task::tasks;
 
 /// The scheduler wakes at least this often, so `/health` can tell it is alive.
 const MAX_SLEEP: Duration = Duration::from_secs(15);
@@ -222,9 +223,9 @@ impl Scheduler {
     fn catch_up(&mut self, cfg: &Config) -> Result<()> {
         let catalog = Catalog::open_existing(&cfg.state_dir)?;
         let now = crate::time::now_secs();
-        for job in cfg.jobs.iter().filter(|j| j.catch_up) {
-            let Some(schedule) = &job.schedule else { continue };
-            let why = match catalog.last_run(&job.name)? {
+        for task in tasks(cfg).iter().filter(|t| t.catches_up()) {
+            let Some((schedule, _)) = task.schedule() else { continue };
+            let why = match catalog.last_run(task.name())? {
                 None => Some("the job has never run"),
                 Some((_, RunOutcome::Interrupted)) => Some("its last run was interrupted"),
                 Some((last, _)) => schedule
@@ -233,8 +234,12 @@ impl Scheduler {
                     .map(|_| "a fire time passed while the daemon was down"),
             };
             if let Some(why) = why {
-                tracing::info!(job = %job.name, "catching up once: {why}");
-                self.queue.push_back(Queued { job: job.name.clone(), trigger: Trigger::CatchUp, scheduled_for: None });
+                tracing::info!(job = %task.name(), "catching up once: {why}");
+                self.queue.push_back(Queued {
+                    job: task.name().to_string(),
+                    trigger: Trigger::CatchUp,
+                    scheduled_for: None,
+                });
             }
         }
         Ok(())
@@ -245,7 +250,8 @@ impl Scheduler {
     fn plan(&mut self, cfg: &Config, previous: &HashMap<String, String>) {
         let now = crate::time::now_secs();
         let mut slots = HashMap::new();
-        for (name, schedule, jitter) in scheduled(cfg) {
+        for task in tasks(cfg) {
+            let (name, Some((schedule, jitter))) = (task.name(), task.schedule()) else { continue };
             let kept = previous.get(name).filter(|text| **text == schedule.text).and_then(|_| self.slots.remove(name));
             let slot = kept.or_else(|| {
                 let fire = schedule.next_after(now, cfg.daemon.zone)?;
@@ -274,8 +280,10 @@ impl Scheduler {
         let cfg = self.shared.config();
         let now_ms = now_millis();
         let due: Vec<String> = self.slots.iter().filter(|(_, s)| s.due_ms <= now_ms).map(|(j, _)| j.clone()).collect();
+        let tasks = tasks(&cfg);
         for name in due {
-            let Some((_, schedule, jitter)) = scheduled(&cfg).find(|(n, ..)| *n == name) else { continue };
+            let Some(task) = tasks.iter().find(|t| t.name() == name) else { continue };
+            let Some((schedule, jitter)) = task.schedule() else { continue };
             let fire = self.slots[&name].fire;
             let busy = if lock(&self.shared.running).contains(&name) {
                 Some("the previous run was still going")
@@ -287,8 +295,13 @@ impl Scheduler {
             match busy {
                 Some(why) => {
                     tracing::warn!(job = %name, fire = %crate::time::format_utc(fire), "skipped: {why}");
-                    if let Err(e) = Catalog::open_existing(&cfg.state_dir).and_then(|c| c.record_skip(&name, fire, why))
-                    {
+                    let skipped = RunStart {
+                        job: &name,
+                        kind: task.kind(),
+                        trigger: Trigger::Schedule,
+                        scheduled_for: Some(fire),
+                    };
+                    if let Err(e) = Catalog::open_existing(&cfg.state_dir).and_then(|c| c.record_skip(&skipped, why)) {
                         tracing::error!(job = %name, "cannot record the skip: {e:#}");
                     }
                 }
@@ -318,10 +331,7 @@ impl Scheduler {
         let cfg = self.shared.config();
         while lock(&self.shared.running).len() < cfg.daemon.max_concurrent_jobs {
             let Some(q) = self.queue.pop_front() else { break };
-            let job = cfg.jobs.iter().find(|j| j.name == q.job).cloned();
-            if job.is_none() && q.job != crate::scrub::JOB {
-                continue;
-            }
+            let Some(task) = tasks(&cfg).into_iter().find(|t| t.name() == q.job) else { continue };
             lock(&self.shared.running).push(q.job.clone());
             let (cfg, done, stop) = (cfg.clone(), self.done_tx.clone(), self.shared.stop.clone());
             let finished = Finished { job: q.job.clone(), done };
@@ -329,22 +339,7 @@ impl Scheduler {
             let spawned = std::thread::Builder::new().name(format!("job-{}", q.job)).spawn(move || {
                 let _finished = finished;
                 // The run's outcome and error are in the run history and the log.
-                let ended = match job {
-                    Some(job) => {
-                        let opts = crate::backup::Options {
-                            progress: false,
-                            trigger,
-                            scheduled_for,
-                            stop: Some(stop),
-                            observers: Vec::new(),
-                        };
-                        crate::backup::run(&cfg, &job, opts).map(drop)
-                    }
-                    None => {
-                        let opts = crate::scrub::Options { trigger, scheduled_for, stop: Some(stop) };
-                        crate::scrub::run(&cfg, &opts).map(drop)
-                    }
-                };
+                let ended = task.run(&cfg, trigger, scheduled_for, stop);
                 if let Err(e) = ended {
                     tracing::debug!(job = %name, "run ended: {e:#}");
                 }
@@ -392,8 +387,10 @@ impl Scheduler {
                 if new.http.listen != old.http.listen {
                     tracing::warn!("http.listen changed: it takes effect when the daemon restarts");
                 }
-                let previous: HashMap<String, String> =
-                    scheduled(&old).map(|(name, schedule, _)| (name.to_string(), schedule.text.clone())).collect();
+                let previous: HashMap<String, String> = tasks(&old)
+                    .iter()
+                    .filter_map(|t| Some((t.name().to_string(), t.schedule()?.0.text.clone())))
+                    .collect();
                 *self.shared.token.write().unwrap_or_else(|p| p.into_inner()) = token;
                 let new = Arc::new(new);
                 *self.shared.cfg.write().unwrap_or_else(|p| p.into_inner()) = new.clone();
@@ -460,13 +457,6 @@ impl Drop for Finished {
 fn second_signal() -> ExitCode {
     tracing::warn!("second signal: exiting at once (the next start resumes)");
     ExitCode::FAILURE
-}
-
-/// Everything the scheduler fires: each job with a schedule, and the scrub; by name, with
-/// its schedule and jitter.
-fn scheduled(cfg: &Config) -> impl Iterator<Item = (&str, &crate::schedule::Schedule, Duration)> {
-    let jobs = cfg.jobs.iter().filter_map(|j| Some((j.name.as_str(), j.schedule.as_ref()?, j.jitter)));
-    jobs.chain(cfg.scrub.iter().map(|s| (crate::scrub::JOB, &s.schedule, Duration::ZERO)))
 }
 
 /// The moment a firing is due: its fire time plus a random delay up to `jitter`.

@@ -50,6 +50,7 @@ pub mod source;
 pub mod state_dir;
 pub mod status;
 pub mod store;
+pub mod task;
 pub mod time;
 pub mod verify;
 pub mod xattr;

@@ -50,6 +50,13 @@ pub struct Options {
     pub stop: Option<Arc<AtomicBool>>,
 }
 
+impl Options {
+    fn run_start(&self) -> crate::catalog::RunStart<'static> {
+        let (trigger, scheduled_for) = (self.trigger, self.scheduled_for);
+        crate::catalog::RunStart { job: JOB, kind: crate::catalog::RunKind::Scrub, trigger, scheduled_for }
+    }
+}
+
 /// One scrub of every target: recorded as a run, logged, its findings at ERROR. One
 /// that cannot start (the catalog, a target's config) is a failed run too.
 pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
@@ -60,14 +67,14 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Report> {
         Err(e) => {
             let error = format!("the scrub could not start: {e:#}");
             tracing::error!(outcome = "failed", "scrub finished: {error}");
-            crate::catalog::Catalog::record_failure(&cfg.state_dir, JOB, opts.trigger, opts.scheduled_for, &error);
+            crate::catalog::Catalog::record_failure(&cfg.state_dir, &opts.run_start(), &error);
             return Err(e);
         }
     };
     let (read_per_day, period) =
         cfg.scrub.as_ref().map_or((2 << 30, 30 * 86_400), |s| (s.read_per_day, s.period.as_secs() as i64));
     let last = repo.catalog.job_totals(JOB)?.last_run.map(|r| r.started_at);
-    let run_id = repo.catalog.start_run(JOB, opts.trigger, opts.scheduled_for)?;
+    let run_id = repo.catalog.start_run(&opts.run_start())?;
     let started = std::time::Instant::now();
     // A day's worth of reading per day since the last scrub (an hour at least, a week at most).
     let elapsed = last.map_or(86_400, |t| (crate::time::now_secs() - t).clamp(3600, 7 * 86_400));

@@ -55,6 +55,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "verify",
         ],
     ),
+    ("the daemon's tasks: each kind of periodic work", &["task"]),
     ("the surfaces: the daemon and the command line", &["cli", "commands", "daemon", "lib", "main"]),
 ];
 

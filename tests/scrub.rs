@@ -166,7 +166,10 @@ fn the_daemon_scrubs_on_its_schedule() {
         // One pack a run: a day's 1 MiB, spread over the day, is less than a pack.
         assert!(run["bytes_read"].as_u64().unwrap() < 3 << 20, "{run}");
         assert_eq!(run["findings"], 0, "{run}");
+        assert_eq!(run["kind"], "scrub", "the run history knows the daemon's tasks apart: {run}");
     }
+    let all: Vec<Value> = serde_json::from_slice(&setup.ok(&["runs", "--json"]).stdout).unwrap();
+    assert!(all.iter().any(|r| r["job"] == "data" && r["kind"] == "backup"), "{all:?}");
     assert!(metrics.contains("coffer_scrub_last_run_findings 0"), "{metrics}");
     assert!(
         metrics.lines().any(|l| l.starts_with("coffer_scrub_read_bytes_total ") && !l.ends_with(" 0")),

@@ -20,7 +20,7 @@ use std::time::Instant;
 use anyhow::{Result, anyhow, bail};
 use bytes::Bytes;
 
-use crate::catalog::{Catalog, RunReport, SnapshotRow, Trigger};
+use crate::catalog::{Catalog, RunReport, RunStart, SnapshotRow, Trigger};
 use crate::config::{Config, Job};
 use crate::format::contents::Contents;
 use crate::format::snapshot::{self, EntryError, SnapshotRecord, SnapshotStats};
@@ -47,6 +47,13 @@ pub struct Options {
     pub stop: Option<Arc<AtomicBool>>,
     /// Steps shown every file the run puts into its snapshot ([`Observer`]).
     pub observers: Vec<Box<dyn Observer>>,
+}
+
+impl Options {
+    /// The run of `job` these options begin.
+    fn run_start<'a>(&self, job: &'a Job) -> RunStart<'a> {
+        RunStart::backup(&job.name, self.trigger, self.scheduled_for)
+    }
 }
 
 /// How a run ended.
@@ -121,7 +128,7 @@ pub fn run(cfg: &Config, job: &Job, mut opts: Options) -> Result<Summary> {
     };
     let retries = retries.into_inner();
     let retried = || retries.iter().map(Retry::retries).sum::<u64>();
-    let run_id = repo.catalog.start_run(&job.name, opts.trigger, opts.scheduled_for)?;
+    let run_id = repo.catalog.start_run(&opts.run_start(job))?;
     tracing::info!(job = %job.name, trigger = opts.trigger.as_str(), "backup started");
     let started = Instant::now();
     let counters = Arc::new(Counters::default());
@@ -196,8 +203,9 @@ fn failed_to_start(cfg: &Config, job: &Job, opts: &Options, e: anyhow::Error) ->
     if e.is::<crate::fsutil::Held>() {
         tracing::warn!(job = %job.name, "skipped: {e:#}");
         let when = opts.scheduled_for.unwrap_or_else(crate::time::now_secs);
+        let skipped = RunStart { scheduled_for: Some(when), ..opts.run_start(job) };
         if let Err(why) =
-            Catalog::open_existing(&cfg.state_dir).and_then(|c| c.record_skip(&job.name, when, &format!("{e:#}")))
+            Catalog::open_existing(&cfg.state_dir).and_then(|c| c.record_skip(&skipped, &format!("{e:#}")))
         {
             tracing::error!(job = %job.name, "the skip cannot be recorded in the catalog: {why:#}");
         }
@@ -205,7 +213,7 @@ fn failed_to_start(cfg: &Config, job: &Job, opts: &Options, e: anyhow::Error) ->
     }
     let error = format!("the run could not start: {e:#}");
     tracing::error!(job = %job.name, outcome = "failed", "backup finished: {error}");
-    Catalog::record_failure(&cfg.state_dir, &job.name, opts.trigger, opts.scheduled_for, &error);
+    Catalog::record_failure(&cfg.state_dir, &opts.run_start(job), &error);
     crate::hooks::after_run(job, RunOutcome::Failed, None, Some(&error));
     e
 }

@@ -30,7 +30,7 @@ pub use file_cache::CachedFile;
 pub use keysets::KeySetRow;
 pub use packs::{ChunkLoc, PackLock, PackRow, StoredPack};
 pub use repo::{NewTarget, RepoRow};
-pub use runs::{JobTotals, RunReport, RunRow, Trigger};
+pub use runs::{JobTotals, RunKind, RunReport, RunRow, RunStart, Trigger};
 pub use snapshots::{SnapshotRow, SnapshotState};
 pub use targets::{Copy, TargetId, TargetRow, ensure_same_url};
 
@@ -68,6 +68,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0009_pin.sql"),
     include_str!("../../migrations/0010_keysets.sql"),
     include_str!("../../migrations/0011_scrub.sql"),
+    include_str!("../../migrations/0012_run_kind.sql"),
 ];
 
 pub struct Catalog {
@@ -201,9 +202,9 @@ mod tests {
             ("manual", "failed", 5, Some("boom"))
         );
         // The new outcomes are accepted; a stale `running` row is closed by the next start.
-        cat.record_skip("a", 30, "busy").unwrap();
-        let stale = cat.start_run("a", Trigger::Schedule, Some(40)).unwrap();
-        cat.start_run("a", Trigger::CatchUp, None).unwrap();
+        cat.record_skip(&RunStart::backup("a", Trigger::Schedule, Some(30)), "busy").unwrap();
+        let stale = cat.start_run(&RunStart::backup("a", Trigger::Schedule, Some(40))).unwrap();
+        cat.start_run(&RunStart::backup("a", Trigger::CatchUp, None)).unwrap();
         let rows = cat.runs(Some("a"), 10).unwrap();
         assert_eq!(rows.iter().find(|r| r.id == stale).unwrap().outcome, RunOutcome::Interrupted);
         assert_eq!(rows.iter().filter(|r| r.outcome == RunOutcome::Skipped).count(), 1);

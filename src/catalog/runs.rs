@@ -45,11 +45,51 @@ impl Trigger {
     }
 }
 
+/// What a run is of: the kinds of task the daemon schedules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunKind {
+    Backup,
+    Scrub,
+}
+
+impl RunKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunKind::Backup => "backup",
+            RunKind::Scrub => "scrub",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<RunKind> {
+        [RunKind::Backup, RunKind::Scrub].into_iter().find(|k| k.as_str() == text)
+    }
+}
+
+super::text_column!(RunKind, "run kind");
+
+/// Which run begins: its name in the history (a job's, or `@scrub`), its kind, and why.
+#[derive(Debug, Clone, Copy)]
+pub struct RunStart<'a> {
+    pub job: &'a str,
+    pub kind: RunKind,
+    pub trigger: Trigger,
+    /// The fire time it is for, when a schedule started it.
+    pub scheduled_for: Option<i64>,
+}
+
+impl<'a> RunStart<'a> {
+    pub fn backup(job: &'a str, trigger: Trigger, scheduled_for: Option<i64>) -> RunStart<'a> {
+        RunStart { job, kind: RunKind::Backup, trigger, scheduled_for }
+    }
+}
+
 /// One row of the run history (`coffer runs`).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RunRow {
     pub id: i64,
     pub job: String,
+    pub kind: RunKind,
     pub trigger: String,
     pub scheduled_for: Option<i64>,
     pub started_at: i64,
@@ -103,6 +143,7 @@ fn run_row(r: &rusqlite::Row) -> rusqlite::Result<RunRow> {
         retries: r.get(12)?,
         error: r.get(13)?,
         findings: r.get(14)?,
+        kind: r.get(15)?,
     })
 }
 
@@ -110,8 +151,8 @@ impl Catalog {
     /// Records the start of a run. The caller holds the job's lock, so any other run of
     /// the job still marked running belongs to a process that died: it is closed as
     /// interrupted.
-    pub fn start_run(&self, job: &str, trigger: Trigger, scheduled_for: Option<i64>) -> Result<i64> {
-        let now = crate::time::now_secs();
+    pub fn start_run(&self, run: &RunStart) -> Result<i64> {
+        let (job, now) = (run.job, crate::time::now_secs());
         self.conn.execute(
             "UPDATE runs SET outcome = 'interrupted', ended_at = ?2,
                              error = 'the process ended before this run finished'
@@ -119,8 +160,9 @@ impl Catalog {
             params![job, now],
         )?;
         self.conn.execute(
-            "INSERT INTO runs (job, trigger, scheduled_for, started_at, outcome) VALUES (?1, ?2, ?3, ?4, 'running')",
-            params![job, trigger.as_str(), scheduled_for, now],
+            "INSERT INTO runs (job, kind, trigger, scheduled_for, started_at, outcome)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'running')",
+            params![job, run.kind, run.trigger.as_str(), run.scheduled_for, now],
         )?;
         Ok(self.conn.last_insert_rowid())
     }
@@ -151,13 +193,13 @@ impl Catalog {
     /// preflight): recorded whole in the catalog of `state_dir`, without touching a run in
     /// progress elsewhere, where that catalog opens; else logged at ERROR (the log line is
     /// its record, and `/metrics` shows the catalog down).
-    pub fn record_failure(state_dir: &Path, job: &str, trigger: Trigger, scheduled_for: Option<i64>, error: &str) {
-        let now = crate::time::now_secs();
+    pub fn record_failure(state_dir: &Path, run: &RunStart, error: &str) {
+        let (job, now) = (run.job, crate::time::now_secs());
         let recorded = Catalog::open_existing(state_dir).and_then(|c| {
             c.conn.execute(
-                "INSERT INTO runs (job, trigger, scheduled_for, started_at, ended_at, duration_ms, outcome, error)
-                 VALUES (?1, ?2, ?3, ?4, ?4, 0, 'failed', ?5)",
-                params![job, trigger.as_str(), scheduled_for, now, error],
+                "INSERT INTO runs (job, kind, trigger, scheduled_for, started_at, ended_at, duration_ms, outcome, error)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5, 0, 'failed', ?6)",
+                params![job, run.kind, run.trigger.as_str(), run.scheduled_for, now, error],
             )?;
             Ok(())
         });
@@ -167,12 +209,12 @@ impl Catalog {
     }
 
     /// A fire time that came while the job was still running (or waiting to run).
-    pub fn record_skip(&self, job: &str, scheduled_for: i64, why: &str) -> Result<()> {
+    pub fn record_skip(&self, run: &RunStart, why: &str) -> Result<()> {
         let now = crate::time::now_secs();
         self.conn.execute(
-            "INSERT INTO runs (job, trigger, scheduled_for, started_at, ended_at, duration_ms, outcome, error)
-             VALUES (?1, 'schedule', ?2, ?3, ?3, 0, 'skipped', ?4)",
-            params![job, scheduled_for, now, why],
+            "INSERT INTO runs (job, kind, trigger, scheduled_for, started_at, ended_at, duration_ms, outcome, error)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5, 0, 'skipped', ?6)",
+            params![run.job, run.kind, run.trigger.as_str(), run.scheduled_for, now, why],
         )?;
         Ok(())
     }
@@ -181,7 +223,7 @@ impl Catalog {
     pub fn runs(&self, job: Option<&str>, limit: usize) -> Result<Vec<RunRow>> {
         let mut st = self.conn.prepare(
             "SELECT id, job, trigger, scheduled_for, started_at, ended_at, duration_ms, outcome, snapshot,
-                    bytes_read, bytes_new, bytes_uploaded, retries, error, findings
+                    bytes_read, bytes_new, bytes_uploaded, retries, error, findings, kind
              FROM runs WHERE ?1 IS NULL OR job = ?1 ORDER BY id DESC LIMIT ?2",
         )?;
         let rows = st.query_map(params![job, limit as i64], run_row)?;
@@ -234,7 +276,7 @@ impl Catalog {
             .conn
             .query_row(
                 "SELECT id, job, trigger, scheduled_for, started_at, ended_at, duration_ms, outcome, snapshot,
-                        bytes_read, bytes_new, bytes_uploaded, retries, error, findings
+                        bytes_read, bytes_new, bytes_uploaded, retries, error, findings, kind
                  FROM runs WHERE job = ?1 AND outcome NOT IN ('skipped', 'running') ORDER BY id DESC LIMIT 1",
                 [job],
                 run_row,

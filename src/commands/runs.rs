@@ -32,14 +32,16 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let widths = [-6, -20, -12, -9, -11, 7, 10, 10, 7];
-    let header = ["RUN", "STARTED (UTC)", "JOB", "TRIGGER", "OUTCOME", "TIME", "READ", "UPLOADED", "RETRIES", "ERROR"];
+    let widths = [-6, -20, -12, -7, -9, -11, 7, 10, 10, 7];
+    let header =
+        ["RUN", "STARTED (UTC)", "JOB", "KIND", "TRIGGER", "OUTCOME", "TIME", "READ", "UPLOADED", "RETRIES", "ERROR"];
     println!("{}", table_line(&header.map(String::from), &widths));
     for r in &rows {
         let cells = [
             r.id.to_string(),
             crate::time::format_utc(r.started_at),
             r.job.clone(),
+            r.kind.as_str().to_string(),
             r.trigger.clone(),
             r.outcome.to_string(),
             r.duration_ms.map(|ms| format!("{:.1}s", ms as f64 / 1000.0)).unwrap_or_else(|| "-".into()),
