@@ -108,7 +108,7 @@ impl Browser {
             return Ok(());
         }
         let holders: Vec<_> = self.repo.catalog.snapshot_holders(&snap.id)?.into_iter().map(|(t, _)| t).collect();
-        if holders.contains(&self.repo.source().id) {
+        if holders.contains(&self.repo.read_target().id) {
             return Ok(());
         }
         let index = self.repo.targets.iter().position(|t| holders.contains(&t.id));
@@ -176,7 +176,7 @@ impl Browser {
     /// The plaintext size of a file's chunks, as the catalog records them (`None`: a chunk
     /// is in no pack it knows).
     fn stored_size(&self, chunks: &[ChunkId]) -> Result<Option<u64>> {
-        let target = self.repo.source().id;
+        let target = self.repo.read_target().id;
         let mut total = 0;
         for id in chunks {
             match self.repo.catalog.chunk_location(target, id, Some(&self.made_with))? {

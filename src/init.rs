@@ -4,7 +4,7 @@
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 
-use crate::catalog::{Catalog, Copy, NewTarget, RepoRow, TargetId};
+use crate::catalog::{Catalog, NewTarget, RepoRow, StoredCopy, TargetId};
 use crate::chunker::ChunkerParams;
 use crate::config::Config;
 use crate::format::REPO_KEY;
@@ -122,7 +122,7 @@ pub fn run(cfg: &Config, allow_unprotected: bool) -> Result<Outcome> {
 
 /// Stores the repository record on a target, or finds it there from an init that
 /// stopped before the catalog heard of it; another repository's record is refused.
-fn put_record(target: &Target, record: &RepoRecord, until: i64) -> Result<Copy> {
+fn put_record(target: &Target, record: &RepoRecord, until: i64) -> Result<StoredCopy> {
     let bytes = record.encode();
     let version = if let Some(size) = crate::runtime::block_on(target.size_of(REPO_KEY, None))? {
         // Compared by size first: a target's object is read only if it could be ours.
@@ -141,5 +141,5 @@ fn put_record(target: &Target, record: &RepoRecord, until: i64) -> Result<Copy> 
     } else {
         crate::runtime::block_on(target.put_new(REPO_KEY, Bytes::from(bytes), until))?
     };
-    Ok(Copy { version, lock: target.lock_until(until) })
+    Ok(StoredCopy { version, lock: target.lock_until(until) })
 }

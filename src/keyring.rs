@@ -17,7 +17,7 @@ use std::collections::BTreeSet;
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
 
-use crate::catalog::{Catalog, Copy, KeySetRow};
+use crate::catalog::{Catalog, KeySetRow, StoredCopy};
 use crate::config::Config;
 use crate::format::keyset::{self, KeySet};
 use crate::keys::{Recipient, fingerprint_of};
@@ -245,7 +245,7 @@ fn write(repo: &Repo<Host>, current: &KeySetRow, members: &[Recipient], unreadab
         let until = record.lock.map_or(floor, |l| l.until.max(floor));
         match crate::runtime::block_on(target.put_new(&key, Bytes::from(object.clone()), until)) {
             Ok(version) => {
-                copies.push((target.id, Copy { version, lock: target.lock_until(until) }));
+                copies.push((target.id, StoredCopy { version, lock: target.lock_until(until) }));
                 stored_on.push(target.name.clone());
             }
             Err(e) => not_stored.push(format!("target `{}`: {e:#}", target.name)),

@@ -21,7 +21,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::catalog::{Catalog, Copy, KeySetRow, RepoRow, SnapshotRow, StoredPack, TargetId};
+use crate::catalog::{Catalog, KeySetRow, RepoRow, SnapshotRow, StoredCopy, StoredPack, TargetId};
 use crate::chunk_id::ChunkId;
 use crate::config::Config;
 use crate::format::entry::{ChunkedStream, EntryReader, Kind};
@@ -173,7 +173,7 @@ impl Recovery<'_> {
         if catalog.repo()?.is_none() {
             let lock = crate::runtime::block_on(self.target.lock_of(REPO_KEY, repo_version.as_deref()))?;
             catalog.set_repo(&RepoRow { repo_id: repo.id.clone(), chunker: repo.chunker, pin: Some(pin) }, &[])?;
-            catalog.set_repo_record(self.target.id, &Copy { version: repo_version, lock })?;
+            catalog.set_repo_record(self.target.id, &StoredCopy { version: repo_version, lock })?;
         }
         if catalog.current_keyset()?.is_none() {
             let recipients = repo.recipients.iter().map(|r| crate::keys::fingerprint_of(r)).collect();
@@ -212,7 +212,7 @@ impl Recovery<'_> {
                         recipients: set.recipients.into_iter().collect(),
                         record_hash: Some(blake3::hash(&bytes).to_hex().to_string()),
                     };
-                    catalog.add_keyset(&row, &[(self.target.id, Copy { version: version.clone(), lock })])?;
+                    catalog.add_keyset(&row, &[(self.target.id, StoredCopy { version: version.clone(), lock })])?;
                     self.genuine.insert(key, version);
                 }
                 Ok(_) => {
@@ -371,7 +371,7 @@ impl Recovery<'_> {
                     }
                 }
                 let lock = target.lock_of(&key, v.id.as_deref()).await?;
-                let copies = [(target.id, Copy { version: v.id.clone(), lock })];
+                let copies = [(target.id, StoredCopy { version: v.id.clone(), lock })];
                 let stored = StoredPack { hash: &id, size, keyset, blobs: &blobs, copies: &copies };
                 catalog.add_recovered_pack(&stored, &tree)?;
                 tracing::debug!("recorded {key}");
@@ -404,7 +404,7 @@ impl Recovery<'_> {
             }
             self.report.findings.extend(crate::inventory::unsafe_entries(key, refused));
             let lock = crate::runtime::block_on(self.target.lock_of(key, version.as_deref()))?;
-            let copies = [(self.target.id, Copy { version: version.clone(), lock })];
+            let copies = [(self.target.id, StoredCopy { version: version.clone(), lock })];
             catalog.complete_snapshot(
                 &SnapshotRow::from_record(record),
                 &copies,

@@ -14,7 +14,7 @@ use std::collections::HashSet;
 use anyhow::{Result, anyhow, bail};
 use bytes::Bytes;
 
-use crate::catalog::{Copy, TargetId};
+use crate::catalog::{StoredCopy, TargetId};
 use crate::format::{MAX_REPO_RECORD, MAX_SNAPSHOT_RECORD, REPO_KEY, pack_key, snapshot_key};
 use crate::repo::{Host, Repo};
 use crate::store::{AlreadyExists, Target};
@@ -86,7 +86,8 @@ impl Copier<'_> {
         if targets.iter().any(|t| t.id == to.id && t.record.is_some()) {
             return Ok(());
         }
-        let holders: Vec<(TargetId, Copy)> = targets.iter().filter_map(|t| Some((t.id, t.record.clone()?))).collect();
+        let holders: Vec<(TargetId, StoredCopy)> =
+            targets.iter().filter_map(|t| Some((t.id, t.record.clone()?))).collect();
         let Some(pin) = &self.repo.row.pin else {
             bail!("the repository record is not pinned yet; coffer copies it only once it is");
         };
@@ -156,11 +157,11 @@ impl Copier<'_> {
         &mut self,
         to: &Target,
         key: &str,
-        holders: &[(TargetId, Copy)],
+        holders: &[(TargetId, StoredCopy)],
         check: &dyn Fn(&[u8]) -> Result<()>,
         until: i64,
         max: u64,
-    ) -> Result<Copy> {
+    ) -> Result<StoredCopy> {
         let mut why = Vec::new();
         for (from_id, held) in holders {
             if *from_id == to.id || self.skip.contains(from_id) {
@@ -193,9 +194,9 @@ impl Copier<'_> {
 
     /// Puts `bytes` as a new object; where `key` is there already (an earlier copy
     /// stopped before the catalog heard of it), keeps it if it holds the same bytes.
-    fn put_or_adopt(&self, to: &Target, key: &str, bytes: Bytes, until: i64) -> Result<Copy> {
+    fn put_or_adopt(&self, to: &Target, key: &str, bytes: Bytes, until: i64) -> Result<StoredCopy> {
         match crate::runtime::block_on(to.put_new(key, bytes.clone(), until)) {
-            Ok(version) => Ok(Copy { version, lock: to.lock_until(until) }),
+            Ok(version) => Ok(StoredCopy { version, lock: to.lock_until(until) }),
             Err(e) if e.is::<AlreadyExists>() => {
                 let other = || anyhow!("{key} on target `{}` holds other bytes than the copy it should hold", to.name);
                 // Compared by size first: what is there is read only if it could be the copy.
@@ -210,7 +211,7 @@ impl Copier<'_> {
                 if to.locks() && lock.is_none_or(|l| l.until < until) {
                     crate::runtime::block_on(to.extend_lock(key, version.as_deref(), until))?;
                 }
-                Ok(Copy { version, lock: to.lock_until(until).or(lock) })
+                Ok(StoredCopy { version, lock: to.lock_until(until).or(lock) })
             }
             Err(e) => Err(e),
         }

@@ -255,7 +255,7 @@ impl Repo<Restorer> {
     }
 
     /// The target this handle reads from.
-    pub fn source(&self) -> &Target {
+    pub fn read_target(&self) -> &Target {
         &self.targets[self.role.source]
     }
 
@@ -263,7 +263,7 @@ impl Repo<Restorer> {
     /// opened and checked.
     pub fn snapshot_record(&self, snap: &SnapshotRow) -> Result<SnapshotRecord> {
         let key = snapshot_key(&snap.job, &snap.id);
-        let source = self.source();
+        let source = self.read_target();
         let holders = self.catalog.snapshot_holders(&snap.id)?;
         let Some((_, copy)) = holders.iter().find(|(t, _)| *t == source.id) else {
             bail!("target `{}` does not hold snapshot {} yet", source.name, snap.id);

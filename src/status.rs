@@ -341,7 +341,7 @@ fn repo_record_lock(
 /// A live snapshot: its row, the targets holding its record, and the packs it needs.
 struct Held {
     row: SnapshotRow,
-    copies: Vec<(crate::catalog::TargetId, crate::catalog::Copy)>,
+    copies: Vec<(crate::catalog::TargetId, crate::catalog::StoredCopy)>,
     packs: Vec<i64>,
 }
 
@@ -471,7 +471,7 @@ fn snapshot_lock(
     repo: &crate::repo::Repo,
     target: &Target,
     held: &Held,
-    copy: &crate::catalog::Copy,
+    copy: &crate::catalog::StoredCopy,
     locks: &mut Locks,
     status: &mut JobStatus,
     f: &mut Findings,

@@ -16,7 +16,7 @@ use anyhow::Result;
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::catalog::{Catalog, Copy, TargetId};
+use crate::catalog::{Catalog, StoredCopy, TargetId};
 use crate::config::Config;
 use crate::format::snapshot::{self, SnapshotRecord};
 use crate::format::{REPO_KEY, pack};
@@ -186,13 +186,13 @@ fn learn<R>(repo: &Repo<R>, target: &Target) -> Result<(usize, Vec<Finding>)> {
                 if catalog.pack_size(id)? != oldest.size {
                     continue;
                 }
-                catalog.add_pack_copy(target.id, id, &Copy { version: oldest.id.clone(), lock: lock()? })?;
+                catalog.add_pack_copy(target.id, id, &StoredCopy { version: oldest.id.clone(), lock: lock()? })?;
             }
             crate::inventory::Layout::Snapshot { id, .. } => {
                 if !catalog.has_snapshot(&id)? {
                     continue;
                 }
-                catalog.add_snapshot_copy(target.id, &id, &Copy { version: oldest.id.clone(), lock: lock()? })?;
+                catalog.add_snapshot_copy(target.id, &id, &StoredCopy { version: oldest.id.clone(), lock: lock()? })?;
             }
             crate::inventory::Layout::KeySet(seq) => {
                 let known = catalog.keysets()?.into_iter().find(|s| s.seq == seq).and_then(|s| s.record_hash);
@@ -202,7 +202,7 @@ fn learn<R>(repo: &Repo<R>, target: &Target) -> Result<(usize, Vec<Finding>)> {
                 if blake3::hash(&bytes).to_hex().as_str() != hash {
                     continue;
                 }
-                catalog.add_keyset_copy(target.id, seq, &Copy { version: oldest.id.clone(), lock: lock()? })?;
+                catalog.add_keyset_copy(target.id, seq, &StoredCopy { version: oldest.id.clone(), lock: lock()? })?;
             }
             crate::inventory::Layout::Repo => {
                 let bytes =
@@ -218,7 +218,7 @@ fn learn<R>(repo: &Repo<R>, target: &Target) -> Result<(usize, Vec<Finding>)> {
                     foreign.push(Finding::Replaced { key: key.clone(), why });
                     continue;
                 }
-                catalog.set_repo_record(target.id, &Copy { version: oldest.id.clone(), lock: lock()? })?;
+                catalog.set_repo_record(target.id, &StoredCopy { version: oldest.id.clone(), lock: lock()? })?;
             }
             _ => continue,
         }
@@ -330,7 +330,7 @@ impl Data<'_> {
         let is_record =
             |n: &&Needed| matches!(crate::inventory::layout(&n.key), crate::inventory::Layout::Snapshot { .. });
         for n in needed.iter().filter(is_record).filter(|n| !missing.contains(&n.key)) {
-            let object = crate::runtime::block_on(self.repo.source().get(
+            let object = crate::runtime::block_on(self.repo.read_target().get(
                 &n.key,
                 n.version.as_deref(),
                 crate::format::MAX_SNAPSHOT_RECORD,
@@ -359,7 +359,7 @@ impl Data<'_> {
                 continue;
             }
             let size = n.size.unwrap_or(crate::format::MAX_SNAPSHOT_RECORD);
-            let ct = crate::runtime::block_on(self.repo.source().get(&n.key, n.version.as_deref(), size))?;
+            let ct = crate::runtime::block_on(self.repo.read_target().get(&n.key, n.version.as_deref(), size))?;
             report.bytes_read += ct.len() as u64;
             Counters::add(&counters.bytes_read, ct.len() as u64);
             report.packs_read += 1;
@@ -398,7 +398,7 @@ impl Data<'_> {
             let made_with = catalog.snapshot_pack_ids(&record.id)?;
             let mut chunks = crate::restore::tree::ChunkReader::new(self.repo, Some(&made_with));
             let locate = |id: &crate::chunk_id::ChunkId| {
-                catalog.chunk_location(self.repo.source().id, id, Some(&made_with)).ok().flatten()
+                catalog.chunk_location(self.repo.read_target().id, id, Some(&made_with)).ok().flatten()
             };
             let packs: Vec<String> =
                 record.tree.iter().filter_map(locate).map(|l| crate::format::pack_key(&l.pack_hash)).collect();

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use anyhow::{Result, anyhow, bail};
 use bytes::Bytes;
 
-use crate::catalog::{Copy, TargetId};
+use crate::catalog::{StoredCopy, TargetId};
 use crate::replicate::{Copied, Copier};
 use crate::store::Target;
 
@@ -167,11 +167,16 @@ impl Fleet {
 
     /// Puts the sealed snapshot record on each target still answering; its copies, or
     /// an error when no target stored it.
-    pub(super) fn put_record(&self, key: &str, object: Bytes, retain_until: i64) -> Result<Vec<(TargetId, Copy)>> {
+    pub(super) fn put_record(
+        &self,
+        key: &str,
+        object: Bytes,
+        retain_until: i64,
+    ) -> Result<Vec<(TargetId, StoredCopy)>> {
         let mut copies = Vec::new();
         for t in self.up() {
             match crate::runtime::block_on(t.put_new(key, object.clone(), retain_until)) {
-                Ok(version) => copies.push((t.id, Copy { version, lock: t.lock_until(retain_until) })),
+                Ok(version) => copies.push((t.id, StoredCopy { version, lock: t.lock_until(retain_until) })),
                 Err(e) => self.down.mark(t, &e),
             }
         }

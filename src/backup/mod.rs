@@ -34,7 +34,7 @@ mod reader;
 
 pub use fleet::TargetSummary;
 use fleet::{Down, Fleet, Repo};
-use pipeline::{Pipeline, Watch, complete, store};
+use pipeline::{Pipeline, Watch, complete, run_stages};
 pub use reader::{Interrupted, Observer};
 const DAY: i64 = 86_400;
 
@@ -272,7 +272,7 @@ fn run_pipeline(cfg: &Config, job: &Job, repo: &mut Repo, counters: &Arc<Counter
     let pack_until = retain_until + crate::config::EXTENSION_SLACK_DAYS * DAY;
     let keyset = repo.catalog.current_keyset()?.map_or(0, |s| s.seq);
     let pipeline = Pipeline { targets: &fleet.targets, down: &fleet.down, pack_until, keyset };
-    let (mut reader, uploaded) = store(cfg, job, repo, counters, watch, prepared, &entries_path, &pipeline)?;
+    let (mut reader, uploaded) = run_stages(cfg, job, repo, counters, watch, prepared, &entries_path, &pipeline)?;
     tracing::debug!(secs = started.elapsed().as_secs_f64(), "read and stored");
     if let Some(Contents::Command(c)) = &mut contents {
         c.bytes = reader.stats.bytes;

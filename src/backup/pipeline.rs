@@ -15,7 +15,7 @@ use bytes::Bytes;
 use tokio::task::JoinSet;
 
 use crate::catalog::{CachedFile, Catalog, SnapshotRow, StoredPack};
-use crate::catalog::{Copy, TargetId};
+use crate::catalog::{StoredCopy, TargetId};
 use crate::chunk_id::ChunkId;
 use crate::chunker::Chunker;
 use crate::config::{Config, Job};
@@ -64,7 +64,7 @@ pub(super) struct Watch {
     pub(super) observers: Vec<Box<dyn Observer>>,
 }
 
-pub(super) fn store(
+pub(super) fn run_stages(
     cfg: &Config,
     job: &Job,
     repo: &mut Repo,
@@ -204,7 +204,7 @@ impl Middle {
 pub(super) fn complete(
     catalog: &mut Catalog,
     row: &SnapshotRow,
-    copies: &[(TargetId, Copy)],
+    copies: &[(TargetId, StoredCopy)],
     reader: &ReadOutput,
     uploaded: HashSet<i64>,
     entries_path: &Path,
@@ -355,7 +355,7 @@ async fn upload_loop(
                 let mut copies = Vec::new();
                 for (target, result) in results {
                     match result {
-                        Ok(version) => copies.push((target.id, Copy { version, lock: target.lock_until(pack_until) })),
+                        Ok(version) => copies.push((target.id, StoredCopy { version, lock: target.lock_until(pack_until) })),
                         Err(e) => pipeline.down.mark(&target, &e),
                     }
                 }

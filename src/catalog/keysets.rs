@@ -48,7 +48,7 @@ impl Catalog {
 
     /// Records a key set and the targets that stored its record, in one transaction
     /// (after every one of them acknowledged it).
-    pub fn add_keyset(&self, set: &KeySetRow, copies: &[(TargetId, Copy)]) -> Result<()> {
+    pub fn add_keyset(&self, set: &KeySetRow, copies: &[(TargetId, StoredCopy)]) -> Result<()> {
         let tx = self.conn.unchecked_transaction()?;
         tx.execute(
             "INSERT INTO keysets (seq, created_at, recipients, record_hash) VALUES (?1, ?2, ?3, ?4)",
@@ -65,17 +65,17 @@ impl Catalog {
     }
 
     /// Records a key-set record as stored on a target (a copy made by catch-up).
-    pub fn add_keyset_copy(&self, target: TargetId, seq: u32, copy: &Copy) -> Result<()> {
+    pub fn add_keyset_copy(&self, target: TargetId, seq: u32, copy: &StoredCopy) -> Result<()> {
         insert_keyset_copy(&self.conn, target, seq, copy)
     }
 
     /// The targets holding the record of set `seq`, with their copies.
-    pub fn keyset_holders(&self, seq: u32) -> Result<Vec<(TargetId, Copy)>> {
+    pub fn keyset_holders(&self, seq: u32) -> Result<Vec<(TargetId, StoredCopy)>> {
         let mut st = self.conn.prepare_cached(
             "SELECT target, version, lock_mode, retain_until FROM keyset_copies WHERE seq = ?1 ORDER BY target",
         )?;
         let rows = st.query_map([seq], |r| {
-            Ok((r.get(0)?, Copy { version: r.get(1)?, lock: lock_from(r.get(2)?, r.get(3)?) }))
+            Ok((r.get(0)?, StoredCopy { version: r.get(1)?, lock: lock_from(r.get(2)?, r.get(3)?) }))
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
@@ -131,7 +131,7 @@ impl Catalog {
     }
 }
 
-pub(super) fn insert_keyset_copy(conn: &Connection, target: TargetId, seq: u32, copy: &Copy) -> Result<()> {
+pub(super) fn insert_keyset_copy(conn: &Connection, target: TargetId, seq: u32, copy: &StoredCopy) -> Result<()> {
     conn.execute(
         "INSERT OR REPLACE INTO keyset_copies (target, seq, version, lock_mode, retain_until, stored_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",

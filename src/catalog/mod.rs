@@ -32,7 +32,7 @@ pub use packs::{ChunkLoc, PackLock, PackRow, StoredPack};
 pub use repo::{NewTarget, RepoRow};
 pub use runs::{JobTotals, RunKind, RunReport, RunRow, RunStart, Trigger};
 pub use snapshots::{SnapshotRow, SnapshotState};
-pub use targets::{Copy, TargetId, TargetRow, ensure_same_url};
+pub use targets::{StoredCopy, TargetId, TargetRow, ensure_same_url};
 
 /// Stores an enum with `as_str` and `parse` as its text in a column. The catalog is
 /// input too: a text the enum does not know is an error, not a guess.
@@ -258,7 +258,7 @@ mod tests {
         let (mut cat, path) = temp_catalog();
         let blobs = [blob(1), blob(2)];
         let (a, b) = (cat.add_target("a", "file:///a").unwrap(), cat.add_target("b", "file:///b").unwrap());
-        let copies = [(a, Copy { version: Some("v1".into()), lock: None })];
+        let copies = [(a, StoredCopy { version: Some("v1".into()), lock: None })];
         let id =
             cat.add_pack(&StoredPack { hash: "ab12", size: 100, keyset: 0, blobs: &blobs, copies: &copies }).unwrap();
         drop(cat);
@@ -269,7 +269,7 @@ mod tests {
         assert_eq!((loc.pack_hash.as_str(), loc.pack_version.as_deref(), loc.offset), ("ab12", Some("v1"), 20));
         // Another target's copy has its own version; one without a copy has none.
         assert_eq!(cat.chunk_location(b, &ChunkId([2; 32]), None).unwrap().unwrap().pack_version, None);
-        cat.add_pack_copy(b, id, &Copy { version: Some("v2".into()), lock: None }).unwrap();
+        cat.add_pack_copy(b, id, &StoredCopy { version: Some("v2".into()), lock: None }).unwrap();
         assert_eq!(
             cat.chunk_location(b, &ChunkId([2; 32]), None).unwrap().unwrap().pack_version.as_deref(),
             Some("v2")

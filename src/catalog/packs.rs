@@ -53,7 +53,7 @@ pub struct StoredPack<'a> {
     pub keyset: u32,
     pub blobs: &'a [BlobEntry],
     /// Each target that stored it, with its version id and the lock it was written with.
-    pub copies: &'a [(TargetId, Copy)],
+    pub copies: &'a [(TargetId, StoredCopy)],
 }
 
 /// Inserts a pack row, its copies and its chunks (a chunk already stored elsewhere keeps

@@ -11,7 +11,7 @@ use crate::pin::Pin;
 pub struct NewTarget<'a> {
     pub name: &'a str,
     pub url: &'a str,
-    pub record: Copy,
+    pub record: StoredCopy,
     /// Why init accepted it although it does not protect its objects, if it did.
     pub unprotected: Option<&'a str>,
 }

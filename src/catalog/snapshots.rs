@@ -89,7 +89,7 @@ impl Catalog {
     pub fn complete_snapshot(
         &mut self,
         snap: &SnapshotRow,
-        copies: &[(TargetId, Copy)],
+        copies: &[(TargetId, StoredCopy)],
         packs: &HashSet<i64>,
         cache: impl IntoIterator<Item = Result<(Vec<u8>, CachedFile)>>,
         current: impl Fn(&[u8]) -> bool,

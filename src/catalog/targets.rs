@@ -22,7 +22,7 @@ impl rusqlite::types::FromSql for TargetId {
 
 /// An object as one target stores it: its version id, and the lock it was given.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Copy {
+pub struct StoredCopy {
     pub version: Option<String>,
     pub lock: Option<Retention>,
 }
@@ -33,7 +33,7 @@ pub struct TargetRow {
     pub name: String,
     pub url: String,
     /// `coffer.repo` on this target, once it is there.
-    pub record: Option<Copy>,
+    pub record: Option<StoredCopy>,
     /// Why init accepted this target although it does not protect its objects, if it did.
     pub unprotected: Option<String>,
 }
@@ -62,7 +62,7 @@ impl Catalog {
         )?;
         let rows = st.query_map([], |r| {
             let stored: Option<i64> = r.get(3)?;
-            let record = Copy { version: r.get(4)?, lock: lock_from(r.get(5)?, r.get(6)?) };
+            let record = StoredCopy { version: r.get(4)?, lock: lock_from(r.get(5)?, r.get(6)?) };
             Ok(TargetRow {
                 id: r.get(0)?,
                 name: r.get(1)?,
@@ -75,7 +75,7 @@ impl Catalog {
     }
 
     /// `coffer.repo` on a target, once it is there.
-    pub fn repo_record(&self, target: TargetId) -> Result<Option<Copy>> {
+    pub fn repo_record(&self, target: TargetId) -> Result<Option<StoredCopy>> {
         Ok(self.targets()?.into_iter().find(|t| t.id == target).and_then(|t| t.record))
     }
 
@@ -89,7 +89,7 @@ impl Catalog {
     }
 
     /// Records `coffer.repo` as stored on a target.
-    pub fn set_repo_record(&self, target: TargetId, copy: &Copy) -> Result<()> {
+    pub fn set_repo_record(&self, target: TargetId, copy: &StoredCopy) -> Result<()> {
         update_repo_record(&self.conn, target, copy, None)
     }
 
@@ -106,46 +106,46 @@ impl Catalog {
     }
 
     /// Records a pack as stored on a target (a copy made after the pack's first upload).
-    pub fn add_pack_copy(&self, target: TargetId, pack: i64, copy: &Copy) -> Result<()> {
+    pub fn add_pack_copy(&self, target: TargetId, pack: i64, copy: &StoredCopy) -> Result<()> {
         insert_pack_copy(&self.conn, target, pack, copy)
     }
 
     /// The pack's copy on a target, if it has one.
-    pub fn pack_copy(&self, target: TargetId, pack: i64) -> Result<Option<Copy>> {
+    pub fn pack_copy(&self, target: TargetId, pack: i64) -> Result<Option<StoredCopy>> {
         let mut st = self.conn.prepare_cached(
             "SELECT version, lock_mode, retain_until FROM pack_copies WHERE target = ?1 AND pack = ?2",
         )?;
         Ok(st
             .query_row(params![target, pack], |r| {
-                Ok(Copy { version: r.get(0)?, lock: lock_from(r.get(1)?, r.get(2)?) })
+                Ok(StoredCopy { version: r.get(0)?, lock: lock_from(r.get(1)?, r.get(2)?) })
             })
             .optional()?)
     }
 
     /// The targets holding a pack, with their copies.
-    pub fn pack_holders(&self, pack: i64) -> Result<Vec<(TargetId, Copy)>> {
+    pub fn pack_holders(&self, pack: i64) -> Result<Vec<(TargetId, StoredCopy)>> {
         let mut st = self.conn.prepare_cached(
             "SELECT target, version, lock_mode, retain_until FROM pack_copies WHERE pack = ?1 ORDER BY target",
         )?;
         let rows = st.query_map([pack], |r| {
-            Ok((r.get(0)?, Copy { version: r.get(1)?, lock: lock_from(r.get(2)?, r.get(3)?) }))
+            Ok((r.get(0)?, StoredCopy { version: r.get(1)?, lock: lock_from(r.get(2)?, r.get(3)?) }))
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Records a snapshot as complete on a target: its record is stored there.
-    pub fn add_snapshot_copy(&self, target: TargetId, snapshot: &str, copy: &Copy) -> Result<()> {
+    pub fn add_snapshot_copy(&self, target: TargetId, snapshot: &str, copy: &StoredCopy) -> Result<()> {
         insert_snapshot_copy(&self.conn, target, snapshot, copy)
     }
 
     /// The targets holding a snapshot's record, with their copies.
-    pub fn snapshot_holders(&self, snapshot: &str) -> Result<Vec<(TargetId, Copy)>> {
+    pub fn snapshot_holders(&self, snapshot: &str) -> Result<Vec<(TargetId, StoredCopy)>> {
         let mut st = self.conn.prepare_cached(
             "SELECT c.target, c.record_version, c.lock_mode, s.retain_until FROM snapshot_copies c
              JOIN snapshots s ON s.seq = c.snapshot WHERE s.id = ?1 ORDER BY c.target",
         )?;
         let rows = st.query_map([snapshot], |r| {
-            Ok((r.get(0)?, Copy { version: r.get(1)?, lock: lock_from(r.get(2)?, r.get(3)?) }))
+            Ok((r.get(0)?, StoredCopy { version: r.get(1)?, lock: lock_from(r.get(2)?, r.get(3)?) }))
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -189,7 +189,7 @@ pub(super) fn insert_target(conn: &Connection, name: &str, url: &str) -> Result<
 pub(super) fn update_repo_record(
     conn: &Connection,
     target: TargetId,
-    copy: &Copy,
+    copy: &StoredCopy,
     unprotected: Option<&str>,
 ) -> Result<()> {
     conn.execute(
@@ -207,7 +207,7 @@ pub(super) fn update_repo_record(
     Ok(())
 }
 
-pub(super) fn insert_pack_copy(conn: &Connection, target: TargetId, pack: i64, copy: &Copy) -> Result<()> {
+pub(super) fn insert_pack_copy(conn: &Connection, target: TargetId, pack: i64, copy: &StoredCopy) -> Result<()> {
     let mut st = conn.prepare_cached(
         "INSERT OR REPLACE INTO pack_copies (target, pack, version, lock_mode, retain_until, stored_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -223,7 +223,12 @@ pub(super) fn insert_pack_copy(conn: &Connection, target: TargetId, pack: i64, c
     Ok(())
 }
 
-pub(super) fn insert_snapshot_copy(conn: &Connection, target: TargetId, snapshot: &str, copy: &Copy) -> Result<()> {
+pub(super) fn insert_snapshot_copy(
+    conn: &Connection,
+    target: TargetId,
+    snapshot: &str,
+    copy: &StoredCopy,
+) -> Result<()> {
     conn.execute(
         "INSERT OR REPLACE INTO snapshot_copies (target, snapshot, record_version, lock_mode, stored_at)
          VALUES (?1, (SELECT seq FROM snapshots WHERE id = ?2), ?3, ?4, ?5)",

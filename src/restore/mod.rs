@@ -91,10 +91,10 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Summary> {
     let repo = Repo::open(cfg)?;
     let snap = repo.catalog.find_snapshot(&opts.job, &opts.snapshot)?;
     let repo = repo.unlock(Arc::new(Identity::load(&opts.identity)?), opts.target.as_deref(), Some(&snap))?;
-    tracing::info!(target = %repo.source().name, snapshot = %snap.id, "restoring");
+    tracing::info!(target = %repo.read_target().name, snapshot = %snap.id, "restoring");
     let record = repo.snapshot_record(&snap)?;
     let Repo { catalog, .. } = &repo;
-    let target = repo.source();
+    let target = repo.read_target();
     let mut paths = Vec::new();
     for typed in &opts.paths {
         let p = inside(&snap.source, typed);

@@ -35,14 +35,17 @@ impl<'a> ChunkReader<'a> {
         let loc = self
             .repo
             .catalog
-            .chunk_location(self.repo.source().id, id, self.made_with)?
+            .chunk_location(self.repo.read_target().id, id, self.made_with)?
             .ok_or_else(|| anyhow!("chunk {id} is not in the catalog"))?;
         let key = crate::format::pack_key(&loc.pack_hash);
         let plain = match &self.last {
             Some((hash, plain)) if *hash == loc.pack_hash => plain.clone(),
             _ => {
-                let ct =
-                    crate::runtime::block_on(self.repo.source().get(&key, loc.pack_version.as_deref(), loc.pack_size))?;
+                let ct = crate::runtime::block_on(self.repo.read_target().get(
+                    &key,
+                    loc.pack_version.as_deref(),
+                    loc.pack_size,
+                ))?;
                 let plain = match pack::open(&ct, &loc.pack_hash, self.repo.identity()) {
                     Ok(plain) => Arc::new(plain),
                     Err(e) => {

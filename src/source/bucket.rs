@@ -125,11 +125,12 @@ pub fn env_var(url: &str, name: &str) -> Result<String> {
 
 /// An opened bucket (under its prefix).
 pub struct Bucket {
-    store: Store,
+    reach: Reach,
     pub url: String,
 }
 
-enum Store {
+/// How the bucket is reached.
+enum Reach {
     /// Through object_store: Azure, and writing back to `file://`. Its keys are paths it
     /// accepts.
     Object(Arc<dyn ObjectStore>),
@@ -148,7 +149,7 @@ impl Bucket {
         if let Some(dir) = url.strip_prefix("file://") {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {dir}"))?;
             let writer = Arc::new(LocalFileSystem::new_with_prefix(dir).with_context(|| format!("cannot open {dir}"))?);
-            return Ok(Bucket { store: Store::Dir { root: dir.into(), writer }, url: url.to_string() });
+            return Ok(Bucket { reach: Reach::Dir { root: dir.into(), writer }, url: url.to_string() });
         }
         let rest = url.strip_prefix("s3://").ok_or_else(|| anyhow!("`{url}`: expected s3:// or file://"))?;
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
@@ -166,18 +167,18 @@ impl Bucket {
         let endpoint = b.get_config_value(&AmazonS3ConfigKey::Endpoint);
         let s3 = b.build().with_context(|| format!("bucket source {url}"))?;
         let client = S3Client::new(s3.credentials().clone(), endpoint.as_deref(), bucket, prefix, &region)?;
-        Ok(Bucket { store: Store::S3(client), url: url.to_string() })
+        Ok(Bucket { reach: Reach::S3(client), url: url.to_string() })
     }
 
     /// A bucket read and written through object_store, its keys relative to `store`.
     pub fn with_store(url: &str, store: Arc<dyn ObjectStore>) -> Bucket {
-        Bucket { store: Store::Object(store), url: url.to_string() }
+        Bucket { reach: Reach::Object(store), url: url.to_string() }
     }
 
     /// Lists the objects, for a backup to read.
     pub fn prepare(self) -> Result<Prepared> {
-        let (objects, errors) = match &self.store {
-            Store::Dir { root, .. } => dir::list(root)?,
+        let (objects, errors) = match &self.reach {
+            Reach::Dir { root, .. } => dir::list(root)?,
             _ => (crate::runtime::block_on(self.list())?, Vec::new()),
         };
         let state = BucketState { url: self.url.clone(), objects: objects.len() as u64 };
@@ -187,16 +188,16 @@ impl Bucket {
 
     /// Every object, sorted by key.
     pub async fn list(&self) -> Result<Vec<Object>> {
-        let mut all = match &self.store {
-            Store::S3(s3) => s3
+        let mut all = match &self.reach {
+            Reach::S3(s3) => s3
                 .list_objects()
                 .await
                 .with_context(|| format!("cannot list {}", self.url))?
                 .into_iter()
                 .map(|o| Object { key: o.key, size: o.size, etag: o.etag, last_modified_ns: o.last_modified_ns })
                 .collect(),
-            Store::Dir { root, .. } => dir::list(root)?.0,
-            Store::Object(store) => {
+            Reach::Dir { root, .. } => dir::list(root)?.0,
+            Reach::Object(store) => {
                 let mut all = Vec::new();
                 let mut listing = store.list(None);
                 while let Some(meta) = listing.next().await {
@@ -218,10 +219,10 @@ impl Bucket {
     /// Opens one object for streaming, if it still is the version listed; with its
     /// content type.
     pub async fn open_object(&self, o: &Object) -> Result<(BoxStream<'static, Result<Bytes>>, Option<String>)> {
-        let store = match &self.store {
-            Store::S3(s3) => return s3.get_object(&o.key, o.etag.as_deref()).await,
-            Store::Dir { root, .. } => return Ok((dir::open(root, o)?, None)),
-            Store::Object(store) => store,
+        let store = match &self.reach {
+            Reach::S3(s3) => return s3.get_object(&o.key, o.etag.as_deref()).await,
+            Reach::Dir { root, .. } => return Ok((dir::open(root, o)?, None)),
+            Reach::Object(store) => store,
         };
         let opts = GetOptions { if_match: o.etag.clone(), ..Default::default() };
         let r = store.get_opts(&ObjPath::from(o.key.as_str()), opts).await.map_err(|e| match e {
@@ -236,9 +237,9 @@ impl Bucket {
     /// An upload of one object under exactly `key`, with its content type; streamed in
     /// parts, never whole in memory. It appears only when finished.
     pub fn writer(&self, key: &str, content_type: Option<&str>) -> Result<Upload> {
-        let store = match &self.store {
-            Store::S3(s3) => return Ok(Upload::S3(Box::new(crate::s3::Upload::new(s3, key, content_type)))),
-            Store::Object(store) | Store::Dir { writer: store, .. } => store,
+        let store = match &self.reach {
+            Reach::S3(s3) => return Ok(Upload::S3(Box::new(crate::s3::Upload::new(s3, key, content_type)))),
+            Reach::Object(store) | Reach::Dir { writer: store, .. } => store,
         };
         let path = ObjPath::parse(key).map_err(|e| anyhow!("cannot be a key in {}: {e}", self.url))?;
         if path.as_ref() != key {

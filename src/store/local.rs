@@ -11,7 +11,7 @@ use object_store::path::Path as ObjPath;
 
 use super::config::NoOptions;
 use super::object_io::{get, list_current, put_new, size_of};
-use super::{Capabilities, Kind, LockMode, ObjectVersion, Retention, Store, Unsupported};
+use super::{Backend, Capabilities, Kind, LockMode, ObjectVersion, Retention, Unsupported};
 
 pub const KIND: Kind = Kind {
     scheme: "file",
@@ -48,7 +48,7 @@ impl Local {
 }
 
 #[async_trait::async_trait]
-impl Store for Local {
+impl Backend for Local {
     async fn put_new(&self, key: &str, body: Bytes, _lock: Option<Retention>) -> Result<Option<String>> {
         put_new(&self.store, key, body).await
     }
@@ -93,7 +93,7 @@ impl Store for Local {
         Ok(false)
     }
 
-    fn with_credentials(&self, _key_id: String, _secret_key: String) -> Result<Option<Arc<dyn Store>>> {
+    fn with_credentials(&self, _key_id: String, _secret_key: String) -> Result<Option<Arc<dyn Backend>>> {
         Ok(None)
     }
 }

@@ -6,7 +6,7 @@
 //! (S3 Object Lock), every object is written locked, and locks are extended, never
 //! shortened.
 //!
-//! A store kind is one file that implements [`Store`] and declares its [`Kind`] (scheme,
+//! A store kind is one file that implements [`Backend`] and declares its [`Kind`] (scheme,
 //! capabilities, its own config keys and credentials), and one line in [`KINDS`]:
 //!
 //! | kind      | file       | protection                                        |
@@ -61,7 +61,7 @@ pub struct Kind {
         fn(key: &str, table: toml::Table, prune: &config::PruneConfig) -> Result<Arc<dyn config::KindOptions>, String>,
     /// Opens the store `cfg` names; `rest` is the URL after `scheme://`. A kind does not
     /// retry: [`Target`] wraps every kind in the run's retry policy.
-    pub open: fn(cfg: &TargetConfig, rest: &str) -> Result<Arc<dyn Store>>,
+    pub open: fn(cfg: &TargetConfig, rest: &str) -> Result<Arc<dyn Backend>>,
 }
 
 /// What a kind of store can do.
@@ -97,7 +97,7 @@ pub fn transient(e: anyhow::Error) -> anyhow::Error {
 /// One kind of object store, as [`Target`] uses it. Keys are relative to the target's
 /// prefix; `version` is a version id the store returned, or `None` for the current one.
 #[async_trait::async_trait]
-pub trait Store: Send + Sync {
+pub trait Backend: Send + Sync {
     /// Writes a new object, locked by `lock` where given; an existing key is refused
     /// with [`AlreadyExists`]. Returns the new version's id, where the store keeps
     /// versions.
@@ -138,12 +138,12 @@ pub trait Store: Send + Sync {
 
     /// The same store, reached with other credentials (prune's); `None` where a store
     /// kind has no credentials.
-    fn with_credentials(&self, key_id: String, secret_key: String) -> Result<Option<Arc<dyn Store>>>;
+    fn with_credentials(&self, key_id: String, secret_key: String) -> Result<Option<Arc<dyn Backend>>>;
 }
 
 #[derive(Clone)]
 pub struct Target {
-    store: Arc<dyn Store>,
+    backend: Arc<dyn Backend>,
     /// The configured name (`default` for a single `[target]`).
     pub name: String,
     /// Its row in the catalog, whose copies of each object it holds.
@@ -175,10 +175,10 @@ impl Target {
             bail!("target url `{}`: expected {}", cfg.url, forms.join(" or "));
         };
         let rest = &cfg.url[kind.scheme.len() + 3..];
-        let store = retrying::Retrying::wrap((kind.open)(cfg, rest)?, retry);
+        let backend = retrying::Retrying::wrap((kind.open)(cfg, rest)?, retry);
         let lock = if kind.capabilities.locks { cfg.lock_mode } else { None };
         Ok(Target {
-            store,
+            backend,
             name: cfg.name.clone(),
             id,
             url: cfg.url.clone(),
@@ -192,8 +192,8 @@ impl Target {
     /// The same target reached with prune's credentials, which may delete versions and
     /// read every one; `None` for a store kind without credentials.
     pub fn privileged(&self, key_id: String, secret_key: String) -> Result<Option<Target>> {
-        Ok(self.store.with_credentials(key_id, secret_key)?.map(|store| Target {
-            store,
+        Ok(self.backend.with_credentials(key_id, secret_key)?.map(|backend| Target {
+            backend,
             name: self.name.clone(),
             id: self.id,
             url: self.url.clone(),
@@ -228,7 +228,7 @@ impl Target {
     /// locks; returns its version id where the store keeps versions.
     pub async fn put_new(&self, key: &str, body: Bytes, retain_until: i64) -> Result<Option<String>> {
         self.within_horizon(key, retain_until)?;
-        self.store.put_new(key, body, self.lock_until(retain_until)).await.map_err(|e| {
+        self.backend.put_new(key, body, self.lock_until(retain_until)).await.map_err(|e| {
             if e.is::<AlreadyExists>() { e } else { e.context(format!("upload of {key} to {} failed", self.url)) }
         })
     }
@@ -247,12 +247,12 @@ impl Target {
         version: Option<&str>,
         max: u64,
     ) -> Result<(Bytes, Option<String>)> {
-        self.store.get(key, version, max).await.map_err(|e| e.context(format!("cannot read {key} from {}", self.url)))
+        self.backend.get(key, version, max).await.map_err(|e| e.context(format!("cannot read {key} from {}", self.url)))
     }
 
     /// The size of one object version, or `None` when the target does not have it.
     pub async fn size_of(&self, key: &str, version: Option<&str>) -> Result<Option<u64>> {
-        self.store.size_of(key, version).await.map_err(|e| e.context(format!("cannot read {key} from {}", self.url)))
+        self.backend.size_of(key, version).await.map_err(|e| e.context(format!("cannot read {key} from {}", self.url)))
     }
 
     pub async fn exists(&self, key: &str) -> Result<bool> {
@@ -262,7 +262,7 @@ impl Target {
     /// Every object under `sub`: every version and delete marker where
     /// [`Target::lists_versions`], else the current objects.
     pub async fn list(&self, sub: &str) -> Result<Vec<ObjectVersion>> {
-        self.store.list(sub, self.versions).await.map_err(|e| e.context(format!("cannot list {}", self.url)))
+        self.backend.list(sub, self.versions).await.map_err(|e| e.context(format!("cannot list {}", self.url)))
     }
 
     /// The lock of one object version as the server reports it (`None` on a target that
@@ -271,7 +271,7 @@ impl Target {
         if !self.versions {
             return Ok(None);
         }
-        self.store.lock_of(key, version).await.map_err(|e| e.context(format!("the lock of {key}")))
+        self.backend.lock_of(key, version).await.map_err(|e| e.context(format!("the lock of {key}")))
     }
 
     /// Extends an object version's lock to `until`, in the target's mode; nothing on a
@@ -279,7 +279,7 @@ impl Target {
     pub async fn extend_lock(&self, key: &str, version: Option<&str>, until: i64) -> Result<()> {
         self.within_horizon(key, until)?;
         match self.lock_until(until) {
-            Some(lock) => self.store.set_lock(key, version, lock).await,
+            Some(lock) => self.backend.set_lock(key, version, lock).await,
             None => Ok(()),
         }
     }
@@ -305,7 +305,7 @@ impl Target {
             (true, v) => v,
             (false, _) => None,
         };
-        self.store.delete(key, version).await.map_err(|e| e.context(format!("cannot delete {key} from {}", self.url)))
+        self.backend.delete(key, version).await.map_err(|e| e.context(format!("cannot delete {key} from {}", self.url)))
     }
 
     /// The bucket's settings the audit looks at, where the target locks.
@@ -313,7 +313,7 @@ impl Target {
         if !self.versions {
             return Ok(None);
         }
-        self.store.settings().await.map_err(|e| e.context(format!("the settings of {}", self.url)))
+        self.backend.settings().await.map_err(|e| e.context(format!("the settings of {}", self.url)))
     }
 
     /// Whether an object version is under a legal hold (never on a target that does not lock).
@@ -321,7 +321,7 @@ impl Target {
         if !self.versions {
             return Ok(false);
         }
-        self.store.legal_hold(key, version).await.map_err(|e| e.context(format!("the legal hold of {key}")))
+        self.backend.legal_hold(key, version).await.map_err(|e| e.context(format!("the legal hold of {key}")))
     }
 
     /// How far ahead a lock may reach, in days.
@@ -337,14 +337,14 @@ impl Target {
     /// Checks, reading only, that the store is set up as the config says it locks
     /// (`check-config --remote`); [`Target::check_immutability`] proves it with a canary.
     pub async fn check_lock_configuration(&self) -> Result<()> {
-        self.store.check_lock_configuration(self.lock, &self.url).await
+        self.backend.check_lock_configuration(self.lock, &self.url).await
     }
 
     /// Proves that the target protects what coffer writes, where it is to lock: returns
     /// why it does not when `allow_unprotected` lets init go on anyway.
     pub async fn check_immutability(&self, allow_unprotected: bool) -> Result<Option<String>> {
         match self.lock {
-            Some(mode) => self.store.check_immutability(mode, &self.url, allow_unprotected).await,
+            Some(mode) => self.backend.check_immutability(mode, &self.url, allow_unprotected).await,
             None => Ok(None),
         }
     }

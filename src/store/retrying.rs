@@ -7,16 +7,16 @@ use std::sync::Arc;
 use anyhow::Result;
 use bytes::Bytes;
 
-use super::{AlreadyExists, BucketSettings, LockMode, ObjectVersion, Retention, Store, Transient};
+use super::{AlreadyExists, Backend, BucketSettings, LockMode, ObjectVersion, Retention, Transient};
 use crate::retry::Retry;
 
 pub struct Retrying {
-    inner: Arc<dyn Store>,
+    inner: Arc<dyn Backend>,
     retry: Retry,
 }
 
 impl Retrying {
-    pub fn wrap(inner: Arc<dyn Store>, retry: Retry) -> Arc<dyn Store> {
+    pub fn wrap(inner: Arc<dyn Backend>, retry: Retry) -> Arc<dyn Backend> {
         Arc::new(Retrying { inner, retry })
     }
 
@@ -45,7 +45,7 @@ pub fn is_transient(e: &anyhow::Error) -> bool {
 }
 
 #[async_trait::async_trait]
-impl Store for Retrying {
+impl Backend for Retrying {
     /// A put retried after a failure whose answer was lost may find its own first
     /// attempt stored: it is taken when it holds the same bytes.
     async fn put_new(&self, key: &str, body: Bytes, lock: Option<Retention>) -> Result<Option<String>> {
@@ -111,7 +111,7 @@ impl Store for Retrying {
         self.retried(key, || self.inner.legal_hold(key, version)).await
     }
 
-    fn with_credentials(&self, key_id: String, secret_key: String) -> Result<Option<Arc<dyn Store>>> {
+    fn with_credentials(&self, key_id: String, secret_key: String) -> Result<Option<Arc<dyn Backend>>> {
         let other = self.inner.with_credentials(key_id, secret_key)?;
         Ok(other.map(|inner| Retrying::wrap(inner, self.retry.clone())))
     }

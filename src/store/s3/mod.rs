@@ -16,7 +16,7 @@ use object_store::{ObjectStore, ObjectStoreExt, RetryConfig};
 
 use super::config::{KindOptions, PruneConfig, TargetConfig, read_options};
 use super::object_io::{get, put_new, size_of};
-use super::{Capabilities, Kind, LockMode, ObjectVersion, Retention, Store};
+use super::{Backend, Capabilities, Kind, LockMode, ObjectVersion, Retention};
 use crate::retry::{GiveUp, Retry};
 use crate::s3::S3Client;
 use object_lock::LockApi;
@@ -241,7 +241,7 @@ impl S3 {
 }
 
 #[async_trait::async_trait]
-impl Store for S3 {
+impl Backend for S3 {
     async fn put_new(&self, key: &str, body: Bytes, lock: Option<Retention>) -> Result<Option<String>> {
         if let Some(lock) = lock {
             return self.api.put_locked(key, body, lock, true).await.map_err(classify);
@@ -304,7 +304,7 @@ impl Store for S3 {
         self.api.legal_hold(key, version).await.map_err(classify)
     }
 
-    fn with_credentials(&self, key_id: String, secret_key: String) -> Result<Option<Arc<dyn Store>>> {
+    fn with_credentials(&self, key_id: String, secret_key: String) -> Result<Option<Arc<dyn Backend>>> {
         let credential = object_store::aws::AwsCredential { key_id, secret_key, token: None };
         let provider = Arc::new(object_store::StaticCredentialProvider::new(credential));
         let api = LockApi::new(self.location.client(provider)?.with_retry(Retry::none()));
