@@ -1,4 +1,4 @@
-//! `coffer daemon`: runs each job on its schedule, for months, unattended.
+//! `coffer daemon`: runs each task (every job's backup, the scrub) on its schedule, for months, unattended.
 //!
 //! - One daemon per state directory (a lock file).
 //! - A fire time that passed while the daemon was down is made up once at start

@@ -171,3 +171,68 @@ fn a_planted_upward_import_or_circle_is_caught() {
     uses.insert("gcs".into(), BTreeSet::new());
     assert!(violations(&uses).iter().any(|b| b.contains("`gcs` is in no layer")));
 }
+
+/// The first sentence of a module's `//!` doc.
+fn summary(file: &Path) -> String {
+    let text = std::fs::read_to_string(file).unwrap();
+    let paragraph: Vec<&str> = text
+        .lines()
+        .take_while(|l| l.starts_with("//!"))
+        .map(|l| l.trim_start_matches("//!").trim())
+        .take_while(|l| !l.is_empty())
+        .collect();
+    let paragraph = paragraph.join(" ");
+    match paragraph.find(". ") {
+        Some(end) => paragraph[..=end].to_string(),
+        None => paragraph,
+    }
+}
+
+/// The README's layout table as the tree makes it: every module of `src/`, by layer from
+/// the top, with the first sentence of its doc; a folder with its files.
+fn layout_table(src: &Path) -> String {
+    let mut out = String::from("| layer | module | what |\n| --- | --- | --- |\n");
+    for (layer, modules) in LAYERS.iter().rev() {
+        for (i, module) in modules.iter().enumerate() {
+            let (path, doc) = match src.join(module) {
+                dir if dir.is_dir() => {
+                    let mut files: Vec<String> = walk(&dir)
+                        .iter()
+                        .map(|f| f.strip_prefix(&dir).unwrap().display().to_string())
+                        .filter(|f| f != "mod.rs")
+                        .collect();
+                    files.sort();
+                    (format!("`src/{module}/` ({})", files.join(", ")), summary(&dir.join("mod.rs")))
+                }
+                _ => (format!("`src/{module}.rs`"), summary(&src.join(format!("{module}.rs")))),
+            };
+            let layer = if i == 0 { layer.to_string() } else { String::new() };
+            out.push_str(&format!("| {layer} | {path} | {} |\n", doc.replace('|', "\\|")));
+        }
+    }
+    out
+}
+
+const BEGIN: &str =
+    "<!-- layout: made from the tree by tests/layering.rs (COFFER_WRITE_LAYOUT=1 cargo test --test layering) -->\n";
+const END: &str = "<!-- end of layout -->\n";
+
+#[test]
+fn the_readme_layout_is_the_tree() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let table = layout_table(&root.join("src"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let (Some(begin), Some(end)) = (readme.find(BEGIN), readme.find(END)) else {
+        panic!("README.md has no generated layout between its markers");
+    };
+    let shown = &readme[begin + BEGIN.len()..end];
+    if shown != table && std::env::var_os("COFFER_WRITE_LAYOUT").is_some() {
+        let written = format!("{}{BEGIN}{table}{}", &readme[..begin], &readme[end..]);
+        std::fs::write(root.join("README.md"), written).unwrap();
+        return;
+    }
+    assert_eq!(
+        shown, table,
+        "README.md's layout has drifted from the tree: COFFER_WRITE_LAYOUT=1 cargo test --test layering"
+    );
+}
