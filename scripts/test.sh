@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite: installs (first time, as root) and starts the local S3 server
 # with Object Lock (Ceph RGW, scripts/s3-server.sh), a second S3 provider (LocalStack,
-# scripts/localstack.sh) and Azurite (the Azure Blob emulator, scripts/azurite.sh);
+# scripts/localstack.sh), SeaweedFS (a third, scripts/seaweedfs.sh, for the store
+# conformance suite) and Azurite (the Azure Blob emulator, scripts/azurite.sh);
 # boto3, azure-storage-blob and prometheus_client (the tests' independent S3 and Blob
-# clients and metrics parser), moto (a third S3 implementation, started by its test), promtool (Debian's `prometheus`, for the
+# clients and metrics parser), moto (a fourth S3 implementation, started by its test), promtool (Debian's `prometheus`, for the
 # alert rules' unit tests), GNU time (peak memory), hadolint and kubernetes-validate (for deploy/); runs every
 # unit and integration test against them, and stops them again.
 set -euo pipefail
@@ -21,9 +22,11 @@ if [ -z "${AWS_ENDPOINT_URL:-}" ]; then
 fi
 eval "$(scripts/azurite.sh start)"
 eval "$(scripts/localstack.sh start)"
+eval "$(scripts/seaweedfs.sh start)"
 cleanup() {
   scripts/azurite.sh stop
   scripts/localstack.sh stop
+  scripts/seaweedfs.sh stop
   [ "$started" = 1 ] && scripts/s3-server.sh stop || true
 }
 trap cleanup EXIT

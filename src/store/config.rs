@@ -78,13 +78,6 @@ pub struct TargetConfig {
     pub options: Arc<dyn KindOptions>,
 }
 
-impl TargetConfig {
-    /// The kind the URL's scheme names (the config checked that there is one).
-    pub fn kind(&self) -> &'static Kind {
-        kind_of(&self.url).expect("the config checks the scheme")
-    }
-}
-
 /// The kind whose scheme the URL starts with.
 pub fn kind_of(url: &str) -> Option<&'static Kind> {
     let scheme = url.split_once("://")?.0;

@@ -7,7 +7,6 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use object_store::ObjectStoreExt;
 use object_store::local::LocalFileSystem;
-use object_store::path::Path as ObjPath;
 
 use super::config::NoOptions;
 use super::object_io::{get, list_current, put_new, size_of};
@@ -74,7 +73,7 @@ impl Backend for Local {
     }
 
     async fn delete(&self, key: &str, _version: Option<&str>) -> Result<()> {
-        Ok(self.store.delete(&ObjPath::from(key)).await?)
+        Ok(self.store.delete(&super::object_io::path(key)?).await?)
     }
 
     async fn check_immutability(&self, _mode: LockMode, url: &str, _allow: bool) -> Result<Option<String>> {

@@ -159,6 +159,8 @@ pub struct Target {
     /// Whether listings show every version (a locked target, or one reached with prune's
     /// credentials, which may read them); else only current objects.
     versions: bool,
+    /// What its kind can do.
+    capabilities: Capabilities,
 }
 
 impl Target {
@@ -186,6 +188,7 @@ impl Target {
             lock,
             max_lock_days: cfg.max_lock_days,
             versions: lock.is_some(),
+            capabilities: kind.capabilities,
         })
     }
 
@@ -201,7 +204,13 @@ impl Target {
             lock: self.lock,
             max_lock_days: self.max_lock_days,
             versions: true,
+            capabilities: self.capabilities,
         }))
+    }
+
+    /// What the target's kind of store can do.
+    pub fn capabilities(&self) -> Capabilities {
+        self.capabilities
     }
 
     /// What protects the objects.

@@ -73,7 +73,7 @@ pub fn config_text(recipient: &str, target_url: &str, extra: &str) -> String {
     )
 }
 
-fn nanos() -> u128 {
+pub fn nanos() -> u128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
 }
 

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, AwsCredentialProvider, Checksum};
-use object_store::path::Path as ObjPath;
 use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, ObjectStoreExt, RetryConfig};
 
@@ -278,7 +277,7 @@ impl Backend for S3 {
     async fn delete(&self, key: &str, version: Option<&str>) -> Result<()> {
         match version {
             Some(v) => self.api.delete_version(key, v).await,
-            None => Ok(self.store.delete(&ObjPath::from(key)).await?),
+            None => Ok(self.store.delete(&super::object_io::path(key)?).await?),
         }
         .map_err(classify)
     }
