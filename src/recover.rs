@@ -277,11 +277,9 @@ impl Recovery<'_> {
         Ok(records)
     }
 
-    /// Every pack, read once: checked against its name, its trailer recorded, and the
-    /// chunks of the snapshots' file lists kept (verified). Packs a resumed recovery
-    /// already recorded are not read again.
-    fn packs(&mut self, catalog: &mut Catalog, records: &[Proven], progress: bool) -> Result<()> {
-        let tree_chunks: HashSet<ChunkId> = records.iter().flat_map(|(_, _, r, _)| r.tree.iter().copied()).collect();
+    /// How many packs the target holds, and those a resumed recovery has not recorded
+    /// yet (key, id); the recorded ones count as resumed.
+    fn unread_packs(&mut self, catalog: &Catalog) -> Result<(usize, Vec<(String, String)>)> {
         let packs: Vec<(String, String)> = self
             .inventory
             .keys
@@ -303,6 +301,15 @@ impl Recovery<'_> {
                 todo.push((key, id));
             }
         }
+        Ok((total, todo))
+    }
+
+    /// Every pack, read once: checked against its name, its trailer recorded, and the
+    /// chunks of the snapshots' file lists kept (verified). Packs a resumed recovery
+    /// already recorded are not read again.
+    fn packs(&mut self, catalog: &mut Catalog, records: &[Proven], progress: bool) -> Result<()> {
+        let tree_chunks: HashSet<ChunkId> = records.iter().flat_map(|(_, _, r, _)| r.tree.iter().copied()).collect();
+        let (total, todo) = self.unread_packs(catalog)?;
         tracing::info!(packs = total, resumed = self.report.packs_resumed, "reading packs");
         let counters = Arc::new(Counters::default());
         Counters::add(&counters.packs, self.report.packs_resumed as u64);

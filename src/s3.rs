@@ -49,12 +49,11 @@ impl std::fmt::Debug for S3Client {
     }
 }
 
-/// A server's answer, and whether it came after a retry.
+/// A server's answer.
 pub struct Answer {
     pub status: StatusCode,
     pub headers: http::HeaderMap,
     pub body: Bytes,
-    pub retried: bool,
 }
 
 /// An object as a listing gives it.
@@ -211,7 +210,7 @@ impl S3Client {
                     match read {
                         Ok(bytes) if !transient(parts.status) => {
                             let (status, headers) = (parts.status, parts.headers);
-                            return Ok(Answer { status, headers, body: bytes, retried: attempt > 0 });
+                            return Ok(Answer { status, headers, body: bytes });
                         }
                         Ok(bytes) => format!("HTTP {} {}", parts.status, error_code(&bytes)),
                         Err(e) => format!("reading the answer: {e:#}"),

@@ -126,11 +126,15 @@ fn ls_find_diff_and_dump_show_what_snapshots_hold() {
     let whole = ok(&setup, &["dump", &second, "/"]);
     assert!(whole.stdout.len() > 3 << 20, "the whole snapshot as tar");
 
-    // restore --include/--exclude (repeatable), paths with or without the source root.
+    restores_what_include_exclude_and_path_select(&setup, &scratch, &src);
+}
+
+/// restore --include/--exclude (repeatable), paths with or without the source root.
+fn restores_what_include_exclude_and_path_select(setup: &Setup, scratch: &Scratch, src: &Path) {
     let restore = |to: &Path, args: &[&str]| {
         let mut c = setup.cmd(&["restore", "latest", "--job", "data", "--no-progress", "--to"]);
         c.arg(to).args(args);
-        ok_restore(&setup, c)
+        ok_restore(setup, c)
     };
     let confs = scratch.path("confs");
     restore(&confs, &["--include", "*.conf", "--exclude", "srv/**"]);

@@ -35,6 +35,7 @@ const CHECKS: &[(&str, Check)] = &[
     ("bounded reads", bounded_reads),
     ("a missing object is not retried", missing_not_retried),
     ("retried through dropped connections", retried_through_drops),
+    ("a put whose answer was lost is kept once", lost_answer_kept),
     ("an outage ends at the retry budget", outage_gives_up),
 ];
 
@@ -52,6 +53,11 @@ const EXPECTED: &[(&str, &str, &str)] = &[
         "moto 5.2 answers GetObjectRetention of a version with the object's bytes",
     ),
     ("seaweedfs", "hostile keys listed back", "SeaweedFS 4.48 stores a key's `\\` as `/`"),
+    (
+        "ceph",
+        "a put whose answer was lost is kept once",
+        "Ceph 16 ignores `If-None-Match: *`: the retried put is a second, identical version",
+    ),
 ];
 
 /// A check's verdict: passed, or does not apply to this kind (and why); or why it failed.
@@ -221,7 +227,7 @@ fn open(table: &str) -> Store {
     // SAFETY: set once, before any target reads its credentials; the suite is one test.
     unsafe { std::env::set_var("COFFER_CONFORMANCE_ANY_KEY", "test") };
     let parsed = parse(table);
-    let proxy = parsed.options_endpoint().map(|upstream| Proxy::start(upstream));
+    let proxy = parsed.options_endpoint().map(Proxy::start);
     let table = match &proxy {
         Some(p) => table.replace(&parsed.endpoint.clone().unwrap(), &format!("http://127.0.0.1:{}", p.port)),
         None => table.to_string(),
@@ -437,6 +443,23 @@ fn retried_through_drops(s: &Store) -> Verdict {
     check(got == "through" && retried >= 1, format!("read {got:?} after {retried} retries"))
 }
 
+fn lost_answer_kept(s: &Store) -> Verdict {
+    let Some(proxy) = &s.proxy else { return Ok(NotApplicable("no network between coffer and the store")) };
+    let before = s.retry.retries();
+    proxy.swallow_next_answer();
+    let k = key("lost");
+    let version = block_on(s.target.put_new(&k, Bytes::from_static(b"stored once"), now() + 86_400))
+        .map_err(|e| format!("{e:#}"))?;
+    let retried = s.retry.retries() - before;
+    let got = block_on(s.target.get(&k, version.as_deref(), 16)).map_err(|e| format!("{e:#}"))?;
+    let listed = block_on(s.target.list(&k)).map_err(|e| format!("{e:#}"))?;
+    let copies = listed.iter().filter(|v| v.key == k && !v.delete_marker).count();
+    check(
+        retried >= 1 && got == "stored once" && copies == 1,
+        format!("after {retried} retries it reads {got:?}; {copies} versions"),
+    )
+}
+
 fn outage_gives_up(s: &Store) -> Verdict {
     if s.proxy.is_none() {
         return Ok(NotApplicable("no network between coffer and the store"));
@@ -464,6 +487,8 @@ fn outage_gives_up(s: &Store) -> Verdict {
 struct Proxy {
     port: u16,
     drops: Arc<AtomicUsize>,
+    /// Connections whose answer is read from the server and never passed on.
+    swallows: Arc<AtomicUsize>,
     open: Arc<std::sync::Mutex<Vec<TcpStream>>>,
 }
 
@@ -473,7 +498,8 @@ impl Proxy {
         let port = listener.local_addr().unwrap().port();
         let drops = Arc::new(AtomicUsize::new(0));
         let open = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (to_drop, opened) = (drops.clone(), open.clone());
+        let swallows = Arc::new(AtomicUsize::new(0));
+        let (to_drop, to_swallow, opened) = (drops.clone(), swallows.clone(), open.clone());
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
                 if to_drop.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
@@ -483,11 +509,15 @@ impl Proxy {
                 let Ok(server) = TcpStream::connect(upstream) else { continue };
                 let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
                 opened.lock().unwrap().push(client.try_clone().unwrap());
+                let swallow = to_swallow.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
                 std::thread::spawn(move || pipe(client, server));
-                std::thread::spawn(move || pipe(s2, c2));
+                match swallow {
+                    true => std::thread::spawn(move || swallow_answer(s2, c2)),
+                    false => std::thread::spawn(move || pipe(s2, c2)),
+                };
             }
         });
-        Proxy { port, drops, open }
+        Proxy { port, drops, swallows, open }
     }
 
     /// Drops the next `n` connections, and every connection now open (the client's pool
@@ -498,6 +528,22 @@ impl Proxy {
             let _ = c.shutdown(std::net::Shutdown::Both);
         }
     }
+}
+
+/// The next request reaches the server; its answer is lost on the way back (every open
+/// connection is closed first, so that the request takes a new one).
+impl Proxy {
+    fn swallow_next_answer(&self) {
+        self.swallows.store(1, Ordering::SeqCst);
+        self.drop_next(0);
+    }
+}
+
+/// Reads the server's answer and closes the client's connection without a byte of it.
+fn swallow_answer(mut server: TcpStream, client: TcpStream) {
+    let mut buf = [0u8; 4096];
+    let _ = server.read(&mut buf);
+    let _ = client.shutdown(std::net::Shutdown::Both);
 }
 
 fn pipe(mut from: TcpStream, mut to: TcpStream) {

@@ -399,19 +399,7 @@ fn forged_snapshots_cannot_touch_anything_outside_the_restore_directory() {
     let to = setup.dir.path("to-benign");
     let out = restore(&benign, &to, false);
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(std::fs::read(to.join(std::ffi::OsStr::from_bytes(&long))).unwrap(), b"a long name");
-    let inner = std::fs::read(to.join(std::ffi::OsStr::from_bytes(&long_dir_file))).unwrap();
-    assert_eq!(inner, b"inside a long name");
-    let setuid = std::fs::metadata(to.join("setuid")).unwrap();
-    assert_eq!(setuid.mode() & 0o7777, 0o4755, "the setuid bit is kept");
-    if root() {
-        assert_eq!((setuid.uid(), setuid.gid()), (1234, 1234));
-    }
-    assert_eq!(std::fs::metadata(to.join("empty")).unwrap().len(), 0);
-    let entries: Vec<_> = std::fs::read_dir(&to).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert_eq!(entries.len(), 4, "no temporary file is left: {entries:?}");
-    let m = std::fs::metadata(to.join(std::ffi::OsStr::from_bytes(&long_dir))).unwrap();
-    assert_eq!(m.mode() & 0o7777, 0o750, "a directory gets its mode at the end");
+    assert_benign_restored(&to, &long, &long_dir, &long_dir_file);
     assert_eq!(describe(&canary_dir), before);
 
     // verify --read-data on the rebuilt catalog names them too.
@@ -419,6 +407,24 @@ fn forged_snapshots_cannot_touch_anything_outside_the_restore_directory() {
         coffer(&victim, &["verify", "--read-data", "--no-progress", "--identity", setup.identity.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
     assert!(text(&out).contains("a/x") && text(&out).contains("unsafe-entry"), "{}", text(&out));
+}
+
+/// What the benign forgery holds, restored whole: long names, its owners (as root), its
+/// setuid bit, a directory's mode set at the end, and no temporary file left.
+fn assert_benign_restored(to: &Path, long: &[u8], long_dir: &[u8], long_dir_file: &[u8]) {
+    assert_eq!(std::fs::read(to.join(std::ffi::OsStr::from_bytes(long))).unwrap(), b"a long name");
+    let inner = std::fs::read(to.join(std::ffi::OsStr::from_bytes(long_dir_file))).unwrap();
+    assert_eq!(inner, b"inside a long name");
+    let setuid = std::fs::metadata(to.join("setuid")).unwrap();
+    assert_eq!(setuid.mode() & 0o7777, 0o4755, "the setuid bit is kept");
+    if root() {
+        assert_eq!((setuid.uid(), setuid.gid()), (1234, 1234));
+    }
+    assert_eq!(std::fs::metadata(to.join("empty")).unwrap().len(), 0);
+    let entries: Vec<_> = std::fs::read_dir(to).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(entries.len(), 4, "no temporary file is left: {entries:?}");
+    let m = std::fs::metadata(to.join(std::ffi::OsStr::from_bytes(long_dir))).unwrap();
+    assert_eq!(m.mode() & 0o7777, 0o750, "a directory gets its mode at the end");
 }
 
 #[test]

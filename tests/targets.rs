@@ -266,8 +266,12 @@ fn one_provider_down_degrades_the_run_and_the_next_run_catches_it_up() {
     assert_same_tree(&src, &scratch.path("restore-ceph-after"));
     assert_eq!(two.run(&["verify", "--target", "ceph"]).status.code(), Some(0));
 
-    // Recover from each target onto a fresh host; `verify --target` then records what
-    // the other target holds, and both restore.
+    recovers_from_either_onto_a_fresh_host(&two, &scratch, &src);
+}
+
+/// Recovers from each target onto a fresh host; `verify --target` then records what the
+/// other target holds, and both restore.
+fn recovers_from_either_onto_a_fresh_host(two: &Two, scratch: &Scratch, src: &Path) {
     for (from, other) in [("ceph", "ls"), ("ls", "ceph")] {
         // The same config (its paths are relative to it) in another directory.
         let fresh = scratch.path(&format!("fresh-{from}"));
@@ -285,7 +289,7 @@ fn one_provider_down_degrades_the_run_and_the_next_run_catches_it_up() {
         let out = fresh.join("restored");
         let r = again.restore(Some(other), &out);
         assert!(r.status.success(), "{}", text(&r));
-        assert_same_tree(&src, &out);
+        assert_same_tree(src, &out);
     }
 }
 

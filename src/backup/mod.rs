@@ -135,7 +135,8 @@ pub fn run(cfg: &Config, job: &Job, mut opts: Options) -> Result<Summary> {
     let expected = repo.catalog.latest_complete(&job.name)?.map(|s| s.bytes);
     let result = {
         let _progress = ProgressLine::start(counters.clone(), opts.progress, crate::progress::backup_line(expected));
-        contained(|| run_pipeline(cfg, job, &mut repo, &counters, Watch { stop: opts.stop.clone(), observers }))
+        let watch = Watch { counters: counters.clone(), stop: opts.stop.clone(), observers };
+        contained(|| run_pipeline(cfg, job, &mut repo, watch))
     };
     let outcome = outcome(&result);
     let error = match &result {
@@ -231,7 +232,8 @@ fn contained<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
     })
 }
 
-fn run_pipeline(cfg: &Config, job: &Job, repo: &mut Repo, counters: &Arc<Counters>, watch: Watch) -> Result<Summary> {
+fn run_pipeline(cfg: &Config, job: &Job, repo: &mut Repo, watch: Watch) -> Result<Summary> {
+    let counters = &watch.counters.clone();
     for id in repo.catalog.forget_expired(crate::time::now_secs())? {
         tracing::info!(snapshot = %id, "snapshot passed its retain-until: forgotten (prune deletes what only it needed)");
     }
@@ -272,7 +274,7 @@ fn run_pipeline(cfg: &Config, job: &Job, repo: &mut Repo, counters: &Arc<Counter
     let pack_until = retain_until + crate::config::EXTENSION_SLACK_DAYS * DAY;
     let keyset = repo.catalog.current_keyset()?.map_or(0, |s| s.seq);
     let pipeline = Pipeline { targets: &fleet.targets, down: &fleet.down, pack_until, keyset };
-    let (mut reader, uploaded) = run_stages(cfg, job, repo, counters, watch, prepared, &entries_path, &pipeline)?;
+    let (mut reader, uploaded) = run_stages(cfg, job, repo, watch, prepared, &entries_path, &pipeline)?;
     tracing::debug!(secs = started.elapsed().as_secs_f64(), "read and stored");
     if let Some(Contents::Command(c)) = &mut contents {
         c.bytes = reader.stats.bytes;

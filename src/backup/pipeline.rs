@@ -57,9 +57,10 @@ pub(super) struct Pipeline<'a> {
 /// Reads the source through the pipeline (reader → compressors → packer → uploader)
 /// until every new chunk is stored and its pack recorded, writing the entry stream to
 /// `entries_path`. Returns what the reader saw, and the packs uploaded.
-#[allow(clippy::too_many_arguments)]
-/// What watches a run from outside the pipeline: a shutdown, and the per-file steps.
+/// What watches a run from outside the pipeline: the progress counters, a shutdown, and
+/// the per-file steps.
 pub(super) struct Watch {
+    pub(super) counters: Arc<Counters>,
     pub(super) stop: Option<Arc<AtomicBool>>,
     pub(super) observers: Vec<Box<dyn Observer>>,
 }
@@ -68,12 +69,12 @@ pub(super) fn run_stages(
     cfg: &Config,
     job: &Job,
     repo: &mut Repo,
-    counters: &Arc<Counters>,
     watch: Watch,
     prepared: Prepared,
     entries_path: &Path,
     pipeline: &Pipeline,
 ) -> Result<(ReadOutput, HashSet<i64>)> {
+    let counters = &watch.counters.clone();
     let Prepared { input, errors: source_errors, command, .. } = prepared;
     let abort = Arc::new(AtomicBool::new(false));
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);

@@ -49,6 +49,9 @@ pub trait KindOptions: std::fmt::Debug + Send + Sync + Any {
     fn as_any(&self) -> &dyn Any;
 }
 
+/// A kind's keys, as it read them.
+pub type Options = Arc<dyn KindOptions>;
+
 /// A kind without keys of its own.
 #[derive(Debug)]
 pub struct NoOptions;

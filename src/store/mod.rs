@@ -57,12 +57,15 @@ pub struct Kind {
     pub capabilities: Capabilities,
     /// Reads the kind's keys: what is left of the table `key` once the shared ones are
     /// taken; `[prune]` gives prune's credential variables by default.
-    pub options:
-        fn(key: &str, table: toml::Table, prune: &config::PruneConfig) -> Result<Arc<dyn config::KindOptions>, String>,
+    pub options: ReadOptions,
     /// Opens the store `cfg` names; `rest` is the URL after `scheme://`. A kind does not
     /// retry: [`Target`] wraps every kind in the run's retry policy.
     pub open: fn(cfg: &TargetConfig, rest: &str) -> Result<Arc<dyn Backend>>,
 }
+
+/// How a kind reads its keys of a `[target]` table (`key` names the table in errors).
+pub type ReadOptions =
+    fn(key: &str, table: toml::Table, prune: &config::PruneConfig) -> Result<config::Options, String>;
 
 /// What a kind of store can do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

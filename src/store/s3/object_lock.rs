@@ -52,8 +52,8 @@ impl LockApi {
     }
 
     /// Writes an object with a lock. With `create_only`, an existing key is refused
-    /// (`AlreadyExists`), except when a retried PUT finds the object its own earlier
-    /// attempt stored (the answer was lost, the write was not): then it is that version.
+    /// (`AlreadyExists`); a retried PUT that finds its own first attempt stored is the
+    /// retry wrapper's to recognise (`store::retrying`).
     pub async fn put_locked(
         &self,
         key: &str,
@@ -70,19 +70,9 @@ impl LockApi {
             headers.push(("if-none-match", "*".to_string()));
         }
         let url = self.object_url(key, "");
-        let size = body.len() as u64;
         let a = self.send(Method::PUT, &url, &headers, body).await?;
         match a.status {
             s if s.is_success() => Ok(version_id(&a.headers)),
-            StatusCode::PRECONDITION_FAILED if a.retried => {
-                let head = self.send(Method::HEAD, &url, &[], Bytes::new()).await?;
-                let stored = head.headers.get("content-length").and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-                if head.status.is_success() && stored == Some(size) {
-                    tracing::info!(key, "a retried upload found its first attempt stored");
-                    return Ok(version_id(&head.headers));
-                }
-                Err(AlreadyExists { key: key.to_string() }.into())
-            }
             StatusCode::PRECONDITION_FAILED => Err(AlreadyExists { key: key.to_string() }.into()),
             s => Err(s3_error("PutObject", key, s, &a.body)),
         }
