@@ -9,10 +9,10 @@
 
 mod common;
 
-use std::io::{BufRead, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -85,22 +85,9 @@ struct Store {
     locks: bool,
 }
 
-/// A provider by name: its target table and what keeps it running, where it runs here.
-type Provider = (&'static str, Option<(String, Option<Keep>)>);
-
-/// Whatever keeps a provider running until the suite ends.
-enum Keep {
-    Moto(Child),
-}
-
-impl Drop for Keep {
-    fn drop(&mut self) {
-        let Keep::Moto(child) = self;
-        drop(child.stdin.take());
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-}
+/// A provider by name: its target table, and the server the suite started for it (moto),
+/// where it runs here.
+type Provider = (&'static str, Option<(String, Option<Moto>)>);
 
 #[test]
 fn every_store_kind_passes_what_coffer_needs_of_it() {
@@ -156,14 +143,15 @@ fn providers(scratch: &Scratch) -> Vec<Provider> {
         mkbucket(&bucket, &endpoint, &id, &secret);
         s3_table(&bucket, &endpoint, "COFFER_SEAWEEDFS_ACCESS_KEY", "COFFER_SEAWEEDFS_SECRET_KEY")
     });
-    let moto = moto("conf-moto").map(|(port, keep)| {
+    let moto = Moto::start("conf-moto").map(|moto| {
+        let port = moto.1;
         let table = s3_table(
             "conf-moto",
             &format!("http://127.0.0.1:{port}"),
             "COFFER_CONFORMANCE_ANY_KEY",
             "COFFER_CONFORMANCE_ANY_KEY",
         );
-        (table, Some(keep))
+        (table, Some(moto))
     });
     let required = std::env::var("COFFER_TEST_S3").as_deref() == Ok("require");
     let mut all: Vec<Provider> = vec![
@@ -202,23 +190,6 @@ fn mkbucket(bucket: &str, endpoint: &str, id: &str, secret: &str) {
         ("AWS_ACCESS_KEY_ID", id),
         ("AWS_SECRET_ACCESS_KEY", secret),
     ]));
-}
-
-/// moto's server with one locked bucket, where moto is installed.
-fn moto(bucket: &str) -> Option<(u16, Keep)> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/moto_s3.py");
-    let mut child = Command::new("python3")
-        .arg(script)
-        .arg(bucket)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take()?).read_line(&mut line).ok()?;
-    let keep = Keep::Moto(child);
-    line.trim().parse().ok().map(|port| (port, keep))
 }
 
 /// The target a table names, behind a proxy where it is reached over the network, with

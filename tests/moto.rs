@@ -10,45 +10,9 @@
 
 mod common;
 
-use std::io::BufRead;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use common::*;
-
-/// moto's server with one bucket with Object Lock; stopped (stdin closed) on drop.
-struct Moto(Child, u16);
-
-impl Moto {
-    fn start(bucket: &str) -> Option<Moto> {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/moto_s3.py");
-        let mut child = Command::new("python3")
-            .arg(script)
-            .arg(bucket)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        match line.trim().parse() {
-            Ok(port) => Some(Moto(child, port)),
-            Err(_) => {
-                let _ = child.wait();
-                None
-            }
-        }
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        drop(self.0.stdin.take());
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[test]
 fn moto_accepts_init_backup_and_restore() {

@@ -3,9 +3,10 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::io::BufRead;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_coffer");
 
@@ -413,4 +414,38 @@ pub fn peak_rss(cmd: &mut Command) -> (Output, u64) {
     let _ = std::fs::remove_file(&report);
     let kib = kib.lines().last().and_then(|l| l.trim().parse().ok()).unwrap_or_else(|| panic!("no RSS: {kib}"));
     (out, kib)
+}
+
+/// moto's server with one bucket with Object Lock; stopped (stdin closed) on drop.
+pub struct Moto(Child, pub u16);
+
+impl Moto {
+    pub fn start(bucket: &str) -> Option<Moto> {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/moto_s3.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .arg(bucket)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take()?).read_line(&mut line).ok()?;
+        match line.trim().parse() {
+            Ok(port) => Some(Moto(child, port)),
+            Err(_) => {
+                let _ = child.wait();
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        drop(self.0.stdin.take());
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
