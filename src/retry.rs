@@ -35,6 +35,9 @@ pub enum GiveUp {
     Budget { budget: Duration, last: String },
     #[error("stopped by shutdown while the target was failing ({last})")]
     Stopped { last: String },
+    /// A call made without retries ([`Retry::none`]) failed transiently: its caller retries.
+    #[error("{last}")]
+    NotRetried { last: String },
 }
 
 /// The retry budget of calls made outside a backup run (status, prune, init, restore):
@@ -73,6 +76,9 @@ impl Retry {
         let ceiling = FIRST_DELAY.saturating_mul(1 << attempt.saturating_sub(1).min(16)).min(MAX_DELAY);
         // "Equal jitter": at least half the ceiling, so retries do not collapse to zero.
         let delay = ceiling / 2 + ceiling.mul_f64(random_unit() / 2.0);
+        if i.budget.is_zero() {
+            return Err(GiveUp::NotRetried { last: error.to_string() });
+        }
         let spent = Duration::from_millis(i.spent_ms.load(Ordering::Relaxed));
         if spent + delay > i.budget {
             return Err(GiveUp::Budget { budget: i.budget, last: error.to_string() });

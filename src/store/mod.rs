@@ -87,14 +87,14 @@ pub struct Unsupported {
 }
 
 /// A failure worth retrying (a connection refused or reset, a timeout, a 5xx, SlowDown),
-/// as the kind that saw it judged: the error chain holds this marker.
+/// as the kind that saw it judged; it reads as the failure itself.
 #[derive(Debug, thiserror::Error)]
-#[error("transient failure")]
-pub struct Transient;
+#[error("{0:#}")]
+pub struct Transient(anyhow::Error);
 
 /// Marks `e` as worth retrying.
 pub fn transient(e: anyhow::Error) -> anyhow::Error {
-    e.context(Transient)
+    Transient(e).into()
 }
 
 /// One kind of object store, as [`Target`] uses it. Keys are relative to the target's
