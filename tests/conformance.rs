@@ -246,7 +246,11 @@ fn key(name: &str) -> String {
 fn create_only(s: &Store) -> Verdict {
     let k = key("once");
     block_on(s.target.put_new(&k, Bytes::from_static(b"first"), now() + 86_400)).map_err(|e| format!("{e:#}"))?;
-    match block_on(s.target.put_new(&k, Bytes::from_static(b"second"), now() + 86_400)) {
+    let second = block_on(s.target.put_new(&k, Bytes::from_static(b"second"), now() + 86_400));
+    if !s.target.capabilities().create_only {
+        return Ok(NotApplicable("the kind does not refuse a second write"));
+    }
+    match second {
         Err(e) if e.is::<AlreadyExists>() => {}
         Err(e) => return Err(format!("a second put failed otherwise: {e:#}")),
         Ok(_) => return Err("a second put to the same key was accepted".into()),
