@@ -516,7 +516,7 @@ impl Config {
 
         let targets = parse_targets(raw.target, &raw.prune).map_err(err)?;
         let daemon = parse_daemon(raw.daemon).map_err(err)?;
-        let credential_vars = credential_vars(&targets);
+        let credential_vars = credential_vars(&targets, &raw.prune);
         let credential_vars: Vec<&str> = credential_vars.iter().map(String::as_str).collect();
         let target_names: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
         let http = parse_http(raw.http, &resolve).map_err(err)?;

@@ -195,10 +195,12 @@ fn parse_target(key: &str, mut table: toml::Table, prune: &PruneConfig, several:
 }
 
 /// Every variable that holds credentials of coffer's targets (the standard AWS ones,
-/// each target's named ones, and prune's): no child ever gets them.
-pub fn credential_vars(targets: &[TargetConfig]) -> Vec<String> {
+/// each target's named ones, and prune's, `[prune]`'s whatever the kinds): no child ever
+/// gets them.
+pub fn credential_vars(targets: &[TargetConfig], prune: &PruneConfig) -> Vec<String> {
     let mut vars: Vec<String> =
         ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"].map(String::from).to_vec();
+    vars.extend([prune.access_key_id_env.clone(), prune.secret_access_key_env.clone()]);
     for t in targets {
         vars.extend(t.options.credential_vars());
     }
