@@ -814,6 +814,27 @@ mod tests {
         assert!(parse(&text).unwrap_err().to_string().contains("SECRET key"));
     }
 
+    /// A kind reads its own keys of a `[target]` table, strictly: what belongs to another
+    /// kind, a typo, half a credential pair or a value of the wrong type is named.
+    #[test]
+    fn a_kinds_own_keys_are_read_by_that_kind_alone() {
+        let s3 = |extra: &str| minimal(extra).replace("file:///tmp/t", "s3://bucket/prefix");
+        let cases = [
+            (minimal("endpoint = \"http://127.0.0.1:1\"\n"), "unknown field `endpoint`"),
+            (minimal("instance_role = true\n"), "unknown field `instance_role`"),
+            (s3("endpiont = \"http://x\"\n"), "unknown field `endpiont`"),
+            (s3("access_key_id_env = \"ID\"\n"), "go together"),
+            (s3("endpoint = 7\n"), "invalid type"),
+            (s3("region = [\"\\u001b[2J\"]\n"), "invalid type"),
+        ];
+        for (text, needle) in cases {
+            let m = parse(&text).unwrap_err().to_string();
+            assert!(m.contains("key `target`") && m.contains(needle), "expected `{needle}` in: {m}");
+        }
+        let ok = parse(&s3("endpoint = \"http://x\"\nregion = \"eu\"\ninstance_role = true\n")).unwrap();
+        assert!(ok.targets[0].options.missing_credentials("default", "s3://bucket/prefix").is_none());
+    }
+
     #[test]
     fn bad_values_are_named() {
         let cases = [

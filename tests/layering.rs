@@ -236,3 +236,21 @@ fn the_readme_layout_is_the_tree() {
         "README.md's layout has drifted from the tree: COFFER_WRITE_LAYOUT=1 cargo test --test layering"
     );
 }
+
+/// One runtime: no module but `src/runtime.rs` builds one or blocks on a future by itself;
+/// the rest go through `runtime::block_on`.
+#[test]
+fn only_the_runtime_facade_builds_a_runtime_or_blocks() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut found = Vec::new();
+    for file in walk(&src).into_iter().filter(|f| !f.ends_with("runtime.rs")) {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim_start().starts_with("//")) {
+            let blocks = line.replace("runtime::block_on(", "").contains("block_on(");
+            if blocks || line.contains("runtime::Builder") || line.contains("Runtime::new") {
+                found.push(format!("{}:{}: {}", file.display(), n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(found.is_empty(), "outside src/runtime.rs:\n  {}", found.join("\n  "));
+}

@@ -29,7 +29,7 @@ impl Retrying {
         let mut attempt = 0;
         loop {
             match call().await {
-                Err(e) if e.is::<Transient>() => {
+                Err(e) if is_transient(&e) => {
                     attempt += 1;
                     self.retry.wait(attempt, &format!("{what}: {e:#}")).await?;
                 }
@@ -40,7 +40,7 @@ impl Retrying {
 }
 
 /// Whether an error is one a retry may cure.
-pub fn is_transient(e: &anyhow::Error) -> bool {
+fn is_transient(e: &anyhow::Error) -> bool {
     e.is::<Transient>()
 }
 
