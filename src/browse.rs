@@ -74,14 +74,14 @@ impl Browser {
         Ok(Browser { repo, wanted: target.map(str::to_string), made_with: HashSet::new() })
     }
 
-    /// `latest` (of `job`), a full snapshot id, or a unique prefix of one; within `job`
-    /// when given, else among every job's snapshots.
+    /// `latest` or `latest-clean` (of `job`), a full snapshot id, or a unique prefix of
+    /// one; within `job` when given, else among every job's snapshots.
     pub fn snapshot(&self, job: Option<&str>, selector: &str) -> Result<SnapshotRow> {
         if let Some(job) = job {
             return self.repo.catalog.find_snapshot(job, selector);
         }
-        if selector == "latest" {
-            bail!("`latest` needs --job JOB");
+        if selector == "latest" || selector == "latest-clean" {
+            bail!("`{selector}` needs --job JOB");
         }
         let found: Vec<SnapshotRow> =
             self.repo.catalog.snapshots(None)?.into_iter().filter(|s| s.id.starts_with(selector)).collect();

@@ -106,6 +106,91 @@ pub struct Job {
     pub env: crate::process::ChildEnv,
     /// The names of the targets the job writes to (every target unless it names some).
     pub targets: Vec<String>,
+    /// The change-anomaly tripwire (`[job.tripwire]`).
+    pub tripwire: TripwireConfig,
+}
+
+/// `[job.tripwire]`: how a run is judged against the job's own history (`src/tripwire`).
+#[derive(Debug, Clone)]
+pub struct TripwireConfig {
+    pub enabled: bool,
+    /// Judged runs in the baseline; with fewer, a run is measured, not judged.
+    pub history: u32,
+    /// How many clean snapshots a trip holds, and for how many days.
+    pub hold: u32,
+    pub hold_days: u32,
+    /// Files that must never change: their path in the snapshot, and as configured.
+    pub canaries: Vec<(Vec<u8>, String)>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTripwire {
+    #[serde(default = "default_true")]
+    enabled: bool,
+    #[serde(default = "default_history")]
+    history: u32,
+    #[serde(default = "default_hold")]
+    hold: u32,
+    #[serde(default = "default_hold_days")]
+    hold_days: u32,
+    #[serde(default)]
+    canaries: Vec<PathBuf>,
+}
+
+impl Default for RawTripwire {
+    fn default() -> Self {
+        RawTripwire {
+            enabled: true,
+            history: default_history(),
+            hold: default_hold(),
+            hold_days: default_hold_days(),
+            canaries: Vec::new(),
+        }
+    }
+}
+
+fn default_history() -> u32 {
+    5
+}
+fn default_hold() -> u32 {
+    3
+}
+fn default_hold_days() -> u32 {
+    30
+}
+
+/// `[job.tripwire]`, its canaries resolved to their paths in the snapshot.
+fn parse_tripwire(i: usize, raw: RawTripwire, source: &dyn crate::source::Source) -> Result<TripwireConfig, String> {
+    for (key, value, range) in
+        [("history", raw.history, 1..=100), ("hold", raw.hold, 1..=100), ("hold_days", raw.hold_days, 1..=3650)]
+    {
+        if !range.contains(&value) {
+            return Err(format!(
+                "key `job[{i}].tripwire.{key}`: expected {} to {}, found {value}",
+                range.start(),
+                range.end()
+            ));
+        }
+    }
+    let mut canaries = Vec::new();
+    for (k, path) in raw.canaries.iter().enumerate() {
+        let stored = source.stored_path(path).ok_or_else(|| {
+            format!(
+                "key `job[{i}].tripwire.canaries[{k}]`: {} is not a file inside the job's source (an absolute \
+                 path under one of its directories, without `..`)",
+                crate::escape::printable(path.as_os_str().as_encoded_bytes())
+            )
+        })?;
+        canaries.push((stored, path.display().to_string()));
+    }
+    Ok(TripwireConfig {
+        enabled: raw.enabled,
+        history: raw.history,
+        hold: raw.hold,
+        hold_days: raw.hold_days,
+        canaries,
+    })
 }
 
 /// Commands run after a job (argv, no shell), with `COFFER_JOB`, `COFFER_OUTCOME`,
@@ -176,8 +261,8 @@ fn parse_limits(raw: RawRestore) -> Result<crate::format::entry::Limits, String>
 
 /// The furthest any object is locked ahead by these jobs, in days, and which job needs it:
 /// a snapshot is kept (and locked) the longest of its `lock_days` and the spans of the
-/// periods it keeps (a month counted as 31 days), and new packs and extended locks last
-/// the extension slack longer; plus a day for clocks.
+/// periods it keeps (a month counted as 31 days), or `tripwire.hold_days` after a trip;
+/// new packs and extended locks last the extension slack longer; plus a day for clocks.
 fn lock_days_needed(jobs: &[Job]) -> (u32, String) {
     let span_days = |s: crate::retention::Span| match s {
         crate::retention::Span::Days(d) => d,
@@ -187,9 +272,16 @@ fn lock_days_needed(jobs: &[Job]) -> (u32, String) {
     for job in jobs {
         let k = &job.keep;
         let longest = [k.daily, k.weekly, k.monthly, k.yearly].into_iter().flatten().map(span_days).max().unwrap_or(0);
-        let days = job.lock_days.max(longest) + EXTENSION_SLACK_DAYS as u32 + 1;
+        let held = if job.tripwire.enabled { job.tripwire.hold_days } else { 0 };
+        let days = job.lock_days.max(longest).max(held) + EXTENSION_SLACK_DAYS as u32 + 1;
         if days > most.0 {
-            most = (days, format!("job `{}`: lock_days and keep, plus {EXTENSION_SLACK_DAYS} days of slack", job.name));
+            most = (
+                days,
+                format!(
+                    "job `{}`: lock_days, keep and tripwire.hold_days, plus {EXTENSION_SLACK_DAYS} days of slack",
+                    job.name
+                ),
+            );
         }
     }
     most
@@ -288,6 +380,8 @@ struct RawJob {
     #[serde(default)]
     env_passthrough: Vec<String>,
     targets: Option<Vec<String>>,
+    #[serde(default)]
+    tripwire: RawTripwire,
 }
 
 #[derive(Deserialize, Default)]
@@ -383,7 +477,9 @@ fn parse_job(
             named
         }
     };
+    let tripwire = parse_tripwire(i, j.tripwire, &*source)?;
     Ok(Job {
+        tripwire,
         name: j.name,
         source,
         exclude,

@@ -2,7 +2,7 @@
 //! coffer knowing about mail, chat or paging.
 //!
 //! The command is an argv list run without a shell, with `COFFER_JOB`, `COFFER_OUTCOME`
-//! (success, partial or failed), `COFFER_ERROR` and `COFFER_SNAPSHOT` in a clean
+//! (success, partial, degraded, suspicious or failed), `COFFER_ERROR` and `COFFER_SNAPSHOT` in a clean
 //! environment (`process::ChildEnv`: never coffer's credentials).
 //! It is killed after the job's `hook_timeout`. A hook that fails is logged; it never
 //! changes the outcome of the backup.
@@ -13,7 +13,8 @@ use std::time::Duration;
 use crate::config::Job;
 use crate::run_outcome::RunOutcome;
 
-/// Runs `on_success` (outcome success) or `on_failure` (partial, failed), if configured.
+/// Runs `on_success` (outcome success) or `on_failure` (any other: partial, degraded,
+/// suspicious, failed), if configured.
 pub fn after_run(job: &Job, outcome: RunOutcome, snapshot: Option<&str>, error: Option<&str>) {
     let hook = if outcome == RunOutcome::Success { &job.hooks.on_success } else { &job.hooks.on_failure };
     let Some(argv) = hook else { return };

@@ -30,6 +30,7 @@ pub mod inventory;
 pub mod keyring;
 pub mod keys;
 pub mod metrics;
+pub mod observer;
 pub mod pin;
 pub mod preflight;
 pub mod process;
@@ -52,6 +53,7 @@ pub mod status;
 pub mod store;
 pub mod task;
 pub mod time;
+pub mod tripwire;
 pub mod verify;
 pub mod xattr;
 

@@ -114,6 +114,8 @@ struct JobRow<'a> {
     /// Fire times past (with grace) since the newest snapshot, or since the first run.
     missed: Option<u32>,
     running: bool,
+    /// Suspicious runs nobody acknowledged.
+    anomalies: u64,
 }
 
 /// A job's samples in one family: extra labels (or none) and the value.
@@ -181,13 +183,14 @@ fn job_rows<'a>(
                 status,
                 missed,
                 running: live.running.contains(&job.name),
+                anomalies: catalog.anomalies(Some(&job.name), true).ok()?.len() as u64,
             })
         })
         .collect()
 }
 
 /// The per-job families, in the order they are exposed.
-const JOB_FAMILIES: [Family; 21] = [
+const JOB_FAMILIES: [Family; 22] = [
     ("coffer_job_last_success_timestamp_seconds", "gauge", "When a run of the job last read every path.", |r| {
         one(r.totals.last_success_at.map(|t| t as f64))
     }),
@@ -249,6 +252,12 @@ const JOB_FAMILIES: [Family; 21] = [
         one(r.status.map(|j| j.gaps.len() as f64))
     }),
     ("coffer_job_running", "gauge", "1 while the job runs.", |r| one(Some(f64::from(u8::from(r.running))))),
+    (
+        "coffer_job_anomalous_changes",
+        "gauge",
+        "Runs the tripwire found suspicious (anomalous change) that nobody acknowledged; prune is frozen for the job meanwhile.",
+        |r| one(Some(r.anomalies as f64)),
+    ),
     ("coffer_job_target_snapshots", "gauge", "Live snapshots of the job each target holds.", |r| {
         on_targets(r, |t| t.live_snapshots as f64)
     }),

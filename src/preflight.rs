@@ -48,6 +48,12 @@ pub fn check(cfg: &Config) -> Vec<String> {
                 found.push(format!("hook `{}` is not found (PATH, or not executable)", hook[0]));
             }
         }
+        // A canary that is not there is never seen to change.
+        for (_, canary) in job.tripwire.canaries.iter().filter(|_| job.tripwire.enabled) {
+            if !std::fs::symlink_metadata(canary).is_ok_and(|m| m.is_file()) {
+                found.push(format!("tripwire canary {canary} is not a regular file (it must exist, and never change)"));
+            }
+        }
         problems.extend(found.into_iter().map(|p| format!("job `{}`: {p}", job.name)));
     }
     problems

@@ -5,7 +5,8 @@
 //! retain-until, and init's expired canaries. On S3 it uses separate, privileged
 //! credentials named in `[prune]` (the daemon's cannot delete), asks the server for each
 //! version's lock first, and deletes only with `--yes`; without it, it shows what it
-//! would delete.
+//! would delete. A job the tripwire froze (a suspicious run nobody acknowledged) keeps
+//! every snapshot: none is forgotten, and nothing any of them needs is deleted.
 
 use anyhow::{Context, Result, anyhow};
 
@@ -40,6 +41,9 @@ pub enum What {
 #[derive(Debug, Default, serde::Serialize)]
 pub struct Summary {
     pub forgotten: Vec<String>,
+    /// Jobs whose snapshots prune leaves alone: the tripwire found a run of theirs
+    /// suspicious and nobody acknowledged it (`coffer ack`).
+    pub frozen: Vec<String>,
     pub candidates: Vec<Candidate>,
     /// Candidates the server still holds under lock (left alone): target, key, until when.
     pub still_locked: Vec<(String, String, i64)>,
@@ -56,7 +60,11 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Summary> {
         .collect::<Result<Vec<_>>>()?;
     let repo = crate::repo::Repo::open(cfg)?;
     let now = crate::time::now_secs();
-    let mut summary = Summary { forgotten: repo.catalog.forget_expired(now)?, ..Default::default() };
+    let mut summary = Summary {
+        forgotten: repo.catalog.forget_expired(now)?,
+        frozen: repo.catalog.frozen_jobs()?,
+        ..Default::default()
+    };
     for target in repo.selected(opts.target.as_deref())? {
         prune_target(cfg, &repo, target, opts.yes, now, &mut summary)
             .with_context(|| format!("target `{}`", target.name))?;

@@ -17,6 +17,9 @@ pub enum RunOutcome {
     /// A complete snapshot on some of the job's targets, not all (exit 5): the next run
     /// catches the others up.
     Degraded,
+    /// A complete snapshot whose changes look like an attack on the source (the
+    /// tripwire: `src/tripwire`): prune is frozen for the job until someone acknowledges it.
+    Suspicious,
     /// No snapshot.
     Failed,
     /// Stopped at a checkpoint by a shutdown; the next run resumes.
@@ -27,14 +30,21 @@ pub enum RunOutcome {
 
 impl RunOutcome {
     /// The outcomes of runs that ended, as the metrics list them.
-    pub const ENDED: [RunOutcome; 5] =
-        [RunOutcome::Success, RunOutcome::Partial, RunOutcome::Degraded, RunOutcome::Failed, RunOutcome::Interrupted];
+    pub const ENDED: [RunOutcome; 6] = [
+        RunOutcome::Success,
+        RunOutcome::Partial,
+        RunOutcome::Degraded,
+        RunOutcome::Suspicious,
+        RunOutcome::Failed,
+        RunOutcome::Interrupted,
+    ];
 
-    const ALL: [RunOutcome; 7] = [
+    const ALL: [RunOutcome; 8] = [
         RunOutcome::Running,
         RunOutcome::Success,
         RunOutcome::Partial,
         RunOutcome::Degraded,
+        RunOutcome::Suspicious,
         RunOutcome::Failed,
         RunOutcome::Interrupted,
         RunOutcome::Skipped,
@@ -46,6 +56,7 @@ impl RunOutcome {
             RunOutcome::Success => "success",
             RunOutcome::Partial => "partial",
             RunOutcome::Degraded => "degraded",
+            RunOutcome::Suspicious => "suspicious",
             RunOutcome::Failed => "failed",
             RunOutcome::Interrupted => "interrupted",
             RunOutcome::Skipped => "skipped",

@@ -13,7 +13,8 @@
 //!
 //! Exit codes (Nagios): 0 OK; 1 WARNING (an unprotected or GOVERNANCE target, a job with
 //! no live snapshot, a target behind by two snapshots); 2 CRITICAL (a protection gap, a
-//! lock the server cannot confirm, a target behind by three or more); 3 UNKNOWN (the
+//! lock the server cannot confirm, a target behind by three or more, an anomalous change
+//! the tripwire found that nobody acknowledged); 3 UNKNOWN (the
 //! check itself failed: no catalog, target unreachable, ...).
 
 use std::collections::{HashMap, HashSet};
@@ -88,6 +89,9 @@ pub struct JobStatus {
     pub newest_protected_until: Option<i64>,
     /// The job on each of its targets.
     pub targets: Vec<JobOnTarget>,
+    /// Runs the tripwire found suspicious that nobody acknowledged (CRITICAL; prune is
+    /// frozen for the job meanwhile).
+    pub anomalies: Vec<i64>,
 }
 
 /// A job's snapshots on one of its targets.
@@ -399,7 +403,29 @@ fn job_status(
         missed_fire_times: None,
         newest_protected_until: None,
         targets: Vec::new(),
+        anomalies: Vec::new(),
     };
+    for a in repo.catalog.anomalies(Some(&job.name), true)? {
+        let signals: Vec<String> = serde_json::from_str::<Vec<crate::tripwire::Signal>>(&a.signals)
+            .map(|s| s.into_iter().map(|s| format!("{}: {}", s.name, s.detail)).collect())
+            .unwrap_or_else(|_| vec!["(the recorded signals do not read)".into()]);
+        f.raise(
+            Level::Critical,
+            format!(
+                "job {}: anomalous change in run {} ({}, snapshot {}): {}; prune is frozen for the job; \
+                 `restore latest-clean` restores the newest snapshot before it; `coffer ack {} {} --reason …` \
+                 once someone looked",
+                job.name,
+                a.run,
+                crate::time::format_utc(a.at),
+                a.snapshot.as_deref().unwrap_or("-"),
+                signals.join("; "),
+                job.name,
+                a.run
+            ),
+        );
+        status.anomalies.push(a.run);
+    }
     let since = match newest {
         None => {
             f.raise(Level::Warning, format!("job {}: no live snapshot", job.name));

@@ -72,6 +72,8 @@ fn a_broken_rule_fails_its_unit_test() {
 /// every pack it needs at least as long).
 struct Timeline {
     cfg: coffer::config::Config,
+    /// When someone acknowledges the suspicious runs (`coffer ack`), in hours from START.
+    acked_at: Option<usize>,
     /// Series name with labels → one value per scrape (`None`: not scraped).
     series: std::collections::BTreeMap<String, Vec<Option<f64>>>,
     scrapes: usize,
@@ -88,6 +90,8 @@ enum Run {
     Failed,
     /// Stored on every target but `b`, which is down.
     DegradedWithoutB,
+    /// Stored, and found suspicious by the tripwire (open until acknowledged).
+    Suspicious,
 }
 
 const HOUR: i64 = 3600;
@@ -113,7 +117,7 @@ impl Timeline {
             ));
         }
         let cfg = coffer::config::Config::parse(Path::new("/etc/coffer/coffer.toml"), &text).unwrap();
-        Timeline { cfg, series: Default::default(), scrapes: days * (DAY / SCRAPE) as usize }
+        Timeline { cfg, acked_at: None, series: Default::default(), scrapes: days * (DAY / SCRAPE) as usize }
     }
 
     fn set(&mut self, series: String, scrape: usize, value: Option<f64>) {
@@ -132,6 +136,8 @@ impl Timeline {
         // (created, retain_until) of each snapshot made so far, and its targets.
         let mut snapshots: Vec<(i64, i64, bool)> = Vec::new();
         let mut last_outcome: Option<Run> = None;
+        // Suspicious runs nobody acknowledged yet.
+        let mut open = 0;
         let mut fire = schedule.next_after(START - 1, cfg.daemon.zone).unwrap();
         let label = |extra: &str| format!("{{job=\"coffer\",instance=\"backup:9477\",coffer_job=\"{job}\"{extra}}}");
         for hour in 0..self.scrapes {
@@ -141,6 +147,7 @@ impl Timeline {
                 let day = ((fire - START) / DAY) as usize;
                 if let Some(r) = run(day) {
                     last_outcome = Some(r);
+                    open += u32::from(r == Run::Suspicious);
                     if r != Run::Failed {
                         let previous = snapshots.last().map(|s| s.0);
                         let d = coffer::retention::decide(fire, j.lock_days, &keep, previous);
@@ -153,12 +160,16 @@ impl Timeline {
                 self.set("up{job=\"coffer\",instance=\"backup:9477\"}".into(), hour, Some(0.0));
                 continue;
             }
+            if self.acked_at.is_some_and(|h| now >= START + h as i64 * HOUR) {
+                open = 0;
+            }
             let live: Vec<&(i64, i64, bool)> = snapshots.iter().filter(|s| s.1 > now).collect();
             let since = live.last().map(|s| s.0).unwrap_or(START);
             let missed = coffer::status::missed_fire_times(&cfg, j, since, now).unwrap();
             // b lacks the snapshots made since it was last reached.
             let lag = snapshots.iter().rev().take_while(|s| !s.2).count();
             let status = match (live.is_empty(), missed, lag) {
+                _ if open > 0 => 2,
                 (_, 2.., _) | (_, _, 3..) => 2,
                 (true, ..) | (_, 1, _) | (_, _, 2) => 1,
                 _ => 0,
@@ -188,6 +199,7 @@ impl Timeline {
                 self.set(series, hour, at(newest.0 + RUN_SECS));
             }
             self.set(format!("coffer_job_protection_gaps{}", label("")), hour, Some(0.0));
+            self.set(format!("coffer_job_anomalous_changes{}", label("")), hour, Some(f64::from(open)));
             self.set(format!("coffer_job_skipped_runs_total{}", label("")), hour, Some(0.0));
             for (target, lag) in [("a", 0), ("b", lag)] {
                 let series = format!("coffer_job_target_lag_snapshots{}", label(&format!(",target=\"{target}\"")));
@@ -199,6 +211,7 @@ impl Timeline {
                     ("partial", Run::Partial),
                     ("failed", Run::Failed),
                     ("degraded", Run::DegradedWithoutB),
+                    ("suspicious", Run::Suspicious),
                 ] {
                     let series = format!("coffer_job_last_run_outcome{}", label(&format!(",outcome=\"{name}\"")));
                     self.set(series, hour, Some(f64::from(u8::from(outcome == this))));
@@ -361,7 +374,7 @@ fn failing(rules: &[String]) -> String {
     out
 }
 
-/// A target down for a day, a stopped daemon, a partial run.
+/// A target down for a day, a stopped daemon, a partial run, an anomalous change.
 fn outages(rules: &[String]) -> String {
     let mut out = String::new();
     // Target b down for day 3 (its run is degraded): b lags one snapshot from 02:25, a
@@ -408,6 +421,36 @@ fn outages(rules: &[String]) -> String {
         "a partial run",
         rules,
         &[(2 * 24 + 3, vec![]), (2 * 24 + 4, vec![partial.clone()]), (3 * 24 + 1, vec![partial]), (3 * 24 + 3, vec![])],
+    );
+
+    // Day 3's run trips the tripwire (02:25): critical at once, and the status CRITICAL
+    // a quarter of an hour on, through the next day's clean run, until someone
+    // acknowledges it on day 4 at 09:00.
+    let mut t = Timeline::new(&[("home", DAILY)], 6);
+    t.acked_at = Some(4 * 24 + 9);
+    t.play("home", |day| Some(if day == 3 { Run::Suspicious } else { Run::Success }), None);
+    let anomalous = (
+        "CofferAnomalousChange",
+        on_job("critical", "home", &[]),
+        "coffer job home: anomalous change in 1 runs nobody acknowledged; restore `latest-clean` if the source was \
+         attacked, then `coffer ack` (see `coffer status`)"
+            .to_string(),
+    );
+    let critical = (
+        "CofferStatusNotOk",
+        vec![("severity", "critical"), ("job", "coffer"), ("instance", "backup:9477")],
+        "coffer status is CRITICAL on backup:9477 (run `coffer status` on the host)".to_string(),
+    );
+    out += &t.test(
+        "an anomalous change, acknowledged the next morning",
+        rules,
+        &[
+            (3 * 24 + 2, vec![]),
+            (3 * 24 + 3, vec![anomalous.clone(), critical.clone()]),
+            (4 * 24 + 8, vec![anomalous, critical]),
+            (4 * 24 + 10, vec![]),
+            (5 * 24 + 12, vec![]),
+        ],
     );
     out
 }

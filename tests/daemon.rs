@@ -388,6 +388,7 @@ fn metrics_parse_and_a_token_guards_the_endpoint() {
     assert!(value("coffer_job_last_success_timestamp_seconds") >= (now() - 10) as f64);
     assert!(value("coffer_job_snapshots") >= 2.0);
     assert_eq!(value("coffer_job_failures_total"), 0.0);
+    assert_eq!(value("coffer_job_anomalous_changes"), 0.0, "steady state: no trip");
     assert!(value("coffer_job_read_bytes_total") > 1e6);
     assert!(value("coffer_job_last_snapshot_timestamp_seconds") >= (now() - 10) as f64);
     assert!(value("process_resident_memory_bytes") > 1e6);

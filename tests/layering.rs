@@ -34,7 +34,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("keys and local state", &["keys", "state_dir"]),
     ("stores: where objects go, and how each kind is reached", &["store"]),
     ("formats: what the objects hold, and the file metadata they keep", &["format", "xattr"]),
-    ("what is stored where, and what is backed up", &["audit", "catalog", "inventory", "pin", "source"]),
+    ("what is stored where, and what is backed up", &["audit", "catalog", "inventory", "observer", "pin", "source"]),
     ("the configuration", &["config", "hooks"]),
     (
         "the engine: one module per task",
@@ -52,6 +52,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "restore",
             "scrub",
             "status",
+            "tripwire",
             "verify",
         ],
     ),

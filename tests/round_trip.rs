@@ -292,21 +292,37 @@ fn the_first_snapshot_is_seen_to_be_the_yearly_keeper_before_it_binds() {
     assert!(table.lines().nth(1).is_some_and(|l| l.contains(&format!("{in_seven_years}-"))), "{table}");
 }
 
+/// A file an observer was shown: its path, size, and what the last snapshot knew of it.
+type SeenFile = (String, u64, &'static str);
+
 /// What a per-file step added to a run sees ([`coffer::backup::Observer`]): each file's
-/// path and whether it was read, and the bytes of every file that was read.
+/// path and what the last snapshot knew of it, and the bytes of every file that was read
+/// (each file's chunks at their offsets, from 0).
 #[derive(Clone, Default)]
 struct Seen {
-    files: std::sync::Arc<std::sync::Mutex<Vec<(String, u64, bool)>>>,
+    files: std::sync::Arc<std::sync::Mutex<Vec<SeenFile>>>,
     bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The offset the next chunk of the file being read must have.
+    next: u64,
 }
 
 impl coffer::backup::Observer for Seen {
-    fn file(&mut self, entry: &coffer::format::entry::Entry, reused: bool) {
+    fn file(&mut self, entry: &coffer::format::entry::Entry, change: coffer::backup::Change<'_>) {
         let path = String::from_utf8_lossy(&entry.path).into_owned();
-        self.files.lock().unwrap().push((path, entry.size, reused));
+        let change = match change {
+            coffer::backup::Change::Unchanged => "unchanged",
+            coffer::backup::Change::Modified(before) => {
+                assert_ne!(before.size, entry.size, "the previous version is the last snapshot's");
+                "modified"
+            }
+            coffer::backup::Change::Added => "added",
+        };
+        self.files.lock().unwrap().push((path, entry.size, change));
     }
 
-    fn chunk(&mut self, data: &[u8]) {
+    fn chunk(&mut self, offset: u64, data: &[u8]) {
+        assert!(offset == 0 || offset == self.next, "chunk at {offset}, expected 0 or {}", self.next);
+        self.next = offset + data.len() as u64;
         self.bytes.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
     }
 }
@@ -325,7 +341,7 @@ impl Seen {
         seen
     }
 
-    fn files(&self) -> Vec<(String, u64, bool)> {
+    fn files(&self) -> Vec<SeenFile> {
         let mut files = self.files.lock().unwrap().clone();
         files.sort();
         files
@@ -333,7 +349,7 @@ impl Seen {
 
     /// The bytes of the files that were read, as their sizes add up.
     fn read_bytes(&self) -> u64 {
-        self.files().iter().filter(|f| !f.2).map(|f| f.1).sum()
+        self.files().iter().filter(|f| f.2 != "unchanged").map(|f| f.1).sum()
     }
 }
 
@@ -352,7 +368,7 @@ fn an_observer_sees_every_file_and_the_bytes_read() {
     let files = first.files();
     let paths: Vec<&str> = files.iter().map(|f| f.0.as_str()).collect();
     assert_eq!(paths, ["a.txt", "d/b.bin", "d/c.txt"], "every file, once");
-    assert!(files.iter().all(|f| !f.2), "a first run reads every file: {files:?}");
+    assert!(files.iter().all(|f| f.2 == "added"), "a first run reads every file: {files:?}");
     assert_eq!(first.bytes.load(std::sync::atomic::Ordering::Relaxed), (3 << 20) + 12);
 
     // The second run: what is unchanged may be reused; what changed is read, and only
@@ -362,7 +378,8 @@ fn an_observer_sees_every_file_and_the_bytes_read() {
     let second = Seen::run(&cfg);
     let files = second.files();
     assert_eq!(files.len(), 3, "{files:?}");
-    assert!(files.contains(&("d/c.txt".into(), 15, false)), "the changed file is read: {files:?}");
+    assert!(files.contains(&("d/c.txt".into(), 15, "modified")), "the changed file is read: {files:?}");
+    assert!(files.iter().filter(|f| f.0 != "d/c.txt").all(|f| f.2 != "added"), "{files:?}");
     assert_eq!(second.bytes.load(std::sync::atomic::Ordering::Relaxed), second.read_bytes(), "{files:?}");
     assert_eq!(setup.snapshots().len(), 2);
 }

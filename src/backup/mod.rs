@@ -35,7 +35,7 @@ mod reader;
 pub use fleet::TargetSummary;
 use fleet::{Down, Fleet, Repo};
 use pipeline::{Pipeline, Watch, complete, run_stages};
-pub use reader::{Interrupted, Observer};
+pub use reader::{Change, Interrupted, Observer};
 const DAY: i64 = 86_400;
 
 pub struct Options {
@@ -70,6 +70,8 @@ pub fn outcome(result: &Result<Summary>) -> RunOutcome {
 /// What a finished run reports to its caller (`backup --json` prints it).
 #[derive(serde::Serialize)]
 pub struct Summary {
+    /// The run's id in the history (`coffer runs`).
+    pub run: i64,
     pub snapshot_id: String,
     /// Each of the job's targets: how it protects the snapshot, or why it lags.
     pub targets: Vec<TargetSummary>,
@@ -83,13 +85,19 @@ pub struct Summary {
     pub stats: SnapshotStats,
     pub unchanged_files: u64,
     pub errors: Vec<EntryError>,
+    /// The tripwire's word on the run's changes (`None`: it could not judge them, and
+    /// `tripwire_error` says why).
+    pub tripwire: Option<crate::tripwire::Report>,
+    pub tripwire_error: Option<String>,
 }
 
 impl Summary {
-    /// `degraded` when a target lacks the snapshot, else `partial` when paths could not be
-    /// read, else `success`.
+    /// `suspicious` when the tripwire tripped, else `degraded` when a target lacks the
+    /// snapshot, else `partial` when paths could not be read, else `success`.
     pub fn outcome(&self) -> RunOutcome {
-        if self.targets.iter().any(|t| t.lagging.is_some()) {
+        if self.tripwire.as_ref().is_some_and(|t| t.verdict == crate::tripwire::Verdict::Suspicious) {
+            RunOutcome::Suspicious
+        } else if self.targets.iter().any(|t| t.lagging.is_some()) {
             RunOutcome::Degraded
         } else if !self.errors.is_empty() {
             RunOutcome::Partial
@@ -136,10 +144,12 @@ pub fn run(cfg: &Config, job: &Job, mut opts: Options) -> Result<Summary> {
     let result = {
         let _progress = ProgressLine::start(counters.clone(), opts.progress, crate::progress::backup_line(expected));
         let watch = Watch { counters: counters.clone(), stop: opts.stop.clone(), observers };
-        contained(|| run_pipeline(cfg, job, &mut repo, watch))
+        contained(|| run_pipeline(cfg, job, &mut repo, watch, run_id))
     };
     let outcome = outcome(&result);
     let error = match &result {
+        Ok(Summary { tripwire: Some(t), .. }) if outcome == RunOutcome::Suspicious => Some(t.summary()),
+        Ok(Summary { tripwire_error: Some(e), .. }) => Some(format!("the tripwire could not judge this run: {e}")),
         Ok(s) if !s.errors.is_empty() => Some(format!("{} paths could not be read", s.errors.len())),
         // A run that rode out an outage says so, so that the outage is seen.
         Ok(s) if s.targets.iter().any(|t| t.lagging.is_some()) => Some(
@@ -179,9 +189,12 @@ pub fn run(cfg: &Config, job: &Job, mut opts: Options) -> Result<Summary> {
             bytes_uploaded = report.bytes_uploaded,
             "backup finished"
         ),
-        // A failed run is an error in the log; a partial one, or one that rode out an
-        // outage, a warning.
-        Some(e) if outcome == RunOutcome::Failed => {
+        // A failed or suspicious run, or one the tripwire could not judge, is an error in
+        // the log; a partial one, or one that rode out an outage, a warning.
+        Some(e)
+            if matches!(outcome, RunOutcome::Failed | RunOutcome::Suspicious)
+                || result.as_ref().is_ok_and(|s| s.tripwire_error.is_some()) =>
+        {
             tracing::error!(job = %job.name, outcome = outcome.as_str(), retries = report.retries, "backup finished: {e}")
         }
         Some(e) => {
@@ -232,7 +245,7 @@ fn contained<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
     })
 }
 
-fn run_pipeline(cfg: &Config, job: &Job, repo: &mut Repo, watch: Watch) -> Result<Summary> {
+fn run_pipeline(cfg: &Config, job: &Job, repo: &mut Repo, mut watch: Watch, run_id: i64) -> Result<Summary> {
     let counters = &watch.counters.clone();
     for id in repo.catalog.forget_expired(crate::time::now_secs())? {
         tracing::info!(snapshot = %id, "snapshot passed its retain-until: forgotten (prune deletes what only it needed)");
@@ -258,34 +271,32 @@ fn run_pipeline(cfg: &Config, job: &Job, repo: &mut Repo, watch: Watch) -> Resul
         bail!(why);
     }
     let (mut copied, not_copied) = fleet.catch_up(repo, &job.name);
+    // The files of the last snapshot (the file cache's rows), if there is one.
+    let previous = repo.catalog.latest_complete(&job.name)?.map(|s| s.files);
+    let tally = job.tripwire.enabled.then(|| crate::tripwire::begin(cfg, job, &repo.catalog, previous.is_none()));
+    let tally = tally.transpose()?.inspect(|t| watch.observers.push(Box::new(t.clone())));
 
-    let state = cfg.state();
-    let source = crate::source::JobContext {
-        name: &job.name,
-        exclude: &job.exclude,
-        exclude_if_present: &job.exclude_if_present,
-        exclude_caches: job.exclude_caches,
-        one_file_system: job.one_file_system,
-        env: &job.env,
-        state,
-    };
-    let mut prepared = job.source.prepare(&source)?;
+    let mut prepared = prepare(cfg, job)?;
     let mut contents = prepared.contents.take();
     let pack_until = retain_until + crate::config::EXTENSION_SLACK_DAYS * DAY;
     let keyset = repo.catalog.current_keyset()?.map_or(0, |s| s.seq);
     let pipeline = Pipeline { targets: &fleet.targets, down: &fleet.down, pack_until, keyset };
     let (mut reader, uploaded) = run_stages(cfg, job, repo, watch, prepared, &entries_path, &pipeline)?;
     tracing::debug!(secs = started.elapsed().as_secs_f64(), "read and stored");
+    let judged = tally.as_ref().map(|tally| judge_changes(repo, job, tally, &reader.paths, previous));
+    let traits = tally.as_ref().map(|t| t.lock().take_traits()).unwrap_or_default();
     if let Some(Contents::Command(c)) = &mut contents {
         c.bytes = reader.stats.bytes;
     }
 
-    let mut stats = reader.stats.clone();
-    stats.bytes_read = Counters::get(&counters.bytes_read);
-    stats.bytes_new = Counters::get(&counters.bytes_new);
-    stats.bytes_uploaded = Counters::get(&counters.bytes_uploaded);
-    stats.packs_uploaded = Counters::get(&counters.packs);
-    stats.duration_ms = started.elapsed().as_millis() as u64;
+    let mut stats = SnapshotStats {
+        bytes_read: Counters::get(&counters.bytes_read),
+        bytes_new: Counters::get(&counters.bytes_new),
+        bytes_uploaded: Counters::get(&counters.bytes_uploaded),
+        packs_uploaded: Counters::get(&counters.packs),
+        duration_ms: started.elapsed().as_millis() as u64,
+        ..reader.stats.clone()
+    };
 
     let mut needed = reader.referenced.clone();
     needed.extend(&uploaded);
@@ -312,9 +323,14 @@ fn run_pipeline(cfg: &Config, job: &Job, repo: &mut Repo, watch: Watch) -> Resul
     let copies = fleet.put_record(&key, object, retain_until)?;
     tracing::debug!(secs = started.elapsed().as_secs_f64(), "snapshot record stored");
     let row = SnapshotRow::from_record(&record);
-    complete(&mut repo.catalog, &row, &copies, &reader, uploaded, &entries_path)?;
+    complete(&mut repo.catalog, &row, &copies, &reader, uploaded, &entries_path, &traits)?;
     tracing::debug!(secs = started.elapsed().as_secs_f64(), "catalog updated");
+    let (tripwire, tripwire_error) =
+        judged.map_or((None, None), |judged| after_judging(repo, &fleet, job, (run_id, &id), judged));
     Ok(Summary {
+        run: run_id,
+        tripwire,
+        tripwire_error,
         snapshot_id: id,
         targets: fleet.summaries(retain_until),
         copied,
@@ -325,6 +341,73 @@ fn run_pipeline(cfg: &Config, job: &Job, repo: &mut Repo, watch: Watch) -> Resul
         unchanged_files: Counters::get(&counters.unchanged),
         errors: reader.errors,
     })
+}
+
+/// Makes the job's source ready to read (fetches mirrors, starts the command, lists the
+/// bucket).
+fn prepare(cfg: &Config, job: &Job) -> Result<crate::source::Prepared> {
+    let context = crate::source::JobContext {
+        name: &job.name,
+        exclude: &job.exclude,
+        exclude_if_present: &job.exclude_if_present,
+        exclude_caches: job.exclude_caches,
+        one_file_system: job.one_file_system,
+        env: &job.env,
+        state: cfg.state(),
+    };
+    job.source.prepare(&context)
+}
+
+/// The tripwire's verdict on the run: every file of the last snapshot that this one lacks
+/// is shown to the tally, then its measures are judged against the job's history.
+fn judge_changes(
+    repo: &Repo,
+    job: &Job,
+    tally: &crate::tripwire::tally::Shared,
+    paths: &reader::Paths,
+    previous: Option<u64>,
+) -> Result<crate::tripwire::Report> {
+    let mut tally = tally.lock();
+    // The files that had a row are the last snapshot's that this one kept.
+    let kept = paths.files.len() as u64 - paths.fresh;
+    if previous.is_some_and(|files| files > kept) {
+        repo.catalog.each_cached_path(&job.name, |path| {
+            if !paths.files.contains(&reader::path_hash(path)) {
+                tally.gone(path);
+            }
+        })?;
+    }
+    if let Some(e) = tally.take_error() {
+        anyhow::bail!(e);
+    }
+    let measures = tally.finish();
+    crate::tripwire::judge(&repo.catalog, job, measures, previous.is_none())
+}
+
+/// Once the snapshot is complete: keeps the verdict, and on a trip holds the job's last
+/// clean snapshots. Returns the report, or why the run was not judged.
+fn after_judging(
+    repo: &mut Repo,
+    fleet: &Fleet,
+    job: &Job,
+    (run, snapshot): (i64, &str),
+    judged: Result<crate::tripwire::Report>,
+) -> (Option<crate::tripwire::Report>, Option<String>) {
+    let mut report = match judged {
+        Ok(report) => report,
+        Err(e) => return (None, Some(format!("{e:#}"))),
+    };
+    if let Err(e) = crate::tripwire::record(&repo.catalog, &job.name, run, snapshot, &report) {
+        return (Some(report), Some(format!("{e:#}")));
+    }
+    if report.verdict == crate::tripwire::Verdict::Suspicious {
+        let targets: Vec<&crate::store::Target> = fleet.up().collect();
+        match crate::tripwire::hold(repo, &targets, job) {
+            Ok((held, until)) => (report.held, report.held_until) = (held, Some(until)),
+            Err(e) => report.hold_error = Some(format!("{e:#}")),
+        }
+    }
+    (Some(report), None)
 }
 
 fn hostname() -> String {

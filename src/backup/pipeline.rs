@@ -54,9 +54,6 @@ pub(super) struct Pipeline<'a> {
     pub(super) keyset: u32,
 }
 
-/// Reads the source through the pipeline (reader → compressors → packer → uploader)
-/// until every new chunk is stored and its pack recorded, writing the entry stream to
-/// `entries_path`. Returns what the reader saw, and the packs uploaded.
 /// What watches a run from outside the pipeline: the progress counters, a shutdown, and
 /// the per-file steps.
 pub(super) struct Watch {
@@ -65,6 +62,9 @@ pub(super) struct Watch {
     pub(super) observers: Vec<Box<dyn Observer>>,
 }
 
+/// Reads the source through the pipeline (reader → compressors → packer → uploader)
+/// until every new chunk is stored and its pack recorded, writing the entry stream to
+/// `entries_path`. Returns what the reader saw, and the packs uploaded.
 pub(super) fn run_stages(
     cfg: &Config,
     job: &Job,
@@ -106,6 +106,7 @@ pub(super) fn run_stages(
             abort: abort.clone(),
             stop: watch.stop.unwrap_or_default(),
             observers: watch.observers,
+            previous: None,
         };
         let entries_path = entries_path.to_path_buf();
         std::thread::Builder::new().name("reader".into()).spawn(move || {
@@ -209,6 +210,7 @@ pub(super) fn complete(
     reader: &ReadOutput,
     uploaded: HashSet<i64>,
     entries_path: &Path,
+    traits: &[(u64, u16)],
 ) -> Result<()> {
     let mut packs = reader.referenced.clone();
     packs.extend(uploaded);
@@ -218,19 +220,30 @@ pub(super) fn complete(
         true => Some(EntryReader::new(BufReader::new(File::open(entries_path)?))?),
         false => None,
     };
+    // The tripwire's traits of the files read, in the order they were read: the order of
+    // these rows.
+    let mut traits = traits.iter().peekable();
+    let mut traits_of = |path: &[u8]| {
+        let key = crate::tripwire::tally::path_key(path);
+        traits.next_if(|(k, _)| *k == key).map(|(_, t)| *t)
+    };
     let cache = entries.into_iter().flatten().filter_map(|e| match e {
-        Ok(e) if e.kind == Kind::File && !paths.reused.contains(&path_hash(&e.path)) => Some(Ok((
-            e.path,
-            CachedFile {
-                size: e.size,
-                mtime_ns: e.mtime_ns,
-                ctime_ns: e.ctime_ns,
-                inode: e.ino,
-                chunks: e.chunks,
-                content_type: e.content_type,
-                xattrs: Some(e.xattrs),
-            },
-        ))),
+        Ok(e) if e.kind == Kind::File && !paths.reused.contains(&path_hash(&e.path)) => {
+            let traits = traits_of(&e.path);
+            Some(Ok((
+                e.path,
+                CachedFile {
+                    size: e.size,
+                    mtime_ns: e.mtime_ns,
+                    ctime_ns: e.ctime_ns,
+                    inode: e.ino,
+                    chunks: e.chunks,
+                    content_type: e.content_type,
+                    xattrs: Some(e.xattrs),
+                    traits,
+                },
+            )))
+        }
         Ok(_) => None,
         Err(err) => Some(Err(anyhow!(err))),
     });

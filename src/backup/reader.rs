@@ -1,7 +1,7 @@
 //! The reader stage: walks the source, reuses unchanged files' chunk lists from the
 //! file cache, chunks and hashes the rest, and hands the chunks the repository does not
 //! hold to the compressors; every file it puts into the snapshot is shown to the run's
-//! [`Observer`]s.
+//! [`Observer`]s (`src/observer.rs`).
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
@@ -22,6 +22,7 @@ use crate::chunker::{ChunkError, Chunker};
 use crate::format::entry::{Entry, EntryWriter, Kind};
 use crate::format::snapshot::{EntryError, SnapshotStats};
 use crate::keys::RepoSecret;
+pub use crate::observer::{Change, Observer};
 use crate::progress::Counters;
 use crate::source::Input;
 use crate::source::path::{self as path_source, Excludes, Found};
@@ -35,20 +36,6 @@ pub(super) const ENTRY_STREAM_CHUNKS: crate::chunker::ChunkerParams =
 #[derive(Debug, thiserror::Error)]
 #[error("interrupted by shutdown; the packs stored so far are kept and the next run resumes")]
 pub struct Interrupted;
-
-/// A step that watches every file a run puts into its snapshot, beside the others and
-/// without changing what is stored: the seam for per-file checks (such as a tripwire for
-/// changes that look like ransomware). It runs on the reader's thread: keep it cheap.
-pub trait Observer: Send {
-    /// A file (or a command's output, or a bucket's object) that goes into the snapshot,
-    /// its chunk list complete; `reused` when it is unchanged since the last run and was
-    /// not read.
-    fn file(&mut self, entry: &Entry, reused: bool);
-
-    /// A chunk of a file that was read (not reused), before dedup: what a step that looks
-    /// at content sees.
-    fn chunk(&mut self, _data: &[u8]) {}
-}
 
 /// A chunk not stored before, on its way to a compressor.
 pub(super) struct NewChunk {
@@ -177,6 +164,8 @@ pub(super) struct Reader {
     pub(super) stop: Arc<AtomicBool>,
     /// The run's per-file steps.
     pub(super) observers: Vec<Box<dyn Observer>>,
+    /// The file cache's row of the file being read, when it had one and it changed.
+    pub(super) previous: Option<CachedFile>,
 }
 
 impl Reader {
@@ -229,8 +218,14 @@ impl Reader {
     /// to the observers. `hash` is the [`path_hash`] of its path; `reused`: not read.
     pub(super) fn count_file(&mut self, e: &Entry, hash: u128, reused: bool) {
         let size = e.size;
+        let previous = self.previous.take();
+        let change = match (reused, &previous) {
+            (true, _) => Change::Unchanged,
+            (false, Some(row)) => Change::Modified(row),
+            (false, None) => Change::Added,
+        };
         for observer in &mut self.observers {
-            observer.file(e, reused);
+            observer.file(e, change);
         }
         self.paths.files.insert(hash);
         self.paths.fresh += u64::from(std::mem::take(&mut self.paths.no_row));
@@ -449,12 +444,14 @@ impl Reader {
         same: impl Fn(&CachedFile, &Entry) -> bool,
     ) -> Result<Option<CachedFile>> {
         self.paths.no_row = false;
+        self.previous = None;
         self.view.renew(&self.catalog, &self.pending)?;
         let Some(c) = self.catalog.cached_file(&self.job, &e.path)? else {
             self.paths.no_row = true;
             return Ok(None);
         };
         if !same(&c, e) {
+            self.previous = Some(c);
             return Ok(None);
         }
         // The catalog is input too: its chunks must still be stored, outside damaged
@@ -462,7 +459,7 @@ impl Reader {
         // (A chunk this run is storing has no length in the catalog yet: then the sizes
         // are not compared.)
         let mut packs = Vec::with_capacity(c.chunks.len());
-        let (mut size, mut pending) = (0u64, false);
+        let (mut size, mut pending, mut missing) = (0u64, false, false);
         for id in &c.chunks {
             if lock(&self.pending).chunks.contains_key(id) {
                 pending = true;
@@ -474,11 +471,19 @@ impl Reader {
                     packs.push(p);
                     size += len;
                 }
-                None => return Ok(None),
+                None => {
+                    missing = true;
+                    break;
+                }
             }
+        }
+        if missing {
+            self.previous = Some(c);
+            return Ok(None);
         }
         if !pending && size != c.size {
             tracing::warn!(path = %String::from_utf8_lossy(&e.path), "the catalog's cached chunk list does not add up to the file's size; reading it again");
+            self.previous = Some(c);
             return Ok(None);
         }
         self.paths.reused.insert(hash);
@@ -510,12 +515,14 @@ impl Reader {
             ..
         } = self;
         let chunker = if entries { entry_chunker } else { chunker };
+        let mut offset = 0u64;
         chunker.chunk_stream(input, |data| {
             if !entries {
                 if stop.load(Ordering::Relaxed) {
                     return Err(Interrupted.into());
                 }
-                observers.iter_mut().for_each(|o| o.chunk(data));
+                observers.iter_mut().for_each(|o| o.chunk(offset, data));
+                offset += data.len() as u64;
             }
             Counters::add(&counters.bytes_read, data.len() as u64);
             let id = secret.chunk_id(data);

@@ -5,15 +5,19 @@ use rusqlite::params;
 
 use super::*;
 
+/// The jobs whose prune the tripwire froze: a suspicious run nobody acknowledged.
+const FROZEN: &str = "(SELECT job FROM tripwire_runs WHERE verdict = 'suspicious' AND acked_at IS NULL)";
+
 impl Catalog {
     /// Marks complete snapshots whose retain-until has passed as forgotten (nothing is
-    /// deleted). Returns their ids.
+    /// deleted), except a frozen job's ([`FROZEN`]). Returns their ids.
     pub fn forget_expired(&self, now: i64) -> Result<Vec<String>> {
         let tx = self.conn.unchecked_transaction()?;
         let ids: Vec<(String, String)> = {
-            let mut st = tx.prepare(
-                "SELECT id, job FROM snapshots WHERE state = 'complete' AND retain_until IS NOT NULL AND retain_until <= ?1",
-            )?;
+            let mut st = tx.prepare(&format!(
+                "SELECT id, job FROM snapshots WHERE state = 'complete' AND retain_until IS NOT NULL AND retain_until <= ?1
+                   AND job NOT IN {FROZEN}"
+            ))?;
             st.query_map([now], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?
         };
         for (id, job) in &ids {
@@ -24,16 +28,16 @@ impl Catalog {
         Ok(ids.into_iter().map(|(id, _)| id).collect())
     }
 
-    /// Packs on `target` that no complete snapshot needs and whose lock there (as
-    /// recorded) has ended.
+    /// Packs on `target` that no complete snapshot (nor any of a frozen job's) needs and
+    /// whose lock there (as recorded) has ended.
     pub fn prunable_packs(&self, target: TargetId, now: i64) -> Result<Vec<PackRow>> {
-        let mut st = self.conn.prepare(
+        let mut st = self.conn.prepare(&format!(
             "SELECT p.id, p.hash, c.version, p.size FROM pack_copies c JOIN packs p ON p.id = c.pack
              WHERE c.target = ?1 AND (c.retain_until IS NULL OR c.retain_until <= ?2)
                AND p.id NOT IN (SELECT sp.pack FROM snapshot_packs sp JOIN snapshots s ON s.seq = sp.snapshot
-                                WHERE s.state = 'complete')
-             ORDER BY p.id",
-        )?;
+                                WHERE s.state = 'complete' OR s.job IN {FROZEN})
+             ORDER BY p.id"
+        ))?;
         let rows = st.query_map(params![target, now], |r| {
             Ok(PackRow { id: r.get(0)?, hash: r.get(1)?, version: r.get(2)?, size: r.get(3)? })
         })?;
@@ -43,10 +47,11 @@ impl Catalog {
     /// Forgotten snapshots past their retain-until whose record `target` holds: (id,
     /// job, record version there).
     pub fn prunable_snapshots(&self, target: TargetId, now: i64) -> Result<Vec<(String, String, Option<String>)>> {
-        let mut st = self.conn.prepare(
+        let mut st = self.conn.prepare(&format!(
             "SELECT s.id, s.job, c.record_version FROM snapshot_copies c JOIN snapshots s ON s.seq = c.snapshot
-             WHERE c.target = ?1 AND s.state = 'forgotten' AND s.retain_until <= ?2 ORDER BY s.seq",
-        )?;
+             WHERE c.target = ?1 AND s.state = 'forgotten' AND s.retain_until <= ?2 AND s.job NOT IN {FROZEN}
+             ORDER BY s.seq"
+        ))?;
         let rows = st.query_map(params![target, now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }

@@ -12,6 +12,7 @@ mod repo;
 mod runs;
 mod snapshots;
 mod targets;
+mod tripwire;
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -33,6 +34,7 @@ pub use repo::{NewTarget, RepoRow};
 pub use runs::{JobTotals, RunKind, RunReport, RunRow, RunStart, Trigger};
 pub use snapshots::{SnapshotRow, SnapshotState};
 pub use targets::{StoredCopy, TargetId, TargetRow, ensure_same_url};
+pub use tripwire::JudgedRun;
 
 /// Stores an enum with `as_str` and `parse` as its text in a column. The catalog is
 /// input too: a text the enum does not know is an error, not a guess.
@@ -69,6 +71,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0010_keysets.sql"),
     include_str!("../../migrations/0011_scrub.sql"),
     include_str!("../../migrations/0012_run_kind.sql"),
+    include_str!("../../migrations/0013_tripwire.sql"),
 ];
 
 pub struct Catalog {
@@ -165,7 +168,27 @@ impl Catalog {
 mod tests {
     use super::*;
 
-    fn temp_catalog() -> (Catalog, std::path::PathBuf) {
+    /// A complete snapshot of job `j`, empty.
+    pub(super) fn snapshot_row(id: &str, retain_until: Option<i64>) -> SnapshotRow {
+        SnapshotRow {
+            id: id.into(),
+            job: "j".into(),
+            host: "h".into(),
+            created_at: 1,
+            state: SnapshotState::Complete,
+            source: "path /x".into(),
+            files: 0,
+            bytes: 0,
+            bytes_new: 0,
+            bytes_uploaded: 0,
+            errors: 0,
+            retain_until,
+            contents: None,
+            keyset: 0,
+        }
+    }
+
+    pub(super) fn temp_catalog() -> (Catalog, std::path::PathBuf) {
         let dir = std::env::temp_dir().join(format!("coffer-cat-{}", crate::hex::random(6)));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("catalog.sqlite");
@@ -304,23 +327,9 @@ mod tests {
             chunks: vec![ChunkId([7; 32])],
             content_type: None,
             xattrs: Some(vec![crate::format::entry::Xattr { name: b"user.a".to_vec(), value: vec![0, 255] }]),
+            traits: Some(0x4101),
         };
-        let snap = |id: &str| SnapshotRow {
-            id: id.into(),
-            job: "j".into(),
-            host: "h".into(),
-            created_at: 1,
-            state: SnapshotState::Complete,
-            source: "path /x".into(),
-            files: 1,
-            bytes: 1,
-            bytes_new: 0,
-            bytes_uploaded: 0,
-            errors: 0,
-            retain_until: None,
-            contents: None,
-            keyset: 0,
-        };
+        let snap = |id: &str| SnapshotRow { files: 1, bytes: 1, ..snapshot_row(id, None) };
         cat.complete_snapshot(&snap("s1"), &[], &HashSet::new(), vec![Ok((b"a".to_vec(), f.clone()))], |_| true, None)
             .unwrap();
         assert_eq!(cat.cached_file("j", b"a").unwrap(), Some(f.clone()));

@@ -249,7 +249,7 @@ impl Catalog {
     pub fn job_totals(&self, job: &str) -> Result<JobTotals> {
         let mut t = self.conn.query_row(
             "SELECT max(CASE WHEN outcome = 'success' THEN ended_at END),
-                    max(CASE WHEN outcome IN ('success', 'partial', 'degraded') THEN ended_at END),
+                    max(CASE WHEN outcome IN ('success', 'partial', 'degraded', 'suspicious') THEN ended_at END),
                     count(CASE WHEN outcome NOT IN ('skipped', 'running') THEN 1 END),
                     count(CASE WHEN outcome = 'failed' THEN 1 END),
                     count(CASE WHEN outcome = 'skipped' THEN 1 END),

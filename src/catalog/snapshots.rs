@@ -141,8 +141,8 @@ impl Catalog {
             }
             let mut st = tx.prepare(
                 "INSERT OR REPLACE INTO file_cache (job, path, size, mtime_ns, ctime_ns, inode, chunks, content_type,
-                                                    xattrs)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                                                    xattrs, traits)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?;
             for item in cache {
                 let (path, f) = item?;
@@ -157,7 +157,8 @@ impl Catalog {
                     f.inode,
                     ids,
                     f.content_type,
-                    xattrs
+                    xattrs,
+                    f.traits
                 ])?;
             }
         }
@@ -197,10 +198,19 @@ impl Catalog {
         Ok(self.snapshots(Some(job))?.into_iter().rev().find(|s| s.state == SnapshotState::Complete))
     }
 
-    /// `latest`, a full id, or a unique prefix of one, within a job.
+    /// The snapshot `selector` names in `job`: an id or a unique prefix, `latest`, or
+    /// `latest-clean` (the newest the tripwire did not find suspicious).
     pub fn find_snapshot(&self, job: &str, selector: &str) -> Result<SnapshotRow> {
         if selector == "latest" {
             return self.latest_complete(job)?.with_context(|| format!("job `{job}` has no complete snapshot yet"));
+        }
+        if selector == "latest-clean" {
+            let suspicious = self.suspicious_snapshots()?;
+            let live = self.snapshots(Some(job))?.into_iter().filter(|s| s.state == SnapshotState::Complete);
+            return live
+                .filter(|s| !suspicious.contains(&s.id))
+                .max_by_key(|s| s.created_at)
+                .with_context(|| format!("job `{job}` has no complete snapshot the tripwire did not find suspicious"));
         }
         let all = self.snapshots(Some(job))?;
         let matches: Vec<SnapshotRow> = all.into_iter().filter(|s| s.id.starts_with(selector)).collect();

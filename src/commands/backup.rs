@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
-use super::{EXIT_DEGRADED, EXIT_PARTIAL};
+use super::{EXIT_DEGRADED, EXIT_PARTIAL, EXIT_SUSPICIOUS};
 use crate::config::Config;
 use crate::progress::bytes;
 use crate::run_outcome::RunOutcome;
@@ -16,7 +16,8 @@ pub struct Args {
     #[arg(required_unless_present = "all", conflicts_with = "all")]
     job: Option<String>,
     /// Back up every job, one after the other; the exit code is the worst outcome's (1 if
-    /// any failed, else 5 if a target lags, else 3 if any could not read some paths).
+    /// any failed, else 6 if the tripwire tripped, else 5 if a target lags, else 3 if any
+    /// could not read some paths).
     #[arg(long)]
     all: bool,
     /// Do not draw a progress line, even on a terminal.
@@ -46,6 +47,7 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
         worst = worst.max(match result {
             Ok(code) if code == ExitCode::SUCCESS => Worst::Success,
             Ok(code) if code == ExitCode::from(EXIT_DEGRADED) => Worst::Degraded,
+            Ok(code) if code == ExitCode::from(EXIT_SUSPICIOUS) => Worst::Suspicious,
             Ok(_) => Worst::Partial,
             Err(e) if a.all => {
                 eprintln!("error: job {}: {e:#}", job.name);
@@ -58,6 +60,7 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
         Worst::Success => ExitCode::SUCCESS,
         Worst::Partial => ExitCode::from(EXIT_PARTIAL),
         Worst::Degraded => ExitCode::from(EXIT_DEGRADED),
+        Worst::Suspicious => ExitCode::from(EXIT_SUSPICIOUS),
         Worst::Failed => ExitCode::FAILURE,
     })
 }
@@ -68,6 +71,7 @@ enum Worst {
     Success,
     Partial,
     Degraded,
+    Suspicious,
     Failed,
 }
 
@@ -82,6 +86,7 @@ fn one(cfg: &Config, job: &crate::config::Job, a: &Args) -> Result<ExitCode> {
     };
     let s = crate::backup::run(cfg, job, opts)?;
     let code = match s.outcome() {
+        RunOutcome::Suspicious => ExitCode::from(EXIT_SUSPICIOUS),
         RunOutcome::Degraded => ExitCode::from(EXIT_DEGRADED),
         RunOutcome::Partial => ExitCode::from(EXIT_PARTIAL),
         _ => ExitCode::SUCCESS,
@@ -132,7 +137,39 @@ fn one(cfg: &Config, job: &crate::config::Job, a: &Args) -> Result<ExitCode> {
             println!("    {}: {}", e.path, e.error);
         }
     }
+    print_tripwire(&s, &job.name);
     Ok(code)
+}
+
+/// The tripwire's verdict: a line, or on a trip what fired and what was held.
+fn print_tripwire(s: &crate::backup::Summary, job: &str) {
+    use crate::tripwire::Verdict;
+    match (&s.tripwire, &s.tripwire_error) {
+        (_, Some(e)) => println!("  tripwire: could not judge this run: {e}"),
+        (None, None) => {}
+        (Some(t), None) => match t.verdict {
+            Verdict::First => println!("  tripwire: first snapshot, measured"),
+            Verdict::NotEnoughHistory => {
+                println!("  tripwire: not enough history ({} of {} runs), measured, not judged", t.history, t.needs)
+            }
+            Verdict::Clean => println!("  tripwire: no anomalous change"),
+            Verdict::Suspicious => {
+                println!(
+                    "  ANOMALOUS CHANGE: the snapshot is stored and marked suspicious; prune is frozen for the job"
+                );
+                for signal in &t.signals {
+                    println!("    {}: {}", signal.name, signal.detail);
+                }
+                if let Some(until) = t.held_until {
+                    println!("    held until {}: {}", crate::time::format_utc(until), t.held.join(", "));
+                }
+                if let Some(e) = &t.hold_error {
+                    println!("    holding the clean snapshots failed: {e}");
+                }
+                println!("    once someone looked: coffer ack {job} {} --reason TEXT [--false-alarm]", s.run);
+            }
+        },
+    }
 }
 
 /// "locked (COMPLIANCE) until …", or why nothing is.

@@ -12,7 +12,7 @@ use crate::progress::bytes;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The older snapshot (id, prefix, or `latest` with --job).
+    /// The older snapshot (id, prefix, `latest` or `latest-clean` with --job).
     before: String,
     /// The newer snapshot.
     after: String,

@@ -12,7 +12,7 @@ use crate::restore::inside;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Snapshot id (or a unique prefix), or `latest` with --job.
+    /// Snapshot id (or a unique prefix), `latest` or `latest-clean` with --job.
     snapshot: String,
     /// A file (its bytes go to stdout) or a directory (a tar stream of it goes to
     /// stdout); `/` is the whole snapshot. With or without the source root's path.

@@ -16,7 +16,7 @@ pub struct Args {
     /// A glob (`*.conf`, `etc/**/passwd`): matched against each entry's whole path and
     /// against its name.
     pattern: String,
-    /// Only this snapshot (id or prefix, or `latest` with --job); else every snapshot,
+    /// Only this snapshot (id or prefix, `latest` or `latest-clean` with --job); else every snapshot,
     /// newest first.
     #[arg(long)]
     snapshot: Option<String>,

@@ -13,7 +13,7 @@ use crate::restore::inside;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Snapshot id (or a unique prefix), or `latest` with --job.
+    /// Snapshot id (or a unique prefix), `latest` or `latest-clean` with --job.
     snapshot: String,
     /// Only this directory (or file) and what is under it; with or without the source
     /// root's path in front.

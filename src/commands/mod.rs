@@ -2,6 +2,7 @@
 //! what it prints. The work itself is done by the engine modules they call. A new
 //! command is a file here, a variant of [`Command`] and a line in [`run`].
 
+mod ack;
 mod backup;
 mod check_config;
 mod completions;
@@ -32,6 +33,8 @@ const EXIT_PARTIAL: u8 = 3;
 /// Exit code of a backup stored on some of its targets, not all (the next run catches
 /// the others up).
 const EXIT_DEGRADED: u8 = 5;
+/// `backup`: the tripwire found the run's changes anomalous (outcome `suspicious`).
+const EXIT_SUSPICIOUS: u8 = 6;
 /// Exit code of `recover` and `verify` when they found tampering or damage.
 const EXIT_FINDINGS: u8 = 4;
 
@@ -59,6 +62,10 @@ pub enum Command {
     Daemon,
     /// The run history, newest first: trigger, outcome, bytes, retries, errors.
     Runs(runs::Args),
+    /// Acknowledge a run the tripwire found suspicious (anomalous change), once someone
+    /// looked: `status` is no longer CRITICAL for it and prune is no longer frozen. With
+    /// --false-alarm the job's thresholds rise.
+    Ack(ack::Args),
     /// List snapshots, oldest first.
     Snapshots(snapshots::Args),
     /// The retention status check: live snapshots, freshness against the schedule, protection
@@ -165,6 +172,7 @@ impl Command {
             Command::Recover(a) => !a.json,
             Command::Snapshots(a) => !a.json,
             Command::Runs(a) => !a.json,
+            Command::Ack(a) => !a.json,
             Command::Status(a) => !a.json,
             Command::CheckConfig(a) => !a.json,
             Command::Daemon => true,
@@ -184,6 +192,7 @@ pub fn run(config: &Path, command: Command, whole: fn() -> clap::Command) -> Res
         Command::CheckConfig(a) => check_config::run(config, a),
         Command::Daemon => daemon::run(config),
         Command::Runs(a) => runs::run(config, a),
+        Command::Ack(a) => ack::run(config, a),
         Command::Snapshots(a) => snapshots::run(config, a),
         Command::Status(a) => status::run(config, a),
         Command::Prune(a) => prune::run(config, a),

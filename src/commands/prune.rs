@@ -32,6 +32,12 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
     if !s.forgotten.is_empty() {
         println!("forgot {} snapshots past their retain-until: {}", s.forgotten.len(), s.forgotten.join(", "));
     }
+    for job in &s.frozen {
+        println!(
+            "job {job} is frozen: the tripwire found a run's changes anomalous and nobody acknowledged it \
+             (`coffer status`, `coffer ack`); none of its snapshots is forgotten or deleted"
+        );
+    }
     let verb = if a.yes { "deleted" } else { "would delete (pass --yes to delete)" };
     let total: u64 = s.candidates.iter().map(|c| c.size).sum();
     println!("{verb}: {} object versions, {}", s.candidates.len(), bytes(total));

@@ -12,7 +12,9 @@ use crate::restore::Destination;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Snapshot id (or a unique prefix), or `latest`.
+    /// Snapshot id (or a unique prefix), `latest`, or `latest-clean`: the newest snapshot
+    /// the tripwire did not find suspicious (after an anomalous change, the one to
+    /// restore).
     snapshot: String,
     /// The job the snapshot belongs to.
     #[arg(long)]

@@ -26,6 +26,9 @@ struct Listed {
     row: crate::catalog::SnapshotRow,
     targets: Vec<Held>,
     keys: Vec<Reader>,
+    /// Stored by a run the tripwire found suspicious (anomalous change), and not
+    /// acknowledged as a false alarm: `restore latest-clean` passes it over.
+    suspicious: bool,
 }
 
 /// A key that can restore a snapshot: its fingerprint, and the recipient as the config
@@ -48,6 +51,7 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
     let cfg = Config::load(config)?;
     let catalog = Catalog::open_existing(&cfg.state_dir)?;
     let names: std::collections::HashMap<_, _> = catalog.targets()?.into_iter().map(|t| (t.id, t.name)).collect();
+    let suspicious = catalog.suspicious_snapshots()?;
     let mut rows = Vec::new();
     for row in catalog.snapshots(a.job.as_deref())? {
         let targets = catalog.snapshot_holders(&row.id)?.into_iter().map(|(id, copy)| Held {
@@ -59,13 +63,14 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
             recipient: cfg.recipients.iter().find(|r| r.fingerprint() == fingerprint).map(|r| r.to_string()),
             fingerprint,
         });
-        rows.push(Listed { targets: targets.collect(), keys: keys.collect(), row });
+        let suspicious = suspicious.contains(&row.id);
+        rows.push(Listed { targets: targets.collect(), keys: keys.collect(), suspicious, row });
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let widths = [-16, -20, -12, 8, 10, 10, 10, 6, -10, -12, -12, -17];
+    let widths = [-16, -20, -12, 8, 10, 10, 10, 6, -10, -10, -12, -12, -17];
     let header = [
         "ID",
         "TIME (UTC)",
@@ -75,6 +80,7 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
         "NEW",
         "UPLOADED",
         "ERRORS",
+        "TRIPWIRE",
         "KEEP UNTIL",
         "LOCKED UNTIL",
         "TARGETS",
@@ -83,7 +89,7 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
     ];
     let day = |t: Option<i64>| t.map(|t| crate::time::format_utc(t)[..10].to_string()).unwrap_or_else(|| "-".into());
     println!("{}", table_line(&header.map(String::from), &widths));
-    for Listed { row: s, targets, keys } in &rows {
+    for Listed { row: s, targets, keys, suspicious } in &rows {
         let locked = targets.iter().any(|t| t.lock_mode.is_some());
         let held: Vec<&str> = targets.iter().map(|t| t.target.as_str()).collect();
         let cells = [
@@ -95,6 +101,7 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
             bytes(s.bytes_new),
             bytes(s.bytes_uploaded),
             s.errors.to_string(),
+            if *suspicious { "SUSPICIOUS" } else { "-" }.to_string(),
             day(s.retain_until),
             day(s.retain_until.filter(|_| locked)),
             held.join(","),

@@ -55,6 +55,13 @@ pub trait Source: fmt::Display + fmt::Debug + Send + Sync {
     /// Makes it ready to read: fetches the mirrors, starts the command, lists the bucket.
     fn prepare(&self, job: &JobContext) -> Result<Prepared>;
 
+    /// The path in the snapshot of the file at `path` (absolute, no `..`), if this source
+    /// reads it: where a canary is looked for.
+    fn stored_path(&self, path: &Path) -> Option<Vec<u8>> {
+        let _ = path;
+        None
+    }
+
     /// For `restore --to-bucket URL`: the bucket at `url`, opened with this source's
     /// endpoint and credentials, to write the snapshot's objects back to.
     fn origin(&self, url: &str) -> Result<bucket::Bucket> {

@@ -76,6 +76,20 @@ impl std::fmt::Display for PathSource {
 }
 
 impl Source for PathSource {
+    fn stored_path(&self, path: &Path) -> Option<Vec<u8>> {
+        use std::path::Component;
+        if !path.is_absolute() || path.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir)) {
+            return None;
+        }
+        let root = self.roots.iter().find(|r| path.starts_with(r) && path != r.as_path())?;
+        // As `prepare` names entries: one tree at the snapshot's root, several under their paths.
+        let stored = match self.roots.len() > 1 {
+            true => path.strip_prefix("/").ok()?,
+            false => path.strip_prefix(root).ok()?,
+        };
+        Some(stored.as_os_str().as_encoded_bytes().to_vec())
+    }
+
     fn prepare(&self, job: &JobContext) -> Result<Prepared> {
         let several = self.roots.len() > 1;
         let mut trees = Vec::new();
