@@ -32,10 +32,11 @@ mod fleet;
 mod pipeline;
 mod reader;
 
+pub use crate::observer::{Change, Observer};
 pub use fleet::TargetSummary;
 use fleet::{Down, Fleet, Repo};
 use pipeline::{Pipeline, Watch, complete, run_stages};
-pub use reader::{Change, Interrupted, Observer};
+pub use reader::Interrupted;
 const DAY: i64 = 86_400;
 
 pub struct Options {

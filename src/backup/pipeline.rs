@@ -22,6 +22,7 @@ use crate::config::{Config, Job};
 use crate::format::entry::{EntryReader, Kind};
 use crate::format::pack::{BlobEntry, FLAG_ZSTD, PackBuilder};
 use crate::format::snapshot::SnapshotStats;
+use crate::observer::Observer;
 use crate::progress::Counters;
 use crate::source::Prepared;
 use crate::store::Target;

@@ -22,7 +22,7 @@ use crate::chunker::{ChunkError, Chunker};
 use crate::format::entry::{Entry, EntryWriter, Kind};
 use crate::format::snapshot::{EntryError, SnapshotStats};
 use crate::keys::RepoSecret;
-pub use crate::observer::{Change, Observer};
+use crate::observer::{Change, Observer};
 use crate::progress::Counters;
 use crate::source::Input;
 use crate::source::path::{self as path_source, Excludes, Found};

@@ -334,8 +334,9 @@ pub fn hold(
         }
         let packs = repo.catalog.snapshot_pack_ids(id)?;
         let key = crate::format::snapshot_key(&job.name, id);
+        let holders = repo.catalog.snapshot_holders(id)?;
         for t in targets {
-            let copy = repo.catalog.snapshot_holders(id)?.into_iter().find(|(tid, _)| *tid == t.id);
+            let copy = holders.iter().find(|(tid, _)| *tid == t.id);
             if let Some((_, copy)) = copy {
                 crate::runtime::block_on(t.extend_lock(&key, copy.version.as_deref(), until))
                     .with_context(|| format!("cannot extend the lock of {key} on target `{}`", t.name))?;
