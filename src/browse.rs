@@ -17,7 +17,7 @@ use std::sync::Arc;
 use anyhow::{Result, anyhow, bail};
 use serde::Serialize;
 
-use crate::catalog::{SnapshotRow, SnapshotState};
+use crate::catalog::{Filter, SnapshotRow, SnapshotState};
 use crate::chunk_id::ChunkId;
 use crate::config::Config;
 use crate::format::entry::{Entry, EntryReader, Kind};
@@ -33,6 +33,12 @@ pub struct Browser {
     wanted: Option<String>,
     /// The packs the snapshot last read was made with (where its chunks are read).
     made_with: HashSet<i64>,
+    /// Which snapshots `latest`, a prefix and `find` may pick (`--tag`, `--host`).
+    filter: Filter,
+    /// The snapshot `made_with` and the read target are for, and the pack last read
+    /// (chunk by chunk reads, `mount`'s, mostly want the same again).
+    reading: Option<String>,
+    pack: Option<crate::restore::tree::Pack>,
 }
 
 /// An entry as `ls` and `find` show it.
@@ -46,7 +52,8 @@ pub struct Shown<'a> {
     pub uid: u32,
     pub gid: u32,
     pub mtime_ns: i64,
-    #[serde(with = "crate::format::entry::opt_raw_path", skip_serializing_if = "Option::is_none")]
+    /// A symlink's target (`link`: `target` names a target store everywhere else).
+    #[serde(rename = "link", with = "crate::format::entry::opt_raw_path", skip_serializing_if = "Option::is_none")]
     pub target: Option<Vec<u8>>,
 }
 
@@ -68,26 +75,27 @@ impl<'a> From<&'a Entry> for Shown<'a> {
 impl Browser {
     /// Opens the repository with the identity, from the target named `target` or the
     /// first that answers.
-    pub fn open(cfg: &Config, identity: &Path, target: Option<&str>) -> Result<Browser> {
+    pub fn open(cfg: &Config, identity: &Path, target: Option<&str>, filter: Filter) -> Result<Browser> {
         let identity = Arc::new(Identity::load(identity)?);
         let repo = Repo::open(cfg)?.unlock(identity, target, None)?;
-        Ok(Browser { repo, wanted: target.map(str::to_string), made_with: HashSet::new() })
+        let wanted = target.map(str::to_string);
+        Ok(Browser { repo, wanted, made_with: HashSet::new(), filter, reading: None, pack: None })
     }
 
     /// `latest` or `latest-clean` (of `job`), a full snapshot id, or a unique prefix of
     /// one; within `job` when given, else among every job's snapshots.
     pub fn snapshot(&self, job: Option<&str>, selector: &str) -> Result<SnapshotRow> {
         if let Some(job) = job {
-            return self.repo.catalog.find_snapshot(job, selector);
+            return self.repo.catalog.find_snapshot_where(job, selector, &self.filter);
         }
         if selector == "latest" || selector == "latest-clean" {
             bail!("`{selector}` needs --job JOB");
         }
-        let found: Vec<SnapshotRow> =
-            self.repo.catalog.snapshots(None)?.into_iter().filter(|s| s.id.starts_with(selector)).collect();
+        let all = self.repo.catalog.snapshots(None)?.into_iter();
+        let found: Vec<SnapshotRow> = all.filter(|s| s.id.starts_with(selector) && self.filter.matches(s)).collect();
         match found.len() {
             1 => Ok(found.into_iter().next().expect("one")),
-            0 => bail!("no snapshot `{selector}` (see `coffer snapshots`)"),
+            0 => bail!("no snapshot `{selector}`{} (see `coffer snapshots`)", self.filter.said()),
             n => bail!("snapshot prefix `{selector}` is ambiguous: {n} snapshots match"),
         }
     }
@@ -95,7 +103,7 @@ impl Browser {
     /// The complete snapshots of `job` (or of every job), newest first.
     pub fn snapshots(&self, job: Option<&str>) -> Result<Vec<SnapshotRow>> {
         let mut all = self.repo.catalog.snapshots(job)?;
-        all.retain(|s| s.state == SnapshotState::Complete);
+        all.retain(|s| s.state == SnapshotState::Complete && self.filter.matches(s));
         all.reverse();
         Ok(all)
     }
@@ -103,6 +111,10 @@ impl Browser {
     /// Reads from a target that holds `snap` (the one named, or the unlocked one, or the
     /// first holder).
     fn read_from_holder(&mut self, snap: &SnapshotRow) -> Result<()> {
+        if self.reading.as_deref() == Some(snap.id.as_str()) {
+            return Ok(());
+        }
+        self.reading = Some(snap.id.clone());
         self.made_with = self.repo.catalog.snapshot_pack_ids(&snap.id)?;
         if self.wanted.is_some() {
             return Ok(());
@@ -176,15 +188,45 @@ impl Browser {
     /// The plaintext size of a file's chunks, as the catalog records them (`None`: a chunk
     /// is in no pack it knows).
     fn stored_size(&self, chunks: &[ChunkId]) -> Result<Option<u64>> {
+        Ok(self.chunk_lengths(chunks)?.map(|l| l.iter().map(|&n| u64::from(n)).sum()))
+    }
+
+    /// Each chunk's plaintext length, as the catalog records it (`None`: a chunk is in no
+    /// pack it knows), for the snapshot read last.
+    fn chunk_lengths(&self, chunks: &[ChunkId]) -> Result<Option<Vec<u32>>> {
         let target = self.repo.read_target().id;
-        let mut total = 0;
+        let mut lengths = Vec::with_capacity(chunks.len());
         for id in chunks {
             match self.repo.catalog.chunk_location(target, id, Some(&self.made_with))? {
-                Some(loc) => total += u64::from(loc.raw_length),
+                Some(loc) => lengths.push(loc.raw_length),
                 None => return Ok(None),
             }
         }
-        Ok(Some(total))
+        Ok(Some(lengths))
+    }
+
+    /// Where each of a file's `chunks` (of `snap`) starts in it, and its end: `None` when
+    /// they do not add up to the `size` its entry claims (or one is unknown).
+    pub fn chunk_offsets(&mut self, snap: &SnapshotRow, chunks: &[ChunkId], size: u64) -> Result<Option<Vec<u64>>> {
+        self.read_from_holder(snap)?;
+        let Some(lengths) = self.chunk_lengths(chunks)? else { return Ok(None) };
+        let mut offsets = Vec::with_capacity(lengths.len() + 1);
+        let mut at = 0u64;
+        offsets.push(0);
+        for n in lengths {
+            at += u64::from(n);
+            offsets.push(at);
+        }
+        Ok((at == size).then_some(offsets))
+    }
+
+    /// One chunk of `snap`'s, verified; the pack it came from is kept for the next call.
+    pub fn chunk(&mut self, snap: &SnapshotRow, id: &ChunkId) -> Result<Vec<u8>> {
+        self.read_from_holder(snap)?;
+        let mut reader = ChunkReader::with_pack(&self.repo, Some(&self.made_with), self.pack.take());
+        let data = reader.chunk(id);
+        self.pack = reader.into_pack();
+        data
     }
 
     /// Writes the directory `dir` (`b""`: the whole snapshot) and everything under it as

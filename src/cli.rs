@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::commands::Command;
+use crate::commands::{Command, EXIT_CLOSED_PIPE, stdout_closed};
 
 #[derive(Parser)]
 #[command(
@@ -21,7 +21,8 @@ use crate::commands::Command;
                   tracked in a SQLite catalog in the state directory. `coffer daemon` runs the jobs on \
                   their schedules.",
     after_help = "Exit codes: 0 success, 1 error, 2 usage error, 3 backup completed but some paths could not be read, \
-                  4 recover or verify found tampering or damage, 5 backup stored on some targets, not all.\n\
+                  4 recover, verify or scrub found tampering or damage, 5 backup stored on some targets, not all, \
+                  6 backup found the changes anomalous (the tripwire), 141 the reader of standard output closed it.\n\
                   `coffer status`: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (Nagios convention)."
 )]
 struct Cli {
@@ -54,7 +55,22 @@ enum LogFormat {
     Json,
 }
 
+/// `println!` panics when the reader of standard output is gone. Rust ignores SIGPIPE,
+/// and coffer keeps it so (a closed connection must be an error to retry, not the end of
+/// the process), so that panic is turned here into the quiet exit a SIGPIPE would give.
+fn quiet_on_closed_stdout() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let text = info.payload().downcast_ref::<String>().map(String::as_str).unwrap_or_default();
+        if text.starts_with("failed printing to stdout") && stdout_closed() {
+            std::process::exit(EXIT_CLOSED_PIPE.into());
+        }
+        report(info)
+    }));
+}
+
 pub fn main() -> ExitCode {
+    quiet_on_closed_stdout();
     let cli = Cli::parse();
     // SAFETY: coffer is still one thread: nothing has started another yet.
     unsafe { crate::env::seal() };
@@ -67,6 +83,10 @@ pub fn main() -> ExitCode {
     }
     match crate::commands::run(&cli.config, cli.command, command) {
         Ok(code) => code,
+        // The run's own log line at ERROR said it already.
+        Err(e) if e.is::<crate::run_outcome::Logged>() => ExitCode::FAILURE,
+        // The reader of standard output is gone (`coffer ls … | head`).
+        Err(_) if stdout_closed() => ExitCode::from(EXIT_CLOSED_PIPE),
         Err(e) => {
             // Under `--log-format json` every line a collector reads is JSON, this one too.
             match cli.log_format {

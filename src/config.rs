@@ -108,6 +108,26 @@ pub struct Job {
     pub targets: Vec<String>,
     /// The change-anomaly tripwire (`[job.tripwire]`).
     pub tripwire: TripwireConfig,
+    /// Labels every snapshot of the job carries (`backup --tag` adds to them).
+    pub tags: Vec<String>,
+}
+
+impl Job {
+    /// Adds `tags` (`backup --tag`) to the job's own, each checked, none twice.
+    pub fn tag(&mut self, tags: &[String]) -> Result<(), String> {
+        for t in tags {
+            crate::format::snapshot::check_tag(t)?;
+            if !self.tags.contains(t) {
+                self.tags.push(t.clone());
+            }
+        }
+        match self.tags.len() {
+            n if n > crate::format::snapshot::MAX_TAGS => {
+                Err(format!("{n} tags; a snapshot carries {} at most", crate::format::snapshot::MAX_TAGS))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// `[job.tripwire]`: how a run is judged against the job's own history (`src/tripwire`).
@@ -382,6 +402,8 @@ struct RawJob {
     targets: Option<Vec<String>>,
     #[serde(default)]
     tripwire: RawTripwire,
+    #[serde(default)]
+    tags: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -478,8 +500,10 @@ fn parse_job(
         }
     };
     let tripwire = parse_tripwire(i, j.tripwire, &*source)?;
-    Ok(Job {
+    let tags = j.tags;
+    let mut job = Job {
         tripwire,
+        tags: Vec::new(),
         name: j.name,
         source,
         exclude,
@@ -495,7 +519,9 @@ fn parse_job(
         hooks,
         env,
         targets,
-    })
+    };
+    job.tag(&tags).map_err(|e| format!("key `job[{i}].tags`: {e}"))?;
+    Ok(job)
 }
 
 /// A duration setting, `default` when absent; the error names the key.
@@ -588,7 +614,7 @@ impl Config {
 
     /// Parses configuration text; `file` is used for messages and to resolve relative paths.
     pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
-        let err = |message: String| ConfigError { file: file.to_path_buf(), message };
+        let err = |message: String| ConfigError { file: file.to_path_buf(), message: with_line(text, message) };
         let raw: RawConfig = toml::from_str(text).map_err(|e| err(describe_toml_error(text, &e)))?;
         let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
         let resolve = |p: &Path| {
@@ -721,6 +747,41 @@ fn parse_http(raw: RawHttp, resolve: &dyn Fn(&Path) -> PathBuf) -> Result<HttpCo
 
 pub fn valid_job_name(name: &str) -> bool {
     crate::store::config::valid_name(name)
+}
+
+/// A message about a key (`key `job[0].source`: …`), checked after parsing and so
+/// without a position of its own, with the line the key is on; for an unknown field,
+/// the field's own line.
+fn with_line(text: &str, message: String) -> String {
+    let Some(path) = message.strip_prefix("key `").and_then(|m| m.split('`').next()) else { return message };
+    let unknown = message.split("unknown field `").nth(1).and_then(|f| f.split('`').next());
+    let found =
+        unknown.and_then(|field| key_offset(text, &format!("{path}.{field}"))).or_else(|| key_offset(text, path));
+    match found {
+        Some(offset) => format!("line {}: {message}", text[..offset.min(text.len())].matches('\n').count() + 1),
+        None => message,
+    }
+}
+
+/// Where the key at `path` (`job[0].tripwire.canaries[1]`) is written in `text`.
+fn key_offset(text: &str, path: &str) -> Option<usize> {
+    let root = toml::de::DeTable::parse(text).ok()?;
+    let (mut table, mut offset) = (root.get_ref(), None);
+    for segment in path.split('.') {
+        let mut parts = segment.split('[');
+        let name = parts.next()?;
+        let (key, mut value) = table.iter().find(|(k, _)| k.get_ref().as_ref() == name)?;
+        offset = Some(key.span().start);
+        for index in parts {
+            value = value.get_ref().as_array()?.get(index.strip_suffix(']')?.parse::<usize>().ok()?)?;
+            offset = Some(value.span().start);
+        }
+        match value.get_ref().as_table() {
+            Some(t) => table = t,
+            None => break,
+        }
+    }
+    offset
 }
 
 /// toml's own messages already carry line, column and the key; add the line itself.

@@ -41,6 +41,9 @@ pub fn run(config_file: &Path) -> Result<ExitCode> {
     if !problems.is_empty() {
         bail!("the daemon does not start; `coffer check-config` finds:\n  {}", problems.join("\n  "));
     }
+    for w in crate::preflight::warnings(&cfg) {
+        tracing::warn!("{w}; its runs fail until it is there");
+    }
     Catalog::open_repo(&cfg.state_dir)?;
     let token = read_token(&cfg)?;
     let shared = Arc::new(Shared {
@@ -117,7 +120,7 @@ impl crate::http::Handler for Shared {
         crate::metrics::render(&self.config(), &live)
     }
 
-    fn health(&self) -> (bool, String) {
+    fn health(&self, detail: bool) -> (bool, String) {
         let age = crate::time::now_secs() - self.last_tick.load(Ordering::Relaxed);
         let ok = age < HEALTH_STALE_SECS && !self.stop.load(Ordering::Relaxed);
         let running = lock(&self.running).clone();
@@ -129,6 +132,9 @@ impl crate::http::Handler for Shared {
             (true, Some(_)) => "degraded",
             (true, None) => "ok",
         };
+        if !detail {
+            return (ok, format!("{}\n", serde_json::json!({ "status": status })));
+        }
         let body = serde_json::json!({
             "status": status,
             "scheduler_last_tick_secs_ago": age,
@@ -423,13 +429,18 @@ impl Scheduler {
             tracing::info!("shutting down");
             return Ok(ExitCode::SUCCESS);
         }
-        tracing::info!(?running, ?timeout, "shutting down: letting running jobs reach a checkpoint");
+        // One line per job: a log field is a scalar, never a list written as a string.
+        for job in &running {
+            tracing::info!(job = %job, timeout_secs = timeout.as_secs(), "shutting down: letting the job reach a checkpoint");
+        }
         let deadline = tokio::time::Instant::now() + timeout;
         while !lock(&self.shared.running).is_empty() {
             tokio::select! {
                 Some(job) = self.done_rx.recv() => self.finished(&job),
                 _ = tokio::time::sleep_until(deadline) => {
-                    tracing::error!(running = ?lock(&self.shared.running), "shutdown_timeout reached; exiting without waiting (the next start resumes)");
+                    for job in lock(&self.shared.running).iter() {
+                        tracing::error!(job = %job, "shutdown_timeout reached; exiting without waiting for the job (the next start resumes it)");
+                    }
                     return Ok(ExitCode::FAILURE);
                 }
                 _ = term.recv() => return Ok(second_signal()),

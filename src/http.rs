@@ -3,7 +3,10 @@
 //! Read-only by construction: no route performs an action. It is a deliberately small
 //! HTTP/1.1 server (one request per connection, a few KiB of request head) so that it is
 //! no door into the backup host. With a token configured, every request must carry
-//! `Authorization: Bearer TOKEN`; others get 401 and are counted.
+//! `Authorization: Bearer TOKEN`; others get 401 and are counted. One exception: `/health`
+//! without any token answers its status code and `{"status": …}` alone (the details name
+//! jobs and paths), so that a liveness probe (Kubernetes', a container's HEALTHCHECK)
+//! needs no secret.
 //!
 //! Held up by no one: a client has [`HEAD_TIMEOUT`] to send its whole request head, and
 //! connections still sending theirs are bounded in all and per peer address. When a
@@ -41,8 +44,9 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 /// What the endpoint serves; called off the async threads (it may read the catalog).
 pub trait Handler: Send + Sync + 'static {
     fn metrics(&self) -> String;
-    /// Whether the daemon is healthy, and a one-line JSON body saying so.
-    fn health(&self) -> (bool, String);
+    /// Whether the daemon is healthy, and a one-line JSON body saying so: with what it
+    /// runs and found when `detail`, else its status alone.
+    fn health(&self, detail: bool) -> (bool, String);
     /// The bearer token requests must carry, if any.
     fn token(&self) -> Option<String>;
     /// A request without the right token was refused.
@@ -166,9 +170,11 @@ async fn answer(stream: &mut TcpStream, head: &str, handler: Arc<dyn Handler>) -
         Some(r) => r,
         None => return respond(stream, 400, "text/plain", "bad request\n", false).await,
     };
-    if let Some(token) = handler.token()
-        && !request.bearer.as_deref().is_some_and(|b| same(b.as_bytes(), token.as_bytes()))
-    {
+    let authorized = handler
+        .token()
+        .is_none_or(|token| request.bearer.as_deref().is_some_and(|b| same(b.as_bytes(), token.as_bytes())));
+    let probe = request.path == "/health" && request.bearer.is_none();
+    if !authorized && !probe {
         handler.unauthorized();
         return respond(stream, 401, "text/plain", "a bearer token is required\n", false).await;
     }
@@ -186,7 +192,7 @@ async fn answer(stream: &mut TcpStream, head: &str, handler: Arc<dyn Handler>) -
             respond(stream, 200, "text/plain; version=0.0.4; charset=utf-8", &body, head_only).await
         }
         "/health" => {
-            let (ok, body) = tokio::task::spawn_blocking(move || h.health()).await.unwrap_or_default();
+            let (ok, body) = tokio::task::spawn_blocking(move || h.health(authorized)).await.unwrap_or_default();
             respond(stream, if ok { 200 } else { 503 }, "application/json", &body, head_only).await
         }
         _ => respond(stream, 404, "text/plain", "not found; try /metrics or /health\n", head_only).await,

@@ -6,7 +6,6 @@
 //! age identity stays offline and is the only thing that can read a backup.
 
 use std::io::{Read, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::str::FromStr;
 
@@ -100,19 +99,41 @@ impl RepoSecret {
     }
 }
 
-/// Refuses a key file that is readable or writable by group or others.
+/// Refuses a key file others could read or change. Only two shapes pass:
+/// - private to its owner (0600, 0400), whoever that is;
+/// - readable, not writable, by coffer's own group (0640, 0440), when that group is the
+///   one coffer runs as and the file belongs to coffer's user or to root. That is what
+///   Kubernetes makes of a Secret volume (`defaultMode: 0400` under `fsGroup`: root's,
+///   0440, the pod's group), and what a host's `coffer` group (no other member) needs.
 pub fn check_private(path: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path).map_err(|e| fsutil::io_error(e, path).context("cannot read a key file"))?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        bail!(
-            "key file {} is accessible by group or others (mode {:03o}); run `chmod 600 {}`",
-            path.display(),
-            mode,
-            path.display()
-        );
+    let (mode, egid) = (meta.mode() & 0o777, rustix::process::getegid().as_raw());
+    if let Some(why) = exposure(mode, meta.uid(), meta.gid(), fsutil::euid(), egid) {
+        bail!("key file {} {why} (mode {mode:03o}); run `chmod 600 {}`", path.display(), path.display());
     }
     Ok(())
+}
+
+/// Why a key file of this mode and owner is exposed to coffer's user `euid` in group
+/// `egid`, if it is.
+fn exposure(mode: u32, uid: u32, gid: u32, euid: u32, egid: u32) -> Option<String> {
+    if mode & 0o007 != 0 {
+        return Some("is accessible by others".into());
+    }
+    if mode & 0o070 == 0 {
+        return None;
+    }
+    if mode & 0o070 != 0o040 {
+        return Some("is writable or executable by its group".into());
+    }
+    if gid != egid {
+        return Some(format!("is readable by group {gid}, not coffer's own ({egid})"));
+    }
+    if uid != euid && uid != 0 {
+        return Some(format!("belongs to uid {uid}, neither coffer's ({euid}) nor root"));
+    }
+    None
 }
 
 /// A public key backups are encrypted to: an age key (`age1…`), an `ssh-ed25519` public
@@ -444,6 +465,8 @@ pub fn encrypt_into(recipients: &[Recipient], plaintext: &[u8], out: &mut Vec<u8
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     #[test]
@@ -466,9 +489,36 @@ mod tests {
         let s = RepoSecret::generate().unwrap();
         s.create_file(&p).unwrap();
         assert_eq!(RepoSecret::load(&p).unwrap().bytes(), s.bytes());
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
-        let e = RepoSecret::load(&p).unwrap_err().to_string();
-        assert!(e.contains("chmod 600"), "{e}");
+        for mode in [0o644, 0o660, 0o604] {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = RepoSecret::load(&p).unwrap_err().to_string();
+            assert!(e.contains("chmod 600"), "{mode:o}: {e}");
+        }
+        // Read-only to the group coffer runs in (a file of this test's user and group).
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o440)).unwrap();
+        assert_eq!(RepoSecret::load(&p).unwrap().bytes(), s.bytes());
+    }
+
+    #[test]
+    fn a_key_file_may_be_read_by_coffers_own_group_only() {
+        let (me, group, other) = (990, 990, 1000);
+        // (mode, owner, group) -> passes
+        let cases = [
+            ((0o600, me, other), true),
+            ((0o400, other, other), true), // private to someone else: reading it fails, not this check
+            ((0o440, 0, group), true),     // a Kubernetes Secret under fsGroup
+            ((0o640, me, group), true),
+            ((0o440, me, other), false), // another group reads it
+            ((0o440, other, group), false),
+            ((0o660, me, group), false), // the group could replace it
+            ((0o650, me, group), false),
+            ((0o604, me, group), false),
+            ((0o444, 0, group), false),
+        ];
+        for ((mode, uid, gid), passes) in cases {
+            let found = exposure(mode, uid, gid, me, group);
+            assert_eq!(found.is_none(), passes, "{mode:o} {uid}:{gid}: {found:?}");
+        }
     }
 
     #[test]

@@ -30,6 +30,7 @@ pub mod inventory;
 pub mod keyring;
 pub mod keys;
 pub mod metrics;
+pub mod mount;
 pub mod observer;
 pub mod pin;
 pub mod preflight;

@@ -59,29 +59,50 @@ pub fn check(cfg: &Config) -> Vec<String> {
     problems
 }
 
-/// With `--remote`: each target answers, holds this repository (once a backup caught it
-/// up, for a target new to the config), and locks as configured.
+/// What the jobs cannot read right now (a source directory missing): each run would
+/// fail, but the condition may pass before the job fires, so it is a warning.
+pub fn warnings(cfg: &Config) -> Vec<String> {
+    let per_job = cfg.jobs.iter().map(|job| (job, job.source.unavailable()));
+    per_job.flat_map(|(job, found)| found.into_iter().map(move |w| format!("job `{}`: {w}", job.name))).collect()
+}
+
+/// With `--remote`: each target answers and locks as configured; once the repository
+/// exists, each holds it (a target new to the config, once a backup caught it up);
+/// before `init`, none holds a repository already (init would refuse it).
 pub fn check_remote(cfg: &Config) -> Vec<String> {
-    let repo = match crate::repo::Repo::open(cfg) {
-        Ok(r) => r,
-        Err(e) => return vec![format!("{e:#}")],
+    let catalog = match cfg.state().catalog().exists() {
+        true => {
+            match crate::catalog::Catalog::open_existing(&cfg.state_dir).and_then(|c| Ok((c.repo()?, c.targets()?))) {
+                Ok(found) => Some(found),
+                Err(e) => return vec![format!("{e:#}")],
+            }
+        }
+        false => None,
     };
-    let records = match repo.catalog.targets() {
-        Ok(r) => r,
-        Err(e) => return vec![format!("{e:#}")],
-    };
+    let initialised = catalog.as_ref().is_some_and(|(repo, _)| repo.is_some());
+    let holds = |name: &str| catalog.iter().flat_map(|(_, t)| t).any(|r| r.name == name && r.record.is_some());
     let mut problems = Vec::new();
-    for target in &repo.targets {
-        let (name, url) = (&target.name, &target.url);
-        let expected = records.iter().any(|r| r.id == target.id && r.record.is_some());
+    for t in &cfg.targets {
+        let (name, url) = (&t.name, &t.url);
+        let target = match crate::store::Target::open(t, crate::catalog::TargetId::NONE) {
+            Ok(target) => target,
+            Err(e) => {
+                problems.push(format!("target {name} ({url}): {e:#}"));
+                continue;
+            }
+        };
         match crate::runtime::block_on(target.exists(crate::format::REPO_KEY)) {
-            Ok(false) if expected => {
+            Ok(false) if holds(name) => {
                 problems.push(format!(
                     "target {name} ({url}) holds no {}: wrong bucket or prefix?",
                     crate::format::REPO_KEY
                 ));
                 continue;
             }
+            Ok(true) if !initialised => problems.push(format!(
+                "target {name} ({url}) already holds a coffer repository: `coffer init` will not overwrite it \
+                 (`coffer recover` rebuilds this host's catalog from it)"
+            )),
             Ok(_) => {}
             Err(e) => {
                 problems.push(format!("target {name} ({url}): {e:#}"));

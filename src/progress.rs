@@ -42,6 +42,11 @@ pub struct ProgressLine {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// Whether a progress line asked for (`enabled`) is drawn: on a terminal, unless `--quiet`.
+pub fn draws(enabled: bool) -> bool {
+    enabled && !QUIET.load(Relaxed) && std::io::stderr().is_terminal()
+}
+
 impl ProgressLine {
     /// Starts drawing `render(counters, seconds since start)` four times a second.
     pub fn start(
@@ -50,7 +55,7 @@ impl ProgressLine {
         render: impl Fn(&Counters, f64) -> String + Send + 'static,
     ) -> ProgressLine {
         let stop = Arc::new(AtomicBool::new(false));
-        let thread = (enabled && !QUIET.load(Relaxed) && std::io::stderr().is_terminal()).then(|| {
+        let thread = draws(enabled).then(|| {
             let stop = stop.clone();
             std::thread::spawn(move || {
                 let t0 = Instant::now();

@@ -33,9 +33,23 @@ pub struct Candidate {
 #[derive(Debug, Clone, serde::Serialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum What {
-    Pack { id: i64, hash: String },
-    Snapshot { id: String },
+    Pack {
+        id: i64,
+        hash: String,
+    },
+    Snapshot {
+        #[serde(rename = "snapshot")]
+        id: String,
+    },
     Canary,
+}
+
+/// An object version prune would delete but the server still locks.
+#[derive(Debug, serde::Serialize)]
+pub struct StillLocked {
+    pub target: String,
+    pub key: String,
+    pub locked_until: i64,
 }
 
 #[derive(Debug, Default, serde::Serialize)]
@@ -45,8 +59,8 @@ pub struct Summary {
     /// suspicious and nobody acknowledged it (`coffer ack`).
     pub frozen: Vec<String>,
     pub candidates: Vec<Candidate>,
-    /// Candidates the server still holds under lock (left alone): target, key, until when.
-    pub still_locked: Vec<(String, String, i64)>,
+    /// Candidates the server still holds under lock: left alone.
+    pub still_locked: Vec<StillLocked>,
     pub deleted: usize,
     pub deleted_bytes: u64,
 }
@@ -107,7 +121,11 @@ fn prune_target(
         let mut unlocked = Vec::new();
         for c in candidates {
             match crate::runtime::block_on(target.lock_of(&c.key, c.version.as_deref()))? {
-                Some(lock) if lock.until > now => summary.still_locked.push((name.clone(), c.key.clone(), lock.until)),
+                Some(lock) if lock.until > now => summary.still_locked.push(StillLocked {
+                    target: name.clone(),
+                    key: c.key.clone(),
+                    locked_until: lock.until,
+                }),
                 _ => unlocked.push(c),
             }
         }

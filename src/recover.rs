@@ -54,8 +54,8 @@ pub struct Report {
     pub fingerprint_check: String,
     /// The target the catalog was rebuilt from.
     pub target: String,
-    /// Recovered snapshots: (job, id), oldest first.
-    pub snapshots: Vec<(String, String)>,
+    /// Recovered snapshots, oldest first.
+    pub snapshots: Vec<Recovered>,
     pub packs: usize,
     /// Packs already recorded by an earlier, interrupted recovery.
     pub packs_resumed: usize,
@@ -66,6 +66,13 @@ pub struct Report {
     /// Authentic snapshot records and packs encrypted to keys the identity is not one
     /// of (written before its key was added): recover with an older key to include them.
     pub other_keys: Vec<String>,
+}
+
+/// A snapshot recover put back in the catalog.
+#[derive(Debug, Serialize)]
+pub struct Recovered {
+    pub job: String,
+    pub snapshot: String,
 }
 
 impl Report {
@@ -394,7 +401,7 @@ impl Recovery<'_> {
     fn snapshots(&mut self, catalog: &mut Catalog, records: &[Proven], secret: &RepoSecret) -> Result<()> {
         for (key, version, record, _) in records {
             if catalog.has_snapshot(&record.id)? {
-                self.report.snapshots.push((record.job.clone(), record.id.clone()));
+                self.report.snapshots.push(Recovered { job: record.job.clone(), snapshot: record.id.clone() });
                 continue;
             }
             let (packs, missing, refused) = match needed_packs(catalog, record, secret, &self.limits) {
@@ -420,7 +427,7 @@ impl Recovery<'_> {
                 |_| true,
                 None,
             )?;
-            self.report.snapshots.push((record.job.clone(), record.id.clone()));
+            self.report.snapshots.push(Recovered { job: record.job.clone(), snapshot: record.id.clone() });
         }
         Ok(())
     }

@@ -87,3 +87,16 @@ mod tests {
         assert_eq!(RunOutcome::parse("succes"), None);
     }
 }
+
+/// The error of a run that already told it in the log (at ERROR, a skip at WARN), so
+/// that the command line does not print the same cause a second time.
+#[derive(Debug)]
+pub struct Logged(pub anyhow::Error);
+
+impl fmt::Display for Logged {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for Logged {}

@@ -58,6 +58,7 @@ pub struct Report {
 
 #[derive(Debug, Serialize)]
 pub struct TargetStatus {
+    #[serde(rename = "target")]
     pub name: String,
     pub url: String,
     pub protection: Protection,
@@ -69,12 +70,14 @@ pub struct TargetStatus {
 
 #[derive(Debug, Serialize)]
 pub struct JobStatus {
+    #[serde(rename = "job")]
     pub name: String,
     pub live_snapshots: usize,
     pub newest_snapshot: Option<String>,
     pub newest_age_secs: Option<i64>,
     /// The earliest date to which every live snapshot is fully locked on at least one
     /// target (None: nothing locked, or no live snapshot).
+    #[serde(rename = "locked_until")]
     pub protected_until: Option<i64>,
     pub gaps: Vec<Gap>,
     /// The job's schedule, when it has one.
@@ -86,6 +89,7 @@ pub struct JobStatus {
     pub missed_fire_times: Option<u32>,
     /// Until when the newest snapshot is fully locked on its best target: how long
     /// the latest backup stays protected if no other comes.
+    #[serde(rename = "newest_locked_until")]
     pub newest_protected_until: Option<i64>,
     /// The job on each of its targets.
     pub targets: Vec<JobOnTarget>,
@@ -102,6 +106,7 @@ pub struct JobOnTarget {
     pub live_snapshots: usize,
     pub newest_snapshot: Option<String>,
     /// The earliest date to which every live snapshot it holds is fully locked there.
+    #[serde(rename = "locked_until")]
     pub protected_until: Option<i64>,
     /// How many of the job's snapshots, newer than the newest it holds, it lacks (the
     /// next backup copies them to it).

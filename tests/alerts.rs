@@ -414,7 +414,7 @@ fn outages(rules: &[String]) -> String {
     let partial = (
         "CofferBackupPartial",
         on_job("warning", "home", &[("outcome", "partial")]),
-        "coffer job home: the last snapshot misses paths that could not be read (see `coffer snapshots home --json`)"
+        "coffer job home: the last snapshot misses paths that could not be read (`coffer runs home` names them)"
             .to_string(),
     );
     out += &t.test(

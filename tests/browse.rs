@@ -48,7 +48,7 @@ fn ls_find_diff_and_dump_show_what_snapshots_hold() {
     std::fs::write(src.join("srv/\x1b[2Jclear"), "x").unwrap();
     let setup = Setup::new("browse", Target::Dir, &src);
     setup.backup();
-    let first = setup.snapshots()[0]["id"].as_str().unwrap().to_string();
+    let first = setup.snapshots()[0]["snapshot"].as_str().unwrap().to_string();
 
     // ls --json: every path of the tree, each once, with kinds and sizes.
     let listed = lines(&ok(&setup, &["ls", &first, "--json"]));
@@ -60,7 +60,7 @@ fn ls_find_diff_and_dump_show_what_snapshots_hold() {
     let big = listed.iter().find(|e| e["path"] == "srv/big.bin").unwrap();
     assert_eq!((big["kind"].as_str(), big["size"].as_u64()), (Some("file"), Some(3 << 20)));
     let link = listed.iter().find(|e| e["path"] == "etc/conf").unwrap();
-    assert_eq!((link["kind"].as_str(), link["target"].as_str()), (Some("symlink"), Some("nginx/nginx.conf")));
+    assert_eq!((link["kind"].as_str(), link["link"].as_str()), (Some("symlink"), Some("nginx/nginx.conf")));
     // A path with or without the source root; --long; the hostile name escaped.
     let under = format!("{}/etc", src.display());
     let long = text(&ok(&setup, &["ls", &first, &under, "--long"]));
@@ -79,7 +79,7 @@ fn ls_find_diff_and_dump_show_what_snapshots_hold() {
     std::fs::set_permissions(src.join("srv/mode.txt"), std::fs::Permissions::from_mode(0o600)).unwrap();
     std::fs::write(src.join("srv/new.conf"), "listen 80;\n").unwrap();
     setup.backup();
-    let second = setup.snapshots()[1]["id"].as_str().unwrap().to_string();
+    let second = setup.snapshots()[1]["snapshot"].as_str().unwrap().to_string();
 
     let changes = lines(&ok(&setup, &["diff", &first, &second, "--json"]));
     let found: Vec<(String, String)> = changes
@@ -147,6 +147,23 @@ fn restores_what_include_exclude_and_path_select(setup: &Setup, scratch: &Scratc
     want.extend(["etc".to_string(), "etc/hosts".to_string(), "srv".to_string()]);
     want.sort();
     assert_eq!(contents(&srv).into_keys().collect::<Vec<_>>(), want);
+
+    // --dry-run lists what that restore wrote, and writes nothing, not even the directory.
+    let untouched = scratch.path("dry-run");
+    let listed =
+        restore(&untouched, &["--path", &abs, "--path", "etc/hosts", "--exclude", "*.bin", "--dry-run", "--json"]);
+    let mut paths: Vec<String> = json_lines(&listed).iter().map(|e| e["path"].as_str().unwrap().to_string()).collect();
+    paths.sort();
+    assert_eq!(paths, want);
+    assert!(!untouched.exists(), "a dry run made {}", untouched.display());
+    let told = text(&restore(&untouched, &["--path", "etc/hosts", "--dry-run"]));
+    assert!(told.contains("would restore snapshot") && told.contains("nothing written"), "{told}");
+    // It fails where the restore would: into a directory that is not empty.
+    let mut into_full = setup.cmd(&["restore", "latest", "--job", "data", "--dry-run", "--to"]);
+    into_full.arg(&srv).arg("--identity").arg(&setup.identity);
+    let out = into_full.output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("is not empty"), "{}", text(&out));
 }
 
 fn ok_restore(setup: &Setup, mut c: Command) -> Output {
@@ -178,10 +195,30 @@ fn completions_and_the_man_page_cover_every_command() {
         assert!(own.contains(&format!(".TH coffer-{verb} 1")) && own.contains("\\-\\-config"), "{own}");
     }
     assert!(page(&["restore"]).contains("\\-\\-include"));
+    // Every page says what its exit codes and environment variables mean.
+    for args in [&[][..], &["backup"], &["status"]] {
+        let roff = page(args);
+        for section in [".SH \"EXIT STATUS\"", ".SH ENVIRONMENT", "COFFER_IDENTITY", "AWS_ACCESS_KEY_ID"] {
+            assert!(roff.contains(section), "coffer man {args:?} lacks {section}");
+        }
+    }
+    // coffer.toml(5): the example config, every key of it.
+    let config_page = page(&["coffer.toml"]);
+    assert!(config_page.contains(".TH coffer.toml 5"), "{config_page}");
+    let example =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/coffer.example.toml")).unwrap();
+    for key in example.lines().filter_map(|l| l.split_once(" = ")).map(|(k, _)| k.trim_start_matches("# ")) {
+        assert!(config_page.contains(key), "coffer.toml(5) lacks `{key}`");
+    }
     if let Some(groff) = tool("groff", "apt-get install groff-base") {
+        let commands = listed_commands(&text(&run_ok(Command::new(BIN).arg("--help"))));
+        let pages: Vec<String> = commands.iter().map(|c| page(&[c])).collect();
+        for roff in [&top, &config_page].into_iter().chain(&pages) {
+            let rendered = piped(Command::new(groff).args(["-man", "-Tutf8", "-ww"]), roff.as_bytes());
+            let warnings = String::from_utf8_lossy(&rendered.stderr);
+            assert!(rendered.status.success() && warnings.is_empty(), "{warnings}");
+        }
         let rendered = piped(Command::new(groff).args(["-man", "-Tutf8", "-ww"]), top.as_bytes());
-        let warnings = String::from_utf8_lossy(&rendered.stderr);
-        assert!(rendered.status.success() && warnings.is_empty(), "{warnings}");
         assert!(String::from_utf8_lossy(&rendered.stdout).contains("deduplicated, compressed"));
     }
 }
@@ -211,10 +248,17 @@ fn a_terminal_sees_the_percentage_and_quiet_silences_summaries() {
     let quiet_status = setup.run(&["--quiet", "status"]);
     assert_eq!((quiet_status.status.code(), quiet_status.stdout.len()), (Some(1), 0), "{}", text(&quiet_status));
     let json = run_ok(&mut setup.cmd(&["-q", "snapshots", "--json"]));
-    assert_eq!(serde_json::from_slice::<Value>(&json.stdout).unwrap().as_array().unwrap().len(), 3);
+    assert_eq!(json_lines(&json).len(), 3);
     let listed = run_ok(setup.cmd(&["-q", "ls", "latest", "--job", "data"]).arg("--identity").arg(&setup.identity));
     assert_eq!(text(&listed).trim(), "d.bin");
-    drop(scratch);
+
+    // A path source's first backup has an estimate too: a quick walk before it.
+    let src = random_parts(&scratch, 4, 12);
+    let first = Setup::new("progress-first", Target::Dir, &src);
+    let cmd = format!("{BIN} --config {} backup data", first.config.display());
+    let out = run_ok(Command::new(script).args(["-qec", &cmd, "/dev/null"]));
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(shown.contains("% of 384.0 MiB") && shown.contains("s left"), "{shown}");
 }
 
 /// `--json` on the commands that print a summary: one object each, parsed.
@@ -231,9 +275,9 @@ fn summaries_come_as_json_too() {
     };
     assert_eq!(parse(&["init", "--json"])["created"], false);
     let backup = parse(&["backup", "data", "--json"]);
-    assert_eq!((backup["outcome"].as_str(), backup["summary"]["stats"]["files"].as_u64()), (Some("success"), Some(1)));
-    assert_eq!(backup["summary"]["targets"][0]["name"], "default");
-    assert!(parse(&["backup", "data", "--dry-run", "--json"])["kept_until"].is_i64());
+    assert_eq!((backup["outcome"].as_str(), backup["stats"]["files"].as_u64()), (Some("success"), Some(1)));
+    assert_eq!(backup["targets"][0]["target"], "default");
+    assert!(parse(&["backup", "data", "--dry-run", "--json"])["retain_until"].is_i64());
     let to = scratch.path("out");
     let mut c = setup.cmd(&["restore", "latest", "--job", "data", "--json", "--to"]);
     c.arg(&to).arg("--identity").arg(&setup.identity);
@@ -290,4 +334,61 @@ fn a_passphrase_protected_identity_restores() {
     let none = restore(None, &scratch.path("out3"));
     assert!(text(&none).contains("COFFER_IDENTITY_PASSPHRASE_FILE"), "{}", text(&none));
     assert!(!scratch.path("out3/a.txt").exists());
+}
+
+/// Tags (`backup --tag`, a job's `tags`) and hosts pick snapshots for `snapshots`, `ls`,
+/// `find` and `restore`; they live in the sealed record, so `recover` brings them back.
+#[test]
+fn tags_and_hosts_pick_snapshots() {
+    let scratch = Scratch::new("tags");
+    let src = scratch.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a.txt"), "first").unwrap();
+    let setup = Setup::with_extra("tags", Target::Dir, &src, "tags = [\"nightly\"]\n");
+    setup.ok(&["backup", "data", "--no-progress", "--tag", "db", "--tag", "weekly"]);
+    std::fs::write(src.join("b.txt"), "second").unwrap();
+    setup.ok(&["backup", "data", "--no-progress"]);
+    setup.ok(&["backup", "data", "--no-progress", "--tag", "weekly"]);
+
+    let listed = |args: &[&str]| -> Vec<Value> { json_lines(&setup.ok(&[&["snapshots", "--json"], args].concat())) };
+    assert_eq!(listed(&[]).len(), 3);
+    assert_eq!(listed(&["--tag", "weekly"]).len(), 2);
+    let first = listed(&["--tag", "weekly", "--tag", "db"]);
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0]["tags"], serde_json::json!(["nightly", "db", "weekly"]));
+    assert_eq!(listed(&["--tag", "nightly"]).len(), 3, "the job's own tags label every snapshot");
+    let host = first[0]["host"].as_str().unwrap().to_string();
+    assert_eq!(listed(&["--host", &host]).len(), 3);
+    assert!(listed(&["--host", "elsewhere"]).is_empty());
+
+    // `latest` with --tag is the newest snapshot carrying it.
+    let names =
+        |out: Output| -> Vec<String> { lines(&out).iter().map(|e| e["path"].as_str().unwrap().into()).collect() };
+    assert_eq!(names(ok(&setup, &["ls", "latest", "--job", "data", "--tag", "db", "--json"])), ["a.txt"]);
+    assert_eq!(names(ok(&setup, &["ls", "latest", "--job", "data", "--json"])), ["a.txt", "b.txt"]);
+    let found = ok(&setup, &["find", "*.txt", "--job", "data", "--tag", "db", "--json"]);
+    assert!(lines(&found).iter().all(|h| h["snapshot"] == first[0]["snapshot"]), "{}", text(&found));
+    let mut dry = setup.cmd(&["restore", "latest", "--job", "data", "--tag", "db", "--dry-run", "--json", "--to"]);
+    dry.arg(scratch.path("not-made"));
+    assert_eq!(names(ok_restore(&setup, dry)), ["a.txt"]);
+    let none = browse(&setup, &["ls", "latest", "--job", "data", "--tag", "monthly"]);
+    assert_eq!(none.status.code(), Some(1));
+    assert!(text(&none).contains("no complete snapshot with tag monthly"), "{}", text(&none));
+
+    // A tag that would need quoting is refused before anything runs.
+    let bad = setup.run(&["backup", "data", "--tag", "two words"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(text(&bad).contains("only letters, digits"), "{}", text(&bad));
+    assert_eq!(listed(&[]).len(), 3);
+
+    // From the target alone: the records carry their tags.
+    // The same config in another directory: its relative state directory is a new one.
+    let bare = scratch.path("bare.toml");
+    std::fs::copy(&setup.config, &bare).unwrap();
+    let mut recover = Command::new(BIN);
+    recover.arg("--config").arg(&bare).args(["recover", "--identity"]).arg(&setup.identity);
+    run_ok(&mut recover);
+    let mut again = Command::new(BIN);
+    again.arg("--config").arg(&bare).args(["snapshots", "--json", "--tag", "db"]);
+    assert_eq!(json_lines(&run_ok(&mut again))[0]["snapshot"], first[0]["snapshot"]);
 }

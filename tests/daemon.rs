@@ -54,12 +54,18 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Every log line is one JSON object.
+    /// Every log line is one JSON object, and no field in it is a list written as a
+    /// string (`"[\"a\", \"b\"]"`, what a Debug-formatted Vec becomes).
     fn log_lines(&self) -> Vec<Value> {
-        self.log_text()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("log line is not JSON ({e}): {l}")))
-            .collect()
+        let line = |l: &str| -> Value {
+            let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("log line is not JSON ({e}): {l}"));
+            for (field, value) in v.as_object().unwrap() {
+                let listed = value.as_str().and_then(|s| serde_json::from_str::<Value>(s).ok());
+                assert!(!listed.is_some_and(|x| x.is_array()), "field `{field}` is a list in a string: {l}");
+            }
+            v
+        };
+        self.log_text().lines().map(line).collect()
     }
 }
 
@@ -100,7 +106,7 @@ fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) ->
 /// `coffer runs --json`, oldest first.
 fn runs(setup: &Setup) -> Vec<Value> {
     let out = setup.ok(&["runs", "--json", "-n", "1000"]);
-    let mut v: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let mut v = json_lines(&out);
     v.reverse();
     v
 }
@@ -255,6 +261,9 @@ fn sigterm_stops_at_a_checkpoint_and_the_next_start_resumes() {
     let status = d.stop();
     assert!(status.success(), "exit {status}; log:\n{}", d.log_text());
     assert!(t0.elapsed() < Duration::from_secs(30));
+    // The job it waited for is a field of its own (a scalar, as every log field is).
+    let waited = d.log_lines().into_iter().filter(|l| l["message"].as_str().is_some_and(|m| m.contains("checkpoint")));
+    assert!(waited.into_iter().any(|l| l["job"] == "data"), "{}", d.log_text());
     setup.integrity_ok();
     assert!(setup.snapshots().is_empty(), "an interrupted run leaves no snapshot");
     let first = runs(&setup);
@@ -434,16 +443,22 @@ fn metrics_parse_and_a_token_guards_the_endpoint() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).contains("token_file"), "{}", text(&out));
 
-    // With a token: requests without it get 401, and are counted.
+    // With a token: requests without it get 401, and are counted. A liveness probe
+    // (`/health`, no token) gets the status alone, not what the daemon runs or found.
     let guarded = open.replace("[http]\n", &format!("[http]\ntoken_file = \"{}\"\n", token_file.display()));
     std::fs::write(&setup.config, &guarded).unwrap();
     let mut d = Daemon::start(&setup, "guarded");
-    let (code, _) = wait_for("the endpoint", Duration::from_secs(10), || http_get(port, "/health", None));
-    assert_eq!(code, 401);
+    let (code, body) = wait_for("the endpoint", Duration::from_secs(10), || http_get(port, "/health", None));
+    assert_eq!((code, body.trim()), (200, r#"{"status":"ok"}"#));
+    let (code, body) = http_get(port, "/health", Some(token)).unwrap();
+    assert_eq!(code, 200);
+    assert!(body.contains("\"preflight\"") && body.contains("\"running\""), "{body}");
+    assert_eq!(http_get(port, "/metrics", None).unwrap().0, 401);
     assert_eq!(http_get(port, "/metrics", Some("wrong-token-wrong-token")).unwrap().0, 401);
+    assert_eq!(http_get(port, "/health", Some("wrong-token-wrong-token")).unwrap().0, 401);
     let (code, body) = http_get(port, "/metrics", Some(token)).unwrap();
     assert_eq!(code, 200);
-    assert!(body.contains("coffer_http_unauthorized_requests_total 2"), "{body}");
+    assert!(body.contains("coffer_http_unauthorized_requests_total 3"), "{body}");
     assert!(d.stop().success());
 
     // A token file others can read is refused.
@@ -548,7 +563,7 @@ fn hooks_receive_the_outcome_and_the_error() {
     let extra = format!("on_success = {hook}\non_failure = {hook}\n");
     let setup = daemon_setup("hooks", Target::Dir, &src, &extra);
     setup.backup();
-    let snapshot = setup.snapshots()[0]["id"].as_str().unwrap().to_string();
+    let snapshot = setup.snapshots()[0]["snapshot"].as_str().unwrap().to_string();
     std::fs::remove_dir_all(&src).unwrap();
     let out = setup.run(&["backup", "data", "--no-progress"]);
     assert_eq!(out.status.code(), Some(1));

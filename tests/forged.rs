@@ -21,7 +21,7 @@ use coffer::format::pack::PackBuilder;
 use coffer::format::snapshot::{self, SnapshotRecord, SnapshotStats};
 use coffer::keys::RepoSecret;
 use coffer::store::Target;
-use common::{BIN, Setup, text};
+use common::{BIN, Setup, json_lines, run_ok, text};
 
 /// One entry of a forged stream.
 enum F<'a> {
@@ -122,6 +122,12 @@ fn forge_as(setup: &Setup, forger: &Forger, job: &str, stream: &[F]) -> String {
         retain_until: Some(now + 86_400),
         contents: None,
         keyset: None,
+        // Tags no `--tag` takes: a terminal escape, one too long, and too many.
+        tags: [&["\u{1b}]0;owned\u{7}", &"x".repeat(10_000), "kept"][..], &["t"; 40]]
+            .concat()
+            .iter()
+            .map(|t| t.to_string())
+            .collect(),
     };
     let key = coffer::format::snapshot_key(job, &id);
     let sealed = snapshot::seal(&record, &key, &cfg.recipients, secret).unwrap();
@@ -302,6 +308,52 @@ fn plant_symlinks(to: &Path, p: &Canary) {
     }
 }
 
+/// Every path under `dir` in a mount, and its kind, symlinks not followed.
+fn mounted_paths(dir: &Path, under: &[u8]) -> BTreeMap<Vec<u8>, Kind> {
+    let mut found = BTreeMap::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let kind = e.file_type().unwrap();
+        let path = match under.is_empty() {
+            true => e.file_name().as_bytes().to_vec(),
+            false => [under, b"/", e.file_name().as_bytes()].concat(),
+        };
+        if kind.is_dir() {
+            found.extend(mounted_paths(&e.path(), &path));
+        }
+        let kind = if kind.is_dir() {
+            Kind::Dir
+        } else if kind.is_symlink() {
+            Kind::Symlink
+        } else {
+            Kind::File
+        };
+        found.insert(path, kind);
+    }
+    found
+}
+
+/// The entries of a forged stream that a restore keeps (its own check decides), by path.
+fn accepted(stream: &[F]) -> BTreeMap<Vec<u8>, Kind> {
+    let mut check = coffer::format::entry_check::TreeCheck::default();
+    let mut kept = BTreeMap::new();
+    for f in stream {
+        let (path, kind) = match f {
+            F::Dir(p, _) => (*p, Kind::Dir),
+            F::File(p, ..) | F::Tagged(p, ..) | F::Lying(p, _) => (*p, Kind::File),
+            F::Link(p, _) => (*p, Kind::Symlink),
+        };
+        let mut e = Entry::synthetic(path.to_vec(), kind, 0o644, 0);
+        if let F::Link(_, target) = f {
+            e.target = Some(target.to_vec());
+        }
+        if check.check(&e).is_ok() {
+            kept.insert(path.to_vec(), kind);
+        }
+    }
+    kept
+}
+
 /// Whether a command printed a terminal escape or a bell raw.
 fn raw_control(o: &std::process::Output) -> bool {
     [&o.stdout, &o.stderr].iter().any(|b| b.contains(&0x1b) || b.contains(&0x07))
@@ -357,6 +409,33 @@ fn forged_snapshots_cannot_touch_anything_outside_the_restore_directory() {
     }
     assert!(report.contains("unsafe-entry"), "{report}");
     assert!(!raw_control(&out), "recover printed a snapshot's name raw");
+    // A forged record's tags: only those `--tag` could have given, at most 16.
+    let mut listed = Command::new(BIN);
+    listed.arg("--config").arg(&victim).args(["snapshots", "--json"]);
+    for snapshot in json_lines(&run_ok(&mut listed)) {
+        let tags: Vec<&str> = snapshot["tags"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+        assert_eq!(tags.len(), 16, "{tags:?}");
+        assert_eq!(tags[0], "kept", "{tags:?}");
+    }
+    let mut table = Command::new(BIN);
+    table.arg("--config").arg(&victim).arg("snapshots");
+    assert!(!raw_control(&run_ok(&mut table)), "a forged tag reached the terminal");
+
+    // Mounted, each forged snapshot shows what a restore keeps, none of what it refuses,
+    // and names what it left out.
+    let mnt = setup.dir.path("mnt");
+    if let Some(mount) = common::Mounted::start(&victim, &setup.identity, &mnt, &[]) {
+        for ((name, stream, _, kept), id) in cases.iter().zip(&ids) {
+            let shown = mounted_paths(&mnt.join("by-job/data").join(id), b"");
+            for p in kept {
+                assert!(shown.contains_key(*p), "{name}: the mount lacks {}", coffer::escape::printable(p));
+            }
+            assert_eq!(shown, accepted(stream), "{name}: the mount shows other than a restore keeps");
+        }
+        let (status, said) = mount.stop(libc::SIGTERM);
+        assert!(status.success() && said.contains("left out of the mount"), "{said}");
+        assert!(!said.bytes().any(|b| b == 0x1b || b == 0x07), "the mount logged a forged name raw");
+    }
 
     let restore = |id: &str, to: &Path, overwrite: bool| {
         let mut c = Command::new(BIN);
@@ -744,7 +823,7 @@ fn a_repository_record_replaced_on_one_target_poisons_nothing() {
     assert_eq!(verify.status.code(), Some(4), "{}", text(&verify));
     assert!(text(&verify).contains("replaced"), "{}", text(&verify));
     let out = setup.dir.path("from-second");
-    let first = setup.snapshots()[0]["id"].as_str().unwrap().to_string();
+    let first = setup.snapshots()[0]["snapshot"].as_str().unwrap().to_string();
     let mut r = setup.cmd(&["restore", &first, "--job", "data", "--target", "second", "--to"]);
     let r = r.arg(&out).arg("--identity").arg(&setup.identity).output().unwrap();
     assert!(!r.status.success() && text(&r).contains("another coffer.repo"), "{}", text(&r));
@@ -831,6 +910,7 @@ fn an_expanding_file_list_neither_fills_memory_nor_the_disk() {
         retain_until: Some(now + 86_400),
         contents: None,
         keyset: None,
+        tags: vec![],
     };
     let key = coffer::format::snapshot_key("data", &id);
     let target = Target::open(&cfg.targets[0], coffer::catalog::TargetId::NONE).unwrap();

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use common::{Setup, peak_rss, text};
+use common::{Setup, json_lines, peak_rss, text};
 
 /// The hostile endpoint, stopped when dropped.
 struct Hostile {
@@ -102,8 +102,8 @@ fn a_hostile_target_cannot_abort_stall_or_exhaust_coffer() {
     let out = coffer(&setup, &["scrub"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("target `evil`") && text(&out).contains("listing goes on past"), "{}", text(&out));
-    let runs: serde_json::Value = serde_json::from_slice(&setup.ok(&["runs", "@scrub", "--json"]).stdout).unwrap();
-    assert_eq!(runs[0]["outcome"], "failed", "{runs}");
+    let runs = json_lines(&setup.ok(&["runs", "@scrub", "--json"]));
+    assert_eq!(runs[0]["outcome"], "failed", "{:?}", runs[0]);
     drop(evil);
 
     // A listing of garbage (terminal escapes, invalid UTF-8): a clear error, and not one

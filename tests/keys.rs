@@ -38,7 +38,7 @@ fn restore_with(setup: &Setup, config: &Path, snapshot: &str, identity: &Path, t
 /// A snapshot's keys (fingerprints), as `coffer snapshots --json` lists them.
 fn keys_of(setup: &Setup, id: &str) -> Vec<String> {
     let all = setup.snapshots();
-    let snap = all.iter().find(|s| s["id"] == id).unwrap_or_else(|| panic!("no snapshot {id}: {all:?}"));
+    let snap = all.iter().find(|s| s["snapshot"] == id).unwrap_or_else(|| panic!("no snapshot {id}: {all:?}"));
     snap["keys"].as_array().unwrap().iter().map(|k| k["fingerprint"].as_str().unwrap().to_string()).collect()
 }
 
@@ -67,7 +67,7 @@ fn keys_round_trip(name: &str, target: Target) {
     let refused = setup.run(&["backup", "data", "--no-progress"]);
     assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
     assert!(text(&refused).contains(&fingerprint(&b_recipient)), "{}", text(&refused));
-    let runs: Vec<Value> = serde_json::from_slice(&setup.ok(&["runs", "--json"]).stdout).unwrap();
+    let runs = json_lines(&setup.ok(&["runs", "--json"]));
     assert_eq!(runs[0]["outcome"], "failed", "the refusal is a recorded run: {runs:?}");
 
     // Added (no identity needed): backups go on, and B restores what is made from now on.
@@ -134,7 +134,7 @@ fn one_file_setup(name: &str) -> (Scratch, PathBuf, Setup) {
 
 fn json_id(out: &Output) -> String {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["summary"]["snapshot_id"].as_str().unwrap().to_string()
+    v["snapshot"].as_str().unwrap().to_string()
 }
 
 #[test]

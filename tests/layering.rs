@@ -44,6 +44,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "init",
             "keyring",
             "metrics",
+            "mount",
             "preflight",
             "prune",
             "recover",

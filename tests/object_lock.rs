@@ -57,7 +57,7 @@ fn every_object_is_locked_in_compliance_mode_and_cannot_be_deleted() {
         let retain = s["retain_until"].as_i64().unwrap();
         assert!(retain >= t0 + 3 * day - 60);
         for v in versions.iter().filter(|v| v["key"].as_str().unwrap().contains("/packs/")) {
-            assert!(v["until"].as_i64().unwrap() >= retain, "a pack expires before snapshot {}", s["id"]);
+            assert!(v["until"].as_i64().unwrap() >= retain, "a pack expires before snapshot {}", s["snapshot"]);
         }
     }
 
@@ -159,15 +159,15 @@ fn assert_status_shape(v: &serde_json::Value) {
     assert!(["OK", "WARNING", "CRITICAL"].contains(&v["status"].as_str().unwrap()));
     assert!(v["checked_at"].is_i64());
     for t in v["targets"].as_array().unwrap() {
-        assert!(t["name"].is_string() && t["url"].is_string() && t["protection"].is_string());
+        assert!(t["target"].is_string() && t["url"].is_string() && t["protection"].is_string());
         assert!(t["remote_checked"].is_boolean() && t["objects_checked"].is_u64());
     }
     assert!(v["problems"].as_array().unwrap().iter().all(|p| p.is_string()));
     let tampering = v["tampering"].as_array().unwrap();
     assert!(tampering.iter().all(|f| f["target"].is_string() && f["kind"].is_string() && f["key"].is_string()));
     for j in v["jobs"].as_array().unwrap() {
-        assert!(j["name"].is_string() && j["live_snapshots"].is_u64());
-        assert!(j["protected_until"].is_i64() || j["protected_until"].is_null());
+        assert!(j["job"].is_string() && j["live_snapshots"].is_u64());
+        assert!(j["locked_until"].is_i64() || j["locked_until"].is_null());
         for g in j["gaps"].as_array().unwrap() {
             assert!(g["target"].is_string() && g["snapshot"].is_string());
             assert!(g["objects"].as_array().unwrap().iter().all(|o| o["key"].is_string()));
@@ -195,7 +195,7 @@ fn status_reports_health_and_finds_a_shortened_lock_on_the_server() {
     let (code, v) = status(&healthy, &["--remote"]);
     assert_eq!(code, 0, "{v}");
     assert!(v["targets"][0]["objects_checked"].as_u64().unwrap() >= 3, "{v}");
-    assert!(v["jobs"][0]["protected_until"].as_i64().unwrap() >= v["checked_at"].as_i64().unwrap() + 2 * 86_400 - 60);
+    assert!(v["jobs"][0]["locked_until"].as_i64().unwrap() >= v["checked_at"].as_i64().unwrap() + 2 * 86_400 - 60);
 
     // GOVERNANCE (a warning in itself); shorten one pack's lock with bypass.
     let gov = Setup::with_extra("status-gov", Target::S3, &src, "lock_days = 2\n");
@@ -215,7 +215,7 @@ fn status_reports_health_and_finds_a_shortened_lock_on_the_server() {
     let (code, v) = status(&gov, &["--remote"]);
     assert_status_shape(&v);
     assert_eq!((code, v["status"].as_str().unwrap()), (2, "CRITICAL"), "{v}");
-    let snapshot = gov.snapshots()[0]["id"].as_str().unwrap().to_string();
+    let snapshot = gov.snapshots()[0]["snapshot"].as_str().unwrap().to_string();
     let gap = &v["jobs"][0]["gaps"][0];
     assert_eq!(gap["snapshot"], snapshot.as_str());
     assert!(gap["objects"][0]["key"].as_str().unwrap().ends_with(&pack), "{v}");

@@ -17,7 +17,7 @@ fn two_snapshots(setup: &Setup, src: &Path) -> (String, String) {
     std::fs::write(src.join("b.bin"), Rng(22).mixed(6 << 20)).unwrap();
     setup.backup();
     let s = setup.snapshots();
-    (s[0]["id"].as_str().unwrap().into(), s[1]["id"].as_str().unwrap().into())
+    (s[0]["snapshot"].as_str().unwrap().into(), s[1]["snapshot"].as_str().unwrap().into())
 }
 
 /// Time passes for the first snapshot: it and the packs only it needs expire in the catalog.
@@ -68,7 +68,7 @@ fn prune_on_a_directory_target_deletes_only_what_no_live_snapshot_needs() {
     assert!(!left.is_empty() && left.iter().all(|h| pack_file(h).exists() && !gone.contains(h)));
     let snaps = setup.snapshots();
     assert_eq!(snaps.len(), 1);
-    assert_eq!(snaps[0]["id"], second.as_str());
+    assert_eq!(snaps[0]["snapshot"], second.as_str());
     let out = scratch.path("out");
     setup.assert_restores(&src, &out);
     setup.integrity_ok();

@@ -45,8 +45,8 @@ fn restore_with(setup: &Setup, config: &Path, snapshot: &str, to: &Path) -> Outp
 
 fn snapshot_ids(config: &Path) -> Vec<String> {
     let out = run_ok(&mut coffer(config, &["snapshots", "--json"]));
-    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
-    rows.iter().map(|r| r["id"].as_str().unwrap().to_string()).collect()
+    let rows = json_lines(&out);
+    rows.iter().map(|r| r["snapshot"].as_str().unwrap().to_string()).collect()
 }
 
 fn integrity_of(db: &Path) {
@@ -145,7 +145,7 @@ fn the_attack_drill_changes_nothing_a_restore_needs() {
     assert_eq!(out.status.code(), Some(4), "tampering must make recover exit 4: {}", text(&out));
     let report = json(&out);
     let mut recovered: Vec<String> =
-        report["snapshots"].as_array().unwrap().iter().map(|s| s[1].as_str().unwrap().to_string()).collect();
+        report["snapshots"].as_array().unwrap().iter().map(|s| s["snapshot"].as_str().unwrap().to_string()).collect();
     recovered.sort();
     let mut sorted_ids = ids.clone();
     sorted_ids.sort();
@@ -190,7 +190,7 @@ fn recover_rebuilds_a_catalog_that_everything_works_with() {
     change_tree(&src, 1);
     setup.backup();
     let mut before = setup.snapshots();
-    before.sort_by_key(|s| s["id"].as_str().unwrap().to_string());
+    before.sort_by_key(|s| s["snapshot"].as_str().unwrap().to_string());
 
     let config = fresh_machine(&setup, "fresh");
     let out = recover(&setup, &config);
@@ -199,10 +199,9 @@ fn recover_rebuilds_a_catalog_that_everything_works_with() {
     assert_eq!(report["findings"], serde_json::json!([]));
     assert_eq!(report["snapshots"].as_array().unwrap().len(), 2);
     // The same snapshots, with the same figures.
-    let mut after: Vec<Value> =
-        serde_json::from_slice(&run_ok(&mut coffer(&config, &["snapshots", "--json"])).stdout).unwrap();
-    after.sort_by_key(|s| s["id"].as_str().unwrap().to_string());
-    for field in ["id", "created_at", "files", "bytes", "bytes_new", "retain_until", "targets"] {
+    let mut after: Vec<Value> = json_lines(&run_ok(&mut coffer(&config, &["snapshots", "--json"])));
+    after.sort_by_key(|s| s["snapshot"].as_str().unwrap().to_string());
+    for field in ["snapshot", "created_at", "files", "bytes", "bytes_new", "retain_until", "targets"] {
         let a: Vec<&Value> = before.iter().map(|s| &s[field]).collect();
         let b: Vec<&Value> = after.iter().map(|s| &s[field]).collect();
         assert_eq!(a, b, "field {field}");
@@ -244,8 +243,7 @@ fn recover_rebuilds_a_catalog_that_everything_works_with() {
     })
     .unwrap();
     run_ok(&mut coffer(&config, &["backup", "data", "--no-progress"]));
-    let rows: Vec<Value> =
-        serde_json::from_slice(&run_ok(&mut coffer(&config, &["snapshots", "--json"])).stdout).unwrap();
+    let rows: Vec<Value> = json_lines(&run_ok(&mut coffer(&config, &["snapshots", "--json"])));
     let new = rows.last().unwrap()["bytes_new"].as_u64().unwrap();
     assert!(new >= added as u64 && new < added as u64 + (1 << 20), "bytes_new {new} for {added} new bytes");
 }

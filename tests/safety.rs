@@ -227,6 +227,13 @@ fn an_unreadable_file_is_reported_and_the_rest_is_backed_up() {
     assert!(t.contains("docs/locked.txt") && t.contains("Permission denied"), "{t}");
     let snaps = setup.snapshots();
     assert_eq!(snaps[0]["errors"], 1);
+    // The run history names it too (what the partial-backup alert points to).
+    let run = &json_lines(&setup.ok(&["runs", "--json"]))[0];
+    let error = run["error"].as_str().unwrap();
+    assert!(
+        error.contains("1 paths could not be read: docs/locked.txt (") && error.contains("Permission denied"),
+        "{error}"
+    );
     // The snapshot holds everything but the unreadable file.
     std::fs::remove_file(src.join("docs/locked.txt")).unwrap();
     set_mtime(&src.join("docs"), 1_500_000_000, 0);

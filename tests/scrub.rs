@@ -29,8 +29,7 @@ fn setup(name: &str, target: Target) -> (Setup, Scratch) {
 }
 
 fn scrub_runs(setup: &Setup) -> Vec<Value> {
-    let runs: Vec<Value> = serde_json::from_slice(&setup.ok(&["runs", "@scrub", "--json"]).stdout).unwrap();
-    runs
+    json_lines(&setup.ok(&["runs", "@scrub", "--json"]))
 }
 
 #[test]
@@ -66,8 +65,8 @@ fn a_changed_byte_is_found_by_the_scrub_and_healed_by_the_next_backup() {
     // The next backup stores the damaged pack's chunks again; every snapshot restores.
     let out = setup.ok(&["backup", "data", "--no-progress", "--json"]);
     let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(summary["summary"]["stats"]["bytes_uploaded"].as_u64().unwrap() > 0, "{summary}");
-    let first = setup.snapshots()[0]["id"].as_str().unwrap().to_string();
+    assert!(summary["stats"]["bytes_uploaded"].as_u64().unwrap() > 0, "{summary}");
+    let first = setup.snapshots()[0]["snapshot"].as_str().unwrap().to_string();
     let to = scratch.path("restored");
     let r = setup.restore(&first, &to);
     assert!(r.status.success(), "{}", text(&r));
@@ -168,7 +167,7 @@ fn the_daemon_scrubs_on_its_schedule() {
         assert_eq!(run["findings"], 0, "{run}");
         assert_eq!(run["kind"], "scrub", "the run history knows the daemon's tasks apart: {run}");
     }
-    let all: Vec<Value> = serde_json::from_slice(&setup.ok(&["runs", "--json"]).stdout).unwrap();
+    let all = json_lines(&setup.ok(&["runs", "--json"]));
     assert!(all.iter().any(|r| r["job"] == "data" && r["kind"] == "backup"), "{all:?}");
     assert!(metrics.contains("coffer_scrub_last_run_findings 0"), "{metrics}");
     assert!(

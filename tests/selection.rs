@@ -34,6 +34,30 @@ fn caches_marked_directories_and_an_exclude_file_are_left_out() {
         excludes.display()
     );
     let setup = Setup::with_extra("selection", Target::Dir, &src, &extra);
+
+    // Before the first backup, --dry-run lists what it will read (the excluded paths
+    // not among them), and its estimate is what the backup then reads.
+    let listed = text(&setup.ok(&["backup", "data", "--dry-run"]));
+    let files: Vec<&str> =
+        listed.lines().filter(|l| l.starts_with("+ ")).map(|l| l.rsplit(' ').next().unwrap()).collect();
+    assert_eq!(files, ["keep/a.txt", "notacache/CACHEDIR.TAG", "notacache/b.txt"], "{listed}");
+    let estimate = &json_lines(&setup.ok(&["backup", "data", "--dry-run", "--json"]))[0]["would_read"];
+    assert!(setup.snapshots().is_empty(), "a dry run made a snapshot");
+    let done = &json_lines(&setup.ok(&["backup", "data", "--json", "--no-progress"]))[0];
+    assert_eq!(
+        (estimate["files"].as_u64(), estimate["bytes"].as_u64()),
+        (Some(3), done["stats"]["bytes_read"].as_u64())
+    );
+    // After it: a changed file is `M`, a new one `+`, the rest unchanged and not listed.
+    write(&src, "keep/a.txt", b"kept, and changed");
+    write(&src, "keep/new.txt", b"new");
+    let listed = text(&setup.ok(&["backup", "data", "--dry-run"]));
+    let marked: Vec<&str> = listed.lines().filter(|l| l.starts_with(['+', 'M'])).collect();
+    assert_eq!(marked.len(), 2, "{listed}");
+    assert!(marked[0].starts_with("M ") && marked[0].ends_with("keep/a.txt"), "{listed}");
+    assert!(marked[1].starts_with("+ ") && marked[1].ends_with("keep/new.txt"), "{listed}");
+    assert!(listed.contains("2 unchanged files"), "{listed}");
+
     setup.backup();
     let out = scratch.path("out");
     let r = setup.restore("latest", &out);
@@ -63,7 +87,7 @@ fn backup_all_runs_every_job_and_exits_with_the_worst_outcome() {
     std::fs::write(&setup.config, format!("{config}{failing}")).unwrap();
     let out = setup.run(&["backup", "--all", "--no-progress"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("job dump") && text(&out).contains("of job data complete"), "{}", text(&out));
+    assert!(text(&out).contains("job=dump") && text(&out).contains("of job data complete"), "{}", text(&out));
     // The job after a failing one still runs: put the failing one first.
     std::fs::write(&setup.config, config.replacen("[[job]]", &format!("{failing}[[job]]"), 1)).unwrap();
     let out = setup.run(&["backup", "--all", "--no-progress"]);
@@ -219,7 +243,7 @@ print(json.dumps(out, sort_keys=True))
     let unknown: i64 =
         setup.catalog().query_row("SELECT count(*) FROM file_cache WHERE xattrs IS NULL", [], |r| r.get(0)).unwrap();
     assert_eq!(unknown, 0, "the rows were not rewritten with the attributes");
-    let second = setup.snapshots()[1]["id"].as_str().unwrap().to_string();
+    let second = setup.snapshots()[1]["snapshot"].as_str().unwrap().to_string();
     let restored = scratch.path("out2");
     std::fs::create_dir_all(&restored).unwrap();
     let mounted = Command::new("mount").args(["-t", "tmpfs", "coffer-xattr-out2"]).arg(&restored).output().unwrap();
@@ -265,8 +289,8 @@ fn several_paths_in_one_job_restore_to_the_same_layout() {
     assert_eq!(mode(&inside(&scratch.path("data/srv"))), mode(&scratch.path("data/srv")));
     let again = setup.ok(&["backup", "data", "--no-progress", "--json"]);
     let summary: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
-    assert_eq!(summary["summary"]["stats"]["bytes_read"], 0, "{summary}");
-    assert_eq!(summary["summary"]["unchanged_files"], 4, "{summary}");
+    assert_eq!(summary["stats"]["bytes_read"], 0, "{summary}");
+    assert_eq!(summary["unchanged_files"], 4, "{summary}");
     // Nested trees are refused by name.
     let nested = format!("{{ path = [\"{}\", \"{}\"] }}", etc.display(), etc.join("sub").display());
     let cfg = std::fs::read_to_string(&setup.config).unwrap().replace(&source, &nested);

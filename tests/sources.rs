@@ -359,7 +359,7 @@ fn a_failing_command_leaves_no_snapshot_and_says_why() {
     let t = text(&out);
     assert!(t.contains("exit status: 7") && t.contains("connection refused"), "{t}");
     assert!(setup.snapshots().is_empty(), "a failed dump must not make a complete snapshot");
-    let runs: Vec<Value> = serde_json::from_slice(&setup.ok(&["runs", "--json"]).stdout).unwrap();
+    let runs = json_lines(&setup.ok(&["runs", "--json"]));
     assert_eq!(runs[0]["outcome"], "failed");
 
     // A command that hangs is killed at its timeout.
@@ -490,7 +490,7 @@ fn a_bucket_on_another_provider_is_backed_up_incrementally_and_restored_to_a_dir
     let changed_bytes = changed[0]["changed_bytes"].as_u64().unwrap();
     let (out, peak_kib) = coffer_measured(&setup, &["backup", "data", "--no-progress"]);
     assert!(out.status.success(), "{}", text(&out));
-    let runs: Vec<Value> = serde_json::from_slice(&setup.ok(&["runs", "--json", "-n", "1"]).stdout).unwrap();
+    let runs = json_lines(&setup.ok(&["runs", "--json", "-n", "1"]));
     assert_eq!(runs[0]["bytes_read"].as_u64().unwrap(), changed_bytes, "only the changed objects are read");
     eprintln!("peak RSS of the incremental run with a {CHANGED_BIG_MIB} MiB object: {} MiB", peak_kib / 1024);
     assert!(
@@ -840,7 +840,7 @@ fn an_azure_container_is_backed_up_incrementally_and_restored_to_a_directory_and
     let changed = azure_py(&["change", &src, "data/", "5"]);
     let changed_bytes = changed[0]["changed_bytes"].as_u64().unwrap();
     printed.push_str(&text(&run_ok(&mut coffer(&["backup", "data", "--no-progress"]))));
-    let runs: Vec<Value> = serde_json::from_slice(&setup.ok(&["runs", "--json", "-n", "1"]).stdout).unwrap();
+    let runs = json_lines(&setup.ok(&["runs", "--json", "-n", "1"]));
     assert_eq!(runs[0]["bytes_read"].as_u64().unwrap(), changed_bytes, "only the changed blobs are read");
 
     // Back into another container: same names, bytes and content types.

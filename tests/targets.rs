@@ -119,6 +119,11 @@ impl Two {
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)))
     }
 
+    /// A list's `--json`: its lines, as an array.
+    fn lines(&self, args: &[&str]) -> Value {
+        Value::Array(json_lines(&self.run(args)))
+    }
+
     fn restore(&self, target: Option<&str>, to: &Path) -> Output {
         let mut args = vec!["restore", "latest", "--job", "data", "--no-progress", "--to", to.to_str().unwrap()];
         args.extend(target.iter().flat_map(|t| ["--target", t]));
@@ -133,7 +138,7 @@ impl Two {
     }
 
     fn job_on_target(status: &Value, job: &str, target: &str) -> Value {
-        let job = status["jobs"].as_array().unwrap().iter().find(|j| j["name"] == job).unwrap();
+        let job = status["jobs"].as_array().unwrap().iter().find(|j| j["job"] == job).unwrap();
         let targets = job["targets"].as_array().unwrap();
         targets.iter().find(|t| t["target"] == target).cloned().unwrap_or_else(|| panic!("{status}"))
     }
@@ -190,7 +195,7 @@ fn one_provider_down_degrades_the_run_and_the_next_run_catches_it_up() {
     let first = two.ok(&["backup", "data", "--no-progress"]);
     let t = text(&first);
     assert!(t.contains("target ceph: stored") && t.contains("target ls: stored"), "{t}");
-    let snaps = two.json(&["snapshots", "--json"]);
+    let snaps = two.lines(&["snapshots", "--json"]);
     let held: Vec<&str> =
         snaps[0]["targets"].as_array().unwrap().iter().map(|h| h["target"].as_str().unwrap()).collect();
     assert_eq!(held, ["ceph", "ls"]);
@@ -228,7 +233,7 @@ fn one_provider_down_degrades_the_run_and_the_next_run_catches_it_up() {
     let t = text(&degraded);
     assert_eq!(degraded.status.code(), Some(5), "{t}");
     assert!(t.contains("target ls: stored") && t.contains("target ceph: NOT stored"), "{t}");
-    let runs = two.json(&["runs", "data", "--json"]);
+    let runs = two.lines(&["runs", "data", "--json"]);
     assert_eq!(runs[0]["outcome"], "degraded", "{runs}");
     let status = two.json(&["status", "--json"]);
     assert_eq!(Two::on_target(&status, "ceph")["lag"], 1, "{status}");
@@ -249,7 +254,7 @@ fn one_provider_down_degrades_the_run_and_the_next_run_catches_it_up() {
     gateway.start_again();
     let caught = two.ok(&["backup", "--all", "--no-progress"]);
     assert!(text(&caught).contains("caught up lagging targets"), "{}", text(&caught));
-    let runs = two.json(&["runs", "data", "--json"]);
+    let runs = two.lines(&["runs", "data", "--json"]);
     assert_eq!((runs[0]["outcome"].as_str(), runs[0]["bytes_read"].as_i64()), (Some("success"), Some(0)), "{runs}");
     let status = two.json(&["status", "--json", "--remote"]);
     assert_eq!(status["status"], "OK", "{status}");

@@ -110,7 +110,7 @@ fn backup(setup: &Setup) -> (String, i32, serde_json::Value) {
     let json: serde_json::Value =
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("backup --json: {e}: {}", text(&out)));
     let outcome = json["outcome"].as_str().unwrap().to_string();
-    (outcome, code, json["summary"]["tripwire"].clone())
+    (outcome, code, json["tripwire"].clone())
 }
 
 struct Row {
@@ -256,7 +256,7 @@ fn a_trip_holds_the_clean_snapshots_freezes_prune_and_waits_for_ack() {
     assert_eq!(out.status.code(), Some(6), "{}", text(&out));
     assert!(text(&out).contains("ANOMALOUS CHANGE"), "{}", text(&out));
     assert!(text(&out).contains("ERROR"), "logged at ERROR: {}", text(&out));
-    let runs: serde_json::Value = serde_json::from_slice(&setup.ok(&["runs", "data", "--json"]).stdout).unwrap();
+    let runs = json_lines(&setup.ok(&["runs", "data", "--json"]));
     let tripped = &runs[0];
     assert_eq!(tripped["outcome"], "suspicious", "{tripped}");
     let error = tripped["error"].as_str().unwrap();
@@ -282,7 +282,7 @@ fn a_trip_holds_the_clean_snapshots_freezes_prune_and_waits_for_ack() {
     // Monitoring: CRITICAL, naming the run and what to do.
     let status = setup.run(&["status"]);
     assert_eq!(status.status.code(), Some(2), "{}", text(&status));
-    let run = tripped["id"].as_i64().unwrap().to_string();
+    let run = tripped["run"].as_i64().unwrap().to_string();
     assert!(text(&status).contains(&format!("anomalous change in run {run}")), "{}", text(&status));
     assert!(text(&status).contains(&format!("coffer ack data {run}")), "{}", text(&status));
     let prune: serde_json::Value = serde_json::from_slice(&setup.ok(&["prune", "--json"]).stdout).unwrap();
@@ -314,7 +314,7 @@ fn a_trip_holds_the_clean_snapshots_freezes_prune_and_waits_for_ack() {
 fn assert_held_on_the_server(setup: &Setup, held: &[&serde_json::Value], until: i64) {
     let locks = setup.s3_inspect("locks", &[]);
     for s in held {
-        let id = s["id"].as_str().unwrap();
+        let id = s["snapshot"].as_str().unwrap();
         let lock = locks.iter().find(|l| l["key"].as_str().unwrap().contains(id)).unwrap();
         assert!(lock["until"].as_i64().unwrap() > until, "{lock}");
     }
@@ -325,7 +325,7 @@ fn assert_held_on_the_server(setup: &Setup, held: &[&serde_json::Value], until: 
              JOIN packs p ON p.id = sp.pack WHERE s.id IN (?1, ?2, ?3)",
         )
         .unwrap();
-    let ids: Vec<&str> = held.iter().map(|s| s["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = held.iter().map(|s| s["snapshot"].as_str().unwrap()).collect();
     let needed: Vec<String> =
         st.query_map([ids[0], ids[1], ids[2]], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
     assert!(!needed.is_empty());
@@ -362,7 +362,7 @@ fn forged_tripwire_rows_give_clear_errors_never_a_panic() {
     let out = setup.run(&["backup", "data", "--no-progress", "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let error = json["summary"]["tripwire_error"].as_str().unwrap();
+    let error = json["tripwire_error"].as_str().unwrap();
     assert!(error.contains(&format!("baseline row of run {newest} in the catalog is unreadable")), "{error}");
     assert!(text(&out).contains("ERROR") && text(&out).contains("could not judge"), "{}", text(&out));
     assert_eq!(setup.snapshots().len(), 6);

@@ -18,6 +18,7 @@ pub(super) type Repo = crate::repo::Repo<crate::repo::Host>;
 /// One target's part in a run.
 #[derive(serde::Serialize)]
 pub struct TargetSummary {
+    #[serde(rename = "target")]
     pub name: String,
     /// COMPLIANCE, GOVERNANCE or UNPROTECTED.
     pub protection: crate::store::Protection,
@@ -221,6 +222,10 @@ pub(super) fn pin_on_first_use(repo: &mut Repo, read: &[(&Target, Option<Bytes>)
 
 /// "target `a`: why; target `b`: why", for the targets that failed.
 pub(super) fn down_reasons(targets: &[Target], down: &Down) -> String {
-    let reasons = targets.iter().filter_map(|t| Some(format!("target `{}`: {}", t.name, down.why(t.id)?)));
+    let named = |t: &Target, why: String| match why.starts_with(&format!("target `{}`", t.name)) {
+        true => why,
+        false => format!("target `{}`: {why}", t.name),
+    };
+    let reasons = targets.iter().filter_map(|t| Some(named(t, down.why(t.id)?)));
     reasons.collect::<Vec<_>>().join("; ")
 }

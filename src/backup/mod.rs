@@ -26,10 +26,11 @@ use crate::format::contents::Contents;
 use crate::format::snapshot::{self, EntryError, SnapshotRecord, SnapshotStats};
 use crate::progress::{Counters, ProgressLine};
 use crate::retry::{GiveUp, Retry};
-use crate::run_outcome::RunOutcome;
+use crate::run_outcome::{Logged, RunOutcome};
 
 mod fleet;
 mod pipeline;
+pub mod preview;
 mod reader;
 
 pub use crate::observer::{Change, Observer};
@@ -73,6 +74,7 @@ pub fn outcome(result: &Result<Summary>) -> RunOutcome {
 pub struct Summary {
     /// The run's id in the history (`coffer runs`).
     pub run: i64,
+    #[serde(rename = "snapshot")]
     pub snapshot_id: String,
     /// Each of the job's targets: how it protects the snapshot, or why it lags.
     pub targets: Vec<TargetSummary>,
@@ -81,6 +83,7 @@ pub struct Summary {
     /// Older snapshots a lagging target still lacks: no target holds them intact.
     pub not_copied: Vec<String>,
     /// Until when the snapshot is kept, and which rule says so.
+    #[serde(rename = "retain_until")]
     pub kept_until: i64,
     pub because: String,
     pub stats: SnapshotStats,
@@ -133,7 +136,7 @@ pub fn run(cfg: &Config, job: &Job, mut opts: Options) -> Result<Summary> {
         .and_then(|lock| Ok((lock, crate::repo::Repo::open_with(cfg, retry_for)?.host(cfg)?)));
     let (_lock, mut repo) = match begun {
         Ok(begun) => begun,
-        Err(e) => return Err(failed_to_start(cfg, job, opts, e)),
+        Err(e) => return Err(Logged(failed_to_start(cfg, job, opts, e)).into()),
     };
     let retries = retries.into_inner();
     let retried = || retries.iter().map(Retry::retries).sum::<u64>();
@@ -141,7 +144,16 @@ pub fn run(cfg: &Config, job: &Job, mut opts: Options) -> Result<Summary> {
     tracing::info!(job = %job.name, trigger = opts.trigger.as_str(), "backup started");
     let started = Instant::now();
     let counters = Arc::new(Counters::default());
-    let expected = repo.catalog.latest_complete(&job.name)?.map(|s| s.bytes);
+    let expected = match repo.catalog.latest_complete(&job.name)? {
+        Some(last) => Some(last.bytes),
+        // A first backup: a quick walk (a path source's) says how much there is to read,
+        // when a progress line will show it.
+        None if crate::progress::draws(opts.progress) => {
+            let walked = preview::would_read(cfg, job, &repo.catalog, |_, _| Ok(()));
+            walked.ok().flatten().map(|w| w.bytes + w.unchanged_bytes)
+        }
+        None => None,
+    };
     let result = {
         let _progress = ProgressLine::start(counters.clone(), opts.progress, crate::progress::backup_line(expected));
         let watch = Watch { counters: counters.clone(), stop: opts.stop.clone(), observers };
@@ -151,7 +163,12 @@ pub fn run(cfg: &Config, job: &Job, mut opts: Options) -> Result<Summary> {
     let error = match &result {
         Ok(Summary { tripwire: Some(t), .. }) if outcome == RunOutcome::Suspicious => Some(t.summary()),
         Ok(Summary { tripwire_error: Some(e), .. }) => Some(format!("the tripwire could not judge this run: {e}")),
-        Ok(s) if !s.errors.is_empty() => Some(format!("{} paths could not be read", s.errors.len())),
+        Ok(s) if !s.errors.is_empty() => {
+            // The first few, named, so that `coffer runs` says which.
+            let named: Vec<String> = s.errors.iter().take(5).map(|e| format!("{} ({})", e.path, e.error)).collect();
+            let more = if s.errors.len() > named.len() { ", …" } else { "" };
+            Some(format!("{} paths could not be read: {}{more}", s.errors.len(), named.join(", ")))
+        }
         // A run that rode out an outage says so, so that the outage is seen.
         Ok(s) if s.targets.iter().any(|t| t.lagging.is_some()) => Some(
             s.targets
@@ -208,7 +225,7 @@ pub fn run(cfg: &Config, job: &Job, mut opts: Options) -> Result<Summary> {
     if result.is_ok() {
         recorded?;
     }
-    result
+    result.map_err(|e| Logged(e).into())
 }
 
 /// A run that could not start: recorded as failed ([`Catalog::record_failure`]), logged
@@ -318,6 +335,7 @@ fn run_pipeline(cfg: &Config, job: &Job, repo: &mut Repo, mut watch: Watch, run_
         retain_until: Some(retain_until),
         contents,
         keyset: Some(keyset),
+        tags: job.tags.clone(),
     };
     let key = crate::format::snapshot_key(&job.name, &id);
     let object = Bytes::from(snapshot::seal(&record, &key, &cfg.recipients, repo.secret())?);
@@ -347,7 +365,12 @@ fn run_pipeline(cfg: &Config, job: &Job, repo: &mut Repo, mut watch: Watch, run_
 /// Makes the job's source ready to read (fetches mirrors, starts the command, lists the
 /// bucket).
 fn prepare(cfg: &Config, job: &Job) -> Result<crate::source::Prepared> {
-    let context = crate::source::JobContext {
+    job.source.prepare(&context(cfg, job))
+}
+
+/// What the job's source needs to know of the job.
+fn context<'a>(cfg: &'a Config, job: &'a Job) -> crate::source::JobContext<'a> {
+    crate::source::JobContext {
         name: &job.name,
         exclude: &job.exclude,
         exclude_if_present: &job.exclude_if_present,
@@ -355,8 +378,7 @@ fn prepare(cfg: &Config, job: &Job) -> Result<crate::source::Prepared> {
         one_file_system: job.one_file_system,
         env: &job.env,
         state: cfg.state(),
-    };
-    job.source.prepare(&context)
+    }
 }
 
 /// The tripwire's verdict on the run: every file of the last snapshot that this one lacks

@@ -11,6 +11,7 @@ mod recovery;
 mod repo;
 mod runs;
 mod snapshots;
+mod stats;
 mod targets;
 mod tripwire;
 
@@ -32,7 +33,8 @@ pub use keysets::KeySetRow;
 pub use packs::{ChunkLoc, PackLock, PackRow, StoredPack};
 pub use repo::{NewTarget, RepoRow};
 pub use runs::{JobTotals, RunKind, RunReport, RunRow, RunStart, Trigger};
-pub use snapshots::{SnapshotRow, SnapshotState};
+pub use snapshots::{Filter, SnapshotRow, SnapshotState};
+pub use stats::{OnTarget, Stored};
 pub use targets::{StoredCopy, TargetId, TargetRow, ensure_same_url};
 pub use tripwire::JudgedRun;
 
@@ -72,6 +74,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0011_scrub.sql"),
     include_str!("../../migrations/0012_run_kind.sql"),
     include_str!("../../migrations/0013_tripwire.sql"),
+    include_str!("../../migrations/0014_tags.sql"),
 ];
 
 pub struct Catalog {
@@ -185,6 +188,7 @@ mod tests {
             retain_until,
             contents: None,
             keyset: 0,
+            tags: vec![],
         }
     }
 
@@ -343,5 +347,27 @@ mod tests {
         assert_eq!(cat.find_snapshot("j", "latest").unwrap().id, "s3");
         assert_eq!(cat.find_snapshot("j", "s1").unwrap().id, "s1");
         assert!(cat.find_snapshot("j", "s").is_err());
+    }
+
+    #[test]
+    fn tags_pick_snapshots_and_a_row_that_does_not_read_has_none() {
+        let (mut cat, _) = temp_catalog();
+        let tagged = |id: &str, tags: &[&str]| SnapshotRow {
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            ..snapshot_row(id, None)
+        };
+        for snap in [tagged("s1", &["db", "weekly"]), tagged("s2", &[]), tagged("s3", &["weekly"])] {
+            cat.complete_snapshot(&snap, &[], &HashSet::new(), std::iter::empty(), |_| true, None).unwrap();
+        }
+        let filter = |tags: &[&str]| Filter { tags: tags.iter().map(|t| t.to_string()).collect(), host: None };
+        assert_eq!(cat.find_snapshot_where("j", "latest", &filter(&["weekly"])).unwrap().id, "s3");
+        assert_eq!(cat.find_snapshot_where("j", "latest", &filter(&["weekly", "db"])).unwrap().id, "s1");
+        let e = cat.find_snapshot_where("j", "latest", &filter(&["monthly"])).unwrap_err().to_string();
+        assert!(e.contains("with tag monthly"), "{e}");
+        assert!(cat.find_snapshot_where("j", "s2", &filter(&["db"])).is_err(), "a prefix is picked among the tagged");
+        let elsewhere = Filter { host: Some("elsewhere".into()), ..Filter::default() };
+        assert!(cat.find_snapshot_where("j", "latest", &elsewhere).is_err());
+        cat.conn.execute("UPDATE snapshots SET tags = 'not json' WHERE id = 's1'", []).unwrap();
+        assert!(cat.snapshots(Some("j")).unwrap()[0].tags.is_empty());
     }
 }

@@ -87,6 +87,7 @@ impl<'a> RunStart<'a> {
 /// One row of the run history (`coffer runs`).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RunRow {
+    #[serde(rename = "run")]
     pub id: i64,
     pub job: String,
     pub kind: RunKind,

@@ -33,6 +33,7 @@ super::text_column!(SnapshotState, "snapshot state");
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SnapshotRow {
+    #[serde(rename = "snapshot")]
     pub id: String,
     pub job: String,
     pub host: String,
@@ -49,6 +50,32 @@ pub struct SnapshotRow {
     pub contents: Option<crate::format::contents::Contents>,
     /// The key set its record is encrypted to.
     pub keyset: u32,
+    pub tags: Vec<String>,
+}
+
+/// Which snapshots `--tag` and `--host` leave: those with every tag, made on the host.
+#[derive(Debug, Default, Clone)]
+pub struct Filter {
+    pub tags: Vec<String>,
+    pub host: Option<String>,
+}
+
+impl Filter {
+    pub fn matches(&self, s: &SnapshotRow) -> bool {
+        self.tags.iter().all(|t| s.tags.contains(t)) && self.host.as_ref().is_none_or(|h| *h == s.host)
+    }
+
+    /// ` with tag a, b on host h`, for messages; empty without a filter.
+    pub fn said(&self) -> String {
+        let mut s = String::new();
+        if !self.tags.is_empty() {
+            s.push_str(&format!(" with tag {}", self.tags.join(", ")));
+        }
+        if let Some(h) = &self.host {
+            s.push_str(&format!(" on host {h}"));
+        }
+        s
+    }
 }
 
 impl SnapshotRow {
@@ -74,6 +101,15 @@ impl SnapshotRow {
             retain_until: r.retain_until,
             contents: r.contents.clone(),
             keyset: r.keyset.unwrap_or(0),
+            // A record's tags as the restorer sees them; a forged one's that could not
+            // have been typed are left out.
+            tags: r
+                .tags
+                .iter()
+                .filter(|t| crate::format::snapshot::check_tag(t).is_ok())
+                .take(crate::format::snapshot::MAX_TAGS)
+                .cloned()
+                .collect(),
         }
     }
 }
@@ -98,8 +134,8 @@ impl Catalog {
         let tx = self.conn.transaction()?;
         tx.execute(
             "INSERT INTO snapshots (id, job, host, created_at, state, source, files, bytes,
-                                    bytes_new, bytes_uploaded, errors, retain_until, contents, keyset)
-             VALUES (?1, ?2, ?3, ?4, 'complete', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                                    bytes_new, bytes_uploaded, errors, retain_until, contents, keyset, tags)
+             VALUES (?1, ?2, ?3, ?4, 'complete', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             params![
                 snap.id,
                 snap.job,
@@ -113,7 +149,8 @@ impl Catalog {
                 snap.errors,
                 snap.retain_until,
                 snap.contents.as_ref().map(serde_json::to_string).transpose()?,
-                snap.keyset
+                snap.keyset,
+                serde_json::to_string(&snap.tags)?
             ],
         )?;
         let seq = tx.last_insert_rowid();
@@ -169,7 +206,7 @@ impl Catalog {
     pub fn snapshots(&self, job: Option<&str>) -> Result<Vec<SnapshotRow>> {
         let mut st = self.conn.prepare(
             "SELECT id, job, host, created_at, state, source, files, bytes, bytes_new,
-                    bytes_uploaded, errors, retain_until, contents, keyset
+                    bytes_uploaded, errors, retain_until, contents, keyset, tags
              FROM snapshots WHERE ?1 IS NULL OR job = ?1 ORDER BY seq",
         )?;
         let rows = st.query_map([job], |r| {
@@ -188,6 +225,8 @@ impl Catalog {
                 retain_until: r.get(11)?,
                 contents: r.get::<_, Option<String>>(12)?.and_then(|j| serde_json::from_str(&j).ok()),
                 keyset: r.get(13)?,
+                // A row that does not read (the catalog is input too) has no tags.
+                tags: serde_json::from_str(&r.get::<_, String>(14)?).unwrap_or_default(),
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -201,18 +240,30 @@ impl Catalog {
     /// The snapshot `selector` names in `job`: an id or a unique prefix, `latest`, or
     /// `latest-clean` (the newest the tripwire did not find suspicious).
     pub fn find_snapshot(&self, job: &str, selector: &str) -> Result<SnapshotRow> {
+        self.find_snapshot_where(job, selector, &Filter::default())
+    }
+
+    /// As [`Catalog::find_snapshot`], among the snapshots `filter` leaves.
+    pub fn find_snapshot_where(&self, job: &str, selector: &str, filter: &Filter) -> Result<SnapshotRow> {
+        let complete = || -> Result<Vec<SnapshotRow>> {
+            let all = self.snapshots(Some(job))?.into_iter();
+            Ok(all.filter(|s| s.state == SnapshotState::Complete && filter.matches(s)).collect())
+        };
+        let said = filter.said();
         if selector == "latest" {
-            return self.latest_complete(job)?.with_context(|| format!("job `{job}` has no complete snapshot yet"));
+            return complete()?.pop().with_context(|| format!("job `{job}` has no complete snapshot{said} yet"));
         }
         if selector == "latest-clean" {
             let suspicious = self.suspicious_snapshots()?;
-            let live = self.snapshots(Some(job))?.into_iter().filter(|s| s.state == SnapshotState::Complete);
-            return live
+            return complete()?
+                .into_iter()
                 .filter(|s| !suspicious.contains(&s.id))
                 .max_by_key(|s| s.created_at)
-                .with_context(|| format!("job `{job}` has no complete snapshot the tripwire did not find suspicious"));
+                .with_context(|| {
+                    format!("job `{job}` has no complete snapshot{said} the tripwire did not find suspicious")
+                });
         }
-        let all = self.snapshots(Some(job))?;
+        let all: Vec<SnapshotRow> = self.snapshots(Some(job))?.into_iter().filter(|s| filter.matches(s)).collect();
         let matches: Vec<SnapshotRow> = all.into_iter().filter(|s| s.id.starts_with(selector)).collect();
         match matches.len() {
             0 => bail!("no snapshot `{selector}` in job `{job}` (see `coffer snapshots {job}`)"),

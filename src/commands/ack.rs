@@ -40,11 +40,9 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
     tracing::info!(job = %job.name, run = a.run, false_alarm = a.false_alarm, "anomalous change acknowledged: {reason}");
     if a.json {
         let open: Vec<i64> = still_open.iter().map(|r| r.run).collect();
-        println!(
-            "{}",
-            serde_json::json!({ "job": job.name, "run": a.run, "false_alarm": a.false_alarm,
-                                "thresholds": sensitivity, "open": open })
-        );
+        let acked = serde_json::json!({ "job": job.name, "run": a.run, "false_alarm": a.false_alarm,
+                                        "thresholds": sensitivity, "open": open });
+        super::json::print(&acked)?;
         return Ok(ExitCode::SUCCESS);
     }
     let what = if a.false_alarm { "as a false alarm" } else { "" };

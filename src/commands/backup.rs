@@ -23,10 +23,18 @@ pub struct Args {
     /// Do not draw a progress line, even on a terminal.
     #[arg(long)]
     no_progress: bool,
-    /// Read and write nothing: say how long a snapshot made now would be kept, why (which
-    /// keeper it would be), and until when it would be locked.
+    /// Read no file and write nothing: for a path source, walk it and list each file a run
+    /// now would read (`+` new, `M` changed; the others are taken from the last
+    /// snapshot unread), with the totals (on a first backup, the estimate of it); then
+    /// how long the snapshot would be kept, why, and until when it would be locked.
+    /// `--json` gives the totals (`would_read`), not the list.
     #[arg(long)]
     dry_run: bool,
+    /// Label the snapshot (repeatable), beside the job's own `tags`: `snapshots`, `ls`,
+    /// `find`, `restore`... pick snapshots by them with --tag. Letters, digits and
+    /// `. _ - : @ +`, at most 64 each.
+    #[arg(long = "tag", value_name = "TAG")]
+    tags: Vec<String>,
     /// Print the summary as one JSON object (one line per job with --all).
     #[arg(long)]
     pub(super) json: bool,
@@ -34,15 +42,18 @@ pub struct Args {
 
 pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
     let cfg = Config::load(config)?;
-    let jobs: Vec<&crate::config::Job> = match &a.job {
-        Some(name) => vec![cfg.job(name)?],
-        None => cfg.jobs.iter().collect(),
+    let mut jobs: Vec<crate::config::Job> = match &a.job {
+        Some(name) => vec![cfg.job(name)?.clone()],
+        None => cfg.jobs.clone(),
     };
+    for job in &mut jobs {
+        job.tag(&a.tags).map_err(|e| anyhow::anyhow!("--tag: {e}"))?;
+    }
     if jobs.is_empty() {
         anyhow::bail!("{} defines no [[job]]", config.display());
     }
     let mut worst = Worst::Success;
-    for job in jobs {
+    for job in &jobs {
         let result = if a.dry_run { dry_run(&cfg, job, a.json) } else { one(&cfg, job, &a) };
         worst = worst.max(match result {
             Ok(code) if code == ExitCode::SUCCESS => Worst::Success,
@@ -50,7 +61,9 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
             Ok(code) if code == ExitCode::from(EXIT_SUSPICIOUS) => Worst::Suspicious,
             Ok(_) => Worst::Partial,
             Err(e) if a.all => {
-                eprintln!("error: job {}: {e:#}", job.name);
+                if !e.is::<crate::run_outcome::Logged>() {
+                    eprintln!("error: job {}: {e:#}", job.name);
+                }
                 Worst::Failed
             }
             Err(e) => return Err(e),
@@ -92,7 +105,14 @@ fn one(cfg: &Config, job: &crate::config::Job, a: &Args) -> Result<ExitCode> {
         _ => ExitCode::SUCCESS,
     };
     if a.json {
-        println!("{}", serde_json::json!({ "job": job.name, "outcome": s.outcome().as_str(), "summary": &s }));
+        #[derive(serde::Serialize)]
+        struct Done<'a> {
+            job: &'a str,
+            outcome: RunOutcome,
+            #[serde(flatten)]
+            summary: &'a crate::backup::Summary,
+        }
+        super::json::print(&Done { job: &job.name, outcome: s.outcome(), summary: &s })?;
         return Ok(code);
     }
     let st = &s.stats;
@@ -180,24 +200,54 @@ fn locked(protection: crate::store::Protection, until: Option<i64>) -> String {
     }
 }
 
-/// `--dry-run`: the retention decision a run now would make, from the catalog alone.
+/// `--dry-run`: what a run now would read (a walk against the file cache), and the
+/// retention decision it would make.
 fn dry_run(cfg: &Config, job: &crate::config::Job, json: bool) -> Result<ExitCode> {
+    use std::io::Write;
+
+    use crate::backup::preview::{Reason, would_read};
     let repo = crate::repo::Repo::open(cfg)?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let read = would_read(cfg, job, &repo.catalog, |e, why| {
+        if !json {
+            let mark = if why == Reason::New { '+' } else { 'M' };
+            writeln!(out, "{mark} {:>10}  {}", bytes(e.size), crate::escape::printable(&e.path))?;
+        }
+        Ok(())
+    })?;
+    out.flush()?;
+    drop(out);
     let decision = crate::backup::retention_at(&repo.catalog, job, crate::time::now_secs())?;
     let targets = repo.targets.iter().filter(|t| job.targets.contains(&t.name));
     if json {
         let targets: Vec<_> = targets
             .map(|t| {
                 let locked_until = t.lock_until(decision.retain_until).map(|l| l.until);
-                serde_json::json!({ "name": t.name, "protection": t.protection(), "locked_until": locked_until })
+                serde_json::json!({ "target": t.name, "protection": t.protection(), "locked_until": locked_until })
             })
             .collect();
-        let (kept_until, because) = (decision.retain_until, &decision.because);
-        println!(
-            "{}",
-            serde_json::json!({ "job": job.name, "kept_until": kept_until, "because": because, "targets": targets })
-        );
+        let (retain_until, because) = (decision.retain_until, &decision.because);
+        let decided = serde_json::json!({ "job": job.name, "retain_until": retain_until, "because": because,
+                                          "targets": targets, "would_read": read });
+        super::json::print(&decided)?;
         return Ok(ExitCode::SUCCESS);
+    }
+    match &read {
+        Some(r) => {
+            println!(
+                "would read {} files ({}); {} unchanged files ({}) taken from the last snapshot unread; {} dirs, {} symlinks",
+                r.files,
+                bytes(r.bytes),
+                r.unchanged_files,
+                bytes(r.unchanged_bytes),
+                r.dirs,
+                r.symlinks
+            );
+            for p in &r.problems {
+                println!("  cannot read: {p}");
+            }
+        }
+        None => println!("what a {} source reads is known when it runs (a fetch, a command, a listing)", job.source),
     }
     println!(
         "a snapshot of job {} made now would be kept until {}: {}",

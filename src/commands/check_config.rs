@@ -21,13 +21,20 @@ pub struct Args {
 pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
     let cfg = Config::load(config)?;
     let mut problems = crate::preflight::check(&cfg);
-    if a.remote && problems.is_empty() {
+    // The target is asked even when this host is not ready (before `init`, say).
+    if a.remote {
         problems.extend(crate::preflight::check_remote(&cfg));
     }
+    let warnings = crate::preflight::warnings(&cfg);
     let code = if problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
     if a.json {
-        println!("{}", serde_json::json!({ "ok": problems.is_empty(), "problems": problems }));
+        super::json::print(
+            &serde_json::json!({ "ok": problems.is_empty(), "problems": problems, "warnings": warnings }),
+        )?;
         return Ok(code);
+    }
+    for w in &warnings {
+        eprintln!("warning: {w}");
     }
     if problems.is_empty() {
         println!(
@@ -40,8 +47,9 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
+    // On standard error, so that `-q` (which silences the summary) still shows them.
     for p in &problems {
-        println!("problem: {p}");
+        eprintln!("problem: {p}");
     }
     Ok(ExitCode::FAILURE)
 }

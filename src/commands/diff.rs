@@ -18,6 +18,9 @@ pub struct Args {
     after: String,
     #[command(flatten)]
     reading: Reading,
+    /// One JSON object per line.
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
@@ -29,9 +32,8 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     use std::io::Write;
     for d in &changes {
-        if a.reading.json {
-            serde_json::to_writer(&mut out, d)?;
-            writeln!(out)?;
+        if a.json {
+            super::json::write(&mut out, d)?;
             continue;
         }
         let (mark, sizes) = match d.change {
@@ -44,7 +46,7 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
         };
         writeln!(out, "{mark}  {}  {sizes}", printable(&d.path))?;
     }
-    if !a.reading.json {
+    if !a.json {
         let count = |c: Change| changes.iter().filter(|d| d.change == c).count();
         writeln!(
             out,

@@ -22,9 +22,6 @@ pub struct Args {
 }
 
 pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
-    if a.reading.json {
-        bail!("dump writes the file's bytes or a tar stream; --json does not apply");
-    }
     let (mut browser, snap) = a.reading.open(config, &a.snapshot)?;
     let path = inside(&snap.source, &a.path);
     let stdout = std::io::stdout().lock();

@@ -22,6 +22,9 @@ pub struct Args {
     snapshot: Option<String>,
     #[command(flatten)]
     reading: Reading,
+    /// One JSON object per line.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(serde::Serialize)]
@@ -37,7 +40,8 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
     let glob = globset::Glob::new(&a.pattern).with_context(|| format!("bad pattern `{}`", a.pattern))?;
     let matcher = glob.compile_matcher();
     let cfg = crate::config::Config::load(config)?;
-    let mut browser = Browser::open(&cfg, &a.reading.identity, a.reading.target.as_deref())?;
+    let reading = &a.reading;
+    let mut browser = Browser::open(&cfg, &reading.identity, reading.target.as_deref(), reading.pick.filter())?;
     let snapshots = match &a.snapshot {
         Some(s) => vec![browser.snapshot(a.reading.job.as_deref(), s)?],
         None => browser.snapshots(a.reading.job.as_deref())?,
@@ -51,11 +55,10 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
                 return Ok(true);
             }
             hits += 1;
-            if a.reading.json {
+            if a.json {
                 let hit =
                     Hit { job: &snap.job, snapshot: &snap.id, created_at: snap.created_at, entry: Shown::from(e) };
-                serde_json::to_writer(&mut out, &hit)?;
-                writeln!(out)?;
+                super::json::write(&mut out, &hit)?;
             } else {
                 let when = crate::time::format_utc(snap.created_at);
                 writeln!(out, "{}/{}  {when}  {}", snap.job, snap.id, printable(&e.path))?;
@@ -64,7 +67,7 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
         })?;
     }
     out.flush()?;
-    if hits == 0 && !a.reading.json {
+    if hits == 0 && !a.json {
         eprintln!("no match in {} snapshots", snapshots.len());
     }
     Ok(ExitCode::SUCCESS)

@@ -29,16 +29,17 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
                 let targets: Vec<_> = targets
                     .iter()
                     .zip(urls)
-                    .map(|((name, protection), (_, url))| serde_json::json!({ "name": name, "url": url, "protection": protection }))
+                    .map(|((name, protection), (_, url))| serde_json::json!({ "target": name, "url": url, "protection": protection }))
                     .collect();
                 serde_json::json!({ "repo_id": repo_id, "fingerprint": fingerprint, "created": true, "targets": targets })
             }
             Outcome::AlreadyInitialised { repo_id, fingerprint } => {
-                let targets: Vec<_> = urls.map(|(name, url)| serde_json::json!({ "name": name, "url": url })).collect();
+                let targets: Vec<_> =
+                    urls.map(|(name, url)| serde_json::json!({ "target": name, "url": url })).collect();
                 serde_json::json!({ "repo_id": repo_id, "fingerprint": fingerprint, "created": false, "targets": targets })
             }
         };
-        println!("{json}");
+        super::json::print(&json)?;
         return Ok(ExitCode::SUCCESS);
     }
     match outcome {

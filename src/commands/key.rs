@@ -56,7 +56,7 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
         Action::Remove { key, force, json } => (crate::keyring::remove(&cfg, &key, force)?, json),
     };
     if json {
-        println!("{}", serde_json::to_string(&changed)?);
+        super::json::print(&changed)?;
     } else {
         println!("key set {} written on {}: {}", changed.seq, changed.stored_on.join(", "), changed.keys.join(", "));
         for why in &changed.not_stored {
@@ -77,7 +77,7 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
 fn list(cfg: &Config, json: bool) -> Result<ExitCode> {
     let (sets, live) = crate::keyring::list(cfg)?;
     if json {
-        println!("{}", serde_json::to_string(&serde_json::json!({ "sets": sets, "live_snapshots": live }))?);
+        super::json::print(&serde_json::json!({ "sets": sets, "live_snapshots": live }))?;
         return Ok(ExitCode::SUCCESS);
     }
     for set in &sets {

@@ -23,14 +23,17 @@ pub fn run(a: Args) -> Result<ExitCode> {
         let (text, recipient) = crate::keys::new_identity();
         print!("{text}");
         match a.json {
-            true => eprintln!("{}", serde_json::json!({ "recipient": recipient, "identity_file": null })),
+            true => eprintln!(
+                "{}",
+                serde_json::json!({ "recipient": recipient, "identity_file": null, "schema": super::json::SCHEMA })
+            ),
             false => eprintln!("public key: {recipient}"),
         }
         return Ok(ExitCode::SUCCESS);
     }
     let recipient = crate::keys::keygen(&a.output)?;
     if a.json {
-        println!("{}", serde_json::json!({ "recipient": recipient, "identity_file": a.output }));
+        super::json::print(&serde_json::json!({ "recipient": recipient, "identity_file": a.output }))?;
         return Ok(ExitCode::SUCCESS);
     }
     eprintln!("wrote identity {} (keep it offline; it is the only key that can restore)", a.output.display());

@@ -23,6 +23,9 @@ pub struct Args {
     long: bool,
     #[command(flatten)]
     reading: Reading,
+    /// One JSON object per line.
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
@@ -33,7 +36,7 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
     browser.entries(&snap, |e| {
         if under(&e.path, &sub) {
             matched = true;
-            write_entry(&mut out, e, a.long, a.reading.json)?;
+            write_entry(&mut out, e, a.long, a.json)?;
         }
         Ok(true)
     })?;
@@ -52,9 +55,7 @@ pub fn under(path: &[u8], sub: &[u8]) -> bool {
 /// One entry: its path, or a long line, or a JSON object.
 pub fn write_entry(out: &mut impl std::io::Write, e: &Entry, long: bool, json: bool) -> Result<()> {
     if json {
-        serde_json::to_writer(&mut *out, &Shown::from(e))?;
-        writeln!(out)?;
-        return Ok(());
+        return super::json::write(out, &Shown::from(e));
     }
     let link = e.target.as_deref().map(|t| format!(" -> {}", printable(t))).unwrap_or_default();
     if !long {

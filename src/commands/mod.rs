@@ -11,15 +11,18 @@ mod diff;
 mod dump;
 mod find;
 mod init;
+mod json;
 mod key;
 mod keygen;
 mod ls;
+mod mount;
 mod prune;
 mod recover;
 mod restore;
 mod runs;
 mod scrub;
 mod snapshots;
+mod stats;
 mod status;
 mod verify;
 
@@ -37,6 +40,27 @@ const EXIT_DEGRADED: u8 = 5;
 const EXIT_SUSPICIOUS: u8 = 6;
 /// Exit code of `recover` and `verify` when they found tampering or damage.
 const EXIT_FINDINGS: u8 = 4;
+/// Exit status of a command whose reader closed standard output (`coffer ls | head`):
+/// what a shell reports for a process SIGPIPE ended (128 + 13).
+pub const EXIT_CLOSED_PIPE: u8 = 141;
+
+/// Writes `bytes` to standard output; a reader that closed it ends the command quietly.
+fn write_stdout(bytes: &[u8]) -> Result<ExitCode> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(bytes).and_then(|()| std::io::stdout().flush()) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::from(EXIT_CLOSED_PIPE)),
+        Err(e) => Err(anyhow::anyhow!("cannot write to standard output: {e}")),
+    }
+}
+
+/// Whether standard output is a pipe whose reader is gone: an error then is that, and
+/// not one to report (a broken pipe met elsewhere, on a connection, is).
+pub fn stdout_closed() -> bool {
+    let mut fd = libc::pollfd { fd: 1, events: 0, revents: 0 };
+    // SAFETY: one pollfd, owned here; a zero timeout never blocks.
+    unsafe { libc::poll(&mut fd, 1, 0) == 1 && fd.revents & libc::POLLERR != 0 }
+}
 
 #[derive(clap::Subcommand)]
 pub enum Command {
@@ -54,7 +78,9 @@ pub enum Command {
     /// Check the config and this host before a run: every job, the state directory's
     /// owner and mode, the repository secret readable by this user, no identity beside
     /// the config, credentials present, key files private. With --remote, the target too.
-    /// One line per problem; exit 1 on any. `systemctl reload` runs it first.
+    /// One line per problem on standard error; exit 1 on any. A missing source directory
+    /// is a warning (it may be mounted by the time the job fires). `systemctl reload` runs
+    /// it first.
     CheckConfig(check_config::Args),
     /// Run the scheduler: every job with a `schedule` runs at its fire times; `/metrics`
     /// and `/health` are served on [http] listen (127.0.0.1:9477 by default). SIGTERM
@@ -68,6 +94,10 @@ pub enum Command {
     Ack(ack::Args),
     /// List snapshots, oldest first.
     Snapshots(snapshots::Args),
+    /// What the repository holds, from the catalog: per job, the snapshots stored, what
+    /// restoring them all would write, the packs and bytes stored, the dedup and
+    /// compression ratios; per target, its packs, bytes and how much is locked until when.
+    Stats(stats::Args),
     /// The retention status check: live snapshots, freshness against the schedule, protection
     /// horizon and gaps per job.
     /// Exit codes for monitoring: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
@@ -111,6 +141,11 @@ pub enum Command {
     /// What changed between two snapshots: added, removed, modified (content) and
     /// metadata-only changes, with sizes.
     Diff(diff::Args),
+    /// The snapshots as a read-only file system on DIR (FUSE): `by-job/JOB/SNAPSHOT/...`
+    /// and `by-job/JOB/latest`. File lists are read when a snapshot's directory is first
+    /// opened, files' bytes when they are read, every chunk verified; entries a restore
+    /// refuses are left out and named in the log. Ctrl-C or SIGTERM unmounts.
+    Mount(mount::Args),
     /// Write a file of a snapshot to stdout, or a directory as a tar stream, every chunk
     /// verified as a restore verifies it; entries a restore refuses are left out of the
     /// tar and named.
@@ -136,16 +171,32 @@ pub struct Reading {
     /// holds the snapshot.
     #[arg(long, value_name = "NAME")]
     target: Option<String>,
-    /// One JSON object per line.
+    #[command(flatten)]
+    pick: Pick,
+}
+
+/// Which snapshots `latest`, an id prefix or a list may pick.
+#[derive(clap::Args)]
+pub struct Pick {
+    /// Only snapshots with this tag (repeatable: with every one given).
+    #[arg(long = "tag", value_name = "TAG")]
+    tags: Vec<String>,
+    /// Only snapshots made on this host.
     #[arg(long)]
-    json: bool,
+    host: Option<String>,
+}
+
+impl Pick {
+    fn filter(&self) -> crate::catalog::Filter {
+        crate::catalog::Filter { tags: self.tags.clone(), host: self.host.clone() }
+    }
 }
 
 impl Reading {
     /// The unlocked repository and the snapshot `selector` names.
     fn open(&self, config: &Path, selector: &str) -> Result<(crate::browse::Browser, crate::catalog::SnapshotRow)> {
         let cfg = crate::config::Config::load(config)?;
-        let browser = crate::browse::Browser::open(&cfg, &self.identity, self.target.as_deref())?;
+        let browser = crate::browse::Browser::open(&cfg, &self.identity, self.target.as_deref(), self.pick.filter())?;
         let snap = browser.snapshot(self.job.as_deref(), selector)?;
         Ok((browser, snap))
     }
@@ -171,6 +222,7 @@ impl Command {
             Command::Scrub(a) => !a.json,
             Command::Recover(a) => !a.json,
             Command::Snapshots(a) => !a.json,
+            Command::Stats(a) => !a.json,
             Command::Runs(a) => !a.json,
             Command::Ack(a) => !a.json,
             Command::Status(a) => !a.json,
@@ -194,12 +246,14 @@ pub fn run(config: &Path, command: Command, whole: fn() -> clap::Command) -> Res
         Command::Runs(a) => runs::run(config, a),
         Command::Ack(a) => ack::run(config, a),
         Command::Snapshots(a) => snapshots::run(config, a),
+        Command::Stats(a) => stats::run(config, a),
         Command::Status(a) => status::run(config, a),
         Command::Prune(a) => prune::run(config, a),
         Command::Verify(a) => verify::run(config, a),
         Command::Scrub(a) => scrub::run(config, a),
         Command::Recover(a) => recover::run(config, a),
         Command::Restore(a) => restore::run(config, a),
+        Command::Mount(a) => mount::run(config, a),
         Command::Ls(a) => ls::run(config, a),
         Command::Find(a) => find::run(config, a),
         Command::Diff(a) => diff::run(config, a),

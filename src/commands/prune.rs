@@ -26,7 +26,7 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
     let cfg = Config::load(config)?;
     let s = crate::prune::run(&cfg, &crate::prune::Options { yes: a.yes, target: a.target })?;
     if a.json {
-        println!("{}", serde_json::to_string(&s)?);
+        super::json::print(&s)?;
         return Ok(ExitCode::SUCCESS);
     }
     if !s.forgotten.is_empty() {
@@ -50,8 +50,9 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
         let version = c.version.as_deref().unwrap_or("-");
         println!("  {}: {}  {version}  {}  ({why})", c.target, c.key, bytes(c.size));
     }
-    for (target, key, until) in &s.still_locked {
-        println!("  {target}: still locked on the server until {}, left alone: {key}", crate::time::format_utc(*until));
+    for crate::prune::StillLocked { target, key, locked_until } in &s.still_locked {
+        let until = crate::time::format_utc(*locked_until);
+        println!("  {target}: still locked on the server until {until}, left alone: {key}");
     }
     Ok(ExitCode::SUCCESS)
 }

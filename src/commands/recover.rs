@@ -43,7 +43,7 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
         },
     )?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        super::json::print(&r)?;
     } else {
         println!(
             "recovered repository {} from target {} ({}): {} snapshots, {} packs ({} already recorded by an \
@@ -56,7 +56,7 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
             r.packs_resumed
         );
         println!("repository fingerprint {} ({})", r.fingerprint, r.fingerprint_check);
-        for (job, id) in &r.snapshots {
+        for crate::recover::Recovered { job, snapshot: id } in &r.snapshots {
             println!("  snapshot {job}/{id}");
         }
         if !r.other_keys.is_empty() {

@@ -19,6 +19,8 @@ pub struct Args {
     /// The job the snapshot belongs to.
     #[arg(long)]
     job: String,
+    #[command(flatten)]
+    pick: super::Pick,
     /// Directory to restore into (created 0700 if missing; must be empty unless
     /// --overwrite).
     #[arg(long, required_unless_present = "to_bucket")]
@@ -59,6 +61,12 @@ pub struct Args {
     /// For a git source: also make a working clone beside each restored bare repository.
     #[arg(long)]
     checkout: bool,
+    /// List what would be written (as `ls --long`, or `ls --json` lines), then a
+    /// summary; read only the snapshot's file list, write nothing. Fails where the restore
+    /// would: an unknown snapshot, a selection that matches nothing, a destination that
+    /// is not empty without --overwrite.
+    #[arg(long, conflicts_with = "checkout")]
+    dry_run: bool,
     /// Print the summary as one JSON object.
     #[arg(long)]
     pub(super) json: bool,
@@ -87,12 +95,16 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
         exclude: a.exclude,
         identity: a.identity,
         target: a.target,
+        filter: a.pick.filter(),
         overwrite: a.overwrite,
         progress: !a.no_progress,
     };
-    let s = crate::restore::run(&cfg, &opts)?;
+    if a.dry_run {
+        return dry_run(&cfg, &opts, &shown, a.json);
+    }
+    let s = crate::restore::run(&cfg, &opts, None)?;
     if a.json {
-        println!("{}", serde_json::to_string(&s)?);
+        super::json::print(&s)?;
     }
     match &opts.to {
         _ if a.json => {}
@@ -105,15 +117,7 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
                 bytes(s.bytes)
             )
         }
-        Destination::Dir(_) => println!(
-            "restored snapshot {} from target {} to {shown}: {} files ({}), {} dirs, {} symlinks",
-            s.snapshot_id,
-            s.target,
-            s.files,
-            bytes(s.bytes),
-            s.dirs,
-            s.symlinks
-        ),
+        Destination::Dir(_) => println!("restored {}", what(&s, &shown)),
     }
     if a.checkout && s.failures.is_empty() {
         match &s.contents {
@@ -139,4 +143,38 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
         eprintln!("  {f}");
     }
     Ok(ExitCode::FAILURE)
+}
+
+/// `--dry-run`: each entry the restore would write, then what it adds up to.
+fn dry_run(cfg: &Config, opts: &crate::restore::Options, shown: &str, json: bool) -> Result<ExitCode> {
+    if let Destination::Dir(to) = &opts.to
+        && !opts.overwrite
+        && std::fs::read_dir(to).is_ok_and(|mut d| d.next().is_some())
+    {
+        bail!("restore target {} is not empty; choose an empty directory or pass --overwrite", to.display());
+    }
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut listing = |e: &crate::format::entry::Entry| super::ls::write_entry(&mut out, e, true, json);
+    let s = crate::restore::run(cfg, opts, Some(&mut listing))?;
+    std::io::Write::flush(&mut out)?;
+    if !json {
+        println!("would restore {}; nothing written", what(&s, shown));
+        for f in &s.failures {
+            println!("  {f}");
+        }
+    }
+    Ok(if s.refused > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// "snapshot S from target T to DIR: N files (B), D dirs, L symlinks".
+fn what(s: &crate::restore::Summary, shown: &str) -> String {
+    format!(
+        "snapshot {} from target {} to {shown}: {} files ({}), {} dirs, {} symlinks",
+        s.snapshot_id,
+        s.target,
+        s.files,
+        bytes(s.bytes),
+        s.dirs,
+        s.symlinks
+    )
 }

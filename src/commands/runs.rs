@@ -29,7 +29,7 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
     }
     let rows = Catalog::open_existing(&cfg.state_dir)?.runs(a.job.as_deref(), a.limit)?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        super::json::print_each(&rows)?;
         return Ok(ExitCode::SUCCESS);
     }
     let widths = [-6, -20, -12, -7, -9, -11, 7, 10, 10, 7];

@@ -20,7 +20,7 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
     let opts = crate::scrub::Options { trigger: crate::catalog::Trigger::Manual, scheduled_for: None, stop: None };
     let r = crate::scrub::run(&cfg, &opts)?;
     if a.json {
-        println!("{}", serde_json::to_string(&r)?);
+        super::json::print(&r)?;
     } else {
         println!(
             "scrubbed {}: {} object versions listed, {} packs read ({})",

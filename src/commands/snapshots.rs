@@ -14,6 +14,8 @@ use crate::progress::bytes;
 pub struct Args {
     /// Only this job's snapshots.
     job: Option<String>,
+    #[command(flatten)]
+    pick: super::Pick,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub(super) json: bool,
@@ -24,6 +26,8 @@ pub struct Args {
 struct Listed {
     #[serde(flatten)]
     row: crate::catalog::SnapshotRow,
+    /// Until when the latest lock on its record holds, on any target (none: unlocked).
+    locked_until: Option<i64>,
     targets: Vec<Held>,
     keys: Vec<Reader>,
     /// Stored by a run the tripwire found suspicious (anomalous change), and not
@@ -45,6 +49,7 @@ struct Held {
     target: String,
     record_version: Option<String>,
     lock_mode: Option<String>,
+    locked_until: Option<i64>,
 }
 
 pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
@@ -53,24 +58,28 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
     let names: std::collections::HashMap<_, _> = catalog.targets()?.into_iter().map(|t| (t.id, t.name)).collect();
     let suspicious = catalog.suspicious_snapshots()?;
     let mut rows = Vec::new();
-    for row in catalog.snapshots(a.job.as_deref())? {
+    let filter = a.pick.filter();
+    for row in catalog.snapshots(a.job.as_deref())?.into_iter().filter(|s| filter.matches(s)) {
         let targets = catalog.snapshot_holders(&row.id)?.into_iter().map(|(id, copy)| Held {
             target: names.get(&id).cloned().unwrap_or_else(|| format!("#{}", id.0)),
             record_version: copy.version,
-            lock_mode: copy.lock.map(|l| l.mode.as_str().to_string()),
+            lock_mode: copy.lock.as_ref().map(|l| l.mode.as_str().to_string()),
+            locked_until: copy.lock.map(|l| l.until),
         });
         let keys = catalog.snapshot_readers(&row.id)?.into_iter().map(|fingerprint| Reader {
             recipient: cfg.recipients.iter().find(|r| r.fingerprint() == fingerprint).map(|r| r.to_string()),
             fingerprint,
         });
         let suspicious = suspicious.contains(&row.id);
-        rows.push(Listed { targets: targets.collect(), keys: keys.collect(), suspicious, row });
+        let targets: Vec<Held> = targets.collect();
+        let locked_until = targets.iter().filter_map(|t| t.locked_until).max();
+        rows.push(Listed { targets, keys: keys.collect(), suspicious, locked_until, row });
     }
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        super::json::print_each(&rows)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let widths = [-16, -20, -12, 8, 10, 10, 10, 6, -10, -10, -12, -12, -17];
+    let widths = [-16, -20, -12, 8, 10, 10, 10, 6, -10, -10, -12, -12, -17, -12];
     let header = [
         "ID",
         "TIME (UTC)",
@@ -85,12 +94,12 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
         "LOCKED UNTIL",
         "TARGETS",
         "KEYS",
+        "TAGS",
         "CONTENTS",
     ];
     let day = |t: Option<i64>| t.map(|t| crate::time::format_utc(t)[..10].to_string()).unwrap_or_else(|| "-".into());
     println!("{}", table_line(&header.map(String::from), &widths));
-    for Listed { row: s, targets, keys, suspicious } in &rows {
-        let locked = targets.iter().any(|t| t.lock_mode.is_some());
+    for Listed { row: s, targets, keys, suspicious, locked_until } in &rows {
         let held: Vec<&str> = targets.iter().map(|t| t.target.as_str()).collect();
         let cells = [
             s.id.clone(),
@@ -103,9 +112,11 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
             s.errors.to_string(),
             if *suspicious { "SUSPICIOUS" } else { "-" }.to_string(),
             day(s.retain_until),
-            day(s.retain_until.filter(|_| locked)),
+            day(*locked_until),
             held.join(","),
             keys.iter().map(|k| &k.fingerprint[..8]).collect::<Vec<_>>().join(","),
+            // The catalog is input too: a tag is shown escaped, whatever wrote it.
+            if s.tags.is_empty() { "-".to_string() } else { crate::escape::printable(s.tags.join(",").as_bytes()) },
             s.contents.as_ref().map(|c| c.summary()).unwrap_or_default(),
         ];
         println!("{}", table_line(&cells, &widths));

@@ -32,7 +32,7 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
         Ok(r) => r,
         Err(e) => {
             if a.json {
-                println!("{}", serde_json::json!({ "status": "UNKNOWN", "problems": [format!("{e:#}")] }));
+                super::json::print(&serde_json::json!({ "status": "UNKNOWN", "problems": [format!("{e:#}")] }))?;
             } else {
                 println!("UNKNOWN: {e:#}");
             }
@@ -40,7 +40,7 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
         }
     };
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+        super::json::print(&report)?;
         return Ok(ExitCode::from(report.status.exit_code()));
     }
     for t in &report.targets {

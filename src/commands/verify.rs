@@ -46,7 +46,7 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
     };
     let r = crate::verify::run(&cfg, &opts)?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        super::json::print(&r)?;
     } else {
         println!(
             "checked {} object versions on {}; read {} packs ({}), verified {} chunks",
@@ -82,7 +82,11 @@ pub fn run(config: &Path, a: Args) -> Result<ExitCode> {
 
 /// `10%` as 0.1; a share of 0 reads nothing, so it is refused.
 fn parse_percent(s: &str) -> Result<f64, String> {
-    let n: f64 = s.trim_end_matches('%').parse().map_err(|_| format!("`{s}` is not a percentage like 10%"))?;
+    // A bare number could mean packs or a share: it is refused, not guessed.
+    let Some(number) = s.strip_suffix('%') else {
+        return Err(format!("`{s}` is not a percentage: write it with % (e.g. `{s}%` of the packs)"));
+    };
+    let n: f64 = number.parse().map_err(|_| format!("`{s}` is not a percentage like 10%"))?;
     if !(n > 0.0 && n <= 100.0) {
         return Err(format!("`{s}`: expected a percentage above 0% and at most 100%"));
     }

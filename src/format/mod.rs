@@ -197,6 +197,7 @@ mod samples {
             retain_until: None,
             contents: None,
             keyset: None,
+            tags: vec![],
         };
         keep("snapshot-v1.bin", || snapshot::seal(&record, SNAPSHOT_KEY, &recipients, &s).unwrap());
     }

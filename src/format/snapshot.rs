@@ -42,6 +42,38 @@ pub struct SnapshotRecord {
     /// encrypted to (absent in records written before key sets: set 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keyset: Option<u32>,
+    /// Labels the run was given (`backup --tag`, the job's `tags`); absent when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+}
+
+/// The most tags a snapshot carries, and the longest tag.
+pub const MAX_TAGS: usize = 16;
+pub const MAX_TAG_LEN: usize = 64;
+
+#[cfg(test)]
+#[test]
+fn tags_are_short_and_need_no_quoting() {
+    for good in ["weekly", "db:prod", "v1.2_rc-3", "a@b+c", &"x".repeat(MAX_TAG_LEN)] {
+        assert!(check_tag(good).is_ok(), "{good}");
+    }
+    for bad in ["", "two words", "a,b", "ä", "\u{1b}[31m", &"x".repeat(MAX_TAG_LEN + 1)] {
+        assert!(check_tag(bad).is_err(), "{bad:?}");
+    }
+}
+
+/// Whether `tag` can label a snapshot: 1 to 64 of `A-Z a-z 0-9 . _ - : @ +`, so that it
+/// prints as typed and never needs quoting.
+pub fn check_tag(tag: &str) -> Result<(), String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "._-:@+".contains(c);
+    match tag.len() {
+        0 => Err("a tag is empty".into()),
+        n if n > MAX_TAG_LEN => Err(format!("a tag is {n} bytes long; at most {MAX_TAG_LEN}")),
+        _ if !tag.chars().all(allowed) => {
+            Err(format!("tag `{}`: only letters, digits and . _ - : @ +", tag.escape_debug()))
+        }
+        _ => Ok(()),
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

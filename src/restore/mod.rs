@@ -27,7 +27,7 @@ use anyhow::{Result, anyhow, bail};
 
 use crate::config::Config;
 use crate::format::entry::{Entry, EntryReader, Kind, safe_relative};
-use crate::repo::Repo;
+use crate::repo::{Repo, Restorer};
 
 use crate::keys::{Identity, RepoSecret};
 use crate::progress::{Counters, ProgressLine};
@@ -56,14 +56,23 @@ pub struct Options {
     pub identity: PathBuf,
     /// Read from this target (else the first that holds the snapshot and answers).
     pub target: Option<String>,
+    /// Which snapshots `latest` or a prefix may pick (`--tag`, `--host`).
+    pub filter: crate::catalog::Filter,
     pub overwrite: bool,
     /// Draw a progress line on a terminal.
     pub progress: bool,
 }
 
+/// `restore --dry-run`: called with each entry a restore would write, in stream order;
+/// only the snapshot's file list is read, and nothing is written.
+pub type Listing<'a> = &'a mut dyn FnMut(&Entry) -> Result<()>;
+
 #[derive(Default, serde::Serialize)]
 pub struct Summary {
+    #[serde(rename = "snapshot")]
     pub snapshot_id: String,
+    /// `--dry-run`: what would be written; only the file list was read, nothing written.
+    pub dry_run: bool,
     /// The target the snapshot was read from.
     pub target: String,
     pub files: u64,
@@ -76,9 +85,17 @@ pub struct Summary {
     pub failures: Vec<String>,
     /// What the snapshot's source contained beyond its files (git refs, ...).
     pub contents: Option<crate::format::contents::Contents>,
-    /// Packs found damaged: (hash, why); marked in the catalog, so that the next backup
-    /// stores their chunks again.
-    pub damaged_packs: Vec<(String, String)>,
+    /// Packs found damaged, marked in the catalog, so that the next backup stores their
+    /// chunks again.
+    pub damaged_packs: Vec<DamagedPack>,
+}
+
+/// A pack whose bytes are not what its hash says.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DamagedPack {
+    /// Its hash (the object key names it).
+    pub pack: String,
+    pub why: String,
 }
 
 /// Writer threads: one per core (at least two, so that one writes while another waits
@@ -87,9 +104,9 @@ fn writers() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8)
 }
 
-pub fn run(cfg: &Config, opts: &Options) -> Result<Summary> {
+pub fn run(cfg: &Config, opts: &Options, dry_run: Option<Listing>) -> Result<Summary> {
     let repo = Repo::open(cfg)?;
-    let snap = repo.catalog.find_snapshot(&opts.job, &opts.snapshot)?;
+    let snap = repo.catalog.find_snapshot_where(&opts.job, &opts.snapshot, &opts.filter)?;
     let repo = repo.unlock(Arc::new(Identity::load(&opts.identity)?), opts.target.as_deref(), Some(&snap))?;
     tracing::info!(target = %repo.read_target().name, snapshot = %snap.id, "restoring");
     let record = repo.snapshot_record(&snap)?;
@@ -151,18 +168,9 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Summary> {
         }
     }
 
-    let counters = Arc::new(Counters::default());
-    let _progress = ProgressLine::start(
-        counters.clone(),
-        opts.progress,
-        crate::progress::restore_line(plan.files.len() as u64, plan.bytes),
-    );
-    let packs = Packs::start(target.clone(), repo.identity().clone(), plan.packs.clone());
-    let secret = repo.secret().clone();
-    let walk = Walk { entries_path: &entries_path, plan: &plan, selection: &selection, packs, secret, counters };
-    let mut summary = match &opts.to {
-        Destination::Dir(to) => walk.write_tree(to, opts.overwrite)?,
-        Destination::Bucket(bucket) => walk.upload(bucket)?,
+    let mut summary = match dry_run {
+        Some(listing) => list(&entries_path, &plan, &selection, listing)?,
+        None => write(&repo, &entries_path, &plan, &selection, opts)?,
     };
     summary.refused = plan.refused.total;
     refusals.append(&mut summary.failures);
@@ -170,8 +178,11 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Summary> {
     summary.snapshot_id = snap.id.clone();
     summary.target = target.name.clone();
     summary.contents = snap.contents.clone();
-    for (hash, why) in &summary.damaged_packs {
-        catalog.mark_damaged(hash, why)?;
+    if summary.dry_run {
+        return Ok(summary);
+    }
+    for DamagedPack { pack, why } in &summary.damaged_packs {
+        catalog.mark_damaged(pack, why)?;
     }
     // Packs encrypted to other keys than this identity (written before it was added):
     // say which keys restore this snapshot.
@@ -181,6 +192,70 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Summary> {
     let detail = format!("snapshot {} ({} failures, {} refused)", snap.id, summary.failures.len(), summary.refused);
     let _ = catalog.event("restore", Some(&opts.job), &detail);
     Ok(summary)
+}
+
+/// The entries a restore would write, told to `listing` and counted.
+fn list(entries_path: &Path, plan: &Plan, selection: &Selection, listing: Listing) -> Result<Summary> {
+    let mut summary = Summary { dry_run: true, ..Summary::default() };
+    for found in selected(entries_path, plan, selection)? {
+        let (entry, _, _) = found?;
+        match entry.kind {
+            Kind::File => (summary.files, summary.bytes) = (summary.files + 1, summary.bytes + entry.size),
+            Kind::Dir => summary.dirs += 1,
+            Kind::Symlink => summary.symlinks += 1,
+        }
+        listing(&entry)?;
+    }
+    Ok(summary)
+}
+
+/// The restore itself: the packs read, the entries written.
+fn write(
+    repo: &Repo<Restorer>,
+    entries_path: &Path,
+    plan: &Plan,
+    selection: &Selection,
+    opts: &Options,
+) -> Result<Summary> {
+    let target = repo.read_target();
+    let counters = Arc::new(Counters::default());
+    let _progress = ProgressLine::start(
+        counters.clone(),
+        opts.progress,
+        crate::progress::restore_line(plan.files.len() as u64, plan.bytes),
+    );
+    let packs = Packs::start(target.clone(), repo.identity().clone(), plan.packs.clone());
+    let secret = repo.secret().clone();
+    let walk = Walk { entries_path, plan, selection, packs, secret, counters };
+    match &opts.to {
+        Destination::Dir(to) => walk.write_tree(to, opts.overwrite),
+        Destination::Bucket(bucket) => walk.upload(bucket),
+    }
+}
+
+/// The entries to restore, in stream order, with how each is selected and where its
+/// line is in the entries file.
+fn selected<'a>(
+    entries_path: &Path,
+    plan: &'a Plan,
+    selection: &'a Selection,
+) -> Result<impl Iterator<Item = Result<(Entry, Selected, Line)>> + 'a> {
+    let mut reader = EntryReader::new(BufReader::new(File::open(entries_path)?))?;
+    let mut i = 0u64;
+    Ok(std::iter::from_fn(move || {
+        let offset = reader.offset();
+        let entry = reader.next()?;
+        let line = Line { offset, len: (reader.offset() - offset) as u32 };
+        i += 1;
+        Some((i - 1, entry, line))
+    })
+    .filter_map(move |(i, entry, line)| match entry {
+        Err(e) => Some(Err(e.into())),
+        Ok(_) if plan.refused_at.contains(&i) => None,
+        Ok(e) if selection.selects(&e.path) => Some(Ok((e, Selected::Yes, line))),
+        Ok(e) if e.kind == Kind::Dir && plan.ancestors.contains(&e.path) => Some(Ok((e, Selected::Ancestor, line))),
+        Ok(_) => None,
+    }))
 }
 
 /// How a pack this identity cannot open is named (`packs.rs`).
@@ -207,23 +282,7 @@ impl<'a> Walk<'a> {
     /// The entries to restore, in stream order, with how each is selected and where its
     /// line is in the entries file.
     fn entries(&self) -> Result<impl Iterator<Item = Result<(Entry, Selected, Line)>> + 'a> {
-        let (plan, selection) = (self.plan, self.selection);
-        let mut reader = EntryReader::new(BufReader::new(File::open(self.entries_path)?))?;
-        let mut i = 0u64;
-        Ok(std::iter::from_fn(move || {
-            let offset = reader.offset();
-            let entry = reader.next()?;
-            let line = Line { offset, len: (reader.offset() - offset) as u32 };
-            i += 1;
-            Some((i - 1, entry, line))
-        })
-        .filter_map(move |(i, entry, line)| match entry {
-            Err(e) => Some(Err(e.into())),
-            Ok(_) if plan.refused_at.contains(&i) => None,
-            Ok(e) if selection.selects(&e.path) => Some(Ok((e, Selected::Yes, line))),
-            Ok(e) if e.kind == Kind::Dir && plan.ancestors.contains(&e.path) => Some(Ok((e, Selected::Ancestor, line))),
-            Ok(_) => None,
-        }))
+        selected(self.entries_path, self.plan, self.selection)
     }
 
     /// The entry whose line is at `line` in the entries file.

@@ -124,9 +124,10 @@ impl Packs {
     }
 
     /// The packs found damaged so far: (hash, why).
-    pub fn damaged(&self) -> Vec<(String, String)> {
+    pub fn damaged(&self) -> Vec<super::DamagedPack> {
         let hash = |i: &u32| self.shared.schedule.get(*i as usize).map(|(h, _, _)| h.clone());
-        self.bad.iter().filter(|(_, e)| e.damaged).filter_map(|(i, e)| Some((hash(i)?, e.why.clone()))).collect()
+        let damaged = self.bad.iter().filter(|(_, e)| e.damaged);
+        damaged.filter_map(|(i, e)| Some(super::DamagedPack { pack: hash(i)?, why: e.why.clone() })).collect()
     }
 
     /// The object key of pack `i`, for messages.

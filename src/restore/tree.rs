@@ -14,11 +14,14 @@ use crate::format::entry_check::{Refused, TreeCheck};
 use crate::format::pack;
 use crate::repo::{Repo, Restorer};
 
+/// A decrypted pack, by its hash.
+pub type Pack = (String, Arc<Vec<u8>>);
+
 /// Reads single chunks, keeping the last decrypted pack (a stream's chunks are stored
 /// together).
 pub struct ChunkReader<'a> {
     repo: &'a Repo<Restorer>,
-    last: Option<(String, Arc<Vec<u8>>)>,
+    last: Option<Pack>,
     /// The packs the snapshot being read was made with: where a chunk is stored more
     /// than once, its location there is read (its key set's keys can read it).
     made_with: Option<&'a HashSet<i64>>,
@@ -28,6 +31,16 @@ impl<'a> ChunkReader<'a> {
     /// Reads a snapshot's chunks from the packs it was made with (`made_with`), where known.
     pub fn new(repo: &'a Repo<Restorer>, made_with: Option<&'a HashSet<i64>>) -> Self {
         ChunkReader { repo, last: None, made_with }
+    }
+
+    /// As [`ChunkReader::new`], holding `pack`, the decrypted pack an earlier reader kept.
+    pub fn with_pack(repo: &'a Repo<Restorer>, made_with: Option<&'a HashSet<i64>>, pack: Option<Pack>) -> Self {
+        ChunkReader { repo, last: pack, made_with }
+    }
+
+    /// The decrypted pack it holds, for the next reader.
+    pub fn into_pack(self) -> Option<Pack> {
+        self.last
     }
 
     /// A chunk's plaintext, verified.

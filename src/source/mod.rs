@@ -52,8 +52,22 @@ pub trait Source: fmt::Display + fmt::Debug + Send + Sync {
         unset_vars(&self.secret_vars())
     }
 
+    /// What it cannot read right now but may by its next fire time (a directory not
+    /// mounted yet): warned about, so that a daemon never refuses to start over it.
+    fn unavailable(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Makes it ready to read: fetches the mirrors, starts the command, lists the bucket.
     fn prepare(&self, job: &JobContext) -> Result<Prepared>;
+
+    /// The trees `backup --dry-run` may walk to say what a run would read: a path
+    /// source's, which walking does not change. Other kinds know only when they run (a
+    /// fetch, a command, a listing): `None`.
+    fn trees(&self, job: &JobContext) -> Option<Result<Vec<path::TreeRoot>>> {
+        let _ = job;
+        None
+    }
 
     /// The path in the snapshot of the file at `path` (absolute, no `..`), if this source
     /// reads it: where a canary is looked for.

@@ -76,6 +76,30 @@ impl std::fmt::Display for PathSource {
 }
 
 impl Source for PathSource {
+    fn trees(&self, job: &JobContext) -> Option<Result<Vec<TreeRoot>>> {
+        Some(self.prepare(job).map(|p| match p.input {
+            super::Input::Tree { roots } => roots,
+            _ => Vec::new(),
+        }))
+    }
+
+    fn unavailable(&self) -> Vec<String> {
+        let described = |root: &PathBuf, e: std::io::Error| {
+            format!("source directory {}: {} ({})", root.display(), e, crate::fsutil::owner_of(root))
+        };
+        self.roots
+            .iter()
+            .filter_map(|root| match std::fs::metadata(root) {
+                Ok(m) if m.is_dir() => std::fs::read_dir(root).err().map(|e| described(root, e)),
+                Ok(_) => Some(format!("source directory {} is not a directory", root.display())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    Some(format!("source directory {} does not exist", root.display()))
+                }
+                Err(e) => Some(described(root, e)),
+            })
+            .collect()
+    }
+
     fn stored_path(&self, path: &Path) -> Option<Vec<u8>> {
         use std::path::Component;
         if !path.is_absolute() || path.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir)) {

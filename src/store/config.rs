@@ -211,5 +211,9 @@ pub fn credential_vars(targets: &[TargetConfig], prune: &PruneConfig) -> Vec<Str
 
 /// A kind's table read with its own keys: an unknown key is named with the table.
 pub fn read_options<T: serde::de::DeserializeOwned>(key: &str, table: toml::Table) -> Result<T, String> {
-    T::deserialize(table).map_err(|e| format!("key `{key}`: {}", e.message()))
+    // serde's "there are no fields" means this kind has no keys beyond those every target has.
+    let message = |e: toml::de::Error| {
+        e.message().replace("there are no fields", "this kind of target has no keys beyond those every target has")
+    };
+    T::deserialize(table).map_err(|e| format!("key `{key}`: {}", message(e)))
 }

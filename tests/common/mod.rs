@@ -34,6 +34,16 @@ impl Drop for Scratch {
     }
 }
 
+/// A command's `--json` output: one object per line, each with `"schema": 1`.
+pub fn json_lines(out: &Output) -> Vec<serde_json::Value> {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines =
+        text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{e}: {l}")));
+    let lines: Vec<serde_json::Value> = lines.collect();
+    assert!(lines.iter().all(|l| l["schema"] == 1), "a --json line without \"schema\": 1 in {text}");
+    lines
+}
+
 /// Unix seconds now.
 pub fn now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
@@ -197,8 +207,7 @@ impl Setup {
     }
 
     pub fn snapshots(&self) -> Vec<serde_json::Value> {
-        let out = self.ok(&["snapshots", "--json"]);
-        serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap()
+        json_lines(&self.ok(&["snapshots", "--json"]))
     }
 
     pub fn catalog(&self) -> rusqlite::Connection {
@@ -448,4 +457,81 @@ impl Drop for Moto {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// `coffer mount` running in the background on a directory of its own.
+pub struct Mounted {
+    pub child: Child,
+    pub dir: PathBuf,
+}
+
+impl Mounted {
+    /// Mounts the snapshots of `config` on `dir` (extra arguments after), and waits for
+    /// `by-job` to appear. `None` (said on stderr) where FUSE cannot be used: not root,
+    /// or no /dev/fuse.
+    pub fn start(config: &Path, identity: &Path, dir: &Path, extra: &[&str]) -> Option<Mounted> {
+        if !rustix::process::geteuid().is_root() || !Path::new("/dev/fuse").exists() {
+            eprintln!("SKIPPED: FUSE needs root and /dev/fuse here");
+            return None;
+        }
+        std::fs::create_dir_all(dir).unwrap();
+        let child = Command::new(BIN)
+            .arg("--config")
+            .arg(config)
+            .arg("mount")
+            .arg(dir)
+            .arg("--identity")
+            .arg(identity)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut mounted = Mounted { child, dir: dir.to_path_buf() };
+        let t0 = std::time::Instant::now();
+        while !dir.join("by-job").exists() {
+            if let Some(status) = mounted.child.try_wait().unwrap() {
+                let mut said = String::new();
+                std::io::Read::read_to_string(mounted.child.stderr.as_mut().unwrap(), &mut said).unwrap();
+                panic!("coffer mount exited {status}: {said}");
+            }
+            assert!(t0.elapsed() < std::time::Duration::from_secs(20), "the mount did not appear");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Some(mounted)
+    }
+
+    /// Whether the kernel still lists the mount.
+    pub fn is_mounted(&self) -> bool {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        mounts.lines().any(|l| l.split(' ').nth(1) == Some(self.dir.to_str().unwrap()))
+    }
+
+    /// Sends `signal` and waits for the mount to end: its exit status and what it said.
+    pub fn stop(mut self, signal: i32) -> (std::process::ExitStatus, String) {
+        // SAFETY: kill(2) on the child's pid.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+        let status = self.child.wait().unwrap();
+        let mut said = String::new();
+        std::io::Read::read_to_string(self.child.stderr.as_mut().unwrap(), &mut said).unwrap();
+        (status, said)
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if self.is_mounted() {
+            let _ = Command::new("umount").arg("-l").arg(&self.dir).output();
+        }
+    }
+}
+
+/// The commands a `--help` lists under "Commands:" (`help` aside).
+pub fn listed_commands(help: &str) -> Vec<String> {
+    let commands = help.split("Commands:").nth(1).unwrap().split("\n\n").next().unwrap();
+    // "  name  what it does", and more-indented lines that go on describing it.
+    let named = commands.lines().filter(|l| l.starts_with("  ") && !l.starts_with("   "));
+    named.filter_map(|l| l.split_whitespace().next()).filter(|n| *n != "help").map(String::from).collect()
 }
