@@ -142,6 +142,7 @@ impl State {
         let Some(Node { what: What::Unread { snapshot }, .. }) = node else { return Ok(()) };
         let snapshot = *snapshot;
         let snap = self.snapshots[snapshot].clone();
+        let before = self.nodes.len();
         let mut dirs: HashMap<Vec<u8>, u64> = HashMap::from([(Vec::new(), ino)]);
         self.nodes[ino as usize - 1].what = What::Dir(BTreeMap::new());
         let mut check = TreeCheck::default();
@@ -171,6 +172,9 @@ impl State {
             tracing::error!(snapshot = %snap.id, refused, "the snapshot holds entries a restore refuses: it may be forged");
         }
         read.map_err(|e| {
+            // Not half a tree: the next look into the directory reads the list again.
+            self.nodes.truncate(before);
+            self.nodes[ino as usize - 1].what = What::Unread { snapshot };
             tracing::error!(snapshot = %snap.id, "its file list cannot be read: {e:#}");
             Errno::EIO
         })
