@@ -211,7 +211,7 @@ fn completions_and_the_man_page_cover_every_command() {
         assert!(config_page.contains(key), "coffer.toml(5) lacks `{key}`");
     }
     if let Some(groff) = tool("groff", "apt-get install groff-base") {
-        let commands = listed_commands(&text(&run_ok(Command::new(BIN).arg("--help"))));
+        let commands = coffer::cli::command().get_subcommands().map(|c| c.get_name().to_string()).collect::<Vec<_>>();
         let pages: Vec<String> = commands.iter().map(|c| page(&[c])).collect();
         for roff in [&top, &config_page].into_iter().chain(&pages) {
             let rendered = piped(Command::new(groff).args(["-man", "-Tutf8", "-ww"]), roff.as_bytes());

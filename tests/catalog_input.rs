@@ -24,6 +24,12 @@ fn commands(setup: &Setup, out: &Path) -> Vec<Vec<String>> {
         vec!["verify"],
         vec!["verify", "--read-data", "--identity", &id, "--no-progress"],
         vec!["restore", "latest", "--job", "data", "--no-progress", "--identity", &id, "--to", &to],
+        // What this stop's commands read of it: the sums, the tags, the dry runs.
+        vec!["stats", "--json"],
+        vec!["snapshots", "--tag", "x"],
+        vec!["ls", "latest", "--job", "data", "--identity", &id],
+        vec!["restore", "latest", "--job", "data", "--dry-run", "--identity", &id, "--to", &to],
+        vec!["key", "list"],
         vec!["backup", "data", "--no-progress"],
         vec!["backup", "data", "--dry-run"],
         vec!["check-config"],

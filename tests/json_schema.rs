@@ -35,25 +35,18 @@ impl Printed {
     }
 }
 
-/// Every command (and `key` action) whose help offers `--json`, and those that do not.
+/// Every command (and `key` action) that takes `--json`, and those that do not, as the
+/// command line itself declares them.
 fn commands_with_json() -> (BTreeSet<String>, BTreeSet<String>) {
-    let help = |args: &[&str]| text(&run_ok(Command::new(BIN).args(args).arg("--help")));
-    let takes_json = |help: String| help.lines().any(|l| l.trim_start().starts_with("--json"));
     let (mut found, mut without) = (BTreeSet::new(), BTreeSet::new());
-    for command in listed_commands(&help(&[])) {
-        if command == "key" {
-            for action in listed_commands(&help(&["key"])) {
-                match takes_json(help(&["key", &action])) {
-                    true => found.insert(format!("key-{action}")),
-                    false => without.insert(format!("key-{action}")),
-                };
-            }
-        } else {
-            match takes_json(help(&[&command])) {
-                true => found.insert(command),
-                false => without.insert(command),
-            };
-        }
+    let top = coffer::cli::command();
+    let key = top.find_subcommand("key").unwrap().get_subcommands().map(|a| (format!("key-{}", a.get_name()), a));
+    let others = top.get_subcommands().filter(|c| c.get_name() != "key").map(|c| (c.get_name().to_string(), c));
+    for (name, command) in others.chain(key) {
+        match command.get_arguments().any(|a| a.get_long() == Some("json")) {
+            true => found.insert(name),
+            false => without.insert(name),
+        };
     }
     (found, without)
 }

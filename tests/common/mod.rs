@@ -527,11 +527,3 @@ impl Drop for Mounted {
         }
     }
 }
-
-/// The commands a `--help` lists under "Commands:" (`help` aside).
-pub fn listed_commands(help: &str) -> Vec<String> {
-    let commands = help.split("Commands:").nth(1).unwrap().split("\n\n").next().unwrap();
-    // "  name  what it does", and more-indented lines that go on describing it.
-    let named = commands.lines().filter(|l| l.starts_with("  ") && !l.starts_with("   "));
-    named.filter_map(|l| l.split_whitespace().next()).filter(|n| *n != "help").map(String::from).collect()
-}
