@@ -1,6 +1,8 @@
 //! coffer against restic and against plain copies, on the same data, in one run: backup,
-//! a backup with no change, and restore, of a generated tree and of a real one (a copy of
-//! the Rust toolchain, `rustc --print sysroot`). Prints, per dataset, the median and the
+//! a backup with no change, one after 1 % of the files changed, and restore, of a
+//! generated tree, of a real one (a copy of the Rust toolchain, `rustc --print sysroot`),
+//! and of many small files (`small`: a million by default, as a mail spool or a
+//! `node_modules` holds them). Prints, per dataset, the median and the
 //! best of alternated rounds for wall time, CPU time and peak RSS, and the ratios. Nothing
 //! here is a pass/fail test.
 //!
@@ -8,6 +10,8 @@
 //!   COFFER_BENCH_DATA=toolchain COFFER_BENCH_ROUNDS=5 cargo bench --bench vs_restic
 //!   COFFER_BENCH_DATA=generated COFFER_BENCH_MIB=3000 cargo bench --bench vs_restic
 //!   COFFER_BENCH_BASELINE=/tmp/coffer-before cargo bench --bench vs_restic
+//!   COFFER_BENCH_DATA=small COFFER_BENCH_ROUNDS=1 cargo bench --bench vs_restic
+//!   COFFER_BENCH_DATA=small COFFER_BENCH_FILES=100000 cargo bench --bench vs_restic
 //!   COFFER_BENCH_DATA=none cargo bench --bench vs_restic    # only the checksum costs
 //!
 //! With `COFFER_BENCH_BASELINE` (another coffer binary, say the last release's), each
@@ -141,6 +145,51 @@ fn generate(root: &Path, total_mib: u64) {
     }
 }
 
+/// `files` small text files (64 B to 4 KiB, 1000 to a directory), seeded: a mail spool,
+/// a `node_modules`, a source checkout.
+fn generate_small(root: &Path, files: u64) {
+    let mut rng = Rng(0x9E3779B97F4A7C15);
+    let words: Vec<String> = (0..5000).map(|i| format!("w{i}")).collect();
+    let mut text = Vec::with_capacity(4200);
+    for i in 0..files {
+        let dir = root.join(format!("d{:04}", i / 1000));
+        if i % 1000 == 0 {
+            std::fs::create_dir_all(&dir).unwrap();
+        }
+        let len = 64 + rng.below(4096 - 64 + 1) as usize;
+        text.clear();
+        while text.len() < len {
+            text.extend_from_slice(words[rng.below(words.len() as u64) as usize].as_bytes());
+            text.push(b' ');
+        }
+        std::fs::write(dir.join(format!("f{i:07}.txt")), &text[..len]).unwrap();
+    }
+}
+
+/// Changes 1 % of the regular files under `root` (a line appended to each), picked by
+/// `seed`, as a day of mail or edits would: what the next backup must find and store.
+fn change_one_percent(root: &Path, seed: u64) -> u64 {
+    use std::io::Write;
+    let mut rng = Rng(seed | 1);
+    let mut changed = 0;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let mut entries: Vec<_> = std::fs::read_dir(&d).unwrap().flatten().map(|e| e.path()).collect();
+        entries.sort();
+        for p in entries {
+            let m = p.symlink_metadata().unwrap();
+            if m.is_dir() {
+                stack.push(p);
+            } else if m.is_file() && rng.below(100) == 0 {
+                let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+                writeln!(f, "changed {}", rng.next()).unwrap();
+                changed += 1;
+            }
+        }
+    }
+    changed
+}
+
 /// Bytes and files of a tree.
 fn size_of(root: &Path) -> (u64, u64) {
     if let Ok(m) = root.metadata()
@@ -237,6 +286,10 @@ fn round(r: &mut Results, data: &Path, work: &Path, round: usize, zstd: bool) {
     r.add("restic no-change", measure(restic(&rw, &["backup", "--quiet"]).arg(data), &[data]));
     // Warmed like coffer's no-change run: both stat every entry from a warm inode cache.
     r.add("stat walk (find)", measure(&mut sh("find \"$1\" -printf '%s %T@\\n' >/dev/null", &[data]), &[data]));
+    let changed = change_one_percent(data, 0xC0FFEE + round as u64);
+    eprintln!("round {round}: changed {changed} files");
+    r.add("coffer 1% changed", measure(&mut coffer(COFFER, &cfg, &["backup", "bench", "--no-progress"]), &[data]));
+    r.add("restic 1% changed", measure(restic(&rw, &["backup", "--quiet"]).arg(data), &[data]));
 
     let to = |tool: &str| work.join(format!("out-{tool}-{round}"));
     let (c_to, r_to, t_to) = (to("coffer"), to("restic"), to("tar"));
@@ -256,6 +309,8 @@ fn round(r: &mut Results, data: &Path, work: &Path, round: usize, zstd: bool) {
         r.add("baseline backup", measure(&mut coffer(&bin, &cfg, &["backup", "bench", "--no-progress"]), &[data]));
         r.stored("baseline", &bw.join("repo"));
         r.add("baseline no-change", measure(&mut coffer(&bin, &cfg, &["backup", "bench", "--no-progress"]), &[data]));
+        change_one_percent(data, 0xBA5E + round as u64);
+        r.add("baseline 1% changed", measure(&mut coffer(&bin, &cfg, &["backup", "bench", "--no-progress"]), &[data]));
         r.add("baseline restore", measure(&mut coffer_restore(&bin, &cfg, &id, &to("baseline")), &[&bw]));
     }
 }
@@ -320,6 +375,8 @@ fn report(name: &str, r: &Results, bytes: u64, files: u64) {
     ratio("backup speed       coffer vs tar|zstd", "tar | zstd -3 -T2", "coffer backup", wall);
     ratio("no-change time     coffer / stat walk", "coffer no-change", "stat walk (find)", wall);
     ratio("no-change speed    coffer vs restic", "restic no-change", "coffer no-change", wall);
+    ratio("1 %-changed time   coffer / stat walk", "coffer 1% changed", "stat walk (find)", wall);
+    ratio("1 %-changed speed  coffer vs restic", "restic 1% changed", "coffer 1% changed", wall);
     ratio("restore speed      coffer vs restic", "restic restore + sync", "coffer restore", wall);
     ratio("restore speed      coffer vs tar copy", "tar | tar x + sync", "coffer restore", wall);
     ratio("restore peak RSS   coffer / restic", "coffer restore", "restic restore + sync", rss);
@@ -354,6 +411,7 @@ fn checksum_cost() {
 fn main() {
     // `cargo bench` passes `--bench`; nothing else is expected.
     let mib: u64 = std::env::var("COFFER_BENCH_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
+    let files_wanted: u64 = std::env::var("COFFER_BENCH_FILES").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
     let rounds: usize = std::env::var("COFFER_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
     let which = std::env::var("COFFER_BENCH_DATA").unwrap_or_else(|_| "toolchain,generated".into());
     if Command::new("restic").arg("version").output().is_err() {
@@ -374,6 +432,7 @@ fn main() {
         let t0 = Instant::now();
         match name {
             "generated" => generate(&data, mib),
+            "small" => generate_small(&data, files_wanted),
             "toolchain" => {
                 let sysroot = Command::new("rustc").args(["--print", "sysroot"]).output().unwrap();
                 let sysroot = String::from_utf8(sysroot.stdout).unwrap().trim().to_string();
@@ -381,7 +440,7 @@ fn main() {
                 let ok = Command::new("cp").arg("-a").arg(&sysroot).arg(&data).status().unwrap().success();
                 assert!(ok, "cannot copy {sysroot}");
             }
-            other => panic!("COFFER_BENCH_DATA: unknown dataset `{other}` (toolchain, generated)"),
+            other => panic!("COFFER_BENCH_DATA: unknown dataset `{other}` (toolchain, generated, small)"),
         }
         let (bytes, files) = size_of(&data);
         eprintln!("{name}: {files} files, {} MB, made in {:.1}s", bytes / 1_000_000, t0.elapsed().as_secs_f64());

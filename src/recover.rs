@@ -424,7 +424,7 @@ impl Recovery<'_> {
                 &copies,
                 &packs,
                 std::iter::empty(),
-                |_| true,
+                |_| Ok(true),
                 None,
             )?;
             self.report.snapshots.push(Recovered { job: record.job.clone(), snapshot: record.id.clone() });

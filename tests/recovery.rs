@@ -482,6 +482,20 @@ fn damage_heals_with_the_next_backup() {
     let restored = scratch.path("out3");
     assert!(setup.restore("latest", &restored).status.success());
     assert_same_tree(&src, &restored);
+
+    // Rows that do not name their chunks' packs (written before they did): the chunks
+    // are looked up one by one, nothing is read again, and the rows are written anew.
+    let unnamed = |setup: &Setup| -> i64 {
+        setup.catalog().query_row("SELECT count(*) FROM file_cache WHERE packs IS NULL", [], |r| r.get(0)).unwrap()
+    };
+    assert_eq!(unnamed(&setup), 0);
+    setup.catalog().execute("UPDATE file_cache SET packs = NULL", []).unwrap();
+    assert_eq!(unnamed(&setup), 2);
+    let out4 = setup.backup();
+    let read: i64 =
+        setup.catalog().query_row("SELECT bytes_read FROM runs ORDER BY id DESC LIMIT 1", [], |r| r.get(0)).unwrap();
+    assert_eq!(read, 0, "{}", text(&out4));
+    assert_eq!(unnamed(&setup), 0, "the rows name their packs again");
     let mut verify = setup.cmd(&["verify", "--read-data", "--no-progress", "--identity"]);
     let v = verify.arg(&setup.identity).output().unwrap();
     assert_eq!(v.status.code(), Some(4), "the damaged pack is still on the target: {}", text(&v));

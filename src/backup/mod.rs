@@ -301,7 +301,8 @@ fn run_pipeline(cfg: &Config, job: &Job, repo: &mut Repo, mut watch: Watch, run_
     let pipeline = Pipeline { targets: &fleet.targets, down: &fleet.down, pack_until, keyset };
     let (mut reader, uploaded) = run_stages(cfg, job, repo, watch, prepared, &entries_path, &pipeline)?;
     tracing::debug!(secs = started.elapsed().as_secs_f64(), "read and stored");
-    let judged = tally.as_ref().map(|tally| judge_changes(repo, job, tally, &reader.paths, previous));
+    let files = reader::LazyFileSet { entries_path: &entries_path, set: Default::default() };
+    let judged = tally.as_ref().map(|tally| judge_changes(repo, job, tally, &reader.paths, &files, previous));
     let traits = tally.as_ref().map(|t| t.lock().take_traits()).unwrap_or_default();
     if let Some(Contents::Command(c)) = &mut contents {
         c.bytes = reader.stats.bytes;
@@ -342,7 +343,7 @@ fn run_pipeline(cfg: &Config, job: &Job, repo: &mut Repo, mut watch: Watch, run_
     let copies = fleet.put_record(&key, object, retain_until)?;
     tracing::debug!(secs = started.elapsed().as_secs_f64(), "snapshot record stored");
     let row = SnapshotRow::from_record(&record);
-    complete(&mut repo.catalog, &row, &copies, &reader, uploaded, &entries_path, &traits)?;
+    complete(&mut repo.catalog, &row, &copies, &reader, uploaded, &entries_path, &files, &traits)?;
     tracing::debug!(secs = started.elapsed().as_secs_f64(), "catalog updated");
     let (tripwire, tripwire_error) =
         judged.map_or((None, None), |judged| after_judging(repo, &fleet, job, (run_id, &id), judged));
@@ -388,14 +389,16 @@ fn judge_changes(
     job: &Job,
     tally: &crate::tripwire::tally::Shared,
     paths: &reader::Paths,
+    files: &reader::LazyFileSet,
     previous: Option<u64>,
 ) -> Result<crate::tripwire::Report> {
     let mut tally = tally.lock();
     // The files that had a row are the last snapshot's that this one kept.
-    let kept = paths.files.len() as u64 - paths.fresh;
+    let kept = paths.count - paths.fresh;
     if previous.is_some_and(|files| files > kept) {
+        let files = files.get()?;
         repo.catalog.each_cached_path(&job.name, |path| {
-            if !paths.files.contains(&reader::path_hash(path)) {
+            if !files.contains(path) {
                 tally.gone(path);
             }
         })?;

@@ -88,6 +88,7 @@ pub(super) fn run_stages(
     // Reader: its own catalog connection (WAL lets it read while the uploader writes).
     let reader = {
         let reader_catalog = Catalog::open(&cfg.state().catalog())?;
+        let known_packs = reader_catalog.pack_ids()?;
         let mut r = Reader {
             catalog: reader_catalog,
             secret: repo.secret().clone(),
@@ -108,6 +109,8 @@ pub(super) fn run_stages(
             stop: watch.stop.unwrap_or_default(),
             observers: watch.observers,
             previous: None,
+            cache: Default::default(),
+            known_packs,
         };
         let entries_path = entries_path.to_path_buf();
         std::thread::Builder::new().name("reader".into()).spawn(move || {
@@ -211,13 +214,14 @@ pub(super) fn complete(
     reader: &ReadOutput,
     uploaded: HashSet<i64>,
     entries_path: &Path,
+    files: &LazyFileSet,
     traits: &[(u64, u16)],
 ) -> Result<()> {
     let mut packs = reader.referenced.clone();
     packs.extend(uploaded);
     let paths = &reader.paths;
     // Every file reused unchanged: no row to write, so the entry stream need not be read.
-    let entries = match paths.reused.len() < paths.files.len() {
+    let entries = match paths.kept_count < paths.count {
         true => Some(EntryReader::new(BufReader::new(File::open(entries_path)?))?),
         false => None,
     };
@@ -228,8 +232,13 @@ pub(super) fn complete(
         let key = crate::tripwire::tally::path_key(path);
         traits.next_if(|(k, _)| *k == key).map(|(_, t)| *t)
     };
+    let mut nth = 0;
     let cache = entries.into_iter().flatten().filter_map(|e| match e {
-        Ok(e) if e.kind == Kind::File && !paths.reused.contains(&path_hash(&e.path)) => {
+        Ok(e) if e.kind == Kind::File => {
+            nth += 1;
+            if paths.keeps_row(nth - 1) {
+                return None;
+            }
             let traits = traits_of(&e.path);
             Some(Ok((
                 e.path,
@@ -239,6 +248,7 @@ pub(super) fn complete(
                     ctime_ns: e.ctime_ns,
                     inode: e.ino,
                     chunks: e.chunks,
+                    packs: None,
                     content_type: e.content_type,
                     xattrs: Some(e.xattrs),
                     traits,
@@ -248,8 +258,8 @@ pub(super) fn complete(
         Ok(_) => None,
         Err(err) => Some(Err(anyhow!(err))),
     });
-    let counts = Some((paths.files.len() as u64, paths.fresh));
-    catalog.complete_snapshot(row, copies, &packs, cache, |p| paths.files.contains(&path_hash(p)), counts)?;
+    let counts = Some((paths.count, paths.fresh));
+    catalog.complete_snapshot(row, copies, &packs, cache, |p| Ok(files.get()?.contains(p)), counts)?;
     Ok(())
 }
 

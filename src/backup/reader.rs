@@ -16,10 +16,10 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use crate::catalog::{CachedFile, Catalog};
+use crate::catalog::{CacheBatch, CachedFile, Catalog};
 use crate::chunk_id::ChunkId;
 use crate::chunker::{ChunkError, Chunker};
-use crate::format::entry::{Entry, EntryWriter, Kind};
+use crate::format::entry::{Entry, EntryReader, EntryWriter, Kind};
 use crate::format::snapshot::{EntryError, SnapshotStats};
 use crate::keys::RepoSecret;
 use crate::observer::{Change, Observer};
@@ -94,40 +94,83 @@ pub(super) struct ReadOutput {
     pub(super) paths: Paths,
 }
 
-/// The files of the snapshot, and those reused unchanged from the file cache, by a
-/// 128-bit hash of their path (16 bytes a file), for updating the file cache.
+/// The files of the snapshot in the order they were read, for updating the file cache:
+/// how many, which of them keep their row as it is (a bit each: a million files take
+/// 125 KiB), and how many had no row. Which paths the snapshot holds is read back from
+/// the entry stream, and only when a file may be gone ([`FileSet`]).
 #[derive(Default)]
 pub(super) struct Paths {
-    pub(super) files: PathSet,
-    pub(super) reused: PathSet,
+    pub(super) count: u64,
+    kept: Vec<u64>,
+    pub(super) kept_count: u64,
     /// Files in the snapshot that had no row in the file cache.
     pub(super) fresh: u64,
     /// Whether the last file looked up had no row.
     pub(super) no_row: bool,
+    /// Whether the last file reused had its chunks looked up one by one: its row is
+    /// written again, naming their packs, so that the next run need not.
+    pub(super) looked_up: bool,
 }
 
-/// Path hashes are blake3 output already: their low 64 bits index a set as they are.
-pub(super) type PathSet = HashSet<u128, std::hash::BuildHasherDefault<Low64>>;
-
-#[derive(Default)]
-pub(super) struct Low64(u64);
-
-impl std::hash::Hasher for Low64 {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+impl Paths {
+    fn push(&mut self, keeps_row: bool) {
+        let (word, bit) = ((self.count / 64) as usize, self.count % 64);
+        if word == self.kept.len() {
+            self.kept.push(0);
         }
+        self.kept[word] |= u64::from(keeps_row) << bit;
+        self.kept_count += u64::from(keeps_row);
+        self.count += 1;
     }
-    fn write_u128(&mut self, n: u128) {
-        self.0 = n as u64;
+
+    /// Whether the `i`-th file keeps its row as it is.
+    pub(super) fn keeps_row(&self, i: u64) -> bool {
+        self.kept.get((i / 64) as usize).is_some_and(|w| w >> (i % 64) & 1 == 1)
     }
 }
 
-pub(super) fn path_hash(path: &[u8]) -> u128 {
-    u128::from_le_bytes(blake3::hash(path).as_bytes()[..16].try_into().expect("16 bytes"))
+/// The paths of a snapshot's files, as 64-bit hashes in order: read from the entry
+/// stream when the file cache may hold files the snapshot lacks (8 bytes a file, and
+/// only then).
+pub(super) struct FileSet(Vec<u64>);
+
+impl FileSet {
+    pub(super) fn read(entries_path: &Path) -> Result<FileSet> {
+        let entries = EntryReader::new(std::io::BufReader::new(File::open(entries_path)?))?;
+        let mut hashes = Vec::new();
+        for e in entries {
+            let e = e?;
+            if e.kind == Kind::File {
+                hashes.push(path_hash(&e.path));
+            }
+        }
+        hashes.sort_unstable();
+        Ok(FileSet(hashes))
+    }
+
+    pub(super) fn contains(&self, path: &[u8]) -> bool {
+        self.0.binary_search(&path_hash(path)).is_ok()
+    }
+}
+
+/// The file set of `entries_path`, read the first time it is asked for.
+pub(super) struct LazyFileSet<'a> {
+    pub(super) entries_path: &'a Path,
+    pub(super) set: std::cell::OnceCell<FileSet>,
+}
+
+impl LazyFileSet<'_> {
+    pub(super) fn get(&self) -> Result<&FileSet> {
+        if let Some(set) = self.set.get() {
+            return Ok(set);
+        }
+        let set = FileSet::read(self.entries_path)?;
+        Ok(self.set.get_or_init(|| set))
+    }
+}
+
+pub(super) fn path_hash(path: &[u8]) -> u64 {
+    crate::tripwire::tally::path_key(path)
 }
 
 /// The reader stage: walks the source, reuses unchanged files' chunk lists, chunks and
@@ -166,6 +209,11 @@ pub(super) struct Reader {
     pub(super) observers: Vec<Box<dyn Observer>>,
     /// The file cache's row of the file being read, when it had one and it changed.
     pub(super) previous: Option<CachedFile>,
+    /// The file cache, read a batch of rows at a time.
+    pub(super) cache: CacheBatch,
+    /// The catalog's packs when the run began: a cached row naming only these (and none
+    /// skipped) needs no lookup per chunk.
+    pub(super) known_packs: HashSet<i64>,
 }
 
 impl Reader {
@@ -210,13 +258,13 @@ impl Reader {
             ChunkError::Read(err) => anyhow!("cannot read the command's output: {err}"),
             ChunkError::Sink(err) => err,
         })?;
-        self.count_file(&e, path_hash(&e.path), false);
+        self.count_file(&e, false, false);
         Ok(e)
     }
 
     /// A file that goes into the snapshot, in the stats and the progress line, and shown
-    /// to the observers. `hash` is the [`path_hash`] of its path; `reused`: not read.
-    pub(super) fn count_file(&mut self, e: &Entry, hash: u128, reused: bool) {
+    /// to the observers. `reused`: not read; `keeps_row`: its cache row stays as it is.
+    pub(super) fn count_file(&mut self, e: &Entry, reused: bool, keeps_row: bool) {
         let size = e.size;
         let previous = self.previous.take();
         let change = match (reused, &previous) {
@@ -227,7 +275,7 @@ impl Reader {
         for observer in &mut self.observers {
             observer.file(e, change);
         }
-        self.paths.files.insert(hash);
+        self.paths.push(keeps_row);
         self.paths.fresh += u64::from(std::mem::take(&mut self.paths.no_row));
         self.stats.files += 1;
         self.stats.bytes += size;
@@ -274,9 +322,9 @@ impl Reader {
             e.key = escaped.map(|_| key.clone());
             (e.ino, e.size) = (etag_fingerprint(meta.etag.as_deref()), meta.size);
             self.counters.set_current(key.as_bytes());
-            let hash = path_hash(&e.path);
-            let cached = self.unchanged(&e, hash, crate::source::bucket::unchanged)?;
+            let cached = self.unchanged(&e, crate::source::bucket::unchanged)?;
             let reused = cached.is_some();
+            let keeps_row = reused && !std::mem::take(&mut self.paths.looked_up);
             if let Some(cached) = cached {
                 e.chunks = cached.chunks;
                 e.content_type = cached.content_type;
@@ -302,7 +350,7 @@ impl Reader {
                 }
             }
             files.insert(path);
-            self.count_file(&e, hash, reused);
+            self.count_file(&e, reused, keeps_row);
             writer.write(&e).context("cannot write the entry stream")?;
         }
         Ok(())
@@ -387,9 +435,9 @@ impl Reader {
             return Err(Interrupted.into());
         }
         self.counters.set_current(&e.path);
-        let hash = path_hash(&e.path);
-        let cached = self.unchanged(&e, hash, path_source::unchanged)?;
+        let cached = self.unchanged(&e, path_source::unchanged)?;
         let reused = cached.is_some();
+        let mut keeps_row = reused && !std::mem::take(&mut self.paths.looked_up);
         if let Some(cached) = cached {
             e.chunks = cached.chunks;
             // Attributes change the file's ctime: unchanged, it has the cached ones.
@@ -397,7 +445,7 @@ impl Reader {
                 Some(x) => x,
                 // A row from before attributes were kept: read them, and rewrite the row.
                 None => {
-                    self.paths.reused.remove(&hash);
+                    keeps_row = false;
                     opener.xattrs().unwrap_or_else(|err| {
                         let rel = Path::new(OsStr::from_bytes(&e.path));
                         self.problem(rel, format!("cannot read extended attributes: {err}"));
@@ -430,7 +478,7 @@ impl Reader {
                 Err(ChunkError::Sink(err)) => return Err(err),
             }
         }
-        self.count_file(&e, hash, reused);
+        self.count_file(&e, reused, keeps_row);
         Ok(Some(e))
     }
 
@@ -440,19 +488,22 @@ impl Reader {
     pub(super) fn unchanged(
         &mut self,
         e: &Entry,
-        hash: u128,
         same: impl Fn(&CachedFile, &Entry) -> bool,
     ) -> Result<Option<CachedFile>> {
-        self.paths.no_row = false;
+        (self.paths.no_row, self.paths.looked_up) = (false, false);
         self.previous = None;
         self.view.renew(&self.catalog, &self.pending)?;
-        let Some(c) = self.catalog.cached_file(&self.job, &e.path)? else {
+        let Some(c) = self.catalog.cached_file_in(&mut self.cache, &self.job, &e.path)? else {
             self.paths.no_row = true;
             return Ok(None);
         };
         if !same(&c, e) {
             self.previous = Some(c);
             return Ok(None);
+        }
+        if self.catalog.cached_packs_usable(&c, &self.known_packs) {
+            self.referenced.extend(c.packs.iter().flatten());
+            return Ok(Some(c));
         }
         // The catalog is input too: its chunks must still be stored, outside damaged
         // packs, and add up to the size it claims; otherwise the file is read again.
@@ -486,8 +537,8 @@ impl Reader {
             self.previous = Some(c);
             return Ok(None);
         }
-        self.paths.reused.insert(hash);
         self.referenced.extend(packs);
+        self.paths.looked_up = true;
         Ok(Some(c))
     }
 

@@ -128,7 +128,7 @@ impl Catalog {
         copies: &[(TargetId, StoredCopy)],
         packs: &HashSet<i64>,
         cache: impl IntoIterator<Item = Result<(Vec<u8>, CachedFile)>>,
-        current: impl Fn(&[u8]) -> bool,
+        current: impl Fn(&[u8]) -> Result<bool>,
         counts: Option<(u64, u64)>,
     ) -> Result<i64> {
         let tx = self.conn.transaction()?;
@@ -169,21 +169,37 @@ impl Catalog {
                 Vec::new()
             } else {
                 let mut st = tx.prepare("SELECT path FROM file_cache WHERE job = ?1")?;
-                let paths = st.query_map([&snap.job], |r| r.get::<_, Vec<u8>>(0))?;
-                paths.filter(|p| p.as_ref().map_or(true, |p| !current(p))).collect::<rusqlite::Result<_>>()?
+                let mut rows = st.query([&snap.job])?;
+                let mut gone = Vec::new();
+                while let Some(row) = rows.next()? {
+                    let path: Vec<u8> = row.get(0)?;
+                    if !current(&path)? {
+                        gone.push(path);
+                    }
+                }
+                gone
             };
             let mut st = tx.prepare("DELETE FROM file_cache WHERE job = ?1 AND path = ?2")?;
             for path in gone {
                 st.execute(params![snap.job, path])?;
             }
             let mut st = tx.prepare(
-                "INSERT OR REPLACE INTO file_cache (job, path, size, mtime_ns, ctime_ns, inode, chunks, content_type,
-                                                    xattrs, traits)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                "INSERT OR REPLACE INTO file_cache (job, path, size, mtime_ns, ctime_ns, inode, chunks, packs,
+                                                    content_type, xattrs, traits)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?;
+            // Each chunk's pack, as the dedup lookup finds it now that every pack is in.
+            let mut pack_of = tx.prepare("SELECT pack FROM chunks WHERE id = ?1")?;
+            let skipped = self.skipped.borrow();
             for item in cache {
                 let (path, f) = item?;
                 let ids: Vec<u8> = f.chunks.iter().flat_map(|c| c.0).collect();
+                let mut packs = Vec::with_capacity(f.chunks.len());
+                for id in &f.chunks {
+                    let found: Vec<i64> =
+                        pack_of.query_map([&id.0[..]], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+                    packs.push(found.into_iter().find(|p| !skipped.contains(p)).unwrap_or(0));
+                }
                 let xattrs = f.xattrs.as_ref().map(serde_json::to_string).transpose()?;
                 st.execute(params![
                     snap.job,
@@ -193,6 +209,7 @@ impl Catalog {
                     f.ctime_ns,
                     f.inode,
                     ids,
+                    super::file_cache::packs_column(&packs),
                     f.content_type,
                     xattrs,
                     f.traits

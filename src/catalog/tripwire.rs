@@ -186,7 +186,8 @@ mod tests {
         let (mut cat, _) = super::super::tests::temp_catalog();
         let snap = |id: &str, until: i64| super::super::tests::snapshot_row(id, Some(until));
         for (id, until) in [("old", 10), ("clean", 10_000), ("bad", 10_000)] {
-            cat.complete_snapshot(&snap(id, until), &[], &HashSet::new(), std::iter::empty(), |_| true, None).unwrap();
+            cat.complete_snapshot(&snap(id, until), &[], &HashSet::new(), std::iter::empty(), |_| Ok(true), None)
+                .unwrap();
         }
         let r = run(&cat, "j");
         cat.record_judgement(&JudgedRun { snapshot: Some("bad".into()), ..judged_run(r, "suspicious") }).unwrap();
