@@ -343,7 +343,7 @@ fn run_pipeline(cfg: &Config, job: &Job, repo: &mut Repo, mut watch: Watch, run_
     let copies = fleet.put_record(&key, object, retain_until)?;
     tracing::debug!(secs = started.elapsed().as_secs_f64(), "snapshot record stored");
     let row = SnapshotRow::from_record(&record);
-    complete(&mut repo.catalog, &row, &copies, &reader, uploaded, &entries_path, &files, &traits)?;
+    complete(&mut repo.catalog, &row, &copies, &reader, uploaded, &files, &traits)?;
     tracing::debug!(secs = started.elapsed().as_secs_f64(), "catalog updated");
     let (tripwire, tripwire_error) =
         judged.map_or((None, None), |judged| after_judging(repo, &fleet, job, (run_id, &id), judged));

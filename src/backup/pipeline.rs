@@ -213,7 +213,6 @@ pub(super) fn complete(
     copies: &[(TargetId, StoredCopy)],
     reader: &ReadOutput,
     uploaded: HashSet<i64>,
-    entries_path: &Path,
     files: &LazyFileSet,
     traits: &[(u64, u16)],
 ) -> Result<()> {
@@ -222,7 +221,7 @@ pub(super) fn complete(
     let paths = &reader.paths;
     // Every file reused unchanged: no row to write, so the entry stream need not be read.
     let entries = match paths.kept_count < paths.count {
-        true => Some(EntryReader::new(BufReader::new(File::open(entries_path)?))?),
+        true => Some(EntryReader::new(BufReader::new(File::open(files.entries_path)?))?),
         false => None,
     };
     // The tripwire's traits of the files read, in the order they were read: the order of
