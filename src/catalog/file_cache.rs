@@ -22,17 +22,20 @@ pub struct CachedFile {
     pub traits: Option<u16>,
 }
 
-const COLUMNS: &str = "size, mtime_ns, ctime_ns, inode, chunks, packs, content_type, xattrs, traits";
+const COLUMNS: &str = "size, mtime_ns, ctime_ns, inode, chunks, packs, content_type, xattrs, traits, packs_check";
 
 /// A row of `COLUMNS`, read as input: what does not parse is as good as unknown.
 fn cached_file(r: &rusqlite::Row, from: usize) -> rusqlite::Result<CachedFile> {
     let blob = r.get_ref(from + 4)?.as_blob()?;
+    let size = r.get(from)?;
+    let check = r.get_ref(from + 9)?.as_blob_or_null().ok().flatten();
+    // Packs are trusted only with the check they were written with.
     let packs = match r.get_ref(from + 5)? {
-        rusqlite::types::ValueRef::Blob(b) => Some(b),
+        rusqlite::types::ValueRef::Blob(b) if check == Some(&packs_check(size, blob, b)[..]) => Some(b),
         _ => None,
     };
     Ok(CachedFile {
-        size: r.get(from)?,
+        size,
         mtime_ns: r.get(from + 1)?,
         ctime_ns: r.get(from + 2)?,
         inode: r.get(from + 3)?,
@@ -47,6 +50,13 @@ fn cached_file(r: &rusqlite::Row, from: usize) -> rusqlite::Result<CachedFile> {
         },
         traits: r.get::<_, Option<i64>>(from + 8)?.and_then(|t| u16::try_from(t).ok()),
     })
+}
+
+/// The check of a row's size, chunk ids and packs column.
+pub(super) fn packs_check(size: u64, chunks: &[u8], packs: &[u8]) -> [u8; 16] {
+    let mut h = blake3::Hasher::new();
+    h.update(&size.to_le_bytes()).update(&(chunks.len() as u64).to_le_bytes()).update(chunks).update(packs);
+    h.finalize().as_bytes()[..16].try_into().expect("16 bytes")
 }
 
 /// The packs column of a row: each pack's row id in 4 bytes (one that does not fit is

@@ -185,8 +185,8 @@ impl Catalog {
             }
             let mut st = tx.prepare(
                 "INSERT OR REPLACE INTO file_cache (job, path, size, mtime_ns, ctime_ns, inode, chunks, packs,
-                                                    content_type, xattrs, traits)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                                                    content_type, xattrs, traits, packs_check)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )?;
             // Each chunk's pack, as the dedup lookup finds it now that every pack is in.
             let mut pack_of = tx.prepare("SELECT pack FROM chunks WHERE id = ?1")?;
@@ -201,6 +201,8 @@ impl Catalog {
                     packs.push(found.into_iter().find(|p| !skipped.contains(p)).unwrap_or(0));
                 }
                 let xattrs = f.xattrs.as_ref().map(serde_json::to_string).transpose()?;
+                let packs = super::file_cache::packs_column(&packs);
+                let check = super::file_cache::packs_check(f.size, &ids, &packs);
                 st.execute(params![
                     snap.job,
                     path,
@@ -209,10 +211,11 @@ impl Catalog {
                     f.ctime_ns,
                     f.inode,
                     ids,
-                    super::file_cache::packs_column(&packs),
+                    packs,
                     f.content_type,
                     xattrs,
-                    f.traits
+                    f.traits,
+                    &check[..]
                 ])?;
             }
         }
