@@ -55,6 +55,20 @@ fn no_catalog_value_panics_any_command() {
     let catalog = setup.dir.path("state/catalog.sqlite");
     {
         let c = setup.catalog();
+        // A pack's chunk list as a run leaves it before indexing, so that `unindexed`
+        // has a row to overwrite (its chunks stay indexed: the snapshots need them).
+        let newest: i64 = c.query_row("SELECT max(pack) FROM chunks", [], |r| r.get(0)).unwrap();
+        let mut st = c.prepare("SELECT id, offset, length, raw_length, flags FROM chunks WHERE pack = ?1").unwrap();
+        let mut blobs = Vec::new();
+        let mut rows = st.query([newest]).unwrap();
+        while let Some(r) = rows.next().unwrap() {
+            blobs.extend(r.get::<_, Vec<u8>>(0).unwrap());
+            blobs.extend(r.get::<_, u64>(1).unwrap().to_le_bytes());
+            blobs.extend(r.get::<_, u32>(2).unwrap().to_le_bytes());
+            blobs.extend(r.get::<_, u32>(3).unwrap().to_le_bytes());
+            blobs.push(r.get::<_, u8>(4).unwrap());
+        }
+        c.execute("INSERT INTO unindexed (pack, blobs) VALUES (?1, ?2)", rusqlite::params![newest, blobs]).unwrap();
         c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).unwrap();
     }
     let pristine = std::fs::read(&catalog).unwrap();

@@ -82,6 +82,8 @@ pub(super) fn run_stages(
     let (chunk_tx, chunk_rx) = sync_channel::<Vec<NewChunk>>(2 * workers);
     let (pack_tx, mut pack_rx) = tokio::sync::mpsc::channel::<SealedPack>(1);
 
+    // Chunks a run stopped before indexing: the dedup lookup finds them from here on.
+    repo.catalog.index_chunks()?;
     let pending = Arc::new(Mutex::new(InFlight::default()));
     let buffers = Arc::new(crate::buffers::Buffers::for_chunks());
     let pack_buffers = Arc::new(crate::buffers::Buffers::for_packs(cfg.pack_size as usize));
@@ -332,7 +334,8 @@ pub(super) fn pack_loop(
 
 /// Uploads packs a few at a time, each to every target still answering (each target
 /// with its own limit of concurrent puts), and records each pack in the catalog once
-/// acknowledged, with the copies that were. A target that fails is left out from then
+/// acknowledged, with the copies that were; their chunks are indexed every
+/// [`InFlight::INDEX_EVERY`] and at the end. A target that fails is left out from then
 /// on; a pack no target stored fails the run. Returns the catalog ids of the packs stored.
 async fn upload_loop(
     rx: &mut tokio::sync::mpsc::Receiver<SealedPack>,
@@ -351,6 +354,7 @@ async fn upload_loop(
     let pack_until = pipeline.pack_until;
     let mut in_flight = JoinSet::new();
     let mut stored = HashSet::new();
+    let mut unindexed = 0;
     let mut open = true;
     while open || !in_flight.is_empty() {
         tokio::select! {
@@ -388,7 +392,7 @@ async fn upload_loop(
                 }
                 let size = pack.ciphertext.len() as u64;
                 let record = StoredPack { hash: &pack.hash, size, keyset: pipeline.keyset, blobs: &pack.blobs, copies: &copies };
-                let id = catalog.add_pack(&record)?;
+                let id = catalog.add_pack_unindexed(&record)?;
                 stored.insert(id);
                 let mut p = lock(pending);
                 p.generation += 1;
@@ -399,6 +403,12 @@ async fn upload_loop(
                     }
                 }
                 drop(p);
+                unindexed += pack.blobs.len();
+                if unindexed >= InFlight::INDEX_EVERY {
+                    catalog.index_chunks()?;
+                    lock(pending).indexed = generation;
+                    unindexed = 0;
+                }
                 Counters::add(&counters.bytes_uploaded, size);
                 Counters::add(&counters.packs, 1);
                 if let Ok(buffer) = pack.ciphertext.try_into_mut() {
@@ -407,5 +417,7 @@ async fn upload_loop(
             }
         }
     }
+    // The snapshot completes only with every chunk where a restore looks for it.
+    catalog.index_chunks()?;
     Ok(stored)
 }

@@ -43,20 +43,31 @@ pub(super) struct NewChunk {
     pub(super) data: Vec<u8>,
 }
 
-/// Chunks this run sent for storage, until the reader's view of the catalog shows them.
+/// Chunks this run sent for storage, until the reader's view of the catalog shows them
+/// in `chunks`: their packs committed and indexed ([`Catalog::index_chunks`]).
 #[derive(Default)]
 pub(super) struct InFlight {
     /// Each chunk, and the upload generation that committed its pack (`None`: not yet).
     pub(super) chunks: std::collections::HashMap<ChunkId, Option<u64>>,
     /// Packs committed so far.
     pub(super) generation: u64,
+    /// Packs committed when the uploader last indexed their chunks.
+    pub(super) indexed: u64,
+}
+
+impl InFlight {
+    /// Chunks committed but not indexed after which the uploader indexes them. They
+    /// stay here until then, in at most 13 MiB; the fewer indexings a run
+    /// makes, the fewer times each page of `chunks` is written.
+    pub(super) const INDEX_EVERY: usize = 1 << 17;
 }
 
 /// The reader's view of the catalog: one read transaction, so that a lookup costs a
 /// B-tree search instead of a lock and a WAL check (which made a backup with nothing new
 /// mostly SQLite locking). It is renewed every few thousand lookups or every second;
-/// then the chunks committed before the renewal leave `InFlight`, as the view now shows
-/// them. So memory stays flat: `InFlight` holds at most a few packs' chunks.
+/// then the chunks indexed before the renewal leave `InFlight`, as the view now shows
+/// them. So memory stays flat: `InFlight` holds at most [`InFlight::INDEX_EVERY`] chunks
+/// and a few packs' more.
 #[derive(Default)]
 pub(super) struct View {
     pub(super) open: bool,
@@ -73,14 +84,14 @@ impl View {
         if self.open && self.lookups < Self::LOOKUPS && self.since.is_some_and(|t| t.elapsed() < Self::AGE) {
             return Ok(());
         }
-        // Everything committed up to now is visible to a transaction begun after this.
-        let committed = lock(pending).generation;
+        // Everything indexed up to now is visible to a transaction begun after this.
+        let indexed = lock(pending).indexed;
         if self.open {
             catalog.end_read()?;
         }
         catalog.begin_read()?;
         (self.open, self.lookups, self.since) = (true, 0, Some(Instant::now()));
-        lock(pending).chunks.retain(|_, g| g.is_none_or(|g| g > committed));
+        lock(pending).chunks.retain(|_, g| g.is_none_or(|g| g > indexed));
         Ok(())
     }
 }

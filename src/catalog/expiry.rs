@@ -65,6 +65,7 @@ impl Catalog {
             tx.query_row("SELECT EXISTS (SELECT 1 FROM pack_copies WHERE pack = ?1)", [id], |r| r.get(0))?;
         if !held {
             tx.execute("DELETE FROM chunks WHERE pack = ?1", [id])?;
+            tx.execute("DELETE FROM unindexed WHERE pack = ?1", [id])?;
             tx.execute("DELETE FROM snapshot_packs WHERE pack = ?1", [id])?;
             tx.execute("DELETE FROM packs WHERE id = ?1", [id])?;
             tx.execute("DELETE FROM file_cache", [])?;

@@ -76,6 +76,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0013_tripwire.sql"),
     include_str!("../../migrations/0014_tags.sql"),
     include_str!("../../migrations/0015_cache_packs.sql"),
+    include_str!("../../migrations/0016_unindexed.sql"),
 ];
 
 pub struct Catalog {
@@ -309,6 +310,34 @@ mod tests {
         assert_eq!(cat.chunk_pack(&ChunkId([2; 32])).unwrap(), Some(id));
         cat.remove_pack(b, id, "ab12").unwrap();
         assert_eq!(cat.chunk_pack(&ChunkId([2; 32])).unwrap(), None);
+    }
+
+    #[test]
+    fn unindexed_chunks_are_found_once_indexed_and_a_damaged_list_is_named() {
+        let (mut cat, _) = temp_catalog();
+        let (first, second) = ([blob(5), blob(1)], [blob(3)]);
+        let p1 = cat.add_pack_unindexed(&StoredPack { hash: "p1", size: 9, keyset: 0, blobs: &first, copies: &[] });
+        let p2 = cat.add_pack_unindexed(&StoredPack { hash: "p2", size: 9, keyset: 0, blobs: &second, copies: &[] });
+        let (p1, p2) = (p1.unwrap(), p2.unwrap());
+        // Recorded, not yet where the dedup lookup looks; the pack's own list is there.
+        assert_eq!(cat.chunk_pack(&ChunkId([1; 32])).unwrap(), None);
+        assert_eq!(cat.pack_chunks(p1).unwrap(), first.to_vec());
+        assert_eq!(cat.index_chunks().unwrap(), 3);
+        assert_eq!(cat.chunk_pack(&ChunkId([1; 32])).unwrap(), Some(p1));
+        assert_eq!(cat.chunk_pack(&ChunkId([3; 32])).unwrap(), Some(p2));
+        let mut listed = cat.pack_chunks(p1).unwrap();
+        listed.sort_by_key(|b| b.offset);
+        assert_eq!(listed, [blob(1), blob(5)], "indexed, the pack's list is the same");
+        assert_eq!(cat.index_chunks().unwrap(), 0, "nothing is indexed twice");
+
+        // A list cut short: every reader of it names the pack, and nothing moves.
+        let p3 = cat.add_pack_unindexed(&StoredPack { hash: "p3", size: 9, keyset: 0, blobs: &[blob(7)], copies: &[] });
+        let p3 = p3.unwrap();
+        cat.conn.execute("UPDATE unindexed SET blobs = substr(blobs, 2) WHERE pack = ?1", [p3]).unwrap();
+        for e in [cat.index_chunks().unwrap_err(), cat.pack_chunks(p3).unwrap_err()] {
+            assert!(e.to_string().contains(&format!("pack row {p3} is damaged")), "{e:#}");
+        }
+        assert_eq!(cat.chunk_pack(&ChunkId([7; 32])).unwrap(), None);
     }
 
     #[test]

@@ -59,6 +59,13 @@ pub struct StoredPack<'a> {
 /// Inserts a pack row, its copies and its chunks (a chunk already stored elsewhere keeps
 /// its first location). Returns the pack's row id.
 pub(super) fn insert_pack(tx: &rusqlite::Transaction, pack: &StoredPack) -> Result<i64> {
+    let pack_id = insert_pack_row(tx, pack)?;
+    index_blobs(tx, pack_id, pack.blobs)?;
+    Ok(pack_id)
+}
+
+/// Inserts a pack row and its copies, not its chunks.
+fn insert_pack_row(tx: &rusqlite::Transaction, pack: &StoredPack) -> Result<i64> {
     tx.execute(
         "INSERT INTO packs (hash, size, uploaded_at, keyset) VALUES (?1, ?2, ?3, ?4)",
         params![pack.hash, pack.size, crate::time::now_secs(), pack.keyset],
@@ -67,15 +74,32 @@ pub(super) fn insert_pack(tx: &rusqlite::Transaction, pack: &StoredPack) -> Resu
     for (target, copy) in pack.copies {
         super::targets::insert_pack_copy(tx, *target, pack_id, copy)?;
     }
-    let mut st = tx.prepare_cached(
-        // A chunk stored again (its first pack damaged, or unreadable to a key added
-        // since) gets one more location; the others stay for the snapshots made with them.
-        "INSERT OR IGNORE INTO chunks (id, pack, offset, length, raw_length, flags) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?;
-    for b in pack.blobs {
+    Ok(pack_id)
+}
+
+/// A chunk stored again (its first pack damaged, or unreadable to a key added since) gets
+/// one more location; the others stay for the snapshots made with them.
+const INSERT_CHUNK: &str =
+    "INSERT OR IGNORE INTO chunks (id, pack, offset, length, raw_length, flags) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+
+/// Inserts a pack's chunks into `chunks`.
+fn index_blobs(tx: &rusqlite::Transaction, pack_id: i64, blobs: &[BlobEntry]) -> Result<()> {
+    let mut st = tx.prepare_cached(INSERT_CHUNK)?;
+    for b in blobs {
         st.execute(params![&b.id.0[..], pack_id, b.offset, b.length, b.raw_length, b.flags])?;
     }
-    Ok(pack_id)
+    Ok(())
+}
+
+/// A pack's chunks as `unindexed` holds them. The catalog is input like any other: a
+/// list that does not parse is named, never guessed at.
+fn unindexed_blobs(pack: i64, bytes: &[u8]) -> Result<Vec<BlobEntry>> {
+    crate::format::pack::read_entries(bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "catalog: the chunk list recorded for pack row {pack} is damaged: {e} \
+                 (`coffer recover` rebuilds the catalog from a target)"
+        )
+    })
 }
 
 impl Catalog {
@@ -227,6 +251,52 @@ impl Catalog {
         Ok(id)
     }
 
+    /// Records an acknowledged pack, with its chunks kept aside in `unindexed` until
+    /// [`Catalog::index_chunks`]: a backup's commit per pack then writes about the
+    /// pack's chunk list, not most of the `chunks` B-tree. The dedup lookup does not see
+    /// these chunks yet; the backup that stored them remembers them until it indexes.
+    pub fn add_pack_unindexed(&mut self, pack: &StoredPack) -> Result<i64> {
+        let tx = self.conn.transaction()?;
+        let id = insert_pack_row(&tx, pack)?;
+        let mut blobs = Vec::with_capacity(pack.blobs.len() * crate::format::pack::ENTRY_LEN);
+        crate::format::pack::write_entries(pack.blobs, &mut blobs);
+        tx.execute("INSERT INTO unindexed (pack, blobs) VALUES (?1, ?2)", params![id, blobs])?;
+        tx.commit()?;
+        Ok(id)
+    }
+
+    /// Moves the chunks of every pack in `unindexed` into `chunks`, in id order and in
+    /// one transaction, so that each page of the B-tree is written once for them all.
+    /// Returns how many chunks it moved.
+    pub fn index_chunks(&mut self) -> Result<usize> {
+        let tx = self.conn.transaction()?;
+        let entries: i64 = tx.query_row("SELECT coalesce(sum(length(blobs)), 0) FROM unindexed", [], |r| r.get(0))?;
+        let mut all = Vec::with_capacity(usize::try_from(entries).unwrap_or(0) / crate::format::pack::ENTRY_LEN);
+        {
+            let mut st = tx.prepare("SELECT pack, blobs FROM unindexed")?;
+            let mut rows = st.query([])?;
+            while let Some(r) = rows.next()? {
+                let pack: i64 = r.get(0)?;
+                let bytes = r.get_ref(1)?.as_blob()?;
+                all.extend(unindexed_blobs(pack, bytes)?.into_iter().map(|b| (pack, b)));
+            }
+        }
+        if all.is_empty() {
+            return Ok(0);
+        }
+        all.sort_unstable_by_key(|(_, b)| b.id.0);
+        {
+            let mut st = tx.prepare_cached(INSERT_CHUNK)?;
+            for (pack, b) in &all {
+                st.execute(params![&b.id.0[..], pack, b.offset, b.length, b.raw_length, b.flags])?;
+            }
+        }
+        tx.execute("DELETE FROM unindexed", [])?;
+        tx.commit()?;
+        tracing::debug!(chunks = all.len(), "chunks indexed");
+        Ok(all.len())
+    }
+
     pub fn has_pack(&self, hash: &str) -> Result<bool> {
         let mut st = self.conn.prepare_cached("SELECT 1 FROM packs WHERE hash = ?1")?;
         Ok(st.exists([hash])?)
@@ -278,6 +348,10 @@ impl Catalog {
 
     /// The chunks the catalog places in a pack: (id, offset, length, raw length, flags).
     pub fn pack_chunks(&self, pack: i64) -> Result<Vec<BlobEntry>> {
+        let mut st = self.conn.prepare_cached("SELECT blobs FROM unindexed WHERE pack = ?1")?;
+        if let Some(bytes) = st.query_row([pack], |r| r.get::<_, Vec<u8>>(0)).optional()? {
+            return unindexed_blobs(pack, &bytes);
+        }
         let mut st = self.conn.prepare_cached(
             "SELECT id, offset, length, raw_length, flags FROM chunks WHERE pack = ?1 ORDER BY offset",
         )?;

@@ -15,7 +15,8 @@ use super::{ChunkId, DecodeError, malformed};
 
 const MAGIC_V1: &[u8; 4] = b"CPK1";
 const MAGIC: &[u8; 4] = b"CPK2";
-const ENTRY_LEN: usize = 32 + 8 + 4 + 4 + 1;
+/// The bytes of one blob table entry.
+pub const ENTRY_LEN: usize = 32 + 8 + 4 + 4 + 1;
 pub const FLAG_ZSTD: u8 = 1;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,13 +65,7 @@ impl PackBuilder {
 
     /// The plaintext of the pack, encrypted to key set `keyset`, and its blob table.
     pub fn finish(mut self, keyset: u32) -> (Vec<u8>, Vec<BlobEntry>) {
-        for b in &self.blobs {
-            self.data.extend_from_slice(&b.id.0);
-            self.data.extend_from_slice(&b.offset.to_le_bytes());
-            self.data.extend_from_slice(&b.length.to_le_bytes());
-            self.data.extend_from_slice(&b.raw_length.to_le_bytes());
-            self.data.push(b.flags);
-        }
+        write_entries(&self.blobs, &mut self.data);
         self.data.extend_from_slice(&(self.blobs.len() as u32).to_le_bytes());
         self.data.extend_from_slice(&keyset.to_le_bytes());
         self.data.extend_from_slice(MAGIC);
@@ -110,21 +105,7 @@ pub fn read_table(plain: &[u8]) -> Result<(Vec<BlobEntry>, u32), DecodeError> {
         .ok_or_else(|| malformed(format!("pack: trailer claims {count} blobs, more than the pack holds")))?;
     let mut blobs = Vec::with_capacity(count);
     for e in plain[table_start..count_at].chunks_exact(ENTRY_LEN) {
-        let u32_at = |i: usize| u32::from_le_bytes([e[i], e[i + 1], e[i + 2], e[i + 3]]);
-        let mut id = [0u8; 32];
-        id.copy_from_slice(&e[..32]);
-        let mut off = [0u8; 8];
-        off.copy_from_slice(&e[32..40]);
-        let b = BlobEntry {
-            id: ChunkId(id),
-            offset: u64::from_le_bytes(off),
-            length: u32_at(40),
-            raw_length: u32_at(44),
-            flags: e[48],
-        };
-        if b.flags > FLAG_ZSTD {
-            return Err(malformed(format!("pack: blob {} has unknown flags {}", b.id, b.flags)));
-        }
+        let b = entry(e)?;
         exact_length(&b)?;
         match b.offset.checked_add(u64::from(b.length)) {
             Some(end) if end <= table_start as u64 => {}
@@ -135,6 +116,47 @@ pub fn read_table(plain: &[u8]) -> Result<(Vec<BlobEntry>, u32), DecodeError> {
         blobs.push(b);
     }
     Ok((blobs, keyset))
+}
+
+/// Appends the table entries of `blobs` in the layout above (the catalog also keeps a
+/// pack's chunks this way, until it indexes them).
+pub fn write_entries(blobs: &[BlobEntry], out: &mut Vec<u8>) {
+    for b in blobs {
+        out.extend_from_slice(&b.id.0);
+        out.extend_from_slice(&b.offset.to_le_bytes());
+        out.extend_from_slice(&b.length.to_le_bytes());
+        out.extend_from_slice(&b.raw_length.to_le_bytes());
+        out.push(b.flags);
+    }
+}
+
+/// Table entries written by [`write_entries`], without a pack around them.
+pub fn read_entries(bytes: &[u8]) -> Result<Vec<BlobEntry>, DecodeError> {
+    if !bytes.len().is_multiple_of(ENTRY_LEN) {
+        let n = bytes.len();
+        return Err(malformed(format!("blob table: {n} bytes, not a whole number of {ENTRY_LEN}-byte entries")));
+    }
+    bytes.chunks_exact(ENTRY_LEN).map(entry).collect()
+}
+
+/// One table entry (`e` is [`ENTRY_LEN`] bytes long).
+fn entry(e: &[u8]) -> Result<BlobEntry, DecodeError> {
+    let u32_at = |i: usize| u32::from_le_bytes([e[i], e[i + 1], e[i + 2], e[i + 3]]);
+    let mut id = [0u8; 32];
+    id.copy_from_slice(&e[..32]);
+    let mut off = [0u8; 8];
+    off.copy_from_slice(&e[32..40]);
+    let b = BlobEntry {
+        id: ChunkId(id),
+        offset: u64::from_le_bytes(off),
+        length: u32_at(40),
+        raw_length: u32_at(44),
+        flags: e[48],
+    };
+    if b.flags > FLAG_ZSTD {
+        return Err(malformed(format!("pack: blob {} has unknown flags {}", b.id, b.flags)));
+    }
+    Ok(b)
 }
 
 /// A stored blob is its chunk (raw) or decompresses to it: a raw blob's stored length is

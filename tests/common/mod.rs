@@ -236,8 +236,16 @@ impl Setup {
     }
 
     /// Raw bytes of every chunk the catalog holds.
+    /// The plaintext bytes of every chunk the catalog records as stored: indexed, or in
+    /// the chunk list of a pack not indexed yet (what a killed run leaves).
     pub fn stored_raw_bytes(&self) -> i64 {
-        self.catalog().query_row("SELECT coalesce(sum(raw_length), 0) FROM chunks", [], |r| r.get(0)).unwrap()
+        let c = self.catalog();
+        let indexed: i64 = c.query_row("SELECT coalesce(sum(raw_length), 0) FROM chunks", [], |r| r.get(0)).unwrap();
+        let mut st = c.prepare("SELECT blobs FROM unindexed").unwrap();
+        let lists = st.query_map([], |r| r.get::<_, Vec<u8>>(0)).unwrap().map(|l| l.unwrap());
+        // Entries of 49 bytes: id (32), offset (8), length (4), raw length (4), flags.
+        let raw = |e: &[u8]| i64::from(u32::from_le_bytes(e[44..48].try_into().unwrap()));
+        indexed + lists.map(|l| l.chunks_exact(49).map(raw).sum::<i64>()).sum::<i64>()
     }
 
     pub fn integrity_ok(&self) {
