@@ -303,7 +303,7 @@ fn run_pipeline(cfg: &Config, job: &Job, repo: &mut Repo, mut watch: Watch, run_
     tracing::debug!(secs = started.elapsed().as_secs_f64(), "read and stored");
     let files = reader::LazyFileSet { entries_path: &entries_path, set: Default::default() };
     let judged = tally.as_ref().map(|tally| judge_changes(repo, job, tally, &reader.paths, &files, previous));
-    let traits = tally.as_ref().map(|t| t.lock().take_traits()).unwrap_or_default();
+    let traits = tally.as_ref().map(|t| t.lock().take_traits()).transpose()?.flatten();
     if let Some(Contents::Command(c)) = &mut contents {
         c.bytes = reader.stats.bytes;
     }
@@ -343,7 +343,7 @@ fn run_pipeline(cfg: &Config, job: &Job, repo: &mut Repo, mut watch: Watch, run_
     let copies = fleet.put_record(&key, object, retain_until)?;
     tracing::debug!(secs = started.elapsed().as_secs_f64(), "snapshot record stored");
     let row = SnapshotRow::from_record(&record);
-    complete(&mut repo.catalog, &row, &copies, &reader, uploaded, &files, &traits)?;
+    complete(&mut repo.catalog, &row, &copies, &reader, uploaded, &files, traits)?;
     tracing::debug!(secs = started.elapsed().as_secs_f64(), "catalog updated");
     let (tripwire, tripwire_error) =
         judged.map_or((None, None), |judged| after_judging(repo, &fleet, job, (run_id, &id), judged));

@@ -216,7 +216,7 @@ pub(super) fn complete(
     reader: &ReadOutput,
     uploaded: HashSet<i64>,
     files: &LazyFileSet,
-    traits: &[(u64, u16)],
+    mut traits: Option<crate::tripwire::tally::TraitsRead>,
 ) -> Result<()> {
     let mut packs = reader.referenced.clone();
     packs.extend(uploaded);
@@ -228,10 +228,10 @@ pub(super) fn complete(
     };
     // The tripwire's traits of the files read, in the order they were read: the order of
     // these rows.
-    let mut traits = traits.iter().peekable();
+    let mut read = traits.as_mut().into_iter().flatten().peekable();
     let mut traits_of = |path: &[u8]| {
         let key = crate::tripwire::tally::path_key(path);
-        traits.next_if(|(k, _)| *k == key).map(|(_, t)| *t)
+        read.next_if(|(k, _)| *k == key).map(|(_, t)| t)
     };
     let mut nth = 0;
     let cache = entries.into_iter().flatten().filter_map(|e| match e {
@@ -261,6 +261,11 @@ pub(super) fn complete(
     });
     let counts = Some((paths.count, paths.fresh));
     catalog.complete_snapshot(row, copies, &packs, cache, |p| Ok(files.get()?.contains(p)), counts)?;
+    if let Some(e) = traits.and_then(|t| t.error) {
+        tracing::warn!(
+            "the tripwire's traits of some files read could not be read back ({e}); their next change is compared with nothing"
+        );
+    }
     Ok(())
 }
 

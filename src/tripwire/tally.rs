@@ -88,9 +88,66 @@ pub struct Tally {
     notes: HashMap<(Vec<u8>, ChunkId), u64>,
     /// The traits of the files read (by path key), in the order they were read, for the
     /// file cache.
-    read: Vec<(u64, u16)>,
+    read: Option<TraitLog>,
     /// A catalog read that failed: the verdict cannot be trusted.
     error: Option<String>,
+}
+
+/// The traits of the files read, in the order they were read: 10 bytes a file (path key,
+/// traits) in a scratch file, not in memory (16 MB at a million files). The file is
+/// unlinked as soon as it is open, so nothing is left of it after the run, even a killed one.
+pub struct TraitLog(std::io::BufWriter<std::fs::File>);
+
+impl TraitLog {
+    fn new(state_dir: &std::path::Path) -> anyhow::Result<TraitLog> {
+        let path = crate::state_dir::StateDir(state_dir).scratch("traits")?;
+        use std::os::unix::fs::OpenOptionsExt;
+        let open = std::fs::OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&path);
+        let file = open.map_err(|e| crate::fsutil::io_error(e, &path))?;
+        std::fs::remove_file(&path).map_err(|e| crate::fsutil::io_error(e, &path))?;
+        Ok(TraitLog(std::io::BufWriter::new(file)))
+    }
+
+    fn push(&mut self, key: u64, traits: u16) -> std::io::Result<()> {
+        use std::io::Write;
+        self.0.write_all(&key.to_le_bytes())?;
+        self.0.write_all(&traits.to_le_bytes())
+    }
+
+    /// The entries written, from the first.
+    fn read_back(self) -> anyhow::Result<TraitsRead> {
+        use std::io::Seek;
+        let mut file = self.0.into_inner().map_err(|e| e.into_error())?;
+        file.rewind()?;
+        Ok(TraitsRead { input: std::io::BufReader::new(file), error: None })
+    }
+}
+
+/// The entries of a [`TraitLog`], in order. A read that fails ends them, and says why in
+/// `error`.
+pub struct TraitsRead {
+    input: std::io::BufReader<std::fs::File>,
+    pub error: Option<std::io::Error>,
+}
+
+impl Iterator for TraitsRead {
+    type Item = (u64, u16);
+
+    fn next(&mut self) -> Option<(u64, u16)> {
+        use std::io::Read;
+        let mut entry = [0u8; 10];
+        match self.input.read_exact(&mut entry) {
+            Ok(()) => Some((
+                u64::from_le_bytes(entry[..8].try_into().expect("8 bytes")),
+                u16::from_le_bytes([entry[8], entry[9]]),
+            )),
+            Err(e) => {
+                // The end of the log, or a read that failed: then the rest have no traits.
+                self.error = (e.kind() != std::io::ErrorKind::UnexpectedEof).then_some(e);
+                None
+            }
+        }
+    }
 }
 
 /// The low 64 bits of a path's blake3: the key of its traits.
@@ -166,7 +223,7 @@ impl Tally {
             last_dir: Vec::new(),
             dirs_hit: HashSet::new(),
             notes: HashMap::new(),
-            read: Vec::new(),
+            read: Some(TraitLog::new(state_dir)?),
             error: None,
         })
     }
@@ -236,8 +293,8 @@ impl Tally {
     }
 
     /// For the file cache: the traits of the files read, in the order they were read.
-    pub fn take_traits(&mut self) -> Vec<(u64, u16)> {
-        std::mem::take(&mut self.read)
+    pub fn take_traits(&mut self) -> anyhow::Result<Option<TraitsRead>> {
+        self.read.take().map(TraitLog::read_back).transpose()
     }
 
     /// The run's measures, once every file and every gone file was shown.
@@ -300,7 +357,9 @@ impl Observer for Tally {
             true => Traits::of(&self.sample, BLOCK),
             false => Traits { class: Class::Empty, entropy: None },
         };
-        self.read.push((path_key(&e.path), now.pack()));
+        if let Err(e) = self.read.as_mut().map_or(Ok(()), |log| log.push(path_key(&e.path), now.pack())) {
+            self.error.get_or_insert_with(|| format!("cannot keep the traits of the files read: {e:#}"));
+        }
         match change {
             Change::Unchanged => {}
             Change::Modified(before) => {
@@ -376,6 +435,22 @@ impl Observer for Shared {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_trait_log_reads_back_in_order_and_leaves_no_file() {
+        let dir = std::env::temp_dir().join(format!("coffer-traits-{}", crate::hex::random(6)));
+        let mut log = TraitLog::new(&dir).unwrap();
+        for i in 0..100_000u64 {
+            log.push(i * 7, i as u16).unwrap();
+        }
+        assert_eq!(std::fs::read_dir(dir.join("tmp")).unwrap().count(), 0, "unlinked once open");
+        let mut read = log.read_back().unwrap();
+        let all: Vec<(u64, u16)> = read.by_ref().collect();
+        assert_eq!(all.len(), 100_000);
+        assert!(all.iter().enumerate().all(|(i, &(k, t))| k == i as u64 * 7 && t == i as u16));
+        assert!(read.error.is_none());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 
     #[test]
     fn names_and_onions() {
