@@ -397,7 +397,7 @@ async fn upload_loop(
                 }
                 let size = pack.ciphertext.len() as u64;
                 let record = StoredPack { hash: &pack.hash, size, keyset: pipeline.keyset, blobs: &pack.blobs, copies: &copies };
-                let id = catalog.add_pack_unindexed(&record)?;
+                let id = catalog.add_pack(&record)?;
                 stored.insert(id);
                 let mut p = lock(pending);
                 p.generation += 1;

@@ -26,6 +26,7 @@ use crate::observer::{Change, Observer};
 use crate::progress::Counters;
 use crate::source::Input;
 use crate::source::path::{self as path_source, Excludes, Found};
+use crate::tripwire::tally::path_key;
 
 /// Chunking of the entry stream (fixed: changing it would stop metadata dedup).
 pub(super) const ENTRY_STREAM_CHUNKS: crate::chunker::ChunkerParams =
@@ -152,7 +153,7 @@ impl FileSet {
         for e in entries {
             let e = e?;
             if e.kind == Kind::File {
-                hashes.push(path_hash(&e.path));
+                hashes.push(path_key(&e.path));
             }
         }
         hashes.sort_unstable();
@@ -160,7 +161,7 @@ impl FileSet {
     }
 
     pub(super) fn contains(&self, path: &[u8]) -> bool {
-        self.0.binary_search(&path_hash(path)).is_ok()
+        self.0.binary_search(&path_key(path)).is_ok()
     }
 }
 
@@ -178,10 +179,6 @@ impl LazyFileSet<'_> {
         let set = FileSet::read(self.entries_path)?;
         Ok(self.set.get_or_init(|| set))
     }
-}
-
-pub(super) fn path_hash(path: &[u8]) -> u64 {
-    crate::tripwire::tally::path_key(path)
 }
 
 /// The reader stage: walks the source, reuses unchanged files' chunk lists, chunks and

@@ -291,6 +291,7 @@ mod tests {
         let copies = [(a, StoredCopy { version: Some("v1".into()), lock: None })];
         let id =
             cat.add_pack(&StoredPack { hash: "ab12", size: 100, keyset: 0, blobs: &blobs, copies: &copies }).unwrap();
+        cat.index_chunks().unwrap();
         drop(cat);
         let cat = Catalog::open(&path).unwrap();
         assert_eq!(cat.chunk_pack(&ChunkId([2; 32])).unwrap(), Some(id));
@@ -316,8 +317,8 @@ mod tests {
     fn unindexed_chunks_are_found_once_indexed_and_a_damaged_list_is_named() {
         let (mut cat, _) = temp_catalog();
         let (first, second) = ([blob(5), blob(1)], [blob(3)]);
-        let p1 = cat.add_pack_unindexed(&StoredPack { hash: "p1", size: 9, keyset: 0, blobs: &first, copies: &[] });
-        let p2 = cat.add_pack_unindexed(&StoredPack { hash: "p2", size: 9, keyset: 0, blobs: &second, copies: &[] });
+        let p1 = cat.add_pack(&StoredPack { hash: "p1", size: 9, keyset: 0, blobs: &first, copies: &[] });
+        let p2 = cat.add_pack(&StoredPack { hash: "p2", size: 9, keyset: 0, blobs: &second, copies: &[] });
         let (p1, p2) = (p1.unwrap(), p2.unwrap());
         // Recorded, not yet where the dedup lookup looks; the pack's own list is there.
         assert_eq!(cat.chunk_pack(&ChunkId([1; 32])).unwrap(), None);
@@ -331,7 +332,7 @@ mod tests {
         assert_eq!(cat.index_chunks().unwrap(), 0, "nothing is indexed twice");
 
         // A list cut short: every reader of it names the pack, and nothing moves.
-        let p3 = cat.add_pack_unindexed(&StoredPack { hash: "p3", size: 9, keyset: 0, blobs: &[blob(7)], copies: &[] });
+        let p3 = cat.add_pack(&StoredPack { hash: "p3", size: 9, keyset: 0, blobs: &[blob(7)], copies: &[] });
         let p3 = p3.unwrap();
         cat.conn.execute("UPDATE unindexed SET blobs = substr(blobs, 2) WHERE pack = ?1", [p3]).unwrap();
         for e in [cat.index_chunks().unwrap_err(), cat.pack_chunks(p3).unwrap_err()] {
@@ -348,6 +349,7 @@ mod tests {
         // Same hash again violates UNIQUE: the whole transaction must roll back.
         let other = [blob(9)];
         assert!(cat.add_pack(&StoredPack { hash: "same", size: 1, keyset: 0, blobs: &other, copies: &[] }).is_err());
+        cat.index_chunks().unwrap();
         assert_eq!(cat.chunk_pack(&ChunkId([9; 32])).unwrap(), None);
     }
 
@@ -365,31 +367,20 @@ mod tests {
             xattrs: Some(vec![crate::format::entry::Xattr { name: b"user.a".to_vec(), value: vec![0, 255] }]),
             traits: Some(0x4101),
         };
-        let snap = |id: &str| SnapshotRow { files: 1, bytes: 1, ..snapshot_row(id, None) };
+        // A snapshot with the rows of `rows` (path, file) and the paths `current` says.
+        let complete = |cat: &mut Catalog, id: &str, rows: &[&[u8]], current: fn(&[u8]) -> bool| {
+            let snap = SnapshotRow { files: 1, bytes: 1, ..snapshot_row(id, None) };
+            let rows = rows.iter().map(|p| Ok((p.to_vec(), f.clone())));
+            cat.complete_snapshot(&snap, &[], &HashSet::new(), rows, |p| Ok(current(p)), None).unwrap();
+        };
         // Written, a row names each chunk's pack (0: in none).
         let written = CachedFile { packs: Some(vec![0]), ..f.clone() };
-        cat.complete_snapshot(
-            &snap("s1"),
-            &[],
-            &HashSet::new(),
-            vec![Ok((b"a".to_vec(), f.clone()))],
-            |_| Ok(true),
-            None,
-        )
-        .unwrap();
+        complete(&mut cat, "s1", &[b"a"], |_| true);
         assert_eq!(cat.cached_file("j", b"a").unwrap(), Some(written.clone()));
         // `a` unchanged (no row given, kept), `b` new; then `a` gone.
-        cat.complete_snapshot(
-            &snap("s2"),
-            &[],
-            &HashSet::new(),
-            vec![Ok((b"b".to_vec(), f.clone()))],
-            |_| Ok(true),
-            None,
-        )
-        .unwrap();
+        complete(&mut cat, "s2", &[b"b"], |_| true);
         assert_eq!(cat.cached_file("j", b"a").unwrap(), Some(written.clone()));
-        cat.complete_snapshot(&snap("s3"), &[], &HashSet::new(), std::iter::empty(), |p| Ok(p == b"b"), None).unwrap();
+        complete(&mut cat, "s3", &[], |p| p == b"b");
         assert_eq!(cat.cached_file("j", b"a").unwrap(), None);
         assert_eq!(cat.cached_file("j", b"b").unwrap(), Some(written.clone()));
         assert_eq!(cat.find_snapshot("j", "latest").unwrap().id, "s3");

@@ -243,19 +243,12 @@ impl Catalog {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Records an acknowledged pack and its chunks in one transaction. Returns its row id.
+    /// Records an acknowledged pack in one transaction, with its chunks kept aside in
+    /// `unindexed` until [`Catalog::index_chunks`]: a backup's commit per pack then writes
+    /// about the pack's chunk list, not most of the `chunks` B-tree. The dedup lookup
+    /// does not see these chunks yet; the backup that stored them remembers them until it
+    /// indexes. Returns the pack's row id.
     pub fn add_pack(&mut self, pack: &StoredPack) -> Result<i64> {
-        let tx = self.conn.transaction()?;
-        let id = insert_pack(&tx, pack)?;
-        tx.commit()?;
-        Ok(id)
-    }
-
-    /// Records an acknowledged pack, with its chunks kept aside in `unindexed` until
-    /// [`Catalog::index_chunks`]: a backup's commit per pack then writes about the
-    /// pack's chunk list, not most of the `chunks` B-tree. The dedup lookup does not see
-    /// these chunks yet; the backup that stored them remembers them until it indexes.
-    pub fn add_pack_unindexed(&mut self, pack: &StoredPack) -> Result<i64> {
         let tx = self.conn.transaction()?;
         let id = insert_pack_row(&tx, pack)?;
         let mut blobs = Vec::with_capacity(pack.blobs.len() * crate::format::pack::ENTRY_LEN);

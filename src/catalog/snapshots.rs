@@ -131,7 +131,8 @@ impl Catalog {
         current: impl Fn(&[u8]) -> Result<bool>,
         counts: Option<(u64, u64)>,
     ) -> Result<i64> {
-        let tx = self.conn.transaction()?;
+        // Unchecked (on `&self`): inside it, the rows' packs come from the dedup lookup.
+        let tx = self.conn.unchecked_transaction()?;
         tx.execute(
             "INSERT INTO snapshots (id, job, host, created_at, state, source, files, bytes,
                                     bytes_new, bytes_uploaded, errors, retain_until, contents, keyset, tags)
@@ -188,18 +189,12 @@ impl Catalog {
                                                     content_type, xattrs, traits, packs_check)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )?;
-            // Each chunk's pack, as the dedup lookup finds it now that every pack is in.
-            let mut pack_of = tx.prepare("SELECT pack FROM chunks WHERE id = ?1")?;
-            let skipped = self.skipped.borrow();
             for item in cache {
                 let (path, f) = item?;
                 let ids: Vec<u8> = f.chunks.iter().flat_map(|c| c.0).collect();
-                let mut packs = Vec::with_capacity(f.chunks.len());
-                for id in &f.chunks {
-                    let found: Vec<i64> =
-                        pack_of.query_map([&id.0[..]], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
-                    packs.push(found.into_iter().find(|p| !skipped.contains(p)).unwrap_or(0));
-                }
+                // Each chunk's pack, as the dedup lookup finds it now that every pack is in.
+                let packs =
+                    f.chunks.iter().map(|id| Ok(self.chunk_pack(id)?.unwrap_or(0))).collect::<Result<Vec<_>>>()?;
                 let xattrs = f.xattrs.as_ref().map(serde_json::to_string).transpose()?;
                 let packs = super::file_cache::packs_column(&packs);
                 let check = super::file_cache::packs_check(f.size, &ids, &packs);
