@@ -43,6 +43,18 @@ pub(super) struct SealedPack {
     pub(super) hash: String,
     pub(super) ciphertext: Bytes,
     pub(super) blobs: Vec<BlobEntry>,
+    /// Its place among the sealed packs a run may hold (see [`sealed_slots`]), given back
+    /// when the pack is dropped: uploaded, or given up.
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// How many sealed packs a run holds at once: one per concurrent upload. A pack's
+/// ciphertext is its size in memory, the largest buffer of a backup; one more, sealed
+/// ahead of a free upload slot, would save only the sealing (milliseconds against an
+/// upload's round trips).
+fn sealed_slots(targets: &[Target]) -> Arc<tokio::sync::Semaphore> {
+    let concurrency = targets.iter().map(|t| t.upload_concurrency).max().unwrap_or(1);
+    Arc::new(tokio::sync::Semaphore::new(concurrency))
 }
 
 /// Where the pipeline's packs go: the run's targets (less those that fail), locked until
@@ -128,7 +140,9 @@ pub(super) fn run_stages(
         })?
     };
 
-    let middle = Middle::start(cfg, pipeline.keyset, workers, chunk_rx, pack_tx, buffers, pack_buffers.clone())?;
+    let slots = sealed_slots(pipeline.targets);
+    let packing = Packing { tx: pack_tx, slots: slots.clone(), buffers: pack_buffers.clone() };
+    let middle = Middle::start(cfg, pipeline.keyset, workers, chunk_rx, packing, buffers)?;
 
     let upload = crate::runtime::block_on(upload_loop(
         &mut pack_rx,
@@ -141,7 +155,9 @@ pub(super) fn run_stages(
     if upload.is_err() {
         abort.store(true, Ordering::Relaxed);
     }
-    drop(pack_rx); // unblocks the packer if the upload stopped early
+    // Unblock the packer if the upload stopped early (waiting for a slot or to send).
+    slots.close();
+    drop(pack_rx);
 
     let read = reader.join().map_err(|_| anyhow!("the reader thread panicked"));
     let packed = middle.join()?;
@@ -175,9 +191,8 @@ impl Middle {
         keyset: u32,
         workers: usize,
         chunk_rx: Receiver<Vec<NewChunk>>,
-        pack_tx: tokio::sync::mpsc::Sender<SealedPack>,
+        packing: Packing,
         buffers: Arc<crate::buffers::Buffers>,
-        pack_buffers: Arc<crate::buffers::Buffers>,
     ) -> Result<Middle> {
         let (blob_tx, blob_rx) = sync_channel::<Vec<Blob>>(2 * workers);
         let chunk_rx = Arc::new(Mutex::new(chunk_rx));
@@ -194,7 +209,7 @@ impl Middle {
         let (recipients, pack_size) = (cfg.recipients.clone(), cfg.pack_size as usize);
         let packer = std::thread::Builder::new()
             .name("packer".into())
-            .spawn(move || pack_loop(blob_rx, pack_tx, &recipients, keyset, pack_size, &buffers, &pack_buffers))?;
+            .spawn(move || pack_loop(blob_rx, &packing, &recipients, keyset, pack_size, &buffers))?;
         Ok(Middle { compressors, packer })
     }
 
@@ -300,39 +315,51 @@ pub(super) fn compress_loop(
     }
 }
 
+/// Where the packer's sealed packs go: the uploader's queue, with a slot each and a
+/// ciphertext buffer the uploader gives back.
+pub(super) struct Packing {
+    pub(super) tx: tokio::sync::mpsc::Sender<SealedPack>,
+    pub(super) slots: Arc<tokio::sync::Semaphore>,
+    pub(super) buffers: Arc<crate::buffers::Buffers>,
+}
+
 pub(super) fn pack_loop(
     rx: Receiver<Vec<Blob>>,
-    tx: tokio::sync::mpsc::Sender<SealedPack>,
+    packing: &Packing,
     recipients: &[crate::keys::Recipient],
     keyset: u32,
     pack_size: usize,
     buffers: &crate::buffers::Buffers,
-    pack_buffers: &crate::buffers::Buffers,
 ) -> Result<()> {
     // A pack's plaintext buffer serves the next pack once sealed, and the uploader gives
     // ciphertext buffers back: a fresh one would be a fresh mapping, every page faulted
-    // in again.
-    let seal = |builder: PackBuilder| -> Result<(SealedPack, Vec<u8>)> {
+    // in again. `None`: the uploader stopped (it reports why).
+    let seal = |builder: PackBuilder| -> Result<Option<(SealedPack, Vec<u8>)>> {
+        let Ok(slot) = futures::executor::block_on(packing.slots.clone().acquire_owned()) else {
+            return Ok(None);
+        };
         let (plain, blobs) = builder.finish(keyset);
-        let mut ciphertext = pack_buffers.empty(plain.len() + (64 << 10));
+        let mut ciphertext = packing.buffers.empty(plain.len() + (64 << 10));
         crate::keys::encrypt_into(recipients, &plain, &mut ciphertext)?;
         let hash = crate::format::pack_id(&ciphertext);
-        Ok((SealedPack { hash, ciphertext: Bytes::from(ciphertext), blobs }, plain))
+        Ok(Some((SealedPack { hash, ciphertext: Bytes::from(ciphertext), blobs, _slot: slot }, plain)))
     };
     let mut builder = PackBuilder::with_buffer(Vec::with_capacity(pack_size + pack_size / 4));
     for blob in rx.into_iter().flatten() {
         builder.add(blob.id, &blob.stored, blob.raw_length, blob.flags);
         buffers.give_back(blob.stored);
         if builder.len() >= pack_size {
-            let (sealed, plain) = seal(std::mem::take(&mut builder))?;
+            let Some((sealed, plain)) = seal(std::mem::take(&mut builder))? else { return Ok(()) };
             builder = PackBuilder::with_buffer(plain);
-            if tx.blocking_send(sealed).is_err() {
-                return Ok(()); // the uploader stopped; it reports why
+            if packing.tx.blocking_send(sealed).is_err() {
+                return Ok(());
             }
         }
     }
-    if !builder.is_empty() {
-        let _ = tx.blocking_send(seal(builder)?.0);
+    if !builder.is_empty()
+        && let Some((sealed, _)) = seal(builder)?
+    {
+        let _ = packing.tx.blocking_send(sealed);
     }
     Ok(())
 }
@@ -425,4 +452,56 @@ async fn upload_loop(
     // The snapshot completes only with every chunk where a restore looks for it.
     catalog.index_chunks()?;
     Ok(stored)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A pack's worth of 64 KiB blobs, ids from `seed`.
+    fn blobs(seed: u8, pack_size: usize) -> Vec<Blob> {
+        (0..pack_size / (64 << 10))
+            .map(|i| Blob {
+                id: ChunkId(*blake3::hash(&[seed, i as u8]).as_bytes()),
+                stored: vec![seed; 64 << 10],
+                raw_length: 64 << 10,
+                flags: 0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_packer_seals_no_pack_while_every_slot_holds_one() {
+        let pack_size = 1 << 20;
+        let recipient = age::x25519::Identity::generate().to_public();
+        let recipients = [crate::keys::Recipient::X25519(recipient)];
+        let (blob_tx, blob_rx) = sync_channel::<Vec<Blob>>(8);
+        let (pack_tx, mut pack_rx) = tokio::sync::mpsc::channel::<SealedPack>(1);
+        let packing = Packing {
+            tx: pack_tx,
+            slots: Arc::new(tokio::sync::Semaphore::new(1)),
+            buffers: Arc::new(crate::buffers::Buffers::for_packs(pack_size)),
+        };
+        let packer = std::thread::spawn(move || {
+            let buffers = crate::buffers::Buffers::for_chunks();
+            pack_loop(blob_rx, &packing, &recipients, 1, pack_size, &buffers)
+        });
+        for seed in 0..3 {
+            blob_tx.send(blobs(seed, pack_size)).unwrap();
+        }
+        drop(blob_tx);
+        let first = pack_rx.blocking_recv().expect("the first pack");
+        // The uploader holds the first pack (its only slot): the packer has two more
+        // packs' blobs, and must not seal one.
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(pack_rx.try_recv().is_err(), "a second pack was sealed while the only slot was held");
+        drop(first);
+        let mut hashes = HashSet::new();
+        while let Some(p) = pack_rx.blocking_recv() {
+            hashes.insert(p.hash);
+        }
+        assert_eq!(hashes.len(), 2, "the other two packs follow, one at a time");
+        packer.join().unwrap().unwrap();
+    }
 }

@@ -386,6 +386,17 @@ mod tests {
         assert_eq!(cat.find_snapshot("j", "latest").unwrap().id, "s3");
         assert_eq!(cat.find_snapshot("j", "s1").unwrap().id, "s1");
         assert!(cat.find_snapshot("j", "s").is_err());
+        // Chunks in two packs and in none, out of id order and repeated: each gets its own.
+        let p1 = cat.add_pack(&StoredPack { hash: "p1", size: 1, keyset: 0, blobs: &[blob(7)], copies: &[] }).unwrap();
+        let p2 = cat.add_pack(&StoredPack { hash: "p2", size: 1, keyset: 0, blobs: &[blob(3)], copies: &[] }).unwrap();
+        cat.index_chunks().unwrap();
+        let ids = [9, 7, 3, 7].map(|n| ChunkId([n; 32])).to_vec();
+        let mixed = CachedFile { chunks: ids, ..f.clone() };
+        let snap = SnapshotRow { files: 2, bytes: 1, ..snapshot_row("s4", None) };
+        let rows = [(b"b".to_vec(), f.clone()), (b"c".to_vec(), mixed.clone())].map(Ok);
+        cat.complete_snapshot(&snap, &[], &HashSet::new(), rows, |_| Ok(true), None).unwrap();
+        assert_eq!(cat.cached_file("j", b"b").unwrap().unwrap().packs, Some(vec![p1]));
+        assert_eq!(cat.cached_file("j", b"c").unwrap().unwrap().packs, Some(vec![0, p1, p2, p1]));
     }
 
     #[test]

@@ -102,6 +102,16 @@ fn unindexed_blobs(pack: i64, bytes: &[u8]) -> Result<Vec<BlobEntry>> {
     })
 }
 
+/// Chunks' packs found by [`Catalog::chunk_packs_sorted`], sorted by chunk id.
+pub(super) struct PacksOf(Vec<(ChunkId, i64)>);
+
+impl PacksOf {
+    /// The pack of a chunk looked up; 0 (no pack's id) for one not stored.
+    pub(super) fn get(&self, id: &ChunkId) -> i64 {
+        self.0.binary_search_by(|(c, _)| c.cmp(id)).map_or(0, |i| self.0[i].1)
+    }
+}
+
 impl Catalog {
     /// The pack (row id) holding a stored chunk, if any: the dedup lookup. A chunk in a
     /// pack found damaged counts as not stored, so that a backup stores it again.
@@ -122,6 +132,17 @@ impl Catalog {
             }
         }
         Ok(None)
+    }
+
+    /// The dedup lookup for many chunks at once, in id order: ids are random, so in
+    /// the order they come each would read another page of `chunks`; sorted, neighbours
+    /// share the page just read.
+    pub(super) fn chunk_packs_sorted<'a>(&self, ids: impl Iterator<Item = &'a ChunkId>) -> Result<PacksOf> {
+        let mut ids: Vec<ChunkId> = ids.copied().collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let found = ids.into_iter().map(|id| Ok((id, self.chunk_pack(&id)?.unwrap_or(0))));
+        Ok(PacksOf(found.collect::<Result<_>>()?))
     }
 
     /// Every pack holding a chunk, with the key set each is encrypted to.

@@ -115,6 +115,12 @@ impl SnapshotRow {
 }
 
 impl Catalog {
+    /// How many file-cache rows `complete_snapshot` writes per sorted lookup of their
+    /// chunks. At a million small files this reads 0.9 GB of catalog pages, against
+    /// 1.8 GB a batch of 2^15 rows and 7 GB row by row; the rows (about 30 MB) are held
+    /// after the run's pack buffers are freed, below its peak.
+    const COMPLETE_BATCH: usize = 1 << 17;
+
     /// Records a complete snapshot, the targets that hold its record (`copies`), the packs
     /// it needs, and the job's file cache, in one transaction: `cache`
     /// gives the files whose row changed (new, or read again), `current` says which paths
@@ -189,29 +195,35 @@ impl Catalog {
                                                     content_type, xattrs, traits, packs_check)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )?;
-            for item in cache {
-                let (path, f) = item?;
-                let ids: Vec<u8> = f.chunks.iter().flat_map(|c| c.0).collect();
-                // Each chunk's pack, as the dedup lookup finds it now that every pack is in.
-                let packs =
-                    f.chunks.iter().map(|id| Ok(self.chunk_pack(id)?.unwrap_or(0))).collect::<Result<Vec<_>>>()?;
-                let xattrs = f.xattrs.as_ref().map(serde_json::to_string).transpose()?;
-                let packs = super::file_cache::packs_column(&packs);
-                let check = super::file_cache::packs_check(f.size, &ids, &packs);
-                st.execute(params![
-                    snap.job,
-                    path,
-                    f.size,
-                    f.mtime_ns,
-                    f.ctime_ns,
-                    f.inode,
-                    ids,
-                    packs,
-                    f.content_type,
-                    xattrs,
-                    f.traits,
-                    &check[..]
-                ])?;
+            // A batch of rows at a time, their chunks looked up in id order: the ids are
+            // random, so looked up row by row nearly every one read another page of
+            // `chunks`; in order, neighbours share the page just read.
+            let mut cache = cache.into_iter().peekable();
+            while cache.peek().is_some() {
+                let rows = cache.by_ref().take(Self::COMPLETE_BATCH).collect::<Result<Vec<_>>>()?;
+                let packs = self.chunk_packs_sorted(rows.iter().flat_map(|(_, f)| &f.chunks))?;
+                for (path, f) in rows {
+                    let ids: Vec<u8> = f.chunks.iter().flat_map(|c| c.0).collect();
+                    // Each chunk's pack, as the dedup lookup finds it now that every pack is in.
+                    let packs: Vec<i64> = f.chunks.iter().map(|id| packs.get(id)).collect();
+                    let xattrs = f.xattrs.as_ref().map(serde_json::to_string).transpose()?;
+                    let packs = super::file_cache::packs_column(&packs);
+                    let check = super::file_cache::packs_check(f.size, &ids, &packs);
+                    st.execute(params![
+                        snap.job,
+                        path,
+                        f.size,
+                        f.mtime_ns,
+                        f.ctime_ns,
+                        f.inode,
+                        ids,
+                        packs,
+                        f.content_type,
+                        xattrs,
+                        f.traits,
+                        &check[..]
+                    ])?;
+                }
             }
         }
         tx.commit()?;
