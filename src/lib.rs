@@ -49,6 +49,7 @@ pub mod s3;
 pub mod schedule;
 pub mod scrub;
 pub mod source;
+pub mod spill;
 pub mod state_dir;
 pub mod status;
 pub mod store;

@@ -31,7 +31,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "time",
         ],
     ),
-    ("keys and local state", &["keys", "state_dir"]),
+    ("keys and local state", &["keys", "spill", "state_dir"]),
     ("stores: where objects go, and how each kind is reached", &["store"]),
     ("formats: what the objects hold, and the file metadata they keep", &["format", "xattr"]),
     ("what is stored where, and what is backed up", &["audit", "catalog", "inventory", "observer", "pin", "source"]),

@@ -335,7 +335,7 @@ pub(super) fn pack_loop(
     // ciphertext buffers back: a fresh one would be a fresh mapping, every page faulted
     // in again. `None`: the uploader stopped (it reports why).
     let seal = |builder: PackBuilder| -> Result<Option<(SealedPack, Vec<u8>)>> {
-        let Ok(slot) = futures::executor::block_on(packing.slots.clone().acquire_owned()) else {
+        let Ok(slot) = crate::runtime::block_on(packing.slots.clone().acquire_owned()) else {
             return Ok(None);
         };
         let (plain, blobs) = builder.finish(keyset);

@@ -138,7 +138,8 @@ pub fn run(cfg: &Config, opts: &Options, dry_run: Option<Listing>) -> Result<Sum
     }
 
     tracing::debug!("entry stream read");
-    let plan = catalog.reading(|c| Plan::make(&entries_path, &selection, c, (target.id, &made_with), &cfg.limits))?;
+    let files = (entries_path.as_path(), cfg.state());
+    let mut plan = catalog.reading(|c| Plan::make(files, &selection, c, (target.id, &made_with), &cfg.limits))?;
     if selection.narrows() && !plan.matched {
         let asked = [("path", &opts.paths), ("include", &opts.include), ("exclude", &opts.exclude)];
         let asked = asked.iter().flat_map(|(flag, v)| v.iter().map(move |x| format!("--{flag} `{x}`")));
@@ -170,7 +171,7 @@ pub fn run(cfg: &Config, opts: &Options, dry_run: Option<Listing>) -> Result<Sum
 
     let mut summary = match dry_run {
         Some(listing) => list(&entries_path, &plan, &selection, listing)?,
-        None => write(&repo, &entries_path, &plan, &selection, opts)?,
+        None => write(&repo, &entries_path, &mut plan, &selection, opts)?,
     };
     summary.refused = plan.refused.total;
     refusals.append(&mut summary.failures);
@@ -213,7 +214,7 @@ fn list(entries_path: &Path, plan: &Plan, selection: &Selection, listing: Listin
 fn write(
     repo: &Repo<Restorer>,
     entries_path: &Path,
-    plan: &Plan,
+    plan: &mut Plan,
     selection: &Selection,
     opts: &Options,
 ) -> Result<Summary> {
@@ -222,11 +223,12 @@ fn write(
     let _progress = ProgressLine::start(
         counters.clone(),
         opts.progress,
-        crate::progress::restore_line(plan.files.len() as u64, plan.bytes),
+        crate::progress::restore_line(plan.files.count, plan.bytes),
     );
     let packs = Packs::start(target.clone(), repo.identity().clone(), plan.packs.clone());
     let secret = repo.secret().clone();
-    let walk = Walk { entries_path, plan, selection, packs, secret, counters };
+    let files = std::mem::take(&mut plan.files);
+    let walk = Walk { entries_path, plan, files, selection, packs, secret, counters };
     match &opts.to {
         Destination::Dir(to) => walk.write_tree(to, opts.overwrite),
         Destination::Bucket(bucket) => walk.upload(bucket),
@@ -265,6 +267,8 @@ pub const OTHER_KEYS: &str = "this identity is not one of the keys the pack is e
 struct Walk<'a> {
     entries_path: &'a Path,
     plan: &'a Plan,
+    /// The plan's files, read once.
+    files: plan::FileList,
     selection: &'a Selection,
     packs: Packs,
     secret: RepoSecret,
@@ -294,11 +298,12 @@ impl<'a> Walk<'a> {
     }
 
     /// The selected files' entries, in the planned order, each with its chunk reads.
-    fn files(&self) -> Result<impl Iterator<Item = Result<(Entry, std::ops::Range<usize>)>> + 'a> {
+    fn files(&mut self) -> Result<impl Iterator<Item = Result<(Entry, std::ops::Range<usize>)>> + use<>> {
         use std::os::unix::fs::FileExt;
-        let (plan, file) = (self.plan, File::open(self.entries_path)?);
+        let file = File::open(self.entries_path)?;
         let mut line = Vec::new();
-        Ok(plan.files.iter().map(move |f| {
+        Ok(self.files.read()?.map(move |f| {
+            let f = f?;
             line.resize(f.len as usize, 0);
             file.read_exact_at(&mut line, f.offset)?;
             let text = line.strip_suffix(b"\n").unwrap_or(&line);

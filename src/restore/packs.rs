@@ -138,9 +138,16 @@ impl Packs {
     /// Pack `i`'s plaintext, verified; `next_use` is the position of its next use after
     /// this one (`u64::MAX`: none).
     pub fn get(&mut self, i: u32, next_use: u64) -> Plain {
-        if let Some(slot) = self.cache.iter_mut().find(|c| c.0 == i) {
-            slot.2 = next_use;
-            return Ok(slot.1.clone());
+        if let Some(k) = self.cache.iter().position(|c| c.0 == i) {
+            // Its last use: it leaves the cache now instead of holding memory until it
+            // is evicted (a fresh snapshot's packs are each read through once).
+            if next_use == u64::MAX {
+                let (_, plain, _) = self.cache.swap_remove(k);
+                self.cached_bytes -= plain.len();
+                return Ok(plain);
+            }
+            self.cache[k].2 = next_use;
+            return Ok(self.cache[k].1.clone());
         }
         if let Some(why) = self.bad.get(&i) {
             return Err(why.clone());
@@ -195,5 +202,65 @@ impl Drop for Packs {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chunk_id::ChunkId;
+    use crate::store::{TargetConfig, TargetId};
+    use age::secrecy::ExposeSecret;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    /// Three one-chunk packs stored in a `file://` target, and a restore's view of them.
+    fn packs() -> Packs {
+        let dir = std::env::temp_dir().join(format!("coffer-packs-{}", crate::hex::random(6)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let identity = age::x25519::Identity::generate();
+        let key_file = dir.join("identity.txt");
+        let mut f = std::fs::OpenOptions::new().create_new(true).write(true).mode(0o600).open(&key_file).unwrap();
+        std::io::Write::write_all(&mut f, identity.to_string().expose_secret().as_bytes()).unwrap();
+        let cfg = TargetConfig {
+            name: "t".into(),
+            url: format!("file://{}", dir.join("target").display()),
+            upload_concurrency: 1,
+            lock_mode: None,
+            retry_budget: std::time::Duration::from_secs(1),
+            max_lock_days: 1,
+            options: Arc::new(crate::store::config::NoOptions),
+        };
+        let target = crate::store::Target::open(&cfg, TargetId(1)).unwrap();
+        let recipients = [crate::keys::Recipient::X25519(identity.to_public())];
+        let schedule = (0..3u8)
+            .map(|n| {
+                let mut builder = pack::PackBuilder::default();
+                builder.add(ChunkId([n; 32]), &[n; 1000], 1000, 0);
+                let (plain, _) = builder.finish(1);
+                let mut ciphertext = Vec::new();
+                crate::keys::encrypt_into(&recipients, &plain, &mut ciphertext).unwrap();
+                let hash = crate::format::pack_id(&ciphertext);
+                let size = ciphertext.len() as u64;
+                let key = crate::format::pack_key(&hash);
+                crate::runtime::block_on(target.put_new(&key, ciphertext.into(), 0)).unwrap();
+                (hash, None, size)
+            })
+            .collect();
+        Packs::start(target, Arc::new(Identity::load(&key_file).unwrap()), schedule)
+    }
+
+    #[test]
+    fn a_pack_leaves_the_cache_at_its_last_use() {
+        let mut packs = packs();
+        // Pack 0 read at positions 0, 1 and 3; pack 1 at 2; pack 2 at 4.
+        packs.get(0, 1).unwrap();
+        packs.get(0, 3).unwrap();
+        assert_eq!(packs.cache.len(), 1, "kept for its next use");
+        packs.get(1, u64::MAX).unwrap();
+        assert_eq!(packs.cache.len(), 1, "a pack read once is never cached");
+        packs.get(0, u64::MAX).unwrap();
+        assert!(packs.cache.is_empty() && packs.cached_bytes == 0, "its last use frees it");
+        packs.get(2, u64::MAX).unwrap();
+        assert_eq!(packs.refetched, 0);
     }
 }

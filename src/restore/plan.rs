@@ -10,8 +10,9 @@
 //! order, and every chunk read knows when its pack is next needed, so the pack cache
 //! can evict the one needed furthest ahead.
 //!
-//! Chunk locations are kept compactly in memory, 32 bytes per chunk read (a terabyte in
-//! 1 MiB chunks: ~32 MiB), so that the write pass makes no catalog query.
+//! Chunk locations are kept compactly in memory, 40 bytes per chunk read (a terabyte in
+//! 1 MiB chunks: ~40 MiB), in stream order, so that the write pass makes no catalog
+//! query; files are reordered by a list of 32 bytes each, not by copying their reads.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -29,6 +30,8 @@ use std::os::unix::ffi::OsStrExt;
 use crate::catalog::{Catalog, TargetId};
 use crate::format::entry::{Entry, EntryReader, Kind};
 use crate::format::entry_check::{Refused, TreeCheck};
+use crate::spill::Spill;
+use crate::state_dir::StateDir;
 
 /// Where a chunk is: the pack's index in [`Plan::packs`] and its place in the pack.
 #[derive(Debug, Clone, Copy)]
@@ -99,8 +102,48 @@ pub struct FileRef {
     /// The line, newline included.
     pub offset: u64,
     pub len: u64,
-    /// Its first chunk read in [`Plan::locs`].
+    /// Its first chunk read in [`Plan::locs`], and how many.
     pub first: usize,
+    count: u32,
+    /// The pack of its first chunk, by first need in stream order: the write order.
+    order: u32,
+}
+
+/// A [`FileRef`] in the file list: offset, length, first read, reads.
+const FILE_RECORD: usize = 28;
+
+/// The selected files in the order they are written, in a scratch file: in memory they
+/// took 32 bytes each, 32 MB at a million files, for the whole restore.
+#[derive(Default)]
+pub struct FileList {
+    pub count: u64,
+    records: Option<Spill<FILE_RECORD>>,
+}
+
+impl FileList {
+    fn write(state: StateDir, files: &[FileRef]) -> Result<FileList> {
+        let mut records = Spill::new(state, "restore-files")?;
+        for f in files {
+            let mut r = [0u8; FILE_RECORD];
+            r[..8].copy_from_slice(&f.offset.to_le_bytes());
+            r[8..16].copy_from_slice(&f.len.to_le_bytes());
+            r[16..24].copy_from_slice(&(f.first as u64).to_le_bytes());
+            r[24..].copy_from_slice(&f.count.to_le_bytes());
+            records.push(&r)?;
+        }
+        Ok(FileList { count: files.len() as u64, records: Some(records) })
+    }
+
+    /// The files, in the order they are written (once: reading takes them).
+    pub fn read(&mut self) -> Result<impl Iterator<Item = Result<FileRef>> + use<>> {
+        let records = self.records.take().map(Spill::read_back).transpose()?;
+        let u64_at = |r: &[u8], at: usize| u64::from_le_bytes(r[at..at + 8].try_into().expect("8 bytes"));
+        Ok(records.into_iter().flatten().map(move |r| {
+            let r = r.map_err(|e| anyhow::anyhow!("the restore's file list cannot be read back: {e}"))?;
+            let count = u32::from_le_bytes(r[24..].try_into().expect("4 bytes"));
+            Ok(FileRef { offset: u64_at(&r, 0), len: u64_at(&r, 8), first: u64_at(&r, 16) as usize, count, order: 0 })
+        }))
+    }
 }
 
 #[derive(Default)]
@@ -108,9 +151,10 @@ pub struct Plan {
     /// Packs in order of first need: (hash, version). The index is the schedule position.
     pub packs: Vec<PackRef>,
     /// The selected files, in the order they are written.
-    pub files: Vec<FileRef>,
-    /// Every chunk read, file after file in that order: its location (`None`: in no pack
-    /// the catalog knows), and the position of the next read from the same pack.
+    pub files: FileList,
+    /// Every chunk read, file after file in stream order: its location (`None`: in no
+    /// pack the catalog knows), and when the next read from the same pack comes in the
+    /// write order (how many reads come before it).
     pub locs: Vec<(Option<Loc>, u64)>,
     /// Stream positions of the entries the rules refuse.
     pub refused_at: HashSet<u64>,
@@ -130,20 +174,18 @@ const REFUSALS_KEPT: usize = 1000;
 impl Plan {
     /// `target`: where the packs are read from (their version ids there).
     pub fn make(
-        entries_path: &Path,
+        (entries_path, state): (&Path, StateDir),
         selection: &Selection,
         catalog: &Catalog,
         (target, made_with): (TargetId, &std::collections::HashSet<i64>),
         limits: &crate::format::entry::Limits,
     ) -> Result<Plan> {
         let mut plan = Plan::default();
+        let mut files = Vec::new();
         let mut check = TreeCheck::default();
-        // Packs by first need in stream order, then chunk reads in stream order.
+        // Packs by first need in stream order.
         let mut stream_packs: Vec<PackRef> = Vec::new();
         let mut pack_index: HashMap<String, u32> = HashMap::new();
-        let mut reads: Vec<Option<Loc>> = Vec::new();
-        // (order key, file, its first read and count in `reads`)
-        let mut files: Vec<(u32, FileRef, usize)> = Vec::new();
         let mut entries = EntryReader::with_limits(BufReader::new(File::open(entries_path)?), limits)?;
         let mut i = 0u64;
         loop {
@@ -174,49 +216,46 @@ impl Plan {
                 continue;
             }
             plan.bytes += entry.size;
-            let first = reads.len();
+            let first = plan.locs.len();
             for id in &entry.chunks {
-                reads.push(catalog.chunk_location(target, id, Some(made_with))?.map(|l| {
+                let loc = catalog.chunk_location(target, id, Some(made_with))?.map(|l| {
                     let pack = *pack_index.entry(l.pack_hash.clone()).or_insert_with(|| {
                         stream_packs.push((l.pack_hash, l.pack_version, l.pack_size));
                         (stream_packs.len() - 1) as u32
                     });
                     Loc { pack, offset: l.offset, length: l.length, raw_length: l.raw_length, flags: l.flags }
-                }));
+                });
+                plan.locs.push((loc, u64::MAX));
             }
-            let key = reads[first..].iter().flatten().map(|l| l.pack).next().unwrap_or(0);
-            files.push((key, FileRef { offset, len, first }, entry.chunks.len()));
+            let order = plan.locs[first..].iter().find_map(|(l, _)| l.map(|l| l.pack)).unwrap_or(0);
+            let count = u32::try_from(entry.chunks.len())?;
+            files.push(FileRef { offset, len, first, count, order });
         }
-        drop(pack_index);
-        files.sort_by_key(|(key, _, _)| *key);
+        drop((pack_index, check));
+        // Stable: files of one pack keep their stream order (their lines' offsets).
+        files.sort_unstable_by_key(|f| (f.order, f.offset));
 
         // Renumber the packs by first need in the write order, and link each read to
         // the next read of its pack.
         let mut renumbered: Vec<Option<u32>> = vec![None; stream_packs.len()];
         let mut last_read: Vec<Option<usize>> = Vec::new();
-        plan.locs.reserve_exact(reads.len());
-        plan.files.reserve_exact(files.len());
-        for (_, file, count) in files {
-            let start = plan.locs.len();
-            for loc in &reads[file.first..file.first + count] {
-                let loc = loc.map(|mut l| {
+        let mut position = 0u64;
+        for file in &files {
+            for read in file.first..file.first + file.count as usize {
+                if let Some(l) = &mut plan.locs[read].0 {
                     l.pack = *renumbered[l.pack as usize].get_or_insert_with(|| {
                         plan.packs.push(std::mem::take(&mut stream_packs[l.pack as usize]));
                         last_read.push(None);
                         (plan.packs.len() - 1) as u32
                     });
-                    l
-                });
-                let position = plan.locs.len();
-                if let Some(l) = &loc
-                    && let Some(previous) = last_read[l.pack as usize].replace(position)
-                {
-                    plan.locs[previous].1 = position as u64;
+                    if let Some(previous) = last_read[l.pack as usize].replace(read) {
+                        plan.locs[previous].1 = position;
+                    }
                 }
-                plan.locs.push((loc, u64::MAX));
+                position += 1;
             }
-            plan.files.push(FileRef { first: start, ..file });
         }
+        plan.files = FileList::write(state, &files)?;
         Ok(plan)
     }
 }

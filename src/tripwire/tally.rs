@@ -94,39 +94,31 @@ pub struct Tally {
 }
 
 /// The traits of the files read, in the order they were read: 10 bytes a file (path key,
-/// traits) in a scratch file, not in memory (16 MB at a million files). The file is
-/// unlinked as soon as it is open, so nothing is left of it after the run, even a killed one.
-pub struct TraitLog(std::io::BufWriter<std::fs::File>);
+/// traits) in a scratch file ([`crate::spill`]), not in memory (16 MB at a million files).
+pub struct TraitLog(crate::spill::Spill<10>);
 
 impl TraitLog {
     fn new(state_dir: &std::path::Path) -> anyhow::Result<TraitLog> {
-        let path = crate::state_dir::StateDir(state_dir).scratch("traits")?;
-        use std::os::unix::fs::OpenOptionsExt;
-        let open = std::fs::OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&path);
-        let file = open.map_err(|e| crate::fsutil::io_error(e, &path))?;
-        std::fs::remove_file(&path).map_err(|e| crate::fsutil::io_error(e, &path))?;
-        Ok(TraitLog(std::io::BufWriter::new(file)))
+        Ok(TraitLog(crate::spill::Spill::new(crate::state_dir::StateDir(state_dir), "traits")?))
     }
 
     fn push(&mut self, key: u64, traits: u16) -> std::io::Result<()> {
-        use std::io::Write;
-        self.0.write_all(&key.to_le_bytes())?;
-        self.0.write_all(&traits.to_le_bytes())
+        let mut record = [0u8; 10];
+        record[..8].copy_from_slice(&key.to_le_bytes());
+        record[8..].copy_from_slice(&traits.to_le_bytes());
+        self.0.push(&record)
     }
 
     /// The entries written, from the first.
     fn read_back(self) -> anyhow::Result<TraitsRead> {
-        use std::io::Seek;
-        let mut file = self.0.into_inner().map_err(|e| e.into_error())?;
-        file.rewind()?;
-        Ok(TraitsRead { input: std::io::BufReader::new(file), error: None })
+        Ok(TraitsRead { input: self.0.read_back()?, error: None })
     }
 }
 
 /// The entries of a [`TraitLog`], in order. A read that fails ends them, and says why in
 /// `error`.
 pub struct TraitsRead {
-    input: std::io::BufReader<std::fs::File>,
+    input: crate::spill::SpillRead<10>,
     pub error: Option<std::io::Error>,
 }
 
@@ -134,16 +126,11 @@ impl Iterator for TraitsRead {
     type Item = (u64, u16);
 
     fn next(&mut self) -> Option<(u64, u16)> {
-        use std::io::Read;
-        let mut entry = [0u8; 10];
-        match self.input.read_exact(&mut entry) {
-            Ok(()) => Some((
-                u64::from_le_bytes(entry[..8].try_into().expect("8 bytes")),
-                u16::from_le_bytes([entry[8], entry[9]]),
-            )),
+        // A read that failed: the rest have no traits.
+        match self.input.next()? {
+            Ok(r) => Some((u64::from_le_bytes(r[..8].try_into().expect("8 bytes")), u16::from_le_bytes([r[8], r[9]]))),
             Err(e) => {
-                // The end of the log, or a read that failed: then the rest have no traits.
-                self.error = (e.kind() != std::io::ErrorKind::UnexpectedEof).then_some(e);
+                self.error = Some(e);
                 None
             }
         }
@@ -437,17 +424,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_trait_log_reads_back_in_order_and_leaves_no_file() {
+    fn the_trait_log_reads_back_in_order() {
         let dir = std::env::temp_dir().join(format!("coffer-traits-{}", crate::hex::random(6)));
         let mut log = TraitLog::new(&dir).unwrap();
-        for i in 0..100_000u64 {
-            log.push(i * 7, i as u16).unwrap();
+        for i in 0..1000u64 {
+            log.push((i * 7) << 40, i as u16).unwrap();
         }
-        assert_eq!(std::fs::read_dir(dir.join("tmp")).unwrap().count(), 0, "unlinked once open");
         let mut read = log.read_back().unwrap();
         let all: Vec<(u64, u16)> = read.by_ref().collect();
-        assert_eq!(all.len(), 100_000);
-        assert!(all.iter().enumerate().all(|(i, &(k, t))| k == i as u64 * 7 && t == i as u16));
+        assert_eq!(all.len(), 1000);
+        assert!(all.iter().enumerate().all(|(i, &(k, t))| k == (i as u64 * 7) << 40 && t == i as u16));
         assert!(read.error.is_none());
         std::fs::remove_dir_all(dir).unwrap();
     }
