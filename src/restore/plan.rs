@@ -12,7 +12,8 @@
 //!
 //! Chunk locations are kept compactly in memory, 40 bytes per chunk read (a terabyte in
 //! 1 MiB chunks: ~40 MiB), in stream order, so that the write pass makes no catalog
-//! query; files are reordered by a list of 32 bytes each, not by copying their reads.
+//! query. Files are reordered by a list of them (32 bytes a file while it is sorted,
+//! then in a scratch file), not by copying their reads.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
