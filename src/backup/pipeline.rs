@@ -53,8 +53,12 @@ pub(super) struct SealedPack {
 /// ahead of a free upload slot, would save only the sealing (milliseconds against an
 /// upload's round trips).
 fn sealed_slots(targets: &[Target]) -> Arc<tokio::sync::Semaphore> {
-    let concurrency = targets.iter().map(|t| t.upload_concurrency).max().unwrap_or(1);
-    Arc::new(tokio::sync::Semaphore::new(concurrency))
+    Arc::new(tokio::sync::Semaphore::new(packs_in_flight(targets)))
+}
+
+/// How many packs upload at once: each goes to every target, so the most any one takes.
+fn packs_in_flight(targets: &[Target]) -> usize {
+    targets.iter().map(|t| t.upload_concurrency).max().unwrap_or(1)
 }
 
 /// Where the pipeline's packs go: the run's targets (less those that fail), locked until
@@ -382,7 +386,7 @@ async fn upload_loop(
         .iter()
         .map(|t| (t.clone(), Arc::new(tokio::sync::Semaphore::new(t.upload_concurrency))))
         .collect();
-    let concurrency = pipeline.targets.iter().map(|t| t.upload_concurrency).max().unwrap_or(1);
+    let concurrency = packs_in_flight(pipeline.targets);
     let pack_until = pipeline.pack_until;
     let mut in_flight = JoinSet::new();
     let mut stored = HashSet::new();
