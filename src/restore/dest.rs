@@ -9,11 +9,13 @@
 //!   kernels without it one component at a time with `O_NOFOLLOW | O_DIRECTORY`.
 //! - Everything else is an `*at` call on a parent's descriptor and a single name, with
 //!   the flag that keeps it from following a final symlink.
-//! - New files are anonymous (`O_TMPFILE`, 0600) until complete, then get owner (first,
-//!   so that setuid/setgid survive), mode and times through their descriptor, and only
+//! - New files are anonymous (`O_TMPFILE`, made with their permission bits: no name
+//!   reaches them) until complete, then get owner (first, so that setuid/setgid
+//!   survive) and mode where they differ, and times, through their descriptor, and only
 //!   then a name (`linkat`): a killed restore leaves no half-written file under a final
 //!   name, and a name of 255 bytes needs no longer temporary one. Where `O_TMPFILE` is
-//!   not supported, a short temporary name and `renameat` do the same.
+//!   not supported, a short temporary name (0600, as it has a name) and `renameat` do
+//!   the same.
 //! - New directories are 0700 until the end, when they get their own metadata.
 //! - With `--overwrite`, whatever is in an entry's way is replaced, never followed.
 
@@ -133,11 +135,14 @@ impl Dest {
         }
     }
 
-    /// A new, empty file in `parent`, readable by no one else, without its final name.
-    pub fn create_file(&self, parent: BorrowedFd) -> io::Result<NewFile> {
+    /// A new, empty file in `parent` without its final name: anonymous, with `mode`'s
+    /// permission bits (as the umask leaves them), so that a file whose owner and mode
+    /// are already right needs no `fchown` or `fchmod` (a journaled inode update each);
+    /// else under a temporary name, readable by no one else.
+    pub fn create_file(&self, parent: BorrowedFd, mode: u32) -> io::Result<NewFile> {
         if self.tmpfile.load(Ordering::Relaxed) {
             let flags = OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC;
-            match rustix::fs::openat(parent, ".", flags, Mode::RUSR | Mode::WUSR) {
+            match rustix::fs::openat(parent, ".", flags, Mode::from_raw_mode(mode & 0o777)) {
                 Ok(fd) => return Ok(NewFile { file: fd.into(), temp: None }),
                 Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL) => self.tmpfile.store(false, Ordering::Relaxed),
                 Err(e) => return Err(e.into()),
@@ -210,12 +215,18 @@ impl Dest {
     }
 
     /// Owner first (chown clears setuid/setgid), then mode, then extended attributes
-    /// (an ACL after the mode it refines), then times.
+    /// (an ACL after the mode it refines), then times. Owner and mode are set only
+    /// where they differ from what the file has.
     fn set_meta(&self, fd: BorrowedFd, meta: &Meta) -> io::Result<()> {
-        if self.chown {
+        let st = rustix::fs::fstat(fd)?;
+        let mut mode_right = st.st_mode & 0o7777 == meta.mode;
+        if self.chown && (st.st_uid, st.st_gid) != (meta.uid, meta.gid) {
             rustix::fs::fchown(fd, Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)))?;
+            mode_right &= meta.mode & 0o6000 == 0;
         }
-        rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode))?;
+        if !mode_right {
+            rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode))?;
+        }
         crate::xattr::apply(fd, &meta.xattrs)?;
         Ok(rustix::fs::futimens(fd, &meta.times())?)
     }
@@ -399,7 +410,7 @@ mod tests {
             std::fs::create_dir_all(to.join("dir/inner")).unwrap();
             std::fs::write(to.join("plain"), b"old").unwrap();
             for name in [&long[..], b"link", b"dir", b"plain"] {
-                let mut f = d.create_file(root.as_fd()).unwrap();
+                let mut f = d.create_file(root.as_fd(), 0o640).unwrap();
                 f.file.write_all(b"new").unwrap();
                 if name == &long[..] {
                     assert!(!to.join(std::ffi::OsStr::from_bytes(name)).exists(), "visible before it is complete");
@@ -419,6 +430,44 @@ mod tests {
     }
 
     #[test]
+    fn owner_and_mode_are_exact_whatever_the_new_file_had() {
+        use std::os::unix::fs::PermissionsExt;
+        // Root restores owners; a setgid parent gives new files its group; the umask
+        // strips group write; special bits are not given at creation.
+        let root_user = unsafe { libc::geteuid() } == 0;
+        let owners: &[(u32, u32)] = if root_user { &[(0, 0), (1234, 5678)] } else { &[] };
+        for tmpfile in [true, false] {
+            let base = scratch();
+            let to = base.join("to");
+            let d = dest(&to, true, true, tmpfile);
+            std::fs::create_dir(to.join("sgid")).unwrap();
+            if root_user {
+                std::os::unix::fs::chown(to.join("sgid"), None, Some(4321)).unwrap();
+            }
+            std::fs::set_permissions(to.join("sgid"), std::fs::Permissions::from_mode(0o2777)).unwrap();
+            let mine = std::fs::metadata(&to).map(|m| (m.uid(), m.gid())).unwrap();
+            for dir in [&b""[..], b"sgid"] {
+                let parent = d.dir(dir).unwrap();
+                for &(uid, gid) in owners.iter().chain(owners.is_empty().then_some(&mine)) {
+                    for mode in [0o644, 0o600, 0o444, 0o664, 0o4755, 0o2750, 0o1777, 0] {
+                        let meta = Meta { uid, gid, mode, ..META };
+                        let mut f = d.create_file(parent.as_fd(), mode).unwrap();
+                        f.file.write_all(b"x").unwrap();
+                        let name = format!("f{uid}-{mode:o}");
+                        d.finish_file(parent.as_fd(), name.as_bytes(), &f, &meta).unwrap();
+                        let m =
+                            std::fs::symlink_metadata(to.join(std::ffi::OsStr::from_bytes(dir)).join(&name)).unwrap();
+                        let said = format!("{name} in `{}` (tmpfile {tmpfile})", String::from_utf8_lossy(dir));
+                        assert_eq!(m.mode() & 0o7777, mode, "{said}");
+                        assert_eq!((m.uid(), m.gid()), (uid, gid), "{said}");
+                    }
+                }
+            }
+            std::fs::remove_dir_all(&base).unwrap();
+        }
+    }
+
+    #[test]
     fn without_overwrite_nothing_in_the_way_is_replaced() {
         let base = scratch();
         let to = base.join("to");
@@ -429,7 +478,7 @@ mod tests {
         let d = dest(&to, false, true, true);
         let root = d.dir(b"").unwrap();
         assert!(d.make_dir(root.as_fd(), b"l").is_err());
-        let f = d.create_file(root.as_fd()).unwrap();
+        let f = d.create_file(root.as_fd(), 0o640).unwrap();
         assert!(d.finish_file(root.as_fd(), b"l", &f, &META).is_err());
         assert!(d.symlink(root.as_fd(), b"l", b"/etc", &META).is_err());
         assert_eq!(std::fs::read_link(to.join("l")).unwrap(), Path::new("/"));

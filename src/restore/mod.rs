@@ -299,13 +299,19 @@ impl<'a> Walk<'a> {
 
     /// The selected files' entries, in the planned order, each with its chunk reads.
     fn files(&mut self) -> Result<impl Iterator<Item = Result<(Entry, std::ops::Range<usize>)>> + use<>> {
-        use std::os::unix::fs::FileExt;
-        let file = File::open(self.entries_path)?;
-        let mut line = Vec::new();
+        use std::io::Read;
+        // Through a buffer: the planned order mostly follows the stream's, so most lines
+        // are the next ones, and a read per file would be a system call per file.
+        let mut file = BufReader::with_capacity(1 << 16, File::open(self.entries_path)?);
+        let (mut at, mut line) = (0u64, Vec::new());
         Ok(self.files.read()?.map(move |f| {
             let f = f?;
+            if f.offset != at {
+                file.seek_relative(f.offset as i64 - at as i64)?;
+            }
             line.resize(f.len as usize, 0);
-            file.read_exact_at(&mut line, f.offset)?;
+            file.read_exact(&mut line)?;
+            at = f.offset + f.len;
             let text = line.strip_suffix(b"\n").unwrap_or(&line);
             let entry = crate::format::entry::parse_line(text)?;
             let reads = f.first..f.first + entry.chunks.len();

@@ -67,7 +67,9 @@ impl FileTask {
 
     fn file(&self, dest: &Dest) -> Result<&NewFile, String> {
         self.file
-            .get_or_init(|| dest.create_file(self.parent.as_fd()).map_err(|e| format!("cannot create: {e}")))
+            .get_or_init(|| {
+                dest.create_file(self.parent.as_fd(), self.meta.mode).map_err(|e| format!("cannot create: {e}"))
+            })
             .as_ref()
             .map_err(Clone::clone)
     }
