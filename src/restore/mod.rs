@@ -299,7 +299,7 @@ impl<'a> Walk<'a> {
 
     /// The selected files' entries, in the planned order, each with its chunk reads.
     fn files(&mut self) -> Result<impl Iterator<Item = Result<(Entry, std::ops::Range<usize>)>> + use<>> {
-        use std::io::Read;
+        use std::io::{Read, Seek, SeekFrom};
         // Through a buffer: the planned order mostly follows the stream's, so most lines
         // are the next ones, and a read per file would be a system call per file.
         let mut file = BufReader::with_capacity(1 << 16, File::open(self.entries_path)?);
@@ -307,8 +307,10 @@ impl<'a> Walk<'a> {
         Ok(self.files.read()?.map(move |f| {
             let f = f?;
             if f.offset != at {
-                file.seek_relative(f.offset as i64 - at as i64)?;
+                file.seek(SeekFrom::Start(f.offset))?;
             }
+            // Where the reader is, once the line is read (unknown if it is not).
+            at = u64::MAX;
             line.resize(f.len as usize, 0);
             file.read_exact(&mut line)?;
             at = f.offset + f.len;
