@@ -389,7 +389,8 @@ fn forged_snapshots_cannot_touch_anything_outside_the_restore_directory() {
             F::Dir(&long_dir, 0o750),
             F::File(&long_dir_file, b"inside a long name", 0o640),
             F::File(b"setuid", b"#!/bin/sh\n", 0o4755),
-            F::File(b"empty", b"", 0o600),
+            // A mode with a file type and bits no mode has: only the permission bits count.
+            F::File(b"empty", b"", 0xFFFF_0000 | 0o100600),
         ],
     );
 
@@ -499,7 +500,8 @@ fn assert_benign_restored(to: &Path, long: &[u8], long_dir: &[u8], long_dir_file
     if root() {
         assert_eq!((setuid.uid(), setuid.gid()), (1234, 1234));
     }
-    assert_eq!(std::fs::metadata(to.join("empty")).unwrap().len(), 0);
+    let empty = std::fs::metadata(to.join("empty")).unwrap();
+    assert_eq!((empty.len(), empty.mode() & 0o7777), (0, 0o600), "a forged mode's other bits are dropped");
     let entries: Vec<_> = std::fs::read_dir(to).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(entries.len(), 4, "no temporary file is left: {entries:?}");
     let m = std::fs::metadata(to.join(std::ffi::OsStr::from_bytes(long_dir))).unwrap();

@@ -260,6 +260,11 @@ fn selected<'a>(
     }))
 }
 
+/// The entry of a line read back from the entries file, newline included.
+fn line_entry(line: &[u8]) -> Result<Entry> {
+    Ok(crate::format::entry::parse_line(line.strip_suffix(b"\n").unwrap_or(line))?)
+}
+
 /// How a pack this identity cannot open is named (`packs.rs`).
 pub const OTHER_KEYS: &str = "this identity is not one of the keys the pack is encrypted to";
 
@@ -294,7 +299,7 @@ impl<'a> Walk<'a> {
         use std::os::unix::fs::FileExt;
         let mut text = vec![0; line.len as usize];
         file.read_exact_at(&mut text, line.offset)?;
-        Ok(crate::format::entry::parse_line(text.strip_suffix(b"\n").unwrap_or(&text))?)
+        line_entry(&text)
     }
 
     /// The selected files' entries, in the planned order, each with its chunk reads.
@@ -314,8 +319,7 @@ impl<'a> Walk<'a> {
             line.resize(f.len as usize, 0);
             file.read_exact(&mut line)?;
             at = f.offset + f.len;
-            let text = line.strip_suffix(b"\n").unwrap_or(&line);
-            let entry = crate::format::entry::parse_line(text)?;
+            let entry = line_entry(&line)?;
             let reads = f.first..f.first + entry.chunks.len();
             Ok((entry, reads))
         }))
